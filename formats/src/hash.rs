@@ -1,0 +1,257 @@
+//! Digests (BLAKE3 for our own pins, SHA-256 for TUF interoperability) and [`Pin`], the
+//! signed size and hash of a byte string (docs/format.md §3).
+
+use std::fmt;
+use std::io::Read;
+use std::path::Path;
+use std::str::FromStr;
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+use crate::error::{Error, Result};
+
+macro_rules! digest_type {
+    ($name:ident, $algo:literal) => {
+        #[doc = concat!("A 32-byte ", $algo, " digest, written as lowercase hex.")]
+        #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+        pub struct $name(pub [u8; 32]);
+
+        impl $name {
+            /// Lowercase hex form.
+            pub fn to_hex(&self) -> String {
+                hex::encode(self.0)
+            }
+        }
+
+        impl FromStr for $name {
+            type Err = Error;
+            fn from_str(s: &str) -> Result<Self> {
+                let mut out = [0u8; 32];
+                if s.len() != 64 || s.bytes().any(|b| b.is_ascii_uppercase()) {
+                    return Err(Error::invalid(
+                        concat!($algo, " digest"),
+                        format!("{s:?} is not 64 lowercase hex digits"),
+                    ));
+                }
+                hex::decode_to_slice(s, &mut out).map_err(|e| {
+                    Error::invalid(concat!($algo, " digest"), format!("{s:?}: {e}"))
+                })?;
+                Ok($name(out))
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(&self.to_hex())
+            }
+        }
+
+        impl fmt::Debug for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                write!(f, "{}({})", $algo, self.to_hex())
+            }
+        }
+
+        impl Serialize for $name {
+            fn serialize<S: Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+                s.serialize_str(&self.to_hex())
+            }
+        }
+
+        impl<'de> Deserialize<'de> for $name {
+            fn deserialize<D: Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+                let s = String::deserialize(d)?;
+                s.parse().map_err(serde::de::Error::custom)
+            }
+        }
+    };
+}
+
+digest_type!(Blake3, "blake3");
+digest_type!(Sha256, "sha256");
+
+impl Blake3 {
+    /// BLAKE3 of `data`.
+    pub fn of(data: &[u8]) -> Self {
+        Blake3(*blake3::hash(data).as_bytes())
+    }
+}
+
+impl Sha256 {
+    /// SHA-256 of `data`.
+    pub fn of(data: &[u8]) -> Self {
+        use sha2::Digest;
+        Sha256(sha2::Sha256::digest(data).into())
+    }
+}
+
+/// The size and BLAKE3 digest that fix a byte string.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Pin {
+    /// Length in bytes.
+    pub size: u64,
+    /// BLAKE3 of the bytes.
+    pub blake3: Blake3,
+}
+
+impl Pin {
+    /// The pin of `data`.
+    pub fn of(data: &[u8]) -> Self {
+        Pin {
+            size: data.len() as u64,
+            blake3: Blake3::of(data),
+        }
+    }
+
+    /// Checks `data` against this pin; `what` names the artifact in the error.
+    pub fn check(&self, what: &str, data: &[u8]) -> Result<()> {
+        if data.len() as u64 != self.size {
+            return Err(Error::LengthMismatch {
+                what: what.to_string(),
+                expected: self.size,
+                actual: data.len() as u64,
+            });
+        }
+        let actual = Blake3::of(data);
+        if actual != self.blake3 {
+            return Err(Error::HashMismatch {
+                what: what.to_string(),
+                algorithm: "blake3",
+                expected: self.blake3.to_hex(),
+                actual: actual.to_hex(),
+            });
+        }
+        Ok(())
+    }
+}
+
+/// Hashes a file with BLAKE3 (memory-mapped for large files, multithreaded above 1 MiB)
+/// and returns its pin.
+pub fn pin_file(path: &Path) -> Result<Pin> {
+    let mut hasher = blake3::Hasher::new();
+    let meta = std::fs::metadata(path).map_err(|e| Error::io(path, e))?;
+    if meta.len() > 1 << 20 {
+        hasher
+            .update_mmap_rayon(path)
+            .map_err(|e| Error::io(path, e))?;
+    } else {
+        let mut f = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+        let mut buf = Vec::with_capacity(meta.len() as usize);
+        f.read_to_end(&mut buf).map_err(|e| Error::io(path, e))?;
+        hasher.update(&buf);
+    }
+    Ok(Pin {
+        size: hasher.count(),
+        blake3: Blake3(*hasher.finalize().as_bytes()),
+    })
+}
+
+/// Incremental checker for a byte stream that must match a pin (and optionally a SHA-256):
+/// refuses the first byte past the signed size, so an endless stream is cut off.
+pub struct StreamCheck {
+    what: String,
+    expected: Pin,
+    sha256: Option<(Sha256, sha2::Sha256)>,
+    blake3: blake3::Hasher,
+    seen: u64,
+}
+
+impl StreamCheck {
+    /// A checker for `expected`; `what` names the artifact in errors.
+    pub fn new(what: impl Into<String>, expected: Pin, sha256: Option<Sha256>) -> Self {
+        use sha2::Digest;
+        StreamCheck {
+            what: what.into(),
+            expected,
+            sha256: sha256.map(|s| (s, sha2::Sha256::new())),
+            blake3: blake3::Hasher::new(),
+            seen: 0,
+        }
+    }
+
+    /// Feeds bytes; fails as soon as more than the signed size has been seen.
+    pub fn update(&mut self, data: &[u8]) -> Result<()> {
+        use sha2::Digest;
+        self.seen += data.len() as u64;
+        if self.seen > self.expected.size {
+            return Err(Error::TooLarge {
+                what: self.what.clone(),
+                limit: self.expected.size,
+                actual: self.seen,
+            });
+        }
+        self.blake3.update(data);
+        if let Some((_, h)) = &mut self.sha256 {
+            h.update(data);
+        }
+        Ok(())
+    }
+
+    /// Bytes seen so far.
+    pub fn seen(&self) -> u64 {
+        self.seen
+    }
+
+    /// Checks the final length and digests.
+    pub fn finish(self) -> Result<()> {
+        use sha2::Digest;
+        if self.seen != self.expected.size {
+            return Err(Error::LengthMismatch {
+                what: self.what,
+                expected: self.expected.size,
+                actual: self.seen,
+            });
+        }
+        let actual = Blake3(*self.blake3.finalize().as_bytes());
+        if actual != self.expected.blake3 {
+            return Err(Error::HashMismatch {
+                what: self.what,
+                algorithm: "blake3",
+                expected: self.expected.blake3.to_hex(),
+                actual: actual.to_hex(),
+            });
+        }
+        if let Some((expected, h)) = self.sha256 {
+            let actual = Sha256(h.finalize().into());
+            if actual != expected {
+                return Err(Error::HashMismatch {
+                    what: self.what,
+                    algorithm: "sha256",
+                    expected: expected.to_hex(),
+                    actual: actual.to_hex(),
+                });
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hex_round_trip_and_refusals() {
+        let h = Blake3::of(b"abc");
+        assert_eq!(h.to_hex().parse::<Blake3>().unwrap(), h);
+        assert!("zz".parse::<Blake3>().is_err());
+        assert!(h.to_hex().to_uppercase().parse::<Blake3>().is_err());
+    }
+
+    #[test]
+    fn stream_check_refuses_extra_and_missing_bytes() {
+        let pin = Pin::of(b"hello");
+        let mut c = StreamCheck::new("x", pin, Some(Sha256::of(b"hello")));
+        c.update(b"hel").unwrap();
+        c.update(b"lo").unwrap();
+        c.finish().unwrap();
+        let mut c = StreamCheck::new("x", pin, None);
+        assert!(c.update(b"hello!").is_err());
+        let mut c = StreamCheck::new("x", pin, None);
+        c.update(b"hell").unwrap();
+        assert!(c.finish().is_err());
+        let mut c = StreamCheck::new("x", pin, Some(Sha256::of(b"other")));
+        c.update(b"hello").unwrap();
+        assert!(c.finish().is_err());
+    }
+}

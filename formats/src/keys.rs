@@ -1,0 +1,235 @@
+//! Ed25519 keys in TUF's key format (docs/format.md §7.1) and canonical JSON.
+//!
+//! A public key is the TUF object `{"keytype":"ed25519","scheme":"ed25519","keyval":{"public":HEX}}`;
+//! its key id is the SHA-256 of that object's canonical JSON. A secret key file adds
+//! `keyval.private` (the 32-byte seed, hex).
+
+use ed25519_dalek::{Signer, SigningKey, VerifyingKey};
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+use crate::hash::Sha256;
+
+/// Serializes `value` as OLPC canonical JSON (sorted keys, no insignificant white space),
+/// the form TUF signs.
+pub fn canonical_json<T: Serialize + ?Sized>(value: &T) -> Result<Vec<u8>> {
+    let mut out = Vec::new();
+    let mut ser =
+        serde_json::Serializer::with_formatter(&mut out, olpc_cjson::CanonicalFormatter::new());
+    value
+        .serialize(&mut ser)
+        .map_err(|e| Error::invalid("canonical JSON", e.to_string()))?;
+    Ok(out)
+}
+
+/// The `keyval` object of a TUF key.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeyVal {
+    /// Public key, hex.
+    pub public: String,
+    /// Secret seed, hex (only in secret key files).
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub private: Option<String>,
+}
+
+/// A TUF public key object (Ed25519 only).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PublicKey {
+    /// Always `ed25519`.
+    pub keytype: String,
+    /// Always `ed25519`.
+    pub scheme: String,
+    /// The key material.
+    pub keyval: KeyVal,
+}
+
+impl PublicKey {
+    /// Wraps raw Ed25519 public key bytes.
+    pub fn from_bytes(bytes: [u8; 32]) -> Self {
+        PublicKey {
+            keytype: "ed25519".into(),
+            scheme: "ed25519".into(),
+            keyval: KeyVal {
+                public: hex::encode(bytes),
+                private: None,
+            },
+        }
+    }
+
+    /// The key id: SHA-256 (hex) of the canonical JSON of the public key object.
+    pub fn key_id(&self) -> String {
+        let public_only = PublicKey {
+            keytype: self.keytype.clone(),
+            scheme: self.scheme.clone(),
+            keyval: KeyVal {
+                public: self.keyval.public.clone(),
+                private: None,
+            },
+        };
+        // Serializing plain strings cannot fail.
+        let bytes = canonical_json(&public_only).unwrap_or_default();
+        Sha256::of(&bytes).to_hex()
+    }
+
+    /// The Ed25519 verifying key, or an error when the object is not a usable Ed25519 key.
+    pub fn verifying_key(&self) -> Result<VerifyingKey> {
+        if self.keytype != "ed25519" || self.scheme != "ed25519" {
+            return Err(Error::Key {
+                what: self.key_id(),
+                reason: format!(
+                    "unsupported key type {:?}/{:?}, only ed25519 is accepted",
+                    self.keytype, self.scheme
+                ),
+            });
+        }
+        let mut b = [0u8; 32];
+        hex::decode_to_slice(&self.keyval.public, &mut b).map_err(|e| Error::Key {
+            what: self.key_id(),
+            reason: format!("public key is not 32 bytes of hex: {e}"),
+        })?;
+        VerifyingKey::from_bytes(&b).map_err(|e| Error::Key {
+            what: self.key_id(),
+            reason: format!("not a valid Ed25519 point: {e}"),
+        })
+    }
+
+    /// Verifies `sig_hex` over `message`; false on any malformed input.
+    pub fn verify(&self, message: &[u8], sig_hex: &str) -> bool {
+        let Ok(vk) = self.verifying_key() else {
+            return false;
+        };
+        let mut sig = [0u8; 64];
+        if hex::decode_to_slice(sig_hex, &mut sig).is_err() {
+            return false;
+        }
+        vk.verify_strict(message, &ed25519_dalek::Signature::from_bytes(&sig))
+            .is_ok()
+    }
+
+    /// Parses a public key file (the TUF key object as JSON).
+    pub fn from_json(what: &str, bytes: &[u8]) -> Result<Self> {
+        let k: PublicKey = serde_json::from_slice(bytes).map_err(|e| Error::Json {
+            what: what.to_string(),
+            source: e,
+        })?;
+        k.verifying_key().map_err(|e| Error::Key {
+            what: what.to_string(),
+            reason: e.to_string(),
+        })?;
+        Ok(PublicKey {
+            keyval: KeyVal {
+                public: k.keyval.public,
+                private: None,
+            },
+            ..k
+        })
+    }
+
+    /// The public key file's contents (canonical JSON plus a newline).
+    pub fn to_json(&self) -> Vec<u8> {
+        let mut v = canonical_json(self).unwrap_or_default();
+        v.push(b'\n');
+        v
+    }
+}
+
+/// An Ed25519 signing key.
+pub struct KeyPair {
+    signing: SigningKey,
+}
+
+impl std::fmt::Debug for KeyPair {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "KeyPair({})", self.public().key_id())
+    }
+}
+
+impl KeyPair {
+    /// A new key from the operating system's random source.
+    pub fn generate() -> Result<Self> {
+        let mut seed = [0u8; 32];
+        getrandom::fill(&mut seed).map_err(|e| Error::Key {
+            what: "new key".into(),
+            reason: format!("no random source: {e}"),
+        })?;
+        Ok(KeyPair {
+            signing: SigningKey::from_bytes(&seed),
+        })
+    }
+
+    /// A key from a 32-byte seed (tests and fixtures).
+    pub fn from_seed(seed: [u8; 32]) -> Self {
+        KeyPair {
+            signing: SigningKey::from_bytes(&seed),
+        }
+    }
+
+    /// The public half.
+    pub fn public(&self) -> PublicKey {
+        PublicKey::from_bytes(self.signing.verifying_key().to_bytes())
+    }
+
+    /// Signs `message`, returning the signature as hex.
+    pub fn sign_hex(&self, message: &[u8]) -> String {
+        hex::encode(self.signing.sign(message).to_bytes())
+    }
+
+    /// Parses a secret key file; `what` names it in errors.
+    pub fn from_json(what: &str, bytes: &[u8]) -> Result<Self> {
+        let k: PublicKey = serde_json::from_slice(bytes).map_err(|e| Error::Key {
+            what: what.to_string(),
+            reason: format!("not a key file: {e}"),
+        })?;
+        let private = k.keyval.private.as_deref().ok_or_else(|| Error::Key {
+            what: what.to_string(),
+            reason: "has no private part (is this the .pub file?)".into(),
+        })?;
+        let mut seed = [0u8; 32];
+        hex::decode_to_slice(private, &mut seed).map_err(|e| Error::Key {
+            what: what.to_string(),
+            reason: format!("private part is not 32 bytes of hex: {e}"),
+        })?;
+        let pair = KeyPair::from_seed(seed);
+        if pair.public().keyval.public != k.keyval.public {
+            return Err(Error::Key {
+                what: what.to_string(),
+                reason: "public part does not match the private part".into(),
+            });
+        }
+        Ok(pair)
+    }
+
+    /// The secret key file's contents.
+    pub fn to_json(&self) -> Vec<u8> {
+        let mut k = self.public();
+        k.keyval.private = Some(hex::encode(self.signing.to_bytes()));
+        let mut v = canonical_json(&k).unwrap_or_default();
+        v.push(b'\n');
+        v
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn key_files_round_trip_and_sign() {
+        let k = KeyPair::from_seed([7; 32]);
+        let k2 = KeyPair::from_json("k", &k.to_json()).unwrap();
+        assert_eq!(k.public(), k2.public());
+        let p = PublicKey::from_json("p", &k.public().to_json()).unwrap();
+        let sig = k.sign_hex(b"msg");
+        assert!(p.verify(b"msg", &sig));
+        assert!(!p.verify(b"msh", &sig));
+        assert!(!p.verify(b"msg", "00"));
+        assert!(KeyPair::from_json("p", &k.public().to_json()).is_err());
+        assert_eq!(p.key_id().len(), 64);
+    }
+
+    #[test]
+    fn canonical_json_sorts_keys() {
+        let v: serde_json::Value = serde_json::from_str(r#"{"b":1,"a":[true,"x\"y"]}"#).unwrap();
+        assert_eq!(canonical_json(&v).unwrap(), br#"{"a":[true,"x\"y"],"b":1}"#);
+    }
+}

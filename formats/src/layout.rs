@@ -1,0 +1,133 @@
+//! Where each file lives in a repository and in an app directory (docs/format.md §1).
+//!
+//! ```text
+//! REPO/metadata/N.root.json          every root version (consistent snapshots)
+//! REPO/metadata/root.json            copy of the newest root, for humans and tools
+//! REPO/metadata/N.targets.json       targets metadata, version N
+//! REPO/metadata/N.snapshot.json      snapshot metadata, version N
+//! REPO/metadata/timestamp.json       the only file ever replaced; written last
+//! REPO/targets/DIR/SHA256.NAME       a TUF target DIR/NAME (hash-prefixed, immutable)
+//! REPO/blobs/AB/BLAKE3.zst           repair file of content BLAKE3 (pinned by manifests)
+//! ```
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+use crate::hash::{Blake3, Sha256};
+use crate::version::Version;
+
+/// The updater's state directory at the root of an app dir.
+pub const STATE_DIR: &str = ".patchkit";
+/// Metadata directory of a repository.
+pub const METADATA_DIR: &str = "metadata";
+/// Targets directory of a repository.
+pub const TARGETS_DIR: &str = "targets";
+/// Repair blobs directory of a repository.
+pub const BLOBS_DIR: &str = "blobs";
+/// Target name of the repository settings file.
+pub const REPOSITORY_TARGET: &str = "repository.json";
+
+/// `metadata/N.root.json`.
+pub fn root_file(version: u64) -> String {
+    format!("{METADATA_DIR}/{version}.root.json")
+}
+
+/// Target name of a release manifest.
+pub fn manifest_target(v: &Version) -> String {
+    format!("{v}/manifest.json")
+}
+
+/// Target name of a release's installer.
+pub fn installer_target(v: &Version) -> String {
+    format!("{v}/installer.tar.zst")
+}
+
+/// Target name of the patch from `from` to `to`.
+pub fn patch_target(from: &Version, to: &Version) -> String {
+    format!("{to}/patch-from-{from}.patch")
+}
+
+/// The repository-relative path of a target stored under its SHA-256 prefix
+/// (`targets/DIR/SHA256.NAME`).
+pub fn target_file(target: &str, sha256: &Sha256) -> String {
+    match target.rsplit_once('/') {
+        Some((dir, base)) => format!("{TARGETS_DIR}/{dir}/{sha256}.{base}"),
+        None => format!("{TARGETS_DIR}/{sha256}.{target}"),
+    }
+}
+
+/// The repository-relative path of the repair file for content `blake3`.
+pub fn blob_path(content: &Blake3) -> String {
+    let h = content.to_hex();
+    format!("{BLOBS_DIR}/{}/{h}.zst", &h[..2])
+}
+
+/// Checks that a target name is one this format writes: `/`-separated plain components.
+pub fn check_target_name(name: &str) -> Result<()> {
+    crate::relpath::RelPath::new(name).map(|_| ())
+}
+
+/// Repository-wide settings, the `repository.json` target (docs/format.md §7.5).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RepositoryInfo {
+    /// Always `patchkit-repository-1`.
+    pub format: String,
+    /// The application's name; a client refuses a repository of another app.
+    pub app: String,
+    /// Set while the repository is under maintenance: clients do not update.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub maintenance: Option<Maintenance>,
+    /// Other base URLs serving the same repository, tried after the one in use.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub mirrors: Vec<String>,
+}
+
+/// The `format` of [`RepositoryInfo`].
+pub const REPOSITORY_FORMAT: &str = "patchkit-repository-1";
+
+impl RepositoryInfo {
+    /// Parses and checks; `what` names the file.
+    pub fn from_json(what: &str, bytes: &[u8]) -> Result<Self> {
+        let r: RepositoryInfo = serde_json::from_slice(bytes).map_err(|e| Error::Json {
+            what: what.into(),
+            source: e,
+        })?;
+        if r.format != REPOSITORY_FORMAT {
+            return Err(Error::invalid(
+                what,
+                format!("unknown format {:?}", r.format),
+            ));
+        }
+        Ok(r)
+    }
+}
+
+/// A maintenance notice.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Maintenance {
+    /// Message for the user.
+    #[serde(default)]
+    pub message: String,
+    /// Whether the app may still start while updates are paused.
+    pub app_may_start: bool,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths() {
+        let v = Version::parse("1.2.0").unwrap();
+        let s = Sha256::of(b"x");
+        assert_eq!(
+            target_file(&manifest_target(&v), &s),
+            format!("targets/1.2.0/{s}.manifest.json")
+        );
+        assert_eq!(
+            target_file("repository.json", &s),
+            format!("targets/{s}.repository.json")
+        );
+        assert!(blob_path(&Blake3::of(b"x")).starts_with("blobs/"));
+    }
+}

@@ -1,0 +1,39 @@
+//! [`Limits`]: bounds on every length read from untrusted input (docs/format.md §9).
+
+/// Upper bounds applied while reading repository data. The defaults suit releases of up to
+/// a million files and single files of up to 64 GiB; callers may tighten them.
+#[derive(Clone, Debug)]
+pub struct Limits {
+    /// Largest root, timestamp or snapshot metadata file, in bytes.
+    pub max_small_metadata: u64,
+    /// Largest targets metadata, release manifest or patch info, in bytes.
+    pub max_large_metadata: u64,
+    /// Most entries in one release manifest or patch info.
+    pub max_entries: usize,
+    /// Largest single file in a release, in bytes.
+    pub max_file_size: u64,
+    /// Largest decompressed output of any one compressed stream, in bytes, unless the stream's
+    /// signed size says less.
+    pub max_decompressed: u64,
+    /// Most signatures examined on one document.
+    pub max_signatures: usize,
+    /// Most root versions walked in one update.
+    pub max_root_rotations: u64,
+    /// Largest tar header block sequence (long names, pax extensions), in bytes.
+    pub max_archive_header: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_small_metadata: 1 << 20,
+            max_large_metadata: 256 << 20,
+            max_entries: 1_000_000,
+            max_file_size: 64 << 30,
+            max_decompressed: 64 << 30,
+            max_signatures: 64,
+            max_root_rotations: 1024,
+            max_archive_header: 64 << 10,
+        }
+    }
+}

@@ -1,0 +1,265 @@
+//! [`PatchInfo`]: what an incremental patch does to each file (docs/format.md §6.2).
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+use crate::hash::{Blake3, Pin};
+use crate::limits::Limits;
+use crate::relpath::RelPath;
+use crate::version::Version;
+
+/// The `format` value of patch infos this build writes and reads.
+pub const PATCH_INFO_FORMAT: &str = "patchkit-patch-1";
+/// Name of the patch info member, always the first member of a patch archive.
+pub const PATCH_INFO_MEMBER: &str = "patch-info.json";
+
+/// How a file of the new release is produced.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "encoding", rename_all = "kebab-case")]
+pub enum Encoding {
+    /// Same bytes as an old file (a rename or a copy): nothing is shipped.
+    Copy {
+        /// The old file.
+        source: RelPath,
+    },
+    /// The whole new file, zstd-compressed, in `member`.
+    Full {
+        /// Archive member name.
+        member: String,
+        /// Member length in bytes.
+        member_size: u64,
+    },
+    /// A bsdiff-style patch (the `bidiff`/`bipatch` stream) against `source`, zstd-compressed.
+    Bidiff {
+        /// The old file the diff applies to.
+        source: RelPath,
+        /// Archive member name.
+        member: String,
+        /// Member length in bytes.
+        member_size: u64,
+    },
+    /// The new file zstd-compressed with the old file as a reference prefix
+    /// (`zstd --patch-from`).
+    ZstdRef {
+        /// The old file used as reference.
+        source: RelPath,
+        /// Archive member name.
+        member: String,
+        /// Member length in bytes.
+        member_size: u64,
+        /// The zstd window log the stream needs.
+        window_log: u32,
+    },
+}
+
+impl Encoding {
+    /// The old file this encoding reads, if any.
+    pub fn source(&self) -> Option<&RelPath> {
+        match self {
+            Encoding::Copy { source }
+            | Encoding::Bidiff { source, .. }
+            | Encoding::ZstdRef { source, .. } => Some(source),
+            Encoding::Full { .. } => None,
+        }
+    }
+
+    /// The archive member, if any.
+    pub fn member(&self) -> Option<(&str, u64)> {
+        match self {
+            Encoding::Copy { .. } => None,
+            Encoding::Full {
+                member,
+                member_size,
+            }
+            | Encoding::Bidiff {
+                member,
+                member_size,
+                ..
+            }
+            | Encoding::ZstdRef {
+                member,
+                member_size,
+                ..
+            } => Some((member, *member_size)),
+        }
+    }
+
+    /// A short name for reports.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Encoding::Copy { .. } => "copy",
+            Encoding::Full { .. } => "full",
+            Encoding::Bidiff { .. } => "bidiff",
+            Encoding::ZstdRef { .. } => "zstd-ref",
+        }
+    }
+}
+
+/// One file the patch produces.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PatchOp {
+    /// The file's path in the new release.
+    pub path: RelPath,
+    /// The source file's size and hash before (checked before the diff is applied).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub old: Option<Pin>,
+    /// The produced file's size and hash (checked after).
+    pub new: Pin,
+    /// How it is produced.
+    #[serde(flatten)]
+    pub encoding: Encoding,
+}
+
+/// The first member of a patch archive.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PatchInfo {
+    /// Always [`PATCH_INFO_FORMAT`].
+    pub format: String,
+    /// The application.
+    pub app: String,
+    /// Version the patch applies to.
+    pub from: Version,
+    /// Version it produces.
+    pub to: Version,
+    /// Tree digest of the `from` release.
+    pub from_tree: Blake3,
+    /// Tree digest of the `to` release.
+    pub to_tree: Blake3,
+    /// Files the patch produces (new or changed content, renames), sorted by path. Files of the
+    /// old release not listed here and not in `deletes` stay as they are.
+    pub ops: Vec<PatchOp>,
+    /// Old paths (files, links, directories) that are not in the new release.
+    pub deletes: Vec<RelPath>,
+}
+
+impl PatchInfo {
+    /// Parses and validates; `what` names the patch in errors.
+    pub fn from_json(what: &str, bytes: &[u8], limits: &Limits) -> Result<Self> {
+        if bytes.len() as u64 > limits.max_large_metadata {
+            return Err(Error::TooLarge {
+                what: what.into(),
+                limit: limits.max_large_metadata,
+                actual: bytes.len() as u64,
+            });
+        }
+        let p: PatchInfo = serde_json::from_slice(bytes).map_err(|e| Error::Json {
+            what: what.into(),
+            source: e,
+        })?;
+        p.validate(what, limits)?;
+        Ok(p)
+    }
+
+    /// Canonical JSON bytes.
+    pub fn to_json(&self) -> Result<Vec<u8>> {
+        crate::keys::canonical_json(self)
+    }
+
+    /// Checks format, counts, sizes, and that every op has a unique path and member.
+    pub fn validate(&self, what: &str, limits: &Limits) -> Result<()> {
+        if self.format != PATCH_INFO_FORMAT {
+            return Err(Error::invalid(
+                what,
+                format!("unknown format {:?}", self.format),
+            ));
+        }
+        if self.ops.len() + self.deletes.len() > limits.max_entries {
+            return Err(Error::TooLarge {
+                what: format!("{what} entries"),
+                limit: limits.max_entries as u64,
+                actual: (self.ops.len() + self.deletes.len()) as u64,
+            });
+        }
+        let mut members = std::collections::BTreeSet::new();
+        for w in self.ops.windows(2) {
+            if w[0].path >= w[1].path {
+                return Err(Error::invalid(
+                    what,
+                    format!("ops not sorted or duplicated at {}", w[1].path),
+                ));
+            }
+        }
+        for op in &self.ops {
+            if op.new.size > limits.max_file_size {
+                return Err(Error::TooLarge {
+                    what: format!("{what}: {}", op.path),
+                    limit: limits.max_file_size,
+                    actual: op.new.size,
+                });
+            }
+            if let Some((m, size)) = op.encoding.member() {
+                if !members.insert(m.to_string()) || m == PATCH_INFO_MEMBER {
+                    return Err(Error::invalid(what, format!("member {m:?} used twice")));
+                }
+                if size > limits.max_file_size {
+                    return Err(Error::TooLarge {
+                        what: format!("{what}: member {m}"),
+                        limit: limits.max_file_size,
+                        actual: size,
+                    });
+                }
+            }
+            if op.encoding.source().is_some() && op.old.is_none() {
+                return Err(Error::invalid(
+                    what,
+                    format!("{} reads an old file but pins no old hash", op.path),
+                ));
+            }
+            if let Encoding::ZstdRef { window_log, .. } = op.encoding {
+                if !(10..=31).contains(&window_log) {
+                    return Err(Error::invalid(
+                        what,
+                        format!("{}: window log {window_log} out of range", op.path),
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trip() {
+        let p = PatchInfo {
+            format: PATCH_INFO_FORMAT.into(),
+            app: "demo".into(),
+            from: Version::parse("1.0.0").unwrap(),
+            to: Version::parse("2.0.0").unwrap(),
+            from_tree: Blake3::of(b"a"),
+            to_tree: Blake3::of(b"b"),
+            ops: vec![
+                PatchOp {
+                    path: RelPath::new("a").unwrap(),
+                    old: Some(Pin::of(b"x")),
+                    new: Pin::of(b"y"),
+                    encoding: Encoding::Bidiff {
+                        source: RelPath::new("a").unwrap(),
+                        member: "d/0".into(),
+                        member_size: 10,
+                    },
+                },
+                PatchOp {
+                    path: RelPath::new("b").unwrap(),
+                    old: Some(Pin::of(b"x")),
+                    new: Pin::of(b"x"),
+                    encoding: Encoding::Copy {
+                        source: RelPath::new("c").unwrap(),
+                    },
+                },
+            ],
+            deletes: vec![RelPath::new("c").unwrap()],
+        };
+        let bytes = p.to_json().unwrap();
+        assert_eq!(
+            PatchInfo::from_json("p", &bytes, &Limits::default()).unwrap(),
+            p
+        );
+        let mut dup = p.clone();
+        dup.ops[1].path = dup.ops[0].path.clone();
+        assert!(dup.validate("p", &Limits::default()).is_err());
+    }
+}
