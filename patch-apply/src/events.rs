@@ -1,0 +1,47 @@
+//! Progress and decisions reported to the embedding app (and printed as JSON lines by the CLI).
+
+use serde::Serialize;
+
+/// Something the updater wants the app to know.
+#[derive(Clone, Debug, Serialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum Event {
+    /// A phase started.
+    Phase {
+        /// `refresh`, `scan`, `plan`, `download`, `apply`, `commit`, `verify`, `repair`.
+        phase: &'static str,
+    },
+    /// Work done in the current phase.
+    Progress {
+        /// The phase.
+        phase: &'static str,
+        /// Units done (bytes for downloads, files otherwise).
+        done: u64,
+        /// Units in total (0 if unknown).
+        total: u64,
+    },
+    /// The method chosen and why.
+    Plan {
+        /// Chosen method.
+        method: &'static str,
+        /// Its download size.
+        bytes: u64,
+        /// Every method's cost.
+        alternatives: Vec<crate::plan::MethodCost>,
+    },
+    /// A method failed and the next one is tried.
+    Fallback {
+        /// The method that failed.
+        method: &'static str,
+        /// Why.
+        error: String,
+    },
+    /// Something worth a line in a log.
+    Warning {
+        /// The message.
+        message: String,
+    },
+}
+
+/// A receiver of events.
+pub type EventSink = dyn Fn(&Event) + Send + Sync;

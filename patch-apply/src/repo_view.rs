@@ -1,0 +1,187 @@
+//! What a verified targets metadata offers: releases, patches, installers, settings.
+
+use std::collections::BTreeMap;
+
+use formats::layout::{self, RepositoryInfo, REPOSITORY_TARGET};
+use formats::limits::Limits;
+use formats::manifest::ReleaseManifest;
+use formats::tuf::{TargetCustom, TargetFile, TargetKind, TargetsMetadata};
+use formats::Version;
+
+use crate::error::{Error, Result};
+use crate::transport::{Expected, Transport};
+
+/// One release listed in the repository.
+#[derive(Clone, Debug)]
+pub struct ReleaseRef {
+    /// Its version.
+    pub version: Version,
+    /// Target name of its manifest.
+    pub manifest_name: String,
+    /// Its manifest target.
+    pub manifest: TargetFile,
+    /// Custom data of the manifest target (tree digest, ignore patterns, channel, targeting).
+    pub custom: TargetCustom,
+    /// Its installer, if present.
+    pub installer: Option<(String, TargetFile)>,
+}
+
+/// One incremental patch.
+#[derive(Clone, Debug)]
+pub struct PatchEdge {
+    /// Version it applies to.
+    pub from: Version,
+    /// Version it produces.
+    pub to: Version,
+    /// Target name.
+    pub name: String,
+    /// Target entry.
+    pub target: TargetFile,
+}
+
+/// The repository as listed by verified targets metadata.
+#[derive(Clone, Debug, Default)]
+pub struct RepoView {
+    /// Releases, oldest first.
+    pub releases: Vec<ReleaseRef>,
+    /// Patches.
+    pub patches: Vec<PatchEdge>,
+    /// The repository settings target, if listed.
+    pub info_target: Option<TargetFile>,
+}
+
+impl RepoView {
+    /// Indexes verified targets metadata.
+    pub fn from_targets(t: &TargetsMetadata) -> Result<Self> {
+        let mut view = RepoView::default();
+        let mut installers = BTreeMap::new();
+        for (name, target) in &t.targets {
+            if name == REPOSITORY_TARGET {
+                view.info_target = Some(target.clone());
+                continue;
+            }
+            let Ok(c) = target.patchkit(name) else {
+                continue; // Targets added by other tools are not ours to interpret.
+            };
+            let need_version = || {
+                c.version
+                    .clone()
+                    .ok_or_else(|| Error::bad(name.as_str(), "target has no version"))
+            };
+            match c.kind {
+                TargetKind::Manifest => view.releases.push(ReleaseRef {
+                    version: need_version()?,
+                    manifest_name: name.clone(),
+                    manifest: target.clone(),
+                    custom: c.clone(),
+                    installer: None,
+                }),
+                TargetKind::Installer => {
+                    installers.insert(need_version()?, (name.clone(), target.clone()));
+                }
+                TargetKind::Patch => {
+                    let from = c
+                        .from
+                        .clone()
+                        .ok_or_else(|| Error::bad(name.as_str(), "patch target has no `from`"))?;
+                    let to = need_version()?;
+                    if from >= to {
+                        return Err(Error::bad(name.as_str(), "patch does not lead to a newer version"));
+                    }
+                    view.patches.push(PatchEdge {
+                        from,
+                        to,
+                        name: name.clone(),
+                        target: target.clone(),
+                    });
+                }
+                TargetKind::Repository => {}
+            }
+        }
+        for r in &mut view.releases {
+            r.installer = installers.remove(&r.version);
+        }
+        view.releases.sort_by(|a, b| a.version.cmp(&b.version));
+        Ok(view)
+    }
+
+    /// The release with version `v`.
+    pub fn find(&self, v: &Version) -> Option<&ReleaseRef> {
+        self.releases.iter().find(|r| &r.version == v)
+    }
+
+    /// The newest release this client may install: same channel (a release without channel is
+    /// on `stable`) and every targeting constraint met by the client's attributes.
+    pub fn latest_for(&self, channel: &str, attrs: &BTreeMap<String, String>) -> Option<&ReleaseRef> {
+        self.releases.iter().rev().find(|r| eligible(r, channel, attrs))
+    }
+
+    /// The newest release overall, whether or not this client may install it.
+    pub fn newest(&self) -> Option<&ReleaseRef> {
+        self.releases.last()
+    }
+}
+
+/// Whether a client on `channel` with `attrs` may install `r`.
+pub fn eligible(r: &ReleaseRef, channel: &str, attrs: &BTreeMap<String, String>) -> bool {
+    let rc = r.custom.channel.as_deref().unwrap_or("stable");
+    rc == channel && r.custom.targeting.iter().all(|(k, v)| attrs.get(k) == Some(v))
+}
+
+/// What a target must be when downloaded.
+pub fn expected(name: &str, t: &TargetFile) -> Result<Expected> {
+    Ok(Expected {
+        pin: t.pin(name)?,
+        sha256: Some(t.sha256()?),
+    })
+}
+
+/// The repository path of a target (hash-prefixed).
+pub fn target_path(name: &str, t: &TargetFile) -> Result<String> {
+    Ok(layout::target_file(name, &t.sha256()?))
+}
+
+/// Fetches a small target into memory and checks its length and hashes.
+pub fn fetch_small(tr: &dyn Transport, name: &str, t: &TargetFile) -> Result<Vec<u8>> {
+    let path = target_path(name, t)?;
+    let bytes = tr.get_small(&path, t.length)?.ok_or_else(|| Error::NotFound {
+        url: format!("{}/{path}", tr.describe()),
+    })?;
+    let what = format!("{}/{path}", tr.describe());
+    t.pin(name)?.check(&what, &bytes)?;
+    let sha = formats::Sha256::of(&bytes);
+    if sha != t.sha256()? {
+        return Err(Error::Format(formats::Error::HashMismatch {
+            what,
+            algorithm: "sha256",
+            expected: t.sha256()?.to_hex(),
+            actual: sha.to_hex(),
+        }));
+    }
+    Ok(bytes)
+}
+
+/// Fetches and parses a release manifest, checking it names the expected app and version.
+pub fn fetch_manifest(tr: &dyn Transport, r: &ReleaseRef, limits: &Limits) -> Result<ReleaseManifest> {
+    let bytes = fetch_small(tr, &r.manifest_name, &r.manifest)?;
+    let m = ReleaseManifest::from_json(&r.manifest_name, &bytes, limits)?;
+    if m.version != r.version {
+        return Err(Error::bad(
+            &r.manifest_name,
+            format!("manifest says version {}, targets metadata says {}", m.version, r.version),
+        ));
+    }
+    if Some(m.tree_digest()) != r.custom.tree {
+        return Err(Error::bad(&r.manifest_name, "tree digest differs from targets metadata"));
+    }
+    Ok(m)
+}
+
+/// Fetches and parses the repository settings.
+pub fn fetch_info(tr: &dyn Transport, view: &RepoView) -> Result<Option<RepositoryInfo>> {
+    let Some(t) = &view.info_target else {
+        return Ok(None);
+    };
+    let bytes = fetch_small(tr, REPOSITORY_TARGET, t)?;
+    Ok(Some(RepositoryInfo::from_json(REPOSITORY_TARGET, &bytes)?))
+}

@@ -1,0 +1,230 @@
+//! Preparing the files of the new release in the staging area, one function per method.
+//! Nothing here touches the app's own files: sources are only read.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use formats::layout;
+use formats::limits::Limits;
+use formats::manifest::{Entry, Node, ReleaseManifest};
+use formats::{Blake3, RelPath};
+use rayon::prelude::*;
+
+use crate::error::{Error, IoContext, Result};
+use crate::events::{Event, EventSink};
+use crate::repo_view::{expected, target_path, PatchEdge, ReleaseRef};
+use crate::scan::Tree;
+use crate::transport::{fetch_to_cache, Expected, Transport};
+
+/// Everything staging needs.
+pub struct StageCtx<'a> {
+    /// Where artifacts come from.
+    pub transport: &'a dyn Transport,
+    /// Download cache.
+    pub cache: PathBuf,
+    /// A fresh staging directory for this attempt.
+    pub staging: PathBuf,
+    /// Input bounds.
+    pub limits: &'a Limits,
+    /// The app directory (read only here).
+    pub app_dir: &'a Path,
+    /// Event receiver.
+    pub events: &'a EventSink,
+    /// Bytes downloaded so far (all attempts).
+    pub downloaded: &'a AtomicU64,
+}
+
+impl StageCtx<'_> {
+    fn fetch(&self, path: &str, exp: &Expected, total: u64) -> Result<PathBuf> {
+        let done = AtomicU64::new(0);
+        let progress = |n: u64| {
+            self.downloaded.fetch_add(n, Ordering::Relaxed);
+            let d = done.fetch_add(n, Ordering::Relaxed) + n;
+            (self.events)(&Event::Progress {
+                phase: "download",
+                done: d,
+                total,
+            });
+        };
+        fetch_to_cache(self.transport, path, exp, &self.cache, &progress)
+    }
+}
+
+/// Files of the new release to move into place: path → staged file with the right content.
+pub type Staged = BTreeMap<RelPath, PathBuf>;
+
+/// Files of `manifest` whose content is missing or differs in `current`.
+pub fn differing_files<'m>(current: &Tree, manifest: &'m ReleaseManifest) -> Vec<&'m Entry> {
+    manifest
+        .entries
+        .iter()
+        .filter(|e| match (&e.node, current.entries.get(&e.path)) {
+            (Node::File { blake3, .. }, Some(Node::File { blake3: have, .. })) => blake3 != have,
+            (Node::File { .. }, _) => true,
+            _ => false,
+        })
+        .collect()
+}
+
+/// Bytes the repair method downloads: repair files of the differing files (each content once).
+pub fn repair_cost(current: &Tree, manifest: &ReleaseManifest) -> Option<u64> {
+    let mut seen = BTreeMap::new();
+    for e in differing_files(current, manifest) {
+        let r = e.repair?;
+        let h = e.node.file_pin()?.blake3;
+        seen.insert(h, r.size);
+    }
+    Some(seen.values().sum())
+}
+
+/// Repair: fetch and decode the repair file of every differing file.
+pub fn stage_repair(ctx: &StageCtx, manifest: &ReleaseManifest, current: &Tree) -> Result<Staged> {
+    let files = differing_files(current, manifest);
+    let total: u64 = files.iter().filter_map(|e| e.repair).map(|r| r.size).sum();
+    let mut by_content: BTreeMap<Blake3, Vec<&Entry>> = BTreeMap::new();
+    for e in files {
+        if let Some(p) = e.node.file_pin() {
+            by_content.entry(p.blake3).or_default().push(e);
+        }
+    }
+    std::fs::create_dir_all(&ctx.staging).at(&ctx.staging)?;
+    let groups: Vec<(usize, &Vec<&Entry>)> = by_content.values().enumerate().collect();
+    let results: Vec<Result<Vec<(RelPath, PathBuf)>>> = groups
+        .par_iter()
+        .map(|(i, entries)| {
+            let e = entries[0];
+            let pin = e.node.file_pin().ok_or_else(|| Error::bad(e.path.as_str(), "not a file"))?;
+            let repair = e.repair.ok_or_else(|| {
+                Error::bad(e.path.as_str(), "the release has no repair file for it")
+            })?;
+            let blob = layout::blob_path(&pin.blake3);
+            let file = ctx.fetch(&blob, &Expected { pin: repair, sha256: None }, total)?;
+            let first = ctx.staging.join(format!("r{i}"));
+            crate::archive::decode_repair(&file, &blob, pin, &first)?;
+            let mut out = vec![(e.path.clone(), first.clone())];
+            for (j, other) in entries.iter().enumerate().skip(1) {
+                let copy = ctx.staging.join(format!("r{i}-{j}"));
+                std::fs::copy(&first, &copy).at(&copy)?;
+                out.push((other.path.clone(), copy));
+            }
+            Ok(out)
+        })
+        .collect();
+    let mut staged = Staged::new();
+    for r in results {
+        staged.extend(r?);
+    }
+    Ok(staged)
+}
+
+/// Installer: fetch the whole archive, extract it (checked against the manifest), and stage
+/// the files that differ.
+pub fn stage_installer(ctx: &StageCtx, release: &ReleaseRef, manifest: &ReleaseManifest, current: &Tree) -> Result<Staged> {
+    let (name, target) = release
+        .installer
+        .as_ref()
+        .ok_or_else(|| Error::bad(release.manifest_name.as_str(), "release has no installer"))?;
+    let path = target_path(name, target)?;
+    let file = ctx.fetch(&path, &expected(name, target)?, target.length)?;
+    let tree = ctx.staging.join("tree");
+    (ctx.events)(&Event::Phase { phase: "apply" });
+    crate::archive::extract_installer(&file, &path, manifest, &tree, ctx.limits)?;
+    Ok(differing_files(current, manifest)
+        .into_iter()
+        .map(|e| (e.path.clone(), e.path.to_path(&tree)))
+        .collect())
+}
+
+/// Incremental: apply each patch of `chain` in turn. `current` must be exactly the chain's
+/// first version (its tree digest is checked against each patch's `from_tree`).
+pub fn stage_incremental(
+    ctx: &StageCtx,
+    chain: &[&PatchEdge],
+    start_tree: Blake3,
+    current: &Tree,
+    manifest: &ReleaseManifest,
+) -> Result<Staged> {
+    let total: u64 = chain.iter().map(|e| e.target.length).sum();
+    // Where each file of the version reached so far lives.
+    let mut loc: BTreeMap<RelPath, PathBuf> = current
+        .entries
+        .iter()
+        .filter(|(_, n)| matches!(n, Node::File { .. }))
+        .map(|(p, _)| (p.clone(), p.to_path(ctx.app_dir)))
+        .collect();
+    let mut tree = start_tree;
+    for (i, edge) in chain.iter().enumerate() {
+        let path = target_path(&edge.name, &edge.target)?;
+        let file = ctx.fetch(&path, &expected(&edge.name, &edge.target)?, total)?;
+        (ctx.events)(&Event::Phase { phase: "apply" });
+        let dir = ctx.staging.join(format!("p{i}"));
+        let unpacked = crate::archive::unpack_patch(&file, &path, &dir.join("members"), ctx.limits)?;
+        let info = &unpacked.info;
+        if info.from != edge.from || info.to != edge.to || info.app != manifest.app {
+            return Err(Error::bad(&path, format!(
+                "patch info says {} {} -> {}, targets metadata says {} {} -> {}",
+                info.app, info.from, info.to, manifest.app, edge.from, edge.to
+            )));
+        }
+        if info.from_tree != tree {
+            return Err(Error::bad(&path, "patch was built for a different tree than the one installed"));
+        }
+        let out_dir = dir.join("out");
+        std::fs::create_dir_all(&out_dir).at(&out_dir)?;
+        let done = AtomicU64::new(0);
+        let n_ops = info.ops.len() as u64;
+        let produced: Vec<Result<(RelPath, PathBuf)>> = info
+            .ops
+            .par_iter()
+            .enumerate()
+            .map(|(j, op)| {
+                let source = match op.encoding.source() {
+                    Some(s) => Some(loc.get(s).ok_or_else(|| {
+                        Error::bad(&path, format!("{} reads {s}, which the installed version does not have", op.path))
+                    })?),
+                    None => None,
+                };
+                let member = match op.encoding.member() {
+                    Some((m, _)) => Some(unpacked.members.get(m).ok_or_else(|| {
+                        Error::bad(&path, format!("member {m} missing"))
+                    })?),
+                    None => None,
+                };
+                let out = out_dir.join(format!("f{j}"));
+                crate::decode::produce(&path, op, source.map(PathBuf::as_path), member.map(PathBuf::as_path), &out)?;
+                let d = done.fetch_add(1, Ordering::Relaxed) + 1;
+                (ctx.events)(&Event::Progress { phase: "apply", done: d, total: n_ops });
+                Ok((op.path.clone(), out))
+            })
+            .collect();
+        for d in &info.deletes {
+            loc.remove(d);
+        }
+        for p in produced {
+            let (path, out) = p?;
+            loc.insert(path, out);
+        }
+        tree = info.to_tree;
+        // Members are no longer needed.
+        let _ = std::fs::remove_dir_all(dir.join("members"));
+    }
+    if tree != manifest.tree_digest() {
+        return Err(Error::bad(
+            chain.last().map(|e| e.name.as_str()).unwrap_or("patch chain"),
+            "patch chain does not lead to the release's tree",
+        ));
+    }
+    let mut staged = Staged::new();
+    for e in &manifest.entries {
+        if let Node::File { .. } = e.node {
+            let l = loc.get(&e.path).ok_or_else(|| {
+                Error::bad("patch chain", format!("did not produce {}", e.path))
+            })?;
+            if *l != e.path.to_path(ctx.app_dir) {
+                staged.insert(e.path.clone(), l.clone());
+            }
+        }
+    }
+    Ok(staged)
+}

@@ -1,0 +1,152 @@
+//! The client's TUF workflow (spec 5.2-5.6) over a [`Transport`], with the trusted metadata
+//! persisted between runs for rollback protection.
+
+use std::path::{Path, PathBuf};
+
+use formats::keys::PublicKey;
+use formats::layout;
+use formats::limits::Limits;
+use formats::tuf::{TrustedRoot, TrustedSet};
+use time::OffsetDateTime;
+
+use crate::error::{Error, IoContext, Result};
+use crate::transport::Transport;
+
+/// Metadata trusted on an earlier run.
+#[derive(Clone, Debug, Default)]
+pub struct StoredTrust {
+    /// Newest trusted root.
+    pub root: Option<Vec<u8>>,
+    /// Last trusted timestamp.
+    pub timestamp: Option<Vec<u8>>,
+    /// Last trusted snapshot.
+    pub snapshot: Option<Vec<u8>>,
+}
+
+impl StoredTrust {
+    /// Loads from `dir` (missing files are fine).
+    pub fn load(dir: &Path) -> Result<Self> {
+        let read = |n: &str| -> Result<Option<Vec<u8>>> {
+            let p = dir.join(n);
+            match std::fs::read(&p) {
+                Ok(b) => Ok(Some(b)),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+                Err(e) => Err(Error::io(p, e)),
+            }
+        };
+        Ok(StoredTrust {
+            root: read("root.json")?,
+            timestamp: read("timestamp.json")?,
+            snapshot: read("snapshot.json")?,
+        })
+    }
+
+    /// Saves into `dir` atomically, file by file.
+    pub fn save(&self, dir: &Path) -> Result<()> {
+        std::fs::create_dir_all(dir).at(dir)?;
+        for (n, b) in [
+            ("root.json", &self.root),
+            ("timestamp.json", &self.timestamp),
+            ("snapshot.json", &self.snapshot),
+        ] {
+            if let Some(b) = b {
+                crate::atomic::write_file(&dir.join(n), b)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+fn md(name: &str) -> String {
+    format!("{}/{name}", layout::METADATA_DIR)
+}
+
+/// Runs the update workflow: establishes the root (from `stored` or by bootstrapping from the
+/// first root version signed by a `pinned` key), walks root rotations, then loads timestamp,
+/// snapshot and targets with every check. Returns the verified set and what to store.
+pub fn refresh(
+    t: &dyn Transport,
+    pinned: &[PublicKey],
+    stored: &StoredTrust,
+    now: OffsetDateTime,
+    limits: &Limits,
+) -> Result<(TrustedSet, StoredTrust)> {
+    let mut root = match &stored.root {
+        Some(b) => {
+            let r = TrustedRoot::from_trusted_bytes(b, limits)?;
+            // A stored root must still chain to the pinned key; otherwise start over.
+            r
+        }
+        None => bootstrap(t, pinned, now, limits)?,
+    };
+    let mut steps = 0;
+    loop {
+        let next = root.root().version + 1;
+        let name = md(&format!("{next}.root.json"));
+        match t.get_small(&name, limits.max_small_metadata)? {
+            None => break,
+            Some(bytes) => {
+                root.update(&bytes, limits)?;
+                steps += 1;
+                if steps > limits.max_root_rotations {
+                    return Err(Error::Refused(format!(
+                        "{}: more than {} root rotations",
+                        t.describe(),
+                        limits.max_root_rotations
+                    )));
+                }
+            }
+        }
+    }
+    let mut set = TrustedSet::new(root, now, limits.clone())?;
+    set.remember_previous(stored.timestamp.as_deref(), stored.snapshot.as_deref());
+    let ts = get_required(t, &md("timestamp.json"), limits.max_small_metadata)?;
+    set.update_timestamp(&ts)?;
+    let snap_name = set.snapshot_file_name()?;
+    let snap = get_required(t, &md(&snap_name), set.snapshot_max_len())?;
+    set.update_snapshot(&snap)?;
+    let (t_name, pin) = set.targets_file()?;
+    let max = pin.length.unwrap_or(limits.max_large_metadata).min(limits.max_large_metadata);
+    let targets = get_required(t, &md(&t_name), max)?;
+    set.update_targets(&targets)?;
+    let new_stored = StoredTrust {
+        root: Some(set.root().bytes().to_vec()),
+        timestamp: Some(ts),
+        snapshot: Some(snap),
+    };
+    Ok((set, new_stored))
+}
+
+fn get_required(t: &dyn Transport, name: &str, max: u64) -> Result<Vec<u8>> {
+    t.get_small(name, max)?.ok_or_else(|| Error::NotFound {
+        url: format!("{}/{name}", t.describe()),
+    })
+}
+
+fn bootstrap(t: &dyn Transport, pinned: &[PublicKey], now: OffsetDateTime, limits: &Limits) -> Result<TrustedRoot> {
+    let mut last_err = None;
+    for n in 1..=limits.max_root_rotations {
+        let name = md(&format!("{n}.root.json"));
+        let Some(bytes) = t.get_small(&name, limits.max_small_metadata)? else {
+            break;
+        };
+        match TrustedRoot::bootstrap(&bytes, pinned, now, limits) {
+            Ok(r) => return Ok(r),
+            Err(e) => last_err = Some(e),
+        }
+    }
+    Err(match last_err {
+        Some(e) => Error::Refused(format!(
+            "{}: no root metadata is signed by the pinned key ({e})",
+            t.describe()
+        )),
+        None => Error::NotFound {
+            url: format!("{}/{}", t.describe(), md("1.root.json")),
+        },
+    })
+}
+
+/// Where the trusted metadata of an app dir lives.
+pub fn trust_dir(state_dir: &Path) -> PathBuf {
+    state_dir.join("trust")
+}

@@ -1,0 +1,580 @@
+//! The public entry point: [`Updater::check`] and [`Updater::apply`].
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::atomic::AtomicU64;
+use std::sync::Arc;
+
+use formats::keys::PublicKey;
+use formats::layout::{Maintenance, RepositoryInfo};
+use formats::limits::Limits;
+use formats::manifest::{Node, ReleaseManifest};
+use formats::patterns::PathPatterns;
+use formats::{Blake3, Version};
+use serde::Serialize;
+use time::OffsetDateTime;
+
+use crate::commit::{self, Recovery};
+use crate::error::{Error, Result};
+use crate::events::{Event, EventSink};
+use crate::plan::{cheapest_chain, order, Method, MethodCost};
+use crate::repo_view::{self, ReleaseRef, RepoView};
+use crate::scan::{self, Strictness, Tree};
+use crate::stage::{self, StageCtx};
+use crate::state::{InstallRecord, StateDir};
+use crate::transport::{self, Mirrors, Transport};
+use crate::trust::{self, StoredTrust};
+
+/// Which method `apply` may use.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MethodChoice {
+    /// The cheapest that works, falling back to the next on failure.
+    Auto,
+    /// Only this one.
+    Only(Method),
+}
+
+/// How to update one app directory.
+#[derive(Clone)]
+pub struct Config {
+    /// The app directory (created if missing: an empty dir gets a fresh install).
+    pub app_dir: PathBuf,
+    /// Repository URLs or paths, first preferred.
+    pub repos: Vec<String>,
+    /// Pinned root public keys.
+    pub public_keys: Vec<PublicKey>,
+    /// The client's channel (`stable` by default).
+    pub channel: String,
+    /// The client's targeting attributes (`region=india`).
+    pub attrs: BTreeMap<String, String>,
+    /// Install a lower version than the installed one if that is what the repository offers.
+    pub allow_downgrade: bool,
+    /// Method selection.
+    pub method: MethodChoice,
+    /// A process allowed to run from the app dir (the app updating itself).
+    pub allow_running_pid: Option<u32>,
+    /// Refuse to update while other processes run from the app dir.
+    pub check_running: bool,
+    /// Input bounds.
+    pub limits: Limits,
+    /// The current time (tests can move it).
+    pub now: Option<OffsetDateTime>,
+}
+
+impl Config {
+    /// A configuration with defaults: stable channel, automatic method, running check on.
+    pub fn new(app_dir: impl Into<PathBuf>, repo: impl Into<String>, key: PublicKey) -> Self {
+        Config {
+            app_dir: app_dir.into(),
+            repos: vec![repo.into()],
+            public_keys: vec![key],
+            channel: "stable".into(),
+            attrs: BTreeMap::new(),
+            allow_downgrade: false,
+            method: MethodChoice::Auto,
+            allow_running_pid: None,
+            check_running: true,
+            limits: Limits::default(),
+            now: None,
+        }
+    }
+}
+
+/// What `check` found.
+#[derive(Clone, Debug, Serialize)]
+pub struct CheckReport {
+    /// The app, as the repository names it.
+    pub app: Option<String>,
+    /// Installed version, if recognised.
+    pub installed: Option<String>,
+    /// Newest version this client may install.
+    pub latest: Option<String>,
+    /// Newest version in the repository, if this client may not install it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub newest_not_for_this_client: Option<String>,
+    /// Whether the install already is `latest`, byte for byte.
+    pub up_to_date: bool,
+    /// The method `apply` would use (`none` when up to date).
+    pub method: String,
+    /// Its download size.
+    pub download_bytes: u64,
+    /// Every method's cost.
+    pub alternatives: Vec<MethodCost>,
+    /// Whether the pending update changes code (the app must restart).
+    pub restart_required: bool,
+    /// Files of the install that differ from its recognised release (edited or missing).
+    pub damaged: bool,
+    /// The repository's maintenance notice, if any.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub maintenance: Option<Maintenance>,
+    /// A sentence on anything unusual (targeting, downgrade).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
+}
+
+/// What `apply` did.
+#[derive(Clone, Debug, Serialize)]
+pub struct ApplyReport {
+    /// Version before, if recognised.
+    pub from: Option<String>,
+    /// Version now installed.
+    pub to: String,
+    /// Method that succeeded (`none` when already up to date).
+    pub method: String,
+    /// Bytes downloaded.
+    pub downloaded_bytes: u64,
+    /// Methods that failed before, with their errors.
+    pub fallbacks: Vec<String>,
+    /// Files the final verification found wrong and repaired.
+    pub repaired_after: Vec<String>,
+    /// Whether the update changed code.
+    pub restart_required: bool,
+    /// What recovery did before this update, if anything.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub recovered: Option<Recovery>,
+}
+
+/// The updater.
+pub struct Updater {
+    config: Config,
+    events: Arc<EventSink>,
+}
+
+/// Everything known after refreshing metadata and scanning.
+struct Session {
+    transport: Mirrors,
+    stored: StoredTrust,
+    info: Option<RepositoryInfo>,
+    view: RepoView,
+    target: ReleaseRef,
+    manifest: ReleaseManifest,
+    scan: Tree,
+    installed: Option<Version>,
+    installed_tree: Option<Blake3>,
+    damaged: bool,
+    up_to_date: bool,
+    costs: Vec<MethodCost>,
+    chain: Vec<usize>,
+    restart_required: bool,
+    note: Option<String>,
+    newest_other: Option<String>,
+}
+
+impl Updater {
+    /// An updater with `config`, reporting events to `events`.
+    pub fn new(config: Config, events: impl Fn(&Event) + Send + Sync + 'static) -> Self {
+        Updater {
+            config,
+            events: Arc::new(events),
+        }
+    }
+
+    fn emit(&self, e: Event) {
+        (self.events)(&e);
+    }
+
+    fn state(&self) -> StateDir {
+        StateDir::of(&self.config.app_dir)
+    }
+
+    fn transport(&self) -> Result<Mirrors> {
+        let mut list = Vec::new();
+        for r in &self.config.repos {
+            list.push(transport::open(r)?);
+        }
+        if list.is_empty() {
+            return Err(Error::Precondition("no repository given".into()));
+        }
+        Ok(Mirrors::new(list))
+    }
+
+    fn session(&self) -> Result<Session> {
+        let cfg = &self.config;
+        let now = cfg.now.unwrap_or_else(formats::time_util::now);
+        let state = self.state();
+        let mut transport = self.transport()?;
+        self.emit(Event::Phase { phase: "refresh" });
+        let stored = StoredTrust::load(&state.trust())?;
+        let (set, new_stored) = trust::refresh(&transport, &cfg.public_keys, &stored, now, &cfg.limits)?;
+        let targets = set.targets().ok_or_else(|| Error::Precondition("targets not loaded".into()))?;
+        let view = RepoView::from_targets(targets)?;
+        let info = repo_view::fetch_info(&transport, &view)?;
+        if let Some(i) = &info {
+            let mut more = Vec::new();
+            for m in &i.mirrors {
+                if let Ok(t) = transport::open(m) {
+                    more.push(t);
+                }
+            }
+            transport.extend(more);
+        }
+        let record = state.load_record();
+        if let (Some(r), Some(i)) = (&record, &info) {
+            if r.app != i.app {
+                return Err(Error::Refused(format!(
+                    "{}: repository is for app {:?}, but {} holds {:?}",
+                    transport.describe(),
+                    i.app,
+                    cfg.app_dir.display(),
+                    r.app
+                )));
+            }
+        }
+        let newest = view.newest().cloned();
+        let target = view
+            .latest_for(&cfg.channel, &cfg.attrs)
+            .cloned()
+            .ok_or_else(|| {
+                Error::Refused(format!(
+                    "{}: no release for channel {:?} and targets {:?}{}",
+                    transport.describe(),
+                    cfg.channel,
+                    cfg.attrs,
+                    newest.as_ref().map(|n| format!(" (newest release {} is not for this client)", n.version)).unwrap_or_default()
+                ))
+            })?;
+        let newest_other = newest.filter(|n| n.version != target.version).map(|n| n.version.to_string());
+        let manifest = repo_view::fetch_manifest(&transport, &target, &cfg.limits)?;
+        if let Some(i) = &info {
+            if i.app != manifest.app {
+                return Err(Error::bad(&target.manifest_name, format!("manifest is for app {:?}, repository for {:?}", manifest.app, i.app)));
+            }
+        }
+        self.emit(Event::Phase { phase: "scan" });
+        let scan = scan::scan(&cfg.app_dir, &PathPatterns::empty(), Strictness::Install)?;
+        // Recognise the installed version from the files.
+        let mut digests: BTreeMap<Vec<String>, Blake3> = BTreeMap::new();
+        let mut matches = Vec::new();
+        for r in &view.releases {
+            let d = match digests.get(&r.custom.ignore) {
+                Some(d) => *d,
+                None => {
+                    let pats = PathPatterns::new(&r.custom.ignore)?;
+                    let d = scan.digest(&pats);
+                    digests.insert(r.custom.ignore.clone(), d);
+                    d
+                }
+            };
+            if Some(d) == r.custom.tree {
+                matches.push((r.version.clone(), d));
+            }
+        }
+        let recorded = record.as_ref().map(|r| r.version.clone());
+        let found = matches
+            .iter()
+            .find(|(v, _)| Some(v) == recorded.as_ref())
+            .or_else(|| matches.last())
+            .cloned();
+        let (installed, installed_tree) = match found {
+            Some((v, d)) => (Some(v), Some(d)),
+            None => (None, None),
+        };
+        let empty = scan.entries.is_empty();
+        let damaged = installed.is_none() && !empty;
+        let up_to_date = installed.as_ref() == Some(&target.version) && scan.foreign.is_empty();
+        let mut note = None;
+        if let Some(inst) = &installed {
+            if *inst > target.version && !cfg.allow_downgrade {
+                note = Some(format!("installed {inst} is newer than {} offered to this client", target.version));
+            }
+        }
+        if newest_other.is_some() && note.is_none() {
+            note = Some(format!(
+                "newest release {} is not for this client (channel {:?}, targets {:?})",
+                newest_other.as_deref().unwrap_or_default(),
+                cfg.channel,
+                cfg.attrs
+            ));
+        }
+        // Costs.
+        self.emit(Event::Phase { phase: "plan" });
+        let mut costs = Vec::new();
+        let mut chain = Vec::new();
+        let inc = match &installed {
+            None => MethodCost { method: Method::Incremental, bytes: None, unavailable: Some(if empty { "nothing installed".into() } else { "installed files match no release".into() }), chain: vec![] },
+            Some(v) => match cheapest_chain(&view.patches, v, &target.version) {
+                Some((c, b)) if !c.is_empty() => {
+                    let names = c.iter().map(|&i| view.patches[i].to.to_string()).collect();
+                    chain = c;
+                    MethodCost { method: Method::Incremental, bytes: Some(b), unavailable: None, chain: names }
+                }
+                _ => MethodCost { method: Method::Incremental, bytes: None, unavailable: Some(format!("no patch chain from {v} to {}", target.version)), chain: vec![] },
+            },
+        };
+        costs.push(inc);
+        costs.push(match stage::repair_cost(&scan, &manifest) {
+            Some(b) => MethodCost { method: Method::Repair, bytes: Some(b), unavailable: None, chain: vec![] },
+            None => MethodCost { method: Method::Repair, bytes: None, unavailable: Some("release has no repair files".into()), chain: vec![] },
+        });
+        costs.push(match &target.installer {
+            Some((_, t)) => MethodCost { method: Method::Installer, bytes: Some(t.length), unavailable: None, chain: vec![] },
+            None => MethodCost { method: Method::Installer, bytes: None, unavailable: Some("release has no installer".into()), chain: vec![] },
+        });
+        let restart_required = !up_to_date && restart_needed(&scan, &manifest);
+        if let Ok(dir) = std::fs::metadata(&state.root) {
+            if dir.is_dir() {
+                // Best effort on check; apply saves it for real.
+                let _ = new_stored.save(&state.trust());
+            }
+        }
+        Ok(Session {
+            transport,
+            stored: new_stored,
+            info,
+            view,
+            target,
+            manifest,
+            scan,
+            installed,
+            installed_tree,
+            damaged,
+            up_to_date,
+            costs,
+            chain,
+            restart_required,
+            note,
+            newest_other,
+        })
+    }
+
+    fn chosen(&self, s: &Session) -> Vec<Method> {
+        let avail = order(&s.costs);
+        match self.config.method {
+            MethodChoice::Auto => avail,
+            MethodChoice::Only(m) => avail.into_iter().filter(|x| *x == m).collect(),
+        }
+    }
+
+    /// Looks at the repository and the app dir and says what `apply` would do. Changes nothing
+    /// in the app dir (it may refresh the trusted metadata kept in the state directory).
+    pub fn check(&self) -> Result<CheckReport> {
+        let s = self.session()?;
+        let methods = self.chosen(&s);
+        let (method, bytes) = if s.up_to_date {
+            ("none".to_string(), 0)
+        } else {
+            match methods.first() {
+                Some(m) => (
+                    m.name().to_string(),
+                    s.costs.iter().find(|c| c.method == *m).and_then(|c| c.bytes).unwrap_or(0),
+                ),
+                None => ("none".to_string(), 0),
+            }
+        };
+        Ok(CheckReport {
+            app: s.info.as_ref().map(|i| i.app.clone()).or(Some(s.manifest.app.clone())),
+            installed: s.installed.as_ref().map(|v| v.to_string()),
+            latest: Some(s.target.version.to_string()),
+            newest_not_for_this_client: s.newest_other.clone(),
+            up_to_date: s.up_to_date,
+            method,
+            download_bytes: bytes,
+            alternatives: s.costs.clone(),
+            restart_required: s.restart_required,
+            damaged: s.damaged,
+            maintenance: s.info.as_ref().and_then(|i| i.maintenance.clone()),
+            note: s.note.clone(),
+        })
+    }
+
+    /// Recovers from an interrupted update if needed, then updates the app dir to the newest
+    /// release for this client. On error the app dir is left at the version it had.
+    pub fn apply(&self) -> Result<ApplyReport> {
+        let cfg = &self.config;
+        let state = self.state();
+        std::fs::create_dir_all(&cfg.app_dir).map_err(|e| Error::io(&cfg.app_dir, e))?;
+        let _lock = state.lock()?;
+        let recovered = match commit::recover(&cfg.app_dir, &state)? {
+            Recovery::Clean => None,
+            r => {
+                self.emit(Event::Warning { message: format!("rolled back an interrupted update: {r:?}") });
+                Some(r)
+            }
+        };
+        let s = self.session()?;
+        if let Some(m) = s.info.as_ref().and_then(|i| i.maintenance.as_ref()) {
+            return Err(Error::Precondition(format!(
+                "{}: repository is under maintenance{}",
+                s.transport.describe(),
+                if m.message.is_empty() { String::new() } else { format!(": {}", m.message) }
+            )));
+        }
+        if let Some(inst) = &s.installed {
+            if *inst > s.target.version && !cfg.allow_downgrade {
+                return Err(Error::Refused(format!(
+                    "installed version {inst} is newer than {} offered; refusing to downgrade (use --allow-downgrade)",
+                    s.target.version
+                )));
+            }
+        }
+        s.stored.save(&state.trust())?;
+        let from = s.installed.as_ref().map(|v| v.to_string());
+        if s.up_to_date {
+            if state.load_record().map(|r| r.version) != Some(s.target.version.clone()) {
+                self.save_record(&state, &s, None)?;
+            }
+            return Ok(ApplyReport {
+                from,
+                to: s.target.version.to_string(),
+                method: "none".into(),
+                downloaded_bytes: 0,
+                fallbacks: vec![],
+                repaired_after: vec![],
+                restart_required: false,
+                recovered,
+            });
+        }
+        let methods = self.chosen(&s);
+        if methods.is_empty() {
+            return Err(Error::AllMethodsFailed(format!(
+                "no usable method: {}",
+                s.costs.iter().map(|c| format!("{}: {}", c.method.name(), c.unavailable.clone().unwrap_or_default())).collect::<Vec<_>>().join("; ")
+            )));
+        }
+        let first_bytes = s.costs.iter().find(|c| c.method == methods[0]).and_then(|c| c.bytes).unwrap_or(0);
+        self.emit(Event::Plan { method: methods[0].name(), bytes: first_bytes, alternatives: s.costs.clone() });
+        // Checks before touching anything.
+        crate::preflight::check_writable(&cfg.app_dir)?;
+        if cfg.check_running {
+            crate::preflight::check_not_running(&cfg.app_dir, cfg.allow_running_pid)?;
+        }
+        let staged_bytes: u64 = stage::differing_files(&s.scan, &s.manifest).iter().filter_map(|e| e.node.file_pin()).map(|p| p.size).sum();
+        crate::preflight::check_space(&cfg.app_dir, first_bytes.saturating_mul(2).saturating_add(staged_bytes).saturating_add(1 << 20))?;
+        let downloaded = AtomicU64::new(0);
+        let mut fallbacks = Vec::new();
+        let mut done = None;
+        for m in methods {
+            match self.run_method(&state, &s, m, &downloaded) {
+                Ok(()) => {
+                    done = Some(m);
+                    break;
+                }
+                Err(e) => {
+                    self.emit(Event::Fallback { method: m.name(), error: e.to_string() });
+                    fallbacks.push(format!("{}: {e}", m.name()));
+                }
+            }
+        }
+        let _ = std::fs::remove_dir_all(state.staging());
+        let Some(method) = done else {
+            return Err(Error::AllMethodsFailed(fallbacks.join("; ")));
+        };
+        // Verify everything; repair what is wrong.
+        self.emit(Event::Phase { phase: "verify" });
+        let mut repaired_after = Vec::new();
+        let after = scan::scan(&cfg.app_dir, &PathPatterns::empty(), Strictness::Install)?;
+        let ignore = PathPatterns::new(&s.manifest.ignore)?;
+        if after.digest(&ignore) != s.manifest.tree_digest() || !after.foreign.is_empty() {
+            self.emit(Event::Phase { phase: "repair" });
+            repaired_after = mismatches(&after, &s.manifest, &ignore);
+            let ctx = self.ctx(&state, &s, 99, &downloaded);
+            let staged = stage::stage_repair(&ctx, &s.manifest, &after)?;
+            let actions = commit::plan_actions(&cfg.app_dir, &state, &after, &s.manifest, &staged, &ctx.staging.join("meta"))?;
+            commit::commit(&cfg.app_dir, &state, &s.manifest.app, s.installed.clone(), s.target.version.clone(), actions)?;
+            let again = scan::scan(&cfg.app_dir, &PathPatterns::empty(), Strictness::Install)?;
+            let _ = std::fs::remove_dir_all(state.staging());
+            if again.digest(&ignore) != s.manifest.tree_digest() {
+                return Err(Error::Verify {
+                    path: mismatches(&again, &s.manifest, &ignore).join(", "),
+                    reason: "still differs after repair".into(),
+                });
+            }
+        }
+        self.save_record(&state, &s, s.installed.clone())?;
+        let _ = std::fs::remove_dir_all(state.cache());
+        Ok(ApplyReport {
+            from,
+            to: s.target.version.to_string(),
+            method: method.name().into(),
+            downloaded_bytes: downloaded.load(std::sync::atomic::Ordering::Relaxed),
+            fallbacks,
+            repaired_after,
+            restart_required: s.restart_required,
+            recovered,
+        })
+    }
+
+    fn ctx<'a>(&'a self, state: &StateDir, s: &'a Session, attempt: usize, downloaded: &'a AtomicU64) -> StageCtx<'a> {
+        StageCtx {
+            transport: &s.transport,
+            cache: state.cache(),
+            staging: state.staging().join(format!("attempt-{attempt}")),
+            limits: &self.config.limits,
+            app_dir: &self.config.app_dir,
+            events: self.events.as_ref(),
+            downloaded,
+        }
+    }
+
+    fn run_method(&self, state: &StateDir, s: &Session, m: Method, downloaded: &AtomicU64) -> Result<()> {
+        let cfg = &self.config;
+        let ctx = self.ctx(state, s, m as usize, downloaded);
+        let _ = std::fs::remove_dir_all(&ctx.staging);
+        std::fs::create_dir_all(&ctx.staging).map_err(|e| Error::io(&ctx.staging, e))?;
+        self.emit(Event::Phase { phase: "download" });
+        let staged = match m {
+            Method::Repair => stage::stage_repair(&ctx, &s.manifest, &s.scan)?,
+            Method::Installer => stage::stage_installer(&ctx, &s.target, &s.manifest, &s.scan)?,
+            Method::Incremental => {
+                let chain: Vec<_> = s.chain.iter().map(|&i| &s.view.patches[i]).collect();
+                let start = s.installed_tree.ok_or_else(|| Error::Precondition("installed version unknown".into()))?;
+                stage::stage_incremental(&ctx, &chain, start, &s.scan, &s.manifest)?
+            }
+        };
+        self.emit(Event::Phase { phase: "commit" });
+        let actions = commit::plan_actions(&cfg.app_dir, state, &s.scan, &s.manifest, &staged, &ctx.staging.join("meta"))?;
+        commit::commit(&cfg.app_dir, state, &s.manifest.app, s.installed.clone(), s.target.version.clone(), actions)
+    }
+
+    fn save_record(&self, state: &StateDir, s: &Session, previous: Option<Version>) -> Result<()> {
+        state.save_record(&InstallRecord {
+            app: s.manifest.app.clone(),
+            version: s.target.version.clone(),
+            tree: s.manifest.tree_digest(),
+            previous,
+        })
+    }
+
+    /// Rolls back an interrupted update, if any (safe to call at every app start).
+    pub fn recover(&self) -> Result<Recovery> {
+        let state = self.state();
+        if !state.root.exists() {
+            return Ok(Recovery::Clean);
+        }
+        let _lock = state.lock()?;
+        commit::recover(&self.config.app_dir, &state)
+    }
+}
+
+/// Paths whose state differs from the manifest (for reports).
+fn mismatches(tree: &Tree, m: &ReleaseManifest, ignore: &PathPatterns) -> Vec<String> {
+    let want = m.by_path();
+    let mut out: Vec<String> = m
+        .entries
+        .iter()
+        .filter(|e| tree.entries.get(&e.path) != Some(&e.node))
+        .map(|e| e.path.to_string())
+        .collect();
+    out.extend(
+        tree.entries
+            .keys()
+            .filter(|p| !ignore.matches(p) && !want.contains_key(p))
+            .map(|p| p.to_string()),
+    );
+    out.extend(tree.foreign.iter().map(|p| p.display().to_string()));
+    out
+}
+
+/// Whether moving from `current` to `m` changes anything marked as code.
+pub fn restart_needed(current: &Tree, m: &ReleaseManifest) -> bool {
+    if m.restart_required {
+        return true;
+    }
+    let want = m.by_path();
+    let changed_code = m.entries.iter().any(|e| e.code && current.entries.get(&e.path) != Some(&e.node));
+    let removed_code = current.entries.iter().any(|(p, n)| {
+        !want.contains_key(p)
+            && matches!(n, Node::File { exec: true, .. })
+    });
+    changed_code || removed_code
+}

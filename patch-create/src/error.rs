@@ -1,0 +1,67 @@
+//! The crate's error type.
+
+use std::path::PathBuf;
+
+/// Result alias for this crate.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// What can make a release, a verification or a key operation fail.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// A format, signature or limit check failed.
+    #[error(transparent)]
+    Format(#[from] formats::Error),
+    /// Reading or applying an artifact failed (shared code with the updater).
+    #[error(transparent)]
+    Apply(#[from] patch_apply::Error),
+    /// An I/O error with its path.
+    #[error("{}: {source}", path.display())]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// The release tree is unusable.
+    #[error("release tree {}: {reason}", path.display())]
+    Tree {
+        /// The tree's root.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
+    /// The repository refuses the operation (version not increasing, wrong key, wrong app...).
+    #[error("repository {}: {reason}", path.display())]
+    Repo {
+        /// The repository.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
+    /// `verify` found problems; each names the artifact.
+    #[error("verification failed with {} problem(s):\n  {}", .0.len(), .0.join("\n  "))]
+    VerifyFailed(Vec<String>),
+}
+
+impl Error {
+    /// Shorthand for [`Error::Io`].
+    pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        Error::Io {
+            path: path.into(),
+            source,
+        }
+    }
+}
+
+/// Adds a path to `std::io::Result`s.
+pub trait IoContext<T> {
+    /// Maps the error to [`Error::Io`] with `path`.
+    fn at(self, path: &std::path::Path) -> Result<T>;
+}
+
+impl<T> IoContext<T> for std::io::Result<T> {
+    fn at(self, path: &std::path::Path) -> Result<T> {
+        self.map_err(|e| Error::io(path, e))
+    }
+}

@@ -1,0 +1,103 @@
+//! Writing binary artifacts (docs/format.md §6): repair files, patch archives, installers.
+//! All tar headers are deterministic (mtime 0, uid/gid 0, fixed modes).
+
+use std::fs::File;
+use std::io::{BufWriter, Read, Write};
+use std::path::Path;
+
+use formats::container::{write_header, ArtifactKind};
+use formats::manifest::{Node, ReleaseManifest};
+use formats::patch_info::{PatchInfo, PATCH_INFO_MEMBER};
+
+use crate::encode::window_log_for;
+use crate::error::{Error, IoContext, Result};
+
+/// The bytes of a repair file holding `content`.
+pub fn repair_bytes(content: &[u8], level: i32) -> Result<Vec<u8>> {
+    let mut out = formats::container::header(ArtifactKind::Repair).to_vec();
+    out.extend_from_slice(&crate::encode::compress(content, level)?);
+    Ok(out)
+}
+
+fn header(path: &str, size: u64, mode: u32, kind: tar::EntryType) -> tar::Header {
+    let mut h = tar::Header::new_gnu();
+    h.set_entry_type(kind);
+    h.set_size(size);
+    h.set_mode(mode);
+    h.set_mtime(0);
+    h.set_uid(0);
+    h.set_gid(0);
+    // Paths longer than the header field go through GNU long-name entries (tar::Builder).
+    let _ = path;
+    h
+}
+
+/// Writes a patch archive: header, then zstd of a tar whose first member is the patch info.
+pub fn write_patch(out: &Path, info: &PatchInfo, members: &[(String, Vec<u8>)]) -> Result<()> {
+    let f = BufWriter::new(File::create(out).at(out)?);
+    let mut f = f;
+    write_header(&mut f, ArtifactKind::Patch).at(out)?;
+    let mut enc = zstd::stream::write::Encoder::new(f, 3).at(out)?;
+    {
+        let mut tar = tar::Builder::new(&mut enc);
+        let info_bytes = info.to_json()?;
+        let mut h = header(PATCH_INFO_MEMBER, info_bytes.len() as u64, 0o644, tar::EntryType::Regular);
+        tar.append_data(&mut h, PATCH_INFO_MEMBER, info_bytes.as_slice()).at(out)?;
+        for (name, bytes) in members {
+            let mut h = header(name, bytes.len() as u64, 0o644, tar::EntryType::Regular);
+            tar.append_data(&mut h, name, bytes.as_slice()).at(out)?;
+        }
+        tar.finish().at(out)?;
+    }
+    let mut f = enc.finish().at(out)?;
+    f.flush().at(out)?;
+    f.into_inner().map_err(|e| Error::io(out, e.into_error()))?.sync_all().at(out)?;
+    Ok(())
+}
+
+/// Writes the installer: header, then zstd (`level`, all cores) of a tar of the whole release
+/// read from `tree`, in manifest order. Each file is checked against the manifest as it is read.
+pub fn write_installer(out: &Path, manifest: &ReleaseManifest, tree: &Path, level: i32) -> Result<()> {
+    let mut f = BufWriter::new(File::create(out).at(out)?);
+    write_header(&mut f, ArtifactKind::Installer).at(out)?;
+    let mut enc = zstd::stream::write::Encoder::new(f, level).at(out)?;
+    let threads = std::thread::available_parallelism().map(|n| n.get() as u32).unwrap_or(1);
+    if threads > 1 {
+        // Not every libzstd build has threads; compress single-threaded then.
+        let _ = enc.multithread(threads);
+    }
+    let total = manifest.total_file_bytes();
+    if total > 8 << 20 {
+        enc.long_distance_matching(true).at(out)?;
+        enc.window_log(window_log_for(total).min(27)).at(out)?;
+    }
+    {
+        let mut tar = tar::Builder::new(&mut enc);
+        tar.follow_symlinks(false);
+        for e in &manifest.entries {
+            let name = e.path.as_str();
+            match &e.node {
+                Node::Dir => {
+                    let mut h = header(name, 0, 0o755, tar::EntryType::Directory);
+                    tar.append_data(&mut h, format!("{name}/"), std::io::empty()).at(out)?;
+                }
+                Node::File { size, exec, .. } => {
+                    let src = e.path.to_path(tree);
+                    let mut h = header(name, *size, if *exec { 0o755 } else { 0o644 }, tar::EntryType::Regular);
+                    let file = File::open(&src).at(&src)?;
+                    let mut r = file.take(*size);
+                    tar.append_data(&mut h, name, &mut r).at(&src)?;
+                }
+                Node::Symlink { target } => {
+                    let mut h = header(name, 0, 0o777, tar::EntryType::Symlink);
+                    tar.append_link(&mut h, name, target).at(out)?;
+                }
+            }
+        }
+        tar.finish().at(out)?;
+    }
+    let mut f = enc.finish().at(out)?;
+    f.flush().at(out)?;
+    f.into_inner().map_err(|e| Error::io(out, e.into_error()))?.sync_all().at(out)?;
+    Ok(())
+}

@@ -1,0 +1,367 @@
+//! Reading and writing a repository on the release engineer's side (docs/format.md §1, §7).
+//!
+//! New artifacts are written under content-addressed names (never overwriting anything a
+//! client may be reading), then the new targets and snapshot metadata, and `timestamp.json`
+//! last, atomically: a crash at any point leaves the previous repository state intact.
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::path::{Path, PathBuf};
+
+use formats::keys::KeyPair;
+use formats::layout::{self, RepositoryInfo, REPOSITORY_FORMAT, REPOSITORY_TARGET};
+use formats::limits::Limits;
+use formats::manifest::ReleaseManifest;
+use formats::tuf::{
+    self, Role, RootMetadata, Signed, SnapshotMetadata, TargetCustom, TargetFile, TargetKind,
+    TargetsMetadata, TimestampMetadata,
+};
+use formats::{Blake3, Sha256, Version};
+use patch_apply::atomic;
+use time::OffsetDateTime;
+
+use crate::error::{Error, IoContext, Result};
+
+/// An open repository, locked for writing while this value lives.
+pub struct Repo {
+    /// The repository directory.
+    pub path: PathBuf,
+    /// The newest root.
+    pub root: RootMetadata,
+    /// Current targets metadata (empty for a new repository).
+    pub targets: TargetsMetadata,
+    /// Current snapshot version (0 for a new repository).
+    pub snapshot_version: u64,
+    /// Current timestamp version (0 for a new repository).
+    pub timestamp_version: u64,
+    /// Whether the repository did not exist before.
+    pub is_new: bool,
+    _lock: Option<File>,
+}
+
+fn repo_err(path: &Path, reason: impl Into<String>) -> Error {
+    Error::Repo {
+        path: path.to_path_buf(),
+        reason: reason.into(),
+    }
+}
+
+fn read_limited(path: &Path, limit: u64) -> Result<Vec<u8>> {
+    let meta = std::fs::metadata(path).at(path)?;
+    if meta.len() > limit {
+        return Err(Error::Format(formats::Error::TooLarge {
+            what: path.display().to_string(),
+            limit,
+            actual: meta.len(),
+        }));
+    }
+    std::fs::read(path).at(path)
+}
+
+fn lock(path: &Path) -> Result<File> {
+    let lock_path = path.join(".patch-create.lock");
+    let f = File::options()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock_path)
+        .at(&lock_path)?;
+    match f.try_lock() {
+        Ok(()) => Ok(f),
+        Err(_) => Err(repo_err(
+            path,
+            "another patch-create is writing this repository (lock .patch-create.lock is held)",
+        )),
+    }
+}
+
+impl Repo {
+    /// Opens the repository at `path`, or prepares a new one (nothing is written until
+    /// [`Repo::commit`]) when it has no `metadata/timestamp.json`. `creator` is the key that
+    /// will hold every role of a new repository.
+    pub fn open_or_new(path: &Path, creator: &KeyPair, expires: OffsetDateTime) -> Result<Repo> {
+        let ts_path = path.join(layout::METADATA_DIR).join("timestamp.json");
+        if !ts_path.exists() {
+            if path.exists() && std::fs::read_dir(path).at(path)?.next().is_some() {
+                let md = path.join(layout::METADATA_DIR);
+                if md.exists() {
+                    return Err(repo_err(path, "has a metadata directory but no timestamp.json"));
+                }
+            }
+            std::fs::create_dir_all(path).at(path)?;
+            let l = lock(path)?;
+            let root = RootMetadata::new_single_key(&creator.public(), 1, expires + time::Duration::days(365));
+            return Ok(Repo {
+                path: path.to_path_buf(),
+                root,
+                targets: TargetsMetadata::new(0, expires),
+                snapshot_version: 0,
+                timestamp_version: 0,
+                is_new: true,
+                _lock: Some(l),
+            });
+        }
+        let l = lock(path)?;
+        let mut r = Repo::load(path)?;
+        r._lock = Some(l);
+        Ok(r)
+    }
+
+    /// Loads an existing repository, checking each role's signatures against the newest root
+    /// (but not expiry: an expired repository can still be re-signed or extended).
+    pub fn load(path: &Path) -> Result<Repo> {
+        let limits = Limits::default();
+        let md = path.join(layout::METADATA_DIR);
+        // Newest root: walk N.root.json upwards.
+        let mut n = 1;
+        let mut root_bytes = None;
+        loop {
+            let p = md.join(format!("{n}.root.json"));
+            if !p.exists() {
+                break;
+            }
+            root_bytes = Some(read_limited(&p, limits.max_small_metadata)?);
+            n += 1;
+        }
+        let root_bytes = root_bytes.ok_or_else(|| repo_err(path, "metadata/1.root.json is missing"))?;
+        let what = format!("metadata/{}.root.json", n - 1);
+        let root = tuf::verify_role::<RootMetadata>(&what, &root_bytes, &tuf::parse_unverified::<RootMetadata>(&what, &root_bytes, &limits)?.signed, &limits)?.signed;
+        let ts_bytes = read_limited(&md.join("timestamp.json"), limits.max_small_metadata)?;
+        let ts = tuf::verify_role::<TimestampMetadata>("metadata/timestamp.json", &ts_bytes, &root, &limits)?.signed;
+        let snap_v = ts
+            .meta
+            .get("snapshot.json")
+            .ok_or_else(|| repo_err(path, "timestamp.json pins no snapshot"))?
+            .version;
+        let snap_name = format!("metadata/{snap_v}.snapshot.json");
+        let snap_bytes = read_limited(&path.join(&snap_name), limits.max_small_metadata)?;
+        let snap = tuf::verify_role::<SnapshotMetadata>(&snap_name, &snap_bytes, &root, &limits)?.signed;
+        let t_v = snap
+            .meta
+            .get("targets.json")
+            .ok_or_else(|| repo_err(path, "snapshot pins no targets"))?
+            .version;
+        let t_name = format!("metadata/{t_v}.targets.json");
+        let t_bytes = read_limited(&path.join(&t_name), limits.max_large_metadata)?;
+        let targets = tuf::verify_role::<TargetsMetadata>(&t_name, &t_bytes, &root, &limits)?.signed;
+        Ok(Repo {
+            path: path.to_path_buf(),
+            root,
+            targets,
+            snapshot_version: snap.version,
+            timestamp_version: ts.version,
+            is_new: false,
+            _lock: None,
+        })
+    }
+
+    /// The repository settings, if present.
+    pub fn info(&self) -> Result<Option<RepositoryInfo>> {
+        let Some(t) = self.targets.targets.get(REPOSITORY_TARGET) else {
+            return Ok(None);
+        };
+        let bytes = self.read_target(REPOSITORY_TARGET, t)?;
+        Ok(Some(RepositoryInfo::from_json(REPOSITORY_TARGET, &bytes)?))
+    }
+
+    /// Reads a target's bytes and checks them against its signed length and hashes.
+    pub fn read_target(&self, name: &str, t: &TargetFile) -> Result<Vec<u8>> {
+        let rel = layout::target_file(name, &t.sha256()?);
+        let p = self.path.join(&rel);
+        let bytes = read_limited(&p, t.length)?;
+        let pin = t.pin(name)?;
+        pin.check(&rel, &bytes)?;
+        let sha = Sha256::of(&bytes);
+        if sha != t.sha256()? {
+            return Err(Error::Format(formats::Error::HashMismatch {
+                what: rel,
+                algorithm: "sha256",
+                expected: t.sha256()?.to_hex(),
+                actual: sha.to_hex(),
+            }));
+        }
+        Ok(bytes)
+    }
+
+    /// Every release in the repository, oldest first, with its manifest target's custom data.
+    pub fn releases(&self) -> Result<Vec<(Version, TargetCustom)>> {
+        let mut out = Vec::new();
+        for (name, t) in &self.targets.targets {
+            let c = t.patchkit(name)?;
+            if c.kind == TargetKind::Manifest {
+                let v = c
+                    .version
+                    .clone()
+                    .ok_or_else(|| repo_err(&self.path, format!("target {name} has no version")))?;
+                out.push((v, c));
+            }
+        }
+        out.sort_by(|a, b| a.0.cmp(&b.0));
+        Ok(out)
+    }
+
+    /// The manifest of release `v`.
+    pub fn manifest(&self, v: &Version) -> Result<ReleaseManifest> {
+        let name = layout::manifest_target(v);
+        let t = self
+            .targets
+            .targets
+            .get(&name)
+            .ok_or_else(|| repo_err(&self.path, format!("has no release {v}")))?;
+        let bytes = self.read_target(&name, t)?;
+        Ok(ReleaseManifest::from_json(&name, &bytes, &Limits::default())?)
+    }
+
+    /// Path of a repair blob on disk.
+    pub fn blob_file(&self, content: &Blake3) -> PathBuf {
+        self.path.join(layout::blob_path(content))
+    }
+
+    /// Writes a target file (content-addressed, atomic) and returns its targets entry.
+    pub fn write_target(&self, name: &str, bytes: &[u8], custom: TargetCustom) -> Result<TargetFile> {
+        let sha = Sha256::of(bytes);
+        let p = self.path.join(layout::target_file(name, &sha));
+        if let Some(parent) = p.parent() {
+            std::fs::create_dir_all(parent).at(parent)?;
+        }
+        atomic::write_file(&p, bytes)?;
+        Ok(target_entry(bytes.len() as u64, sha, custom))
+    }
+
+    /// Moves an artifact already written at `tmp` into place as target `name`.
+    pub fn place_target_file(&self, name: &str, tmp: &Path, custom_kind: TargetCustom) -> Result<TargetFile> {
+        let (len, sha, b3) = hash_file(tmp)?;
+        let p = self.path.join(layout::target_file(name, &sha));
+        if let Some(parent) = p.parent() {
+            std::fs::create_dir_all(parent).at(parent)?;
+        }
+        atomic::sync_file(tmp)?;
+        atomic::rename(tmp, &p)?;
+        Ok(target_entry(len, sha, TargetCustom { blake3: b3, ..custom_kind }))
+    }
+
+    /// Signs and writes new targets, snapshot and timestamp metadata (and, for a new repository,
+    /// `1.root.json`). `timestamp.json` is replaced last.
+    pub fn commit(&mut self, mut targets: TargetsMetadata, keys: &[&KeyPair], expires: OffsetDateTime) -> Result<()> {
+        let md = self.path.join(layout::METADATA_DIR);
+        std::fs::create_dir_all(&md).at(&md)?;
+        if self.is_new {
+            let root = Signed::sign(self.root.clone(), &signers(&self.root, Role::Root, keys, &self.path)?)?;
+            let bytes = root.to_canonical_bytes()?;
+            atomic::write_file(&self.path.join(layout::root_file(1)), &bytes)?;
+            atomic::write_file(&md.join("root.json"), &bytes)?;
+        }
+        targets.version = self.targets.version + 1;
+        targets.expires = formats::time_util::format_tuf(expires);
+        let t_signed = Signed::sign(targets.clone(), &signers(&self.root, Role::Targets, keys, &self.path)?)?;
+        let t_bytes = t_signed.to_canonical_bytes()?;
+        atomic::write_file(&md.join(format!("{}.targets.json", targets.version)), &t_bytes)?;
+        let snap_v = self.snapshot_version + 1;
+        let snap = SnapshotMetadata::new(snap_v, expires, targets.version, &t_bytes);
+        let s_bytes = Signed::sign(snap, &signers(&self.root, Role::Snapshot, keys, &self.path)?)?.to_canonical_bytes()?;
+        atomic::write_file(&md.join(format!("{snap_v}.snapshot.json")), &s_bytes)?;
+        let ts_v = self.timestamp_version + 1;
+        let ts = TimestampMetadata::new(ts_v, expires, snap_v, &s_bytes);
+        let ts_bytes = Signed::sign(ts, &signers(&self.root, Role::Timestamp, keys, &self.path)?)?.to_canonical_bytes()?;
+        atomic::write_file(&md.join("timestamp.json"), &ts_bytes)?;
+        self.targets = targets;
+        self.snapshot_version = snap_v;
+        self.timestamp_version = ts_v;
+        self.is_new = false;
+        Ok(())
+    }
+
+    /// Checks, before any work, that `keys` can sign every role a release touches.
+    pub fn check_keys(&self, keys: &[&KeyPair]) -> Result<()> {
+        for role in [Role::Targets, Role::Snapshot, Role::Timestamp] {
+            signers(&self.root, role, keys, &self.path)?;
+        }
+        if self.is_new {
+            signers(&self.root, Role::Root, keys, &self.path)?;
+        }
+        Ok(())
+    }
+
+    /// A new or existing repository's settings, with `app` as name.
+    pub fn default_info(app: &str) -> RepositoryInfo {
+        RepositoryInfo {
+            format: REPOSITORY_FORMAT.into(),
+            app: app.to_string(),
+            maintenance: None,
+            mirrors: Vec::new(),
+        }
+    }
+}
+
+/// The keys among `keys` that may sign `role`; fails when they do not reach its threshold.
+pub fn signers<'a>(root: &RootMetadata, role: Role, keys: &[&'a KeyPair], repo: &Path) -> Result<Vec<&'a KeyPair>> {
+    let rk = root.role_keys(role)?;
+    let mut out: Vec<&KeyPair> = Vec::new();
+    for k in keys {
+        let id = k.public().key_id();
+        if rk.keyids.contains(&id) && !out.iter().any(|o| o.public().key_id() == id) {
+            out.push(k);
+        }
+    }
+    if out.len() < rk.threshold as usize {
+        return Err(repo_err(
+            repo,
+            format!(
+                "the given key(s) cannot sign {} metadata: {} of the {} required signatures (key ids {})",
+                role.name(),
+                out.len(),
+                rk.threshold,
+                keys.iter().map(|k| k.public().key_id()[..12].to_string()).collect::<Vec<_>>().join(", ")
+            ),
+        ));
+    }
+    Ok(out)
+}
+
+fn target_entry(length: u64, sha: Sha256, custom: TargetCustom) -> TargetFile {
+    TargetFile {
+        length,
+        hashes: BTreeMap::from([("sha256".to_string(), sha.to_hex())]),
+        custom: serde_json::to_value(custom).ok(),
+    }
+}
+
+/// Length, SHA-256 and BLAKE3 of a file, streaming.
+pub fn hash_file(path: &Path) -> Result<(u64, Sha256, Blake3)> {
+    use sha2_shim::Sha256Stream;
+    let mut f = File::open(path).at(path)?;
+    let mut s = Sha256Stream::default();
+    let mut b = blake3::Hasher::new();
+    let mut buf = vec![0u8; 1 << 20];
+    let mut len = 0u64;
+    loop {
+        use std::io::Read;
+        let n = f.read(&mut buf).at(path)?;
+        if n == 0 {
+            break;
+        }
+        len += n as u64;
+        s.update(&buf[..n]);
+        b.update(&buf[..n]);
+    }
+    Ok((len, s.finish(), Blake3(*b.finalize().as_bytes())))
+}
+
+mod sha2_shim {
+    //! Streaming SHA-256 through `formats::hash::StreamCheck`-compatible types.
+    use formats::Sha256;
+    use sha2::Digest;
+
+    /// A streaming SHA-256.
+    #[derive(Default)]
+    pub struct Sha256Stream(sha2::Sha256);
+
+    impl Sha256Stream {
+        pub fn update(&mut self, d: &[u8]) {
+            self.0.update(d);
+        }
+        pub fn finish(self) -> Sha256 {
+            Sha256(self.0.finalize().into())
+        }
+    }
+}
