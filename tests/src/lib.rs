@@ -1,1 +1,211 @@
-//! End-to-end tests live in tests/tests/.
+//! Helpers for the end-to-end tests in `tests/tests/`: locating the real binaries, generating
+//! fixture releases into a fresh temporary directory, running commands, comparing trees.
+//!
+//! The binaries are the ones cargo built for the workspace (`cargo build --workspace --bins`
+//! runs before the tests in `.ci/run`; `cargo test --workspace` builds them too).
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+/// The directory holding the workspace's binaries (`target/<profile>`).
+pub fn bin_dir() -> PathBuf {
+    if let Ok(d) = std::env::var("PATCHKIT_BIN_DIR") {
+        return PathBuf::from(d);
+    }
+    let exe = std::env::current_exe().expect("current exe");
+    // target/<profile>/deps/<test-binary>
+    exe.parent()
+        .and_then(Path::parent)
+        .expect("test binary lives in target/<profile>/deps")
+        .to_path_buf()
+}
+
+/// Path of a workspace binary; panics with a clear message when it was not built.
+pub fn bin(name: &str) -> PathBuf {
+    let p = bin_dir().join(name);
+    assert!(
+        p.exists(),
+        "{} is missing: run `cargo build --workspace --bins` before the end-to-end tests",
+        p.display()
+    );
+    p
+}
+
+/// A command for a workspace binary.
+pub fn cmd(name: &str) -> Command {
+    Command::new(bin(name))
+}
+
+/// Runs a command and returns its output (never panics on failure status).
+pub fn run(c: &mut Command) -> Output {
+    c.output().expect("command starts")
+}
+
+/// Runs a command that must succeed; returns stdout.
+pub fn ok(c: &mut Command) -> String {
+    let out = run(c);
+    assert!(
+        out.status.success(),
+        "command failed: {c:?}\nstatus: {}\nstdout: {}\nstderr: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Runs a command that must fail; returns stderr.
+pub fn fails(c: &mut Command) -> String {
+    let out = run(c);
+    assert!(
+        !out.status.success(),
+        "command unexpectedly succeeded: {c:?}\nstdout: {}\nstderr: {}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// The last line of `stdout` parsed as JSON.
+pub fn last_json(stdout: &str) -> serde_json::Value {
+    let line = stdout.lines().rev().find(|l| !l.trim().is_empty()).expect("some output");
+    serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON: {line:?}: {e}"))
+}
+
+/// What a tree holds, for comparisons: path → kind/content. The updater's `.patchkit` state
+/// directory is left out; directory modes are not compared (they follow the umask).
+pub fn tree_state(root: &Path) -> BTreeMap<String, String> {
+    let mut out = BTreeMap::new();
+    if !root.exists() {
+        return out;
+    }
+    for e in fixtures::snapshot(root).expect("snapshot") {
+        if e.path == ".patchkit" || e.path.starts_with(".patchkit/") {
+            continue;
+        }
+        let v = match e.kind {
+            fixtures::EntryKind::Dir { .. } => "dir".to_string(),
+            fixtures::EntryKind::File { mode, data } => {
+                format!("file exec={} blake3={}", mode & 0o111 != 0, blake3_hex(&data))
+            }
+            fixtures::EntryKind::Symlink { target } => format!("link {target}"),
+        };
+        out.insert(e.path, v);
+    }
+    out
+}
+
+fn blake3_hex(d: &[u8]) -> String {
+    formats::Blake3::of(d).to_hex()
+}
+
+/// Asserts two trees are identical (content, exec bits, empty dirs, symlinks), listing the
+/// first differences.
+pub fn assert_same_tree(actual: &Path, expected: &Path) {
+    let a = tree_state(actual);
+    let e = tree_state(expected);
+    if a != e {
+        let mut diffs = Vec::new();
+        for (k, v) in &e {
+            match a.get(k) {
+                None => diffs.push(format!("missing {k}")),
+                Some(x) if x != v => diffs.push(format!("differs {k}: {x} != {v}")),
+                _ => {}
+            }
+        }
+        for k in a.keys() {
+            if !e.contains_key(k) {
+                diffs.push(format!("extra {k}"));
+            }
+        }
+        diffs.truncate(20);
+        panic!(
+            "{} differs from {}:\n  {}",
+            actual.display(),
+            expected.display(),
+            diffs.join("\n  ")
+        );
+    }
+}
+
+/// Copies a tree (symlinks as symlinks, modes kept).
+pub fn copy_tree(from: &Path, to: &Path) {
+    let st = Command::new("cp")
+        .arg("-a")
+        .arg(from)
+        .arg(to)
+        .status()
+        .expect("cp");
+    assert!(st.success(), "cp -a {} {}", from.display(), to.display());
+}
+
+/// A fresh temporary world: fixture releases, a key pair and a repository.
+pub struct World {
+    /// Owns the temporary directory.
+    pub dir: tempfile::TempDir,
+    /// Release trees v1, v2, ...
+    pub releases: Vec<PathBuf>,
+    /// The repository directory.
+    pub repo: PathBuf,
+    /// Secret key file.
+    pub key: PathBuf,
+    /// Public key file.
+    pub public: PathBuf,
+}
+
+impl World {
+    /// Generates a small seeded sequence of `versions` releases and a key (no releases yet).
+    pub fn new(versions: usize) -> World {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let releases = fixtures::write_small_sequence(&dir.path().join("rel"), 7, versions).expect("fixtures");
+        let keys = dir.path().join("keys");
+        ok(cmd("patch-create").args(["keygen", "--out"]).arg(&keys));
+        World {
+            repo: dir.path().join("repo"),
+            key: keys.join("release.key"),
+            public: keys.join("release.pub"),
+            releases,
+            dir,
+        }
+    }
+
+    /// A path inside the world.
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    /// `patch-create release` of release `i` (1-based) as version `i.0.0`, with extra args.
+    pub fn release(&self, i: usize, extra: &[&str]) -> serde_json::Value {
+        let out = ok(cmd("patch-create")
+            .args(["release", "--name", "demo", "--json", "--level", "3"])
+            .arg("--repo")
+            .arg(&self.repo)
+            .arg("--root")
+            .arg(&self.releases[i - 1])
+            .args(["--version", &format!("{i}.0.0"), "--key"])
+            .arg(&self.key)
+            .args(extra));
+        last_json(&out)
+    }
+
+    /// Releases 1..=n.
+    pub fn release_all(&self, n: usize) {
+        for i in 1..=n {
+            self.release(i, &[]);
+        }
+    }
+
+    /// A `patch-apply` command with `--app-dir`, `--repo` and `--public-key` set.
+    pub fn apply_cmd(&self, sub: &str, app: &Path) -> Command {
+        let mut c = cmd("patch-apply");
+        c.arg(sub)
+            .arg("--app-dir")
+            .arg(app)
+            .arg("--repo")
+            .arg(&self.repo)
+            .arg("--public-key")
+            .arg(&self.public);
+        c
+    }
+}
