@@ -6,7 +6,7 @@
 //! compared with the new release. Problems are collected (each names the file), not stopped at.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicU64;
 
 use formats::keys::PublicKey;
@@ -16,7 +16,7 @@ use formats::manifest::ReleaseManifest;
 use formats::patterns::PathPatterns;
 use formats::tuf::{self, RootMetadata, SnapshotMetadata, TargetsMetadata, TimestampMetadata};
 use patch_apply::repo_view::{self, RepoView};
-use patch_apply::scan::{self, Strictness, Tree};
+use patch_apply::scan::{self, Strictness};
 use patch_apply::stage::{self, StageCtx};
 use patch_apply::state::StateDir;
 use patch_apply::transport::{DirTransport, Transport};
@@ -326,7 +326,9 @@ fn e_path(e: &Error) -> String {
 }
 
 /// Rebuilds `old` from repair files into `dir`, applies `edge` with the updater's incremental
-/// code, and checks that the result is exactly `new`.
+/// code (the same staging path a client runs), and checks that every file of the result is
+/// exactly the file of `new`. Nothing here needs durability, so the tree is assembled with plain
+/// renames instead of the journaled commit.
 fn replay_patch(
     tr: &dyn Transport,
     dir: &Path,
@@ -335,6 +337,7 @@ fn replay_patch(
     edge: &patch_apply::repo_view::PatchEdge,
     limits: &Limits,
 ) -> patch_apply::Result<()> {
+    use formats::manifest::Node;
     let state = StateDir::of(dir);
     state.create()?;
     let downloaded = AtomicU64::new(0);
@@ -348,33 +351,41 @@ fn replay_patch(
         events: &sink,
         downloaded: &downloaded,
     };
-    // Old release from repair files.
-    let empty = Tree::default();
-    let c = ctx("old");
-    let staged = stage::stage_repair(&c, old, &empty)?;
-    let actions = patch_apply::commit::plan_actions(dir, &state, &empty, old, &staged, &c.staging.join("meta"))?;
-    patch_apply::commit::commit(dir, &state, &old.app, None, old.version.clone(), actions)?;
+    // The old release, rebuilt from its repair files.
+    let repo = PathBuf::from(tr.describe());
+    for e in &old.entries {
+        let p = e.path.to_path(dir);
+        let io = |err| patch_apply::Error::io(&p, err);
+        match &e.node {
+            Node::Dir => std::fs::create_dir_all(&p).map_err(io)?,
+            Node::File { exec, .. } => {
+                let (pin, repair) = e.node.file_pin().zip(e.repair).ok_or_else(|| patch_apply::Error::bad(e.path.as_str(), "no repair file"))?;
+                let bytes = crate::content::read_blob(&repo, &pin.blake3, repair, pin)
+                    .map_err(|err| patch_apply::Error::bad(e.path.as_str(), err.to_string()))?;
+                std::fs::write(&p, bytes).map_err(io)?;
+                patch_apply::scan::set_exec(&p, *exec)?;
+            }
+            Node::Symlink { target } => patch_apply::archive::make_symlink(target, &p)?,
+        }
+    }
     let current = scan::scan(dir, &PathPatterns::empty(), Strictness::Install)?;
     if current.digest(&PathPatterns::empty()) != old.tree_digest() {
         return Err(patch_apply::Error::Verify { path: dir.display().to_string(), reason: format!("rebuilt {} differs from its manifest", old.version) });
     }
-    // The patch.
-    let c = ctx("patch");
-    let staged = stage::stage_incremental(&c, &[edge], old.tree_digest(), &current, new)?;
-    let actions = patch_apply::commit::plan_actions(dir, &state, &current, new, &staged, &c.staging.join("meta"))?;
-    patch_apply::commit::commit(dir, &state, &new.app, Some(old.version.clone()), new.version.clone(), actions)?;
-    let result = scan::scan(dir, &PathPatterns::empty(), Strictness::Install)?;
-    if result.digest(&PathPatterns::empty()) != new.tree_digest() {
-        let want = new.by_path();
-        let diff: Vec<String> = new
-            .entries
-            .iter()
-            .filter(|e| result.entries.get(&e.path) != Some(&e.node))
-            .map(|e| e.path.to_string())
-            .chain(result.entries.keys().filter(|p| !want.contains_key(p)).map(|p| p.to_string()))
-            .take(5)
-            .collect();
-        return Err(patch_apply::Error::Verify { path: diff.join(", "), reason: format!("patched {} differs from release {}", old.version, new.version) });
+    // The patch, through the client's incremental staging.
+    let staged = stage::stage_incremental(&ctx("patch"), &[edge], old.tree_digest(), &current, new)?;
+    let mut wrong = Vec::new();
+    for e in &new.entries {
+        let Some(pin) = e.node.file_pin() else { continue };
+        let file = staged.get(&e.path).cloned().unwrap_or_else(|| e.path.to_path(dir));
+        match formats::hash::pin_file(&file) {
+            Ok(p) if p == pin => {}
+            _ => wrong.push(e.path.to_string()),
+        }
+    }
+    if !wrong.is_empty() {
+        wrong.truncate(5);
+        return Err(patch_apply::Error::Verify { path: wrong.join(", "), reason: format!("patched {} differs from release {}", old.version, new.version) });
     }
     Ok(())
 }
