@@ -13,7 +13,10 @@ fn copy_of_v1_without_state_updates_to_v3_through_the_chain() {
     assert_eq!(check["latest"], "3.0.0");
     assert_eq!(check["up_to_date"], false);
     assert_eq!(check["method"], "incremental", "{check}");
-    assert_eq!(check["alternatives"][0]["chain"], serde_json::json!(["2.0.0", "3.0.0"]));
+    assert_eq!(
+        check["alternatives"][0]["chain"],
+        serde_json::json!(["2.0.0", "3.0.0"])
+    );
     let planned = check["download_bytes"].as_u64().unwrap();
     let r = last_json(&ok(w.apply_cmd("apply", &app).arg("--json")));
     assert_eq!(r["from"], "1.0.0");
@@ -30,7 +33,10 @@ fn v2_to_v3_fresh_install_and_up_to_date() {
     let app = w.path("app");
     copy_tree(&w.releases[1], &app);
     let r = last_json(&ok(w.apply_cmd("apply", &app).arg("--json")));
-    assert_eq!((r["from"].as_str(), r["method"].as_str()), (Some("2.0.0"), Some("incremental")));
+    assert_eq!(
+        (r["from"].as_str(), r["method"].as_str()),
+        (Some("2.0.0"), Some("incremental"))
+    );
     assert_same_tree(&app, &w.releases[2]);
 
     // Up to date: nothing downloaded.
@@ -63,9 +69,16 @@ fn edited_and_deleted_files_get_exactly_their_repair_files() {
     // Release with ignore patterns: user files under `saves/` and `*.log` are not shipped.
     let _ = std::fs::remove_file(dir.join("logs/runtime.log"));
     for i in 1..=2 {
-        let root = if i == 2 { dir.clone() } else { w.releases[0].clone() };
+        let root = if i == 2 {
+            dir.clone()
+        } else {
+            w.releases[0].clone()
+        };
         ok(cmd("patch-create")
-            .args(["release", "--json", "--level", "3", "--ignore", "*.log", "--ignore", "saves/", "--repo"])
+            .args([
+                "release", "--json", "--level", "3", "--ignore", "*.log", "--ignore", "saves/",
+                "--repo",
+            ])
             .arg(&w.repo)
             .arg("--root")
             .arg(&root)
@@ -84,11 +97,19 @@ fn edited_and_deleted_files_get_exactly_their_repair_files() {
     std::fs::write(app.join("logs/session.log"), b"keep me too").unwrap();
 
     let c = last_json(&ok(w.apply_cmd("check", &app).arg("--json")));
-    assert_eq!(c["installed"], serde_json::Value::Null, "a damaged install is not recognised as 2.0.0");
+    assert_eq!(
+        c["installed"],
+        serde_json::Value::Null,
+        "a damaged install is not recognised as 2.0.0"
+    );
     assert_eq!(c["damaged"], true);
     assert_eq!(c["method"], "repair");
     // Exactly the two files' repair files.
-    let verify = last_json(&ok(cmd("patch-create").args(["verify", "--json", "--repo"]).arg(&w.repo).arg("--public-key").arg(&w.public)));
+    let verify = last_json(&ok(cmd("patch-create")
+        .args(["verify", "--json", "--repo"])
+        .arg(&w.repo)
+        .arg("--public-key")
+        .arg(&w.public)));
     let _ = verify;
     let manifest = manifest_of(&w, "2.0.0");
     let expect: u64 = ["resources/config.txt", "bin/app"]
@@ -100,8 +121,14 @@ fn edited_and_deleted_files_get_exactly_their_repair_files() {
     assert_eq!(r["method"], "repair");
     assert_eq!(r["downloaded_bytes"].as_u64().unwrap(), expect);
     // Byte-identical to the release, plus the ignored user files.
-    assert_eq!(std::fs::read(app.join("saves/slot1.sav")).unwrap(), b"keep me");
-    assert_eq!(std::fs::read(app.join("logs/session.log")).unwrap(), b"keep me too");
+    assert_eq!(
+        std::fs::read(app.join("saves/slot1.sav")).unwrap(),
+        b"keep me"
+    );
+    assert_eq!(
+        std::fs::read(app.join("logs/session.log")).unwrap(),
+        b"keep me too"
+    );
     std::fs::remove_dir_all(app.join("saves")).unwrap();
     std::fs::remove_file(app.join("logs/session.log")).unwrap();
     assert_same_tree(&app, &dir);
@@ -121,15 +148,32 @@ fn manifest_of(w: &World, version: &str) -> std::collections::BTreeMap<String, u
         .unwrap()
         .iter()
         .filter(|e| e["repair"].is_object())
-        .map(|e| (e["path"].as_str().unwrap().to_string(), e["repair"]["size"].as_u64().unwrap()))
+        .map(|e| {
+            (
+                e["path"].as_str().unwrap().to_string(),
+                e["repair"]["size"].as_u64().unwrap(),
+            )
+        })
         .collect()
 }
 
-fn assert_refused_unchanged(w: &World, app: &std::path::Path, mut c: std::process::Command, expect: &str) {
+fn assert_refused_unchanged(
+    w: &World,
+    app: &std::path::Path,
+    mut c: std::process::Command,
+    expect: &str,
+) {
     let before = tree_state(app);
     let err = fails(&mut c);
-    assert!(err.to_lowercase().contains(&expect.to_lowercase()), "expected {expect:?} in: {err}");
-    assert_eq!(tree_state(app), before, "app dir changed after a refused update");
+    assert!(
+        err.to_lowercase().contains(&expect.to_lowercase()),
+        "expected {expect:?} in: {err}"
+    );
+    assert_eq!(
+        tree_state(app),
+        before,
+        "app dir changed after a refused update"
+    );
     let _ = w;
 }
 
@@ -141,7 +185,11 @@ fn tampered_artifact_is_refused_and_app_dir_unchanged() {
     copy_tree(&w.releases[0], &app);
     // Tamper with the patch: every method that needs it fails; only trusted methods may run.
     let dir = w.repo.join("targets/2.0.0");
-    let patch = std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().path()).find(|p| p.to_string_lossy().ends_with(".patch")).unwrap();
+    let patch = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.to_string_lossy().ends_with(".patch"))
+        .unwrap();
     let mut bytes = std::fs::read(&patch).unwrap();
     let n = bytes.len();
     bytes[n / 2] ^= 1;
@@ -152,7 +200,10 @@ fn tampered_artifact_is_refused_and_app_dir_unchanged() {
     // With every method allowed, the updater falls back to a method whose bytes verify.
     let r = last_json(&ok(w.apply_cmd("apply", &app).arg("--json")));
     assert_ne!(r["method"], "incremental");
-    assert!(r["fallbacks"][0].as_str().unwrap().contains("incremental"), "{r}");
+    assert!(
+        r["fallbacks"][0].as_str().unwrap().contains("incremental"),
+        "{r}"
+    );
     assert_same_tree(&app, &w.releases[1]);
 }
 
@@ -165,7 +216,13 @@ fn wrong_public_key_is_refused_and_app_dir_unchanged() {
     let other = w.path("other");
     ok(cmd("patch-create").args(["keygen", "--out"]).arg(&other));
     let mut c = cmd("patch-apply");
-    c.arg("apply").arg("--app-dir").arg(&app).arg("--repo").arg(&w.repo).arg("--public-key").arg(other.join("release.pub"));
+    c.arg("apply")
+        .arg("--app-dir")
+        .arg(&app)
+        .arg("--repo")
+        .arg(&w.repo)
+        .arg("--public-key")
+        .arg(other.join("release.pub"));
     assert_refused_unchanged(&w, &app, c, "pinned");
 }
 
@@ -189,7 +246,13 @@ fn metadata_of_another_app_is_refused_and_app_dir_unchanged() {
             .arg(&w.key));
     }
     let mut c = cmd("patch-apply");
-    c.arg("apply").arg("--app-dir").arg(&app).arg("--repo").arg(&other_repo).arg("--public-key").arg(&w.public);
+    c.arg("apply")
+        .arg("--app-dir")
+        .arg(&app)
+        .arg("--repo")
+        .arg(&other_repo)
+        .arg("--public-key")
+        .arg(&w.public);
     assert_refused_unchanged(&w, &app, c, "other-app");
 }
 
@@ -201,16 +264,21 @@ fn running_instance_blocks_the_update() {
     copy_tree(&w.releases[0], &app);
     // A real process whose executable lies in the app dir.
     std::fs::copy("/bin/sleep", app.join("bin/sleeper")).unwrap();
-    let mut child = std::process::Command::new(app.join("bin/sleeper")).arg("30").spawn().unwrap();
+    let mut child = std::process::Command::new(app.join("bin/sleeper"))
+        .arg("30")
+        .spawn()
+        .unwrap();
     std::thread::sleep(std::time::Duration::from_millis(200));
     let before = tree_state(&app);
     let err = fails(&mut w.apply_cmd("apply", &app));
     child.kill().unwrap();
     child.wait().unwrap();
-    assert!(err.contains("running") && err.contains(&child.id().to_string()), "{err}");
+    assert!(
+        err.contains("running") && err.contains(&child.id().to_string()),
+        "{err}"
+    );
     assert_eq!(tree_state(&app), before);
     // Once it exited, the update goes through (the stray binary is removed).
     ok(&mut w.apply_cmd("apply", &app));
     assert_same_tree(&app, &w.releases[1]);
 }
-

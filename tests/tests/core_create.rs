@@ -12,7 +12,11 @@ fn repo_state(repo: &Path) -> BTreeMap<String, String> {
 }
 
 fn verify(w: &World) -> std::process::Output {
-    run(cmd("patch-create").args(["verify", "--repo"]).arg(&w.repo).arg("--public-key").arg(&w.public))
+    run(cmd("patch-create")
+        .args(["verify", "--repo"])
+        .arg(&w.repo)
+        .arg("--public-key")
+        .arg(&w.public))
 }
 
 #[test]
@@ -27,19 +31,34 @@ fn three_releases_verify_and_every_changed_byte_is_named() {
     assert_eq!(r3["patches"][0]["from"], "2.0.0");
     // Every change kind of the fixtures shows up as an encoding or a delete.
     let enc = &r2["patches"][0]["encodings"];
-    assert!(enc["copy"].as_u64().unwrap() >= 2, "renames become copies: {enc}");
+    assert!(
+        enc["copy"].as_u64().unwrap() >= 2,
+        "renames become copies: {enc}"
+    );
     assert!(r2["patches"][0]["deletes"].as_u64().unwrap() >= 1);
     let out = verify(&w);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("OK"), "{text}");
-    assert!(text.contains("from 2.0.0"), "size report lists patches: {text}");
+    assert!(
+        text.contains("from 2.0.0"),
+        "size report lists patches: {text}"
+    );
 
     // Flip one byte in every file of the repository, one at a time; four workers, each on its
     // own copy of the repository.
     let files: Vec<_> = walk_files(&w.repo)
         .into_iter()
-        .map(|f| f.strip_prefix(&w.repo).unwrap().to_string_lossy().into_owned())
+        .map(|f| {
+            f.strip_prefix(&w.repo)
+                .unwrap()
+                .to_string_lossy()
+                .into_owned()
+        })
         .filter(|rel| rel != ".patch-create.lock")
         .collect();
     assert!(files.len() > 50, "repository has {} files", files.len());
@@ -58,13 +77,31 @@ fn three_releases_verify_and_every_changed_byte_is_named() {
                     let i = bad.len() / 2;
                     bad[i] ^= 0x20;
                     std::fs::write(&f, &bad).unwrap();
-                    let out = run(cmd("patch-create").args(["verify", "--repo"]).arg(&copy).arg("--public-key").arg(&w.public));
+                    let out = run(cmd("patch-create")
+                        .args(["verify", "--repo"])
+                        .arg(&copy)
+                        .arg("--public-key")
+                        .arg(&w.public));
                     std::fs::write(&f, &orig).unwrap();
-                    assert!(!out.status.success(), "verify accepted a changed byte in {rel}");
-                    let all = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-                    let name = Path::new(rel).file_name().unwrap().to_string_lossy().into_owned();
+                    assert!(
+                        !out.status.success(),
+                        "verify accepted a changed byte in {rel}"
+                    );
+                    let all = format!(
+                        "{}{}",
+                        String::from_utf8_lossy(&out.stdout),
+                        String::from_utf8_lossy(&out.stderr)
+                    );
+                    let name = Path::new(rel)
+                        .file_name()
+                        .unwrap()
+                        .to_string_lossy()
+                        .into_owned();
                     let short = &name[..name.len().min(16)];
-                    assert!(all.contains(short), "verify output does not name {rel}:\n{all}");
+                    assert!(
+                        all.contains(short),
+                        "verify output does not name {rel}:\n{all}"
+                    );
                 }
             });
         }
@@ -116,15 +153,25 @@ fn renamed_10mb_file_adds_under_1kb() {
         .arg(&w.public));
     let v = last_json(&out);
     let bytes = v["versions"][1]["patches"][0]["bytes"].as_u64().unwrap();
-    assert!(bytes < 1024, "patch for a renamed 10 MB file is {bytes} bytes");
+    assert!(
+        bytes < 1024,
+        "patch for a renamed 10 MB file is {bytes} bytes"
+    );
 }
 
 fn refused(w: &World, args: &[&str], expect: &str) {
     let before = repo_state(&w.repo);
     let err = fails(cmd("patch-create").args(args));
-    assert!(err.to_lowercase().contains(&expect.to_lowercase()), "expected {expect:?} in: {err}");
+    assert!(
+        err.to_lowercase().contains(&expect.to_lowercase()),
+        "expected {expect:?} in: {err}"
+    );
     assert!(err.starts_with("error: "), "one clear line: {err}");
-    assert_eq!(repo_state(&w.repo), before, "repository changed after a refused release");
+    assert_eq!(
+        repo_state(&w.repo),
+        before,
+        "repository changed after a refused release"
+    );
 }
 
 #[test]
@@ -135,17 +182,30 @@ fn bad_input_is_refused_and_repository_unchanged() {
     let key = w.key.to_str().unwrap().to_string();
     let v2 = w.releases[1].to_str().unwrap().to_string();
     let base = |root: &str, version: &str, key: &str| -> Vec<String> {
-        ["release", "--repo", &repo, "--root", root, "--version", version, "--key", key]
-            .iter()
-            .map(|s| s.to_string())
-            .collect()
+        [
+            "release",
+            "--repo",
+            &repo,
+            "--root",
+            root,
+            "--version",
+            version,
+            "--key",
+            key,
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect()
     };
     let go = |args: Vec<String>, expect: &str| {
         let a: Vec<&str> = args.iter().map(String::as_str).collect();
         refused(&w, &a, expect);
     };
     // Missing tree.
-    go(base(w.path("nope").to_str().unwrap(), "2.0.0", &key), "nope");
+    go(
+        base(w.path("nope").to_str().unwrap(), "2.0.0", &key),
+        "nope",
+    );
     // Version not increasing.
     go(base(&v2, "1.0.0", &key), "not greater");
     go(base(&v2, "0.9.0", &key), "not greater");
@@ -153,11 +213,20 @@ fn bad_input_is_refused_and_repository_unchanged() {
     // Wrong key.
     let other = w.path("other-keys");
     ok(cmd("patch-create").args(["keygen", "--out"]).arg(&other));
-    go(base(&v2, "2.0.0", other.join("release.key").to_str().unwrap()), "cannot sign");
+    go(
+        base(&v2, "2.0.0", other.join("release.key").to_str().unwrap()),
+        "cannot sign",
+    );
     // Unreadable key: missing, garbage, the public half.
-    go(base(&v2, "2.0.0", w.path("missing.key").to_str().unwrap()), "missing.key");
+    go(
+        base(&v2, "2.0.0", w.path("missing.key").to_str().unwrap()),
+        "missing.key",
+    );
     std::fs::write(w.path("garbage.key"), b"not a key").unwrap();
-    go(base(&v2, "2.0.0", w.path("garbage.key").to_str().unwrap()), "garbage.key");
+    go(
+        base(&v2, "2.0.0", w.path("garbage.key").to_str().unwrap()),
+        "garbage.key",
+    );
     go(base(&v2, "2.0.0", w.public.to_str().unwrap()), "private");
     // A symlink pointing outside the tree.
     let t = w.path("escape");
@@ -173,13 +242,27 @@ fn bad_input_is_refused_and_repository_unchanged() {
     // A device-like special file (FIFO).
     let t = w.path("fifo");
     copy_tree(&w.releases[1], &t);
-    assert!(std::process::Command::new("mkfifo").arg(t.join("pipe")).status().unwrap().success());
-    go(base(t.to_str().unwrap(), "2.0.0", &key), "not a regular file");
+    assert!(std::process::Command::new("mkfifo")
+        .arg(t.join("pipe"))
+        .status()
+        .unwrap()
+        .success());
+    go(
+        base(t.to_str().unwrap(), "2.0.0", &key),
+        "not a regular file",
+    );
     // A tree that is a file.
-    go(base(w.key.to_str().unwrap(), "2.0.0", &key), "not a directory");
+    go(
+        base(w.key.to_str().unwrap(), "2.0.0", &key),
+        "not a directory",
+    );
     // After all that, a good release still works and verifies.
     w.release(2, &[]);
-    ok(cmd("patch-create").args(["verify", "--repo"]).arg(&w.repo).arg("--public-key").arg(&w.public));
+    ok(cmd("patch-create")
+        .args(["verify", "--repo"])
+        .arg(&w.repo)
+        .arg("--public-key")
+        .arg(&w.public));
 }
 
 #[test]
@@ -203,14 +286,32 @@ fn patches_from_all_and_keep_prune_old_versions() {
     w.release(1, &[]);
     w.release(2, &[]);
     let r3 = w.release(3, &["--patches-from-all", "--keep", "2"]);
-    let froms: Vec<_> = r3["patches"].as_array().unwrap().iter().map(|p| p["from"].as_str().unwrap().to_string()).collect();
+    let froms: Vec<_> = r3["patches"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["from"].as_str().unwrap().to_string())
+        .collect();
     assert_eq!(froms, ["1.0.0", "2.0.0"]);
     assert_eq!(r3["pruned"][0], "1.0.0");
-    let out = ok(cmd("patch-create").args(["verify", "--json", "--repo"]).arg(&w.repo).arg("--public-key").arg(&w.public));
+    let out = ok(cmd("patch-create")
+        .args(["verify", "--json", "--repo"])
+        .arg(&w.repo)
+        .arg("--public-key")
+        .arg(&w.public));
     let v = last_json(&out);
-    let versions: Vec<_> = v["versions"].as_array().unwrap().iter().map(|x| x["version"].as_str().unwrap().to_string()).collect();
+    let versions: Vec<_> = v["versions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x["version"].as_str().unwrap().to_string())
+        .collect();
     assert_eq!(versions, ["2.0.0", "3.0.0"]);
-    assert!(v["unreferenced"].as_array().unwrap().is_empty(), "pruned files are removed: {}", v["unreferenced"]);
+    assert!(
+        v["unreferenced"].as_array().unwrap().is_empty(),
+        "pruned files are removed: {}",
+        v["unreferenced"]
+    );
 }
 
 #[test]
@@ -219,6 +320,10 @@ fn keygen_writes_a_private_key_only_the_owner_can_read() {
     let w = World::new(1);
     let mode = std::fs::metadata(&w.key).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode, 0o600);
-    let err = fails(cmd("patch-create").args(["keygen", "--out"]).arg(w.key.parent().unwrap()));
+    let err = fails(
+        cmd("patch-create")
+            .args(["keygen", "--out"])
+            .arg(w.key.parent().unwrap()),
+    );
     assert!(err.contains("overwrite"), "{err}");
 }
