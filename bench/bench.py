@@ -42,7 +42,8 @@ PEER_TOOLS = os.environ.get("TOOLS", "bsdiff xdelta3-9djw zstd19-long hdiffz-m b
 PATCH_CREATE = os.environ.get("PATCH_CREATE", os.path.join(ROOT, "target", "release", "patch-create"))
 PATCH_APPLY = os.environ.get("PATCH_APPLY", os.path.join(ROOT, "target", "release", "patch-apply"))
 FIXTURES_GEN = os.environ.get("FIXTURES_GEN", os.path.join(ROOT, "target", "release", "fixtures-gen"))
-APP_IGNORE = [g for g in os.environ.get("APP_IGNORE", "").split(",") if g]
+# .patchkit is the updater's own state dir inside the app (docs/format.md): not part of the release.
+APP_IGNORE = [g for g in os.environ.get("APP_IGNORE", ".patchkit").split(",") if g]
 
 PEER_DESC = {
     "bsdiff": "bsdiff/bspatch 4.3 (Debian)",

@@ -41,8 +41,10 @@ pub mod manifest;
 pub mod patch_info;
 pub mod patterns;
 pub mod relpath;
+pub mod self_plan;
 pub mod time_util;
 pub mod tuf;
+pub mod txn;
 pub mod version;
 
 pub use error::{Error, Result};

@@ -38,6 +38,16 @@ pub enum Encoding {
         /// Member length in bytes.
         member_size: u64,
     },
+    /// A split diff against `source` (docs/encodings.md): bsdiff-style control, diff and extra
+    /// streams, each zstd-compressed, behind their three varint lengths.
+    SplitDiff {
+        /// The old file the diff applies to.
+        source: RelPath,
+        /// Archive member name.
+        member: String,
+        /// Member length in bytes.
+        member_size: u64,
+    },
     /// The new file zstd-compressed with the old file as a reference prefix
     /// (`zstd --patch-from`).
     ZstdRef {
@@ -58,6 +68,7 @@ impl Encoding {
         match self {
             Encoding::Copy { source }
             | Encoding::Bidiff { source, .. }
+            | Encoding::SplitDiff { source, .. }
             | Encoding::ZstdRef { source, .. } => Some(source),
             Encoding::Full { .. } => None,
         }
@@ -76,6 +87,11 @@ impl Encoding {
                 member_size,
                 ..
             }
+            | Encoding::SplitDiff {
+                member,
+                member_size,
+                ..
+            }
             | Encoding::ZstdRef {
                 member,
                 member_size,
@@ -90,6 +106,7 @@ impl Encoding {
             Encoding::Copy { .. } => "copy",
             Encoding::Full { .. } => "full",
             Encoding::Bidiff { .. } => "bidiff",
+            Encoding::SplitDiff { .. } => "split-diff",
             Encoding::ZstdRef { .. } => "zstd-ref",
         }
     }

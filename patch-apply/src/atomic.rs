@@ -1,24 +1,16 @@
 //! The one place that writes files atomically: temp file in the same directory, fsync,
 //! rename, fsync of the directory. Nothing else in the crate calls `std::fs::rename` on files
-//! inside an app directory.
+//! inside an app directory. The implementation is [`self_patcher::fsio`], shared with the
+//! `self-patcher` binary.
 
-use std::fs::{self, File};
-use std::io::Write;
+use std::fs;
 use std::path::Path;
 
 use crate::error::{IoContext, Result};
 
 /// Writes `bytes` to `path` atomically: readers see the old content or the new, never a mix.
 pub fn write_file(path: &Path, bytes: &[u8]) -> Result<()> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let mut tmp = tempfile::Builder::new()
-        .prefix(".pk-tmp-")
-        .tempfile_in(dir)
-        .at(dir)?;
-    tmp.write_all(bytes).at(tmp.path())?;
-    tmp.as_file().sync_all().at(tmp.path())?;
-    tmp.persist(path).map_err(|e| crate::Error::io(path, e.error))?;
-    sync_dir(dir)
+    self_patcher::fsio::write_file(path, bytes).map_err(crate::commit::txn_error)
 }
 
 /// Renames `from` to `to` (same file system) and makes the rename durable.
@@ -35,16 +27,10 @@ pub fn rename(from: &Path, to: &Path) -> Result<()> {
 
 /// Flushes a file's data to disk.
 pub fn sync_file(path: &Path) -> Result<()> {
-    File::open(path).at(path)?.sync_all().at(path)
+    self_patcher::fsio::sync_file(path).map_err(crate::commit::txn_error)
 }
 
 /// Flushes a directory entry table to disk (no-op where directories cannot be opened).
 pub fn sync_dir(dir: &Path) -> Result<()> {
-    #[cfg(unix)]
-    {
-        File::open(dir).at(dir)?.sync_all().at(dir)?;
-    }
-    #[cfg(not(unix))]
-    let _ = dir;
-    Ok(())
+    self_patcher::fsio::sync_dir(dir).map_err(crate::commit::txn_error)
 }

@@ -1,119 +1,29 @@
 //! Moving a staged release into the app directory, journaled (docs/format.md §8.2).
 //!
-//! Before the first change, the whole list of actions is written to `journal.json` (fsynced).
-//! Every action is a rename (so each file is at every moment either its old or its new
-//! version), and every replaced or removed file is first renamed into the backup directory.
-//! Each action can be undone by looking at the file system alone, so an interrupted commit is
-//! rolled back by [`recover`], and a finished one can be undone by [`rollback`] while its backup
-//! is kept.
+//! This module plans the actions ([`plan_actions`]); carrying them out is the job of
+//! [`self_patcher::txn`], the one executor shared with the `self-patcher` binary. Before the
+//! first change, the whole list of actions is written to `journal.json` (fsynced). Every action
+//! is a rename (so each file is at every moment either its old or its new version), and every
+//! replaced or removed file is kept in the backup directory. Each action can be undone by
+//! looking at the file system alone, so an interrupted commit is rolled back by [`recover`],
+//! and a finished one can be undone by [`rollback`] while its backup is kept.
 //!
 //! **Invariant:** no function here writes file contents inside the app dir; only renames,
 //! `mkdir`, `rmdir` and `chmod` of staged files.
 
-use std::collections::BTreeSet;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use formats::manifest::{Node, ReleaseManifest};
 use formats::patterns::PathPatterns;
-use formats::{RelPath, Version};
-use rayon::prelude::*;
-use serde::{Deserialize, Serialize};
+use formats::Version;
+pub use formats::txn::{Action, Journal, TxnState};
+use self_patcher::txn::{self, Mode, StatePaths};
+use serde::Serialize;
 
 use crate::error::{Error, IoContext, Result};
 use crate::scan::{set_exec, Tree};
 use crate::stage::Staged;
 use crate::state::StateDir;
-
-/// State of a journaled transaction.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum TxnState {
-    /// Actions are being carried out: the tree is in between.
-    Committing,
-    /// Every action is done: the tree is the new version; the backup holds the old files.
-    Committed,
-    /// The transaction was undone: the tree is the old version.
-    RolledBack,
-}
-
-/// One reversible step.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "op", rename_all = "snake_case")]
-pub enum Action {
-    /// Move an old file or symlink to the backup.
-    Remove {
-        /// The path.
-        path: RelPath,
-    },
-    /// Remove an old directory that must become something else or disappear (only when empty).
-    RemoveDir {
-        /// The path.
-        path: RelPath,
-    },
-    /// Create a directory.
-    MakeDir {
-        /// The path.
-        path: RelPath,
-    },
-    /// Put a staged file or symlink in place, backing up what was there.
-    Place {
-        /// The path.
-        path: RelPath,
-        /// The staged file, relative to the state directory.
-        staged: String,
-        /// Whether something existed at `path` before.
-        had_old: bool,
-    },
-}
-
-/// The journal of one update.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct Journal {
-    /// The app.
-    pub app: String,
-    /// Version before (if known).
-    pub from: Option<Version>,
-    /// Version after.
-    pub to: Version,
-    /// Where the transaction stands.
-    pub state: TxnState,
-    /// The actions, in execution order.
-    pub actions: Vec<Action>,
-}
-
-impl Journal {
-    /// Loads the journal of `state`, if any.
-    pub fn load(state: &StateDir) -> Result<Option<Journal>> {
-        let p = state.journal();
-        match std::fs::read(&p) {
-            Ok(b) => serde_json::from_slice(&b)
-                .map(Some)
-                .map_err(|e| Error::bad(p.display().to_string(), format!("corrupt journal: {e}"))),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(Error::io(p, e)),
-        }
-    }
-
-    fn save(&self, state: &StateDir) -> Result<()> {
-        let bytes = serde_json::to_vec(self).map_err(|e| Error::Precondition(e.to_string()))?;
-        crate::atomic::write_file(&state.journal(), &bytes)
-    }
-}
-
-fn backup_path(state: &StateDir, p: &RelPath) -> PathBuf {
-    p.to_path(&state.backup().join("files"))
-}
-
-fn ensure_parent(p: &Path) -> Result<()> {
-    if let Some(parent) = p.parent() {
-        std::fs::create_dir_all(parent).at(parent)?;
-    }
-    Ok(())
-}
-
-fn exists(p: &Path) -> bool {
-    std::fs::symlink_metadata(p).is_ok()
-}
 
 /// Computes the actions that turn `current` into `manifest`, using `staged` for new contents.
 /// Symlinks and exec-bit changes are staged here too (in `stage_dir`).
@@ -206,124 +116,27 @@ pub fn plan_actions(
     Ok(actions)
 }
 
-fn do_action(app_dir: &Path, state: &StateDir, a: &Action, touched: &mut BTreeSet<PathBuf>) -> Result<()> {
-    match a {
-        Action::Remove { path } => {
-            let p = path.to_path(app_dir);
-            if exists(&p) {
-                let b = backup_path(state, path);
-                ensure_parent(&b)?;
-                std::fs::rename(&p, &b).at(&p)?;
-                touched.insert(p.parent().unwrap_or(app_dir).to_path_buf());
-            }
-        }
-        Action::RemoveDir { path } => {
-            let p = path.to_path(app_dir);
-            if exists(&p) {
-                match std::fs::remove_dir(&p) {
-                    Ok(()) => {}
-                    Err(_) if std::fs::read_dir(&p).map(|mut d| d.next().is_some()).unwrap_or(false) => {
-                        // Holds ignored user files: keep it.
-                    }
-                    Err(e) => return Err(Error::io(p, e)),
-                }
-            }
-        }
-        Action::MakeDir { path } => {
-            let p = path.to_path(app_dir);
-            if !p.is_dir() {
-                std::fs::create_dir(&p).at(&p)?;
-            }
-        }
-        Action::Place { path, staged, had_old } => {
-            let p = path.to_path(app_dir);
-            let s = state.root.join(staged);
-            if !exists(&s) {
-                // Already placed on an earlier attempt.
-                if exists(&p) {
-                    return Ok(());
-                }
-                return Err(Error::bad(staged.as_str(), "staged file disappeared"));
-            }
-            if *had_old && exists(&p) {
-                let b = backup_path(state, path);
-                if !exists(&b) {
-                    ensure_parent(&b)?;
-                    std::fs::rename(&p, &b).at(&p)?;
-                }
-            }
-            std::fs::rename(&s, &p).at(&p)?;
-            touched.insert(p.parent().unwrap_or(app_dir).to_path_buf());
-        }
-    }
-    Ok(())
-}
-
-fn undo_action(app_dir: &Path, state: &StateDir, a: &Action) -> Result<()> {
-    match a {
-        Action::Remove { path } => {
-            let b = backup_path(state, path);
-            if exists(&b) {
-                let p = path.to_path(app_dir);
-                ensure_parent(&p)?;
-                std::fs::rename(&b, &p).at(&p)?;
-            }
-        }
-        Action::RemoveDir { path } => {
-            let p = path.to_path(app_dir);
-            std::fs::create_dir_all(&p).at(&p)?;
-        }
-        Action::MakeDir { path } => {
-            let p = path.to_path(app_dir);
-            if p.is_dir() && !p.is_symlink() {
-                let _ = std::fs::remove_dir(&p);
-            }
-        }
-        Action::Place { path, had_old, .. } => {
-            let p = path.to_path(app_dir);
-            let b = backup_path(state, path);
-            if exists(&b) {
-                if exists(&p) {
-                    remove_any(&p)?;
-                }
-                ensure_parent(&p)?;
-                std::fs::rename(&b, &p).at(&p)?;
-            } else if !*had_old && exists(&p) {
-                remove_any(&p)?;
-            }
-        }
-    }
-    Ok(())
-}
-
-fn remove_any(p: &Path) -> Result<()> {
-    let m = std::fs::symlink_metadata(p).at(p)?;
-    if m.is_dir() {
-        std::fs::remove_dir(p).at(p)
-    } else {
-        std::fs::remove_file(p).at(p)
+fn paths(app_dir: &Path, state: &StateDir) -> StatePaths {
+    StatePaths {
+        app_dir: app_dir.to_path_buf(),
+        state_dir: state.root.clone(),
     }
 }
 
-/// Carries out `actions` under a journal. On error the actions done so far are undone and
-/// the error returned: the app dir is back at the old version.
+/// Maps the executor's errors to this crate's, keeping the path of I/O errors.
+pub(crate) fn txn_error(e: self_patcher::Error) -> Error {
+    match e {
+        self_patcher::Error::Io { path, source } => Error::Io { path, source },
+        self_patcher::Error::Locked { .. } | self_patcher::Error::Precondition(_) => Error::Precondition(e.to_string()),
+        other => Error::bad("update transaction", other.to_string()),
+    }
+}
+
+/// Carries out `actions` under a journal (a new transaction: the previous update's backup is
+/// dropped). On error every action done so far is undone and the error returned, naming the
+/// file: the app dir is back at the old version.
 pub fn commit(app_dir: &Path, state: &StateDir, app: &str, from: Option<Version>, to: Version, actions: Vec<Action>) -> Result<()> {
-    // The previous update's backup is superseded.
-    let _ = std::fs::remove_dir_all(state.backup());
-    std::fs::create_dir_all(state.backup()).at(&state.backup())?;
-    // Staged files must be durable before they replace anything.
-    actions
-        .par_iter()
-        .filter_map(|a| match a {
-            Action::Place { staged, .. } => Some(state.root.join(staged)),
-            _ => None,
-        })
-        .try_for_each(|p| -> Result<()> {
-            if !p.is_symlink() {
-                crate::atomic::sync_file(&p)?;
-            }
-            Ok(())
-        })?;
+    let p = paths(app_dir, state);
     let mut journal = Journal {
         app: app.to_string(),
         from,
@@ -331,25 +144,20 @@ pub fn commit(app_dir: &Path, state: &StateDir, app: &str, from: Option<Version>
         state: TxnState::Committing,
         actions,
     };
-    journal.save(state)?;
-    let mut touched = BTreeSet::new();
-    touched.insert(app_dir.to_path_buf());
-    for (i, a) in journal.actions.iter().enumerate() {
-        if let Err(e) = do_action(app_dir, state, a, &mut touched) {
-            for undo in journal.actions[..=i].iter().rev() {
-                undo_action(app_dir, state, undo)?;
-            }
-            journal.state = TxnState::RolledBack;
-            journal.save(state)?;
-            return Err(e);
-        }
-    }
-    for d in &touched {
-        let _ = crate::atomic::sync_dir(d);
-    }
-    journal.state = TxnState::Committed;
-    journal.save(state)?;
-    Ok(())
+    txn::begin(&p, &mut journal).map_err(txn_error)?;
+    txn::run(&p, &mut journal, 0, Mode::RollBackOnCrash).map_err(txn_error)
+}
+
+/// Adds `actions` to the update just committed (a repair after verification) in the same
+/// transaction, so that its backup still holds the version before the update: a failure or an
+/// interruption rolls back to that version, and [`rollback`] returns to it afterwards.
+pub fn commit_more(app_dir: &Path, state: &StateDir, actions: Vec<Action>) -> Result<()> {
+    let p = paths(app_dir, state);
+    let mut journal = txn::load_journal(&p)
+        .map_err(txn_error)?
+        .ok_or_else(|| Error::Precondition(format!("{}: no committed update to extend", app_dir.display())))?;
+    let start = txn::extend(&p, &mut journal, actions).map_err(txn_error)?;
+    txn::run(&p, &mut journal, start, Mode::RollBackOnCrash).map_err(txn_error)
 }
 
 /// What [`recover`] found and did.
@@ -369,44 +177,17 @@ pub enum Recovery {
 
 /// Finishes what an interrupted run left: a transaction still `committing` is rolled back.
 pub fn recover(app_dir: &Path, state: &StateDir) -> Result<Recovery> {
-    let Some(mut j) = Journal::load(state)? else {
-        return Ok(Recovery::Clean);
-    };
-    if j.state != TxnState::Committing {
-        return Ok(Recovery::Clean);
+    match txn::recover(&paths(app_dir, state)).map_err(txn_error)? {
+        None => Ok(Recovery::Clean),
+        Some(j) => Ok(Recovery::RolledBack {
+            from: j.from.map(|v| v.to_string()),
+            to: j.to.to_string(),
+        }),
     }
-    for a in j.actions.iter().rev() {
-        undo_action(app_dir, state, a)?;
-    }
-    j.state = TxnState::RolledBack;
-    j.save(state)?;
-    let _ = std::fs::remove_dir_all(state.backup());
-    Ok(Recovery::RolledBack {
-        from: j.from.map(|v| v.to_string()),
-        to: j.to.to_string(),
-    })
 }
 
-/// Undoes the last committed update while its backup is kept. Returns the restored version.
+/// Undoes the last committed update while its backup is kept, and restores the install record
+/// it replaced. Returns the restored version.
 pub fn rollback(app_dir: &Path, state: &StateDir) -> Result<Option<Version>> {
-    let Some(mut j) = Journal::load(state)? else {
-        return Err(Error::Precondition(format!("{}: no update to roll back", app_dir.display())));
-    };
-    if j.state != TxnState::Committed {
-        return Err(Error::Precondition(format!(
-            "{}: the last update ({:?} -> {}) is not committed; run recover",
-            app_dir.display(),
-            j.from.as_ref().map(|v| v.to_string()),
-            j.to
-        )));
-    }
-    j.state = TxnState::Committing;
-    j.save(state)?;
-    for a in j.actions.iter().rev() {
-        undo_action(app_dir, state, a)?;
-    }
-    j.state = TxnState::RolledBack;
-    j.save(state)?;
-    let _ = std::fs::remove_dir_all(state.backup());
-    Ok(j.from)
+    Ok(txn::rollback(&paths(app_dir, state)).map_err(txn_error)?.from)
 }

@@ -1,9 +1,11 @@
-//! Producing one file of a release from a patch op: copy, full content, bidiff or zstd with a
-//! reference prefix (docs/format.md §6.3). Every produced byte is hashed on the way to disk
+//! Producing one file of a release from a patch op: copy, full content, bidiff, split diff or
+//! zstd with a reference prefix (docs/format.md §6.3, docs/encodings.md). Everything streams
+//! with bounded buffers except zstd-ref, whose old file (at most 24 MiB when written by
+//! patch-create) is held in memory. Every produced byte is hashed on the way to disk
 //! and nothing past the signed size is written.
 
 use std::fs::File;
-use std::io::{BufReader, BufWriter, Read, Write};
+use std::io::{BufReader, BufWriter, Read, Seek, SeekFrom, Write};
 use std::path::Path;
 
 use formats::hash::StreamCheck;
@@ -117,10 +119,13 @@ pub fn produce(
     let need_source = || {
         source.ok_or_else(|| Error::bad(&file_what, "op reads an old file that is not available"))
     };
-    let need_member =
-        || member.ok_or_else(|| Error::bad(&file_what, "archive member is missing"));
+    let need_member = || member.ok_or_else(|| Error::bad(&file_what, "archive member is missing"));
     let out_file = File::create(out).at(out)?;
-    let mut w = CheckedWriter::new(BufWriter::with_capacity(1 << 16, out_file), &file_what, op.new);
+    let mut w = CheckedWriter::new(
+        BufWriter::with_capacity(1 << 16, out_file),
+        &file_what,
+        op.new,
+    );
     let bad_stream = |e: std::io::Error| Error::bad(&file_what, e.to_string());
     match &op.encoding {
         Encoding::Copy { .. } => {
@@ -146,12 +151,18 @@ pub fn produce(
                 .map_err(|e| Error::bad(&file_what, format!("bad bidiff stream: {e:?}")))?;
             std::io::copy(&mut reader, &mut w).map_err(bad_stream)?;
         }
+        Encoding::SplitDiff { member_size, .. } => {
+            let src = need_source()?;
+            let m = need_member()?;
+            apply_split(&file_what, m, *member_size, src, op.new.size, &mut w)?;
+        }
         Encoding::ZstdRef { window_log, .. } => {
             let src = need_source()?;
             let m = need_member()?;
             let prefix = std::fs::read(src).at(src)?;
             let f = BufReader::new(File::open(m).at(m)?);
-            let mut dec = zstd::stream::read::Decoder::with_ref_prefix(f, &prefix).map_err(bad_stream)?;
+            let mut dec =
+                zstd::stream::read::Decoder::with_ref_prefix(f, &prefix).map_err(bad_stream)?;
             dec.window_log_max(*window_log).map_err(bad_stream)?;
             let mut dec = LimitedReader::new(dec, op.new.size, &file_what);
             std::io::copy(&mut dec, &mut w).map_err(bad_stream)?;
@@ -165,4 +176,208 @@ pub fn produce(
         .sync_all()
         .at(out)?;
     Ok(())
+}
+
+/// Bound on the decompressed size of a split diff's control stream for a `new_size`-byte file:
+/// every triple the creator writes produces at least one byte and takes at most 30 bytes.
+pub fn split_ctrl_bound(new_size: u64) -> u64 {
+    new_size.saturating_mul(32).saturating_add(1 << 16)
+}
+
+fn read_varint<R: Read>(r: &mut R, what: &str) -> Result<Option<u64>> {
+    let mut v: u64 = 0;
+    let mut shift = 0u32;
+    let mut byte = [0u8; 1];
+    loop {
+        let n = r
+            .read(&mut byte)
+            .map_err(|e| Error::bad(what, e.to_string()))?;
+        if n == 0 {
+            if shift == 0 {
+                return Ok(None);
+            }
+            return Err(Error::bad(what, "truncated varint"));
+        }
+        if shift >= 64 || (shift == 63 && byte[0] > 1) {
+            return Err(Error::bad(what, "varint overflows 64 bits"));
+        }
+        v |= u64::from(byte[0] & 0x7f) << shift;
+        if byte[0] & 0x80 == 0 {
+            return Ok(Some(v));
+        }
+        shift += 7;
+    }
+}
+
+fn need_varint<R: Read>(r: &mut R, what: &str) -> Result<u64> {
+    read_varint(r, what)?.ok_or_else(|| Error::bad(what, "truncated split-diff stream"))
+}
+
+/// One zstd frame of a split-diff member: bytes `[start, start + len)` of `member`,
+/// decompressing to at most `bound` bytes.
+fn split_part(what: &str, member: &Path, start: u64, len: u64, bound: u64) -> Result<Part> {
+    let mut f = File::open(member).at(member)?;
+    f.seek(SeekFrom::Start(start)).at(member)?;
+    let dec = zstd::stream::read::Decoder::new(f.take(len))
+        .map_err(|e| Error::bad(what, e.to_string()))?;
+    Ok(LimitedReader::new(dec, bound, what))
+}
+
+type Part = LimitedReader<zstd::stream::read::Decoder<'static, BufReader<std::io::Take<File>>>>;
+
+/// The diff stream of a split diff, rebuilt from its zero runs and non-zero values.
+struct ZeroRunDiff {
+    runs: BufReader<Part>,
+    vals: BufReader<Part>,
+    zeros_left: u64,
+    pending: Option<u8>,
+    runs_done: bool,
+}
+
+impl ZeroRunDiff {
+    /// Fills `out` with the next diff bytes.
+    fn fill(&mut self, out: &mut [u8], what: &str) -> Result<()> {
+        let mut i = 0;
+        while i < out.len() {
+            if self.zeros_left > 0 {
+                let n = self.zeros_left.min((out.len() - i) as u64) as usize;
+                out[i..i + n].fill(0);
+                i += n;
+                self.zeros_left -= n as u64;
+            } else if let Some(v) = self.pending.take() {
+                out[i] = v;
+                i += 1;
+            } else if self.runs_done {
+                out[i..].fill(0);
+                i = out.len();
+            } else {
+                match read_varint(&mut self.runs, what)? {
+                    None => self.runs_done = true,
+                    Some(z) => {
+                        let mut b = [0u8; 1];
+                        self.vals.read_exact(&mut b).map_err(|_| {
+                            Error::bad(what, "split-diff value stream is truncated")
+                        })?;
+                        self.zeros_left = z;
+                        self.pending = Some(b[0]);
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Applies a split-diff member (docs/encodings.md) to the old file `source`, writing the new
+/// file (`new_size` bytes) to `w`. Memory: four zstd decoders and 64 KiB buffers.
+pub fn apply_split<W: Write>(
+    what: &str,
+    member: &Path,
+    member_size: u64,
+    source: &Path,
+    new_size: u64,
+    w: &mut W,
+) -> Result<()> {
+    let bad = |reason: &str| Error::bad(what, reason.to_string());
+    let (lens, header) = {
+        let mut hdr = BufReader::with_capacity(64, File::open(member).at(member)?);
+        let mut counting = CountingReader {
+            inner: &mut hdr,
+            n: 0,
+        };
+        let mut lens = [0u64; 4];
+        for l in &mut lens {
+            *l = need_varint(&mut counting, what)?;
+        }
+        (lens, counting.n)
+    };
+    let total = lens.iter().try_fold(header, |t, l| t.checked_add(*l));
+    let on_disk = std::fs::metadata(member).at(member)?.len();
+    if total != Some(member_size) || on_disk != member_size {
+        return Err(bad(
+            "split-diff stream lengths do not add up to the member size",
+        ));
+    }
+    let mut start = header;
+    let mut part = |i: usize, bound: u64| {
+        let p = split_part(what, member, start, lens[i], bound);
+        start += lens[i];
+        p
+    };
+    let mut ctrl = BufReader::with_capacity(1 << 14, part(0, split_ctrl_bound(new_size))?);
+    let runs = BufReader::with_capacity(1 << 14, part(1, split_ctrl_bound(new_size))?);
+    let vals = BufReader::with_capacity(1 << 14, part(2, new_size)?);
+    let mut extra = part(3, new_size)?;
+    let mut diff = ZeroRunDiff {
+        runs,
+        vals,
+        zeros_left: 0,
+        pending: None,
+        runs_done: false,
+    };
+    let old_size = std::fs::metadata(source).at(source)?.len();
+    let mut old = BufReader::with_capacity(1 << 16, File::open(source).at(source)?);
+    let mut cursor: u64 = 0;
+    let mut produced: u64 = 0;
+    let mut dbuf = vec![0u8; 1 << 16];
+    let mut obuf = vec![0u8; 1 << 16];
+    let io = |e: std::io::Error| Error::bad(what, e.to_string());
+    while let Some(zz) = read_varint(&mut ctrl, what)? {
+        let seek = ((zz >> 1) as i64) ^ -((zz & 1) as i64);
+        let add = need_varint(&mut ctrl, what)?;
+        let copy = need_varint(&mut ctrl, what)?;
+        let target = i128::from(cursor) + i128::from(seek);
+        if target < 0 || target > i128::from(old_size) {
+            return Err(bad("split-diff seeks outside the old file"));
+        }
+        let target = target as u64;
+        match target.checked_add(add) {
+            Some(end) if end <= old_size => {}
+            _ => return Err(bad("split-diff reads past the end of the old file")),
+        }
+        match produced.checked_add(add).and_then(|p| p.checked_add(copy)) {
+            Some(p) if p <= new_size => produced = p,
+            _ => return Err(bad("split-diff produces more than the new file's size")),
+        }
+        if target != cursor {
+            old.seek_relative(target as i64 - cursor as i64)
+                .map_err(io)?;
+        }
+        cursor = target + add;
+        let mut left = add;
+        while left > 0 {
+            let n = left.min(dbuf.len() as u64) as usize;
+            diff.fill(&mut dbuf[..n], what)?;
+            old.read_exact(&mut obuf[..n]).map_err(io)?;
+            for (d, o) in dbuf[..n].iter_mut().zip(&obuf[..n]) {
+                *d = d.wrapping_add(*o);
+            }
+            w.write_all(&dbuf[..n]).map_err(io)?;
+            left -= n as u64;
+        }
+        let copied = std::io::copy(&mut (&mut extra).take(copy), w).map_err(io)?;
+        if copied != copy {
+            return Err(bad("split-diff extra stream is truncated"));
+        }
+    }
+    if produced != new_size {
+        return Err(bad(
+            "split-diff produces fewer bytes than the new file's size",
+        ));
+    }
+    Ok(())
+}
+
+/// Counts the bytes read through it.
+struct CountingReader<'a, R: Read> {
+    inner: &'a mut R,
+    n: u64,
+}
+
+impl<R: Read> Read for CountingReader<'_, R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let got = self.inner.read(buf)?;
+        self.n += got as u64;
+        Ok(got)
+    }
 }

@@ -36,6 +36,14 @@ pub enum Event {
         /// Why.
         error: String,
     },
+    /// The update is in place (emitted after every in-place apply). When `restart_required` is
+    /// false this is a warm patch: the running app may reload its resources now.
+    Installed {
+        /// The version now installed.
+        version: String,
+        /// Whether the update changed code (the app must restart to run it).
+        restart_required: bool,
+    },
     /// Something worth a line in a log.
     Warning {
         /// The message.

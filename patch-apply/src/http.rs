@@ -1,12 +1,585 @@
-//! HTTP(S) transport (placeholder until the delivery work lands: refuses clearly).
+//! The HTTP(S) transport: downloads from static hosts and CDNs over flaky networks.
+//!
+//! - **Resume**: a download continues the `.part` file it finds with a `Range` request; the
+//!   bytes already on disk are hashed first (see [`PartialFile`]), so a download interrupted by
+//!   a dropped connection or a killed process costs only the missing bytes. A server that
+//!   answers `200` to a range request gets the file over from the first byte.
+//! - **Bounded retries** with exponential backoff and jitter (honouring a short `Retry-After`)
+//!   for connection errors, timeouts, truncated bodies, `408`, `429` and `5xx` answers; other
+//!   failures (`404`, an HTML page, a length or hash that is not the signed one) move on to the
+//!   next mirror at once.
+//! - **Slow retrieval**: a connect timeout, a read timeout (no byte for that long) and a
+//!   minimum average speed over a window, so a stalled or trickling server cannot hang the
+//!   updater; see [`HttpOptions`].
+//! - **Endless data**: never more than the signed size is read ([`formats::hash::StreamCheck`]
+//!   refuses the first extra byte) and a declared `Content-Length` other than the signed size
+//!   is refused before the body is read.
+//!
+//! Every error names the URL at fault.
 
-use crate::error::{Error, Result};
-use crate::transport::Transport;
+use std::io::{Read, Write};
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use reqwest::blocking::{Client, Response};
+use reqwest::header::{HeaderMap, CACHE_CONTROL, CONTENT_RANGE, CONTENT_TYPE, RANGE, RETRY_AFTER};
+
+use crate::error::{Error, IoContext, Result};
+use crate::transport::{Expected, PartialFile, Transport, DEFAULT_PARALLEL};
+
+/// Network settings: timeouts, retries, and how many downloads run at once.
+#[derive(Clone, Debug, PartialEq)]
+pub struct HttpOptions {
+    /// Longest wait for a TCP (and TLS) connection.
+    pub connect_timeout: Duration,
+    /// Longest wait for the answer's headers or for the next bytes of a body.
+    pub read_timeout: Duration,
+    /// Slowest acceptable average speed in bytes per second, measured over
+    /// [`HttpOptions::min_speed_window`]; 0 turns the rule off.
+    pub min_speed: u64,
+    /// The window over which [`HttpOptions::min_speed`] is measured.
+    pub min_speed_window: Duration,
+    /// Further attempts after a failed one, per file and mirror.
+    pub retries: u32,
+    /// Wait before the first retry; doubled for each further one (with jitter).
+    pub backoff: Duration,
+    /// Longest wait between two attempts.
+    pub max_backoff: Duration,
+    /// Downloads that run at once.
+    pub parallel: usize,
+}
+
+impl Default for HttpOptions {
+    /// 15 s to connect, 30 s without a byte, at least 1 KiB/s over 30 s, 4 retries starting
+    /// at 500 ms (at most 10 s apart), 4 parallel downloads.
+    fn default() -> Self {
+        HttpOptions {
+            connect_timeout: Duration::from_secs(15),
+            read_timeout: Duration::from_secs(30),
+            min_speed: 1024,
+            min_speed_window: Duration::from_secs(30),
+            retries: 4,
+            backoff: Duration::from_millis(500),
+            max_backoff: Duration::from_secs(10),
+            parallel: DEFAULT_PARALLEL,
+        }
+    }
+}
+
+impl HttpOptions {
+    /// The wait before attempt number `attempt` (1 for the first retry): exponential, capped,
+    /// with "equal jitter" (half fixed, half random) so clients do not retry in lockstep. A
+    /// server's `Retry-After` is followed when it is not longer than the cap.
+    pub fn backoff_for(&self, attempt: u32, retry_after: Option<Duration>) -> Duration {
+        if let Some(ra) = retry_after {
+            if ra <= self.max_backoff {
+                return ra;
+            }
+        }
+        let exp = self
+            .backoff
+            .saturating_mul(1u32 << attempt.saturating_sub(1).min(16))
+            .min(self.max_backoff);
+        let half = exp / 2;
+        let nanos = half.as_nanos().min(u64::MAX as u128) as u64;
+        let jitter = if nanos == 0 { 0 } else { random_u64() % nanos };
+        half + Duration::from_nanos(jitter)
+    }
+}
+
+/// A random number without a dependency: `RandomState` is seeded randomly per instance.
+fn random_u64() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(Instant::now().elapsed().as_nanos());
+    h.finish()
+}
+
+/// A repository served over HTTP(S).
+pub struct HttpTransport {
+    base: String,
+    client: Client,
+    opts: HttpOptions,
+}
+
+/// Opens an HTTP(S) repository with default options.
+pub fn open(url: &str) -> Result<Box<dyn Transport>> {
+    open_with(url, &HttpOptions::default())
+}
 
 /// Opens an HTTP(S) repository.
-pub fn open(url: &str) -> Result<Box<dyn Transport>> {
-    Err(Error::Fetch {
+pub fn open_with(url: &str, opts: &HttpOptions) -> Result<Box<dyn Transport>> {
+    Ok(Box::new(HttpTransport::new(url, opts.clone())?))
+}
+
+/// How one attempt failed.
+enum Failure {
+    /// Worth another attempt on the same mirror (after a pause, at least this long if given).
+    Retry(Error, Option<Duration>),
+    /// This mirror cannot serve the file: move on.
+    Fatal(Error),
+}
+
+fn fetch_err(url: &str, reason: impl Into<String>) -> Error {
+    Error::Fetch {
         url: url.to_string(),
-        reason: "http repositories are not supported by this build yet".into(),
-    })
+        reason: reason.into(),
+    }
+}
+
+/// Text of a reqwest error with its causes (reqwest's own `Display` omits them).
+fn describe(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut src = e.source();
+    while let Some(c) = src {
+        let cs = c.to_string();
+        if !s.contains(&cs) {
+            s.push_str(": ");
+            s.push_str(&cs);
+        }
+        src = c.source();
+    }
+    s
+}
+
+/// Percent-encodes what is not safe in a URL path (target names are plain components, but
+/// versions may hold `+`).
+fn encode_path(path: &str) -> String {
+    let mut out = String::with_capacity(path.len());
+    for b in path.bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~/+".contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+fn retry_after(h: &HeaderMap) -> Option<Duration> {
+    let v = h.get(RETRY_AFTER)?.to_str().ok()?;
+    v.trim().parse::<u64>().ok().map(Duration::from_secs)
+}
+
+fn is_html(h: &HeaderMap) -> bool {
+    h.get(CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .map(|v| v.trim_start().to_ascii_lowercase().starts_with("text/html"))
+        .unwrap_or(false)
+}
+
+/// Parses `Content-Range: bytes START-END/TOTAL` into `(START, TOTAL)` (`TOTAL` `None` for `*`).
+fn content_range(h: &HeaderMap) -> Option<(u64, Option<u64>)> {
+    let v = h.get(CONTENT_RANGE)?.to_str().ok()?;
+    let rest = v.trim().strip_prefix("bytes ")?;
+    let (range, total) = rest.split_once('/')?;
+    let (start, _end) = range.split_once('-')?;
+    let total = if total.trim() == "*" {
+        None
+    } else {
+        Some(total.trim().parse().ok()?)
+    };
+    Some((start.trim().parse().ok()?, total))
+}
+
+/// Statuses worth a retry: the server may answer differently soon.
+fn retryable(status: u16) -> bool {
+    matches!(status, 408 | 425 | 429 | 500..=599)
+}
+
+/// Checks a response's status and headers common to both kinds of request.
+fn check_status(url: &str, resp: &Response) -> std::result::Result<(), Failure> {
+    let status = resp.status().as_u16();
+    if status == 404 || status == 410 {
+        return Err(Failure::Fatal(Error::NotFound {
+            url: url.to_string(),
+        }));
+    }
+    if retryable(status) {
+        return Err(Failure::Retry(
+            fetch_err(url, format!("server answered HTTP {}", resp.status())),
+            retry_after(resp.headers()),
+        ));
+    }
+    if !(200..300).contains(&status) {
+        return Err(Failure::Fatal(fetch_err(
+            url,
+            format!("server answered HTTP {}", resp.status()),
+        )));
+    }
+    if is_html(resp.headers()) {
+        return Err(Failure::Fatal(fetch_err(
+            url,
+            "server sent an HTML page (content-type text/html) instead of the file",
+        )));
+    }
+    Ok(())
+}
+
+impl HttpTransport {
+    /// A transport for the repository at `base` (an `http://` or `https://` URL).
+    pub fn new(base: &str, opts: HttpOptions) -> Result<Self> {
+        let parsed = reqwest::Url::parse(base)
+            .map_err(|e| fetch_err(base, format!("not a valid URL: {e}")))?;
+        if !matches!(parsed.scheme(), "http" | "https") {
+            return Err(fetch_err(
+                base,
+                "only http:// and https:// URLs are served over the network",
+            ));
+        }
+        let client = Client::builder()
+            .connect_timeout(opts.connect_timeout)
+            // For the blocking client this bounds sending the request and receiving the
+            // headers, and then each single read of the body.
+            .timeout(opts.read_timeout)
+            .user_agent(concat!("patch-apply/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|e| {
+                fetch_err(
+                    base,
+                    format!("cannot start an HTTP client: {}", describe(&e)),
+                )
+            })?;
+        Ok(HttpTransport {
+            base: base.trim_end_matches('/').to_string(),
+            client,
+            opts,
+        })
+    }
+
+    fn url(&self, path: &str) -> Result<String> {
+        formats::layout::check_target_name(path)?;
+        Ok(format!("{}/{}", self.base, encode_path(path)))
+    }
+
+    /// Runs `attempt` until it succeeds, fails for good, or the retries are used up. An
+    /// attempt that brought at least `progress_reset` new bytes does not count as a failure.
+    fn with_retries<T>(
+        &self,
+        url: &str,
+        mut attempt: impl FnMut() -> (std::result::Result<T, Failure>, u64),
+    ) -> Result<T> {
+        let mut failures = 0u32;
+        let mut total_attempts = 0u32;
+        let max_attempts = self.opts.retries.saturating_add(1).saturating_mul(10);
+        loop {
+            total_attempts += 1;
+            let (res, gained) = attempt();
+            let (err, after) = match res {
+                Ok(v) => return Ok(v),
+                Err(Failure::Fatal(e)) => return Err(e),
+                Err(Failure::Retry(e, after)) => (e, after),
+            };
+            if gained < 64 * 1024 {
+                failures += 1;
+            }
+            if failures > self.opts.retries || total_attempts >= max_attempts {
+                let reason = match err {
+                    Error::Fetch { reason, .. } => reason,
+                    other => other.to_string(),
+                };
+                return Err(fetch_err(
+                    url,
+                    format!("gave up after {total_attempts} attempt(s): {reason}"),
+                ));
+            }
+            let wait = self.opts.backoff_for(failures.max(1), after);
+            tracing::warn!("{err}; retrying in {wait:?}");
+            std::thread::sleep(wait);
+        }
+    }
+
+    fn attempt_small(
+        &self,
+        url: &str,
+        path: &str,
+        max_len: u64,
+    ) -> std::result::Result<Option<Vec<u8>>, Failure> {
+        let mut req = self.client.get(url);
+        if path.ends_with("timestamp.json") || path.ends_with("root.json") {
+            // The files that change in place (or appear): never a stale cached copy.
+            req = req.header(CACHE_CONTROL, "no-cache");
+        }
+        let resp = req
+            .send()
+            .map_err(|e| Failure::Retry(fetch_err(url, describe(&e)), None))?;
+        match check_status(url, &resp) {
+            Err(Failure::Fatal(Error::NotFound { .. })) => return Ok(None),
+            Err(f) => return Err(f),
+            Ok(()) => {}
+        }
+        if let Some(len) = resp.content_length() {
+            if len > max_len {
+                return Err(Failure::Fatal(Error::Format(formats::Error::TooLarge {
+                    what: url.to_string(),
+                    limit: max_len,
+                    actual: len,
+                })));
+            }
+        }
+        let mut buf = Vec::new();
+        resp.take(max_len + 1).read_to_end(&mut buf).map_err(|e| {
+            Failure::Retry(
+                fetch_err(url, format!("reading the body: {}", describe(&e))),
+                None,
+            )
+        })?;
+        if buf.len() as u64 > max_len {
+            return Err(Failure::Fatal(Error::Format(formats::Error::TooLarge {
+                what: url.to_string(),
+                limit: max_len,
+                actual: buf.len() as u64,
+            })));
+        }
+        Ok(Some(buf))
+    }
+
+    /// One attempt at downloading `url` into `dest`; returns the outcome and the bytes received.
+    fn attempt_download(
+        &self,
+        url: &str,
+        expected: &Expected,
+        dest: &Path,
+        progress: &(dyn Fn(u64) + Sync),
+    ) -> (std::result::Result<(), Failure>, u64) {
+        let mut received = 0u64;
+        let res = self.attempt_download_inner(url, expected, dest, progress, &mut received);
+        (res, received)
+    }
+
+    fn attempt_download_inner(
+        &self,
+        url: &str,
+        expected: &Expected,
+        dest: &Path,
+        progress: &(dyn Fn(u64) + Sync),
+        received: &mut u64,
+    ) -> std::result::Result<(), Failure> {
+        let fatal = Failure::Fatal;
+        let size = expected.pin.size;
+        let mut part = PartialFile::open(dest, expected, url).map_err(fatal)?;
+        if part.offset == size {
+            let check = std::mem::replace(
+                &mut part.check,
+                formats::hash::StreamCheck::new(url, expected.pin, expected.sha256),
+            );
+            if check.finish().is_ok() {
+                return part.file.sync_all().at(dest).map_err(fatal);
+            }
+            part.restart(dest, expected, url).map_err(fatal)?;
+        }
+        let resumed_from = part.offset;
+        let mut req = self.client.get(url);
+        if part.offset > 0 {
+            req = req.header(RANGE, format!("bytes={}-", part.offset));
+        }
+        let mut resp = req
+            .send()
+            .map_err(|e| Failure::Retry(fetch_err(url, describe(&e)), None))?;
+        let status = resp.status().as_u16();
+        if status == 416 {
+            // The server disagrees about what we hold: start over on the next attempt.
+            part.restart(dest, expected, url).map_err(fatal)?;
+            return Err(Failure::Retry(
+                fetch_err(url, "server refused the range request (HTTP 416)"),
+                None,
+            ));
+        }
+        check_status(url, &resp)?;
+        if status == 206 {
+            match content_range(resp.headers()) {
+                Some((start, total)) if start == part.offset && total.unwrap_or(size) == size => {}
+                other => {
+                    part.restart(dest, expected, url).map_err(fatal)?;
+                    return Err(Failure::Retry(
+                        fetch_err(
+                            url,
+                            format!(
+                                "server answered range {other:?} to a request from byte {} of {size}",
+                                resumed_from
+                            ),
+                        ),
+                        None,
+                    ));
+                }
+            }
+        } else if part.offset > 0 {
+            // 200 to a range request: the body is the whole file.
+            tracing::info!(
+                "{url}: server ignored the range request; downloading the whole file again"
+            );
+            part.restart(dest, expected, url).map_err(fatal)?;
+        }
+        let remaining = size - part.offset;
+        if let Some(len) = resp.content_length() {
+            if len != remaining {
+                return Err(Failure::Fatal(fetch_err(
+                    url,
+                    format!(
+                        "server declares {len} bytes where the signed size leaves {remaining} (of {size}); not the file the metadata signs"
+                    ),
+                )));
+            }
+        }
+        let mut buf = vec![0u8; 64 * 1024];
+        let mut window_start = Instant::now();
+        let mut window_bytes = 0u64;
+        loop {
+            let n = match resp.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => n,
+                Err(e) => {
+                    let text = describe(&e);
+                    let how =
+                        if e.kind() == std::io::ErrorKind::TimedOut || text.contains("timed out") {
+                            format!("no data for {:?} ({text})", self.opts.read_timeout)
+                        } else {
+                            text
+                        };
+                    return Err(Failure::Retry(
+                        fetch_err(
+                            url,
+                            format!(
+                                "transfer interrupted at byte {} of {size}: {how}",
+                                part.check.seen()
+                            ),
+                        ),
+                        None,
+                    ));
+                }
+            };
+            if let Err(e) = part.check.update(&buf[..n]) {
+                drop(part);
+                let _ = std::fs::remove_file(dest);
+                return Err(Failure::Fatal(e.into()));
+            }
+            part.file.write_all(&buf[..n]).at(dest).map_err(fatal)?;
+            *received += n as u64;
+            progress(n as u64);
+            window_bytes += n as u64;
+            let elapsed = window_start.elapsed();
+            if self.opts.min_speed > 0 && elapsed >= self.opts.min_speed_window {
+                let need = (self.opts.min_speed as f64 * elapsed.as_secs_f64()) as u64;
+                if window_bytes < need {
+                    return Err(Failure::Retry(
+                        fetch_err(
+                            url,
+                            format!(
+                                "too slow: {window_bytes} bytes in {:.1} s, below the minimum of {} bytes/s",
+                                elapsed.as_secs_f64(),
+                                self.opts.min_speed
+                            ),
+                        ),
+                        None,
+                    ));
+                }
+                window_start = Instant::now();
+                window_bytes = 0;
+            }
+        }
+        if part.check.seen() < size {
+            return Err(Failure::Retry(
+                fetch_err(
+                    url,
+                    format!("body ended at byte {} of {size}", part.check.seen()),
+                ),
+                None,
+            ));
+        }
+        let PartialFile { file, check, .. } = part;
+        if let Err(e) = check.finish() {
+            drop(file);
+            let _ = std::fs::remove_file(dest);
+            // A kept prefix may have been the bad part: one more attempt from scratch.
+            return Err(if resumed_from > 0 {
+                Failure::Retry(e.into(), None)
+            } else {
+                Failure::Fatal(e.into())
+            });
+        }
+        file.sync_all().at(dest).map_err(fatal)
+    }
+}
+
+impl Transport for HttpTransport {
+    fn get_small(&self, path: &str, max_len: u64) -> Result<Option<Vec<u8>>> {
+        let url = self.url(path)?;
+        self.with_retries(&url, || (self.attempt_small(&url, path, max_len), 0))
+    }
+
+    fn download(
+        &self,
+        path: &str,
+        expected: &Expected,
+        dest: &Path,
+        progress: &(dyn Fn(u64) + Sync),
+    ) -> Result<()> {
+        let url = self.url(path)?;
+        self.with_retries(&url, || {
+            self.attempt_download(&url, expected, dest, progress)
+        })
+    }
+
+    fn describe(&self) -> String {
+        self.base.clone()
+    }
+
+    fn parallel(&self) -> usize {
+        self.opts.parallel.max(1)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_is_capped_and_jittered() {
+        let o = HttpOptions {
+            backoff: Duration::from_millis(100),
+            max_backoff: Duration::from_millis(1000),
+            ..HttpOptions::default()
+        };
+        for attempt in 1..10 {
+            let d = o.backoff_for(attempt, None);
+            let full = Duration::from_millis(100 * (1u64 << (attempt - 1)))
+                .min(Duration::from_millis(1000));
+            assert!(d >= full / 2 && d <= full, "attempt {attempt}: {d:?}");
+        }
+        assert_eq!(
+            o.backoff_for(1, Some(Duration::from_millis(300))),
+            Duration::from_millis(300)
+        );
+        assert!(o.backoff_for(1, Some(Duration::from_secs(3600))) <= Duration::from_millis(100));
+    }
+
+    #[test]
+    fn content_range_and_paths() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            CONTENT_RANGE,
+            "bytes 100-199/200".parse().expect("test setup"),
+        );
+        assert_eq!(content_range(&h), Some((100, Some(200))));
+        h.insert(CONTENT_RANGE, "bytes 5-9/*".parse().expect("test setup"));
+        assert_eq!(content_range(&h), Some((5, None)));
+        h.insert(CONTENT_RANGE, "bytes */200".parse().expect("test setup"));
+        assert_eq!(content_range(&h), None);
+        assert_eq!(
+            encode_path("targets/1.0.0+b1/a b"),
+            "targets/1.0.0+b1/a%20b"
+        );
+    }
+
+    #[test]
+    fn refuses_other_schemes_and_bad_paths() {
+        assert!(HttpTransport::new("ftp://x/", HttpOptions::default()).is_err());
+        let t = HttpTransport::new("http://127.0.0.1:9/repo/", HttpOptions::default())
+            .expect("test setup");
+        assert_eq!(
+            t.url("metadata/1.root.json").expect("test setup"),
+            "http://127.0.0.1:9/repo/metadata/1.root.json"
+        );
+        assert!(t.url("../etc/passwd").is_err());
+    }
 }

@@ -1,4 +1,55 @@
 //! The updater that apps embed.
+//!
+//! An app pins the repository's root public key, then asks [`Updater::check`] what an update
+//! would do and [`Updater::apply`] to do it. `apply` verifies the signed metadata (TUF), scans
+//! the app directory, recognises the installed release from its files, picks the cheapest method
+//! (a chain of incremental patches, repair of the differing files, or the installer), checks
+//! disk space and running instances, stages and verifies every file, commits through a journal,
+//! verifies the whole tree, and records the installed version. Progress and decisions arrive as
+//! [`Event`]s. Call [`Updater::recover`] at start-up: it rolls back an update that was
+//! interrupted (power loss, kill).
+//!
+//! # Example: an app that updates itself
+//!
+//! ```
+//! use std::sync::{Arc, Mutex};
+//! # use patch_create::release::{release, PatchesFrom, ReleaseOptions};
+//! # let dir = tempfile::tempdir().unwrap();
+//! # let (repo, app) = (dir.path().join("repo"), dir.path().join("app"));
+//! # let key = formats::keys::KeyPair::generate().unwrap();
+//! # for (i, content) in [&b"hello 1"[..], &b"hello 2"[..]].iter().enumerate() {
+//! #     let tree = dir.path().join(format!("v{i}"));
+//! #     std::fs::create_dir_all(tree.join("data")).unwrap();
+//! #     std::fs::write(tree.join("data/greeting.txt"), content).unwrap();
+//! #     let opts = ReleaseOptions {
+//! #         repo: repo.clone(), root: tree, version: formats::Version::parse(&format!("1.{i}.0")).unwrap(),
+//! #         keys: vec![formats::keys::KeyPair::from_json("k", &key.to_json()).unwrap()],
+//! #         name: Some("demo".into()), prev_roots: vec![], ignore: vec![], code: vec![], resources: vec![],
+//! #         restart_required: false, patches_from: PatchesFrom::Previous, keep: None,
+//! #         expires: time::Duration::days(30), level: 3, encode: Default::default(),
+//! #         channel: None, targeting: Default::default(),
+//! #     };
+//! #     release(&opts, &patch_create::progress::NoProgress).unwrap();
+//! # }
+//! # let public_key = key.public();
+//! // The app ships with the repository's root public key (`release.pub`) compiled in or next to it.
+//! let config = patch_apply::Config::new(&app, repo.to_str().unwrap(), public_key);
+//! let log = Arc::new(Mutex::new(Vec::new()));
+//! let sink = Arc::clone(&log);
+//! let updater = patch_apply::Updater::new(config, move |event| {
+//!     // A real app would drive its progress bar from `Event::Progress`.
+//!     sink.lock().unwrap().push(format!("{event:?}"));
+//! });
+//! updater.recover().unwrap();
+//! let check = updater.check().unwrap();
+//! assert_eq!(check.latest.as_deref(), Some("1.1.0"));
+//! if !check.up_to_date {
+//!     let report = updater.apply().unwrap();
+//!     assert_eq!(report.to, "1.1.0");
+//! }
+//! assert_eq!(std::fs::read(app.join("data/greeting.txt")).unwrap(), b"hello 2");
+//! assert!(!log.lock().unwrap().is_empty());
+//! ```
 pub mod archive;
 pub mod atomic;
 pub mod commit;
@@ -10,6 +61,8 @@ pub mod plan;
 pub mod preflight;
 pub mod repo_view;
 pub mod scan;
+pub mod scan_cache;
+pub mod selfpatch;
 pub mod stage;
 pub mod state;
 pub mod transport;
@@ -19,4 +72,5 @@ pub mod updater;
 pub use error::{Error, Result};
 pub use events::Event;
 pub use plan::Method;
+pub use selfpatch::{ApplyOutcome, HandOver};
 pub use updater::{ApplyReport, CheckReport, Config, MethodChoice, Updater};

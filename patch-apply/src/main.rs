@@ -35,6 +35,30 @@ enum Cmd {
         /// Do not refuse when processes run from the app dir.
         #[arg(long)]
         ignore_running: bool,
+        /// For an app updating itself: if the update changes code (restart required), stage and
+        /// verify it, then hand it over to self-patcher and return; the app must exit, and
+        /// self-patcher replaces its files, records the version and runs the relaunch command
+        /// given after `--`. An update without code changes is applied in place (warm patch).
+        #[arg(long)]
+        hand_over: bool,
+        /// The self-patcher executable [default: `self-patcher` next to this executable].
+        #[arg(long, value_name = "PATH", requires = "hand_over")]
+        self_patcher: Option<PathBuf>,
+        /// The process self-patcher waits for before changing anything [default: the parent
+        /// of this process, i.e. the app that runs `patch-apply`].
+        #[arg(long, value_name = "PID", requires = "hand_over")]
+        wait_pid: Option<u32>,
+        /// Seconds self-patcher waits for that process to exit.
+        #[arg(long, value_name = "SECS", default_value_t = 60, requires = "hand_over")]
+        wait_timeout: u64,
+        /// Run CMD (through `sh -c`) once an update is in place without a hand-over, e.g.
+        /// `kill -HUP 1234` to make a running app reload its resources after a warm patch.
+        #[arg(long, value_name = "CMD")]
+        notify: Option<String>,
+        /// With --hand-over: the command that relaunches the app, after `--`
+        /// (`-- /opt/app/bin/app --flag`).
+        #[arg(last = true, value_name = "RELAUNCH")]
+        relaunch: Vec<String>,
     },
     /// Roll back an interrupted update, if any.
     Recover {
@@ -76,6 +100,38 @@ struct Common {
     /// Machine-readable output (JSON lines for apply, one object for check).
     #[arg(long)]
     json: bool,
+    #[command(flatten)]
+    net: NetArgs,
+}
+
+/// Network settings (HTTP repositories).
+#[derive(Args)]
+struct NetArgs {
+    /// Downloads that run at once.
+    #[arg(long, default_value_t = 4)]
+    parallel: usize,
+    /// Seconds to wait for an answer or for the next bytes of a download.
+    #[arg(long, default_value_t = 30.0)]
+    timeout_secs: f64,
+    /// Seconds to wait for a connection.
+    #[arg(long, default_value_t = 15.0)]
+    connect_timeout_secs: f64,
+    /// Retries per file and mirror after a failed attempt.
+    #[arg(long, default_value_t = 4)]
+    retries: u32,
+    /// Milliseconds before the first retry (doubled for each further one, with jitter).
+    #[arg(long, default_value_t = 500)]
+    backoff_ms: u64,
+    /// Slowest acceptable download speed in bytes per second (0: no minimum).
+    #[arg(long, default_value_t = 1024)]
+    min_speed: u64,
+    /// Seconds over which the minimum speed is measured.
+    #[arg(long, default_value_t = 30.0)]
+    min_speed_secs: f64,
+}
+
+fn secs(name: &str, v: f64) -> Result<std::time::Duration> {
+    std::time::Duration::try_from_secs_f64(v).with_context(|| format!("--{name} {v} is not a duration in seconds"))
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -102,6 +158,17 @@ fn config(c: &Common) -> Result<Config> {
     cfg.public_keys.extend(keys);
     cfg.channel = c.channel.clone();
     cfg.attrs = attrs;
+    let n = &c.net;
+    cfg.http = patch_apply::http::HttpOptions {
+        connect_timeout: secs("connect-timeout-secs", n.connect_timeout_secs)?,
+        read_timeout: secs("timeout-secs", n.timeout_secs)?,
+        min_speed: n.min_speed,
+        min_speed_window: secs("min-speed-secs", n.min_speed_secs)?,
+        retries: n.retries,
+        backoff: std::time::Duration::from_millis(n.backoff_ms),
+        parallel: n.parallel.max(1),
+        ..cfg.http.clone()
+    };
     Ok(cfg)
 }
 
@@ -109,7 +176,7 @@ fn event_printer(json: bool) -> impl Fn(&Event) + Send + Sync + 'static {
     let bar: Option<Arc<Mutex<ProgressBar>>> = (!json && std::io::stderr().is_terminal()).then(|| {
         let pb = ProgressBar::new(0);
         pb.set_style(
-            ProgressStyle::with_template("{msg:>10} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}")
+            ProgressStyle::with_template("{msg:>8} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}")
                 .unwrap_or_else(|_| ProgressStyle::default_bar()),
         );
         Arc::new(Mutex::new(pb))
@@ -122,11 +189,29 @@ fn event_printer(json: bool) -> impl Fn(&Event) + Send + Sync + 'static {
             return;
         }
         match (e, &bar) {
-            (Event::Progress { phase, done, total }, Some(b)) => {
+            // One bar for the bytes of the download phase (totals cover parallel downloads).
+            (Event::Progress { phase: "download", done, total }, Some(b)) => {
                 if let Ok(b) = b.lock() {
-                    b.set_message(*phase);
+                    b.set_message("download");
                     b.set_length(*total);
                     b.set_position(*done);
+                }
+            }
+            (Event::Phase { phase }, Some(b)) if *phase != "download" => {
+                if let Ok(b) = b.lock() {
+                    if b.length().unwrap_or(0) > 0 && !b.is_finished() {
+                        b.finish();
+                        eprintln!();
+                    }
+                }
+            }
+            (Event::Phase { phase: "download" }, Some(b)) => {
+                if let Ok(mut b) = b.lock() {
+                    if b.is_finished() || b.position() > 0 {
+                        let style = b.style();
+                        *b = ProgressBar::new(0);
+                        b.set_style(style);
+                    }
                 }
             }
             (Event::Plan { method, bytes, .. }, _) => eprintln!("plan: {method}, {bytes} bytes to download"),
@@ -143,6 +228,13 @@ fn run() -> Result<()> {
         Cmd::Check(c) => {
             let u = Updater::new(config(&c)?, |_| {});
             let r = u.check()?;
+            if let (false, Some(m)) = (c.json, &r.maintenance) {
+                println!(
+                    "repository under maintenance{}; updates are paused{}",
+                    if m.message.is_empty() { String::new() } else { format!(": {}", m.message) },
+                    if m.app_may_start { "" } else { " and the app should not start" }
+                );
+            }
             if c.json {
                 println!("{}", serde_json::to_string(&r)?);
             } else if r.up_to_date {
@@ -162,7 +254,7 @@ fn run() -> Result<()> {
             }
             Ok(())
         }
-        Cmd::Apply { common, method, allow_downgrade, ignore_running } => {
+        Cmd::Apply { common, method, allow_downgrade, ignore_running, hand_over, self_patcher, wait_pid, wait_timeout, notify, relaunch } => {
             let mut cfg = config(&common)?;
             cfg.allow_downgrade = allow_downgrade;
             cfg.check_running = !ignore_running;
@@ -173,8 +265,51 @@ fn run() -> Result<()> {
                 MethodArg::Installer => MethodChoice::Only(Method::Installer),
             };
             let u = Updater::new(cfg, event_printer(common.json));
-            let r = u.apply()?;
-            if common.json {
+            let r = if hand_over {
+                let h = patch_apply::HandOver {
+                    self_patcher: match self_patcher {
+                        Some(p) => p,
+                        None => std::env::current_exe()
+                            .context("cannot locate this executable to find self-patcher next to it")?
+                            .with_file_name(format!("self-patcher{}", std::env::consts::EXE_SUFFIX)),
+                    },
+                    wait_pid: wait_pid.unwrap_or_else(std::os::unix::process::parent_id),
+                    wait_timeout: std::time::Duration::from_secs(wait_timeout),
+                    relaunch,
+                    relaunch_cwd: None,
+                };
+                match u.apply_with_handover(&h)? {
+                    patch_apply::ApplyOutcome::InPlace { report } => report,
+                    out @ patch_apply::ApplyOutcome::HandedOver { .. } => {
+                        if common.json {
+                            println!("{}", serde_json::to_string(&out)?);
+                        } else if let patch_apply::ApplyOutcome::HandedOver { report, self_patcher_pid, plan } = &out {
+                            println!(
+                                "update to {} staged; handed over to self-patcher (pid {self_patcher_pid}, plan {}); exit the app (pid {}) to finish it",
+                                report.to,
+                                plan.display(),
+                                h.wait_pid
+                            );
+                        }
+                        return Ok(());
+                    }
+                }
+            } else {
+                u.apply()?
+            };
+            if let (Some(cmd), false) = (&notify, r.method == "none") {
+                let st = std::process::Command::new("sh")
+                    .arg("-c")
+                    .arg(cmd)
+                    .status()
+                    .with_context(|| format!("update to {} is in place, but --notify {cmd:?} could not start", r.to))?;
+                if !st.success() {
+                    bail!("update to {} is in place, but --notify {cmd:?} failed ({st})", r.to);
+                }
+            }
+            if common.json && hand_over {
+                println!("{}", serde_json::to_string(&patch_apply::ApplyOutcome::InPlace { report: r })?);
+            } else if common.json {
                 println!("{}", serde_json::to_string(&r)?);
             } else if r.method == "none" {
                 println!("{} is up to date ({})", common.app_dir.display(), r.to);
@@ -208,13 +343,8 @@ fn run() -> Result<()> {
         Cmd::Rollback { app_dir, json } => {
             let state = patch_apply::state::StateDir::of(&app_dir);
             let _lock = state.lock()?;
+            // Also restores the install record the update replaced.
             let restored = patch_apply::commit::rollback(&app_dir, &state)?;
-            if let (Some(v), Some(mut rec)) = (&restored, state.load_record()) {
-                rec.previous = None;
-                rec.version = v.clone();
-                // The tree digest is re-derived on the next check.
-                state.save_record(&rec)?;
-            }
             let v = restored.map(|v| v.to_string());
             if json {
                 println!("{}", serde_json::json!({ "restored": v }));

@@ -14,6 +14,7 @@ use formats::{Blake3, RelPath};
 use rayon::prelude::*;
 
 use crate::error::{Error, IoContext, Result};
+use crate::scan_cache::{ScanCache, Stamp};
 
 /// How to treat entries that a release cannot contain.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -53,7 +54,29 @@ impl Tree {
 
 /// Scans `root`. A missing root is an empty tree in [`Strictness::Install`] mode and an error
 /// in [`Strictness::Release`] mode. Paths matching `ignore` are skipped (and not descended).
+/// Every file is hashed.
 pub fn scan(root: &Path, ignore: &PathPatterns, strictness: Strictness) -> Result<Tree> {
+    scan_with(root, ignore, strictness, CacheUse::None)
+}
+
+/// How a scan uses the app dir's scan cache ([`crate::scan_cache`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CacheUse {
+    /// Neither read nor write it (release trees).
+    None,
+    /// Reuse the hashes of files whose size, times and inode are unchanged; write it back.
+    Reuse,
+    /// Hash every file (verification after writing) and write the cache.
+    Refresh,
+}
+
+/// [`scan`] of an app dir with the scan cache used as `cache` says.
+pub fn scan_with(
+    root: &Path,
+    ignore: &PathPatterns,
+    strictness: Strictness,
+    cache: CacheUse,
+) -> Result<Tree> {
     let mut tree = Tree::default();
     match std::fs::symlink_metadata(root) {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound && strictness == Strictness::Install => {
@@ -68,7 +91,11 @@ pub fn scan(root: &Path, ignore: &PathPatterns, strictness: Strictness) -> Resul
         }
         Ok(_) => {}
     }
-    let mut files: Vec<(RelPath, PathBuf, bool)> = Vec::new();
+    let mut files: Vec<(RelPath, PathBuf, bool, Stamp)> = Vec::new();
+    let old_cache = match cache {
+        CacheUse::Reuse => ScanCache::load(root),
+        _ => ScanCache::default(),
+    };
     let mut walker = walkdir::WalkDir::new(root)
         .follow_links(false)
         .sort_by_file_name()
@@ -137,7 +164,7 @@ pub fn scan(root: &Path, ignore: &PathPatterns, strictness: Strictness) -> Resul
             let meta = entry.metadata().map_err(|e| {
                 Error::io(abs, e.into_io_error().unwrap_or_else(|| std::io::Error::other("stat failed")))
             })?;
-            files.push((rel, abs.to_path_buf(), is_exec(&meta)));
+            files.push((rel, abs.to_path_buf(), is_exec(&meta), Stamp::of(&meta)));
         } else {
             if strictness == Strictness::Release {
                 return Err(Error::Format(formats::Error::UnsafePath {
@@ -148,23 +175,39 @@ pub fn scan(root: &Path, ignore: &PathPatterns, strictness: Strictness) -> Resul
             tree.foreign.push(abs.to_path_buf());
         }
     }
-    let hashed: Vec<Result<(RelPath, Node)>> = files
+    let n_files = files.len();
+    let hashed: Vec<Result<(RelPath, Node, Stamp, bool)>> = files
         .into_par_iter()
-        .map(|(rel, abs, exec)| {
-            let pin = formats::hash::pin_file(&abs)?;
-            Ok((
-                rel,
-                Node::File {
-                    size: pin.size,
-                    blake3: pin.blake3,
-                    exec,
-                },
-            ))
+        .map(|(rel, abs, exec, stamp)| {
+            let (size, blake3, hit) = match old_cache.get(rel.as_str(), &stamp) {
+                Some(h) => (stamp.size, h, true),
+                None => {
+                    let pin = formats::hash::pin_file(&abs)?;
+                    (pin.size, pin.blake3, false)
+                }
+            };
+            Ok((rel, Node::File { size, blake3, exec }, stamp, hit))
         })
         .collect();
+    let mut stamps = Vec::new();
+    let mut hits = 0usize;
     for h in hashed {
-        let (rel, node) = h?;
+        let (rel, node, stamp, hit) = h?;
+        hits += usize::from(hit);
+        if cache != CacheUse::None {
+            if let Node::File { size, blake3, .. } = &node {
+                // A file that changed while it was hashed is not cached.
+                if *size == stamp.size {
+                    stamps.push((rel.clone(), stamp, *blake3));
+                }
+            }
+        }
         tree.entries.insert(rel, node);
+    }
+    // Nothing to update when every file came from the cache and none disappeared.
+    let unchanged = hits == n_files && old_cache.len() == n_files;
+    if cache != CacheUse::None && !unchanged {
+        ScanCache::store(root, stamps.iter().map(|(p, s, h)| (p.as_str(), *s, *h)));
     }
     Ok(tree)
 }

@@ -36,16 +36,23 @@ pub struct StageCtx<'a> {
 }
 
 impl StageCtx<'_> {
-    fn fetch(&self, path: &str, exp: &Expected, total: u64) -> Result<PathBuf> {
-        let done = AtomicU64::new(0);
-        let progress = |n: u64| {
-            self.downloaded.fetch_add(n, Ordering::Relaxed);
-            let d = done.fetch_add(n, Ordering::Relaxed) + n;
+    /// Fetches into the cache; `done` counts the bytes of every file of this stage (shared by
+    /// parallel downloads), so progress events carry totals for the whole stage.
+    fn fetch(&self, path: &str, exp: &Expected, total: u64, done: &AtomicU64) -> Result<PathBuf> {
+        let report = |d: u64| {
             (self.events)(&Event::Progress {
                 phase: "download",
-                done: d,
+                done: d.min(total),
                 total,
-            });
+            })
+        };
+        let kept = crate::transport::kept_bytes(&self.cache, exp);
+        if kept > 0 {
+            report(done.fetch_add(kept, Ordering::Relaxed) + kept);
+        }
+        let progress = |n: u64| {
+            self.downloaded.fetch_add(n, Ordering::Relaxed);
+            report(done.fetch_add(n, Ordering::Relaxed) + n);
         };
         fetch_to_cache(self.transport, path, exp, &self.cache, &progress)
     }
@@ -81,27 +88,41 @@ pub fn repair_cost(current: &Tree, manifest: &ReleaseManifest) -> Option<u64> {
 /// Repair: fetch and decode the repair file of every differing file.
 pub fn stage_repair(ctx: &StageCtx, manifest: &ReleaseManifest, current: &Tree) -> Result<Staged> {
     let files = differing_files(current, manifest);
-    let total: u64 = files.iter().filter_map(|e| e.repair).map(|r| r.size).sum();
     let mut by_content: BTreeMap<Blake3, Vec<&Entry>> = BTreeMap::new();
     for e in files {
         if let Some(p) = e.node.file_pin() {
             by_content.entry(p.blake3).or_default().push(e);
         }
     }
+    // Each content is downloaded once, however many paths hold it.
+    let total: u64 = by_content.values().filter_map(|es| es[0].repair).map(|r| r.size).sum();
     std::fs::create_dir_all(&ctx.staging).at(&ctx.staging)?;
     let groups: Vec<(usize, &Vec<&Entry>)> = by_content.values().enumerate().collect();
+    // Downloads run in their own pool (as many at once as the transport allows), decoding in
+    // the global one.
+    let done = AtomicU64::new(0);
+    let fetched: Vec<PathBuf> = crate::transport::download_pool(ctx.transport)?.install(|| {
+        groups
+            .par_iter()
+            .map(|(_, entries)| {
+                let e = entries[0];
+                let pin = e.node.file_pin().ok_or_else(|| Error::bad(e.path.as_str(), "not a file"))?;
+                let repair = e.repair.ok_or_else(|| {
+                    Error::bad(e.path.as_str(), "the release has no repair file for it")
+                })?;
+                ctx.fetch(&layout::blob_path(&pin.blake3), &Expected { pin: repair, sha256: None }, total, &done)
+            })
+            .collect::<Result<Vec<PathBuf>>>()
+    })?;
     let results: Vec<Result<Vec<(RelPath, PathBuf)>>> = groups
         .par_iter()
-        .map(|(i, entries)| {
+        .zip(fetched.par_iter())
+        .map(|((i, entries), file)| {
             let e = entries[0];
             let pin = e.node.file_pin().ok_or_else(|| Error::bad(e.path.as_str(), "not a file"))?;
-            let repair = e.repair.ok_or_else(|| {
-                Error::bad(e.path.as_str(), "the release has no repair file for it")
-            })?;
             let blob = layout::blob_path(&pin.blake3);
-            let file = ctx.fetch(&blob, &Expected { pin: repair, sha256: None }, total)?;
             let first = ctx.staging.join(format!("r{i}"));
-            crate::archive::decode_repair(&file, &blob, pin, &first)?;
+            crate::archive::decode_repair(file, &blob, pin, &first)?;
             let mut out = vec![(e.path.clone(), first.clone())];
             for (j, other) in entries.iter().enumerate().skip(1) {
                 let copy = ctx.staging.join(format!("r{i}-{j}"));
@@ -126,7 +147,7 @@ pub fn stage_installer(ctx: &StageCtx, release: &ReleaseRef, manifest: &ReleaseM
         .as_ref()
         .ok_or_else(|| Error::bad(release.manifest_name.as_str(), "release has no installer"))?;
     let path = target_path(name, target)?;
-    let file = ctx.fetch(&path, &expected(name, target)?, target.length)?;
+    let file = ctx.fetch(&path, &expected(name, target)?, target.length, &AtomicU64::new(0))?;
     let tree = ctx.staging.join("tree");
     (ctx.events)(&Event::Phase { phase: "apply" });
     crate::archive::extract_installer(&file, &path, manifest, &tree, ctx.limits)?;
@@ -154,12 +175,23 @@ pub fn stage_incremental(
         .map(|(p, _)| (p.clone(), p.to_path(ctx.app_dir)))
         .collect();
     let mut tree = start_tree;
+    // Every patch of the chain is downloaded first, several at once.
+    let done = AtomicU64::new(0);
+    let files: Vec<PathBuf> = crate::transport::download_pool(ctx.transport)?.install(|| {
+        chain
+            .par_iter()
+            .map(|edge| {
+                let path = target_path(&edge.name, &edge.target)?;
+                ctx.fetch(&path, &expected(&edge.name, &edge.target)?, total, &done)
+            })
+            .collect::<Result<Vec<PathBuf>>>()
+    })?;
     for (i, edge) in chain.iter().enumerate() {
         let path = target_path(&edge.name, &edge.target)?;
-        let file = ctx.fetch(&path, &expected(&edge.name, &edge.target)?, total)?;
+        let file = &files[i];
         (ctx.events)(&Event::Phase { phase: "apply" });
         let dir = ctx.staging.join(format!("p{i}"));
-        let unpacked = crate::archive::unpack_patch(&file, &path, &dir.join("members"), ctx.limits)?;
+        let unpacked = crate::archive::unpack_patch(file, &path, &dir.join("members"), ctx.limits)?;
         let info = &unpacked.info;
         if info.from != edge.from || info.to != edge.to || info.app != manifest.app {
             return Err(Error::bad(&path, format!(

@@ -2,12 +2,9 @@
 //! trusted metadata, the download cache, staging, the journal and backups, and the lock.
 //! Nothing else is ever added to an app directory.
 
-use std::fs::File;
-use std::io::{Read, Seek, Write};
 use std::path::{Path, PathBuf};
 
-use formats::{Blake3, Version};
-use serde::{Deserialize, Serialize};
+use formats::txn as names;
 
 use crate::error::{Error, IoContext, Result};
 
@@ -31,7 +28,7 @@ impl StateDir {
     }
     /// Install record file.
     pub fn record_file(&self) -> PathBuf {
-        self.root.join("installed.json")
+        self.root.join(names::RECORD_FILE)
     }
     /// Trusted metadata directory.
     pub fn trust(&self) -> PathBuf {
@@ -43,19 +40,23 @@ impl StateDir {
     }
     /// Staging area (same file system as the app, so renames are atomic).
     pub fn staging(&self) -> PathBuf {
-        self.root.join("staging")
+        self.root.join(names::STAGING_DIR)
     }
     /// The journal of the update being committed.
     pub fn journal(&self) -> PathBuf {
-        self.root.join("journal.json")
+        self.root.join(names::JOURNAL_FILE)
     }
     /// Backups of replaced files.
     pub fn backup(&self) -> PathBuf {
-        self.root.join("backup")
+        self.root.join(names::BACKUP_DIR)
+    }
+    /// The self-patch plan handed to `self-patcher`.
+    pub fn self_patch_plan(&self) -> PathBuf {
+        self.root.join(names::SELF_PATCH_PLAN_FILE)
     }
     /// The lock file.
     pub fn lock_file(&self) -> PathBuf {
-        self.root.join("lock")
+        self.root.join(names::LOCK_FILE)
     }
 
     /// Loads the install record, if any (a corrupt record is treated as absent).
@@ -76,39 +77,12 @@ impl StateDir {
     /// stale lock behind.
     pub fn lock(&self) -> Result<UpdateLock> {
         self.create()?;
-        let p = self.lock_file();
-        let mut f = File::options().read(true).write(true).create(true).truncate(false).open(&p).at(&p)?;
-        if f.try_lock().is_err() {
-            let mut owner = String::new();
-            let _ = f.read_to_string(&mut owner);
-            return Err(Error::Precondition(format!(
-                "another update is running on this app dir (pid {}, lock {})",
-                owner.trim(),
-                p.display()
-            )));
-        }
-        f.set_len(0).at(&p)?;
-        f.rewind().at(&p)?;
-        let _ = write!(f, "{}", std::process::id());
-        Ok(UpdateLock { _file: f })
+        self_patcher::lock::try_lock(&self.lock_file()).map_err(crate::commit::txn_error)
     }
 }
 
 /// Held while an update runs.
-pub struct UpdateLock {
-    _file: File,
-}
+pub type UpdateLock = self_patcher::lock::UpdateLock;
 
 /// What the updater installed last.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct InstallRecord {
-    /// The app.
-    pub app: String,
-    /// The installed version.
-    pub version: Version,
-    /// Its tree digest.
-    pub tree: Blake3,
-    /// The version before it (for rollback), if known.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub previous: Option<Version>,
-}
+pub use formats::txn::InstallRecord;

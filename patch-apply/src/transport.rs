@@ -2,16 +2,20 @@
 //! [`Mirrors`], which tries several repositories in order.
 //!
 //! Every download is bounded by the size the signed metadata allows and checked against its
-//! pin before anything uses it.
+//! pin before anything uses it. Downloads go to `cache/<blake3>.part` and are resumed from the
+//! bytes already there (also after the process was killed): [`PartialFile::open`] feeds those
+//! bytes to a [`StreamCheck`] first, so the hash covers the whole file.
 
 use std::fs::{self, File};
-use std::io::{Read, Write};
+use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU32, Ordering};
 
 use formats::hash::StreamCheck;
 use formats::{Pin, Sha256};
 
 use crate::error::{Error, IoContext, Result};
+use crate::http::HttpOptions;
 
 /// What a downloaded artifact must be.
 #[derive(Clone, Debug)]
@@ -22,6 +26,9 @@ pub struct Expected {
     pub sha256: Option<Sha256>,
 }
 
+/// How many downloads run at once when a transport does not say.
+pub const DEFAULT_PARALLEL: usize = 4;
+
 /// A way to read files of a repository.
 pub trait Transport: Send + Sync {
     /// Reads `path` (relative to the repository base) into memory. `Ok(None)` when the
@@ -30,11 +37,91 @@ pub trait Transport: Send + Sync {
 
     /// Downloads `path` into `dest`, which may already hold a prefix of it from an interrupted
     /// download (transports that can resume continue after it). On success `dest` holds exactly
-    /// the expected bytes; `progress` receives byte counts as they arrive.
-    fn download(&self, path: &str, expected: &Expected, dest: &Path, progress: &(dyn Fn(u64) + Sync)) -> Result<()>;
+    /// the expected bytes; `progress` receives the counts of bytes as they arrive.
+    fn download(
+        &self,
+        path: &str,
+        expected: &Expected,
+        dest: &Path,
+        progress: &(dyn Fn(u64) + Sync),
+    ) -> Result<()>;
 
     /// The repository's base, for messages.
     fn describe(&self) -> String;
+
+    /// How many downloads may run at once.
+    fn parallel(&self) -> usize {
+        DEFAULT_PARALLEL
+    }
+}
+
+/// A partially downloaded file: the bytes already on disk, already fed to the checker.
+pub struct PartialFile {
+    /// The file, positioned at its end.
+    pub file: File,
+    /// The checker, which has seen the bytes already on disk.
+    pub check: StreamCheck,
+    /// Bytes already on disk (where a download resumes).
+    pub offset: u64,
+}
+
+impl PartialFile {
+    /// Opens (or creates) `dest` and rebuilds the hash state from the bytes it holds. A file
+    /// longer than the signed size is emptied. `what` names the artifact in errors.
+    pub fn open(dest: &Path, expected: &Expected, what: &str) -> Result<PartialFile> {
+        let mut file = fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(dest)
+            .at(dest)?;
+        let len = file.metadata().at(dest)?.len();
+        let mut check = StreamCheck::new(what, expected.pin, expected.sha256);
+        if len > expected.pin.size {
+            file.set_len(0).at(dest)?;
+        } else if len > 0 {
+            let mut buf = vec![0u8; 1 << 20];
+            loop {
+                let n = file.read(&mut buf).at(dest)?;
+                if n == 0 {
+                    break;
+                }
+                check.update(&buf[..n])?;
+            }
+        }
+        let offset = check.seen();
+        file.seek(SeekFrom::Start(offset)).at(dest)?;
+        Ok(PartialFile {
+            file,
+            check,
+            offset,
+        })
+    }
+
+    /// Empties the file and the checker, to start over from the first byte.
+    pub fn restart(&mut self, dest: &Path, expected: &Expected, what: &str) -> Result<()> {
+        self.file.set_len(0).at(dest)?;
+        self.file.seek(SeekFrom::Start(0)).at(dest)?;
+        self.check = StreamCheck::new(what, expected.pin, expected.sha256);
+        self.offset = 0;
+        Ok(())
+    }
+}
+
+/// Bytes of `expected` already in `cache` (a finished file or a partial one), for progress
+/// reports before a download resumes.
+pub fn kept_bytes(cache: &Path, expected: &Expected) -> u64 {
+    let name = expected.pin.blake3.to_hex();
+    if let Ok(m) = fs::metadata(cache.join(&name)) {
+        if m.len() == expected.pin.size {
+            return m.len();
+        }
+    }
+    match fs::metadata(cache.join(format!("{name}.part"))) {
+        Ok(m) if m.len() <= expected.pin.size => m.len(),
+        _ => 0,
+    }
 }
 
 /// A repository in a local directory (a path or a `file://` URL).
@@ -75,7 +162,13 @@ impl Transport for DirTransport {
         Ok(Some(buf))
     }
 
-    fn download(&self, path: &str, expected: &Expected, dest: &Path, progress: &(dyn Fn(u64) + Sync)) -> Result<()> {
+    fn download(
+        &self,
+        path: &str,
+        expected: &Expected,
+        dest: &Path,
+        progress: &(dyn Fn(u64) + Sync),
+    ) -> Result<()> {
         let p = self.file(path)?;
         let mut src = match File::open(&p) {
             Ok(f) => f,
@@ -86,21 +179,30 @@ impl Transport for DirTransport {
             }
             Err(e) => return Err(Error::io(&p, e)),
         };
-        let mut out = File::create(dest).at(dest)?;
         let what = p.display().to_string();
-        let mut check = StreamCheck::new(&what, expected.pin, expected.sha256);
+        let mut part = PartialFile::open(dest, expected, &what)?;
+        src.seek(SeekFrom::Start(part.offset)).at(&p)?;
         let mut buf = vec![0u8; 1 << 20];
         loop {
             let n = src.read(&mut buf).at(&p)?;
             if n == 0 {
                 break;
             }
-            check.update(&buf[..n])?;
-            out.write_all(&buf[..n]).at(dest)?;
+            part.check.update(&buf[..n])?;
+            part.file.write_all(&buf[..n]).at(dest)?;
             progress(n as u64);
         }
-        check.finish()?;
-        out.sync_all().at(dest)?;
+        let resumed = part.offset > 0;
+        if let Err(e) = part.check.finish() {
+            // The kept prefix or the source is wrong: never reuse these bytes.
+            drop(part.file);
+            fs::remove_file(dest).at(dest)?;
+            if resumed {
+                return self.download(path, expected, dest, progress);
+            }
+            return Err(e.into());
+        }
+        part.file.sync_all().at(dest)?;
         Ok(())
     }
 
@@ -109,26 +211,45 @@ impl Transport for DirTransport {
     }
 }
 
-/// Opens a transport for a repository given as a local path or `file://` URL. `http(s)://`
-/// URLs are handled by [`crate::http`].
+/// Opens a transport for a repository given as a local path or `file://` URL, or an
+/// `http(s)://` URL (handled by [`crate::http`] with default options).
 pub fn open(url: &str) -> Result<Box<dyn Transport>> {
+    open_with(url, &HttpOptions::default())
+}
+
+/// Like [`open`], with the network settings for `http(s)://` URLs.
+pub fn open_with(url: &str, http: &HttpOptions) -> Result<Box<dyn Transport>> {
     if url.starts_with("http://") || url.starts_with("https://") {
-        return crate::http::open(url);
+        return crate::http::open_with(url, http);
     }
     let path = url.strip_prefix("file://").unwrap_or(url);
     Ok(Box::new(DirTransport::new(path)))
 }
 
 /// Several repositories serving the same files, tried in order: a repository that fails (other
-/// than a clean "not found" on metadata) is skipped for the next.
+/// than a clean "not found" on metadata) is skipped for the next, and tried after the healthy
+/// ones from then on.
 pub struct Mirrors {
     list: Vec<Box<dyn Transport>>,
+    failures: Vec<AtomicU32>,
+    parallel: usize,
 }
 
 impl Mirrors {
     /// Mirrors in preference order.
     pub fn new(list: Vec<Box<dyn Transport>>) -> Self {
-        Mirrors { list }
+        let failures = list.iter().map(|_| AtomicU32::new(0)).collect();
+        Mirrors {
+            list,
+            failures,
+            parallel: DEFAULT_PARALLEL,
+        }
+    }
+
+    /// Sets how many downloads run at once (at least one).
+    pub fn with_parallel(mut self, n: usize) -> Self {
+        self.parallel = n.max(1);
+        self
     }
 
     /// Adds more mirrors at the end (e.g. those listed in signed repository settings).
@@ -137,19 +258,50 @@ impl Mirrors {
         for m in more {
             if !known.contains(&m.describe()) {
                 self.list.push(m);
+                self.failures.push(AtomicU32::new(0));
             }
         }
+    }
+
+    /// Indices in the order to try: mirrors that have not failed first, each group in
+    /// preference order.
+    fn order(&self) -> Vec<usize> {
+        let mut idx: Vec<usize> = (0..self.list.len()).collect();
+        idx.sort_by_key(|&i| (self.failures[i].load(Ordering::Relaxed) > 0, i));
+        idx
+    }
+
+    fn failed(&self, i: usize) {
+        self.failures[i].fetch_add(1, Ordering::Relaxed);
     }
 }
 
 impl Transport for Mirrors {
     fn get_small(&self, path: &str, max_len: u64) -> Result<Option<Vec<u8>>> {
         let mut errors = Vec::new();
-        for t in &self.list {
+        for i in self.order() {
+            let t = &self.list[i];
             match t.get_small(path, max_len) {
                 Ok(v) => return Ok(v),
-                Err(e) => errors.push(e),
+                Err(e) => {
+                    tracing::warn!("{}: {e}", t.describe());
+                    self.failed(i);
+                    errors.push(e);
+                }
             }
+        }
+        if errors.len() > 1 {
+            return Err(Error::Fetch {
+                url: path.to_string(),
+                reason: format!(
+                    "every mirror failed: {}",
+                    errors
+                        .iter()
+                        .map(|e| e.to_string())
+                        .collect::<Vec<_>>()
+                        .join("; ")
+                ),
+            });
         }
         Err(errors.pop().unwrap_or_else(|| Error::Fetch {
             url: path.to_string(),
@@ -157,29 +309,59 @@ impl Transport for Mirrors {
         }))
     }
 
-    fn download(&self, path: &str, expected: &Expected, dest: &Path, progress: &(dyn Fn(u64) + Sync)) -> Result<()> {
+    fn download(
+        &self,
+        path: &str,
+        expected: &Expected,
+        dest: &Path,
+        progress: &(dyn Fn(u64) + Sync),
+    ) -> Result<()> {
         let mut errors = Vec::new();
-        for t in &self.list {
+        for i in self.order() {
+            let t = &self.list[i];
             match t.download(path, expected, dest, progress) {
                 Ok(()) => return Ok(()),
                 Err(e) => {
                     tracing::warn!("{}: {e}", t.describe());
-                    errors.push(format!("{}: {e}", t.describe()));
+                    self.failed(i);
+                    errors.push(e.to_string());
                 }
             }
         }
         Err(Error::Fetch {
             url: path.to_string(),
-            reason: errors.join("; "),
+            reason: if errors.is_empty() {
+                "no repository configured".into()
+            } else {
+                errors.join("; ")
+            },
         })
     }
 
     fn describe(&self) -> String {
-        self.list.iter().map(|t| t.describe()).collect::<Vec<_>>().join(", ")
+        self.list
+            .iter()
+            .map(|t| t.describe())
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+
+    fn parallel(&self) -> usize {
+        self.parallel
     }
 }
 
-/// Downloads into `cache/NAME` through a `.part` file; an existing verified file is reused.
+/// A thread pool sized for `t`'s parallel downloads.
+pub fn download_pool(t: &dyn Transport) -> Result<rayon::ThreadPool> {
+    rayon::ThreadPoolBuilder::new()
+        .num_threads(t.parallel().max(1))
+        .thread_name(|i| format!("download-{i}"))
+        .build()
+        .map_err(|e| Error::Precondition(format!("cannot start download threads: {e}")))
+}
+
+/// Downloads into `cache/NAME` through a `.part` file; an existing verified file is reused, and
+/// an existing `.part` file is continued where the transport can.
 pub fn fetch_to_cache(
     t: &dyn Transport,
     path: &str,
@@ -200,4 +382,76 @@ pub fn fetch_to_cache(
     t.download(path, expected, &part, progress)?;
     crate::atomic::rename(&part, &done)?;
     Ok(done)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn expected(data: &[u8]) -> Expected {
+        Expected {
+            pin: Pin::of(data),
+            sha256: Some(Sha256::of(data)),
+        }
+    }
+
+    #[test]
+    fn dir_transport_resumes_a_kept_prefix() {
+        let d = tempfile::tempdir().expect("test setup");
+        let repo = d.path().join("repo");
+        fs::create_dir_all(&repo).expect("test setup");
+        let data: Vec<u8> = (0..100_000u32).map(|i| (i % 251) as u8).collect();
+        fs::write(repo.join("f"), &data).expect("test setup");
+        let cache = d.path().join("cache");
+        fs::create_dir_all(&cache).expect("test setup");
+        let exp = expected(&data);
+        let part = cache.join(format!("{}.part", exp.pin.blake3.to_hex()));
+        fs::write(&part, &data[..60_000]).expect("test setup");
+        assert_eq!(kept_bytes(&cache, &exp), 60_000);
+        let got = std::sync::atomic::AtomicU64::new(0);
+        let t = DirTransport::new(&repo);
+        let out = fetch_to_cache(&t, "f", &exp, &cache, &|n| {
+            got.fetch_add(n, Ordering::Relaxed);
+        })
+        .expect("test setup");
+        assert_eq!(fs::read(out).expect("test setup"), data);
+        assert_eq!(got.load(Ordering::Relaxed), 40_000);
+    }
+
+    #[test]
+    fn a_corrupt_prefix_is_discarded_and_fetched_again() {
+        let d = tempfile::tempdir().expect("test setup");
+        let data = vec![7u8; 50_000];
+        fs::write(d.path().join("f"), &data).expect("test setup");
+        let exp = expected(&data);
+        let dest = d.path().join("f.part");
+        fs::write(&dest, vec![8u8; 10_000]).expect("test setup");
+        DirTransport::new(d.path())
+            .download("f", &exp, &dest, &|_| {})
+            .expect("test setup");
+        assert_eq!(fs::read(&dest).expect("test setup"), data);
+        // A prefix longer than the signed size is dropped too.
+        fs::write(&dest, vec![7u8; 60_000]).expect("test setup");
+        DirTransport::new(d.path())
+            .download("f", &exp, &dest, &|_| {})
+            .expect("test setup");
+        assert_eq!(fs::read(&dest).expect("test setup"), data);
+    }
+
+    #[test]
+    fn mirrors_skip_a_failing_repository() {
+        let d = tempfile::tempdir().expect("test setup");
+        let good = d.path().join("good");
+        fs::create_dir_all(&good).expect("test setup");
+        fs::write(good.join("f"), b"hello").expect("test setup");
+        let m = Mirrors::new(vec![
+            Box::new(DirTransport::new(d.path().join("missing"))),
+            Box::new(DirTransport::new(&good)),
+        ]);
+        let dest = d.path().join("out");
+        m.download("f", &expected(b"hello"), &dest, &|_| {})
+            .expect("test setup");
+        assert_eq!(fs::read(&dest).expect("test setup"), b"hello");
+        assert_eq!(m.order(), vec![1, 0]);
+    }
 }

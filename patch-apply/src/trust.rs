@@ -132,7 +132,7 @@ fn bootstrap(t: &dyn Transport, pinned: &[PublicKey], now: OffsetDateTime, limit
         };
         match TrustedRoot::bootstrap(&bytes, pinned, now, limits) {
             Ok(r) => return Ok(r),
-            Err(e) => last_err = Some(e),
+            Err(e) => last_err = Some(format!("{name}: {e}")),
         }
     }
     Err(match last_err {

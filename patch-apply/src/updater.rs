@@ -18,6 +18,7 @@ use crate::commit::{self, Recovery};
 use crate::error::{Error, Result};
 use crate::events::{Event, EventSink};
 use crate::plan::{cheapest_chain, order, Method, MethodCost};
+use crate::selfpatch::{ApplyOutcome, HandOver};
 use crate::repo_view::{self, ReleaseRef, RepoView};
 use crate::scan::{self, Strictness, Tree};
 use crate::stage::{self, StageCtx};
@@ -59,6 +60,8 @@ pub struct Config {
     pub limits: Limits,
     /// The current time (tests can move it).
     pub now: Option<OffsetDateTime>,
+    /// Network settings: timeouts, retries, parallel downloads.
+    pub http: crate::http::HttpOptions,
 }
 
 impl Config {
@@ -76,6 +79,7 @@ impl Config {
             check_running: true,
             limits: Limits::default(),
             now: None,
+            http: crate::http::HttpOptions::default(),
         }
     }
 }
@@ -180,12 +184,12 @@ impl Updater {
     fn transport(&self) -> Result<Mirrors> {
         let mut list = Vec::new();
         for r in &self.config.repos {
-            list.push(transport::open(r)?);
+            list.push(transport::open_with(r, &self.config.http)?);
         }
         if list.is_empty() {
             return Err(Error::Precondition("no repository given".into()));
         }
-        Ok(Mirrors::new(list))
+        Ok(Mirrors::new(list).with_parallel(self.config.http.parallel))
     }
 
     fn session(&self) -> Result<Session> {
@@ -202,7 +206,7 @@ impl Updater {
         if let Some(i) = &info {
             let mut more = Vec::new();
             for m in &i.mirrors {
-                if let Ok(t) = transport::open(m) {
+                if let Ok(t) = transport::open_with(m, &cfg.http) {
                     more.push(t);
                 }
             }
@@ -241,7 +245,7 @@ impl Updater {
             }
         }
         self.emit(Event::Phase { phase: "scan" });
-        let scan = scan::scan(&cfg.app_dir, &PathPatterns::empty(), Strictness::Install)?;
+        let scan = scan::scan_with(&cfg.app_dir, &PathPatterns::empty(), Strictness::Install, scan::CacheUse::Reuse)?;
         // Recognise the installed version from the files.
         let mut digests: BTreeMap<Vec<String>, Blake3> = BTreeMap::new();
         let mut matches = Vec::new();
@@ -380,6 +384,19 @@ impl Updater {
     /// Recovers from an interrupted update if needed, then updates the app dir to the newest
     /// release for this client. On error the app dir is left at the version it had.
     pub fn apply(&self) -> Result<ApplyReport> {
+        Ok(self.apply_inner(None)?.into_report())
+    }
+
+    /// Like [`Updater::apply`], for an app updating itself while it runs. A warm patch (no
+    /// code changes) is committed in place and [`Event::Installed`] tells the app to reload;
+    /// a cold patch is staged and verified, then handed over to `self-patcher`
+    /// ([`ApplyOutcome::HandedOver`]): the app must exit so that it can be replaced and
+    /// relaunched. The process `h.wait_pid` may run from the app dir meanwhile.
+    pub fn apply_with_handover(&self, h: &HandOver) -> Result<ApplyOutcome> {
+        self.apply_inner(Some(h))
+    }
+
+    fn apply_inner(&self, hand_over: Option<&HandOver>) -> Result<ApplyOutcome> {
         let cfg = &self.config;
         let state = self.state();
         std::fs::create_dir_all(&cfg.app_dir).map_err(|e| Error::io(&cfg.app_dir, e))?;
@@ -413,7 +430,7 @@ impl Updater {
             if state.load_record().map(|r| r.version) != Some(s.target.version.clone()) {
                 self.save_record(&state, &s, None)?;
             }
-            return Ok(ApplyReport {
+            return Ok(ApplyOutcome::InPlace { report: ApplyReport {
                 from,
                 to: s.target.version.to_string(),
                 method: "none".into(),
@@ -422,7 +439,7 @@ impl Updater {
                 repaired_after: vec![],
                 restart_required: false,
                 recovered,
-            });
+            } });
         }
         let methods = self.chosen(&s);
         if methods.is_empty() {
@@ -436,16 +453,20 @@ impl Updater {
         // Checks before touching anything.
         crate::preflight::check_writable(&cfg.app_dir)?;
         if cfg.check_running {
-            crate::preflight::check_not_running(&cfg.app_dir, cfg.allow_running_pid)?;
+            crate::preflight::check_not_running(&cfg.app_dir, hand_over.map(|h| h.wait_pid).or(cfg.allow_running_pid))?;
         }
         let staged_bytes: u64 = stage::differing_files(&s.scan, &s.manifest).iter().filter_map(|e| e.node.file_pin()).map(|p| p.size).sum();
         crate::preflight::check_space(&cfg.app_dir, first_bytes.saturating_mul(2).saturating_add(staged_bytes).saturating_add(1 << 20))?;
         let downloaded = AtomicU64::new(0);
         let mut fallbacks = Vec::new();
         let mut done = None;
+        // A cold patch for a running app is only staged here; self-patcher commits it.
+        let cold = hand_over.is_some() && s.restart_required;
+        let mut planned = None;
         for m in methods {
-            match self.run_method(&state, &s, m, &downloaded) {
-                Ok(()) => {
+            match self.run_method(&state, &s, m, &downloaded, cold) {
+                Ok(actions) => {
+                    planned = actions;
                     done = Some(m);
                     break;
                 }
@@ -455,34 +476,77 @@ impl Updater {
                 }
             }
         }
+        if let (Some(h), Some(m), Some(actions)) = (hand_over, done, planned) {
+            self.emit(Event::Phase { phase: "hand_over" });
+            let planned = crate::selfpatch::PlannedUpdate {
+                app: s.manifest.app.clone(),
+                from: s.installed.clone(),
+                record: InstallRecord {
+                    app: s.manifest.app.clone(),
+                    version: s.target.version.clone(),
+                    tree: s.manifest.tree_digest(),
+                    previous: s.installed.clone(),
+                },
+                actions,
+            };
+            let (plan, self_patcher_pid) = crate::selfpatch::hand_over(&cfg.app_dir, &state, h, planned).inspect_err(|_| {
+                let _ = std::fs::remove_dir_all(state.staging());
+            })?;
+            let _ = std::fs::remove_dir_all(state.cache());
+            let report = ApplyReport {
+                from,
+                to: s.target.version.to_string(),
+                method: m.name().into(),
+                downloaded_bytes: downloaded.load(std::sync::atomic::Ordering::Relaxed),
+                fallbacks,
+                repaired_after: vec![],
+                restart_required: true,
+                recovered,
+            };
+            return Ok(ApplyOutcome::HandedOver { report, plan, self_patcher_pid });
+        }
         let _ = std::fs::remove_dir_all(state.staging());
         let Some(method) = done else {
             return Err(Error::AllMethodsFailed(fallbacks.join("; ")));
         };
         // Verify everything; repair what is wrong.
-        self.emit(Event::Phase { phase: "verify" });
-        let mut repaired_after = Vec::new();
-        let after = scan::scan(&cfg.app_dir, &PathPatterns::empty(), Strictness::Install)?;
-        let ignore = PathPatterns::new(&s.manifest.ignore)?;
-        if after.digest(&ignore) != s.manifest.tree_digest() || !after.foreign.is_empty() {
-            self.emit(Event::Phase { phase: "repair" });
-            repaired_after = mismatches(&after, &s.manifest, &ignore);
-            let ctx = self.ctx(&state, &s, 99, &downloaded);
-            let staged = stage::stage_repair(&ctx, &s.manifest, &after)?;
-            let actions = commit::plan_actions(&cfg.app_dir, &state, &after, &s.manifest, &staged, &ctx.staging.join("meta"))?;
-            commit::commit(&cfg.app_dir, &state, &s.manifest.app, s.installed.clone(), s.target.version.clone(), actions)?;
-            let again = scan::scan(&cfg.app_dir, &PathPatterns::empty(), Strictness::Install)?;
-            let _ = std::fs::remove_dir_all(state.staging());
-            if again.digest(&ignore) != s.manifest.tree_digest() {
-                return Err(Error::Verify {
-                    path: mismatches(&again, &s.manifest, &ignore).join(", "),
-                    reason: "still differs after repair".into(),
-                });
+        let verified = (|| -> Result<Vec<String>> {
+            self.emit(Event::Phase { phase: "verify" });
+            let mut repaired_after = Vec::new();
+            let after = scan::scan_with(&cfg.app_dir, &PathPatterns::empty(), Strictness::Install, scan::CacheUse::Refresh)?;
+            let ignore = PathPatterns::new(&s.manifest.ignore)?;
+            if after.digest(&ignore) != s.manifest.tree_digest() || !after.foreign.is_empty() {
+                self.emit(Event::Phase { phase: "repair" });
+                repaired_after = mismatches(&after, &s.manifest, &ignore);
+                let ctx = self.ctx(&state, &s, 99, &downloaded);
+                let staged = stage::stage_repair(&ctx, &s.manifest, &after)?;
+                let actions = commit::plan_actions(&cfg.app_dir, &state, &after, &s.manifest, &staged, &ctx.staging.join("meta"))?;
+                // Same transaction as the update, so rollback still returns to the version before it.
+                commit::commit_more(&cfg.app_dir, &state, actions)?;
+                let again = scan::scan_with(&cfg.app_dir, &PathPatterns::empty(), Strictness::Install, scan::CacheUse::Refresh)?;
+                let _ = std::fs::remove_dir_all(state.staging());
+                if again.digest(&ignore) != s.manifest.tree_digest() {
+                    return Err(Error::Verify {
+                        path: mismatches(&again, &s.manifest, &ignore).join(", "),
+                        reason: "still differs after repair".into(),
+                    });
+                }
             }
-        }
+            Ok(repaired_after)
+        })();
+        let repaired_after = match verified {
+            Ok(r) => r,
+            Err(e) => {
+                // Not the release's tree: return to the version before the update.
+                let _ = std::fs::remove_dir_all(state.staging());
+                commit::rollback(&cfg.app_dir, &state)?;
+                return Err(e);
+            }
+        };
         self.save_record(&state, &s, s.installed.clone())?;
         let _ = std::fs::remove_dir_all(state.cache());
-        Ok(ApplyReport {
+        self.emit(Event::Installed { version: s.target.version.to_string(), restart_required: s.restart_required });
+        Ok(ApplyOutcome::InPlace { report: ApplyReport {
             from,
             to: s.target.version.to_string(),
             method: method.name().into(),
@@ -491,7 +555,7 @@ impl Updater {
             repaired_after,
             restart_required: s.restart_required,
             recovered,
-        })
+        } })
     }
 
     fn ctx<'a>(&'a self, state: &StateDir, s: &'a Session, attempt: usize, downloaded: &'a AtomicU64) -> StageCtx<'a> {
@@ -506,7 +570,9 @@ impl Updater {
         }
     }
 
-    fn run_method(&self, state: &StateDir, s: &Session, m: Method, downloaded: &AtomicU64) -> Result<()> {
+    /// Stages the update by method `m`, then commits it, or with `plan_only` returns the
+    /// actions that would commit it.
+    fn run_method(&self, state: &StateDir, s: &Session, m: Method, downloaded: &AtomicU64, plan_only: bool) -> Result<Option<Vec<commit::Action>>> {
         let cfg = &self.config;
         let ctx = self.ctx(state, s, m as usize, downloaded);
         let _ = std::fs::remove_dir_all(&ctx.staging);
@@ -521,9 +587,13 @@ impl Updater {
                 stage::stage_incremental(&ctx, &chain, start, &s.scan, &s.manifest)?
             }
         };
-        self.emit(Event::Phase { phase: "commit" });
         let actions = commit::plan_actions(&cfg.app_dir, state, &s.scan, &s.manifest, &staged, &ctx.staging.join("meta"))?;
-        commit::commit(&cfg.app_dir, state, &s.manifest.app, s.installed.clone(), s.target.version.clone(), actions)
+        if plan_only {
+            return Ok(Some(actions));
+        }
+        self.emit(Event::Phase { phase: "commit" });
+        commit::commit(&cfg.app_dir, state, &s.manifest.app, s.installed.clone(), s.target.version.clone(), actions)?;
+        Ok(None)
     }
 
     fn save_record(&self, state: &StateDir, s: &Session, previous: Option<Version>) -> Result<()> {
@@ -543,6 +613,15 @@ impl Updater {
         }
         let _lock = state.lock()?;
         commit::recover(&self.config.app_dir, &state)
+    }
+
+    /// Returns to the version before the last update while its backup is kept (only the last
+    /// update can be undone). Returns the restored version.
+    pub fn rollback(&self) -> Result<Option<Version>> {
+        let state = self.state();
+        let _lock = state.lock()?;
+        commit::recover(&self.config.app_dir, &state)?;
+        commit::rollback(&self.config.app_dir, &state)
     }
 }
 

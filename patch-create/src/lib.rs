@@ -4,10 +4,13 @@ pub mod encode;
 pub mod error;
 pub mod gc;
 pub mod keyfile;
+pub mod keys_admin;
+pub mod maintenance;
 pub mod pack;
 pub mod progress;
 pub mod release;
 pub mod repo;
+pub mod serve;
 pub mod verify;
 
 pub use error::{Error, Result};

@@ -32,6 +32,50 @@ enum Cmd {
     },
     /// Add a release to a repository (created if it does not exist).
     Release(ReleaseArgs),
+    /// Manage the root and release keys of a repository (docs/keys.md).
+    #[command(subcommand)]
+    Keys(KeysCmd),
+    /// Sign the current release metadata again with a new expiry, without a new release.
+    Resign {
+        /// The repository directory.
+        #[arg(long)]
+        repo: PathBuf,
+        /// Release secret key file(s); repeat to reach the threshold.
+        #[arg(long = "key", required = true)]
+        keys: Vec<PathBuf>,
+        /// Lifetime of the re-signed metadata (e.g. 90d, 12h, 2s).
+        #[arg(long, default_value = "90d")]
+        expires: String,
+    },
+    /// Put the repository under maintenance (clients report it and do not update), or end it.
+    Maintenance(MaintenanceArgs),
+    /// Set the mirrors clients try after the repository URL they were given.
+    Mirrors {
+        /// The repository directory.
+        #[arg(long)]
+        repo: PathBuf,
+        /// Release secret key file(s); repeat to reach the threshold.
+        #[arg(long = "key", required = true)]
+        keys: Vec<PathBuf>,
+        /// Mirror base URL (repeat; none clears the list).
+        #[arg(long = "mirror")]
+        mirrors: Vec<String>,
+        /// Lifetime of the new metadata (e.g. 90d, 12h).
+        #[arg(long, default_value = "90d")]
+        expires: String,
+    },
+    /// Serve a repository over HTTP (GET, HEAD, Range) for local tests and demos.
+    Serve {
+        /// The repository directory.
+        #[arg(long)]
+        repo: PathBuf,
+        /// Address to listen on (port 0: any free port, printed at start).
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        addr: String,
+        /// Do not log each request.
+        #[arg(long)]
+        quiet: bool,
+    },
     /// Check every signature, hash and patch of a repository and print a size report.
     Verify {
         /// The repository directory.
@@ -44,6 +88,132 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+}
+
+#[derive(Subcommand)]
+enum KeysCmd {
+    /// Create a repository whose root key(s) name separate release signing key(s).
+    Init {
+        /// The repository directory (must have no root yet).
+        #[arg(long)]
+        repo: PathBuf,
+        /// Root secret key file(s) (keep offline); repeat for several.
+        #[arg(long = "root-key", required = true)]
+        root_keys: Vec<PathBuf>,
+        /// Root signatures required on later root versions.
+        #[arg(long, default_value_t = 1)]
+        root_threshold: u32,
+        /// Release public key file(s) allowed to sign releases; repeat for several.
+        #[arg(long = "release-key", required = true)]
+        release_keys: Vec<PathBuf>,
+        /// Release signatures required on release metadata.
+        #[arg(long, default_value_t = 1)]
+        threshold: u32,
+        /// Lifetime of the root metadata.
+        #[arg(long, default_value = "365d")]
+        expires: String,
+    },
+    /// Write a new root version: add, revoke or re-threshold release keys, rotate root keys,
+    /// or just extend the root's expiry.
+    Update(KeysUpdateArgs),
+}
+
+#[derive(clap::Args)]
+struct KeysUpdateArgs {
+    /// The repository directory.
+    #[arg(long)]
+    repo: PathBuf,
+    /// Root secret key file(s) signing the new root: the current root key(s) and, when
+    /// rotating, the new one(s).
+    #[arg(long = "root-key", required = true)]
+    root_keys: Vec<PathBuf>,
+    /// Release public key file to allow (repeatable).
+    #[arg(long = "add-release-key")]
+    add: Vec<PathBuf>,
+    /// Release public key file to revoke (repeatable).
+    #[arg(long = "revoke-release-key")]
+    revoke: Vec<PathBuf>,
+    /// New release threshold.
+    #[arg(long)]
+    threshold: Option<u32>,
+    /// Replace the root keys by these public key files (repeatable): root key rotation.
+    #[arg(long = "new-root-key")]
+    new_root_keys: Vec<PathBuf>,
+    /// Root threshold (with --new-root-key).
+    #[arg(long, default_value_t = 1)]
+    root_threshold: u32,
+    /// Lifetime of the new root metadata.
+    #[arg(long, default_value = "365d")]
+    expires: String,
+    /// Release secret key file(s): re-sign the release metadata under the new root right away
+    /// (needed after a revocation, so clients accept the repository again).
+    #[arg(long = "key")]
+    resign_keys: Vec<PathBuf>,
+    /// Lifetime of the re-signed release metadata (with --key).
+    #[arg(long, default_value = "90d")]
+    resign_expires: String,
+}
+
+fn load_secrets(paths: &[PathBuf]) -> Result<Vec<formats::keys::KeyPair>> {
+    paths
+        .iter()
+        .map(|k| patch_create::keyfile::load_secret(k).with_context(|| format!("cannot use key {}", k.display())))
+        .collect()
+}
+
+fn load_publics(paths: &[PathBuf]) -> Result<Vec<formats::keys::PublicKey>> {
+    paths
+        .iter()
+        .map(|k| patch_create::keyfile::load_public(k).with_context(|| format!("cannot read public key {}", k.display())))
+        .collect()
+}
+
+fn keys_cmd(cmd: KeysCmd) -> Result<()> {
+    use patch_create::keys_admin::{self, KeyChange};
+    let now = formats::time_util::now();
+    let report = match cmd {
+        KeysCmd::Init { repo, root_keys, root_threshold, release_keys, threshold, expires } => {
+            let roots = load_secrets(&root_keys)?;
+            let refs: Vec<&formats::keys::KeyPair> = roots.iter().collect();
+            let release = load_publics(&release_keys)?;
+            let exp = now + formats::time_util::parse_duration(&expires)?;
+            keys_admin::init(&repo, &refs, root_threshold, &release, threshold, exp)?
+        }
+        KeysCmd::Update(a) => {
+            let roots = load_secrets(&a.root_keys)?;
+            let refs: Vec<&formats::keys::KeyPair> = roots.iter().collect();
+            let mut changes = vec![KeyChange::Extend];
+            changes.extend(load_publics(&a.add)?.into_iter().map(KeyChange::AddReleaseKey));
+            changes.extend(load_publics(&a.revoke)?.into_iter().map(KeyChange::RevokeReleaseKey));
+            if let Some(t) = a.threshold {
+                changes.push(KeyChange::SetReleaseThreshold(t));
+            }
+            if !a.new_root_keys.is_empty() {
+                changes.push(KeyChange::SetRootKeys(load_publics(&a.new_root_keys)?, a.root_threshold));
+            }
+            let exp = now + formats::time_util::parse_duration(&a.expires)?;
+            let r = keys_admin::update_root(&a.repo, &refs, &changes, exp)?;
+            if !a.resign_keys.is_empty() {
+                let keys = load_secrets(&a.resign_keys)?;
+                let krefs: Vec<&formats::keys::KeyPair> = keys.iter().collect();
+                let rexp = now + formats::time_util::parse_duration(&a.resign_expires)?;
+                let rs = keys_admin::resign(&a.repo, &krefs, rexp)?;
+                eprintln!("re-signed release metadata: timestamp version {}", rs.timestamp_version);
+            }
+            r
+        }
+    };
+    eprintln!(
+        "root version {}: root keys {} (threshold {}), release keys {} (threshold {}), expires {}",
+        report.root_version,
+        report.root_keys.iter().map(|k| &k[..12]).collect::<Vec<_>>().join(","),
+        report.root_threshold,
+        report.release_keys.iter().map(|k| &k[..12]).collect::<Vec<_>>().join(","),
+        report.release_threshold,
+        report.expires
+    );
+    println!("{}", serde_json::to_string(&report)?);
+    Ok(())
 }
 
 #[derive(clap::Args)]
@@ -193,6 +363,53 @@ fn release(a: ReleaseArgs) -> Result<()> {
     Ok(())
 }
 
+#[derive(clap::Args)]
+struct MaintenanceArgs {
+    /// The repository directory.
+    #[arg(long)]
+    repo: PathBuf,
+    /// Release secret key file(s); repeat to reach the threshold.
+    #[arg(long = "key", required = true)]
+    keys: Vec<PathBuf>,
+    /// Start maintenance.
+    #[arg(long, conflicts_with = "off", required_unless_present = "off")]
+    on: bool,
+    /// End maintenance.
+    #[arg(long)]
+    off: bool,
+    /// Message clients show to the user.
+    #[arg(long, requires = "on")]
+    message: Option<String>,
+    /// The app may still start while updates are paused.
+    #[arg(long, requires = "on")]
+    app_may_start: bool,
+    /// Lifetime of the new metadata (e.g. 90d, 12h).
+    #[arg(long, default_value = "90d")]
+    expires: String,
+}
+
+fn load_keys(paths: &[PathBuf]) -> Result<Vec<formats::keys::KeyPair>> {
+    paths
+        .iter()
+        .map(|k| patch_create::keyfile::load_secret(k).with_context(|| format!("cannot use key {}", k.display())))
+        .collect()
+}
+
+fn maintenance(a: MaintenanceArgs) -> Result<()> {
+    let keys = load_keys(&a.keys)?;
+    let m = a.on.then(|| formats::layout::Maintenance {
+        message: a.message.clone().unwrap_or_default(),
+        app_may_start: a.app_may_start,
+    });
+    patch_create::maintenance::set_maintenance(&a.repo, &keys, formats::time_util::parse_duration(&a.expires)?, m)?;
+    if a.on {
+        eprintln!("{}: under maintenance; clients will not update", a.repo.display());
+    } else {
+        eprintln!("{}: maintenance ended", a.repo.display());
+    }
+    Ok(())
+}
+
 fn run() -> Result<()> {
     let cli = Cli::parse();
     match cli.cmd {
@@ -202,6 +419,41 @@ fn run() -> Result<()> {
             Ok(())
         }
         Cmd::Release(a) => release(a),
+        Cmd::Maintenance(a) => maintenance(a),
+        Cmd::Mirrors { repo, keys, mirrors, expires } => {
+            let keys = load_keys(&keys)?;
+            let info = patch_create::maintenance::set_mirrors(&repo, &keys, formats::time_util::parse_duration(&expires)?, mirrors)?;
+            eprintln!("{}: mirrors set to [{}]", repo.display(), info.mirrors.join(", "));
+            Ok(())
+        }
+        Cmd::Serve { repo, addr, quiet } => {
+            let server = patch_create::serve::Server::bind(&repo, &addr)?;
+            let bound = server.local_addr()?;
+            eprintln!("serving {} at http://{bound}/", repo.display());
+            server.run(move |r| {
+                if !quiet {
+                    eprintln!("{} {} {} {} {}{}", r.peer, r.method, r.path, r.status, r.bytes, r.range.as_deref().map(|x| format!(" ({x})")).unwrap_or_default());
+                }
+            })?;
+            Ok(())
+        }
+        Cmd::Keys(k) => keys_cmd(k),
+        Cmd::Resign { repo, keys, expires } => {
+            let keys = load_secrets(&keys)?;
+            let refs: Vec<&formats::keys::KeyPair> = keys.iter().collect();
+            let exp = formats::time_util::now() + formats::time_util::parse_duration(&expires)?;
+            let r = patch_create::keys_admin::resign(&repo, &refs, exp)?;
+            eprintln!(
+                "re-signed {}: targets {}, snapshot {}, timestamp {}, expires {}",
+                repo.display(),
+                r.targets_version,
+                r.snapshot_version,
+                r.timestamp_version,
+                r.expires
+            );
+            println!("{}", serde_json::to_string(&r)?);
+            Ok(())
+        }
         Cmd::Verify { repo, public_key, json } => {
             let key = patch_create::keyfile::load_public(&public_key)?;
             let report = patch_create::verify::verify(&repo, &key)?;

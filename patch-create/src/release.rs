@@ -645,6 +645,7 @@ pub fn build_patch(
                     let encoding = match enc.chosen {
                         Chosen::Full => Encoding::Full { member: member.clone(), member_size: size },
                         Chosen::Bidiff => Encoding::Bidiff { source: o.path.clone(), member: member.clone(), member_size: size },
+                        Chosen::SplitDiff => Encoding::SplitDiff { source: o.path.clone(), member: member.clone(), member_size: size },
                         Chosen::ZstdRef { window_log } => Encoding::ZstdRef { source: o.path.clone(), member: member.clone(), member_size: size, window_log },
                     };
                     let old_pin = if matches!(enc.chosen, Chosen::Full) { None } else { Some(opin) };

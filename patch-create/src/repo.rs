@@ -58,7 +58,8 @@ fn read_limited(path: &Path, limit: u64) -> Result<Vec<u8>> {
     std::fs::read(path).at(path)
 }
 
-fn lock(path: &Path) -> Result<File> {
+/// Takes the repository's writer lock (held while the returned file is open).
+pub fn lock(path: &Path) -> Result<File> {
     let lock_path = path.join(".patch-create.lock");
     let f = File::options()
         .create(true)
@@ -82,6 +83,22 @@ impl Repo {
     pub fn open_or_new(path: &Path, creator: &KeyPair, expires: OffsetDateTime) -> Result<Repo> {
         let ts_path = path.join(layout::METADATA_DIR).join("timestamp.json");
         if !ts_path.exists() {
+            if path.join(layout::root_file(1)).exists() {
+                // Created by `patch-create keys init`: a root naming the release keys, no
+                // release yet.
+                let l = lock(path)?;
+                let chain = crate::keys_admin::load_root_chain(path)?;
+                let root = chain.last().map(|r| r.root.clone()).ok_or_else(|| repo_err(path, "metadata/1.root.json is missing"))?;
+                return Ok(Repo {
+                    path: path.to_path_buf(),
+                    root,
+                    targets: TargetsMetadata::new(0, expires),
+                    snapshot_version: 0,
+                    timestamp_version: 0,
+                    is_new: false,
+                    _lock: Some(l),
+                });
+            }
             if path.exists() && std::fs::read_dir(path).at(path)?.next().is_some() {
                 let md = path.join(layout::METADATA_DIR);
                 if md.exists() {
@@ -112,22 +129,15 @@ impl Repo {
     pub fn load(path: &Path) -> Result<Repo> {
         let limits = Limits::default();
         let md = path.join(layout::METADATA_DIR);
-        // Newest root: walk N.root.json upwards.
-        let mut n = 1;
-        let mut root_bytes = None;
-        loop {
-            let p = md.join(format!("{n}.root.json"));
-            if !p.exists() {
-                break;
-            }
-            root_bytes = Some(read_limited(&p, limits.max_small_metadata)?);
-            n += 1;
-        }
-        let root_bytes = root_bytes.ok_or_else(|| repo_err(path, "metadata/1.root.json is missing"))?;
-        let what = format!("metadata/{}.root.json", n - 1);
-        let root = tuf::verify_role::<RootMetadata>(&what, &root_bytes, &tuf::parse_unverified::<RootMetadata>(&what, &root_bytes, &limits)?.signed, &limits)?.signed;
+        // Newest root: walk N.root.json upwards, each version signed by the one before.
+        let chain = crate::keys_admin::load_root_chain(path)?;
+        let root = chain.last().map(|r| r.root.clone()).ok_or_else(|| repo_err(path, "metadata/1.root.json is missing"))?;
+        // After a change of release keys the current metadata may still carry the previous
+        // root's signatures until it is re-signed (`patch-create resign` or the next release).
+        let prev_root = chain.len().checked_sub(2).and_then(|i| chain.get(i)).map(|r| r.root.clone());
+        let roots: Vec<&RootMetadata> = std::iter::once(&root).chain(prev_root.as_ref()).collect();
         let ts_bytes = read_limited(&md.join("timestamp.json"), limits.max_small_metadata)?;
-        let ts = tuf::verify_role::<TimestampMetadata>("metadata/timestamp.json", &ts_bytes, &root, &limits)?.signed;
+        let ts = verify_any::<TimestampMetadata>("metadata/timestamp.json", &ts_bytes, &roots, &limits)?;
         let snap_v = ts
             .meta
             .get("snapshot.json")
@@ -135,7 +145,7 @@ impl Repo {
             .version;
         let snap_name = format!("metadata/{snap_v}.snapshot.json");
         let snap_bytes = read_limited(&path.join(&snap_name), limits.max_small_metadata)?;
-        let snap = tuf::verify_role::<SnapshotMetadata>(&snap_name, &snap_bytes, &root, &limits)?.signed;
+        let snap = verify_any::<SnapshotMetadata>(&snap_name, &snap_bytes, &roots, &limits)?;
         let t_v = snap
             .meta
             .get("targets.json")
@@ -143,7 +153,7 @@ impl Repo {
             .version;
         let t_name = format!("metadata/{t_v}.targets.json");
         let t_bytes = read_limited(&path.join(&t_name), limits.max_large_metadata)?;
-        let targets = tuf::verify_role::<TargetsMetadata>(&t_name, &t_bytes, &root, &limits)?.signed;
+        let targets = verify_any::<TargetsMetadata>(&t_name, &t_bytes, &roots, &limits)?;
         Ok(Repo {
             path: path.to_path_buf(),
             root,
@@ -291,6 +301,21 @@ impl Repo {
             mirrors: Vec::new(),
         }
     }
+}
+
+/// Verifies a role's document under the first of `roots` it verifies under (newest first);
+/// the error is the newest root's.
+fn verify_any<T: tuf::Metadata>(what: &str, bytes: &[u8], roots: &[&RootMetadata], limits: &Limits) -> Result<T> {
+    let mut first_err = None;
+    for r in roots {
+        match tuf::verify_role::<T>(what, bytes, r, limits) {
+            Ok(s) => return Ok(s.signed),
+            Err(e) => {
+                first_err.get_or_insert(e);
+            }
+        }
+    }
+    Err(first_err.map(Error::Format).unwrap_or_else(|| Error::Repo { path: what.into(), reason: "no root".into() }))
 }
 
 /// The keys among `keys` that may sign `role`; fails when they do not reach its threshold.

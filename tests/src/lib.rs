@@ -4,6 +4,8 @@
 //! The binaries are the ones cargo built for the workspace (`cargo build --workspace --bins`
 //! runs before the tests in `.ci/run`; `cargo test --workspace` builds them too).
 
+pub mod tamper;
+
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -157,8 +159,20 @@ pub struct World {
 impl World {
     /// Generates a small seeded sequence of `versions` releases and a key (no releases yet).
     pub fn new(versions: usize) -> World {
+        World::with_sizes(versions, 2 << 20, 1 << 20)
+    }
+
+    /// Like [`World::new`] with the big file and the renamed file of the given sizes (every
+    /// change kind is still present).
+    pub fn with_sizes(versions: usize, big_file_bytes: u64, renamed_file_bytes: u64) -> World {
         let dir = tempfile::tempdir().expect("tempdir");
-        let releases = fixtures::write_small_sequence(&dir.path().join("rel"), 7, versions).expect("fixtures");
+        let opts = fixtures::SequenceOptions {
+            seed: 7,
+            versions,
+            big_file_bytes,
+            renamed_file_bytes,
+        };
+        let releases = fixtures::write_sequence(&dir.path().join("rel"), &opts).expect("fixtures");
         let keys = dir.path().join("keys");
         ok(cmd("patch-create").args(["keygen", "--out"]).arg(&keys));
         World {

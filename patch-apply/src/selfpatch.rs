@@ -1,0 +1,141 @@
+//! Self-patching (docs/format.md §8.3): an app that updates itself.
+//!
+//! [`Updater::apply_with_handover`](crate::Updater::apply_with_handover) stages and verifies
+//! the whole update, then:
+//!
+//! - **warm patch** (nothing marked as code changes, see [`crate::updater::restart_needed`]):
+//!   commits it in place while the app runs (each file replaced by one rename) and emits
+//!   [`Event::Installed`](crate::Event::Installed) so the app can reload its resources;
+//! - **cold patch**: writes a [`SelfPatchPlan`] to `APP/.patchkit/self-patch.json`, starts
+//!   `self-patcher --plan FILE` detached (its output goes to `APP/.patchkit/self-patcher.log`)
+//!   and returns [`ApplyOutcome::HandedOver`]: the app should exit now; `self-patcher` waits
+//!   for it, moves the staged files into place, records the version and relaunches it.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use formats::self_plan::{Relaunch, SelfPatchPlan, SELF_PATCH_FORMAT};
+use formats::txn::{Action, InstallRecord, STAGING_DIR};
+use formats::Version;
+use serde::Serialize;
+
+use crate::error::{Error, IoContext, Result};
+use crate::state::StateDir;
+use crate::updater::ApplyReport;
+
+/// How to hand a code update over to `self-patcher`.
+#[derive(Clone, Debug)]
+pub struct HandOver {
+    /// The `self-patcher` executable (outside the app dir, or a copy that survives the update).
+    pub self_patcher: PathBuf,
+    /// The process `self-patcher` waits for: the app that asked for the update.
+    pub wait_pid: u32,
+    /// How long `self-patcher` waits for it to exit.
+    pub wait_timeout: Duration,
+    /// The command that starts the app again (program and arguments; empty: no relaunch).
+    pub relaunch: Vec<String>,
+    /// The relaunched app's working directory (`self-patcher`'s own when absent).
+    pub relaunch_cwd: Option<PathBuf>,
+}
+
+impl HandOver {
+    /// A hand-over to `self_patcher` waiting (at most 60 s) for `wait_pid`, then running
+    /// `relaunch`.
+    pub fn new(self_patcher: impl Into<PathBuf>, wait_pid: u32, relaunch: Vec<String>) -> Self {
+        HandOver {
+            self_patcher: self_patcher.into(),
+            wait_pid,
+            wait_timeout: Duration::from_secs(60),
+            relaunch,
+            relaunch_cwd: None,
+        }
+    }
+}
+
+/// What [`Updater::apply_with_handover`](crate::Updater::apply_with_handover) did.
+#[derive(Clone, Debug, Serialize)]
+#[serde(tag = "outcome", rename_all = "snake_case")]
+pub enum ApplyOutcome {
+    /// The update is in place (a warm patch, or nothing to do): the app keeps running.
+    InPlace {
+        /// The report.
+        #[serde(flatten)]
+        report: ApplyReport,
+    },
+    /// The update changes code: it is staged and `self-patcher` runs; the app must exit now.
+    HandedOver {
+        /// The report (`to` is the version `self-patcher` installs).
+        #[serde(flatten)]
+        report: ApplyReport,
+        /// The plan file.
+        plan: PathBuf,
+        /// The `self-patcher` process.
+        self_patcher_pid: u32,
+    },
+}
+
+impl ApplyOutcome {
+    /// The report, whichever way the update went.
+    pub fn report(&self) -> &ApplyReport {
+        match self {
+            ApplyOutcome::InPlace { report } | ApplyOutcome::HandedOver { report, .. } => report,
+        }
+    }
+
+    /// The report, whichever way the update went.
+    pub fn into_report(self) -> ApplyReport {
+        match self {
+            ApplyOutcome::InPlace { report } | ApplyOutcome::HandedOver { report, .. } => report,
+        }
+    }
+}
+
+/// Everything the plan records about the update.
+pub(crate) struct PlannedUpdate {
+    pub app: String,
+    pub from: Option<Version>,
+    pub record: InstallRecord,
+    pub actions: Vec<Action>,
+}
+
+/// Writes the plan and starts `self-patcher` detached. Returns the plan file and its PID.
+pub(crate) fn hand_over(app_dir: &Path, state: &StateDir, h: &HandOver, u: PlannedUpdate) -> Result<(PathBuf, u32)> {
+    let app_dir = app_dir.canonicalize().at(app_dir)?;
+    let relaunch = h.relaunch.split_first().map(|(program, args)| Relaunch {
+        program: program.clone(),
+        args: args.to_vec(),
+        cwd: h.relaunch_cwd.clone(),
+    });
+    let plan = SelfPatchPlan {
+        format: SELF_PATCH_FORMAT.into(),
+        app_dir: app_dir.clone(),
+        app: u.app,
+        from: u.from,
+        to: u.record.version.clone(),
+        actions: u.actions,
+        wait_pid: Some(h.wait_pid),
+        wait_timeout_secs: h.wait_timeout.as_secs().max(1),
+        record: u.record,
+        relaunch,
+        cleanup: vec![STAGING_DIR.into()],
+    };
+    let file = state.self_patch_plan();
+    let bytes = serde_json::to_vec_pretty(&plan).map_err(|e| Error::Precondition(e.to_string()))?;
+    crate::atomic::write_file(&file, &bytes)?;
+    let log_path = state.root.join("self-patcher.log");
+    let log = std::fs::OpenOptions::new().create(true).append(true).open(&log_path).at(&log_path)?;
+    let log2 = log.try_clone().at(&log_path)?;
+    let mut c = Command::new(&h.self_patcher);
+    c.arg("--plan").arg(&file).stdin(Stdio::null()).stdout(log).stderr(log2);
+    #[cfg(unix)]
+    {
+        use std::os::unix::process::CommandExt;
+        // Its own process group: a signal to the app's group does not reach it.
+        c.process_group(0);
+    }
+    let child = c.spawn().map_err(|e| {
+        Error::Precondition(format!("cannot start self-patcher {}: {e}", h.self_patcher.display()))
+    })?;
+    Ok((file, child.id()))
+}

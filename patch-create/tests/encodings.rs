@@ -1,0 +1,244 @@
+//! Round trips of every encoding the creator may choose: encode with patch_create::encode,
+//! decode with patch_apply::decode::produce, compare bytes.
+
+use std::path::Path;
+
+use formats::patch_info::{Encoding, PatchOp};
+use formats::{Pin, RelPath};
+use patch_create::encode::{self, Chosen, EncodeOptions};
+use proptest::prelude::*;
+
+/// Encodes `new` against `old` as `chosen`, decodes it through `produce`, returns the output.
+fn round_trip(old: &[u8], new: &[u8], chosen: &Chosen, opts: &EncodeOptions) -> Vec<u8> {
+    let bytes = encode::encode_as(old, new, chosen, opts).expect("encode");
+    decode(old, new, chosen, &bytes)
+}
+
+fn decode(old: &[u8], new: &[u8], chosen: &Chosen, bytes: &[u8]) -> Vec<u8> {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let src = dir.path().join("old");
+    let member = dir.path().join("member");
+    let out = dir.path().join("out");
+    std::fs::write(&src, old).expect("write old");
+    std::fs::write(&member, bytes).expect("write member");
+    let source = RelPath::new("f").expect("path");
+    let member_name = "d/0".to_string();
+    let member_size = bytes.len() as u64;
+    let encoding = match chosen {
+        Chosen::Bidiff => Encoding::Bidiff {
+            source,
+            member: member_name,
+            member_size,
+        },
+        Chosen::SplitDiff => Encoding::SplitDiff {
+            source,
+            member: member_name,
+            member_size,
+        },
+        Chosen::ZstdRef { .. } => Encoding::ZstdRef {
+            source,
+            member: member_name,
+            member_size,
+            window_log: encode::window_log_for((old.len() + new.len()) as u64),
+        },
+        Chosen::Full => Encoding::Full {
+            member: member_name,
+            member_size,
+        },
+    };
+    let op = PatchOp {
+        path: RelPath::new("f").expect("path"),
+        old: Some(Pin::of(old)),
+        new: Pin::of(new),
+        encoding,
+    };
+    let source: Option<&Path> = if matches!(chosen, Chosen::Full) {
+        None
+    } else {
+        Some(&src)
+    };
+    patch_apply::decode::produce("test", &op, source, Some(&member), &out).expect("produce");
+    std::fs::read(&out).expect("read out")
+}
+
+const ALL: [Chosen; 4] = [
+    Chosen::Bidiff,
+    Chosen::SplitDiff,
+    Chosen::ZstdRef { window_log: 0 },
+    Chosen::Full,
+];
+
+/// `old` with edits: a few byte changes, an insertion, a deletion.
+fn mutate(old: &[u8], seed: u64) -> Vec<u8> {
+    let mut new = old.to_vec();
+    let mut x = seed | 1;
+    let mut next = || {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x
+    };
+    for _ in 0..(next() % 8) {
+        if new.is_empty() {
+            break;
+        }
+        let i = (next() as usize) % new.len();
+        new[i] = new[i].wrapping_add(next() as u8);
+    }
+    if !new.is_empty() {
+        let i = (next() as usize) % new.len();
+        let ins: Vec<u8> = (0..next() % 300).map(|_| next() as u8).collect();
+        new.splice(i..i, ins);
+        let j = (next() as usize) % new.len();
+        let k = (j + (next() as usize % 200)).min(new.len());
+        new.drain(j..k);
+    }
+    new
+}
+
+fn text(n: usize, seed: u64) -> Vec<u8> {
+    let words = [
+        "alpha ",
+        "beta ",
+        "gamma\n",
+        "delta ",
+        "{ x: 1 }",
+        "return;\n",
+        "0x1f ",
+    ];
+    let mut x = seed | 1;
+    let mut out = Vec::with_capacity(n);
+    while out.len() < n {
+        x = x
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        out.extend_from_slice(words[(x >> 33) as usize % words.len()].as_bytes());
+    }
+    out.truncate(n);
+    out
+}
+
+#[test]
+fn every_encoding_round_trips_on_edited_files() {
+    let opts = EncodeOptions {
+        level: 3,
+        ..EncodeOptions::default()
+    };
+    for (n, seed) in [(0usize, 1u64), (1, 2), (100, 3), (5000, 4), (300_000, 5)] {
+        let old = text(n, seed);
+        let new = mutate(&old, seed * 7);
+        for c in &ALL {
+            if (old.is_empty() || new.is_empty()) && !matches!(c, Chosen::Full) {
+                continue;
+            }
+            assert_eq!(round_trip(&old, &new, c, &opts), new, "{c:?} n={n}");
+        }
+    }
+}
+
+#[test]
+fn multi_threaded_split_diff_round_trips() {
+    // Large enough for partitioned suffix sorting and chunked scanning.
+    let old = text(5 << 20, 9);
+    let mut new = mutate(&old, 11);
+    new.extend_from_slice(&old[1000..200_000]);
+    for threads in [1, 2, 4] {
+        let opts = EncodeOptions {
+            level: 3,
+            try_zstd_ref: true,
+            threads,
+        };
+        assert_eq!(
+            round_trip(&old, &new, &Chosen::SplitDiff, &opts),
+            new,
+            "threads {threads}"
+        );
+    }
+}
+
+#[test]
+fn chosen_encoding_round_trips() {
+    let opts = EncodeOptions {
+        level: 3,
+        ..EncodeOptions::default()
+    };
+    let old = text(200_000, 21);
+    for new in [mutate(&old, 5), text(50_000, 99), old[..10].to_vec()] {
+        let e = encode::encode_change(&old, &new, &opts).expect("encode");
+        assert_eq!(
+            decode(&old, &new, &e.chosen, &e.bytes),
+            new,
+            "{:?}",
+            e.chosen
+        );
+    }
+}
+
+#[test]
+fn corrupt_split_diff_is_rejected() {
+    let opts = EncodeOptions {
+        level: 3,
+        ..EncodeOptions::default()
+    };
+    let old = text(20_000, 3);
+    let new = mutate(&old, 4);
+    let mut bytes = encode::encode_as(&old, &new, &Chosen::SplitDiff, &opts).expect("encode");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (src, member, out) = (
+        dir.path().join("o"),
+        dir.path().join("m"),
+        dir.path().join("n"),
+    );
+    std::fs::write(&src, &old).expect("write");
+    let op = |size: u64| PatchOp {
+        path: RelPath::new("f").expect("path"),
+        old: Some(Pin::of(&old)),
+        new: Pin::of(&new),
+        encoding: Encoding::SplitDiff {
+            source: RelPath::new("f").expect("path"),
+            member: "d/0".into(),
+            member_size: size,
+        },
+    };
+    // Wrong member size, then a flipped byte in each stream region.
+    std::fs::write(&member, &bytes).expect("write");
+    assert!(patch_apply::decode::produce(
+        "t",
+        &op(bytes.len() as u64 + 1),
+        Some(&src),
+        Some(&member),
+        &out
+    )
+    .is_err());
+    let n = bytes.len();
+    for i in [0, 3, n / 2, n - 1] {
+        bytes[i] ^= 0x5a;
+        std::fs::write(&member, &bytes).expect("write");
+        assert!(
+            patch_apply::decode::produce("t", &op(n as u64), Some(&src), Some(&member), &out)
+                .is_err()
+        );
+        bytes[i] ^= 0x5a;
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(48))]
+
+    #[test]
+    fn split_and_all_encodings_round_trip(
+        old in proptest::collection::vec(any::<u8>(), 1..3000),
+        new in proptest::collection::vec(any::<u8>(), 1..3000),
+        seed in any::<u64>(),
+        similar in any::<bool>(),
+    ) {
+        let opts = EncodeOptions { level: 1, ..EncodeOptions::default() };
+        let new = if similar { mutate(&old, seed) } else { new };
+        prop_assume!(!new.is_empty());
+        for c in &ALL {
+            prop_assert_eq!(&round_trip(&old, &new, c, &opts), &new, "{:?}", c);
+        }
+        let e = encode::encode_change(&old, &new, &opts).expect("encode");
+        prop_assert_eq!(&decode(&old, &new, &e.chosen, &e.bytes), &new);
+    }
+}

@@ -1,0 +1,88 @@
+//! The update lock `APP/.patchkit/lock`: an OS file lock whose file holds the owner's PID.
+//! A second updater is refused with that PID; the OS releases the lock when its owner dies,
+//! so a killed updater never leaves a stale lock behind.
+
+use std::fs::File;
+use std::io::{Read, Seek, Write};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use crate::error::{Error, IoContext, Result};
+
+/// Held while an update runs; dropping it releases the lock.
+#[derive(Debug)]
+pub struct UpdateLock {
+    _file: File,
+    path: PathBuf,
+}
+
+impl UpdateLock {
+    /// The lock file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+/// Takes the lock at `path` or fails at once with [`Error::Locked`] naming the owner's PID.
+pub fn try_lock(path: &Path) -> Result<UpdateLock> {
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent).at(parent)?;
+    }
+    let mut f = File::options()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(path)
+        .at(path)?;
+    match f.try_lock() {
+        Ok(()) => {}
+        Err(std::fs::TryLockError::WouldBlock) => {
+            let mut owner = String::new();
+            let _ = f.read_to_string(&mut owner);
+            let owner = owner.trim();
+            return Err(Error::Locked {
+                path: path.to_path_buf(),
+                owner: if owner.is_empty() { "unknown".into() } else { owner.to_string() },
+            });
+        }
+        Err(std::fs::TryLockError::Error(e)) => return Err(Error::io(path, e)),
+    }
+    f.set_len(0).at(path)?;
+    f.rewind().at(path)?;
+    write!(f, "{}", std::process::id()).at(path)?;
+    Ok(UpdateLock {
+        _file: f,
+        path: path.to_path_buf(),
+    })
+}
+
+/// Takes the lock, retrying while another process holds it, for at most `timeout`.
+pub fn lock_wait(path: &Path, timeout: Duration) -> Result<UpdateLock> {
+    let start = Instant::now();
+    loop {
+        match try_lock(path) {
+            Err(Error::Locked { .. }) if start.elapsed() < timeout => {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            r => return r,
+        }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)] // Tests: a panic is a failure with its message.
+mod tests {
+    use super::*;
+
+    #[test]
+    fn second_lock_is_refused_with_the_owner_pid_and_released_on_drop() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("lock");
+        let l = try_lock(&p).unwrap();
+        let e = try_lock(&p).unwrap_err().to_string();
+        assert!(e.contains(&format!("pid {}", std::process::id())), "{e}");
+        drop(l);
+        try_lock(&p).unwrap();
+    }
+}

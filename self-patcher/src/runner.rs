@@ -1,0 +1,215 @@
+//! Running a self-patch plan (docs/format.md §8.3): wait for the app to exit, carry out the
+//! plan's actions as a resumable transaction, record the new version, relaunch the app.
+//!
+//! Running the same plan again after a crash resumes it: a `committing` journal with the plan's
+//! actions carries on from its progress record, a `committed` one only records and relaunches.
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use formats::self_plan::{Relaunch, SelfPatchPlan};
+use formats::txn::{Journal, TxnState};
+
+use crate::error::{Error, IoContext, Result};
+use crate::txn::{self, Mode, StatePaths};
+
+/// What a successful run did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Outcome {
+    /// The version now installed.
+    pub version: String,
+    /// Actions carried out by this run (fewer than the plan's when resuming).
+    pub actions_run: usize,
+    /// Whether an earlier, interrupted run of the same plan was resumed.
+    pub resumed: bool,
+    /// The PID of the relaunched app, if any.
+    pub relaunched: Option<u32>,
+}
+
+/// Reads and checks a plan file.
+pub fn load_plan(path: &Path) -> Result<SelfPatchPlan> {
+    let bytes = std::fs::read(path).at(path)?;
+    SelfPatchPlan::from_json(&path.display().to_string(), &bytes).map_err(|e| Error::Corrupt {
+        path: path.to_path_buf(),
+        reason: e.to_string(),
+    })
+}
+
+/// Whether process `pid` still runs (a zombie counts as exited).
+pub fn process_alive(pid: u32) -> bool {
+    #[cfg(target_os = "linux")]
+    {
+        match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+            // The state follows the parenthesised command name.
+            Ok(s) => s
+                .rsplit_once(')')
+                .map(|(_, rest)| !matches!(rest.trim_start().chars().next(), Some('Z' | 'X')))
+                .unwrap_or(true),
+            Err(_) => false,
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        Command::new("kill")
+            .args(["-0", &pid.to_string()])
+            .stderr(Stdio::null())
+            .status()
+            .map(|s| s.success())
+            .unwrap_or(false)
+    }
+}
+
+/// Waits until `pid` exits, for at most `timeout`.
+pub fn wait_for_exit(pid: u32, timeout: Duration) -> Result<()> {
+    let start = Instant::now();
+    while process_alive(pid) {
+        if start.elapsed() >= timeout {
+            return Err(Error::Precondition(format!(
+                "process {pid} is still running after {}s; nothing was changed (close the app and run self-patcher again)",
+                timeout.as_secs()
+            )));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Ok(())
+}
+
+/// Starts the relaunch command, detached (its own process group), without waiting for it.
+pub fn relaunch(r: &Relaunch) -> Result<u32> {
+    let mut c = Command::new(&r.program);
+    c.args(&r.args).stdin(Stdio::null());
+    if let Some(cwd) = &r.cwd {
+        c.current_dir(cwd);
+    }
+    #[cfg(unix)]
+    {
+        use std::os::unix::process::CommandExt;
+        c.process_group(0);
+    }
+    let child = c.spawn().at(Path::new(&r.program))?;
+    Ok(child.id())
+}
+
+fn same_plan(j: &Journal, plan: &SelfPatchPlan) -> bool {
+    j.app == plan.app && j.to == plan.to && j.from == plan.from && j.actions == plan.actions
+}
+
+/// Runs the plan at `plan_file`; `log` receives one line per step. On failure the app dir is
+/// back at the old version (unless the error says rolling back failed too) and the app is
+/// relaunched anyway, so it is never left without a runnable version.
+pub fn run_plan(plan_file: &Path, log: &dyn Fn(&str)) -> Result<Outcome> {
+    let plan = load_plan(plan_file)?;
+    let timeout = Duration::from_secs(plan.wait_timeout_secs);
+    if let Some(pid) = plan.wait_pid {
+        log(&format!("waiting for process {pid} to exit"));
+        wait_for_exit(pid, timeout)?;
+    }
+    let paths = StatePaths::of(&plan.app_dir);
+    let lock = crate::lock::lock_wait(&paths.lock(), timeout.max(Duration::from_secs(5)))?;
+    let result = apply_plan(&plan, &paths, log);
+    // The record is written and the lock released before the app starts again.
+    drop(lock);
+    let relaunched = match &plan.relaunch {
+        Some(r) => {
+            let pid = relaunch(r);
+            match (&result, pid) {
+                (_, Ok(pid)) => {
+                    log(&format!("relaunched {} (pid {pid})", r.program));
+                    Some(pid)
+                }
+                (Ok(_), Err(e)) => return Err(e),
+                (Err(_), Err(e)) => {
+                    log(&format!("could not relaunch the app: {e}"));
+                    None
+                }
+            }
+        }
+        None => None,
+    };
+    let (actions_run, resumed) = result?;
+    if let Err(e) = std::fs::remove_file(plan_file) {
+        log(&format!("could not remove the finished plan {}: {e}", plan_file.display()));
+    }
+    Ok(Outcome {
+        version: plan.to.to_string(),
+        actions_run,
+        resumed,
+        relaunched,
+    })
+}
+
+fn apply_plan(plan: &SelfPatchPlan, paths: &StatePaths, log: &dyn Fn(&str)) -> Result<(usize, bool)> {
+    let existing = txn::load_journal(paths)?;
+    let (actions_run, resumed) = match existing {
+        Some(mut j) if same_plan(&j, plan) => match j.state {
+            TxnState::Committing => {
+                let done = txn::read_progress(paths).min(j.actions.len());
+                log(&format!("resuming an interrupted run: {done} of {} steps were done", j.actions.len()));
+                txn::resume(paths, &mut j)?;
+                (j.actions.len() - done, true)
+            }
+            TxnState::Committed => {
+                log("every step was done by an earlier run");
+                (0, true)
+            }
+            TxnState::RolledBack => {
+                return Err(Error::Precondition(format!(
+                    "{}: this plan ({} -> {}) was rolled back; run the update again",
+                    paths.journal().display(),
+                    plan.from.as_ref().map(|v| v.to_string()).unwrap_or_else(|| "nothing".into()),
+                    plan.to
+                )))
+            }
+        },
+        other => {
+            if other.is_some_and(|j| j.state == TxnState::Committing) {
+                log("rolling back another interrupted update first");
+                txn::recover(paths)?;
+            }
+            let mut j = Journal {
+                app: plan.app.clone(),
+                from: plan.from.clone(),
+                to: plan.to.clone(),
+                state: TxnState::Committing,
+                actions: plan.actions.clone(),
+            };
+            log(&format!("moving {} staged changes into place", j.actions.len()));
+            txn::begin(paths, &mut j)?;
+            txn::run(paths, &mut j, 0, Mode::Resumable)?;
+            (j.actions.len(), false)
+        }
+    };
+    let bytes = serde_json::to_vec_pretty(&plan.record).map_err(|e| Error::Corrupt {
+        path: paths.record(),
+        reason: e.to_string(),
+    })?;
+    crate::fsio::write_file(&paths.record(), &bytes)?;
+    for c in &plan.cleanup {
+        let d = paths.state_dir.join(c);
+        let _ = std::fs::remove_dir_all(&d);
+    }
+    log(&format!("installed {}", plan.to));
+    Ok((actions_run, resumed))
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)] // Tests: a panic is a failure with its message.
+mod tests {
+    use super::*;
+
+    #[test]
+    fn own_process_is_alive_and_a_reaped_child_is_not() {
+        assert!(process_alive(std::process::id()));
+        let mut c = Command::new("true").spawn().unwrap();
+        let pid = c.id();
+        c.wait().unwrap();
+        assert!(!process_alive(pid));
+    }
+
+    #[test]
+    fn waiting_for_a_running_process_times_out_with_a_clear_error() {
+        let e = wait_for_exit(std::process::id(), Duration::from_millis(100)).unwrap_err().to_string();
+        assert!(e.contains("still running"), "{e}");
+    }
+}
