@@ -5,7 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")"
 echo "== building (release profile)"
 cargo build --release -q -p patch-create -p patch-apply -p fixtures
-B=target/release
+B=${CARGO_TARGET_DIR:-target}/release
 W=$(mktemp -d "${TMPDIR:-/tmp}/patchkit-demo.XXXXXX")
 trap 'kill ${SERVER:-} 2>/dev/null || true; rm -rf "$W"' EXIT
 

@@ -12,6 +12,9 @@
 //! - [`container`], the magic and format version that start every binary artifact;
 //! - [`layout`], where each file lives in a repository;
 //! - [`limits::Limits`], the bound on every length read from untrusted input.
+//! - [`txn`] (the journal, actions and install record of an app dir's state) and
+//!   [`self_plan`] (the plan `patch-apply` hands to `self-patcher`): plain data, carried out by
+//!   the `self-patcher` crate.
 //!
 //! # Example
 //! ```

@@ -69,13 +69,22 @@ impl SelfPatchPlan {
             source: e,
         })?;
         if p.format != SELF_PATCH_FORMAT {
-            return Err(Error::invalid(what, format!("unknown format {:?}", p.format)));
+            return Err(Error::invalid(
+                what,
+                format!("unknown format {:?}", p.format),
+            ));
         }
         if !p.app_dir.is_absolute() {
-            return Err(Error::invalid(what, format!("app_dir {} is not absolute", p.app_dir.display())));
+            return Err(Error::invalid(
+                what,
+                format!("app_dir {} is not absolute", p.app_dir.display()),
+            ));
         }
         if p.record.version != p.to || p.record.app != p.app {
-            return Err(Error::invalid(what, "the install record does not match the plan's app and version"));
+            return Err(Error::invalid(
+                what,
+                "the install record does not match the plan's app and version",
+            ));
         }
         for a in &p.actions {
             if let Action::Place { staged, .. } = a {
@@ -104,11 +113,24 @@ mod tests {
             app: "demo".into(),
             from: Some(Version::parse("1.0.0").unwrap()),
             to: to.clone(),
-            actions: vec![Action::Place { path: RelPath::new("bin/app").unwrap(), staged: "staging/a/f0".into(), had_old: true }],
+            actions: vec![Action::Place {
+                path: RelPath::new("bin/app").unwrap(),
+                staged: "staging/a/f0".into(),
+                had_old: true,
+            }],
             wait_pid: Some(42),
             wait_timeout_secs: 60,
-            record: InstallRecord { app: "demo".into(), version: to, tree: Blake3::of(b"t"), previous: None },
-            relaunch: Some(Relaunch { program: "/opt/demo/bin/app".into(), args: vec!["--x".into()], cwd: None }),
+            record: InstallRecord {
+                app: "demo".into(),
+                version: to,
+                tree: Blake3::of(b"t"),
+                previous: None,
+            },
+            relaunch: Some(Relaunch {
+                program: "/opt/demo/bin/app".into(),
+                args: vec!["--x".into()],
+                cwd: None,
+            }),
             cleanup: vec!["staging".into()],
         }
     }
@@ -123,7 +145,11 @@ mod tests {
     #[test]
     fn staged_path_escaping_the_state_dir_is_refused() {
         let mut p = plan();
-        p.actions = vec![Action::Place { path: RelPath::new("x").unwrap(), staged: "../../etc/passwd".into(), had_old: false }];
+        p.actions = vec![Action::Place {
+            path: RelPath::new("x").unwrap(),
+            staged: "../../etc/passwd".into(),
+            had_old: false,
+        }];
         let b = serde_json::to_vec(&p).unwrap();
         assert!(SelfPatchPlan::from_json("plan", &b).is_err());
     }
@@ -133,6 +159,9 @@ mod tests {
         let mut p = plan();
         p.app_dir = PathBuf::from("demo");
         let b = serde_json::to_vec(&p).unwrap();
-        assert!(SelfPatchPlan::from_json("plan", &b).unwrap_err().to_string().contains("not absolute"));
+        assert!(SelfPatchPlan::from_json("plan", &b)
+            .unwrap_err()
+            .to_string()
+            .contains("not absolute"));
     }
 }

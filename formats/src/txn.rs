@@ -127,8 +127,14 @@ mod tests {
             to: Version::parse("2.0.0").unwrap(),
             state: TxnState::Committing,
             actions: vec![
-                Action::Remove { path: RelPath::new("a").unwrap() },
-                Action::Place { path: RelPath::new("b/c").unwrap(), staged: "staging/x".into(), had_old: true },
+                Action::Remove {
+                    path: RelPath::new("a").unwrap(),
+                },
+                Action::Place {
+                    path: RelPath::new("b/c").unwrap(),
+                    staged: "staging/x".into(),
+                    had_old: true,
+                },
             ],
         };
         let s = serde_json::to_string(&j).unwrap();

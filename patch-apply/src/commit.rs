@@ -15,8 +15,8 @@ use std::path::Path;
 
 use formats::manifest::{Node, ReleaseManifest};
 use formats::patterns::PathPatterns;
-use formats::Version;
 pub use formats::txn::{Action, Journal, TxnState};
+use formats::Version;
 use self_patcher::txn::{self, Mode, StatePaths};
 use serde::Serialize;
 
@@ -38,7 +38,10 @@ pub fn plan_actions(
     let ignore = PathPatterns::new(&manifest.ignore)?;
     let want = manifest.by_path();
     let rel_staged = |p: &Path| -> String {
-        p.strip_prefix(&state.root).unwrap_or(p).to_string_lossy().into_owned()
+        p.strip_prefix(&state.root)
+            .unwrap_or(p)
+            .to_string_lossy()
+            .into_owned()
     };
     let mut removes = Vec::new();
     let mut remove_dirs_conflict = Vec::new();
@@ -48,7 +51,8 @@ pub fn plan_actions(
             continue;
         }
         let target = want.get(p).map(|e| &e.node);
-        let same_kind = target.is_some_and(|t| std::mem::discriminant(t) == std::mem::discriminant(n));
+        let same_kind =
+            target.is_some_and(|t| std::mem::discriminant(t) == std::mem::discriminant(n));
         match n {
             Node::Dir if !same_kind => {
                 if target.is_some() {
@@ -68,11 +72,14 @@ pub fn plan_actions(
     for (i, e) in manifest.entries.iter().enumerate() {
         let cur = current.entries.get(&e.path);
         let had_old = cur.is_some();
-        let same_kind_old = cur.is_some_and(|c| std::mem::discriminant(c) == std::mem::discriminant(&e.node));
+        let same_kind_old =
+            cur.is_some_and(|c| std::mem::discriminant(c) == std::mem::discriminant(&e.node));
         match &e.node {
             Node::Dir => {
                 if !same_kind_old {
-                    makedirs.push(Action::MakeDir { path: e.path.clone() });
+                    makedirs.push(Action::MakeDir {
+                        path: e.path.clone(),
+                    });
                 }
             }
             Node::File { exec, .. } => {
@@ -88,10 +95,17 @@ pub fn plan_actions(
                     std::fs::copy(&from, &copy).at(&copy)?;
                     copy
                 } else {
-                    return Err(Error::bad(e.path.as_str(), "no staged content for a new file"));
+                    return Err(Error::bad(
+                        e.path.as_str(),
+                        "no staged content for a new file",
+                    ));
                 };
                 set_exec(&src, *exec)?;
-                places.push(Action::Place { path: e.path.clone(), staged: rel_staged(&src), had_old: had_old && same_kind_old });
+                places.push(Action::Place {
+                    path: e.path.clone(),
+                    staged: rel_staged(&src),
+                    had_old: had_old && same_kind_old,
+                });
             }
             Node::Symlink { target } => {
                 if let Some(Node::Symlink { target: t }) = cur {
@@ -101,7 +115,11 @@ pub fn plan_actions(
                 }
                 let link = stage_dir.join(format!("l{i}"));
                 crate::archive::make_symlink(target, &link)?;
-                places.push(Action::Place { path: e.path.clone(), staged: rel_staged(&link), had_old: had_old && same_kind_old });
+                places.push(Action::Place {
+                    path: e.path.clone(),
+                    staged: rel_staged(&link),
+                    had_old: had_old && same_kind_old,
+                });
             }
         }
     }
@@ -109,10 +127,18 @@ pub fn plan_actions(
     remove_dirs_conflict.sort_by(|a, b| b.cmp(a));
     remove_dirs_obsolete.sort_by(|a, b| b.cmp(a));
     let mut actions = removes;
-    actions.extend(remove_dirs_conflict.into_iter().map(|path| Action::RemoveDir { path }));
+    actions.extend(
+        remove_dirs_conflict
+            .into_iter()
+            .map(|path| Action::RemoveDir { path }),
+    );
     actions.extend(makedirs);
     actions.extend(places);
-    actions.extend(remove_dirs_obsolete.into_iter().map(|path| Action::RemoveDir { path }));
+    actions.extend(
+        remove_dirs_obsolete
+            .into_iter()
+            .map(|path| Action::RemoveDir { path }),
+    );
     Ok(actions)
 }
 
@@ -127,7 +153,9 @@ fn paths(app_dir: &Path, state: &StateDir) -> StatePaths {
 pub(crate) fn txn_error(e: self_patcher::Error) -> Error {
     match e {
         self_patcher::Error::Io { path, source } => Error::Io { path, source },
-        self_patcher::Error::Locked { .. } | self_patcher::Error::Precondition(_) => Error::Precondition(e.to_string()),
+        self_patcher::Error::Locked { .. } | self_patcher::Error::Precondition(_) => {
+            Error::Precondition(e.to_string())
+        }
         other => Error::bad("update transaction", other.to_string()),
     }
 }
@@ -135,7 +163,14 @@ pub(crate) fn txn_error(e: self_patcher::Error) -> Error {
 /// Carries out `actions` under a journal (a new transaction: the previous update's backup is
 /// dropped). On error every action done so far is undone and the error returned, naming the
 /// file: the app dir is back at the old version.
-pub fn commit(app_dir: &Path, state: &StateDir, app: &str, from: Option<Version>, to: Version, actions: Vec<Action>) -> Result<()> {
+pub fn commit(
+    app_dir: &Path,
+    state: &StateDir,
+    app: &str,
+    from: Option<Version>,
+    to: Version,
+    actions: Vec<Action>,
+) -> Result<()> {
     let p = paths(app_dir, state);
     let mut journal = Journal {
         app: app.to_string(),
@@ -153,9 +188,12 @@ pub fn commit(app_dir: &Path, state: &StateDir, app: &str, from: Option<Version>
 /// interruption rolls back to that version, and [`rollback`] returns to it afterwards.
 pub fn commit_more(app_dir: &Path, state: &StateDir, actions: Vec<Action>) -> Result<()> {
     let p = paths(app_dir, state);
-    let mut journal = txn::load_journal(&p)
-        .map_err(txn_error)?
-        .ok_or_else(|| Error::Precondition(format!("{}: no committed update to extend", app_dir.display())))?;
+    let mut journal = txn::load_journal(&p).map_err(txn_error)?.ok_or_else(|| {
+        Error::Precondition(format!(
+            "{}: no committed update to extend",
+            app_dir.display()
+        ))
+    })?;
     let start = txn::extend(&p, &mut journal, actions).map_err(txn_error)?;
     txn::run(&p, &mut journal, start, Mode::RollBackOnCrash).map_err(txn_error)
 }
@@ -189,5 +227,7 @@ pub fn recover(app_dir: &Path, state: &StateDir) -> Result<Recovery> {
 /// Undoes the last committed update while its backup is kept, and restores the install record
 /// it replaced. Returns the restored version.
 pub fn rollback(app_dir: &Path, state: &StateDir) -> Result<Option<Version>> {
-    Ok(txn::rollback(&paths(app_dir, state)).map_err(txn_error)?.from)
+    Ok(txn::rollback(&paths(app_dir, state))
+        .map_err(txn_error)?
+        .from)
 }

@@ -100,7 +100,12 @@ pub(crate) struct PlannedUpdate {
 }
 
 /// Writes the plan and starts `self-patcher` detached. Returns the plan file and its PID.
-pub(crate) fn hand_over(app_dir: &Path, state: &StateDir, h: &HandOver, u: PlannedUpdate) -> Result<(PathBuf, u32)> {
+pub(crate) fn hand_over(
+    app_dir: &Path,
+    state: &StateDir,
+    h: &HandOver,
+    u: PlannedUpdate,
+) -> Result<(PathBuf, u32)> {
     let app_dir = app_dir.canonicalize().at(app_dir)?;
     let relaunch = h.relaunch.split_first().map(|(program, args)| Relaunch {
         program: program.clone(),
@@ -124,10 +129,18 @@ pub(crate) fn hand_over(app_dir: &Path, state: &StateDir, h: &HandOver, u: Plann
     let bytes = serde_json::to_vec_pretty(&plan).map_err(|e| Error::Precondition(e.to_string()))?;
     crate::atomic::write_file(&file, &bytes)?;
     let log_path = state.root.join("self-patcher.log");
-    let log = std::fs::OpenOptions::new().create(true).append(true).open(&log_path).at(&log_path)?;
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&log_path)
+        .at(&log_path)?;
     let log2 = log.try_clone().at(&log_path)?;
     let mut c = Command::new(&h.self_patcher);
-    c.arg("--plan").arg(&file).stdin(Stdio::null()).stdout(log).stderr(log2);
+    c.arg("--plan")
+        .arg(&file)
+        .stdin(Stdio::null())
+        .stdout(log)
+        .stderr(log2);
     #[cfg(unix)]
     {
         use std::os::unix::process::CommandExt;
@@ -135,7 +148,10 @@ pub(crate) fn hand_over(app_dir: &Path, state: &StateDir, h: &HandOver, u: Plann
         c.process_group(0);
     }
     let child = c.spawn().map_err(|e| {
-        Error::Precondition(format!("cannot start self-patcher {}: {e}", h.self_patcher.display()))
+        Error::Precondition(format!(
+            "cannot start self-patcher {}: {e}",
+            h.self_patcher.display()
+        ))
     })?;
     Ok((file, child.id()))
 }

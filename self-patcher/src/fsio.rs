@@ -13,7 +13,10 @@ static COUNTER: AtomicU64 = AtomicU64::new(0);
 /// Writes `bytes` to `path` atomically: readers see the old content or the new, never a mix.
 pub fn write_file(path: &Path, bytes: &[u8]) -> Result<()> {
     let dir = path.parent().unwrap_or(Path::new("."));
-    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
     let tmp = dir.join(format!(
         ".pk-tmp-{}-{}-{}",
         name,
@@ -61,7 +64,9 @@ fn parallel(paths: &[PathBuf], f: fn(&Path) -> Result<()>) -> Result<()> {
             .collect();
         let mut first = Ok(());
         for h in handles {
-            let r = h.join().unwrap_or_else(|_| Err(Error::Precondition("a file sync thread panicked".into())));
+            let r = h
+                .join()
+                .unwrap_or_else(|_| Err(Error::Precondition("a file sync thread panicked".into())));
             if first.is_ok() {
                 first = r;
             }

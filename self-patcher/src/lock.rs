@@ -43,7 +43,11 @@ pub fn try_lock(path: &Path) -> Result<UpdateLock> {
             let owner = owner.trim();
             return Err(Error::Locked {
                 path: path.to_path_buf(),
-                owner: if owner.is_empty() { "unknown".into() } else { owner.to_string() },
+                owner: if owner.is_empty() {
+                    "unknown".into()
+                } else {
+                    owner.to_string()
+                },
             });
         }
         Err(std::fs::TryLockError::Error(e)) => return Err(Error::io(path, e)),

@@ -129,7 +129,10 @@ pub fn run_plan(plan_file: &Path, log: &dyn Fn(&str)) -> Result<Outcome> {
     };
     let (actions_run, resumed) = result?;
     if let Err(e) = std::fs::remove_file(plan_file) {
-        log(&format!("could not remove the finished plan {}: {e}", plan_file.display()));
+        log(&format!(
+            "could not remove the finished plan {}: {e}",
+            plan_file.display()
+        ));
     }
     Ok(Outcome {
         version: plan.to.to_string(),
@@ -139,13 +142,20 @@ pub fn run_plan(plan_file: &Path, log: &dyn Fn(&str)) -> Result<Outcome> {
     })
 }
 
-fn apply_plan(plan: &SelfPatchPlan, paths: &StatePaths, log: &dyn Fn(&str)) -> Result<(usize, bool)> {
+fn apply_plan(
+    plan: &SelfPatchPlan,
+    paths: &StatePaths,
+    log: &dyn Fn(&str),
+) -> Result<(usize, bool)> {
     let existing = txn::load_journal(paths)?;
     let (actions_run, resumed) = match existing {
         Some(mut j) if same_plan(&j, plan) => match j.state {
             TxnState::Committing => {
                 let done = txn::read_progress(paths).min(j.actions.len());
-                log(&format!("resuming an interrupted run: {done} of {} steps were done", j.actions.len()));
+                log(&format!(
+                    "resuming an interrupted run: {done} of {} steps were done",
+                    j.actions.len()
+                ));
                 txn::resume(paths, &mut j)?;
                 (j.actions.len() - done, true)
             }
@@ -157,7 +167,10 @@ fn apply_plan(plan: &SelfPatchPlan, paths: &StatePaths, log: &dyn Fn(&str)) -> R
                 return Err(Error::Precondition(format!(
                     "{}: this plan ({} -> {}) was rolled back; run the update again",
                     paths.journal().display(),
-                    plan.from.as_ref().map(|v| v.to_string()).unwrap_or_else(|| "nothing".into()),
+                    plan.from
+                        .as_ref()
+                        .map(|v| v.to_string())
+                        .unwrap_or_else(|| "nothing".into()),
                     plan.to
                 )))
             }
@@ -174,7 +187,10 @@ fn apply_plan(plan: &SelfPatchPlan, paths: &StatePaths, log: &dyn Fn(&str)) -> R
                 state: TxnState::Committing,
                 actions: plan.actions.clone(),
             };
-            log(&format!("moving {} staged changes into place", j.actions.len()));
+            log(&format!(
+                "moving {} staged changes into place",
+                j.actions.len()
+            ));
             txn::begin(paths, &mut j)?;
             txn::run(paths, &mut j, 0, Mode::Resumable)?;
             (j.actions.len(), false)
@@ -209,7 +225,9 @@ mod tests {
 
     #[test]
     fn waiting_for_a_running_process_times_out_with_a_clear_error() {
-        let e = wait_for_exit(std::process::id(), Duration::from_millis(100)).unwrap_err().to_string();
+        let e = wait_for_exit(std::process::id(), Duration::from_millis(100))
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("still running"), "{e}");
     }
 }

@@ -94,10 +94,12 @@ pub enum Mode {
 pub fn load_journal(paths: &StatePaths) -> Result<Option<Journal>> {
     let p = paths.journal();
     match fs::read(&p) {
-        Ok(b) => serde_json::from_slice(&b).map(Some).map_err(|e| Error::Corrupt {
-            path: p,
-            reason: format!("corrupt journal: {e}"),
-        }),
+        Ok(b) => serde_json::from_slice(&b)
+            .map(Some)
+            .map_err(|e| Error::Corrupt {
+                path: p,
+                reason: format!("corrupt journal: {e}"),
+            }),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
         Err(e) => Err(Error::io(p, e)),
     }
@@ -176,10 +178,17 @@ fn sync_staged(paths: &StatePaths, actions: &[Action]) -> Result<()> {
             Action::Place { staged, .. } => Some(paths.staged(staged)),
             _ => None,
         })
-        .filter(|p| fs::symlink_metadata(p).map(|m| m.is_file()).unwrap_or(false))
+        .filter(|p| {
+            fs::symlink_metadata(p)
+                .map(|m| m.is_file())
+                .unwrap_or(false)
+        })
         .collect();
     fsio::sync_files(&staged)?;
-    let dirs: BTreeSet<PathBuf> = staged.iter().filter_map(|p| p.parent().map(Path::to_path_buf)).collect();
+    let dirs: BTreeSet<PathBuf> = staged
+        .iter()
+        .filter_map(|p| p.parent().map(Path::to_path_buf))
+        .collect();
     sync_existing(&dirs)
 }
 
@@ -221,7 +230,13 @@ pub fn resume(paths: &StatePaths, journal: &mut Journal) -> Result<()> {
     run(paths, journal, done, Mode::Resumable)
 }
 
-fn run_inner(paths: &StatePaths, journal: &Journal, start: usize, mode: Mode, resuming: bool) -> Result<()> {
+fn run_inner(
+    paths: &StatePaths,
+    journal: &Journal,
+    start: usize,
+    mode: Mode,
+    resuming: bool,
+) -> Result<()> {
     let backup = paths.backup();
     fs::create_dir_all(&backup).at(&backup)?;
     // Keep the old versions first (hard links: the app dir does not change).
@@ -259,7 +274,13 @@ fn parent_of(p: &Path) -> PathBuf {
     p.parent().map(Path::to_path_buf).unwrap_or_default()
 }
 
-fn do_action(paths: &StatePaths, i: usize, a: &Action, maybe_done: bool, touched: &mut BTreeSet<PathBuf>) -> Result<()> {
+fn do_action(
+    paths: &StatePaths,
+    i: usize,
+    a: &Action,
+    maybe_done: bool,
+    touched: &mut BTreeSet<PathBuf>,
+) -> Result<()> {
     let p = a.path().to_path(&paths.app_dir);
     match a {
         Action::Remove { .. } => {
@@ -275,7 +296,11 @@ fn do_action(paths: &StatePaths, i: usize, a: &Action, maybe_done: bool, touched
                     Ok(()) => {
                         touched.insert(parent_of(&p));
                     }
-                    Err(_) if fs::read_dir(&p).map(|mut d| d.next().is_some()).unwrap_or(false) => {
+                    Err(_)
+                        if fs::read_dir(&p)
+                            .map(|mut d| d.next().is_some())
+                            .unwrap_or(false) =>
+                    {
                         // Holds ignored user files: keep it.
                     }
                     Err(e) => return Err(Error::io(p, e)),
@@ -295,7 +320,10 @@ fn do_action(paths: &StatePaths, i: usize, a: &Action, maybe_done: bool, touched
                     // Moved into place just before an interruption.
                     return Ok(());
                 }
-                return Err(Error::StagedMissing { target: p, staged: s });
+                return Err(Error::StagedMissing {
+                    target: p,
+                    staged: s,
+                });
             }
             let b = paths.backup_of(i);
             if exists(&p) && !exists(&b) {
@@ -310,7 +338,12 @@ fn do_action(paths: &StatePaths, i: usize, a: &Action, maybe_done: bool, touched
     Ok(())
 }
 
-fn undo_action(paths: &StatePaths, i: usize, a: &Action, touched: &mut BTreeSet<PathBuf>) -> Result<()> {
+fn undo_action(
+    paths: &StatePaths,
+    i: usize,
+    a: &Action,
+    touched: &mut BTreeSet<PathBuf>,
+) -> Result<()> {
     let p = a.path().to_path(&paths.app_dir);
     let b = paths.backup_of(i);
     match a {
@@ -332,7 +365,9 @@ fn undo_action(paths: &StatePaths, i: usize, a: &Action, touched: &mut BTreeSet<
                 touched.insert(parent_of(&p));
             }
         }
-        Action::Place { staged, had_old, .. } => {
+        Action::Place {
+            staged, had_old, ..
+        } => {
             if exists(&b) {
                 ensure_parent(&p)?;
                 if is_real_dir(&b) != is_real_dir(&p) && exists(&p) {
@@ -402,7 +437,10 @@ pub fn recover(paths: &StatePaths) -> Result<Option<Journal>> {
 /// record saved when it began. Returns the journal (its `from` is the version restored).
 pub fn rollback(paths: &StatePaths) -> Result<Journal> {
     let Some(mut j) = load_journal(paths)? else {
-        return Err(Error::Precondition(format!("{}: no update to roll back", paths.app_dir.display())));
+        return Err(Error::Precondition(format!(
+            "{}: no update to roll back",
+            paths.app_dir.display()
+        )));
     };
     match j.state {
         TxnState::Committed => {}
@@ -477,9 +515,21 @@ mod tests {
             actions: vec![
                 Action::Remove { path: rp("gone") },
                 Action::MakeDir { path: rp("new") },
-                Action::Place { path: rp("a"), staged: "staging/a".into(), had_old: true },
-                Action::Place { path: rp("new/c"), staged: "staging/c".into(), had_old: false },
-                Action::Place { path: rp("sub/b"), staged: "staging/b".into(), had_old: true },
+                Action::Place {
+                    path: rp("a"),
+                    staged: "staging/a".into(),
+                    had_old: true,
+                },
+                Action::Place {
+                    path: rp("new/c"),
+                    staged: "staging/c".into(),
+                    had_old: false,
+                },
+                Action::Place {
+                    path: rp("sub/b"),
+                    staged: "staging/b".into(),
+                    had_old: true,
+                },
             ],
         }
     }
@@ -509,10 +559,16 @@ mod tests {
         begin(&f.paths, &mut j).unwrap();
         run(&f.paths, &mut j, 0, Mode::RollBackOnCrash).unwrap();
         assert_new(&f.paths);
-        assert_eq!(load_journal(&f.paths).unwrap().unwrap().state, TxnState::Committed);
+        assert_eq!(
+            load_journal(&f.paths).unwrap().unwrap().state,
+            TxnState::Committed
+        );
         rollback(&f.paths).unwrap();
         assert_old(&f.paths);
-        assert!(rollback(&f.paths).is_err(), "only the last update can be undone");
+        assert!(
+            rollback(&f.paths).is_err(),
+            "only the last update can be undone"
+        );
     }
 
     #[test]
@@ -522,10 +578,15 @@ mod tests {
         // The last step's staged file vanishes (the staging dir removed mid-way).
         fs::remove_file(f.paths.state_dir.join("staging/b")).unwrap();
         begin(&f.paths, &mut j).unwrap();
-        let e = run(&f.paths, &mut j, 0, Mode::RollBackOnCrash).unwrap_err().to_string();
+        let e = run(&f.paths, &mut j, 0, Mode::RollBackOnCrash)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("sub/b"), "{e}");
         assert_old(&f.paths);
-        assert_eq!(load_journal(&f.paths).unwrap().unwrap().state, TxnState::RolledBack);
+        assert_eq!(
+            load_journal(&f.paths).unwrap().unwrap().state,
+            TxnState::RolledBack
+        );
     }
 
     #[test]
@@ -575,7 +636,16 @@ mod tests {
         // A repair replaces `a` again.
         fs::write(f.paths.state_dir.join("staging/a2"), "new a").unwrap();
         fs::write(f.paths.app_dir.join("a"), "damaged").unwrap();
-        let start = extend(&f.paths, &mut j, vec![Action::Place { path: rp("a"), staged: "staging/a2".into(), had_old: true }]).unwrap();
+        let start = extend(
+            &f.paths,
+            &mut j,
+            vec![Action::Place {
+                path: rp("a"),
+                staged: "staging/a2".into(),
+                had_old: true,
+            }],
+        )
+        .unwrap();
         run(&f.paths, &mut j, start, Mode::RollBackOnCrash).unwrap();
         assert_new(&f.paths);
         rollback(&f.paths).unwrap();

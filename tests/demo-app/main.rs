@@ -20,7 +20,11 @@ fn version() -> &'static str {
 }
 
 fn log(control: &Path, line: &str) {
-    if let Ok(mut f) = fs::OpenOptions::new().create(true).append(true).open(control.join("log")) {
+    if let Ok(mut f) = fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(control.join("log"))
+    {
         let _ = writeln!(f, "{line}");
     }
 }
@@ -28,7 +32,10 @@ fn log(control: &Path, line: &str) {
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     let get = |name: &str| -> PathBuf {
-        let i = args.iter().position(|a| a == name).unwrap_or_else(|| panic!("{name} missing"));
+        let i = args
+            .iter()
+            .position(|a| a == name)
+            .unwrap_or_else(|| panic!("{name} missing"));
         PathBuf::from(&args[i + 1])
     };
     let app = get("--app-dir");
@@ -39,14 +46,25 @@ fn main() {
     let resource = app.join("resources/message.txt");
     let mut last: Option<String> = None;
     loop {
-        let now = fs::read_to_string(&resource).ok().map(|s| s.trim().to_string());
+        let now = fs::read_to_string(&resource)
+            .ok()
+            .map(|s| s.trim().to_string());
         if now != last {
-            log(&control, &format!("resource pid={pid} version={v} content={}", now.clone().unwrap_or_default()));
+            log(
+                &control,
+                &format!(
+                    "resource pid={pid} version={v} content={}",
+                    now.clone().unwrap_or_default()
+                ),
+            );
             last = now;
         }
         if fs::remove_file(control.join("reload")).is_ok() {
             let c = fs::read_to_string(&resource).unwrap_or_default();
-            log(&control, &format!("reloaded pid={pid} content={}", c.trim()));
+            log(
+                &control,
+                &format!("reloaded pid={pid} content={}", c.trim()),
+            );
         }
         if let Ok(cmd) = fs::read_to_string(control.join("update")) {
             let _ = fs::remove_file(control.join("update"));
@@ -67,9 +85,18 @@ fn main() {
             } else {
                 "other"
             };
-            log(&control, &format!("update-output {}", stdout.replace('\n', " | ")));
-            log(&control, &format!("update-stderr {}", stderr.replace('\n', " | ")));
-            log(&control, &format!("update-done pid={pid} status={status} outcome={outcome}"));
+            log(
+                &control,
+                &format!("update-output {}", stdout.replace('\n', " | ")),
+            );
+            log(
+                &control,
+                &format!("update-stderr {}", stderr.replace('\n', " | ")),
+            );
+            log(
+                &control,
+                &format!("update-done pid={pid} status={status} outcome={outcome}"),
+            );
             if outcome == "handed_over" {
                 log(&control, &format!("exiting pid={pid} for self-patch"));
                 return;

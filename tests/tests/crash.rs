@@ -50,7 +50,11 @@ fn big_world() -> &'static World {
 
 /// Checks that every path of `app` is in the state it has in `old` or in `new` (absent
 /// counts as a state), and nothing else exists.
-fn old_or_new(now: &BTreeMap<String, String>, old: &BTreeMap<String, String>, new: &BTreeMap<String, String>) -> Result<(), String> {
+fn old_or_new(
+    now: &BTreeMap<String, String>,
+    old: &BTreeMap<String, String>,
+    new: &BTreeMap<String, String>,
+) -> Result<(), String> {
     let paths: BTreeSet<&String> = old.keys().chain(new.keys()).chain(now.keys()).collect();
     let mut bad = Vec::new();
     for p in paths {
@@ -119,12 +123,17 @@ fn apply_killed_at_50_points_leaves_each_file_old_or_new_and_recovers_to_a_whole
     ok(cmd("patch-apply").args(["rollback", "--app-dir"]).arg(&app));
     assert_same_tree(&app, &w.releases[0]);
     eprintln!("apply takes {total:?}; commit phase from {commit_start:?} to {commit_end:?}");
-    assert!(total > Duration::from_secs(1), "the fixture should take over a second to apply, took {total:?}");
+    assert!(
+        total > Duration::from_secs(1),
+        "the fixture should take over a second to apply, took {total:?}"
+    );
 
     // 35 kills spread over the whole apply (delay from the start), then 15 spread over the
     // commit phase (delay from the moment the run announces it), where the app dir changes.
     let commit = commit_end.saturating_sub(commit_start) + Duration::from_millis(5);
-    let mut delays: Vec<(bool, Duration)> = (0..35).map(|i| (false, total.mul_f64((i as f64 + 0.5) / 35.0))).collect();
+    let mut delays: Vec<(bool, Duration)> = (0..35)
+        .map(|i| (false, total.mul_f64((i as f64 + 0.5) / 35.0)))
+        .collect();
     delays.extend((0..15).map(|i| (true, commit.mul_f64((i as f64 + 0.5) / 15.0))));
 
     let (mut before, mut during, mut after) = (0, 0, 0);
@@ -139,7 +148,10 @@ fn apply_killed_at_50_points_leaves_each_file_old_or_new_and_recovers_to_a_whole
         let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
         if *in_commit {
             for line in lines.by_ref() {
-                if line.map(|l| l.contains(r#""phase":"commit""#)).unwrap_or(true) {
+                if line
+                    .map(|l| l.contains(r#""phase":"commit""#))
+                    .unwrap_or(true)
+                {
                     break;
                 }
             }
@@ -163,7 +175,10 @@ fn apply_killed_at_50_points_leaves_each_file_old_or_new_and_recovers_to_a_whole
         if tree_state(&app) == new {
             ok(cmd("patch-apply").args(["rollback", "--app-dir"]).arg(&app));
         }
-        assert!(tree_state(&app) == old, "kill {i} after {d:?}: recover and rollback left neither v1 nor v2");
+        assert!(
+            tree_state(&app) == old,
+            "kill {i} after {d:?}: recover and rollback left neither v1 nor v2"
+        );
     }
     eprintln!(
         "{} kills: {before} before the commit, {during} during it, {after} after it",
@@ -190,8 +205,15 @@ fn second_apply_refuses_with_the_owner_pid_and_a_killed_owner_releases_the_lock(
     let pid = first.id();
     let lock = app.join(".patchkit/lock");
     let start = Instant::now();
-    while std::fs::read_to_string(&lock).ok().map(|s| s.trim().to_string()) != Some(pid.to_string()) {
-        assert!(start.elapsed() < Duration::from_secs(10), "first apply never took the lock");
+    while std::fs::read_to_string(&lock)
+        .ok()
+        .map(|s| s.trim().to_string())
+        != Some(pid.to_string())
+    {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "first apply never took the lock"
+        );
         std::thread::sleep(Duration::from_millis(2));
     }
     let err = fails(&mut w.apply_cmd("apply", &app));
@@ -216,7 +238,9 @@ fn rollback_after_v1_to_v3_restores_v1_byte_for_byte() {
     assert_eq!(r["from"], "1.0.0");
     assert_eq!(r["to"], "3.0.0");
     assert_same_tree(&app, &w.releases[2]);
-    let r = last_json(&ok(cmd("patch-apply").args(["rollback", "--json", "--app-dir"]).arg(&app)));
+    let r = last_json(&ok(cmd("patch-apply")
+        .args(["rollback", "--json", "--app-dir"])
+        .arg(&app)));
     assert_eq!(r["restored"], "1.0.0");
     assert_same_tree(&app, &w.releases[0]);
     let c = last_json(&ok(w.apply_cmd("check", &app).arg("--json")));
@@ -235,7 +259,9 @@ fn recover_on_a_clean_app_dir_does_nothing() {
     let app = w.path("app");
     copy_tree(&w.releases[0], &app);
     ok(&mut w.apply_cmd("apply", &app));
-    let r = last_json(&ok(cmd("patch-apply").args(["recover", "--json", "--app-dir"]).arg(&app)));
+    let r = last_json(&ok(cmd("patch-apply")
+        .args(["recover", "--json", "--app-dir"])
+        .arg(&app)));
     assert_eq!(r, "clean");
     assert_same_tree(&app, &w.releases[1]);
 }
@@ -276,7 +302,9 @@ fn tree_pages(root: &Path) -> u64 {
         .expect("snapshot")
         .iter()
         .map(|e| match &e.kind {
-            fixtures::EntryKind::File { data, .. } => (data.len() as u64).div_ceil(4096).max(1) * 4096,
+            fixtures::EntryKind::File { data, .. } => {
+                (data.len() as u64).div_ceil(4096).max(1) * 4096
+            }
             _ => 4096,
         })
         .sum()
@@ -313,7 +341,10 @@ fn disk_full_gives_a_clear_error_and_leaves_the_old_version() {
                 err.contains("No space left on device") || err.contains("not enough disk space"),
                 "unclear error: {err}"
             );
-            assert!(err.contains(&mnt.display().to_string()), "the error names no file: {err}");
+            assert!(
+                err.contains(&mnt.display().to_string()),
+                "the error names no file: {err}"
+            );
             assert_same_tree(&app, &w.releases[0]);
         }
     }
@@ -354,7 +385,10 @@ fn unwritable_file_gives_an_error_naming_it_and_leaves_the_old_version() {
             }),
         )
     };
-    let st = Command::new(&lock_args[0]).args(&lock_args[1..]).stderr(Stdio::null()).status();
+    let st = Command::new(&lock_args[0])
+        .args(&lock_args[1..])
+        .stderr(Stdio::null())
+        .status();
     if !st.map(|s| s.success()).unwrap_or(false) {
         eprintln!("skipped: {} is not supported here", lock_args.join(" "));
         return;
@@ -362,10 +396,19 @@ fn unwritable_file_gives_an_error_naming_it_and_leaves_the_old_version() {
     let out = run(&mut w.apply_cmd("apply", &app));
     unlock();
     let err = String::from_utf8_lossy(&out.stderr).into_owned();
-    assert!(!out.status.success(), "apply succeeded over an unwritable file");
+    assert!(
+        !out.status.success(),
+        "apply succeeded over an unwritable file"
+    );
     eprintln!("{}", err.trim());
-    assert!(err.contains(&victim), "the error does not name {victim}: {err}");
-    assert!(err.contains("not permitted") || err.contains("denied"), "{err}");
+    assert!(
+        err.contains(&victim),
+        "the error does not name {victim}: {err}"
+    );
+    assert!(
+        err.contains("not permitted") || err.contains("denied"),
+        "{err}"
+    );
     assert_same_tree(&app, &w.releases[0]);
     ok(&mut w.apply_cmd("apply", &app));
     assert_same_tree(&app, &w.releases[1]);

@@ -470,3 +470,46 @@ fn diff_control_values_out_of_range_are_refused() {
     m.push(0);
     assert!(apply_split(&m, 12).is_err());
 }
+
+#[test]
+fn repair_file_decompression_bomb_is_refused() {
+    let (w, app) = world_at_v1();
+    let name = "2.0.0/manifest.json";
+    let m2: serde_json::Value =
+        serde_json::from_slice(&tamper::target_bytes(&w.repo, name)).unwrap();
+    let m1: serde_json::Value =
+        serde_json::from_slice(&tamper::target_bytes(&w.repo, "1.0.0/manifest.json")).unwrap();
+    let old: std::collections::BTreeMap<String, serde_json::Value> = m1["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| (e["path"].as_str().unwrap().to_string(), e["blake3"].clone()))
+        .collect();
+    // A file that changes from 1.0.0 to 2.0.0, so repair must fetch it.
+    let mut m = m2.clone();
+    let entry = m["entries"]
+        .as_array_mut()
+        .unwrap()
+        .iter_mut()
+        .find(|e| e["type"] == "file" && old.get(e["path"].as_str().unwrap()) != Some(&e["blake3"]))
+        .expect("a changed file");
+    // 1 GiB of zeros in a few tens of KiB, as the repair file of that content.
+    let mut enc =
+        zstd::Encoder::new(formats::container::header(ArtifactKind::Repair).to_vec(), 1).unwrap();
+    let zeros = vec![0u8; 1 << 20];
+    for _ in 0..1024 {
+        std::io::Write::write_all(&mut enc, &zeros).unwrap();
+    }
+    let bomb = enc.finish().unwrap();
+    let content: formats::Blake3 = entry["blake3"].as_str().unwrap().parse().unwrap();
+    let blob = w.repo.join(formats::layout::blob_path(&content));
+    std::fs::write(&blob, &bomb).unwrap();
+    entry["repair"] =
+        serde_json::json!({"size": bomb.len(), "blake3": formats::Blake3::of(&bomb).to_hex()});
+    tamper::replace_target(&w.repo, &[&key(&w)], name, &serde_json::to_vec(&m).unwrap());
+    let err = refused(&w, &app, &["--method", "repair"], "repair");
+    assert!(
+        !err.contains("tree digest"),
+        "refused for another reason: {err}"
+    );
+}

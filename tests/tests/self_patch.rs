@@ -17,7 +17,15 @@ fn build_demo(version: &str, out: &Path) {
     let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("demo-app/main.rs");
     std::fs::create_dir_all(out.parent().expect("parent")).expect("mkdir");
     let st = Command::new(std::env::var("RUSTC").unwrap_or_else(|_| "rustc".into()))
-        .args(["--edition", "2021", "-C", "opt-level=1", "-C", "strip=symbols", "-o"])
+        .args([
+            "--edition",
+            "2021",
+            "-C",
+            "opt-level=1",
+            "-C",
+            "strip=symbols",
+            "-o",
+        ])
         .arg(out)
         .arg(&src)
         .env("DEMO_VERSION", version)
@@ -126,7 +134,10 @@ fn stop(control: &Path, pid: u32) {
     while Path::new(&format!("/proc/{pid}")).exists() && start.elapsed() < Duration::from_secs(5) {
         std::thread::sleep(Duration::from_millis(20));
     }
-    let _ = Command::new("kill").args(["-9", &pid.to_string()]).stderr(Stdio::null()).status();
+    let _ = Command::new("kill")
+        .args(["-9", &pid.to_string()])
+        .stderr(Stdio::null())
+        .status();
 }
 
 #[test]
@@ -139,16 +150,29 @@ fn warm_patch_changes_the_resource_while_the_app_keeps_running_and_notifies_it()
     let control = w.path("control");
     let mut child = start_demo(&app, &control);
     let pid = child.id();
-    wait_log(&control, &["resource", &format!("pid={pid}"), "content=hello from 1"]);
+    wait_log(
+        &control,
+        &["resource", &format!("pid={pid}"), "content=hello from 1"],
+    );
     let mut argv = update_argv(&w, &app);
     argv.push("--notify".into());
     argv.push(format!("touch '{}'", control.join("reload").display()));
     request_update(&control, &argv);
     let done = wait_log(&control, &["update-done"]);
-    assert!(done.contains("outcome=in_place"), "{done}\n{}", read_log(&control));
+    assert!(
+        done.contains("outcome=in_place"),
+        "{done}\n{}",
+        read_log(&control)
+    );
     // The notify command ran after the patch was in place: the app reloaded the new content.
-    wait_log(&control, &["reloaded", &format!("pid={pid}"), "content=hello from 2"]);
-    assert!(child.try_wait().expect("try_wait").is_none(), "the app exited");
+    wait_log(
+        &control,
+        &["reloaded", &format!("pid={pid}"), "content=hello from 2"],
+    );
+    assert!(
+        child.try_wait().expect("try_wait").is_none(),
+        "the app exited"
+    );
     assert_same_tree(&app, &w.releases[1]);
     stop(&control, pid);
     let _ = child.wait();
@@ -176,19 +200,34 @@ fn cold_patch_hands_over_to_self_patcher_which_replaces_the_executable_and_relau
     ]);
     request_update(&control, &argv);
     let done = wait_log(&control, &["update-done"]);
-    assert!(done.contains("outcome=handed_over"), "{done}\n{}", read_log(&control));
+    assert!(
+        done.contains("outcome=handed_over"),
+        "{done}\n{}",
+        read_log(&control)
+    );
     // The program exits; self-patcher replaces it and starts the new version.
     let st = child.wait().expect("wait");
     assert!(st.success());
     let line = wait_log(&control, &["start", "version=2.0.0"]);
     let new_pid = pid_in(&line);
     assert_ne!(new_pid, pid);
-    wait_log(&control, &["resource", &format!("pid={new_pid}"), "version=2.0.0", "content=hello from 2"]);
+    wait_log(
+        &control,
+        &[
+            "resource",
+            &format!("pid={new_pid}"),
+            "version=2.0.0",
+            "content=hello from 2",
+        ],
+    );
     assert_same_tree(&app, &w.releases[1]);
     let c = last_json(&ok(w.apply_cmd("check", &app).arg("--json")));
     assert_eq!(c["up_to_date"], true);
     assert_eq!(c["installed"], "2.0.0");
-    assert!(!app.join(".patchkit/self-patch.json").exists(), "the finished plan is removed");
+    assert!(
+        !app.join(".patchkit/self-patch.json").exists(),
+        "the finished plan is removed"
+    );
     stop(&control, new_pid);
     // The update can be rolled back like any other.
     ok(cmd("patch-apply").args(["rollback", "--app-dir"]).arg(&app));
@@ -228,7 +267,10 @@ fn plan_world() -> PlanWorld {
         }
         std::fs::create_dir_all(v.join("bin")).expect("mkdir");
         std::fs::write(v.join("bin/app"), format!("#!/bin/sh\necho {tag}\n")).expect("write");
-        let _ = Command::new("chmod").arg("755").arg(v.join("bin/app")).status();
+        let _ = Command::new("chmod")
+            .arg("755")
+            .arg(v.join("bin/app"))
+            .status();
     }
     let keys = dir.path().join("keys");
     ok(cmd("patch-create").args(["keygen", "--out"]).arg(&keys));
@@ -247,7 +289,13 @@ fn plan_world() -> PlanWorld {
     let mut sleeper = Command::new("sleep").arg("600").spawn().expect("sleep");
     let out = ok(w
         .apply_cmd("apply", &template)
-        .args(["--json", "--hand-over", "--self-patcher", "/bin/true", "--wait-pid"])
+        .args([
+            "--json",
+            "--hand-over",
+            "--self-patcher",
+            "/bin/true",
+            "--wait-pid",
+        ])
         .arg(sleeper.id().to_string()));
     let _ = sleeper.kill();
     let _ = sleeper.wait();
@@ -260,18 +308,26 @@ fn plan_world() -> PlanWorld {
 fn plan_copy(pw: &PlanWorld, app: &Path) -> PathBuf {
     copy_tree(&pw.template, app);
     let plan = app.join(".patchkit/self-patch.json");
-    let mut v: serde_json::Value = serde_json::from_slice(&std::fs::read(&plan).expect("plan")).expect("json");
+    let mut v: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&plan).expect("plan")).expect("json");
     v["app_dir"] = serde_json::Value::String(app.display().to_string());
     v.as_object_mut().expect("object").remove("wait_pid");
     std::fs::write(&plan, serde_json::to_vec_pretty(&v).expect("json")).expect("write");
     plan
 }
 
-fn old_or_new(now: &BTreeMap<String, String>, old: &BTreeMap<String, String>, new: &BTreeMap<String, String>) {
+fn old_or_new(
+    now: &BTreeMap<String, String>,
+    old: &BTreeMap<String, String>,
+    new: &BTreeMap<String, String>,
+) {
     let paths: BTreeSet<&String> = old.keys().chain(new.keys()).chain(now.keys()).collect();
     for p in paths {
         let (n, o, w) = (now.get(p), old.get(p), new.get(p));
-        assert!(n == o || n == w, "{p}: {n:?} is neither old {o:?} nor new {w:?}");
+        assert!(
+            n == o || n == w,
+            "{p}: {n:?} is neither old {o:?} nor new {w:?}"
+        );
     }
 }
 
@@ -302,7 +358,9 @@ fn self_patcher_killed_at_points_spread_over_its_run_resumes_to_the_new_version(
             .spawn()
             .expect("spawn");
         std::thread::sleep(delay);
-        let _ = Command::new("kill").args(["-9", &child.id().to_string()]).status();
+        let _ = Command::new("kill")
+            .args(["-9", &child.id().to_string()])
+            .status();
         let st = child.wait().expect("wait");
         if !st.success() {
             interrupted += 1;
@@ -316,7 +374,10 @@ fn self_patcher_killed_at_points_spread_over_its_run_resumes_to_the_new_version(
         assert_same_tree(&app, &pw.w.releases[1]);
     }
     eprintln!("{interrupted} of {points} self-patcher runs were killed before finishing");
-    assert!(interrupted >= points / 2, "too few kills landed inside the run");
+    assert!(
+        interrupted >= points / 2,
+        "too few kills landed inside the run"
+    );
 }
 
 #[test]
@@ -327,7 +388,11 @@ fn self_patcher_plan_failing_half_way_restores_the_old_version_and_names_the_fil
     let victim = format!("data/d07/f{:05}.txt", 150);
     let path = app.join(&victim);
     // Root ignores permission bits: make the file immutable.
-    let st = Command::new("chattr").arg("+i").arg(&path).stderr(Stdio::null()).status();
+    let st = Command::new("chattr")
+        .arg("+i")
+        .arg(&path)
+        .stderr(Stdio::null())
+        .status();
     if !st.map(|s| s.success()).unwrap_or(false) {
         eprintln!("skipped: chattr +i is not supported here");
         return;
@@ -335,10 +400,18 @@ fn self_patcher_plan_failing_half_way_restores_the_old_version_and_names_the_fil
     let out = run(cmd("self-patcher").arg("--plan").arg(&plan));
     let _ = Command::new("chattr").arg("-i").arg(&path).status();
     let err = String::from_utf8_lossy(&out.stderr).into_owned();
-    assert!(!out.status.success(), "self-patcher succeeded over an immutable file");
-    assert!(err.contains(&victim), "the error does not name {victim}: {err}");
+    assert!(
+        !out.status.success(),
+        "self-patcher succeeded over an immutable file"
+    );
+    assert!(
+        err.contains(&victim),
+        "the error does not name {victim}: {err}"
+    );
     assert_same_tree(&app, &pw.w.releases[0]);
-    let rec: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(app.join(".patchkit/installed.json")).unwrap_or_default()).unwrap_or_default();
+    let rec: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(app.join(".patchkit/installed.json")).unwrap_or_default(),
+    )
+    .unwrap_or_default();
     assert_ne!(rec["version"], "2.0.0", "the new version was recorded");
 }
