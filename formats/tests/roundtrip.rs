@@ -1,4 +1,5 @@
 //! Property tests: parsing what was serialized gives the same metadata.
+#![allow(clippy::unwrap_used)] // Tests fail loudly on unexpected errors.
 use std::collections::BTreeMap;
 
 use formats::keys::KeyPair;

@@ -502,6 +502,9 @@ pub fn release(opts: &ReleaseOptions, progress: &dyn Progress) -> Result<Release
     })
 }
 
+/// A patch archive member: name and bytes.
+pub type Member = (String, Vec<u8>);
+
 /// Normalizes a path for matching renamed files: digits and dots runs collapse, so
 /// `numpy-2.1.2.dist-info/RECORD` and `numpy-2.1.3.dist-info/RECORD` match.
 fn fuzzy_key(p: &RelPath) -> String {
@@ -545,7 +548,7 @@ pub fn build_patch(
     old_source: &ContentSource,
     encode: &EncodeOptions,
     progress: &dyn Progress,
-) -> Result<(PatchInfo, Vec<(String, Vec<u8>)>)> {
+) -> Result<(PatchInfo, Vec<Member>)> {
     let old_by_path = old.by_path();
     let mut old_by_hash: BTreeMap<Blake3, &Entry> = BTreeMap::new();
     let mut old_by_fuzzy: BTreeMap<String, Vec<&Entry>> = BTreeMap::new();
@@ -597,7 +600,7 @@ pub fn build_patch(
         .map(|o| o.path.clone())
         .collect();
     progress.start(&format!("diff {} -> {}", old.version, new.version), plans.len() as u64);
-    let results: Vec<Result<(PatchOp, Option<(String, Vec<u8>)>)>> = plans
+    let results: Vec<Result<(PatchOp, Option<Member>)>> = plans
         .par_iter()
         .enumerate()
         .map(|(i, (e, plan))| {

@@ -128,7 +128,7 @@ pub fn verify(repo: &Path, key: &PublicKey) -> Result<VerifyReport> {
     let mut problems = Vec::new();
     let mut checked: BTreeMap<String, u64> = BTreeMap::new();
     let mut referenced: BTreeSet<String> = BTreeSet::new();
-    let (set, _) = match trust::refresh(&tr, &[key.clone()], &StoredTrust::default(), formats::time_util::now(), &limits) {
+    let (set, _) = match trust::refresh(&tr, std::slice::from_ref(key), &StoredTrust::default(), formats::time_util::now(), &limits) {
         Ok(x) => x,
         Err(e) => {
             return Ok(VerifyReport {

@@ -1,5 +1,6 @@
 //! Acceptance of "Core 2": `patch-apply` recognises installs, picks the cheapest method,
 //! repairs exactly what differs, and refuses what it cannot trust with the app dir unchanged.
+#![allow(clippy::unwrap_used)] // Tests fail loudly on unexpected errors.
 use e2e_tests::*;
 
 #[test]

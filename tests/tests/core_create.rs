@@ -1,5 +1,6 @@
 //! Acceptance of "Core 1": `patch-create` writes a repository that `verify` accepts, refuses bad
 //! input with the repository unchanged, and detects any changed byte.
+#![allow(clippy::unwrap_used)] // Tests fail loudly on unexpected errors.
 use std::collections::BTreeMap;
 use std::path::Path;
 

@@ -1,4 +1,5 @@
 //! The smallest end-to-end run: release two versions, update v1 to v2.
+#![allow(clippy::unwrap_used)] // Tests fail loudly on unexpected errors.
 use e2e_tests::*;
 
 #[test]
