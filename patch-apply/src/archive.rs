@@ -37,7 +37,12 @@ pub struct UnpackedPatch {
 
 /// Unpacks the patch archive at `path` into `dest` (created). Members are stored under
 /// generated names, never under names from the archive.
-pub fn unpack_patch(path: &Path, what: &str, dest: &Path, limits: &Limits) -> Result<UnpackedPatch> {
+pub fn unpack_patch(
+    path: &Path,
+    what: &str,
+    dest: &Path,
+    limits: &Limits,
+) -> Result<UnpackedPatch> {
     let stream = open_stream(path, what, ArtifactKind::Patch, limits.max_decompressed)?;
     let mut ar = tar::Archive::new(stream);
     fs::create_dir_all(dest).at(dest)?;
@@ -74,7 +79,9 @@ pub fn unpack_patch(path: &Path, what: &str, dest: &Path, limits: &Limits) -> Re
             return Err(bad(format!("member {name:?} is not a regular file")));
         }
         let Some(&size) = expected.get(&name) else {
-            return Err(bad(format!("member {name:?} is not listed in the patch info")));
+            return Err(bad(format!(
+                "member {name:?} is not listed in the patch info"
+            )));
         };
         if members.contains_key(&name) {
             return Err(bad(format!("member {name:?} appears twice")));
@@ -87,15 +94,22 @@ pub fn unpack_patch(path: &Path, what: &str, dest: &Path, limits: &Limits) -> Re
         }
         let out = dest.join(format!("m{i}"));
         let mut f = File::create(&out).at(&out)?;
-        let n = std::io::copy(&mut (&mut entry).take(size), &mut f).map_err(|e| bad(format!("member {name:?}: {e}")))?;
+        let n = std::io::copy(&mut (&mut entry).take(size), &mut f)
+            .map_err(|e| bad(format!("member {name:?}: {e}")))?;
         if n != size {
             return Err(bad(format!("member {name:?} is truncated")));
         }
         members.insert(name, out);
     }
     if members.len() != expected.len() {
-        let missing: Vec<_> = expected.keys().filter(|k| !members.contains_key(*k)).take(3).collect();
-        return Err(bad(format!("members missing from the archive: {missing:?}")));
+        let missing: Vec<_> = expected
+            .keys()
+            .filter(|k| !members.contains_key(*k))
+            .take(3)
+            .collect();
+        return Err(bad(format!(
+            "members missing from the archive: {missing:?}"
+        )));
     }
     Ok(UnpackedPatch { info, members })
 }
@@ -110,9 +124,9 @@ pub fn extract_installer(
     dest: &Path,
     limits: &Limits,
 ) -> Result<()> {
-    let bound = manifest
-        .total_file_bytes()
-        .saturating_add((manifest.entries.len() as u64 + 4).saturating_mul(3 * 512 + limits.max_archive_header));
+    let bound = manifest.total_file_bytes().saturating_add(
+        (manifest.entries.len() as u64 + 4).saturating_mul(3 * 512 + limits.max_archive_header),
+    );
     let stream = open_stream(path, what, ArtifactKind::Installer, bound)?;
     let mut ar = tar::Archive::new(stream);
     let bad = |r: String| Error::bad(what, r);
@@ -126,7 +140,10 @@ pub fn extract_installer(
             .map_err(|_| bad("entry name is not UTF-8".into()))?;
         let rel = RelPath::new(raw.trim_end_matches('/')).map_err(|e| bad(e.to_string()))?;
         let Some(me) = by_path.get(&rel) else {
-            return Err(bad(format!("entry {rel} is not part of release {}", manifest.version)));
+            return Err(bad(format!(
+                "entry {rel} is not part of release {}",
+                manifest.version
+            )));
         };
         if !seen.insert(rel.clone()) {
             return Err(bad(format!("entry {rel} appears twice")));
@@ -139,15 +156,26 @@ pub fn extract_installer(
             }
             (Node::File { size, blake3, exec }, tar::EntryType::Regular) => {
                 if entry.size() != *size {
-                    return Err(bad(format!("entry {rel} has {} bytes, release says {size}", entry.size())));
+                    return Err(bad(format!(
+                        "entry {rel} has {} bytes, release says {size}",
+                        entry.size()
+                    )));
                 }
                 if let Some(parent) = target.parent() {
                     fs::create_dir_all(parent).at(parent)?;
                 }
-                let f = File::options().write(true).create_new(true).open(&target).at(&target)?;
-                let pin = Pin { size: *size, blake3: *blake3 };
+                let f = File::options()
+                    .write(true)
+                    .create_new(true)
+                    .open(&target)
+                    .at(&target)?;
+                let pin = Pin {
+                    size: *size,
+                    blake3: *blake3,
+                };
                 let mut w = CheckedWriter::new(BufWriter::new(f), &format!("{what}: {rel}"), pin);
-                std::io::copy(&mut (&mut entry).take(*size), &mut w).map_err(|e| bad(format!("{rel}: {e}")))?;
+                std::io::copy(&mut (&mut entry).take(*size), &mut w)
+                    .map_err(|e| bad(format!("{rel}: {e}")))?;
                 let mut inner = w.finish()?;
                 inner.flush().at(&target)?;
                 set_exec(&target, *exec)?;
@@ -158,18 +186,30 @@ pub fn extract_installer(
                     .map(|b| String::from_utf8_lossy(&b).into_owned())
                     .unwrap_or_default();
                 if &lt != t {
-                    return Err(bad(format!("symlink {rel} points to {lt:?}, release says {t:?}")));
+                    return Err(bad(format!(
+                        "symlink {rel} points to {lt:?}, release says {t:?}"
+                    )));
                 }
                 links.push((target, t.clone()));
             }
             (_, et) => {
-                return Err(bad(format!("entry {rel} has type {et:?}, which does not match the release")));
+                return Err(bad(format!(
+                    "entry {rel} has type {et:?}, which does not match the release"
+                )));
             }
         }
     }
     if seen.len() != manifest.entries.len() {
-        let missing: Vec<_> = manifest.entries.iter().filter(|e| !seen.contains(&e.path)).take(3).map(|e| e.path.to_string()).collect();
-        return Err(bad(format!("entries missing from the installer: {missing:?}")));
+        let missing: Vec<_> = manifest
+            .entries
+            .iter()
+            .filter(|e| !seen.contains(&e.path))
+            .take(3)
+            .map(|e| e.path.to_string())
+            .collect();
+        return Err(bad(format!(
+            "entries missing from the installer: {missing:?}"
+        )));
     }
     for (link, t) in links {
         make_symlink(&t, &link)?;
@@ -200,7 +240,10 @@ pub fn make_symlink(target: &str, link: &Path) -> Result<()> {
     #[cfg(not(unix))]
     {
         let _ = target;
-        return Err(Error::io(link, std::io::Error::other("symlinks need a unix system")));
+        return Err(Error::io(
+            link,
+            std::io::Error::other("symlinks need a unix system"),
+        ));
     }
     Ok(())
 }

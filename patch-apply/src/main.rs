@@ -12,7 +12,11 @@ use indicatif::{ProgressBar, ProgressStyle};
 use patch_apply::{Config, Event, Method, MethodChoice, Updater};
 
 #[derive(Parser)]
-#[command(name = "patch-apply", version, about = "Update an installed app from a signed patch repository")]
+#[command(
+    name = "patch-apply",
+    version,
+    about = "Update an installed app from a signed patch repository"
+)]
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
@@ -49,7 +53,12 @@ enum Cmd {
         #[arg(long, value_name = "PID", requires = "hand_over")]
         wait_pid: Option<u32>,
         /// Seconds self-patcher waits for that process to exit.
-        #[arg(long, value_name = "SECS", default_value_t = 60, requires = "hand_over")]
+        #[arg(
+            long,
+            value_name = "SECS",
+            default_value_t = 60,
+            requires = "hand_over"
+        )]
         wait_timeout: u64,
         /// Run CMD (through `sh -c`) once an update is in place without a hand-over, e.g.
         /// `kill -HUP 1234` to make a running app reload its resources after a warm patch.
@@ -131,7 +140,8 @@ struct NetArgs {
 }
 
 fn secs(name: &str, v: f64) -> Result<std::time::Duration> {
-    std::time::Duration::try_from_secs_f64(v).with_context(|| format!("--{name} {v} is not a duration in seconds"))
+    std::time::Duration::try_from_secs_f64(v)
+        .with_context(|| format!("--{name} {v} is not a duration in seconds"))
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -145,12 +155,18 @@ enum MethodArg {
 fn config(c: &Common) -> Result<Config> {
     let mut keys = Vec::new();
     for k in &c.public_keys {
-        let bytes = std::fs::read(k).with_context(|| format!("cannot read public key {}", k.display()))?;
-        keys.push(formats::keys::PublicKey::from_json(&k.display().to_string(), &bytes)?);
+        let bytes =
+            std::fs::read(k).with_context(|| format!("cannot read public key {}", k.display()))?;
+        keys.push(formats::keys::PublicKey::from_json(
+            &k.display().to_string(),
+            &bytes,
+        )?);
     }
     let mut attrs = BTreeMap::new();
     for t in &c.targets {
-        let (k, v) = t.split_once('=').with_context(|| format!("--target {t:?} is not KEY=VALUE"))?;
+        let (k, v) = t
+            .split_once('=')
+            .with_context(|| format!("--target {t:?} is not KEY=VALUE"))?;
         attrs.insert(k.to_string(), v.to_string());
     }
     let mut cfg = Config::new(&c.app_dir, c.repos[0].clone(), keys.remove(0));
@@ -173,14 +189,17 @@ fn config(c: &Common) -> Result<Config> {
 }
 
 fn event_printer(json: bool) -> impl Fn(&Event) + Send + Sync + 'static {
-    let bar: Option<Arc<Mutex<ProgressBar>>> = (!json && std::io::stderr().is_terminal()).then(|| {
-        let pb = ProgressBar::new(0);
-        pb.set_style(
-            ProgressStyle::with_template("{msg:>8} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}")
+    let bar: Option<Arc<Mutex<ProgressBar>>> =
+        (!json && std::io::stderr().is_terminal()).then(|| {
+            let pb = ProgressBar::new(0);
+            pb.set_style(
+                ProgressStyle::with_template(
+                    "{msg:>8} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
+                )
                 .unwrap_or_else(|_| ProgressStyle::default_bar()),
-        );
-        Arc::new(Mutex::new(pb))
-    });
+            );
+            Arc::new(Mutex::new(pb))
+        });
     move |e: &Event| {
         if json {
             if let Ok(s) = serde_json::to_string(e) {
@@ -190,7 +209,14 @@ fn event_printer(json: bool) -> impl Fn(&Event) + Send + Sync + 'static {
         }
         match (e, &bar) {
             // One bar for the bytes of the download phase (totals cover parallel downloads).
-            (Event::Progress { phase: "download", done, total }, Some(b)) => {
+            (
+                Event::Progress {
+                    phase: "download",
+                    done,
+                    total,
+                },
+                Some(b),
+            ) => {
                 if let Ok(b) = b.lock() {
                     b.set_message("download");
                     b.set_length(*total);
@@ -214,8 +240,12 @@ fn event_printer(json: bool) -> impl Fn(&Event) + Send + Sync + 'static {
                     }
                 }
             }
-            (Event::Plan { method, bytes, .. }, _) => eprintln!("plan: {method}, {bytes} bytes to download"),
-            (Event::Fallback { method, error }, _) => eprintln!("{method} failed ({error}); trying the next method"),
+            (Event::Plan { method, bytes, .. }, _) => {
+                eprintln!("plan: {method}, {bytes} bytes to download")
+            }
+            (Event::Fallback { method, error }, _) => {
+                eprintln!("{method} failed ({error}); trying the next method")
+            }
             (Event::Warning { message }, _) => eprintln!("warning: {message}"),
             _ => {}
         }
@@ -231,14 +261,26 @@ fn run() -> Result<()> {
             if let (false, Some(m)) = (c.json, &r.maintenance) {
                 println!(
                     "repository under maintenance{}; updates are paused{}",
-                    if m.message.is_empty() { String::new() } else { format!(": {}", m.message) },
-                    if m.app_may_start { "" } else { " and the app should not start" }
+                    if m.message.is_empty() {
+                        String::new()
+                    } else {
+                        format!(": {}", m.message)
+                    },
+                    if m.app_may_start {
+                        ""
+                    } else {
+                        " and the app should not start"
+                    }
                 );
             }
             if c.json {
                 println!("{}", serde_json::to_string(&r)?);
             } else if r.up_to_date {
-                println!("{} is up to date ({})", c.app_dir.display(), r.latest.unwrap_or_default());
+                println!(
+                    "{} is up to date ({})",
+                    c.app_dir.display(),
+                    r.latest.unwrap_or_default()
+                );
             } else {
                 println!(
                     "installed: {}, latest: {}; would use {} ({} bytes){}",
@@ -246,7 +288,11 @@ fn run() -> Result<()> {
                     r.latest.as_deref().unwrap_or("none"),
                     r.method,
                     r.download_bytes,
-                    if r.restart_required { ", restart required" } else { "" }
+                    if r.restart_required {
+                        ", restart required"
+                    } else {
+                        ""
+                    }
                 );
                 if let Some(n) = r.note {
                     println!("note: {n}");
@@ -254,7 +300,18 @@ fn run() -> Result<()> {
             }
             Ok(())
         }
-        Cmd::Apply { common, method, allow_downgrade, ignore_running, hand_over, self_patcher, wait_pid, wait_timeout, notify, relaunch } => {
+        Cmd::Apply {
+            common,
+            method,
+            allow_downgrade,
+            ignore_running,
+            hand_over,
+            self_patcher,
+            wait_pid,
+            wait_timeout,
+            notify,
+            relaunch,
+        } => {
             let mut cfg = config(&common)?;
             cfg.allow_downgrade = allow_downgrade;
             cfg.check_running = !ignore_running;
@@ -270,8 +327,13 @@ fn run() -> Result<()> {
                     self_patcher: match self_patcher {
                         Some(p) => p,
                         None => std::env::current_exe()
-                            .context("cannot locate this executable to find self-patcher next to it")?
-                            .with_file_name(format!("self-patcher{}", std::env::consts::EXE_SUFFIX)),
+                            .context(
+                                "cannot locate this executable to find self-patcher next to it",
+                            )?
+                            .with_file_name(format!(
+                                "self-patcher{}",
+                                std::env::consts::EXE_SUFFIX
+                            )),
                     },
                     wait_pid: wait_pid.unwrap_or_else(std::os::unix::process::parent_id),
                     wait_timeout: std::time::Duration::from_secs(wait_timeout),
@@ -283,7 +345,12 @@ fn run() -> Result<()> {
                     out @ patch_apply::ApplyOutcome::HandedOver { .. } => {
                         if common.json {
                             println!("{}", serde_json::to_string(&out)?);
-                        } else if let patch_apply::ApplyOutcome::HandedOver { report, self_patcher_pid, plan } = &out {
+                        } else if let patch_apply::ApplyOutcome::HandedOver {
+                            report,
+                            self_patcher_pid,
+                            plan,
+                        } = &out
+                        {
                             println!(
                                 "update to {} staged; handed over to self-patcher (pid {self_patcher_pid}, plan {}); exit the app (pid {}) to finish it",
                                 report.to,
@@ -302,13 +369,24 @@ fn run() -> Result<()> {
                     .arg("-c")
                     .arg(cmd)
                     .status()
-                    .with_context(|| format!("update to {} is in place, but --notify {cmd:?} could not start", r.to))?;
+                    .with_context(|| {
+                        format!(
+                            "update to {} is in place, but --notify {cmd:?} could not start",
+                            r.to
+                        )
+                    })?;
                 if !st.success() {
-                    bail!("update to {} is in place, but --notify {cmd:?} failed ({st})", r.to);
+                    bail!(
+                        "update to {} is in place, but --notify {cmd:?} failed ({st})",
+                        r.to
+                    );
                 }
             }
             if common.json && hand_over {
-                println!("{}", serde_json::to_string(&patch_apply::ApplyOutcome::InPlace { report: r })?);
+                println!(
+                    "{}",
+                    serde_json::to_string(&patch_apply::ApplyOutcome::InPlace { report: r })?
+                );
             } else if common.json {
                 println!("{}", serde_json::to_string(&r)?);
             } else if r.method == "none" {
@@ -321,7 +399,11 @@ fn run() -> Result<()> {
                     r.to,
                     r.method,
                     r.downloaded_bytes,
-                    if r.fallbacks.is_empty() { String::new() } else { format!("; fell back after: {}", r.fallbacks.join("; ")) }
+                    if r.fallbacks.is_empty() {
+                        String::new()
+                    } else {
+                        format!("; fell back after: {}", r.fallbacks.join("; "))
+                    }
                 );
             }
             Ok(())
@@ -349,7 +431,10 @@ fn run() -> Result<()> {
             if json {
                 println!("{}", serde_json::json!({ "restored": v }));
             } else {
-                println!("rolled back to {}", v.as_deref().unwrap_or("the previous state"));
+                println!(
+                    "rolled back to {}",
+                    v.as_deref().unwrap_or("the previous state")
+                );
             }
             Ok(())
         }

@@ -50,7 +50,11 @@ pub struct MethodCost {
 /// total bytes. Ties are broken by fewer patches, then by the lower intermediate versions.
 /// Patches only lead to newer versions, so the graph is acyclic and versions are processed in
 /// ascending order.
-pub fn cheapest_chain(edges: &[PatchEdge], from: &Version, to: &Version) -> Option<(Vec<usize>, u64)> {
+pub fn cheapest_chain(
+    edges: &[PatchEdge],
+    from: &Version,
+    to: &Version,
+) -> Option<(Vec<usize>, u64)> {
     if from == to {
         return Some((Vec::new(), 0));
     }
@@ -69,12 +73,19 @@ pub fn cheapest_chain(edges: &[PatchEdge], from: &Version, to: &Version) -> Opti
             if &e.to != v {
                 continue;
             }
-            let Some((b, h, p)) = best.get(&e.from) else { continue };
-            let c = (b.saturating_add(e.target.length), h + 1, {
-                let mut p = p.clone();
-                p.push(i);
-                p
-            }, &e.from);
+            let Some((b, h, p)) = best.get(&e.from) else {
+                continue;
+            };
+            let c = (
+                b.saturating_add(e.target.length),
+                h + 1,
+                {
+                    let mut p = p.clone();
+                    p.push(i);
+                    p
+                },
+                &e.from,
+            );
             let better = match &cand {
                 None => true,
                 Some(x) => (c.0, c.1, c.3) < (x.0, x.1, x.3),
@@ -117,13 +128,22 @@ mod tests {
             from: v(from),
             to: v(to),
             name: format!("{to}/patch-from-{from}.patch"),
-            target: TargetFile { length: len, hashes: Default::default(), custom: None },
+            target: TargetFile {
+                length: len,
+                hashes: Default::default(),
+                custom: None,
+            },
         }
     }
 
     fn check(edges: &[PatchEdge], from: &str, to: &str, expected: Option<(&[&str], u64)>) {
         let got = cheapest_chain(edges, &v(from), &v(to)).map(|(p, b)| {
-            (p.iter().map(|&i| edges[i].to.to_string()).collect::<Vec<_>>(), b)
+            (
+                p.iter()
+                    .map(|&i| edges[i].to.to_string())
+                    .collect::<Vec<_>>(),
+                b,
+            )
         });
         let want = expected.map(|(p, b)| (p.iter().map(|s| s.to_string()).collect::<Vec<_>>(), b));
         assert_eq!(got, want);
@@ -172,8 +192,17 @@ mod tests {
 
     #[test]
     fn order_sorts_by_bytes() {
-        let c = |m, b| MethodCost { method: m, bytes: b, unavailable: None, chain: vec![] };
-        let o = order(&[c(Method::Installer, Some(50)), c(Method::Repair, Some(50)), c(Method::Incremental, None)]);
+        let c = |m, b| MethodCost {
+            method: m,
+            bytes: b,
+            unavailable: None,
+            chain: vec![],
+        };
+        let o = order(&[
+            c(Method::Installer, Some(50)),
+            c(Method::Repair, Some(50)),
+            c(Method::Incremental, None),
+        ]);
         assert_eq!(o, vec![Method::Repair, Method::Installer]);
     }
 }

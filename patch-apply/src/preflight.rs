@@ -90,7 +90,11 @@ pub fn check_not_running(app_dir: &Path, allow_pid: Option<u32>) -> Result<()> {
             "the app is running from {} (pid {pid}, {}); close it first{}",
             app_dir.display(),
             exe.display(),
-            if running.len() > 1 { format!(" ({} processes)", running.len()) } else { String::new() }
+            if running.len() > 1 {
+                format!(" ({} processes)", running.len())
+            } else {
+                String::new()
+            }
         )));
     }
     Ok(())

@@ -86,7 +86,10 @@ impl RepoView {
                         .ok_or_else(|| Error::bad(name.as_str(), "patch target has no `from`"))?;
                     let to = need_version()?;
                     if from >= to {
-                        return Err(Error::bad(name.as_str(), "patch does not lead to a newer version"));
+                        return Err(Error::bad(
+                            name.as_str(),
+                            "patch does not lead to a newer version",
+                        ));
                     }
                     view.patches.push(PatchEdge {
                         from,
@@ -112,8 +115,15 @@ impl RepoView {
 
     /// The newest release this client may install: same channel (a release without channel is
     /// on `stable`) and every targeting constraint met by the client's attributes.
-    pub fn latest_for(&self, channel: &str, attrs: &BTreeMap<String, String>) -> Option<&ReleaseRef> {
-        self.releases.iter().rev().find(|r| eligible(r, channel, attrs))
+    pub fn latest_for(
+        &self,
+        channel: &str,
+        attrs: &BTreeMap<String, String>,
+    ) -> Option<&ReleaseRef> {
+        self.releases
+            .iter()
+            .rev()
+            .find(|r| eligible(r, channel, attrs))
     }
 
     /// The newest release overall, whether or not this client may install it.
@@ -125,7 +135,11 @@ impl RepoView {
 /// Whether a client on `channel` with `attrs` may install `r`.
 pub fn eligible(r: &ReleaseRef, channel: &str, attrs: &BTreeMap<String, String>) -> bool {
     let rc = r.custom.channel.as_deref().unwrap_or("stable");
-    rc == channel && r.custom.targeting.iter().all(|(k, v)| attrs.get(k) == Some(v))
+    rc == channel
+        && r.custom
+            .targeting
+            .iter()
+            .all(|(k, v)| attrs.get(k) == Some(v))
 }
 
 /// What a target must be when downloaded.
@@ -144,9 +158,11 @@ pub fn target_path(name: &str, t: &TargetFile) -> Result<String> {
 /// Fetches a small target into memory and checks its length and hashes.
 pub fn fetch_small(tr: &dyn Transport, name: &str, t: &TargetFile) -> Result<Vec<u8>> {
     let path = target_path(name, t)?;
-    let bytes = tr.get_small(&path, t.length)?.ok_or_else(|| Error::NotFound {
-        url: format!("{}/{path}", tr.describe()),
-    })?;
+    let bytes = tr
+        .get_small(&path, t.length)?
+        .ok_or_else(|| Error::NotFound {
+            url: format!("{}/{path}", tr.describe()),
+        })?;
     let what = format!("{}/{path}", tr.describe());
     t.pin(name)?.check(&what, &bytes)?;
     let sha = formats::Sha256::of(&bytes);
@@ -162,17 +178,27 @@ pub fn fetch_small(tr: &dyn Transport, name: &str, t: &TargetFile) -> Result<Vec
 }
 
 /// Fetches and parses a release manifest, checking it names the expected app and version.
-pub fn fetch_manifest(tr: &dyn Transport, r: &ReleaseRef, limits: &Limits) -> Result<ReleaseManifest> {
+pub fn fetch_manifest(
+    tr: &dyn Transport,
+    r: &ReleaseRef,
+    limits: &Limits,
+) -> Result<ReleaseManifest> {
     let bytes = fetch_small(tr, &r.manifest_name, &r.manifest)?;
     let m = ReleaseManifest::from_json(&r.manifest_name, &bytes, limits)?;
     if m.version != r.version {
         return Err(Error::bad(
             &r.manifest_name,
-            format!("manifest says version {}, targets metadata says {}", m.version, r.version),
+            format!(
+                "manifest says version {}, targets metadata says {}",
+                m.version, r.version
+            ),
         ));
     }
     if Some(m.tree_digest()) != r.custom.tree {
-        return Err(Error::bad(&r.manifest_name, "tree digest differs from targets metadata"));
+        return Err(Error::bad(
+            &r.manifest_name,
+            "tree digest differs from targets metadata",
+        ));
     }
     Ok(m)
 }

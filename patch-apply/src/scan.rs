@@ -84,10 +84,7 @@ pub fn scan_with(
         }
         Err(e) => return Err(Error::io(root, e)),
         Ok(m) if !m.is_dir() => {
-            return Err(Error::io(
-                root,
-                std::io::Error::other("not a directory"),
-            ))
+            return Err(Error::io(root, std::io::Error::other("not a directory")))
         }
         Ok(_) => {}
     }
@@ -104,13 +101,20 @@ pub fn scan_with(
     while let Some(item) = walker.next() {
         let entry = item.map_err(|e| {
             let p = e.path().unwrap_or(root).to_path_buf();
-            Error::io(p, e.into_io_error().unwrap_or_else(|| std::io::Error::other("walk error")))
+            Error::io(
+                p,
+                e.into_io_error()
+                    .unwrap_or_else(|| std::io::Error::other("walk error")),
+            )
         })?;
         let abs = entry.path();
         let rel_fs = abs.strip_prefix(root).unwrap_or(abs);
         let ft = entry.file_type();
         if strictness == Strictness::Install
-            && rel_fs.components().next().and_then(|c| c.as_os_str().to_str())
+            && rel_fs
+                .components()
+                .next()
+                .and_then(|c| c.as_os_str().to_str())
                 == Some(formats::layout::STATE_DIR)
         {
             if ft.is_dir() {
@@ -153,7 +157,10 @@ pub fn scan_with(
                 (t, _) => {
                     if strictness == Strictness::Release {
                         return Err(Error::Format(formats::Error::UnsafePath {
-                            path: format!("{rel} -> {}", t.unwrap_or_else(|| target.to_string_lossy().into_owned())),
+                            path: format!(
+                                "{rel} -> {}",
+                                t.unwrap_or_else(|| target.to_string_lossy().into_owned())
+                            ),
                             reason: "symlink points outside the tree",
                         }));
                     }
@@ -162,7 +169,11 @@ pub fn scan_with(
             }
         } else if ft.is_file() {
             let meta = entry.metadata().map_err(|e| {
-                Error::io(abs, e.into_io_error().unwrap_or_else(|| std::io::Error::other("stat failed")))
+                Error::io(
+                    abs,
+                    e.into_io_error()
+                        .unwrap_or_else(|| std::io::Error::other("stat failed")),
+                )
             })?;
             files.push((rel, abs.to_path_buf(), is_exec(&meta), Stamp::of(&meta)));
         } else {

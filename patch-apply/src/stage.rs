@@ -95,7 +95,11 @@ pub fn stage_repair(ctx: &StageCtx, manifest: &ReleaseManifest, current: &Tree) 
         }
     }
     // Each content is downloaded once, however many paths hold it.
-    let total: u64 = by_content.values().filter_map(|es| es[0].repair).map(|r| r.size).sum();
+    let total: u64 = by_content
+        .values()
+        .filter_map(|es| es[0].repair)
+        .map(|r| r.size)
+        .sum();
     std::fs::create_dir_all(&ctx.staging).at(&ctx.staging)?;
     let groups: Vec<(usize, &Vec<&Entry>)> = by_content.values().enumerate().collect();
     // Downloads run in their own pool (as many at once as the transport allows), decoding in
@@ -106,11 +110,22 @@ pub fn stage_repair(ctx: &StageCtx, manifest: &ReleaseManifest, current: &Tree) 
             .par_iter()
             .map(|(_, entries)| {
                 let e = entries[0];
-                let pin = e.node.file_pin().ok_or_else(|| Error::bad(e.path.as_str(), "not a file"))?;
+                let pin = e
+                    .node
+                    .file_pin()
+                    .ok_or_else(|| Error::bad(e.path.as_str(), "not a file"))?;
                 let repair = e.repair.ok_or_else(|| {
                     Error::bad(e.path.as_str(), "the release has no repair file for it")
                 })?;
-                ctx.fetch(&layout::blob_path(&pin.blake3), &Expected { pin: repair, sha256: None }, total, &done)
+                ctx.fetch(
+                    &layout::blob_path(&pin.blake3),
+                    &Expected {
+                        pin: repair,
+                        sha256: None,
+                    },
+                    total,
+                    &done,
+                )
             })
             .collect::<Result<Vec<PathBuf>>>()
     })?;
@@ -119,7 +134,10 @@ pub fn stage_repair(ctx: &StageCtx, manifest: &ReleaseManifest, current: &Tree) 
         .zip(fetched.par_iter())
         .map(|((i, entries), file)| {
             let e = entries[0];
-            let pin = e.node.file_pin().ok_or_else(|| Error::bad(e.path.as_str(), "not a file"))?;
+            let pin = e
+                .node
+                .file_pin()
+                .ok_or_else(|| Error::bad(e.path.as_str(), "not a file"))?;
             let blob = layout::blob_path(&pin.blake3);
             let first = ctx.staging.join(format!("r{i}"));
             crate::archive::decode_repair(file, &blob, pin, &first)?;
@@ -141,13 +159,23 @@ pub fn stage_repair(ctx: &StageCtx, manifest: &ReleaseManifest, current: &Tree) 
 
 /// Installer: fetch the whole archive, extract it (checked against the manifest), and stage
 /// the files that differ.
-pub fn stage_installer(ctx: &StageCtx, release: &ReleaseRef, manifest: &ReleaseManifest, current: &Tree) -> Result<Staged> {
+pub fn stage_installer(
+    ctx: &StageCtx,
+    release: &ReleaseRef,
+    manifest: &ReleaseManifest,
+    current: &Tree,
+) -> Result<Staged> {
     let (name, target) = release
         .installer
         .as_ref()
         .ok_or_else(|| Error::bad(release.manifest_name.as_str(), "release has no installer"))?;
     let path = target_path(name, target)?;
-    let file = ctx.fetch(&path, &expected(name, target)?, target.length, &AtomicU64::new(0))?;
+    let file = ctx.fetch(
+        &path,
+        &expected(name, target)?,
+        target.length,
+        &AtomicU64::new(0),
+    )?;
     let tree = ctx.staging.join("tree");
     (ctx.events)(&Event::Phase { phase: "apply" });
     crate::archive::extract_installer(&file, &path, manifest, &tree, ctx.limits)?;
@@ -194,13 +222,19 @@ pub fn stage_incremental(
         let unpacked = crate::archive::unpack_patch(file, &path, &dir.join("members"), ctx.limits)?;
         let info = &unpacked.info;
         if info.from != edge.from || info.to != edge.to || info.app != manifest.app {
-            return Err(Error::bad(&path, format!(
-                "patch info says {} {} -> {}, targets metadata says {} {} -> {}",
-                info.app, info.from, info.to, manifest.app, edge.from, edge.to
-            )));
+            return Err(Error::bad(
+                &path,
+                format!(
+                    "patch info says {} {} -> {}, targets metadata says {} {} -> {}",
+                    info.app, info.from, info.to, manifest.app, edge.from, edge.to
+                ),
+            ));
         }
         if info.from_tree != tree {
-            return Err(Error::bad(&path, "patch was built for a different tree than the one installed"));
+            return Err(Error::bad(
+                &path,
+                "patch was built for a different tree than the one installed",
+            ));
         }
         let out_dir = dir.join("out");
         std::fs::create_dir_all(&out_dir).at(&out_dir)?;
@@ -213,20 +247,39 @@ pub fn stage_incremental(
             .map(|(j, op)| {
                 let source = match op.encoding.source() {
                     Some(s) => Some(loc.get(s).ok_or_else(|| {
-                        Error::bad(&path, format!("{} reads {s}, which the installed version does not have", op.path))
+                        Error::bad(
+                            &path,
+                            format!(
+                                "{} reads {s}, which the installed version does not have",
+                                op.path
+                            ),
+                        )
                     })?),
                     None => None,
                 };
                 let member = match op.encoding.member() {
-                    Some((m, _)) => Some(unpacked.members.get(m).ok_or_else(|| {
-                        Error::bad(&path, format!("member {m} missing"))
-                    })?),
+                    Some((m, _)) => Some(
+                        unpacked
+                            .members
+                            .get(m)
+                            .ok_or_else(|| Error::bad(&path, format!("member {m} missing")))?,
+                    ),
                     None => None,
                 };
                 let out = out_dir.join(format!("f{j}"));
-                crate::decode::produce(&path, op, source.map(PathBuf::as_path), member.map(PathBuf::as_path), &out)?;
+                crate::decode::produce(
+                    &path,
+                    op,
+                    source.map(PathBuf::as_path),
+                    member.map(PathBuf::as_path),
+                    &out,
+                )?;
                 let d = done.fetch_add(1, Ordering::Relaxed) + 1;
-                (ctx.events)(&Event::Progress { phase: "apply", done: d, total: n_ops });
+                (ctx.events)(&Event::Progress {
+                    phase: "apply",
+                    done: d,
+                    total: n_ops,
+                });
                 Ok((op.path.clone(), out))
             })
             .collect();
@@ -243,16 +296,19 @@ pub fn stage_incremental(
     }
     if tree != manifest.tree_digest() {
         return Err(Error::bad(
-            chain.last().map(|e| e.name.as_str()).unwrap_or("patch chain"),
+            chain
+                .last()
+                .map(|e| e.name.as_str())
+                .unwrap_or("patch chain"),
             "patch chain does not lead to the release's tree",
         ));
     }
     let mut staged = Staged::new();
     for e in &manifest.entries {
         if let Node::File { .. } = e.node {
-            let l = loc.get(&e.path).ok_or_else(|| {
-                Error::bad("patch chain", format!("did not produce {}", e.path))
-            })?;
+            let l = loc
+                .get(&e.path)
+                .ok_or_else(|| Error::bad("patch chain", format!("did not produce {}", e.path)))?;
             if *l != e.path.to_path(ctx.app_dir) {
                 staged.insert(e.path.clone(), l.clone());
             }

@@ -106,7 +106,10 @@ pub fn refresh(
     let snap = get_required(t, &md(&snap_name), set.snapshot_max_len())?;
     set.update_snapshot(&snap)?;
     let (t_name, pin) = set.targets_file()?;
-    let max = pin.length.unwrap_or(limits.max_large_metadata).min(limits.max_large_metadata);
+    let max = pin
+        .length
+        .unwrap_or(limits.max_large_metadata)
+        .min(limits.max_large_metadata);
     let targets = get_required(t, &md(&t_name), max)?;
     set.update_targets(&targets)?;
     let new_stored = StoredTrust {
@@ -123,7 +126,12 @@ fn get_required(t: &dyn Transport, name: &str, max: u64) -> Result<Vec<u8>> {
     })
 }
 
-fn bootstrap(t: &dyn Transport, pinned: &[PublicKey], now: OffsetDateTime, limits: &Limits) -> Result<TrustedRoot> {
+fn bootstrap(
+    t: &dyn Transport,
+    pinned: &[PublicKey],
+    now: OffsetDateTime,
+    limits: &Limits,
+) -> Result<TrustedRoot> {
     let mut last_err = None;
     for n in 1..=limits.max_root_rotations {
         let name = md(&format!("{n}.root.json"));

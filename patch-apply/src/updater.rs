@@ -18,9 +18,9 @@ use crate::commit::{self, Recovery};
 use crate::error::{Error, Result};
 use crate::events::{Event, EventSink};
 use crate::plan::{cheapest_chain, order, Method, MethodCost};
-use crate::selfpatch::{ApplyOutcome, HandOver};
 use crate::repo_view::{self, ReleaseRef, RepoView};
 use crate::scan::{self, Strictness, Tree};
+use crate::selfpatch::{ApplyOutcome, HandOver};
 use crate::stage::{self, StageCtx};
 use crate::state::{InstallRecord, StateDir};
 use crate::transport::{self, Mirrors, Transport};
@@ -199,8 +199,11 @@ impl Updater {
         let mut transport = self.transport()?;
         self.emit(Event::Phase { phase: "refresh" });
         let stored = StoredTrust::load(&state.trust())?;
-        let (set, new_stored) = trust::refresh(&transport, &cfg.public_keys, &stored, now, &cfg.limits)?;
-        let targets = set.targets().ok_or_else(|| Error::Precondition("targets not loaded".into()))?;
+        let (set, new_stored) =
+            trust::refresh(&transport, &cfg.public_keys, &stored, now, &cfg.limits)?;
+        let targets = set
+            .targets()
+            .ok_or_else(|| Error::Precondition("targets not loaded".into()))?;
         let view = RepoView::from_targets(targets)?;
         let info = repo_view::fetch_info(&transport, &view)?;
         if let Some(i) = &info {
@@ -234,18 +237,34 @@ impl Updater {
                     transport.describe(),
                     cfg.channel,
                     cfg.attrs,
-                    newest.as_ref().map(|n| format!(" (newest release {} is not for this client)", n.version)).unwrap_or_default()
+                    newest
+                        .as_ref()
+                        .map(|n| format!(" (newest release {} is not for this client)", n.version))
+                        .unwrap_or_default()
                 ))
             })?;
-        let newest_other = newest.filter(|n| n.version != target.version).map(|n| n.version.to_string());
+        let newest_other = newest
+            .filter(|n| n.version != target.version)
+            .map(|n| n.version.to_string());
         let manifest = repo_view::fetch_manifest(&transport, &target, &cfg.limits)?;
         if let Some(i) = &info {
             if i.app != manifest.app {
-                return Err(Error::bad(&target.manifest_name, format!("manifest is for app {:?}, repository for {:?}", manifest.app, i.app)));
+                return Err(Error::bad(
+                    &target.manifest_name,
+                    format!(
+                        "manifest is for app {:?}, repository for {:?}",
+                        manifest.app, i.app
+                    ),
+                ));
             }
         }
         self.emit(Event::Phase { phase: "scan" });
-        let scan = scan::scan_with(&cfg.app_dir, &PathPatterns::empty(), Strictness::Install, scan::CacheUse::Reuse)?;
+        let scan = scan::scan_with(
+            &cfg.app_dir,
+            &PathPatterns::empty(),
+            Strictness::Install,
+            scan::CacheUse::Reuse,
+        )?;
         // Recognise the installed version from the files.
         let mut digests: BTreeMap<Vec<String>, Blake3> = BTreeMap::new();
         let mut matches = Vec::new();
@@ -279,7 +298,10 @@ impl Updater {
         let mut note = None;
         if let Some(inst) = &installed {
             if *inst > target.version && !cfg.allow_downgrade {
-                note = Some(format!("installed {inst} is newer than {} offered to this client", target.version));
+                note = Some(format!(
+                    "installed {inst} is newer than {} offered to this client",
+                    target.version
+                ));
             }
         }
         if newest_other.is_some() && note.is_none() {
@@ -295,24 +317,63 @@ impl Updater {
         let mut costs = Vec::new();
         let mut chain = Vec::new();
         let inc = match &installed {
-            None => MethodCost { method: Method::Incremental, bytes: None, unavailable: Some(if empty { "nothing installed".into() } else { "installed files match no release".into() }), chain: vec![] },
+            None => MethodCost {
+                method: Method::Incremental,
+                bytes: None,
+                unavailable: Some(if empty {
+                    "nothing installed".into()
+                } else {
+                    "installed files match no release".into()
+                }),
+                chain: vec![],
+            },
             Some(v) => match cheapest_chain(&view.patches, v, &target.version) {
                 Some((c, b)) if !c.is_empty() => {
                     let names = c.iter().map(|&i| view.patches[i].to.to_string()).collect();
                     chain = c;
-                    MethodCost { method: Method::Incremental, bytes: Some(b), unavailable: None, chain: names }
+                    MethodCost {
+                        method: Method::Incremental,
+                        bytes: Some(b),
+                        unavailable: None,
+                        chain: names,
+                    }
                 }
-                _ => MethodCost { method: Method::Incremental, bytes: None, unavailable: Some(format!("no patch chain from {v} to {}", target.version)), chain: vec![] },
+                _ => MethodCost {
+                    method: Method::Incremental,
+                    bytes: None,
+                    unavailable: Some(format!("no patch chain from {v} to {}", target.version)),
+                    chain: vec![],
+                },
             },
         };
         costs.push(inc);
         costs.push(match stage::repair_cost(&scan, &manifest) {
-            Some(b) => MethodCost { method: Method::Repair, bytes: Some(b), unavailable: None, chain: vec![] },
-            None => MethodCost { method: Method::Repair, bytes: None, unavailable: Some("release has no repair files".into()), chain: vec![] },
+            Some(b) => MethodCost {
+                method: Method::Repair,
+                bytes: Some(b),
+                unavailable: None,
+                chain: vec![],
+            },
+            None => MethodCost {
+                method: Method::Repair,
+                bytes: None,
+                unavailable: Some("release has no repair files".into()),
+                chain: vec![],
+            },
         });
         costs.push(match &target.installer {
-            Some((_, t)) => MethodCost { method: Method::Installer, bytes: Some(t.length), unavailable: None, chain: vec![] },
-            None => MethodCost { method: Method::Installer, bytes: None, unavailable: Some("release has no installer".into()), chain: vec![] },
+            Some((_, t)) => MethodCost {
+                method: Method::Installer,
+                bytes: Some(t.length),
+                unavailable: None,
+                chain: vec![],
+            },
+            None => MethodCost {
+                method: Method::Installer,
+                bytes: None,
+                unavailable: Some("release has no installer".into()),
+                chain: vec![],
+            },
         });
         let restart_required = !up_to_date && restart_needed(&scan, &manifest);
         if let Ok(dir) = std::fs::metadata(&state.root) {
@@ -360,13 +421,21 @@ impl Updater {
             match methods.first() {
                 Some(m) => (
                     m.name().to_string(),
-                    s.costs.iter().find(|c| c.method == *m).and_then(|c| c.bytes).unwrap_or(0),
+                    s.costs
+                        .iter()
+                        .find(|c| c.method == *m)
+                        .and_then(|c| c.bytes)
+                        .unwrap_or(0),
                 ),
                 None => ("none".to_string(), 0),
             }
         };
         Ok(CheckReport {
-            app: s.info.as_ref().map(|i| i.app.clone()).or(Some(s.manifest.app.clone())),
+            app: s
+                .info
+                .as_ref()
+                .map(|i| i.app.clone())
+                .or(Some(s.manifest.app.clone())),
             installed: s.installed.as_ref().map(|v| v.to_string()),
             latest: Some(s.target.version.to_string()),
             newest_not_for_this_client: s.newest_other.clone(),
@@ -404,7 +473,9 @@ impl Updater {
         let recovered = match commit::recover(&cfg.app_dir, &state)? {
             Recovery::Clean => None,
             r => {
-                self.emit(Event::Warning { message: format!("rolled back an interrupted update: {r:?}") });
+                self.emit(Event::Warning {
+                    message: format!("rolled back an interrupted update: {r:?}"),
+                });
                 Some(r)
             }
         };
@@ -413,7 +484,11 @@ impl Updater {
             return Err(Error::Precondition(format!(
                 "{}: repository is under maintenance{}",
                 s.transport.describe(),
-                if m.message.is_empty() { String::new() } else { format!(": {}", m.message) }
+                if m.message.is_empty() {
+                    String::new()
+                } else {
+                    format!(": {}", m.message)
+                }
             )));
         }
         if let Some(inst) = &s.installed {
@@ -430,33 +505,65 @@ impl Updater {
             if state.load_record().map(|r| r.version) != Some(s.target.version.clone()) {
                 self.save_record(&state, &s, None)?;
             }
-            return Ok(ApplyOutcome::InPlace { report: ApplyReport {
-                from,
-                to: s.target.version.to_string(),
-                method: "none".into(),
-                downloaded_bytes: 0,
-                fallbacks: vec![],
-                repaired_after: vec![],
-                restart_required: false,
-                recovered,
-            } });
+            return Ok(ApplyOutcome::InPlace {
+                report: ApplyReport {
+                    from,
+                    to: s.target.version.to_string(),
+                    method: "none".into(),
+                    downloaded_bytes: 0,
+                    fallbacks: vec![],
+                    repaired_after: vec![],
+                    restart_required: false,
+                    recovered,
+                },
+            });
         }
         let methods = self.chosen(&s);
         if methods.is_empty() {
             return Err(Error::AllMethodsFailed(format!(
                 "no usable method: {}",
-                s.costs.iter().map(|c| format!("{}: {}", c.method.name(), c.unavailable.clone().unwrap_or_default())).collect::<Vec<_>>().join("; ")
+                s.costs
+                    .iter()
+                    .map(|c| format!(
+                        "{}: {}",
+                        c.method.name(),
+                        c.unavailable.clone().unwrap_or_default()
+                    ))
+                    .collect::<Vec<_>>()
+                    .join("; ")
             )));
         }
-        let first_bytes = s.costs.iter().find(|c| c.method == methods[0]).and_then(|c| c.bytes).unwrap_or(0);
-        self.emit(Event::Plan { method: methods[0].name(), bytes: first_bytes, alternatives: s.costs.clone() });
+        let first_bytes = s
+            .costs
+            .iter()
+            .find(|c| c.method == methods[0])
+            .and_then(|c| c.bytes)
+            .unwrap_or(0);
+        self.emit(Event::Plan {
+            method: methods[0].name(),
+            bytes: first_bytes,
+            alternatives: s.costs.clone(),
+        });
         // Checks before touching anything.
         crate::preflight::check_writable(&cfg.app_dir)?;
         if cfg.check_running {
-            crate::preflight::check_not_running(&cfg.app_dir, hand_over.map(|h| h.wait_pid).or(cfg.allow_running_pid))?;
+            crate::preflight::check_not_running(
+                &cfg.app_dir,
+                hand_over.map(|h| h.wait_pid).or(cfg.allow_running_pid),
+            )?;
         }
-        let staged_bytes: u64 = stage::differing_files(&s.scan, &s.manifest).iter().filter_map(|e| e.node.file_pin()).map(|p| p.size).sum();
-        crate::preflight::check_space(&cfg.app_dir, first_bytes.saturating_mul(2).saturating_add(staged_bytes).saturating_add(1 << 20))?;
+        let staged_bytes: u64 = stage::differing_files(&s.scan, &s.manifest)
+            .iter()
+            .filter_map(|e| e.node.file_pin())
+            .map(|p| p.size)
+            .sum();
+        crate::preflight::check_space(
+            &cfg.app_dir,
+            first_bytes
+                .saturating_mul(2)
+                .saturating_add(staged_bytes)
+                .saturating_add(1 << 20),
+        )?;
         let downloaded = AtomicU64::new(0);
         let mut fallbacks = Vec::new();
         let mut done = None;
@@ -471,7 +578,10 @@ impl Updater {
                     break;
                 }
                 Err(e) => {
-                    self.emit(Event::Fallback { method: m.name(), error: e.to_string() });
+                    self.emit(Event::Fallback {
+                        method: m.name(),
+                        error: e.to_string(),
+                    });
                     fallbacks.push(format!("{}: {e}", m.name()));
                 }
             }
@@ -489,9 +599,12 @@ impl Updater {
                 },
                 actions,
             };
-            let (plan, self_patcher_pid) = crate::selfpatch::hand_over(&cfg.app_dir, &state, h, planned).inspect_err(|_| {
-                let _ = std::fs::remove_dir_all(state.staging());
-            })?;
+            let (plan, self_patcher_pid) =
+                crate::selfpatch::hand_over(&cfg.app_dir, &state, h, planned).inspect_err(
+                    |_| {
+                        let _ = std::fs::remove_dir_all(state.staging());
+                    },
+                )?;
             let _ = std::fs::remove_dir_all(state.cache());
             let report = ApplyReport {
                 from,
@@ -503,7 +616,11 @@ impl Updater {
                 restart_required: true,
                 recovered,
             };
-            return Ok(ApplyOutcome::HandedOver { report, plan, self_patcher_pid });
+            return Ok(ApplyOutcome::HandedOver {
+                report,
+                plan,
+                self_patcher_pid,
+            });
         }
         let _ = std::fs::remove_dir_all(state.staging());
         let Some(method) = done else {
@@ -513,17 +630,34 @@ impl Updater {
         let verified = (|| -> Result<Vec<String>> {
             self.emit(Event::Phase { phase: "verify" });
             let mut repaired_after = Vec::new();
-            let after = scan::scan_with(&cfg.app_dir, &PathPatterns::empty(), Strictness::Install, scan::CacheUse::Refresh)?;
+            let after = scan::scan_with(
+                &cfg.app_dir,
+                &PathPatterns::empty(),
+                Strictness::Install,
+                scan::CacheUse::Refresh,
+            )?;
             let ignore = PathPatterns::new(&s.manifest.ignore)?;
             if after.digest(&ignore) != s.manifest.tree_digest() || !after.foreign.is_empty() {
                 self.emit(Event::Phase { phase: "repair" });
                 repaired_after = mismatches(&after, &s.manifest, &ignore);
                 let ctx = self.ctx(&state, &s, 99, &downloaded);
                 let staged = stage::stage_repair(&ctx, &s.manifest, &after)?;
-                let actions = commit::plan_actions(&cfg.app_dir, &state, &after, &s.manifest, &staged, &ctx.staging.join("meta"))?;
+                let actions = commit::plan_actions(
+                    &cfg.app_dir,
+                    &state,
+                    &after,
+                    &s.manifest,
+                    &staged,
+                    &ctx.staging.join("meta"),
+                )?;
                 // Same transaction as the update, so rollback still returns to the version before it.
                 commit::commit_more(&cfg.app_dir, &state, actions)?;
-                let again = scan::scan_with(&cfg.app_dir, &PathPatterns::empty(), Strictness::Install, scan::CacheUse::Refresh)?;
+                let again = scan::scan_with(
+                    &cfg.app_dir,
+                    &PathPatterns::empty(),
+                    Strictness::Install,
+                    scan::CacheUse::Refresh,
+                )?;
                 let _ = std::fs::remove_dir_all(state.staging());
                 if again.digest(&ignore) != s.manifest.tree_digest() {
                     return Err(Error::Verify {
@@ -545,20 +679,31 @@ impl Updater {
         };
         self.save_record(&state, &s, s.installed.clone())?;
         let _ = std::fs::remove_dir_all(state.cache());
-        self.emit(Event::Installed { version: s.target.version.to_string(), restart_required: s.restart_required });
-        Ok(ApplyOutcome::InPlace { report: ApplyReport {
-            from,
-            to: s.target.version.to_string(),
-            method: method.name().into(),
-            downloaded_bytes: downloaded.load(std::sync::atomic::Ordering::Relaxed),
-            fallbacks,
-            repaired_after,
+        self.emit(Event::Installed {
+            version: s.target.version.to_string(),
             restart_required: s.restart_required,
-            recovered,
-        } })
+        });
+        Ok(ApplyOutcome::InPlace {
+            report: ApplyReport {
+                from,
+                to: s.target.version.to_string(),
+                method: method.name().into(),
+                downloaded_bytes: downloaded.load(std::sync::atomic::Ordering::Relaxed),
+                fallbacks,
+                repaired_after,
+                restart_required: s.restart_required,
+                recovered,
+            },
+        })
     }
 
-    fn ctx<'a>(&'a self, state: &StateDir, s: &'a Session, attempt: usize, downloaded: &'a AtomicU64) -> StageCtx<'a> {
+    fn ctx<'a>(
+        &'a self,
+        state: &StateDir,
+        s: &'a Session,
+        attempt: usize,
+        downloaded: &'a AtomicU64,
+    ) -> StageCtx<'a> {
         StageCtx {
             transport: &s.transport,
             cache: state.cache(),
@@ -572,7 +717,14 @@ impl Updater {
 
     /// Stages the update by method `m`, then commits it, or with `plan_only` returns the
     /// actions that would commit it.
-    fn run_method(&self, state: &StateDir, s: &Session, m: Method, downloaded: &AtomicU64, plan_only: bool) -> Result<Option<Vec<commit::Action>>> {
+    fn run_method(
+        &self,
+        state: &StateDir,
+        s: &Session,
+        m: Method,
+        downloaded: &AtomicU64,
+        plan_only: bool,
+    ) -> Result<Option<Vec<commit::Action>>> {
         let cfg = &self.config;
         let ctx = self.ctx(state, s, m as usize, downloaded);
         let _ = std::fs::remove_dir_all(&ctx.staging);
@@ -583,16 +735,32 @@ impl Updater {
             Method::Installer => stage::stage_installer(&ctx, &s.target, &s.manifest, &s.scan)?,
             Method::Incremental => {
                 let chain: Vec<_> = s.chain.iter().map(|&i| &s.view.patches[i]).collect();
-                let start = s.installed_tree.ok_or_else(|| Error::Precondition("installed version unknown".into()))?;
+                let start = s
+                    .installed_tree
+                    .ok_or_else(|| Error::Precondition("installed version unknown".into()))?;
                 stage::stage_incremental(&ctx, &chain, start, &s.scan, &s.manifest)?
             }
         };
-        let actions = commit::plan_actions(&cfg.app_dir, state, &s.scan, &s.manifest, &staged, &ctx.staging.join("meta"))?;
+        let actions = commit::plan_actions(
+            &cfg.app_dir,
+            state,
+            &s.scan,
+            &s.manifest,
+            &staged,
+            &ctx.staging.join("meta"),
+        )?;
         if plan_only {
             return Ok(Some(actions));
         }
         self.emit(Event::Phase { phase: "commit" });
-        commit::commit(&cfg.app_dir, state, &s.manifest.app, s.installed.clone(), s.target.version.clone(), actions)?;
+        commit::commit(
+            &cfg.app_dir,
+            state,
+            &s.manifest.app,
+            s.installed.clone(),
+            s.target.version.clone(),
+            actions,
+        )?;
         Ok(None)
     }
 
@@ -650,10 +818,13 @@ pub fn restart_needed(current: &Tree, m: &ReleaseManifest) -> bool {
         return true;
     }
     let want = m.by_path();
-    let changed_code = m.entries.iter().any(|e| e.code && current.entries.get(&e.path) != Some(&e.node));
-    let removed_code = current.entries.iter().any(|(p, n)| {
-        !want.contains_key(p)
-            && matches!(n, Node::File { exec: true, .. })
-    });
+    let changed_code = m
+        .entries
+        .iter()
+        .any(|e| e.code && current.entries.get(&e.path) != Some(&e.node));
+    let removed_code = current
+        .entries
+        .iter()
+        .any(|(p, n)| !want.contains_key(p) && matches!(n, Node::File { exec: true, .. }));
     changed_code || removed_code
 }

@@ -5,10 +5,18 @@ use patch_create::encode::{self, EncodeOptions};
 
 fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let threads: usize = std::env::var("THREADS").ok().and_then(|t| t.parse().ok()).unwrap_or(0);
-    let level: i32 = std::env::var("LEVEL").ok().and_then(|t| t.parse().ok()).unwrap_or(19);
+    let threads: usize = std::env::var("THREADS")
+        .ok()
+        .and_then(|t| t.parse().ok())
+        .unwrap_or(0);
+    let level: i32 = std::env::var("LEVEL")
+        .ok()
+        .and_then(|t| t.parse().ok())
+        .unwrap_or(19);
     for pair in args.chunks(2) {
-        let [o, n] = pair else { anyhow::bail!("pairs of OLD NEW expected") };
+        let [o, n] = pair else {
+            anyhow::bail!("pairs of OLD NEW expected")
+        };
         let old = std::fs::read(o)?;
         let new = std::fs::read(n)?;
         let t = Instant::now();
@@ -30,17 +38,35 @@ fn main() -> anyhow::Result<()> {
             let mut vals = Vec::new();
             let mut z = 0u64;
             for &b in &s.diff {
-                if b == 0 { z += 1; } else { encode::put_varint(&mut runs, z); z = 0; vals.push(b); }
+                if b == 0 {
+                    z += 1;
+                } else {
+                    encode::put_varint(&mut runs, z);
+                    z = 0;
+                    vals.push(b);
+                }
             }
             let r = encode::compress_window(&runs, lvl, 24)?.len();
             let v = encode::compress_window(&vals, lvl, 24)?.len();
-            println!("   L{lvl}: ctrl {c} diff {d} extra {e}; diff as runs {r} + vals {v} (nonzero {})", vals.len());
+            println!(
+                "   L{lvl}: ctrl {c} diff {d} extra {e}; diff as runs {r} + vals {v} (nonzero {})",
+                vals.len()
+            );
         }
         if std::env::var("ALL").is_ok() {
-            let opts = EncodeOptions { level, try_zstd_ref: true, threads };
+            let opts = EncodeOptions {
+                level,
+                try_zstd_ref: true,
+                threads,
+            };
             let t = Instant::now();
             let e = encode::encode_change(&old, &new, &opts)?;
-            println!("   chosen {:?} {} ({:.2}s)", e.chosen, e.bytes.len(), t.elapsed().as_secs_f64());
+            println!(
+                "   chosen {:?} {} ({:.2}s)",
+                e.chosen,
+                e.bytes.len(),
+                t.elapsed().as_secs_f64()
+            );
         }
     }
     Ok(())

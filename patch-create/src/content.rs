@@ -53,8 +53,13 @@ pub fn read_blob(repo: &Path, content: &Blake3, repair: Pin, pin: Pin) -> Result
 
 /// The content source of `manifest` among `prev_roots` (a tree whose scan matches the
 /// release's tree digest), or the repository's blobs.
-pub fn source_for(manifest: &ReleaseManifest, prev_roots: &[(PathBuf, patch_apply::scan::Tree)], repo: &Path) -> ContentSource {
-    let ignore = formats::patterns::PathPatterns::new(&manifest.ignore).unwrap_or_else(|_| formats::patterns::PathPatterns::empty());
+pub fn source_for(
+    manifest: &ReleaseManifest,
+    prev_roots: &[(PathBuf, patch_apply::scan::Tree)],
+    repo: &Path,
+) -> ContentSource {
+    let ignore = formats::patterns::PathPatterns::new(&manifest.ignore)
+        .unwrap_or_else(|_| formats::patterns::PathPatterns::empty());
     let want = manifest.tree_digest();
     for (root, tree) in prev_roots {
         if tree.digest(&ignore) == want {

@@ -17,7 +17,10 @@ pub fn generate(dir: &Path, name: &str) -> Result<(std::path::PathBuf, std::path
         if p.exists() {
             return Err(Error::io(
                 p,
-                std::io::Error::new(std::io::ErrorKind::AlreadyExists, "refusing to overwrite an existing key"),
+                std::io::Error::new(
+                    std::io::ErrorKind::AlreadyExists,
+                    "refusing to overwrite an existing key",
+                ),
             ));
         }
     }

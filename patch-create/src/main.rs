@@ -13,7 +13,11 @@ use patch_create::progress::{NoProgress, Progress};
 use patch_create::release::{PatchesFrom, ReleaseOptions};
 
 #[derive(Parser)]
-#[command(name = "patch-create", version, about = "Write and extend signed patch repositories from release trees")]
+#[command(
+    name = "patch-create",
+    version,
+    about = "Write and extend signed patch repositories from release trees"
+)]
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
@@ -157,14 +161,20 @@ struct KeysUpdateArgs {
 fn load_secrets(paths: &[PathBuf]) -> Result<Vec<formats::keys::KeyPair>> {
     paths
         .iter()
-        .map(|k| patch_create::keyfile::load_secret(k).with_context(|| format!("cannot use key {}", k.display())))
+        .map(|k| {
+            patch_create::keyfile::load_secret(k)
+                .with_context(|| format!("cannot use key {}", k.display()))
+        })
         .collect()
 }
 
 fn load_publics(paths: &[PathBuf]) -> Result<Vec<formats::keys::PublicKey>> {
     paths
         .iter()
-        .map(|k| patch_create::keyfile::load_public(k).with_context(|| format!("cannot read public key {}", k.display())))
+        .map(|k| {
+            patch_create::keyfile::load_public(k)
+                .with_context(|| format!("cannot read public key {}", k.display()))
+        })
         .collect()
 }
 
@@ -172,7 +182,14 @@ fn keys_cmd(cmd: KeysCmd) -> Result<()> {
     use patch_create::keys_admin::{self, KeyChange};
     let now = formats::time_util::now();
     let report = match cmd {
-        KeysCmd::Init { repo, root_keys, root_threshold, release_keys, threshold, expires } => {
+        KeysCmd::Init {
+            repo,
+            root_keys,
+            root_threshold,
+            release_keys,
+            threshold,
+            expires,
+        } => {
             let roots = load_secrets(&root_keys)?;
             let refs: Vec<&formats::keys::KeyPair> = roots.iter().collect();
             let release = load_publics(&release_keys)?;
@@ -183,13 +200,24 @@ fn keys_cmd(cmd: KeysCmd) -> Result<()> {
             let roots = load_secrets(&a.root_keys)?;
             let refs: Vec<&formats::keys::KeyPair> = roots.iter().collect();
             let mut changes = vec![KeyChange::Extend];
-            changes.extend(load_publics(&a.add)?.into_iter().map(KeyChange::AddReleaseKey));
-            changes.extend(load_publics(&a.revoke)?.into_iter().map(KeyChange::RevokeReleaseKey));
+            changes.extend(
+                load_publics(&a.add)?
+                    .into_iter()
+                    .map(KeyChange::AddReleaseKey),
+            );
+            changes.extend(
+                load_publics(&a.revoke)?
+                    .into_iter()
+                    .map(KeyChange::RevokeReleaseKey),
+            );
             if let Some(t) = a.threshold {
                 changes.push(KeyChange::SetReleaseThreshold(t));
             }
             if !a.new_root_keys.is_empty() {
-                changes.push(KeyChange::SetRootKeys(load_publics(&a.new_root_keys)?, a.root_threshold));
+                changes.push(KeyChange::SetRootKeys(
+                    load_publics(&a.new_root_keys)?,
+                    a.root_threshold,
+                ));
             }
             let exp = now + formats::time_util::parse_duration(&a.expires)?;
             let r = keys_admin::update_root(&a.repo, &refs, &changes, exp)?;
@@ -198,7 +226,10 @@ fn keys_cmd(cmd: KeysCmd) -> Result<()> {
                 let krefs: Vec<&formats::keys::KeyPair> = keys.iter().collect();
                 let rexp = now + formats::time_util::parse_duration(&a.resign_expires)?;
                 let rs = keys_admin::resign(&a.repo, &krefs, rexp)?;
-                eprintln!("re-signed release metadata: timestamp version {}", rs.timestamp_version);
+                eprintln!(
+                    "re-signed release metadata: timestamp version {}",
+                    rs.timestamp_version
+                );
             }
             r
         }
@@ -206,9 +237,19 @@ fn keys_cmd(cmd: KeysCmd) -> Result<()> {
     eprintln!(
         "root version {}: root keys {} (threshold {}), release keys {} (threshold {}), expires {}",
         report.root_version,
-        report.root_keys.iter().map(|k| &k[..12]).collect::<Vec<_>>().join(","),
+        report
+            .root_keys
+            .iter()
+            .map(|k| &k[..12])
+            .collect::<Vec<_>>()
+            .join(","),
         report.root_threshold,
-        report.release_keys.iter().map(|k| &k[..12]).collect::<Vec<_>>().join(","),
+        report
+            .release_keys
+            .iter()
+            .map(|k| &k[..12])
+            .collect::<Vec<_>>()
+            .join(","),
         report.release_threshold,
         report.expires
     );
@@ -319,7 +360,10 @@ fn release(a: ReleaseArgs) -> Result<()> {
     let version = formats::Version::parse(&a.version)?;
     let mut keys = Vec::new();
     for k in &a.keys {
-        keys.push(patch_create::keyfile::load_secret(k).with_context(|| format!("cannot use key {}", k.display()))?);
+        keys.push(
+            patch_create::keyfile::load_secret(k)
+                .with_context(|| format!("cannot use key {}", k.display()))?,
+        );
     }
     let opts = ReleaseOptions {
         repo: a.repo,
@@ -332,7 +376,11 @@ fn release(a: ReleaseArgs) -> Result<()> {
         code: a.code,
         resources: a.resources,
         restart_required: a.restart_required,
-        patches_from: if a.patches_from_all { PatchesFrom::All } else { PatchesFrom::Previous },
+        patches_from: if a.patches_from_all {
+            PatchesFrom::All
+        } else {
+            PatchesFrom::Previous
+        },
         keep: a.keep,
         expires: formats::time_util::parse_duration(&a.expires)?,
         level: a.level,
@@ -353,7 +401,10 @@ fn release(a: ReleaseArgs) -> Result<()> {
             report.app, report.version, report.files, report.file_bytes, report.installer.bytes
         );
         for pr in &report.patches {
-            eprintln!("  patch {} -> {}: {} bytes {:?}", pr.from, pr.to, pr.bytes, pr.encodings);
+            eprintln!(
+                "  patch {} -> {}: {} bytes {:?}",
+                pr.from, pr.to, pr.bytes, pr.encodings
+            );
         }
         eprintln!(
             "  repair files: {} ({} new, {} bytes new)",
@@ -391,7 +442,10 @@ struct MaintenanceArgs {
 fn load_keys(paths: &[PathBuf]) -> Result<Vec<formats::keys::KeyPair>> {
     paths
         .iter()
-        .map(|k| patch_create::keyfile::load_secret(k).with_context(|| format!("cannot use key {}", k.display())))
+        .map(|k| {
+            patch_create::keyfile::load_secret(k)
+                .with_context(|| format!("cannot use key {}", k.display()))
+        })
         .collect()
 }
 
@@ -401,9 +455,17 @@ fn maintenance(a: MaintenanceArgs) -> Result<()> {
         message: a.message.clone().unwrap_or_default(),
         app_may_start: a.app_may_start,
     });
-    patch_create::maintenance::set_maintenance(&a.repo, &keys, formats::time_util::parse_duration(&a.expires)?, m)?;
+    patch_create::maintenance::set_maintenance(
+        &a.repo,
+        &keys,
+        formats::time_util::parse_duration(&a.expires)?,
+        m,
+    )?;
     if a.on {
-        eprintln!("{}: under maintenance; clients will not update", a.repo.display());
+        eprintln!(
+            "{}: under maintenance; clients will not update",
+            a.repo.display()
+        );
     } else {
         eprintln!("{}: maintenance ended", a.repo.display());
     }
@@ -415,15 +477,33 @@ fn run() -> Result<()> {
     match cli.cmd {
         Cmd::Keygen { out, name } => {
             let (s, p) = patch_create::keyfile::generate(&out, &name)?;
-            eprintln!("wrote {} (secret, keep it safe) and {}", s.display(), p.display());
+            eprintln!(
+                "wrote {} (secret, keep it safe) and {}",
+                s.display(),
+                p.display()
+            );
             Ok(())
         }
         Cmd::Release(a) => release(a),
         Cmd::Maintenance(a) => maintenance(a),
-        Cmd::Mirrors { repo, keys, mirrors, expires } => {
+        Cmd::Mirrors {
+            repo,
+            keys,
+            mirrors,
+            expires,
+        } => {
             let keys = load_keys(&keys)?;
-            let info = patch_create::maintenance::set_mirrors(&repo, &keys, formats::time_util::parse_duration(&expires)?, mirrors)?;
-            eprintln!("{}: mirrors set to [{}]", repo.display(), info.mirrors.join(", "));
+            let info = patch_create::maintenance::set_mirrors(
+                &repo,
+                &keys,
+                formats::time_util::parse_duration(&expires)?,
+                mirrors,
+            )?;
+            eprintln!(
+                "{}: mirrors set to [{}]",
+                repo.display(),
+                info.mirrors.join(", ")
+            );
             Ok(())
         }
         Cmd::Serve { repo, addr, quiet } => {
@@ -432,13 +512,28 @@ fn run() -> Result<()> {
             eprintln!("serving {} at http://{bound}/", repo.display());
             server.run(move |r| {
                 if !quiet {
-                    eprintln!("{} {} {} {} {}{}", r.peer, r.method, r.path, r.status, r.bytes, r.range.as_deref().map(|x| format!(" ({x})")).unwrap_or_default());
+                    eprintln!(
+                        "{} {} {} {} {}{}",
+                        r.peer,
+                        r.method,
+                        r.path,
+                        r.status,
+                        r.bytes,
+                        r.range
+                            .as_deref()
+                            .map(|x| format!(" ({x})"))
+                            .unwrap_or_default()
+                    );
                 }
             })?;
             Ok(())
         }
         Cmd::Keys(k) => keys_cmd(k),
-        Cmd::Resign { repo, keys, expires } => {
+        Cmd::Resign {
+            repo,
+            keys,
+            expires,
+        } => {
             let keys = load_secrets(&keys)?;
             let refs: Vec<&formats::keys::KeyPair> = keys.iter().collect();
             let exp = formats::time_util::now() + formats::time_util::parse_duration(&expires)?;
@@ -454,7 +549,11 @@ fn run() -> Result<()> {
             println!("{}", serde_json::to_string(&r)?);
             Ok(())
         }
-        Cmd::Verify { repo, public_key, json } => {
+        Cmd::Verify {
+            repo,
+            public_key,
+            json,
+        } => {
             let key = patch_create::keyfile::load_public(&public_key)?;
             let report = patch_create::verify::verify(&repo, &key)?;
             if json {
@@ -463,7 +562,11 @@ fn run() -> Result<()> {
                 print!("{}", report.to_text());
             }
             if !report.problems.is_empty() {
-                bail!("{} problem(s) found in {}", report.problems.len(), repo.display());
+                bail!(
+                    "{} problem(s) found in {}",
+                    report.problems.len(),
+                    repo.display()
+                );
             }
             Ok(())
         }

@@ -41,8 +41,14 @@ pub fn write_patch(out: &Path, info: &PatchInfo, members: &[(String, Vec<u8>)]) 
     {
         let mut tar = tar::Builder::new(&mut enc);
         let info_bytes = info.to_json()?;
-        let mut h = header(PATCH_INFO_MEMBER, info_bytes.len() as u64, 0o644, tar::EntryType::Regular);
-        tar.append_data(&mut h, PATCH_INFO_MEMBER, info_bytes.as_slice()).at(out)?;
+        let mut h = header(
+            PATCH_INFO_MEMBER,
+            info_bytes.len() as u64,
+            0o644,
+            tar::EntryType::Regular,
+        );
+        tar.append_data(&mut h, PATCH_INFO_MEMBER, info_bytes.as_slice())
+            .at(out)?;
         for (name, bytes) in members {
             let mut h = header(name, bytes.len() as u64, 0o644, tar::EntryType::Regular);
             tar.append_data(&mut h, name, bytes.as_slice()).at(out)?;
@@ -51,17 +57,27 @@ pub fn write_patch(out: &Path, info: &PatchInfo, members: &[(String, Vec<u8>)]) 
     }
     let mut f = enc.finish().at(out)?;
     f.flush().at(out)?;
-    f.into_inner().map_err(|e| Error::io(out, e.into_error()))?.sync_all().at(out)?;
+    f.into_inner()
+        .map_err(|e| Error::io(out, e.into_error()))?
+        .sync_all()
+        .at(out)?;
     Ok(())
 }
 
 /// Writes the installer: header, then zstd (`level`, all cores) of a tar of the whole release
 /// read from `tree`, in manifest order. Each file is checked against the manifest as it is read.
-pub fn write_installer(out: &Path, manifest: &ReleaseManifest, tree: &Path, level: i32) -> Result<()> {
+pub fn write_installer(
+    out: &Path,
+    manifest: &ReleaseManifest,
+    tree: &Path,
+    level: i32,
+) -> Result<()> {
     let mut f = BufWriter::new(File::create(out).at(out)?);
     write_header(&mut f, ArtifactKind::Installer).at(out)?;
     let mut enc = zstd::stream::write::Encoder::new(f, level).at(out)?;
-    let threads = std::thread::available_parallelism().map(|n| n.get() as u32).unwrap_or(1);
+    let threads = std::thread::available_parallelism()
+        .map(|n| n.get() as u32)
+        .unwrap_or(1);
     if threads > 1 {
         // Not every libzstd build has threads; compress single-threaded then.
         let _ = enc.multithread(threads);
@@ -79,11 +95,17 @@ pub fn write_installer(out: &Path, manifest: &ReleaseManifest, tree: &Path, leve
             match &e.node {
                 Node::Dir => {
                     let mut h = header(name, 0, 0o755, tar::EntryType::Directory);
-                    tar.append_data(&mut h, format!("{name}/"), std::io::empty()).at(out)?;
+                    tar.append_data(&mut h, format!("{name}/"), std::io::empty())
+                        .at(out)?;
                 }
                 Node::File { size, exec, .. } => {
                     let src = e.path.to_path(tree);
-                    let mut h = header(name, *size, if *exec { 0o755 } else { 0o644 }, tar::EntryType::Regular);
+                    let mut h = header(
+                        name,
+                        *size,
+                        if *exec { 0o755 } else { 0o644 },
+                        tar::EntryType::Regular,
+                    );
                     let file = File::open(&src).at(&src)?;
                     let mut r = file.take(*size);
                     tar.append_data(&mut h, name, &mut r).at(&src)?;
@@ -98,6 +120,9 @@ pub fn write_installer(out: &Path, manifest: &ReleaseManifest, tree: &Path, leve
     }
     let mut f = enc.finish().at(out)?;
     f.flush().at(out)?;
-    f.into_inner().map_err(|e| Error::io(out, e.into_error()))?.sync_all().at(out)?;
+    f.into_inner()
+        .map_err(|e| Error::io(out, e.into_error()))?
+        .sync_all()
+        .at(out)?;
     Ok(())
 }

@@ -323,19 +323,30 @@ pub fn release(opts: &ReleaseOptions, progress: &dyn Progress) -> Result<Release
         entries,
     };
     manifest.validate("new manifest", &formats::limits::Limits::default())?;
-    let repair_total: u64 = manifest.entries.iter().filter_map(|e| e.repair).map(|p| p.size).sum();
+    let repair_total: u64 = manifest
+        .entries
+        .iter()
+        .filter_map(|e| e.repair)
+        .map(|p| p.size)
+        .sum();
 
     // Patches.
     let t_diff = Instant::now();
     let from_versions: Vec<Version> = match opts.patches_from {
-        PatchesFrom::Previous => releases.last().map(|(v, _)| v.clone()).into_iter().collect(),
+        PatchesFrom::Previous => releases
+            .last()
+            .map(|(v, _)| v.clone())
+            .into_iter()
+            .collect(),
         PatchesFrom::All => releases.iter().map(|(v, _)| v.clone()).collect(),
     };
     let mut prev_trees = Vec::new();
     for p in &opts.prev_roots {
-        let t = scan::scan(p, &PathPatterns::empty(), Strictness::Install).map_err(|e| Error::Tree {
-            path: p.clone(),
-            reason: e.to_string(),
+        let t = scan::scan(p, &PathPatterns::empty(), Strictness::Install).map_err(|e| {
+            Error::Tree {
+                path: p.clone(),
+                reason: e.to_string(),
+            }
         })?;
         prev_trees.push((p.clone(), t));
     }
@@ -348,7 +359,15 @@ pub fn release(opts: &ReleaseOptions, progress: &dyn Progress) -> Result<Release
     for from in &from_versions {
         let old = &manifests[from];
         let source = source_for(old, &prev_trees, &opts.repo);
-        let (info, members) = build_patch(old, &manifest, &tree, &opts.root, &source, &opts.encode, progress)?;
+        let (info, members) = build_patch(
+            old,
+            &manifest,
+            &tree,
+            &opts.root,
+            &source,
+            &opts.encode,
+            progress,
+        )?;
         let name = layout::patch_target(from, &opts.version);
         let tmp = tmp_dir.path().join(format!("patch-{from}"));
         pack::write_patch(&tmp, &info, &members)?;
@@ -535,7 +554,12 @@ fn pick_similar<'a>(
         .iter()
         .copied()
         .filter(|o| !new_paths.contains(&o.path) || old_by_path.contains_key(&o.path))
-        .min_by_key(|o| o.node.file_pin().map(|p| p.size.abs_diff(size)).unwrap_or(u64::MAX))
+        .min_by_key(|o| {
+            o.node
+                .file_pin()
+                .map(|p| p.size.abs_diff(size))
+                .unwrap_or(u64::MAX)
+        })
 }
 
 /// Builds the patch from `old` to `new`: ops for every file whose content is new at its path,
@@ -568,7 +592,9 @@ pub fn build_patch(
     }
     let mut plans: Vec<(&Entry, Plan)> = Vec::new();
     for e in &new.entries {
-        let Node::File { size, blake3, .. } = e.node else { continue };
+        let Node::File { size, blake3, .. } = e.node else {
+            continue;
+        };
         let same = old_by_path.get(&e.path).copied();
         if let Some(o) = same {
             if o.node.file_pin().map(|p| p.blake3) == Some(blake3) {
@@ -582,8 +608,20 @@ pub fn build_patch(
         let similar = same
             .filter(|o| matches!(o.node, Node::File { .. }))
             .or_else(|| {
-                pick_similar(old_by_fuzzy.get(&fuzzy_key(&e.path)), &new_paths, &old_by_path, size)
-                    .or_else(|| pick_similar(old_by_name.get(e.path.file_name()), &new_paths, &old_by_path, size))
+                pick_similar(
+                    old_by_fuzzy.get(&fuzzy_key(&e.path)),
+                    &new_paths,
+                    &old_by_path,
+                    size,
+                )
+                .or_else(|| {
+                    pick_similar(
+                        old_by_name.get(e.path.file_name()),
+                        &new_paths,
+                        &old_by_path,
+                        size,
+                    )
+                })
             });
         match similar {
             Some(o) if size > 0 => plans.push((e, Plan::Diff(o))),
@@ -599,7 +637,10 @@ pub fn build_patch(
         })
         .map(|o| o.path.clone())
         .collect();
-    progress.start(&format!("diff {} -> {}", old.version, new.version), plans.len() as u64);
+    progress.start(
+        &format!("diff {} -> {}", old.version, new.version),
+        plans.len() as u64,
+    );
     let results: Vec<Result<(PatchOp, Option<Member>)>> = plans
         .par_iter()
         .enumerate()
@@ -615,7 +656,9 @@ pub fn build_patch(
                         path: e.path.clone(),
                         old: o.node.file_pin(),
                         new: pin,
-                        encoding: Encoding::Copy { source: o.path.clone() },
+                        encoding: Encoding::Copy {
+                            source: o.path.clone(),
+                        },
                     },
                     None,
                 ),
@@ -629,7 +672,10 @@ pub fn build_patch(
                             path: e.path.clone(),
                             old: None,
                             new: pin,
-                            encoding: Encoding::Full { member: member.clone(), member_size: bytes.len() as u64 },
+                            encoding: Encoding::Full {
+                                member: member.clone(),
+                                member_size: bytes.len() as u64,
+                            },
                         },
                         Some((member, bytes)),
                     )
@@ -646,14 +692,39 @@ pub fn build_patch(
                     let enc = encode_change(&old_bytes, &data, encode)?;
                     let size = enc.bytes.len() as u64;
                     let encoding = match enc.chosen {
-                        Chosen::Full => Encoding::Full { member: member.clone(), member_size: size },
-                        Chosen::Bidiff => Encoding::Bidiff { source: o.path.clone(), member: member.clone(), member_size: size },
-                        Chosen::SplitDiff => Encoding::SplitDiff { source: o.path.clone(), member: member.clone(), member_size: size },
-                        Chosen::ZstdRef { window_log } => Encoding::ZstdRef { source: o.path.clone(), member: member.clone(), member_size: size, window_log },
+                        Chosen::Full => Encoding::Full {
+                            member: member.clone(),
+                            member_size: size,
+                        },
+                        Chosen::Bidiff => Encoding::Bidiff {
+                            source: o.path.clone(),
+                            member: member.clone(),
+                            member_size: size,
+                        },
+                        Chosen::SplitDiff => Encoding::SplitDiff {
+                            source: o.path.clone(),
+                            member: member.clone(),
+                            member_size: size,
+                        },
+                        Chosen::ZstdRef { window_log } => Encoding::ZstdRef {
+                            source: o.path.clone(),
+                            member: member.clone(),
+                            member_size: size,
+                            window_log,
+                        },
                     };
-                    let old_pin = if matches!(enc.chosen, Chosen::Full) { None } else { Some(opin) };
+                    let old_pin = if matches!(enc.chosen, Chosen::Full) {
+                        None
+                    } else {
+                        Some(opin)
+                    };
                     (
-                        PatchOp { path: e.path.clone(), old: old_pin, new: pin, encoding },
+                        PatchOp {
+                            path: e.path.clone(),
+                            old: old_pin,
+                            new: pin,
+                            encoding,
+                        },
                         Some((member, enc.bytes)),
                     )
                 }

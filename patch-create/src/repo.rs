@@ -88,7 +88,10 @@ impl Repo {
                 // release yet.
                 let l = lock(path)?;
                 let chain = crate::keys_admin::load_root_chain(path)?;
-                let root = chain.last().map(|r| r.root.clone()).ok_or_else(|| repo_err(path, "metadata/1.root.json is missing"))?;
+                let root = chain
+                    .last()
+                    .map(|r| r.root.clone())
+                    .ok_or_else(|| repo_err(path, "metadata/1.root.json is missing"))?;
                 return Ok(Repo {
                     path: path.to_path_buf(),
                     root,
@@ -102,12 +105,19 @@ impl Repo {
             if path.exists() && std::fs::read_dir(path).at(path)?.next().is_some() {
                 let md = path.join(layout::METADATA_DIR);
                 if md.exists() {
-                    return Err(repo_err(path, "has a metadata directory but no timestamp.json"));
+                    return Err(repo_err(
+                        path,
+                        "has a metadata directory but no timestamp.json",
+                    ));
                 }
             }
             std::fs::create_dir_all(path).at(path)?;
             let l = lock(path)?;
-            let root = RootMetadata::new_single_key(&creator.public(), 1, expires + time::Duration::days(365));
+            let root = RootMetadata::new_single_key(
+                &creator.public(),
+                1,
+                expires + time::Duration::days(365),
+            );
             return Ok(Repo {
                 path: path.to_path_buf(),
                 root,
@@ -131,13 +141,21 @@ impl Repo {
         let md = path.join(layout::METADATA_DIR);
         // Newest root: walk N.root.json upwards, each version signed by the one before.
         let chain = crate::keys_admin::load_root_chain(path)?;
-        let root = chain.last().map(|r| r.root.clone()).ok_or_else(|| repo_err(path, "metadata/1.root.json is missing"))?;
+        let root = chain
+            .last()
+            .map(|r| r.root.clone())
+            .ok_or_else(|| repo_err(path, "metadata/1.root.json is missing"))?;
         // After a change of release keys the current metadata may still carry the previous
         // root's signatures until it is re-signed (`patch-create resign` or the next release).
-        let prev_root = chain.len().checked_sub(2).and_then(|i| chain.get(i)).map(|r| r.root.clone());
+        let prev_root = chain
+            .len()
+            .checked_sub(2)
+            .and_then(|i| chain.get(i))
+            .map(|r| r.root.clone());
         let roots: Vec<&RootMetadata> = std::iter::once(&root).chain(prev_root.as_ref()).collect();
         let ts_bytes = read_limited(&md.join("timestamp.json"), limits.max_small_metadata)?;
-        let ts = verify_any::<TimestampMetadata>("metadata/timestamp.json", &ts_bytes, &roots, &limits)?;
+        let ts =
+            verify_any::<TimestampMetadata>("metadata/timestamp.json", &ts_bytes, &roots, &limits)?;
         let snap_v = ts
             .meta
             .get("snapshot.json")
@@ -219,7 +237,11 @@ impl Repo {
             .get(&name)
             .ok_or_else(|| repo_err(&self.path, format!("has no release {v}")))?;
         let bytes = self.read_target(&name, t)?;
-        Ok(ReleaseManifest::from_json(&name, &bytes, &Limits::default())?)
+        Ok(ReleaseManifest::from_json(
+            &name,
+            &bytes,
+            &Limits::default(),
+        )?)
     }
 
     /// Path of a repair blob on disk.
@@ -228,7 +250,12 @@ impl Repo {
     }
 
     /// Writes a target file (content-addressed, atomic) and returns its targets entry.
-    pub fn write_target(&self, name: &str, bytes: &[u8], custom: TargetCustom) -> Result<TargetFile> {
+    pub fn write_target(
+        &self,
+        name: &str,
+        bytes: &[u8],
+        custom: TargetCustom,
+    ) -> Result<TargetFile> {
         let sha = Sha256::of(bytes);
         let p = self.path.join(layout::target_file(name, &sha));
         if let Some(parent) = p.parent() {
@@ -239,7 +266,12 @@ impl Repo {
     }
 
     /// Moves an artifact already written at `tmp` into place as target `name`.
-    pub fn place_target_file(&self, name: &str, tmp: &Path, custom_kind: TargetCustom) -> Result<TargetFile> {
+    pub fn place_target_file(
+        &self,
+        name: &str,
+        tmp: &Path,
+        custom_kind: TargetCustom,
+    ) -> Result<TargetFile> {
         let (len, sha, b3) = hash_file(tmp)?;
         let p = self.path.join(layout::target_file(name, &sha));
         if let Some(parent) = p.parent() {
@@ -247,32 +279,58 @@ impl Repo {
         }
         atomic::sync_file(tmp)?;
         atomic::rename(tmp, &p)?;
-        Ok(target_entry(len, sha, TargetCustom { blake3: b3, ..custom_kind }))
+        Ok(target_entry(
+            len,
+            sha,
+            TargetCustom {
+                blake3: b3,
+                ..custom_kind
+            },
+        ))
     }
 
     /// Signs and writes new targets, snapshot and timestamp metadata (and, for a new repository,
     /// `1.root.json`). `timestamp.json` is replaced last.
-    pub fn commit(&mut self, mut targets: TargetsMetadata, keys: &[&KeyPair], expires: OffsetDateTime) -> Result<()> {
+    pub fn commit(
+        &mut self,
+        mut targets: TargetsMetadata,
+        keys: &[&KeyPair],
+        expires: OffsetDateTime,
+    ) -> Result<()> {
         let md = self.path.join(layout::METADATA_DIR);
         std::fs::create_dir_all(&md).at(&md)?;
         if self.is_new {
-            let root = Signed::sign(self.root.clone(), &signers(&self.root, Role::Root, keys, &self.path)?)?;
+            let root = Signed::sign(
+                self.root.clone(),
+                &signers(&self.root, Role::Root, keys, &self.path)?,
+            )?;
             let bytes = root.to_canonical_bytes()?;
             atomic::write_file(&self.path.join(layout::root_file(1)), &bytes)?;
             atomic::write_file(&md.join("root.json"), &bytes)?;
         }
         targets.version = self.targets.version + 1;
         targets.expires = formats::time_util::format_tuf(expires);
-        let t_signed = Signed::sign(targets.clone(), &signers(&self.root, Role::Targets, keys, &self.path)?)?;
+        let t_signed = Signed::sign(
+            targets.clone(),
+            &signers(&self.root, Role::Targets, keys, &self.path)?,
+        )?;
         let t_bytes = t_signed.to_canonical_bytes()?;
-        atomic::write_file(&md.join(format!("{}.targets.json", targets.version)), &t_bytes)?;
+        atomic::write_file(
+            &md.join(format!("{}.targets.json", targets.version)),
+            &t_bytes,
+        )?;
         let snap_v = self.snapshot_version + 1;
         let snap = SnapshotMetadata::new(snap_v, expires, targets.version, &t_bytes);
-        let s_bytes = Signed::sign(snap, &signers(&self.root, Role::Snapshot, keys, &self.path)?)?.to_canonical_bytes()?;
+        let s_bytes = Signed::sign(
+            snap,
+            &signers(&self.root, Role::Snapshot, keys, &self.path)?,
+        )?
+        .to_canonical_bytes()?;
         atomic::write_file(&md.join(format!("{snap_v}.snapshot.json")), &s_bytes)?;
         let ts_v = self.timestamp_version + 1;
         let ts = TimestampMetadata::new(ts_v, expires, snap_v, &s_bytes);
-        let ts_bytes = Signed::sign(ts, &signers(&self.root, Role::Timestamp, keys, &self.path)?)?.to_canonical_bytes()?;
+        let ts_bytes = Signed::sign(ts, &signers(&self.root, Role::Timestamp, keys, &self.path)?)?
+            .to_canonical_bytes()?;
         atomic::write_file(&md.join("timestamp.json"), &ts_bytes)?;
         self.targets = targets;
         self.snapshot_version = snap_v;
@@ -305,7 +363,12 @@ impl Repo {
 
 /// Verifies a role's document under the first of `roots` it verifies under (newest first);
 /// the error is the newest root's.
-fn verify_any<T: tuf::Metadata>(what: &str, bytes: &[u8], roots: &[&RootMetadata], limits: &Limits) -> Result<T> {
+fn verify_any<T: tuf::Metadata>(
+    what: &str,
+    bytes: &[u8],
+    roots: &[&RootMetadata],
+    limits: &Limits,
+) -> Result<T> {
     let mut first_err = None;
     for r in roots {
         match tuf::verify_role::<T>(what, bytes, r, limits) {
@@ -315,11 +378,19 @@ fn verify_any<T: tuf::Metadata>(what: &str, bytes: &[u8], roots: &[&RootMetadata
             }
         }
     }
-    Err(first_err.map(Error::Format).unwrap_or_else(|| Error::Repo { path: what.into(), reason: "no root".into() }))
+    Err(first_err.map(Error::Format).unwrap_or_else(|| Error::Repo {
+        path: what.into(),
+        reason: "no root".into(),
+    }))
 }
 
 /// The keys among `keys` that may sign `role`; fails when they do not reach its threshold.
-pub fn signers<'a>(root: &RootMetadata, role: Role, keys: &[&'a KeyPair], repo: &Path) -> Result<Vec<&'a KeyPair>> {
+pub fn signers<'a>(
+    root: &RootMetadata,
+    role: Role,
+    keys: &[&'a KeyPair],
+    repo: &Path,
+) -> Result<Vec<&'a KeyPair>> {
     let rk = root.role_keys(role)?;
     let mut out: Vec<&KeyPair> = Vec::new();
     for k in keys {

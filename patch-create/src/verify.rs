@@ -74,12 +74,20 @@ impl VerifyReport {
     /// A human-readable report.
     pub fn to_text(&self) -> String {
         let mut s = format!("repository of {}\n", self.app);
-        s.push_str(&format!("{:<16} {:>8} {:>14} {:>12} {:>12}  patches\n", "version", "files", "file bytes", "installer", "repair"));
+        s.push_str(&format!(
+            "{:<16} {:>8} {:>14} {:>12} {:>12}  patches\n",
+            "version", "files", "file bytes", "installer", "repair"
+        ));
         for v in &self.versions {
             let patches: Vec<String> = v
                 .patches
                 .iter()
-                .map(|p| format!("from {}: {} B ({:.2}%)", p.from, p.bytes, p.percent_of_installer))
+                .map(|p| {
+                    format!(
+                        "from {}: {} B ({:.2}%)",
+                        p.from, p.bytes, p.percent_of_installer
+                    )
+                })
                 .collect();
             s.push_str(&format!(
                 "{:<16} {:>8} {:>14} {:>12} {:>12}  {}\n",
@@ -91,7 +99,11 @@ impl VerifyReport {
                 patches.join(", ")
             ));
         }
-        let checked: Vec<String> = self.checked.iter().map(|(k, v)| format!("{v} {k}")).collect();
+        let checked: Vec<String> = self
+            .checked
+            .iter()
+            .map(|(k, v)| format!("{v} {k}"))
+            .collect();
         s.push_str(&format!("checked: {}\n", checked.join(", ")));
         for u in &self.unreferenced {
             s.push_str(&format!("note: unreferenced file {u}\n"));
@@ -117,7 +129,11 @@ fn pct(a: u64, b: u64) -> f64 {
 
 /// Verifies the repository at `repo` against the pinned root key `key`.
 pub fn verify(repo: &Path, key: &PublicKey) -> Result<VerifyReport> {
-    if !repo.join(layout::METADATA_DIR).join("timestamp.json").exists() {
+    if !repo
+        .join(layout::METADATA_DIR)
+        .join("timestamp.json")
+        .exists()
+    {
         return Err(Error::Repo {
             path: repo.to_path_buf(),
             reason: "is not a patch repository (metadata/timestamp.json missing)".into(),
@@ -128,7 +144,13 @@ pub fn verify(repo: &Path, key: &PublicKey) -> Result<VerifyReport> {
     let mut problems = Vec::new();
     let mut checked: BTreeMap<String, u64> = BTreeMap::new();
     let mut referenced: BTreeSet<String> = BTreeSet::new();
-    let (set, _) = match trust::refresh(&tr, std::slice::from_ref(key), &StoredTrust::default(), formats::time_util::now(), &limits) {
+    let (set, _) = match trust::refresh(
+        &tr,
+        std::slice::from_ref(key),
+        &StoredTrust::default(),
+        formats::time_util::now(),
+        &limits,
+    ) {
         Ok(x) => x,
         Err(e) => {
             return Ok(VerifyReport {
@@ -169,11 +191,17 @@ pub fn verify(repo: &Path, key: &PublicKey) -> Result<VerifyReport> {
         let any_root = |f: &dyn Fn(&RootMetadata) -> bool| roots.iter().any(f);
         let bytes = std::fs::read(&p).at(&p)?;
         let valid = if name.ends_with(".targets.json") {
-            any_root(&|r| ok(tuf::verify_role::<TargetsMetadata>(&name, &bytes, r, &limits).map(|_| ())))
+            any_root(&|r| {
+                ok(tuf::verify_role::<TargetsMetadata>(&name, &bytes, r, &limits).map(|_| ()))
+            })
         } else if name.ends_with(".snapshot.json") {
-            any_root(&|r| ok(tuf::verify_role::<SnapshotMetadata>(&name, &bytes, r, &limits).map(|_| ())))
+            any_root(&|r| {
+                ok(tuf::verify_role::<SnapshotMetadata>(&name, &bytes, r, &limits).map(|_| ()))
+            })
         } else if name == "timestamp.json" {
-            any_root(&|r| ok(tuf::verify_role::<TimestampMetadata>(&name, &bytes, r, &limits).map(|_| ())))
+            any_root(&|r| {
+                ok(tuf::verify_role::<TimestampMetadata>(&name, &bytes, r, &limits).map(|_| ()))
+            })
         } else if name.ends_with(".root.json") || name == "root.json" {
             true
         } else {
@@ -181,12 +209,17 @@ pub fn verify(repo: &Path, key: &PublicKey) -> Result<VerifyReport> {
             true
         };
         if !valid {
-            problems.push(format!("metadata/{name}: signature does not verify under any root version"));
+            problems.push(format!(
+                "metadata/{name}: signature does not verify under any root version"
+            ));
         }
         referenced.insert(format!("{}/{name}", layout::METADATA_DIR));
         *checked.entry("metadata files".into()).or_default() += 1;
     }
-    let targets = set.targets().cloned().ok_or_else(|| Error::Repo { path: repo.to_path_buf(), reason: "targets missing".into() })?;
+    let targets = set.targets().cloned().ok_or_else(|| Error::Repo {
+        path: repo.to_path_buf(),
+        reason: "targets missing".into(),
+    })?;
     let view = RepoView::from_targets(&targets)?;
     // Every target's bytes.
     for (name, t) in &targets.targets {
@@ -226,7 +259,10 @@ pub fn verify(repo: &Path, key: &PublicKey) -> Result<VerifyReport> {
         match repo_view::fetch_manifest(&tr, r, &limits) {
             Ok(m) => {
                 if m.app != app {
-                    problems.push(format!("{}: app {:?} differs from repository app {app:?}", r.manifest_name, m.app));
+                    problems.push(format!(
+                        "{}: app {:?} differs from repository app {app:?}",
+                        r.manifest_name, m.app
+                    ));
                 }
                 manifests.insert(r.version.clone(), m);
             }
@@ -248,7 +284,11 @@ pub fn verify(repo: &Path, key: &PublicKey) -> Result<VerifyReport> {
                 continue;
             }
             if let Err(e) = crate::content::read_blob(repo, &pin.blake3, repair, pin) {
-                problems.push(format!("{rel} (repair file of {} in {}): {e}", e_path(&e), m.version));
+                problems.push(format!(
+                    "{rel} (repair file of {} in {}): {e}",
+                    e_path(&e),
+                    m.version
+                ));
             }
         }
     }
@@ -257,7 +297,9 @@ pub fn verify(repo: &Path, key: &PublicKey) -> Result<VerifyReport> {
     let work = tempfile::tempdir().map_err(|e| Error::io(std::env::temp_dir(), e))?;
     let mut versions = Vec::new();
     for r in &view.releases {
-        let Some(m) = manifests.get(&r.version) else { continue };
+        let Some(m) = manifests.get(&r.version) else {
+            continue;
+        };
         let installer_bytes = r.installer.as_ref().map(|(_, t)| t.length).unwrap_or(0);
         if let Some((name, t)) = &r.installer {
             let dir = work.path().join(format!("inst-{}", r.version));
@@ -274,10 +316,22 @@ pub fn verify(repo: &Path, key: &PublicKey) -> Result<VerifyReport> {
             problems.push(format!("release {} has no installer", r.version));
         }
         let mut patches = Vec::new();
-        for (i, edge) in view.patches.iter().enumerate().filter(|(_, e)| e.to == r.version) {
-            patches.push(PatchSize { from: edge.from.to_string(), bytes: edge.target.length, percent_of_installer: pct(edge.target.length, installer_bytes) });
+        for (i, edge) in view
+            .patches
+            .iter()
+            .enumerate()
+            .filter(|(_, e)| e.to == r.version)
+        {
+            patches.push(PatchSize {
+                from: edge.from.to_string(),
+                bytes: edge.target.length,
+                percent_of_installer: pct(edge.target.length, installer_bytes),
+            });
             let Some(old) = manifests.get(&edge.from) else {
-                problems.push(format!("{}: source release {} is not in the repository", edge.name, edge.from));
+                problems.push(format!(
+                    "{}: source release {} is not in the repository",
+                    edge.name, edge.from
+                ));
                 continue;
             };
             let dir = work.path().join(format!("patch-{i}"));
@@ -287,7 +341,12 @@ pub fn verify(repo: &Path, key: &PublicKey) -> Result<VerifyReport> {
             let _ = std::fs::remove_dir_all(&dir);
             *checked.entry("patches".into()).or_default() += 1;
         }
-        let repair_bytes: u64 = m.entries.iter().filter_map(|e| e.repair).map(|p| p.size).sum();
+        let repair_bytes: u64 = m
+            .entries
+            .iter()
+            .filter_map(|e| e.repair)
+            .map(|p| p.size)
+            .sum();
         versions.push(VersionReport {
             version: r.version.to_string(),
             files: m.file_paths().len() as u64,
@@ -308,14 +367,25 @@ pub fn verify(repo: &Path, key: &PublicKey) -> Result<VerifyReport> {
         for entry in walkdir::WalkDir::new(&base).min_depth(1) {
             let Ok(entry) = entry else { continue };
             if entry.file_type().is_file() {
-                let rel = entry.path().strip_prefix(repo).unwrap_or(entry.path()).to_string_lossy().replace('\\', "/");
+                let rel = entry
+                    .path()
+                    .strip_prefix(repo)
+                    .unwrap_or(entry.path())
+                    .to_string_lossy()
+                    .replace('\\', "/");
                 if !referenced.contains(&rel) {
                     unreferenced.push(rel);
                 }
             }
         }
     }
-    Ok(VerifyReport { app, versions, problems, unreferenced, checked })
+    Ok(VerifyReport {
+        app,
+        versions,
+        problems,
+        unreferenced,
+        checked,
+    })
 }
 
 fn e_path(e: &Error) -> String {
@@ -359,7 +429,10 @@ fn replay_patch(
         match &e.node {
             Node::Dir => std::fs::create_dir_all(&p).map_err(io)?,
             Node::File { exec, .. } => {
-                let (pin, repair) = e.node.file_pin().zip(e.repair).ok_or_else(|| patch_apply::Error::bad(e.path.as_str(), "no repair file"))?;
+                let (pin, repair) =
+                    e.node.file_pin().zip(e.repair).ok_or_else(|| {
+                        patch_apply::Error::bad(e.path.as_str(), "no repair file")
+                    })?;
                 let bytes = crate::content::read_blob(&repo, &pin.blake3, repair, pin)
                     .map_err(|err| patch_apply::Error::bad(e.path.as_str(), err.to_string()))?;
                 std::fs::write(&p, bytes).map_err(io)?;
@@ -370,14 +443,23 @@ fn replay_patch(
     }
     let current = scan::scan(dir, &PathPatterns::empty(), Strictness::Install)?;
     if current.digest(&PathPatterns::empty()) != old.tree_digest() {
-        return Err(patch_apply::Error::Verify { path: dir.display().to_string(), reason: format!("rebuilt {} differs from its manifest", old.version) });
+        return Err(patch_apply::Error::Verify {
+            path: dir.display().to_string(),
+            reason: format!("rebuilt {} differs from its manifest", old.version),
+        });
     }
     // The patch, through the client's incremental staging.
-    let staged = stage::stage_incremental(&ctx("patch"), &[edge], old.tree_digest(), &current, new)?;
+    let staged =
+        stage::stage_incremental(&ctx("patch"), &[edge], old.tree_digest(), &current, new)?;
     let mut wrong = Vec::new();
     for e in &new.entries {
-        let Some(pin) = e.node.file_pin() else { continue };
-        let file = staged.get(&e.path).cloned().unwrap_or_else(|| e.path.to_path(dir));
+        let Some(pin) = e.node.file_pin() else {
+            continue;
+        };
+        let file = staged
+            .get(&e.path)
+            .cloned()
+            .unwrap_or_else(|| e.path.to_path(dir));
         match formats::hash::pin_file(&file) {
             Ok(p) if p == pin => {}
             _ => wrong.push(e.path.to_string()),
@@ -385,7 +467,13 @@ fn replay_patch(
     }
     if !wrong.is_empty() {
         wrong.truncate(5);
-        return Err(patch_apply::Error::Verify { path: wrong.join(", "), reason: format!("patched {} differs from release {}", old.version, new.version) });
+        return Err(patch_apply::Error::Verify {
+            path: wrong.join(", "),
+            reason: format!(
+                "patched {} differs from release {}",
+                old.version, new.version
+            ),
+        });
     }
     Ok(())
 }

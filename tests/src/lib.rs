@@ -71,7 +71,11 @@ pub fn fails(c: &mut Command) -> String {
 
 /// The last line of `stdout` parsed as JSON.
 pub fn last_json(stdout: &str) -> serde_json::Value {
-    let line = stdout.lines().rev().find(|l| !l.trim().is_empty()).expect("some output");
+    let line = stdout
+        .lines()
+        .rev()
+        .find(|l| !l.trim().is_empty())
+        .expect("some output");
     serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON: {line:?}: {e}"))
 }
 
@@ -89,7 +93,11 @@ pub fn tree_state(root: &Path) -> BTreeMap<String, String> {
         let v = match e.kind {
             fixtures::EntryKind::Dir { .. } => "dir".to_string(),
             fixtures::EntryKind::File { mode, data } => {
-                format!("file exec={} blake3={}", mode & 0o111 != 0, blake3_hex(&data))
+                format!(
+                    "file exec={} blake3={}",
+                    mode & 0o111 != 0,
+                    blake3_hex(&data)
+                )
             }
             fixtures::EntryKind::Symlink { target } => format!("link {target}"),
         };

@@ -21,7 +21,10 @@ fn bytes(seed: u64, n: usize) -> Vec<u8> {
 }
 
 fn text(seed: u64, n: usize) -> Vec<u8> {
-    bytes(seed, n).into_iter().map(|b| b"abcdefgh ijklmnop\n"[(b % 18) as usize]).collect()
+    bytes(seed, n)
+        .into_iter()
+        .map(|b| b"abcdefgh ijklmnop\n"[(b % 18) as usize])
+        .collect()
 }
 
 fn write(root: &Path, rel: &str, data: &[u8], exec: bool) {
@@ -80,7 +83,11 @@ fn files(root: &Path) -> Vec<PathBuf> {
 fn plan(list: &[(PathBuf, u64)], min_total: u64) -> Vec<(PathBuf, u64)> {
     const SMALL: u64 = 700;
     let mut out = Vec::new();
-    let large: u64 = list.iter().filter(|(_, n)| *n > SMALL).map(|(_, n)| *n).sum();
+    let large: u64 = list
+        .iter()
+        .filter(|(_, n)| *n > SMALL)
+        .map(|(_, n)| *n)
+        .sum();
     for (p, n) in list {
         if *n <= SMALL {
             out.extend((0..*n).map(|i| (p.clone(), i)));
@@ -120,7 +127,11 @@ fn flipped_bytes_in_any_artifact_refuse_or_give_the_new_release() {
             .args(["--version", v, "--key"])
             .arg(keys.join("release.key")));
     }
-    let pubkey = formats::keys::PublicKey::from_json("pub", &std::fs::read(keys.join("release.pub")).unwrap()).unwrap();
+    let pubkey = formats::keys::PublicKey::from_json(
+        "pub",
+        &std::fs::read(keys.join("release.pub")).unwrap(),
+    )
+    .unwrap();
     let (s1, s2) = (tree_state(&v1), tree_state(&v2));
     let list: Vec<(PathBuf, u64)> = files(&repo)
         .into_iter()
@@ -198,8 +209,13 @@ fn flipped_bytes_in_any_artifact_refuse_or_give_the_new_release() {
     // The metadata and artifacts this update reads never accept a flipped byte (older
     // versions' files are not read at all, and repair files only matter when used).
     let used = |k: &str| {
-        ["metadata/1.root.json", "metadata/timestamp.json", "metadata/2.snapshot.json", "metadata/2.targets.json"]
-            .contains(&k)
+        [
+            "metadata/1.root.json",
+            "metadata/timestamp.json",
+            "metadata/2.snapshot.json",
+            "metadata/2.targets.json",
+        ]
+        .contains(&k)
             || k.starts_with("targets/2.0.0/")
             || k.ends_with(".repository.json")
     };
