@@ -299,6 +299,23 @@ pub struct TargetCustom {
     pub targeting: BTreeMap<String, String>,
 }
 
+impl TargetCustom {
+    /// Custom data of `kind` with nothing but the BLAKE3 set; fill in the rest with struct
+    /// update syntax.
+    pub fn new(kind: TargetKind, blake3: Blake3) -> Self {
+        TargetCustom {
+            kind,
+            blake3,
+            version: None,
+            from: None,
+            tree: None,
+            ignore: Vec::new(),
+            channel: None,
+            targeting: BTreeMap::new(),
+        }
+    }
+}
+
 /// Targets metadata.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TargetsMetadata {

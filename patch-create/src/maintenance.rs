@@ -5,13 +5,10 @@
 //! and timestamp metadata are signed and committed ([`Repo::commit`]), so clients see the change
 //! with their next refresh and can trust it like any release.
 
-use std::collections::BTreeMap;
 use std::path::Path;
 
 use formats::keys::KeyPair;
 use formats::layout::{self, Maintenance, RepositoryInfo, REPOSITORY_TARGET};
-use formats::tuf::{TargetCustom, TargetKind};
-use formats::Blake3;
 
 use crate::error::{Error, Result};
 use crate::repo::Repo;
@@ -60,24 +57,7 @@ pub fn update_settings(
         }
     };
     change(&mut info);
-    let bytes = serde_json::to_vec_pretty(&info).map_err(|e| Error::Repo {
-        path: repo_path.to_path_buf(),
-        reason: format!("cannot write {REPOSITORY_TARGET}: {e}"),
-    })?;
-    let entry = repo.write_target(
-        REPOSITORY_TARGET,
-        &bytes,
-        TargetCustom {
-            kind: TargetKind::Repository,
-            blake3: Blake3::of(&bytes),
-            version: None,
-            from: None,
-            tree: None,
-            ignore: vec![],
-            channel: None,
-            targeting: BTreeMap::new(),
-        },
-    )?;
+    let entry = repo.write_info(&info)?;
     let mut targets = repo.targets.clone();
     targets.targets.insert(REPOSITORY_TARGET.to_string(), entry);
     repo.commit(targets, &refs, expires_at)?;

@@ -375,14 +375,9 @@ pub fn release(opts: &ReleaseOptions, progress: &dyn Progress) -> Result<Release
             &name,
             &tmp,
             TargetCustom {
-                kind: TargetKind::Patch,
-                blake3: Blake3([0; 32]),
                 version: Some(opts.version.clone()),
                 from: Some(from.clone()),
-                tree: None,
-                ignore: vec![],
-                channel: None,
-                targeting: BTreeMap::new(),
+                ..TargetCustom::new(TargetKind::Patch, Blake3([0; 32]))
             },
         )?;
         let mut encodings: BTreeMap<String, u64> = BTreeMap::new();
@@ -411,14 +406,8 @@ pub fn release(opts: &ReleaseOptions, progress: &dyn Progress) -> Result<Release
         &inst_name,
         &inst_tmp,
         TargetCustom {
-            kind: TargetKind::Installer,
-            blake3: Blake3([0; 32]),
             version: Some(opts.version.clone()),
-            from: None,
-            tree: None,
-            ignore: vec![],
-            channel: None,
-            targeting: BTreeMap::new(),
+            ..TargetCustom::new(TargetKind::Installer, Blake3([0; 32]))
         },
     )?;
     progress.finish();
@@ -436,14 +425,12 @@ pub fn release(opts: &ReleaseOptions, progress: &dyn Progress) -> Result<Release
         &m_name,
         &m_bytes,
         TargetCustom {
-            kind: TargetKind::Manifest,
-            blake3: Blake3::of(&m_bytes),
             version: Some(opts.version.clone()),
-            from: None,
             tree: Some(manifest.tree_digest()),
             ignore: opts.ignore.clone(),
             channel: opts.channel.clone(),
             targeting: opts.targeting.clone(),
+            ..TargetCustom::new(TargetKind::Manifest, Blake3::of(&m_bytes))
         },
     )?;
     let manifest_report = ArtifactReport {
@@ -453,24 +440,7 @@ pub fn release(opts: &ReleaseOptions, progress: &dyn Progress) -> Result<Release
     new_targets.targets.insert(m_name, m_entry);
     if old_info.is_none() {
         let info = Repo::default_info(&app);
-        let bytes = serde_json::to_vec_pretty(&info).map_err(|e| Error::Repo {
-            path: opts.repo.clone(),
-            reason: e.to_string(),
-        })?;
-        let entry = repo.write_target(
-            REPOSITORY_TARGET,
-            &bytes,
-            TargetCustom {
-                kind: TargetKind::Repository,
-                blake3: Blake3::of(&bytes),
-                version: None,
-                from: None,
-                tree: None,
-                ignore: vec![],
-                channel: None,
-                targeting: BTreeMap::new(),
-            },
-        )?;
+        let entry = repo.write_info(&info)?;
         new_targets.targets.insert(REPOSITORY_TARGET.into(), entry);
     }
 

@@ -350,6 +350,17 @@ impl Repo {
         Ok(())
     }
 
+    /// Writes `info` as the `repository.json` target and returns its targets entry.
+    pub fn write_info(&self, info: &RepositoryInfo) -> Result<TargetFile> {
+        let bytes = serde_json::to_vec_pretty(info)
+            .map_err(|e| repo_err(&self.path, format!("cannot write {REPOSITORY_TARGET}: {e}")))?;
+        self.write_target(
+            REPOSITORY_TARGET,
+            &bytes,
+            TargetCustom::new(TargetKind::Repository, Blake3::of(&bytes)),
+        )
+    }
+
     /// A new or existing repository's settings, with `app` as name.
     pub fn default_info(app: &str) -> RepositoryInfo {
         RepositoryInfo {
