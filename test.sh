@@ -15,7 +15,10 @@ cargo clippy --workspace --all-targets -q -- -D warnings
 echo "== build binaries"
 cargo build --workspace --bins -q
 echo "== tests"
-cargo test --workspace -q 2>&1 | tee "${TMPDIR:-/tmp}/patchkit-test.log" | grep -Ev '^(running [0-9]+ tests?|)$' || true
+log="${TMPDIR:-/tmp}/patchkit-test.log"
+set +e
+cargo test --workspace -q 2>&1 | tee "$log" | grep -Ev '^(running [0-9]+ tests?|)$'
 status=${PIPESTATUS[0]}
-grep -E '^test result:' "${TMPDIR:-/tmp}/patchkit-test.log" | awk '{p+=$4; f+=$6} END {printf "%d passed, %d failed\n", p, f}'
+set -e
+grep -E '^test result:' "$log" | awk '{p+=$4; f+=$6} END {printf "%d passed, %d failed\n", p, f}'
 exit "$status"
