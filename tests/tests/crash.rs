@@ -14,7 +14,7 @@ use e2e_tests::*;
 
 /// Files in the extra `many/` directory of the big fixture (about half change, half are
 /// replaced by differently named files).
-const MANY_FILES: usize = 600;
+const MANY_FILES: usize = 1500;
 
 /// A world whose v1 → v2 apply takes over a second: a sequence with a 16 MiB big file plus
 /// many small files. Built once and shared (read only) by the tests of this file.
@@ -123,9 +123,14 @@ fn apply_killed_at_50_points_leaves_each_file_old_or_new_and_recovers_to_a_whole
     ok(cmd("patch-apply").args(["rollback", "--app-dir"]).arg(&app));
     assert_same_tree(&app, &w.releases[0]);
     eprintln!("apply takes {total:?}; commit phase from {commit_start:?} to {commit_end:?}");
+    // The fixture is sized so that an apply takes over a second on the 2-core CI machine; a
+    // much faster machine still gets kills spread over the whole (shorter) apply.
+    if total < Duration::from_secs(1) {
+        eprintln!("note: the apply took only {total:?} on this machine");
+    }
     assert!(
-        total > Duration::from_secs(1),
-        "the fixture should take over a second to apply, took {total:?}"
+        total > Duration::from_millis(300),
+        "the fixture is too small to spread kills over the apply: it took {total:?}"
     );
 
     // 35 kills spread over the whole apply (delay from the start), then 15 spread over the
