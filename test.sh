@@ -17,7 +17,7 @@ cargo build --workspace --bins -q
 echo "== tests"
 log="${TMPDIR:-/tmp}/patchkit-test.log"
 set +e
-cargo test --workspace -q 2>&1 | tee "$log" | grep -Ev '^(running [0-9]+ tests?|)$'
+cargo test --workspace --no-fail-fast -q 2>&1 | tee "$log" | grep -Ev '^(running [0-9]+ tests?|)$'
 status=${PIPESTATUS[0]}
 set -e
 grep -E '^test result:' "$log" | awk '{p+=$4; f+=$6} END {printf "%d passed, %d failed\n", p, f}'

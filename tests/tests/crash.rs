@@ -14,7 +14,7 @@ use e2e_tests::*;
 
 /// Files in the extra `many/` directory of the big fixture (about half change, half are
 /// replaced by differently named files).
-const MANY_FILES: usize = 1500;
+const MANY_FILES: usize = 2500;
 
 /// A world whose v1 → v2 apply takes over a second: a sequence with a 16 MiB big file plus
 /// many small files. Built once and shared (read only) by the tests of this file.
