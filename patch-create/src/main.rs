@@ -158,6 +158,7 @@ struct KeysUpdateArgs {
     resign_expires: String,
 }
 
+/// Loads secret key files, naming the file that cannot be used.
 fn load_secrets(paths: &[PathBuf]) -> Result<Vec<formats::keys::KeyPair>> {
     paths
         .iter()
@@ -358,13 +359,7 @@ fn parse_targets(items: &[String]) -> Result<BTreeMap<String, String>> {
 
 fn release(a: ReleaseArgs) -> Result<()> {
     let version = formats::Version::parse(&a.version)?;
-    let mut keys = Vec::new();
-    for k in &a.keys {
-        keys.push(
-            patch_create::keyfile::load_secret(k)
-                .with_context(|| format!("cannot use key {}", k.display()))?,
-        );
-    }
+    let keys = load_secrets(&a.keys)?;
     let opts = ReleaseOptions {
         repo: a.repo,
         root: a.root,
@@ -439,18 +434,8 @@ struct MaintenanceArgs {
     expires: String,
 }
 
-fn load_keys(paths: &[PathBuf]) -> Result<Vec<formats::keys::KeyPair>> {
-    paths
-        .iter()
-        .map(|k| {
-            patch_create::keyfile::load_secret(k)
-                .with_context(|| format!("cannot use key {}", k.display()))
-        })
-        .collect()
-}
-
 fn maintenance(a: MaintenanceArgs) -> Result<()> {
-    let keys = load_keys(&a.keys)?;
+    let keys = load_secrets(&a.keys)?;
     let m = a.on.then(|| formats::layout::Maintenance {
         message: a.message.clone().unwrap_or_default(),
         app_may_start: a.app_may_start,
@@ -492,7 +477,7 @@ fn run() -> Result<()> {
             mirrors,
             expires,
         } => {
-            let keys = load_keys(&keys)?;
+            let keys = load_secrets(&keys)?;
             let info = patch_create::maintenance::set_mirrors(
                 &repo,
                 &keys,
