@@ -19,7 +19,9 @@ pub fn repair_bytes(content: &[u8], level: i32) -> Result<Vec<u8>> {
     Ok(out)
 }
 
-fn header(path: &str, size: u64, mode: u32, kind: tar::EntryType) -> tar::Header {
+/// A deterministic tar header (the path is set by `tar::Builder`, which writes GNU long-name
+/// entries for paths longer than the header field).
+fn header(size: u64, mode: u32, kind: tar::EntryType) -> tar::Header {
     let mut h = tar::Header::new_gnu();
     h.set_entry_type(kind);
     h.set_size(size);
@@ -27,8 +29,6 @@ fn header(path: &str, size: u64, mode: u32, kind: tar::EntryType) -> tar::Header
     h.set_mtime(0);
     h.set_uid(0);
     h.set_gid(0);
-    // Paths longer than the header field go through GNU long-name entries (tar::Builder).
-    let _ = path;
     h
 }
 
@@ -41,27 +41,16 @@ pub fn write_patch(out: &Path, info: &PatchInfo, members: &[(String, Vec<u8>)]) 
     {
         let mut tar = tar::Builder::new(&mut enc);
         let info_bytes = info.to_json()?;
-        let mut h = header(
-            PATCH_INFO_MEMBER,
-            info_bytes.len() as u64,
-            0o644,
-            tar::EntryType::Regular,
-        );
+        let mut h = header(info_bytes.len() as u64, 0o644, tar::EntryType::Regular);
         tar.append_data(&mut h, PATCH_INFO_MEMBER, info_bytes.as_slice())
             .at(out)?;
         for (name, bytes) in members {
-            let mut h = header(name, bytes.len() as u64, 0o644, tar::EntryType::Regular);
+            let mut h = header(bytes.len() as u64, 0o644, tar::EntryType::Regular);
             tar.append_data(&mut h, name, bytes.as_slice()).at(out)?;
         }
         tar.finish().at(out)?;
     }
-    let mut f = enc.finish().at(out)?;
-    f.flush().at(out)?;
-    f.into_inner()
-        .map_err(|e| Error::io(out, e.into_error()))?
-        .sync_all()
-        .at(out)?;
-    Ok(())
+    finish(enc, out)
 }
 
 /// Writes the installer: header, then zstd (`level`, all cores) of a tar of the whole release
@@ -94,14 +83,13 @@ pub fn write_installer(
             let name = e.path.as_str();
             match &e.node {
                 Node::Dir => {
-                    let mut h = header(name, 0, 0o755, tar::EntryType::Directory);
+                    let mut h = header(0, 0o755, tar::EntryType::Directory);
                     tar.append_data(&mut h, format!("{name}/"), std::io::empty())
                         .at(out)?;
                 }
                 Node::File { size, exec, .. } => {
                     let src = e.path.to_path(tree);
                     let mut h = header(
-                        name,
                         *size,
                         if *exec { 0o755 } else { 0o644 },
                         tar::EntryType::Regular,
@@ -111,18 +99,22 @@ pub fn write_installer(
                     tar.append_data(&mut h, name, &mut r).at(&src)?;
                 }
                 Node::Symlink { target } => {
-                    let mut h = header(name, 0, 0o777, tar::EntryType::Symlink);
+                    let mut h = header(0, 0o777, tar::EntryType::Symlink);
                     tar.append_link(&mut h, name, target).at(out)?;
                 }
             }
         }
         tar.finish().at(out)?;
     }
+    finish(enc, out)
+}
+
+/// Ends the zstd stream of an artifact written to `out` and makes it durable.
+fn finish(enc: zstd::stream::write::Encoder<'_, BufWriter<File>>, out: &Path) -> Result<()> {
     let mut f = enc.finish().at(out)?;
     f.flush().at(out)?;
     f.into_inner()
         .map_err(|e| Error::io(out, e.into_error()))?
         .sync_all()
-        .at(out)?;
-    Ok(())
+        .at(out)
 }
