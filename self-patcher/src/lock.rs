@@ -12,8 +12,16 @@ use crate::error::{Error, IoContext, Result};
 /// Held while an update runs; dropping it releases the lock.
 #[derive(Debug)]
 pub struct UpdateLock {
-    _file: File,
+    file: File,
     path: PathBuf,
+}
+
+impl Drop for UpdateLock {
+    /// Unlocks explicitly rather than relying on close: a child forked by another thread
+    /// shares the open file description until it execs, and would keep a close-only lock alive.
+    fn drop(&mut self) {
+        let _ = self.file.unlock();
+    }
 }
 
 impl UpdateLock {
@@ -56,7 +64,7 @@ pub fn try_lock(path: &Path) -> Result<UpdateLock> {
     f.rewind().at(path)?;
     write!(f, "{}", std::process::id()).at(path)?;
     Ok(UpdateLock {
-        _file: f,
+        file: f,
         path: path.to_path_buf(),
     })
 }
