@@ -125,20 +125,49 @@ impl Pin {
     }
 }
 
-/// Hashes a file with BLAKE3 (memory-mapped for large files, multithreaded above 1 MiB)
-/// and returns its pin.
+/// Read buffer of [`pin_file`]: one chunk per rayon task.
+const PIN_CHUNK: usize = 1 << 20;
+
+/// Hashes a file with BLAKE3 and returns its pin. The file is read with a bounded buffer (never
+/// memory-mapped: mapped pages count in the process's resident set, so hashing a large file
+/// would cost its size in RSS); each 1 MiB read is hashed on all cores.
 pub fn pin_file(path: &Path) -> Result<Pin> {
+    let mut f = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+    // Small files get a buffer of their own size (+1 to see the end in one read).
+    let len = f.metadata().map_err(|e| Error::io(path, e))?.len();
+    let buf_len = usize::try_from(len.saturating_add(1)).map_or(PIN_CHUNK, |n| n.min(PIN_CHUNK));
+    hash_with_buffer(&mut f, buf_len).map_err(|e| Error::io(path, e))
+}
+
+/// Hashes everything `r` yields with BLAKE3 (1 MiB buffer) and returns its pin.
+pub fn pin_reader<R: Read>(r: &mut R) -> std::io::Result<Pin> {
+    hash_with_buffer(r, PIN_CHUNK)
+}
+
+fn hash_with_buffer<R: Read>(r: &mut R, buf_len: usize) -> std::io::Result<Pin> {
     let mut hasher = blake3::Hasher::new();
-    let meta = std::fs::metadata(path).map_err(|e| Error::io(path, e))?;
-    if meta.len() > 1 << 20 {
-        hasher
-            .update_mmap_rayon(path)
-            .map_err(|e| Error::io(path, e))?;
-    } else {
-        let mut f = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
-        let mut buf = Vec::with_capacity(meta.len() as usize);
-        f.read_to_end(&mut buf).map_err(|e| Error::io(path, e))?;
-        hasher.update(&buf);
+    let mut buf = vec![0u8; buf_len.max(1)];
+    loop {
+        let mut filled = 0;
+        while filled < buf.len() {
+            match r.read(&mut buf[filled..]) {
+                Ok(0) => break,
+                Ok(n) => filled += n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        if filled == 0 {
+            break;
+        }
+        if filled >= 128 << 10 {
+            hasher.update_rayon(&buf[..filled]);
+        } else {
+            hasher.update(&buf[..filled]);
+        }
+        if filled < buf.len() {
+            break;
+        }
     }
     Ok(Pin {
         size: hasher.count(),
@@ -229,6 +258,23 @@ impl StreamCheck {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn pin_reader_matches_pin_of_across_buffer_sizes() {
+        for len in [
+            0usize,
+            1,
+            1000,
+            PIN_CHUNK - 1,
+            PIN_CHUNK,
+            PIN_CHUNK + 1,
+            3 * PIN_CHUNK + 7,
+        ] {
+            let data: Vec<u8> = (0..len).map(|i| (i * 31 % 251) as u8).collect();
+            let got = pin_reader(&mut data.as_slice()).unwrap();
+            assert_eq!(got, Pin::of(&data), "length {len}");
+        }
+    }
 
     #[test]
     fn hex_round_trip_and_refusals() {

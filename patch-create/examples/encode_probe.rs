@@ -58,6 +58,7 @@ fn main() -> anyhow::Result<()> {
                 level,
                 try_zstd_ref: true,
                 threads,
+                ..EncodeOptions::default()
             };
             let t = Instant::now();
             let e = encode::encode_change(&old, &new, &opts)?;

@@ -39,16 +39,73 @@ impl ContentSource {
     }
 }
 
+/// An old file's contents on disk: the tree's own file, or a repair file decoded into a
+/// temporary file (deleted on drop).
+pub enum OldFile {
+    /// A file of a release tree (not yet checked against its pin).
+    Tree(PathBuf),
+    /// A decoded repair file (checked against its pin while decoding).
+    Decoded(tempfile::TempPath),
+}
+
+impl OldFile {
+    /// Where the contents are.
+    pub fn path(&self) -> &Path {
+        match self {
+            OldFile::Tree(p) => p,
+            OldFile::Decoded(t) => t,
+        }
+    }
+}
+
+impl ContentSource {
+    /// The contents of `path` (pinned `pin`, repair file `repair`) as a file on disk, without
+    /// holding them in memory: a repair file is checked and decoded as a stream.
+    pub fn file(&self, path: &RelPath, pin: Pin, repair: Option<Pin>) -> Result<OldFile> {
+        match self {
+            ContentSource::Tree(root) => Ok(OldFile::Tree(path.to_path(root))),
+            ContentSource::Blobs(repo) => {
+                let repair = repair.ok_or_else(|| Error::Repo {
+                    path: repo.clone(),
+                    reason: format!("{path} has no repair file in its manifest"),
+                })?;
+                decode_blob(repo, &pin.blake3, repair, pin).map(OldFile::Decoded)
+            }
+        }
+    }
+}
+
+/// Checks the repair file of content `content` in `repo` against `repair` and decodes it into
+/// a temporary file, checking the decoded content against `pin`; both as streams.
+pub fn decode_blob(
+    repo: &Path,
+    content: &Blake3,
+    repair: Pin,
+    pin: Pin,
+) -> Result<tempfile::TempPath> {
+    let rel = formats::layout::blob_path(content);
+    let p = repo.join(&rel);
+    let actual = formats::hash::pin_file(&p)?;
+    if actual != repair {
+        return Err(Error::Format(formats::Error::HashMismatch {
+            what: rel,
+            algorithm: "blake3",
+            expected: repair.blake3.to_hex(),
+            actual: actual.blake3.to_hex(),
+        }));
+    }
+    let tmp = tempfile::NamedTempFile::new()
+        .map_err(|e| Error::io(std::env::temp_dir(), e))?
+        .into_temp_path();
+    patch_apply::archive::decode_repair(&p, &rel, pin, &tmp)?;
+    Ok(tmp)
+}
+
 /// Reads and decodes the repair file of content `content` in `repo`, checking the repair
 /// file's own pin and the decoded content's pin.
 pub fn read_blob(repo: &Path, content: &Blake3, repair: Pin, pin: Pin) -> Result<Vec<u8>> {
-    let rel = formats::layout::blob_path(content);
-    let p = repo.join(&rel);
-    let tmp = tempfile::NamedTempFile::new().map_err(|e| Error::io(std::env::temp_dir(), e))?;
-    let raw = std::fs::read(&p).at(&p)?;
-    repair.check(&rel, &raw)?;
-    patch_apply::archive::decode_repair(&p, &rel, pin, tmp.path())?;
-    std::fs::read(tmp.path()).at(tmp.path())
+    let tmp = decode_blob(repo, content, repair, pin)?;
+    std::fs::read(&tmp).at(&tmp)
 }
 
 /// The content source of `manifest` among `prev_roots` (a tree whose scan matches the

@@ -4,9 +4,17 @@
 //! new file compressed. The plain bidiff stream is still produced on request (`Chosen::Bidiff`)
 //! and decoded by every client, but the creator prefers the split diff, which is smaller.
 
-use std::io::Write;
+use std::fs::File;
+use std::io::{Read, Write};
+use std::path::Path;
 
-use crate::error::{Error, Result};
+use formats::Pin;
+
+use crate::error::{Error, IoContext, Result};
+use crate::window::{
+    single_window_cost, split_diff_windowed, FileAt, MemoryGate, ReadAt, WindowPlan,
+    DEFAULT_MEMORY_BUDGET,
+};
 
 /// Largest window log of zstd frames in patch members and repair files: a client decoding them
 /// never needs more than a 16 MiB window per frame.
@@ -29,6 +37,11 @@ pub struct EncodeOptions {
     pub try_zstd_ref: bool,
     /// Threads used inside one diff (suffix sort partitions and scan chunks); 0 = all cores.
     pub threads: usize,
+    /// Bytes the diffs of one release may hold at once (docs/encodings.md, "Bounded memory"):
+    /// a pair whose single-window diff would need more is diffed in windows sized from it.
+    pub memory_budget: u64,
+    /// Diff every file in windows cut this way, whatever its size (tests and tools).
+    pub force_windows: Option<WindowPlan>,
 }
 
 impl Default for EncodeOptions {
@@ -37,11 +50,27 @@ impl Default for EncodeOptions {
             level: 19,
             try_zstd_ref: true,
             threads: 0,
+            memory_budget: DEFAULT_MEMORY_BUDGET,
+            force_windows: None,
         }
     }
 }
 
 impl EncodeOptions {
+    /// How a pair of `old_len` → `new_len` bytes is diffed: `None` for one window (the whole
+    /// files in memory, the smallest patches), or the windows of the bounded mode when the
+    /// single window would exceed the memory budget.
+    pub fn window_plan(&self, old_len: u64, new_len: u64) -> Option<WindowPlan> {
+        if let Some(p) = self.force_windows {
+            return Some(p);
+        }
+        if single_window_cost(old_len, new_len) <= self.memory_budget {
+            None
+        } else {
+            Some(WindowPlan::for_budget(self.memory_budget, self.threads()))
+        }
+    }
+
     fn threads(&self) -> usize {
         if self.threads > 0 {
             self.threads
@@ -176,18 +205,44 @@ impl SplitStreams {
 
 /// Accumulates bsdiff-style matches (absolute old/new positions) into split streams. Matches
 /// must come in increasing new order; gaps in the new file become copies.
-struct SplitBuilder<'a> {
+pub(crate) struct SplitBuilder<'a> {
     old: &'a [u8],
     new: &'a [u8],
     /// Offset of `old` within the whole old file (windowed diffs).
     old_base: u64,
     new_pos: usize,
     old_cursor: u64,
+    /// Old and new positions (absolute old, within `new`) where the last add run ended.
+    last_add_end: Option<(u64, usize)>,
     streams: SplitStreams,
 }
 
 impl<'a> SplitBuilder<'a> {
-    fn add_match(&mut self, m: &bidiff::Match) -> std::io::Result<()> {
+    /// A builder for `new` against `old`, which starts at `old_base` in the whole old file;
+    /// the old cursor starts at `cursor`.
+    pub(crate) fn new(old: &'a [u8], new: &'a [u8], old_base: u64, cursor: u64) -> Self {
+        SplitBuilder {
+            old,
+            new,
+            old_base,
+            new_pos: 0,
+            old_cursor: cursor,
+            last_add_end: None,
+            streams: SplitStreams::default(),
+        }
+    }
+
+    /// The old cursor (absolute) after the triples so far.
+    pub(crate) fn cursor(&self) -> u64 {
+        self.old_cursor
+    }
+
+    /// Where the last non-empty add run ended: absolute old position, position in `new`.
+    pub(crate) fn last_add_end(&self) -> Option<(u64, usize)> {
+        self.last_add_end
+    }
+
+    pub(crate) fn add_match(&mut self, m: &bidiff::Match) -> std::io::Result<()> {
         let bad =
             |what: &str| std::io::Error::new(std::io::ErrorKind::InvalidData, what.to_string());
         if m.add_new_start < self.new_pos
@@ -216,6 +271,9 @@ impl<'a> SplitBuilder<'a> {
             (m.copy_end - m.copy_start()) as u64,
         );
         self.old_cursor = target + m.add_length as u64;
+        if m.add_length > 0 {
+            self.last_add_end = Some((self.old_cursor, m.add_new_start + m.add_length));
+        }
         self.new_pos = m.copy_end;
         Ok(())
     }
@@ -225,7 +283,7 @@ impl<'a> SplitBuilder<'a> {
         self.streams.push(0, 0, (to - from) as u64);
     }
 
-    fn finish(mut self) -> SplitStreams {
+    pub(crate) fn finish(mut self) -> SplitStreams {
         if self.new_pos < self.new.len() {
             self.copy_run(self.new_pos, self.new.len());
         }
@@ -252,14 +310,7 @@ fn diff_params(old_len: usize, new_len: usize, threads: usize) -> bidiff::DiffPa
 
 /// The split-diff streams from `old` to `new`.
 pub fn split_streams(old: &[u8], new: &[u8], threads: usize) -> Result<SplitStreams> {
-    let mut b = SplitBuilder {
-        old,
-        new,
-        old_base: 0,
-        new_pos: 0,
-        old_cursor: 0,
-        streams: SplitStreams::default(),
-    };
+    let mut b = SplitBuilder::new(old, new, 0, 0);
     if !old.is_empty() && !new.is_empty() {
         let params = diff_params(old.len(), new.len(), threads);
         bidiff::diff(old, new, &params, |m| b.add_match(&m))
@@ -369,5 +420,106 @@ pub fn encode_as(old: &[u8], new: &[u8], chosen: &Chosen, opts: &EncodeOptions) 
         Chosen::SplitDiff => split_diff(old, new, opts),
         Chosen::ZstdRef { .. } => Ok(compress_with_ref(old, new, opts.level)?.0),
         Chosen::Full => compress(new, opts.level),
+    }
+}
+
+/// zstd (`level`, window at most [`MAX_MEMBER_WINDOW_LOG`]) of the file at `path`, read in
+/// 1 MiB pieces and checked against `pin` on the way.
+pub fn compress_file(path: &Path, pin: Pin, level: i32) -> Result<Vec<u8>> {
+    compress_file_into(path, pin, level, Vec::new())
+}
+
+/// [`compress_file`], writing the compressed bytes to `out` as they come.
+pub fn compress_file_into<W: Write>(path: &Path, pin: Pin, level: i32, out: W) -> Result<W> {
+    let f = File::open(path).at(path)?;
+    let mut enc = zstd::stream::write::Encoder::new(out, level).map_err(zerr)?;
+    enc.set_pledged_src_size(Some(pin.size)).map_err(zerr)?;
+    enc.include_checksum(false).map_err(zerr)?;
+    enc.include_contentsize(true).map_err(zerr)?;
+    if pin.size > 8 << 20 {
+        enc.long_distance_matching(true).map_err(zerr)?;
+        enc.window_log(window_log_for(pin.size).min(MAX_MEMBER_WINDOW_LOG))
+            .map_err(zerr)?;
+    }
+    let mut check = formats::hash::StreamCheck::new(path.display().to_string(), pin, None);
+    let mut r = f.take(pin.size.saturating_add(1));
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = r.read(&mut buf).at(path)?;
+        if n == 0 {
+            break;
+        }
+        check.update(&buf[..n])?;
+        enc.write_all(&buf[..n]).map_err(zerr)?;
+    }
+    check.finish()?;
+    enc.finish().map_err(zerr)
+}
+
+/// Encodes the file `new` (pinned `new_pin`) against the file `old` (pinned `old_pin`),
+/// returning the smallest candidate, within the memory budget of `opts`: pairs whose
+/// single-window diff fits are read whole and go through [`encode_change`]; larger ones are
+/// diffed in windows read from disk ([`split_diff_windowed`]) and fall back to the whole new
+/// file, compressed as it is read, when the diff is poor. Both files are checked against their
+/// pins (the windowed mode hashes them with a bounded buffer before diffing). Diffs of one
+/// process share the budget through [`MemoryGate::global`].
+pub fn encode_files(
+    old: &Path,
+    old_pin: Pin,
+    new: &Path,
+    new_pin: Pin,
+    opts: &EncodeOptions,
+) -> Result<Encoded> {
+    let gate = MemoryGate::global();
+    match opts.window_plan(old_pin.size, new_pin.size) {
+        None => {
+            let _r = gate.reserve(
+                single_window_cost(old_pin.size, new_pin.size),
+                opts.memory_budget,
+            );
+            let old_bytes = std::fs::read(old).at(old)?;
+            old_pin.check(&old.display().to_string(), &old_bytes)?;
+            let new_bytes = std::fs::read(new).at(new)?;
+            new_pin.check(&new.display().to_string(), &new_bytes)?;
+            encode_change(&old_bytes, &new_bytes, opts)
+        }
+        Some(plan) => {
+            let _r = gate.reserve(plan.peak(), opts.memory_budget);
+            for (p, pin) in [(old, old_pin), (new, new_pin)] {
+                let actual = formats::hash::pin_file(p)?;
+                if actual != pin {
+                    return Err(Error::Format(formats::Error::HashMismatch {
+                        what: p.display().to_string(),
+                        algorithm: "blake3",
+                        expected: pin.blake3.to_hex(),
+                        actual: actual.blake3.to_hex(),
+                    }));
+                }
+            }
+            let old_at = FileAt::open(old)?;
+            let new_at = FileAt::open(new)?;
+            if old_at.len() != old_pin.size || new_at.len() != new_pin.size {
+                return Err(Error::io(
+                    new,
+                    std::io::Error::other("file changed size while being diffed"),
+                ));
+            }
+            let strong = (opts.level.max(19) + 3).min(22);
+            let sd = split_diff_windowed(&old_at, &new_at, &plan, strong)?;
+            let mut best = Encoded {
+                chosen: Chosen::SplitDiff,
+                bytes: sd,
+            };
+            if best.bytes.len() as u64 > new_pin.size / 16 {
+                let full = compress_file(new, new_pin, opts.level)?;
+                if full.len() < best.bytes.len() {
+                    best = Encoded {
+                        chosen: Chosen::Full,
+                        bytes: full,
+                    };
+                }
+            }
+            Ok(best)
+        }
     }
 }

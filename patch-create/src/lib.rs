@@ -9,8 +9,10 @@ pub mod maintenance;
 pub mod pack;
 pub mod progress;
 pub mod release;
+pub mod repair;
 pub mod repo;
 pub mod serve;
 pub mod verify;
+pub mod window;
 
 pub use error::{Error, Result};

@@ -1,0 +1,161 @@
+//! Round trips of the bounded-memory (windowed) split-diff encoder: encode window by window
+//! with patch_create::window, decode with the unchanged client decoder
+//! (patch_apply::decode::apply_split), compare bytes. Tiny windows make the multi-window path
+//! run on small inputs.
+
+use formats::Pin;
+use patch_create::encode::{self, Chosen, EncodeOptions};
+use patch_create::window::{split_diff_windowed, WindowPlan};
+use proptest::prelude::*;
+
+/// Applies the split-diff `member` to `old` with the client's decoder.
+fn apply(old: &[u8], new_size: u64, member: &[u8]) -> patch_apply::Result<Vec<u8>> {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let src = dir.path().join("old");
+    let m = dir.path().join("member");
+    std::fs::write(&src, old).expect("write old");
+    std::fs::write(&m, member).expect("write member");
+    let mut out = Vec::new();
+    patch_apply::decode::apply_split("t", &m, member.len() as u64, &src, new_size, &mut out)?;
+    Ok(out)
+}
+
+fn windowed(old: &[u8], new: &[u8], plan: &WindowPlan) -> Vec<u8> {
+    split_diff_windowed(&old, &new, plan, 3).expect("windowed diff")
+}
+
+fn plan(new_window: u64, margin: u64, jobs: usize) -> WindowPlan {
+    WindowPlan {
+        new_window,
+        margin,
+        jobs,
+    }
+}
+
+/// Deterministic pseudo-random bytes with some repetition, so diffs find matches.
+fn bytes(n: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed | 1;
+    (0..n)
+        .map(|i| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            if i % 7 == 0 {
+                b' '
+            } else {
+                (x % 23) as u8 + b'a'
+            }
+        })
+        .collect()
+}
+
+/// `old` with an insertion near the front, a deletion in the middle and changed bytes.
+fn edit(old: &[u8], seed: u64) -> Vec<u8> {
+    let mut new = old.to_vec();
+    if new.len() > 10 {
+        let n = new.len();
+        new[n / 3] ^= 0x55;
+        new.drain(n / 2..(n / 2 + n / 20).min(n));
+        let ins = bytes(n / 10 + 1, seed);
+        new.splice(n / 10..n / 10, ins);
+    }
+    new
+}
+
+#[test]
+fn windowed_split_diff_round_trips_edge_sizes() {
+    for (old_n, new_n) in [(0usize, 10usize), (10, 0), (1, 1), (100, 100), (5000, 7000)] {
+        let old = bytes(old_n, 3);
+        let new = if new_n == old_n {
+            edit(&old, 5)
+        } else {
+            bytes(new_n, 9)
+        };
+        for p in [
+            plan(1, 0, 1),
+            plan(7, 3, 2),
+            plan(64, 16, 3),
+            plan(1 << 20, 0, 2),
+        ] {
+            let m = windowed(&old, &new, &p);
+            assert_eq!(
+                apply(&old, new.len() as u64, &m).expect("apply"),
+                new,
+                "{old_n}->{} {p:?}",
+                new.len()
+            );
+        }
+    }
+}
+
+#[test]
+fn windows_follow_insertions_and_stay_small() {
+    // A shifted copy (a large insertion at the front): the windows must find the old bytes
+    // through the drift of earlier matches, so the patch stays close to the single-window one.
+    let old = bytes(400_000, 11);
+    let mut new = bytes(30_000, 12);
+    new.extend_from_slice(&old);
+    let single = encode::split_diff(&old, &new, &EncodeOptions::default()).expect("diff");
+    let m = windowed(&old, &new, &plan(16 << 10, 4 << 10, 2));
+    assert_eq!(apply(&old, new.len() as u64, &m).expect("apply"), new);
+    assert!(
+        m.len() < single.len() * 3 / 2 + 1024,
+        "windowed {} vs single {}",
+        m.len(),
+        single.len()
+    );
+}
+
+#[test]
+fn encode_files_uses_windows_above_the_budget_and_round_trips() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let old = bytes(300_000, 21);
+    let new = edit(&old, 22);
+    let (po, pn) = (dir.path().join("old"), dir.path().join("new"));
+    std::fs::write(&po, &old).expect("write");
+    std::fs::write(&pn, &new).expect("write");
+    let opts = EncodeOptions {
+        level: 3,
+        force_windows: Some(plan(32 << 10, 8 << 10, 2)),
+        ..EncodeOptions::default()
+    };
+    let e = encode::encode_files(&po, Pin::of(&old), &pn, Pin::of(&new), &opts).expect("encode");
+    assert_eq!(e.chosen, Chosen::SplitDiff);
+    assert_eq!(apply(&old, new.len() as u64, &e.bytes).expect("apply"), new);
+    // A budget below the single-window cost picks windows by itself.
+    let small = EncodeOptions {
+        memory_budget: 1 << 20,
+        ..EncodeOptions::default()
+    };
+    assert!(small
+        .window_plan(old.len() as u64, new.len() as u64)
+        .is_some());
+    assert!(EncodeOptions::default()
+        .window_plan(old.len() as u64, new.len() as u64)
+        .is_none());
+    // Wrong pins are refused in both modes.
+    let wrong = Pin::of(b"other");
+    assert!(encode::encode_files(&po, wrong, &pn, Pin::of(&new), &opts).is_err());
+    assert!(
+        encode::encode_files(&po, Pin::of(&old), &pn, wrong, &EncodeOptions::default()).is_err()
+    );
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(64))]
+
+    #[test]
+    fn windowed_split_diff_round_trips(
+        old in proptest::collection::vec(any::<u8>(), 0..4000),
+        other in proptest::collection::vec(any::<u8>(), 0..4000),
+        seed in any::<u64>(),
+        similar in any::<bool>(),
+        window in 1u64..700,
+        margin in 0u64..300,
+        jobs in 1usize..4,
+    ) {
+        let new = if similar { edit(&old, seed) } else { other };
+        let m = windowed(&old, &new, &plan(window, margin, jobs));
+        prop_assert_eq!(apply(&old, new.len() as u64, &m).expect("apply"), new);
+    }
+}
