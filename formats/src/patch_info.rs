@@ -9,9 +9,11 @@ use crate::relpath::RelPath;
 use crate::version::Version;
 
 /// The `format` value of patch infos this build writes and reads.
-pub const PATCH_INFO_FORMAT: &str = "patchkit-patch-1";
+pub const PATCH_INFO_FORMAT: &str = "patchkit-patch-2";
 /// Name of the patch info member, always the first member of a patch archive.
 pub const PATCH_INFO_MEMBER: &str = "patch-info.json";
+/// Name of the second and last member: the ops' bytes, concatenated in op order.
+pub const PATCH_DATA_MEMBER: &str = "data";
 
 /// How a file of the new release is produced.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -22,20 +24,16 @@ pub enum Encoding {
         /// The old file.
         source: RelPath,
     },
-    /// The whole new file, zstd-compressed, in `member`.
+    /// The whole new file, zstd-compressed.
     Full {
-        /// Archive member name.
-        member: String,
-        /// Member length in bytes.
+        /// Length of its bytes in the data member.
         member_size: u64,
     },
     /// A bsdiff-style patch (the `bidiff`/`bipatch` stream) against `source`, zstd-compressed.
     Bidiff {
         /// The old file the diff applies to.
         source: RelPath,
-        /// Archive member name.
-        member: String,
-        /// Member length in bytes.
+        /// Length of its bytes in the data member.
         member_size: u64,
     },
     /// A split diff against `source` (docs/encodings.md): bsdiff-style control, diff and extra
@@ -43,9 +41,7 @@ pub enum Encoding {
     SplitDiff {
         /// The old file the diff applies to.
         source: RelPath,
-        /// Archive member name.
-        member: String,
-        /// Member length in bytes.
+        /// Length of its bytes in the data member.
         member_size: u64,
     },
     /// The new file zstd-compressed with the old file as a reference prefix
@@ -53,9 +49,7 @@ pub enum Encoding {
     ZstdRef {
         /// The old file used as reference.
         source: RelPath,
-        /// Archive member name.
-        member: String,
-        /// Member length in bytes.
+        /// Length of its bytes in the data member.
         member_size: u64,
         /// The zstd window log the stream needs.
         window_log: u32,
@@ -74,29 +68,14 @@ impl Encoding {
         }
     }
 
-    /// The archive member, if any.
-    pub fn member(&self) -> Option<(&str, u64)> {
+    /// How many bytes of the data member the op reads, if any.
+    pub fn member_size(&self) -> Option<u64> {
         match self {
             Encoding::Copy { .. } => None,
-            Encoding::Full {
-                member,
-                member_size,
-            }
-            | Encoding::Bidiff {
-                member,
-                member_size,
-                ..
-            }
-            | Encoding::SplitDiff {
-                member,
-                member_size,
-                ..
-            }
-            | Encoding::ZstdRef {
-                member,
-                member_size,
-                ..
-            } => Some((member, *member_size)),
+            Encoding::Full { member_size }
+            | Encoding::Bidiff { member_size, .. }
+            | Encoding::SplitDiff { member_size, .. }
+            | Encoding::ZstdRef { member_size, .. } => Some(*member_size),
         }
     }
 
@@ -117,10 +96,8 @@ impl Encoding {
 pub struct PatchOp {
     /// The file's path in the new release.
     pub path: RelPath,
-    /// The source file's size and hash before (checked before the diff is applied).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub old: Option<Pin>,
-    /// The produced file's size and hash (checked after).
+    /// The produced file's size and hash (checked after). The source's expected pin is not
+    /// repeated here: it is the source's pin in the version the patch starts from.
     pub new: Pin,
     /// How it is produced.
     #[serde(flatten)]
@@ -172,7 +149,15 @@ impl PatchInfo {
         crate::keys::canonical_json(self)
     }
 
-    /// Checks format, counts, sizes, and that every op has a unique path and member.
+    /// Total length of the data member: the sum of the ops' member sizes.
+    pub fn data_size(&self) -> u64 {
+        self.ops
+            .iter()
+            .filter_map(|op| op.encoding.member_size())
+            .fold(0u64, u64::saturating_add)
+    }
+
+    /// Checks format, counts, sizes, and that every op has a unique path.
     pub fn validate(&self, what: &str, limits: &Limits) -> Result<()> {
         if self.format != PATCH_INFO_FORMAT {
             return Err(Error::invalid(
@@ -187,7 +172,6 @@ impl PatchInfo {
                 actual: (self.ops.len() + self.deletes.len()) as u64,
             });
         }
-        let mut members = std::collections::BTreeSet::new();
         for w in self.ops.windows(2) {
             if w[0].path >= w[1].path {
                 return Err(Error::invalid(
@@ -204,23 +188,14 @@ impl PatchInfo {
                     actual: op.new.size,
                 });
             }
-            if let Some((m, size)) = op.encoding.member() {
-                if !members.insert(m.to_string()) || m == PATCH_INFO_MEMBER {
-                    return Err(Error::invalid(what, format!("member {m:?} used twice")));
-                }
+            if let Some(size) = op.encoding.member_size() {
                 if size > limits.max_file_size {
                     return Err(Error::TooLarge {
-                        what: format!("{what}: member {m}"),
+                        what: format!("{what}: bytes of {}", op.path),
                         limit: limits.max_file_size,
                         actual: size,
                     });
                 }
-            }
-            if op.encoding.source().is_some() && op.old.is_none() {
-                return Err(Error::invalid(
-                    what,
-                    format!("{} reads an old file but pins no old hash", op.path),
-                ));
             }
             if let Encoding::ZstdRef { window_log, .. } = op.encoding {
                 if !(10..=31).contains(&window_log) {
@@ -251,17 +226,14 @@ mod tests {
             ops: vec![
                 PatchOp {
                     path: RelPath::new("a").unwrap(),
-                    old: Some(Pin::of(b"x")),
                     new: Pin::of(b"y"),
                     encoding: Encoding::Bidiff {
                         source: RelPath::new("a").unwrap(),
-                        member: "d/0".into(),
                         member_size: 10,
                     },
                 },
                 PatchOp {
                     path: RelPath::new("b").unwrap(),
-                    old: Some(Pin::of(b"x")),
                     new: Pin::of(b"x"),
                     encoding: Encoding::Copy {
                         source: RelPath::new("c").unwrap(),

@@ -101,43 +101,33 @@ fn manifest() -> impl Strategy<Value = ReleaseManifest> {
 }
 
 fn op() -> impl Strategy<Value = PatchOp> {
-    (name(), pin(), pin(), 0u8..4, name(), 10u32..31).prop_map(|(p, old, new, kind, src, wl)| {
-        let source = RelPath::new(src).unwrap();
-        let member = format!("d/{p}");
-        let (encoding, old) = match kind {
-            0 => (Encoding::Copy { source }, Some(old)),
-            1 => (
-                Encoding::Full {
-                    member,
-                    member_size: 10,
-                },
-                None,
-            ),
-            2 => (
-                Encoding::Bidiff {
+    (name(), pin(), 0u8..5, name(), 10u32..31, 0u64..1 << 30).prop_map(
+        |(p, new, kind, src, wl, member_size)| {
+            let source = RelPath::new(src).unwrap();
+            let encoding = match kind {
+                0 => Encoding::Copy { source },
+                1 => Encoding::Full { member_size },
+                2 => Encoding::Bidiff {
                     source,
-                    member,
-                    member_size: 20,
+                    member_size,
                 },
-                Some(old),
-            ),
-            _ => (
-                Encoding::ZstdRef {
+                3 => Encoding::SplitDiff {
                     source,
-                    member,
-                    member_size: 30,
+                    member_size,
+                },
+                _ => Encoding::ZstdRef {
+                    source,
+                    member_size,
                     window_log: wl,
                 },
-                Some(old),
-            ),
-        };
-        PatchOp {
-            path: RelPath::new(p).unwrap(),
-            old,
-            new,
-            encoding,
-        }
-    })
+            };
+            PatchOp {
+                path: RelPath::new(p).unwrap(),
+                new,
+                encoding,
+            }
+        },
+    )
 }
 
 proptest! {
@@ -151,12 +141,7 @@ proptest! {
 
     #[test]
     fn patch_info_round_trip(ops in proptest::collection::btree_map(name(), op(), 0..8), deletes in proptest::collection::vec(name(), 0..4), from in version(), to in version()) {
-        let ops: Vec<PatchOp> = ops.into_iter().map(|(k, mut op)| { op.path = RelPath::new(k.clone()).unwrap(); op.encoding = match op.encoding {
-            Encoding::Full { member_size, .. } => Encoding::Full { member: format!("d/{k}"), member_size },
-            Encoding::Bidiff { source, member_size, .. } => Encoding::Bidiff { source, member: format!("d/{k}"), member_size },
-            Encoding::ZstdRef { source, member_size, window_log, .. } => Encoding::ZstdRef { source, member: format!("d/{k}"), member_size, window_log },
-            other => other,
-        }; op }).collect();
+        let ops: Vec<PatchOp> = ops.into_iter().map(|(k, mut op)| { op.path = RelPath::new(k).unwrap(); op }).collect();
         let p = PatchInfo {
             format: PATCH_INFO_FORMAT.into(),
             app: "app".into(),

@@ -18,19 +18,20 @@ fuzz_target!(|data: &[u8]| {
     }
     let Ok(src) = RelPath::new("old") else { return };
     let size = data.len() as u64;
+    let old_pin = Pin {
+        size: 200,
+        blake3: Blake3::of(&old_bytes),
+    };
     let encodings = [
         Encoding::Bidiff {
             source: src.clone(),
-            member: "m".into(),
             member_size: size,
         },
         Encoding::Full {
-            member: "m".into(),
             member_size: size,
         },
         Encoding::SplitDiff {
             source: src.clone(),
-            member: "m".into(),
             member_size: size,
         },
     ];
@@ -40,17 +41,13 @@ fuzz_target!(|data: &[u8]| {
         };
         let op = PatchOp {
             path,
-            old: Some(Pin {
-                size: 200,
-                blake3: Blake3::of(&old_bytes),
-            }),
             new: Pin {
                 size: 512,
                 blake3: Blake3::of(b"x"),
             },
             encoding,
         };
-        let _ = patch_apply::decode::produce("fuzz", &op, Some(&old), Some(&m), &out);
+        let _ = patch_apply::decode::produce("fuzz", &op, Some((&old, old_pin)), Some(&m), &out);
         if let Ok(md) = std::fs::metadata(&out) {
             assert!(md.len() <= 512, "wrote past the signed size");
         }

@@ -3,7 +3,7 @@
 //! unknown or duplicate members, entry types other than file/dir/symlink, paths that are not
 //! [`RelPath`]s or not in the release, sizes beyond their signed bounds.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::fs::{self, File};
 use std::io::{BufReader, BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use formats::container::{read_header, ArtifactKind};
 use formats::limits::Limits;
 use formats::manifest::{Node, ReleaseManifest};
-use formats::patch_info::{PatchInfo, PATCH_INFO_MEMBER};
+use formats::patch_info::{PatchInfo, PATCH_DATA_MEMBER, PATCH_INFO_MEMBER};
 use formats::{Pin, RelPath};
 
 use crate::decode::{CheckedWriter, LimitedReader};
@@ -26,17 +26,17 @@ fn open_stream(path: &Path, what: &str, kind: ArtifactKind, bound: u64) -> Resul
     Ok(LimitedReader::new(dec, bound, what))
 }
 
-/// A patch archive unpacked into a directory: its info and where each member's bytes are.
+/// A patch archive unpacked into a directory: its info and where each op's bytes are.
 #[derive(Debug)]
 pub struct UnpackedPatch {
     /// The patch info (validated).
     pub info: PatchInfo,
-    /// Member name → file holding the member's bytes.
-    pub members: BTreeMap<String, PathBuf>,
+    /// For each op of `info.ops` (same index), the file holding its bytes, if it has any.
+    pub members: Vec<Option<PathBuf>>,
 }
 
-/// Unpacks the patch archive at `path` into `dest` (created). Members are stored under
-/// generated names, never under names from the archive.
+/// Unpacks the patch archive at `path` into `dest` (created): the patch info, then the data
+/// member split into one file per op, under generated names.
 pub fn unpack_patch(
     path: &Path,
     what: &str,
@@ -48,13 +48,23 @@ pub fn unpack_patch(
     fs::create_dir_all(dest).at(dest)?;
     let bad = |r: String| Error::bad(what, r);
     let mut entries = ar.entries().map_err(|e| bad(format!("tar: {e}")))?;
-    let mut first = entries
-        .next()
-        .ok_or_else(|| bad("empty archive".into()))?
-        .map_err(|e| bad(format!("tar: {e}")))?;
-    if first.path_bytes().as_ref() != PATCH_INFO_MEMBER.as_bytes() {
-        return Err(bad(format!("first member is not {PATCH_INFO_MEMBER}")));
-    }
+    let mut next_entry = |name: &str| {
+        let entry = entries
+            .next()
+            .ok_or_else(|| bad(format!("member {name} is missing")))?
+            .map_err(|e| bad(format!("tar: {e}")))?;
+        if entry.path_bytes().as_ref() != name.as_bytes() {
+            return Err(bad(format!(
+                "member {:?} found where {name} belongs",
+                String::from_utf8_lossy(&entry.path_bytes())
+            )));
+        }
+        if entry.header().entry_type() != tar::EntryType::Regular {
+            return Err(bad(format!("member {name} is not a regular file")));
+        }
+        Ok(entry)
+    };
+    let mut first = next_entry(PATCH_INFO_MEMBER)?;
     if first.size() > limits.max_large_metadata {
         return Err(bad("patch info too large".into()));
     }
@@ -64,51 +74,36 @@ pub fn unpack_patch(
         .map_err(|e| bad(format!("tar: {e}")))?;
     drop(first);
     let info = PatchInfo::from_json(&format!("{what}: {PATCH_INFO_MEMBER}"), &info_bytes, limits)?;
-    let expected: BTreeMap<String, u64> = info
-        .ops
-        .iter()
-        .filter_map(|op| op.encoding.member())
-        .map(|(m, s)| (m.to_string(), s))
-        .collect();
-    let mut members = BTreeMap::new();
-    for (i, entry) in entries.enumerate() {
-        let mut entry = entry.map_err(|e| bad(format!("tar: {e}")))?;
-        let name = String::from_utf8(entry.path_bytes().into_owned())
-            .map_err(|_| bad("member name is not UTF-8".into()))?;
-        if entry.header().entry_type() != tar::EntryType::Regular {
-            return Err(bad(format!("member {name:?} is not a regular file")));
-        }
-        let Some(&size) = expected.get(&name) else {
-            return Err(bad(format!(
-                "member {name:?} is not listed in the patch info"
-            )));
+    let mut data = next_entry(PATCH_DATA_MEMBER)?;
+    if data.size() != info.data_size() {
+        return Err(bad(format!(
+            "member {PATCH_DATA_MEMBER} has {} bytes, patch info says {}",
+            data.size(),
+            info.data_size()
+        )));
+    }
+    let mut members = Vec::with_capacity(info.ops.len());
+    for (i, op) in info.ops.iter().enumerate() {
+        let Some(size) = op.encoding.member_size() else {
+            members.push(None);
+            continue;
         };
-        if members.contains_key(&name) {
-            return Err(bad(format!("member {name:?} appears twice")));
-        }
-        if entry.size() != size {
-            return Err(bad(format!(
-                "member {name:?} has {} bytes, patch info says {size}",
-                entry.size()
-            )));
-        }
         let out = dest.join(format!("m{i}"));
         let mut f = File::create(&out).at(&out)?;
-        let n = std::io::copy(&mut (&mut entry).take(size), &mut f)
-            .map_err(|e| bad(format!("member {name:?}: {e}")))?;
+        let n = std::io::copy(&mut (&mut data).take(size), &mut f)
+            .map_err(|e| bad(format!("bytes of {}: {e}", op.path)))?;
         if n != size {
-            return Err(bad(format!("member {name:?} is truncated")));
+            return Err(bad(format!("bytes of {} are truncated", op.path)));
         }
-        members.insert(name, out);
+        members.push(Some(out));
     }
-    if members.len() != expected.len() {
-        let missing: Vec<_> = expected
-            .keys()
-            .filter(|k| !members.contains_key(*k))
-            .take(3)
-            .collect();
+    drop(data);
+    if let Some(extra) = entries.next() {
+        let name = extra
+            .map(|e| String::from_utf8_lossy(&e.path_bytes()).into_owned())
+            .unwrap_or_default();
         return Err(bad(format!(
-            "members missing from the archive: {missing:?}"
+            "member {name:?} after {PATCH_DATA_MEMBER}: a patch has two members"
         )));
     }
     Ok(UnpackedPatch { info, members })
@@ -246,4 +241,96 @@ pub fn make_symlink(target: &str, link: &Path) -> Result<()> {
         ));
     }
     Ok(())
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)] // Tests: a panic is a failure with its message.
+mod tests {
+    use super::*;
+    use formats::patch_info::{Encoding, PatchOp, PATCH_INFO_FORMAT};
+    use formats::Blake3;
+
+    fn info(sizes: &[u64]) -> PatchInfo {
+        PatchInfo {
+            format: PATCH_INFO_FORMAT.into(),
+            app: "a".into(),
+            from: formats::version::Version::parse("1.0.0").unwrap(),
+            to: formats::version::Version::parse("1.0.1").unwrap(),
+            from_tree: Blake3::of(b"1"),
+            to_tree: Blake3::of(b"2"),
+            ops: sizes
+                .iter()
+                .enumerate()
+                .map(|(i, &member_size)| PatchOp {
+                    path: RelPath::new(format!("f{i}")).unwrap(),
+                    new: Pin::of(b"x"),
+                    encoding: Encoding::Full { member_size },
+                })
+                .collect(),
+            deletes: vec![],
+        }
+    }
+
+    /// A patch archive with the given members (name, bytes), in order.
+    fn archive(dir: &Path, members: &[(&str, &[u8])]) -> PathBuf {
+        let mut tar = tar::Builder::new(Vec::new());
+        for (name, bytes) in members {
+            let mut h = tar::Header::new_gnu();
+            h.set_size(bytes.len() as u64);
+            h.set_mode(0o644);
+            tar.append_data(&mut h, name, *bytes).unwrap();
+        }
+        let mut out = formats::container::header(ArtifactKind::Patch).to_vec();
+        out.extend(zstd::encode_all(tar.into_inner().unwrap().as_slice(), 1).unwrap());
+        let p = dir.join("patch");
+        fs::write(&p, out).unwrap();
+        p
+    }
+
+    #[test]
+    fn data_member_is_split_per_op_and_every_other_layout_is_refused() {
+        let d = tempfile::tempdir().unwrap();
+        let limits = Limits::default();
+        let json = info(&[3, 2]).to_json().unwrap();
+        let unpack = |members: &[(&str, &[u8])]| {
+            let p = archive(d.path(), members);
+            let _ = fs::remove_dir_all(d.path().join("out"));
+            unpack_patch(&p, "p.patch", &d.path().join("out"), &limits)
+        };
+        let good = unpack(&[(PATCH_INFO_MEMBER, &json), (PATCH_DATA_MEMBER, b"abcde")]).unwrap();
+        let bytes: Vec<Vec<u8>> = good
+            .members
+            .iter()
+            .map(|m| fs::read(m.as_ref().unwrap()).unwrap())
+            .collect();
+        assert_eq!(bytes, [b"abc".to_vec(), b"de".to_vec()]);
+        for (members, why) in [
+            (
+                vec![
+                    (PATCH_INFO_MEMBER, &json[..]),
+                    (PATCH_DATA_MEMBER, &b"abcd"[..]),
+                ],
+                "4 bytes",
+            ),
+            (vec![(PATCH_INFO_MEMBER, &json[..])], "data is missing"),
+            (
+                vec![
+                    (PATCH_DATA_MEMBER, &b"abcde"[..]),
+                    (PATCH_INFO_MEMBER, &json[..]),
+                ],
+                "where patch-info.json belongs",
+            ),
+            (
+                vec![
+                    (PATCH_INFO_MEMBER, &json[..]),
+                    (PATCH_DATA_MEMBER, &b"abcde"[..]),
+                    ("extra", &b""[..]),
+                ],
+                "\"extra\" after data",
+            ),
+        ] {
+            let e = unpack(&members).unwrap_err().to_string();
+            assert!(e.contains(why) && e.contains("p.patch"), "{why}: {e}");
+        }
+    }
 }

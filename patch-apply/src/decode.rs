@@ -94,17 +94,17 @@ pub fn bidiff_stream_bound(new_size: u64) -> u64 {
 }
 
 /// Produces `op`'s file at `out` (created or truncated). `source` is the old file the op reads
-/// (checked against the op's old pin first); `member` is the archive member's bytes on disk.
+/// and the pin it must have (checked first); `member` holds the op's bytes from the archive.
 /// `what` names the patch in errors.
 pub fn produce(
     what: &str,
     op: &PatchOp,
-    source: Option<&Path>,
+    source: Option<(&Path, Pin)>,
     member: Option<&Path>,
     out: &Path,
 ) -> Result<()> {
     let file_what = format!("{what}: {}", op.path);
-    if let (Some(src), Some(pin)) = (source, op.old) {
+    if let Some((src, pin)) = source {
         let actual = formats::hash::pin_file(src)?;
         if actual != pin {
             return Err(Error::Verify {
@@ -117,7 +117,9 @@ pub fn produce(
         }
     }
     let need_source = || {
-        source.ok_or_else(|| Error::bad(&file_what, "op reads an old file that is not available"))
+        source
+            .map(|(p, _)| p)
+            .ok_or_else(|| Error::bad(&file_what, "op reads an old file that is not available"))
     };
     let need_member = || member.ok_or_else(|| Error::bad(&file_what, "archive member is missing"));
     let out_file = File::create(out).at(out)?;

@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use formats::layout;
 use formats::limits::Limits;
 use formats::manifest::{Entry, Node, ReleaseManifest};
-use formats::{Blake3, RelPath};
+use formats::{Blake3, Pin, RelPath};
 use rayon::prelude::*;
 
 use crate::error::{Error, IoContext, Result};
@@ -202,6 +202,12 @@ pub fn stage_incremental(
         .filter(|(_, n)| matches!(n, Node::File { .. }))
         .map(|(p, _)| (p.clone(), p.to_path(ctx.app_dir)))
         .collect();
+    // The pin of each file of that version: what an op's source must hash to.
+    let mut pins: BTreeMap<RelPath, Pin> = current
+        .entries
+        .iter()
+        .filter_map(|(p, n)| Some((p.clone(), n.file_pin()?)))
+        .collect();
     let mut tree = start_tree;
     // Every patch of the chain is downloaded first, several at once.
     let done = AtomicU64::new(0);
@@ -246,34 +252,23 @@ pub fn stage_incremental(
             .enumerate()
             .map(|(j, op)| {
                 let source = match op.encoding.source() {
-                    Some(s) => Some(loc.get(s).ok_or_else(|| {
-                        Error::bad(
-                            &path,
-                            format!(
-                                "{} reads {s}, which the installed version does not have",
-                                op.path
-                            ),
-                        )
-                    })?),
+                    Some(s) => match (loc.get(s), pins.get(s)) {
+                        (Some(l), Some(pin)) => Some((l.as_path(), *pin)),
+                        _ => {
+                            return Err(Error::bad(
+                                &path,
+                                format!(
+                                    "{} reads {s}, which version {} does not have",
+                                    op.path, info.from
+                                ),
+                            ))
+                        }
+                    },
                     None => None,
                 };
-                let member = match op.encoding.member() {
-                    Some((m, _)) => Some(
-                        unpacked
-                            .members
-                            .get(m)
-                            .ok_or_else(|| Error::bad(&path, format!("member {m} missing")))?,
-                    ),
-                    None => None,
-                };
+                let member = unpacked.members.get(j).and_then(Option::as_deref);
                 let out = out_dir.join(format!("f{j}"));
-                crate::decode::produce(
-                    &path,
-                    op,
-                    source.map(PathBuf::as_path),
-                    member.map(PathBuf::as_path),
-                    &out,
-                )?;
+                crate::decode::produce(&path, op, source, member, &out)?;
                 let d = done.fetch_add(1, Ordering::Relaxed) + 1;
                 (ctx.events)(&Event::Progress {
                     phase: "apply",
@@ -285,9 +280,11 @@ pub fn stage_incremental(
             .collect();
         for d in &info.deletes {
             loc.remove(d);
+            pins.remove(d);
         }
-        for p in produced {
+        for (p, op) in produced.into_iter().zip(&info.ops) {
             let (path, out) = p?;
+            pins.insert(path.clone(), op.new);
             loc.insert(path, out);
         }
         tree = info.to_tree;

@@ -7,7 +7,7 @@ use std::path::Path;
 
 use formats::container::{write_header, ArtifactKind};
 use formats::manifest::{Node, ReleaseManifest};
-use formats::patch_info::{PatchInfo, PATCH_INFO_MEMBER};
+use formats::patch_info::{PatchInfo, PATCH_DATA_MEMBER, PATCH_INFO_MEMBER};
 
 use crate::encode::window_log_for;
 use crate::error::{Error, IoContext, Result};
@@ -32,25 +32,63 @@ fn header(size: u64, mode: u32, kind: tar::EntryType) -> tar::Header {
     h
 }
 
-/// Writes a patch archive: header, then zstd of a tar whose first member is the patch info.
-pub fn write_patch(out: &Path, info: &PatchInfo, members: &[(String, Vec<u8>)]) -> Result<()> {
-    let f = BufWriter::new(File::create(out).at(out)?);
-    let mut f = f;
+/// Writes a patch archive: header, then zstd of a tar of two members, the patch info and the
+/// data member (`members`, the bytes of the ops that have some, concatenated in op order).
+/// The outer level is high: the patch info is the only compressible part and it is small.
+pub fn write_patch(out: &Path, info: &PatchInfo, members: &[Vec<u8>]) -> Result<()> {
+    let data_size: u64 = members.iter().map(|m| m.len() as u64).sum();
+    if data_size != info.data_size() {
+        return Err(Error::Repo {
+            path: out.to_path_buf(),
+            reason: format!(
+                "patch data is {data_size} bytes but the patch info lists {}",
+                info.data_size()
+            ),
+        });
+    }
+    let mut f = BufWriter::new(File::create(out).at(out)?);
     write_header(&mut f, ArtifactKind::Patch).at(out)?;
-    let mut enc = zstd::stream::write::Encoder::new(f, 3).at(out)?;
+    let mut enc = zstd::stream::write::Encoder::new(f, 19).at(out)?;
     {
         let mut tar = tar::Builder::new(&mut enc);
         let info_bytes = info.to_json()?;
         let mut h = header(info_bytes.len() as u64, 0o644, tar::EntryType::Regular);
         tar.append_data(&mut h, PATCH_INFO_MEMBER, info_bytes.as_slice())
             .at(out)?;
-        for (name, bytes) in members {
-            let mut h = header(bytes.len() as u64, 0o644, tar::EntryType::Regular);
-            tar.append_data(&mut h, name, bytes.as_slice()).at(out)?;
-        }
+        let mut h = header(data_size, 0o644, tar::EntryType::Regular);
+        let data = Concat {
+            parts: members,
+            pos: 0,
+        };
+        tar.append_data(&mut h, PATCH_DATA_MEMBER, data).at(out)?;
         tar.finish().at(out)?;
     }
     finish(enc, out)
+}
+
+/// Reads byte slices one after the other.
+struct Concat<'a> {
+    /// What is left to read; the first part from `pos` on.
+    parts: &'a [Vec<u8>],
+    pos: usize,
+}
+
+impl Read for Concat<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        while let Some((first, rest)) = self.parts.split_first() {
+            let left = &first[self.pos.min(first.len())..];
+            if left.is_empty() {
+                self.parts = rest;
+                self.pos = 0;
+                continue;
+            }
+            let n = left.len().min(buf.len());
+            buf[..n].copy_from_slice(&left[..n]);
+            self.pos += n;
+            return Ok(n);
+        }
+        Ok(0)
+    }
 }
 
 /// Writes the installer: header, then zstd (`level`, all cores) of a tar of the whole release

@@ -16,7 +16,7 @@ use rayon::prelude::*;
 use serde::Serialize;
 
 use crate::content::{source_for, ContentSource};
-use crate::encode::{encode_files, Chosen, EncodeOptions};
+use crate::encode::{encode_change, Chosen, EncodeOptions};
 use crate::error::{Error, IoContext, Result};
 use crate::pack;
 use crate::progress::Progress;
@@ -271,10 +271,16 @@ pub fn release(opts: &ReleaseOptions, progress: &dyn Progress) -> Result<Release
         .par_iter()
         .map(|(h, (path, pin))| {
             let src = path.to_path(&opts.root);
-            let repair =
-                crate::repair::write_repair_file(&src, *pin, &repo.blob_file(h), opts.level)?;
+            let content = std::fs::read(&src).at(&src)?;
+            pin.check(&src.display().to_string(), &content)?;
+            let bytes = pack::repair_bytes(&content, opts.level)?;
+            let dest = repo.blob_file(h);
+            if let Some(parent) = dest.parent() {
+                std::fs::create_dir_all(parent).at(parent)?;
+            }
+            patch_apply::atomic::write_file(&dest, &bytes)?;
             progress.advance(1);
-            Ok((*h, repair))
+            Ok((*h, Pin::of(&bytes)))
         })
         .collect();
     progress.finish();
@@ -485,8 +491,8 @@ pub fn release(opts: &ReleaseOptions, progress: &dyn Progress) -> Result<Release
     })
 }
 
-/// A patch archive member: name and bytes.
-pub type Member = (String, Vec<u8>);
+/// The bytes of one op in the patch's data member.
+pub type Member = Vec<u8>;
 
 /// Normalizes a path for matching renamed files: digits and dots runs collapse, so
 /// `numpy-2.1.2.dist-info/RECORD` and `numpy-2.1.3.dist-info/RECORD` match.
@@ -607,18 +613,15 @@ pub fn build_patch(
     );
     let results: Vec<Result<(PatchOp, Option<Member>)>> = plans
         .par_iter()
-        .enumerate()
-        .map(|(i, (e, plan))| {
+        .map(|(e, plan)| {
             let pin = e.node.file_pin().ok_or_else(|| Error::Repo {
                 path: new_root.to_path_buf(),
                 reason: format!("{} is not a file", e.path),
             })?;
-            let member = format!("d/{i}");
             let out = match plan {
                 Plan::Copy(o) => (
                     PatchOp {
                         path: e.path.clone(),
-                        old: o.node.file_pin(),
                         new: pin,
                         encoding: Encoding::Copy {
                             source: o.path.clone(),
@@ -628,18 +631,18 @@ pub fn build_patch(
                 ),
                 Plan::Full => {
                     let p = e.path.to_path(new_root);
-                    let bytes = crate::encode::compress_file(&p, pin, encode.level)?;
+                    let data = std::fs::read(&p).at(&p)?;
+                    pin.check(&p.display().to_string(), &data)?;
+                    let bytes = crate::encode::compress(&data, encode.level)?;
                     (
                         PatchOp {
                             path: e.path.clone(),
-                            old: None,
                             new: pin,
                             encoding: Encoding::Full {
-                                member: member.clone(),
                                 member_size: bytes.len() as u64,
                             },
                         },
-                        Some((member, bytes)),
+                        Some(bytes),
                     )
                 }
                 Plan::Diff(o) => {
@@ -647,45 +650,35 @@ pub fn build_patch(
                         path: new_root.to_path_buf(),
                         reason: format!("{} is not a file", o.path),
                     })?;
-                    let old_file = old_source.file(&o.path, opin, o.repair)?;
+                    let old_bytes = old_source.read(&o.path, opin, o.repair)?;
                     let p = e.path.to_path(new_root);
-                    let enc = encode_files(old_file.path(), opin, &p, pin, encode)?;
+                    let data = std::fs::read(&p).at(&p)?;
+                    pin.check(&p.display().to_string(), &data)?;
+                    let enc = encode_change(&old_bytes, &data, encode)?;
                     let size = enc.bytes.len() as u64;
                     let encoding = match enc.chosen {
-                        Chosen::Full => Encoding::Full {
-                            member: member.clone(),
-                            member_size: size,
-                        },
+                        Chosen::Full => Encoding::Full { member_size: size },
                         Chosen::Bidiff => Encoding::Bidiff {
                             source: o.path.clone(),
-                            member: member.clone(),
                             member_size: size,
                         },
                         Chosen::SplitDiff => Encoding::SplitDiff {
                             source: o.path.clone(),
-                            member: member.clone(),
                             member_size: size,
                         },
                         Chosen::ZstdRef { window_log } => Encoding::ZstdRef {
                             source: o.path.clone(),
-                            member: member.clone(),
                             member_size: size,
                             window_log,
                         },
                     };
-                    let old_pin = if matches!(enc.chosen, Chosen::Full) {
-                        None
-                    } else {
-                        Some(opin)
-                    };
                     (
                         PatchOp {
                             path: e.path.clone(),
-                            old: old_pin,
                             new: pin,
                             encoding,
                         },
-                        Some((member, enc.bytes)),
+                        Some(enc.bytes),
                     )
                 }
             };

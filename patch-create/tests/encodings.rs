@@ -22,40 +22,32 @@ fn decode(old: &[u8], new: &[u8], chosen: &Chosen, bytes: &[u8]) -> Vec<u8> {
     std::fs::write(&src, old).expect("write old");
     std::fs::write(&member, bytes).expect("write member");
     let source = RelPath::new("f").expect("path");
-    let member_name = "d/0".to_string();
     let member_size = bytes.len() as u64;
     let encoding = match chosen {
         Chosen::Bidiff => Encoding::Bidiff {
             source,
-            member: member_name,
             member_size,
         },
         Chosen::SplitDiff => Encoding::SplitDiff {
             source,
-            member: member_name,
             member_size,
         },
         Chosen::ZstdRef { .. } => Encoding::ZstdRef {
             source,
-            member: member_name,
             member_size,
             window_log: encode::window_log_for((old.len() + new.len()) as u64),
         },
-        Chosen::Full => Encoding::Full {
-            member: member_name,
-            member_size,
-        },
+        Chosen::Full => Encoding::Full { member_size },
     };
     let op = PatchOp {
         path: RelPath::new("f").expect("path"),
-        old: Some(Pin::of(old)),
         new: Pin::of(new),
         encoding,
     };
-    let source: Option<&Path> = if matches!(chosen, Chosen::Full) {
+    let source: Option<(&Path, Pin)> = if matches!(chosen, Chosen::Full) {
         None
     } else {
-        Some(&src)
+        Some((&src, Pin::of(old)))
     };
     patch_apply::decode::produce("test", &op, source, Some(&member), &out).expect("produce");
     std::fs::read(&out).expect("read out")
@@ -147,7 +139,6 @@ fn multi_threaded_split_diff_round_trips() {
             level: 3,
             try_zstd_ref: true,
             threads,
-            ..EncodeOptions::default()
         };
         assert_eq!(
             round_trip(&old, &new, &Chosen::SplitDiff, &opts),
@@ -193,11 +184,9 @@ fn corrupt_split_diff_is_rejected() {
     std::fs::write(&src, &old).expect("write");
     let op = |size: u64| PatchOp {
         path: RelPath::new("f").expect("path"),
-        old: Some(Pin::of(&old)),
         new: Pin::of(&new),
         encoding: Encoding::SplitDiff {
             source: RelPath::new("f").expect("path"),
-            member: "d/0".into(),
             member_size: size,
         },
     };
@@ -206,7 +195,7 @@ fn corrupt_split_diff_is_rejected() {
     assert!(patch_apply::decode::produce(
         "t",
         &op(bytes.len() as u64 + 1),
-        Some(&src),
+        Some((&src, Pin::of(&old))),
         Some(&member),
         &out
     )
@@ -215,10 +204,14 @@ fn corrupt_split_diff_is_rejected() {
     for i in [0, 3, n / 2, n - 1] {
         bytes[i] ^= 0x5a;
         std::fs::write(&member, &bytes).expect("write");
-        assert!(
-            patch_apply::decode::produce("t", &op(n as u64), Some(&src), Some(&member), &out)
-                .is_err()
-        );
+        assert!(patch_apply::decode::produce(
+            "t",
+            &op(n as u64),
+            Some((&src, Pin::of(&old))),
+            Some(&member),
+            &out
+        )
+        .is_err());
         bytes[i] ^= 0x5a;
     }
 }
