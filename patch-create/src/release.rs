@@ -16,7 +16,7 @@ use rayon::prelude::*;
 use serde::Serialize;
 
 use crate::content::{source_for, ContentSource};
-use crate::encode::{encode_change, Chosen, EncodeOptions};
+use crate::encode::{encode_files, Chosen, EncodeOptions};
 use crate::error::{Error, IoContext, Result};
 use crate::pack;
 use crate::progress::Progress;
@@ -271,16 +271,10 @@ pub fn release(opts: &ReleaseOptions, progress: &dyn Progress) -> Result<Release
         .par_iter()
         .map(|(h, (path, pin))| {
             let src = path.to_path(&opts.root);
-            let content = std::fs::read(&src).at(&src)?;
-            pin.check(&src.display().to_string(), &content)?;
-            let bytes = pack::repair_bytes(&content, opts.level)?;
-            let dest = repo.blob_file(h);
-            if let Some(parent) = dest.parent() {
-                std::fs::create_dir_all(parent).at(parent)?;
-            }
-            patch_apply::atomic::write_file(&dest, &bytes)?;
+            let repair =
+                crate::repair::write_repair_file(&src, *pin, &repo.blob_file(h), opts.level)?;
             progress.advance(1);
-            Ok((*h, Pin::of(&bytes)))
+            Ok((*h, repair))
         })
         .collect();
     progress.finish();
@@ -631,9 +625,7 @@ pub fn build_patch(
                 ),
                 Plan::Full => {
                     let p = e.path.to_path(new_root);
-                    let data = std::fs::read(&p).at(&p)?;
-                    pin.check(&p.display().to_string(), &data)?;
-                    let bytes = crate::encode::compress(&data, encode.level)?;
+                    let bytes = crate::encode::compress_file(&p, pin, encode.level)?;
                     (
                         PatchOp {
                             path: e.path.clone(),
@@ -650,11 +642,9 @@ pub fn build_patch(
                         path: new_root.to_path_buf(),
                         reason: format!("{} is not a file", o.path),
                     })?;
-                    let old_bytes = old_source.read(&o.path, opin, o.repair)?;
+                    let old_file = old_source.file(&o.path, opin, o.repair)?;
                     let p = e.path.to_path(new_root);
-                    let data = std::fs::read(&p).at(&p)?;
-                    pin.check(&p.display().to_string(), &data)?;
-                    let enc = encode_change(&old_bytes, &data, encode)?;
+                    let enc = encode_files(old_file.path(), opin, &p, pin, encode)?;
                     let size = enc.bytes.len() as u64;
                     let encoding = match enc.chosen {
                         Chosen::Full => Encoding::Full { member_size: size },

@@ -139,6 +139,7 @@ fn multi_threaded_split_diff_round_trips() {
             level: 3,
             try_zstd_ref: true,
             threads,
+            ..EncodeOptions::default()
         };
         assert_eq!(
             round_trip(&old, &new, &Chosen::SplitDiff, &opts),
