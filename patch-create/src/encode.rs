@@ -12,8 +12,7 @@ use formats::Pin;
 
 use crate::error::{Error, IoContext, Result};
 use crate::window::{
-    single_window_cost, split_diff_windowed, FileAt, MemoryGate, ReadAt, WindowPlan,
-    DEFAULT_MEMORY_BUDGET,
+    auto_budget, single_window_cost, split_diff_windowed, FileAt, MemoryGate, ReadAt, WindowPlan,
 };
 
 /// Largest window log of zstd frames in patch members and repair files: a client decoding them
@@ -39,7 +38,8 @@ pub struct EncodeOptions {
     pub threads: usize,
     /// Bytes the diffs of one release may hold at once (docs/encodings.md, "Bounded memory"):
     /// a pair whose single-window diff would need more is diffed in windows sized from it.
-    pub memory_budget: u64,
+    /// `None`: [`auto_budget`] of the pair's larger file.
+    pub memory_budget: Option<u64>,
     /// Diff every file in windows cut this way, whatever its size (tests and tools).
     pub force_windows: Option<WindowPlan>,
 }
@@ -50,7 +50,7 @@ impl Default for EncodeOptions {
             level: 19,
             try_zstd_ref: true,
             threads: 0,
-            memory_budget: DEFAULT_MEMORY_BUDGET,
+            memory_budget: None,
             force_windows: None,
         }
     }
@@ -64,11 +64,18 @@ impl EncodeOptions {
         if let Some(p) = self.force_windows {
             return Some(p);
         }
-        if single_window_cost(old_len, new_len) <= self.memory_budget {
+        let budget = self.budget_for(old_len, new_len);
+        if single_window_cost(old_len, new_len) <= budget {
             None
         } else {
-            Some(WindowPlan::for_budget(self.memory_budget, self.threads()))
+            Some(WindowPlan::for_budget(budget, self.threads()))
         }
+    }
+
+    /// The memory budget of diffing a pair of `old_len` → `new_len` bytes.
+    pub fn budget_for(&self, old_len: u64, new_len: u64) -> u64 {
+        self.memory_budget
+            .unwrap_or_else(|| auto_budget(old_len.max(new_len)))
     }
 
     fn threads(&self) -> usize {
@@ -271,7 +278,8 @@ impl<'a> SplitBuilder<'a> {
             (m.copy_end - m.copy_start()) as u64,
         );
         self.old_cursor = target + m.add_length as u64;
-        if m.add_length > 0 {
+        // Short add runs are often chance matches; only long ones say where the file went.
+        if m.add_length >= 32 {
             self.last_add_end = Some((self.old_cursor, m.add_new_start + m.add_length));
         }
         self.new_pos = m.copy_end;
@@ -471,12 +479,10 @@ pub fn encode_files(
     opts: &EncodeOptions,
 ) -> Result<Encoded> {
     let gate = MemoryGate::global();
+    let budget = opts.budget_for(old_pin.size, new_pin.size);
     match opts.window_plan(old_pin.size, new_pin.size) {
         None => {
-            let _r = gate.reserve(
-                single_window_cost(old_pin.size, new_pin.size),
-                opts.memory_budget,
-            );
+            let _r = gate.reserve(single_window_cost(old_pin.size, new_pin.size), budget);
             let old_bytes = std::fs::read(old).at(old)?;
             old_pin.check(&old.display().to_string(), &old_bytes)?;
             let new_bytes = std::fs::read(new).at(new)?;
@@ -484,7 +490,7 @@ pub fn encode_files(
             encode_change(&old_bytes, &new_bytes, opts)
         }
         Some(plan) => {
-            let _r = gate.reserve(plan.peak(), opts.memory_budget);
+            let _r = gate.reserve(plan.peak(), budget);
             for (p, pin) in [(old, old_pin), (new, new_pin)] {
                 let actual = formats::hash::pin_file(p)?;
                 if actual != pin {

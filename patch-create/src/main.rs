@@ -305,6 +305,11 @@ struct ReleaseArgs {
     /// zstd level of patch members (1-22).
     #[arg(long, default_value_t = 19)]
     patch_level: i32,
+    /// Memory the diffs may hold at once (e.g. 512M, 2G): pairs whose whole-file diff needs
+    /// more are diffed in windows sized from it (docs/encodings.md, "Bounded memory").
+    /// Default: 4 × the pair's larger file, between 256M and 4G.
+    #[arg(long, value_parser = parse_size)]
+    memory_budget: Option<u64>,
     /// Release channel (e.g. stable, beta).
     #[arg(long)]
     channel: Option<String>,
@@ -381,6 +386,7 @@ fn release(a: ReleaseArgs) -> Result<()> {
         level: a.level,
         encode: EncodeOptions {
             level: a.patch_level,
+            memory_budget: a.memory_budget,
             ..EncodeOptions::default()
         },
         channel: a.channel,
@@ -566,4 +572,19 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// Parses a byte count with an optional K, M or G suffix (powers of 1024).
+fn parse_size(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let (num, shift) = match t.char_indices().last() {
+        Some((i, 'k' | 'K')) => (&t[..i], 10),
+        Some((i, 'm' | 'M')) => (&t[..i], 20),
+        Some((i, 'g' | 'G')) => (&t[..i], 30),
+        _ => (t, 0),
+    };
+    num.parse::<u64>()
+        .ok()
+        .and_then(|n| n.checked_mul(1u64 << shift))
+        .ok_or_else(|| format!("{s:?} is not a size such as 512M or 2G"))
 }

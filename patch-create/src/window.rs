@@ -19,11 +19,26 @@ use rayon::prelude::*;
 use crate::encode::{put_varint, SplitBuilder, SplitStreams};
 use crate::error::{Error, IoContext, Result};
 
-/// Default memory budget of diffing (`EncodeOptions::memory_budget`): 1 GiB.
-pub const DEFAULT_MEMORY_BUDGET: u64 = 1 << 30;
+/// Smallest automatic memory budget of a diff ([`auto_budget`]): 256 MiB.
+pub const MIN_AUTO_BUDGET: u64 = 256 << 20;
+
+/// Largest automatic memory budget of a diff ([`auto_budget`]): 4 GiB.
+pub const MAX_AUTO_BUDGET: u64 = 4 << 30;
+
+/// The memory budget of diffing a pair whose larger file has `file_len` bytes when none is
+/// given: four times the file, at least [`MIN_AUTO_BUDGET`] and at most [`MAX_AUTO_BUDGET`].
+/// With a single-window cost of about 8 × the file, pairs up to 32 MiB are diffed whole and
+/// larger ones in windows, so a release's peak stays near 4 × its largest changed file (or
+/// 256 MiB) and below 4 GiB whatever the file size.
+pub fn auto_budget(file_len: u64) -> u64 {
+    file_len
+        .saturating_mul(4)
+        .clamp(MIN_AUTO_BUDGET, MAX_AUTO_BUDGET)
+}
 
 /// Memory set aside in a windowed diff's budget for the four streaming zstd encoders (table
-/// logs bounded by [`STREAM_WINDOW_LOG`]) and the process itself.
+/// logs bounded by [`STREAM_WINDOW_LOG`]), the [`AnchorIndex`] (at most 34 MiB) and the
+/// process itself.
 pub const STREAM_RESERVE: u64 = 160 << 20;
 
 /// Window log of the four streaming encoders of a windowed split diff (4 MiB).
@@ -157,6 +172,126 @@ fn read_range(src: &dyn ReadAt, start: u64, end: u64) -> Result<Vec<u8>> {
     Ok(buf)
 }
 
+/// Bytes hashed per anchor of the [`AnchorIndex`].
+const ANCHOR_LEN: usize = 32;
+
+/// Most anchors sampled from an old file (16 bytes each in the index: 32 MiB).
+const MAX_ANCHORS: u64 = 1 << 21;
+
+/// Multiplier of the rolling hash (odd).
+const ROLL_P: u64 = 0x0000_0100_0000_01b3;
+
+fn mix(h: u64) -> u64 {
+    let h = (h ^ (h >> 31)).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    h ^ (h >> 29)
+}
+
+/// Where a window's bytes are in the old file, found through a sampled index of the old file:
+/// the hash of the [`ANCHOR_LEN`] bytes at every `block`-aligned old offset (hashes that occur
+/// more than once are dropped as ambiguous). A window rolls the same hash over every position
+/// and votes for the offset `old - new` of each anchor it meets; the winner places the window's
+/// old region, so insertions and moves larger than the margins are still found.
+pub struct AnchorIndex {
+    block: u64,
+    /// (mixed hash, old offset), sorted by hash.
+    entries: Vec<(u64, u64)>,
+    /// One bit per `filter_log`-bit hash prefix: most positions are rejected by one load.
+    filter: Vec<u64>,
+    filter_log: u32,
+}
+
+impl AnchorIndex {
+    /// Samples `old` (read in pieces of about 1 MiB).
+    pub fn build(old: &dyn ReadAt) -> Result<AnchorIndex> {
+        let len = old.len();
+        let block = len.div_ceil(MAX_ANCHORS).max(64);
+        let mut entries = Vec::with_capacity((len / block + 1) as usize);
+        let per_piece = ((1u64 << 20) / block).max(1);
+        let mut at = 0u64;
+        while at + ANCHOR_LEN as u64 <= len {
+            let end = (at + per_piece * block + ANCHOR_LEN as u64).min(len);
+            let buf = read_range(old, at, end)?;
+            let mut off = 0usize;
+            while off + ANCHOR_LEN <= buf.len() && (off as u64) < per_piece * block {
+                let h = buf[off..off + ANCHOR_LEN].iter().fold(0u64, |h, b| {
+                    h.wrapping_mul(ROLL_P).wrapping_add(u64::from(*b))
+                });
+                entries.push((mix(h), at + off as u64));
+                off += block as usize;
+            }
+            at += per_piece * block;
+        }
+        entries.sort_unstable();
+        let mut unique = Vec::with_capacity(entries.len());
+        let mut i = 0;
+        while i < entries.len() {
+            let mut j = i + 1;
+            while j < entries.len() && entries[j].0 == entries[i].0 {
+                j += 1;
+            }
+            if j == i + 1 {
+                unique.push(entries[i]);
+            }
+            i = j;
+        }
+        let filter_log = (unique.len() as u64 * 8)
+            .next_power_of_two()
+            .trailing_zeros()
+            .clamp(10, 26);
+        let mut filter = vec![0u64; 1 << (filter_log - 6)];
+        for (h, _) in &unique {
+            let bit = h >> (64 - filter_log);
+            filter[(bit >> 6) as usize] |= 1 << (bit & 63);
+        }
+        Ok(AnchorIndex {
+            block,
+            entries: unique,
+            filter,
+            filter_log,
+        })
+    }
+
+    /// The offset `old − new` most anchors of `window` (new bytes starting at `new_start`)
+    /// agree on, if any anchor is met.
+    fn vote(&self, window: &[u8], new_start: u64) -> Option<i64> {
+        if window.len() < ANCHOR_LEN || self.entries.is_empty() {
+            return None;
+        }
+        let top = (0..ANCHOR_LEN - 1).fold(1u64, |p, _| p.wrapping_mul(ROLL_P));
+        let mut votes: std::collections::HashMap<i64, u32> = std::collections::HashMap::new();
+        let mut h = 0u64;
+        for (i, &b) in window.iter().enumerate() {
+            if i >= ANCHOR_LEN {
+                h = h.wrapping_sub(u64::from(window[i - ANCHOR_LEN]).wrapping_mul(top));
+            }
+            h = h.wrapping_mul(ROLL_P).wrapping_add(u64::from(b));
+            if i + 1 < ANCHOR_LEN {
+                continue;
+            }
+            let key = mix(h);
+            let bit = key >> (64 - self.filter_log);
+            if self.filter[(bit >> 6) as usize] & (1 << (bit & 63)) == 0 {
+                continue;
+            }
+            if let Ok(k) = self.entries.binary_search_by_key(&key, |e| e.0) {
+                let new_pos = new_start + (i + 1 - ANCHOR_LEN) as u64;
+                *votes
+                    .entry(self.entries[k].1 as i64 - new_pos as i64)
+                    .or_default() += 1;
+            }
+        }
+        votes
+            .into_iter()
+            .max_by_key(|(d, n)| (*n, std::cmp::Reverse(d.unsigned_abs())))
+            .map(|(d, _)| d)
+    }
+
+    /// Bytes between anchors.
+    pub fn block(&self) -> u64 {
+        self.block
+    }
+}
+
 /// One diffed window: its streams (the first control triple's seek is relative to the window's
 /// old region start), where it left the old cursor, and the drift (old − new position) of its
 /// last match.
@@ -170,6 +305,7 @@ struct WindowOut {
 fn diff_window(
     old: &dyn ReadAt,
     new: &dyn ReadAt,
+    anchors: &AnchorIndex,
     plan: &WindowPlan,
     new_start: u64,
     drift: Option<i64>,
@@ -177,8 +313,10 @@ fn diff_window(
     let (old_len, new_len) = (old.len(), new.len());
     let new_end = (new_start + plan.new_window).min(new_len);
     let w = new_end - new_start;
-    // Where this window's bytes are expected in the old file.
-    let expect = match drift {
+    let new_buf = read_range(new, new_start, new_end)?;
+    // Where this window's bytes are expected in the old file: where its anchors say, else
+    // where the previous windows' matches ended, else the proportional position.
+    let expect = match anchors.vote(&new_buf, new_start).or(drift) {
         Some(d) => (new_start as i128 + d as i128).clamp(0, old_len as i128) as u64,
         None if new_len > 0 => (new_start as u128 * old_len as u128 / new_len as u128) as u64,
         None => 0,
@@ -190,7 +328,6 @@ fn diff_window(
     }
     let end = (start + span).min(old_len);
     let old_buf = read_range(old, start, end)?;
-    let new_buf = read_range(new, new_start, new_end)?;
     let mut b = SplitBuilder::new(&old_buf, &new_buf, start, start);
     if !old_buf.is_empty() && !new_buf.is_empty() {
         let params = bidiff::DiffParams::default();
@@ -343,6 +480,7 @@ pub fn split_diff_windowed(
         ..*plan
     };
     let mut out = MemberWriter::new(level)?;
+    let anchors = AnchorIndex::build(old)?;
     let new_len = new.len();
     let mut drift: Option<i64> = None;
     let mut next = 0u64;
@@ -355,7 +493,7 @@ pub fn split_diff_windowed(
         let d = drift;
         let windows: Vec<Result<WindowOut>> = starts
             .par_iter()
-            .map(|s| diff_window(old, new, &plan, *s, d))
+            .map(|s| diff_window(old, new, &anchors, &plan, *s, d))
             .collect();
         for w in windows {
             let w = w?;

@@ -124,7 +124,7 @@ fn encode_files_uses_windows_above_the_budget_and_round_trips() {
     assert_eq!(apply(&old, new.len() as u64, &e.bytes).expect("apply"), new);
     // A budget below the single-window cost picks windows by itself.
     let small = EncodeOptions {
-        memory_budget: 1 << 20,
+        memory_budget: Some(1 << 20),
         ..EncodeOptions::default()
     };
     assert!(small
