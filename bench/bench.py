@@ -17,7 +17,8 @@ Environment: REPS (3), TIMEOUT (seconds per command, 1800), TOOLS (peer list), O
 to skip a half, PATCH_CREATE / PATCH_APPLY / FIXTURES_GEN (binary paths), OURS_UNAVAILABLE
 (reason our binaries could not be built; set by run.sh), APP_IGNORE (comma-separated globs of
 app-dir paths the comparison ignores, e.g. the updater's own state dir), LARGE_REPS, LARGE_EDITS
-(200), MANY_METHOD (method for installing the many-files tree; default: let patch-apply choose).
+(200), LARGE_LEVEL (installer/repair zstd level of the large case), LARGE_BUDGET (its
+--memory-budget), MANY_METHOD (method for installing the many-files tree; default: let patch-apply choose).
 """
 import argparse
 import fnmatch
@@ -249,9 +250,10 @@ def keygen(kdir):
             raise Fail(f"patch-create keygen did not write {kdir}/{f}")
 
 
-def release(repo, root, version, kdir, what):
+def release(repo, root, version, kdir, what, extra=()):
     res = must(run_timed([PATCH_CREATE, "release", "--repo", repo, "--root", root, "--version", version,
-                          "--key", os.path.join(kdir, "release.key"), "--name", "bench", "--json"]), what)
+                          "--key", os.path.join(kdir, "release.key"), "--name", "bench", "--json",
+                          *extra]), what)
     js = json_object(res["out"])
     if js is None:
         raise Fail(f"{what}: stdout is not a JSON object: {res['out'][-300:]!r}")
@@ -506,6 +508,16 @@ def large_case(size_arg):
     marker = os.path.join(W, "fixture.txt")
     stamp = f"{size_arg} edits={edits}"
     res = {"size": size_arg, "reps": reps, "create": [], "apply": [], "create_v1": [], "notes": []}
+    # zstd -19 of the installer and repair file of a multi-GB file takes hours: LARGE_LEVEL sets
+    # their level (`release --level`; patch members keep theirs). LARGE_BUDGET sets
+    # `release --memory-budget` (default: patch-create's own, 4 x the file within 256M..4G).
+    large_args = []
+    if os.environ.get("LARGE_LEVEL"):
+        large_args += ["--level", os.environ["LARGE_LEVEL"]]
+        res["notes"].append(f"installer and repair files at zstd level {os.environ['LARGE_LEVEL']} (LARGE_LEVEL)")
+    if os.environ.get("LARGE_BUDGET"):
+        large_args += ["--memory-budget", os.environ["LARGE_BUDGET"]]
+        res["notes"].append(f"release --memory-budget {os.environ['LARGE_BUDGET']} (LARGE_BUDGET)")
     try:
         need_fixtures()
         if not (os.path.isfile(marker) and open(marker).read() == stamp):
@@ -523,8 +535,8 @@ def large_case(size_arg):
         for rep in range(1, reps + 1):
             if os.path.lexists(repo):
                 shutil.rmtree(repo)
-            r1 = release(repo, old, "1.0.0", kdir, "release 1.0.0")
-            r2 = release(repo, new, "1.0.1", kdir, "release 1.0.1")
+            r1 = release(repo, old, "1.0.0", kdir, "release 1.0.0", large_args)
+            r2 = release(repo, new, "1.0.1", kdir, "release 1.0.1", large_args)
             res["create_v1"].append((r1["wall_s"], r1["rss_kb"]))
             res["create"].append((r2["wall_s"], r2["rss_kb"], (r2["json"].get("timings") or {}).get("diff_s")))
             b, disk, note = patch_sizes(repo, r2["json"], "1.0.0", "1.0.1")
@@ -563,6 +575,7 @@ def large_section(res):
             f"- file {n:,} B; patch {fnum(res.get('bytes'))} B{'; ' + res['size_note'] if res.get('size_note') else ''}; "
             f"diff_s median {fs(med([c[2] for c in res['create']]))}; method {res.get('method')!r}; "
             f"result identical: {res.get('ok')}; median of {len(res['create'])} runs; throughput = new file bytes / wall.",
+            *[f"- {n}" for n in res.get("notes", [])],
             ""]
     if res.get("error"):
         out.insert(-1, f"- a later run failed: {res['error']}")

@@ -16,6 +16,8 @@
 #   PATCH_CREATE= PATCH_APPLY= FIXTURES_GEN=   binaries (default target/release/...)
 #   APP_IGNORE=glob,...   app-dir paths left out of the byte-for-byte comparison
 #   LARGE_REPS (=REPS), LARGE_EDITS=200, MANY_METHOD (method for installing the many-files tree)
+#   LARGE_LEVEL (zstd level of the large case's installer and repair file; e.g. 3: -19 of a GB
+#   file takes hours), LARGE_BUDGET (its `release --memory-budget`, e.g. 1G)
 # Output: tables on stdout and in bench/work/results.md (+ results.json, peers.md, logs/).
 # Needs root (or sudo) on a fresh machine for apt-get; builds HDiffPatch into bench/tools/.
 set -uo pipefail
@@ -34,7 +36,7 @@ while [ $# -gt 0 ]; do
     --large=*) LARGE=${1#*=}; shift ;;
     --many-files) MANY=${2:?--many-files needs N}; shift 2 ;;
     --many-files=*) MANY=${1#*=}; shift ;;
-    -h|--help) sed -n '2,22p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,24p' "$0"; exit 0 ;;
     -*) echo "run.sh: unknown option $1" >&2; exit 2 ;;
     *) if [ -z "$CORPUS" ]; then CORPUS=$1; else PAIRS+=("$1"); fi; shift ;;
   esac
