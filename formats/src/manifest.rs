@@ -1,8 +1,10 @@
 //! [`ReleaseManifest`]: every file, directory and symlink of one release (docs/format.md §5).
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
 
-use serde::{Deserialize, Serialize};
+use serde::de::{self, MapAccess, Visitor};
+use serde::{Deserialize, Deserializer, Serialize};
 
 use crate::error::{Error, Result};
 use crate::hash::{Blake3, Pin};
@@ -55,7 +57,11 @@ impl Node {
 }
 
 /// One path of a release.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+///
+/// Deserialized by hand ([`Entry`]'s `Deserialize` below): serde's derive for a `flatten`ed
+/// internally tagged enum buffers every field of every entry, which dominated the parse of a
+/// 100,000-entry manifest.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct Entry {
     /// Where it lives in the tree.
     pub path: RelPath,
@@ -130,14 +136,12 @@ impl ReleaseManifest {
                 actual: self.entries.len() as u64,
             });
         }
-        let mut kinds: BTreeMap<&RelPath, &Node> = BTreeMap::new();
         for w in self.entries.windows(2) {
             if w[0].path.as_str() >= w[1].path.as_str() {
                 return bad(format!("entries not sorted or duplicated at {}", w[1].path));
             }
         }
         for e in &self.entries {
-            kinds.insert(&e.path, &e.node);
             if e.path.first_component() == STATE_DIR {
                 return bad(format!("{} lies in the updater's state directory", e.path));
             }
@@ -151,12 +155,30 @@ impl ReleaseManifest {
                 }
             }
         }
-        for e in &self.entries {
-            for a in e.path.ancestors() {
-                match kinds.get(&a) {
+        // The entries are sorted, so a parent (a proper prefix) comes before its children and
+        // is found by binary search. Checking each entry's direct parent checks every ancestor:
+        // the parent's own parent is checked at the parent's entry.
+        // Siblings follow each other: the last parent found is usually the next one's too.
+        let mut last_dir: Option<&str> = None;
+        for (i, e) in self.entries.iter().enumerate() {
+            let path = e.path.as_str();
+            if let Some(cut) = path.rfind('/') {
+                let parent = &path[..cut];
+                let found = if last_dir == Some(parent) {
+                    Some(&Node::Dir)
+                } else {
+                    self.entries[..i]
+                        .binary_search_by(|x| x.path.as_str().cmp(parent))
+                        .ok()
+                        .map(|j| &self.entries[j].node)
+                };
+                if matches!(found, Some(Node::Dir)) {
+                    last_dir = Some(parent);
+                }
+                match found {
                     Some(Node::Dir) => {}
-                    Some(_) => return bad(format!("{} lies below non-directory {a}", e.path)),
-                    None => return bad(format!("{} has no directory entry for {a}", e.path)),
+                    Some(_) => return bad(format!("{path} lies below non-directory {parent}")),
+                    None => return bad(format!("{path} has no directory entry for {parent}")),
                 }
             }
             if let Node::Symlink { target } = &e.node {
@@ -205,21 +227,222 @@ impl ReleaseManifest {
 /// Two trees with the same digest have the same paths, contents, exec bits and links; a client
 /// uses it to recognise which release an install is from its files alone.
 pub fn tree_digest<'a>(entries: impl IntoIterator<Item = (&'a RelPath, &'a Node)>) -> Blake3 {
+    // Lines are gathered in a buffer and hashed in large pieces (no allocation per entry).
+    const FLUSH: usize = 1 << 16;
     let mut h = blake3::Hasher::new();
+    let mut buf: Vec<u8> = Vec::with_capacity(FLUSH + 8192);
+    let mut hex = [0u8; 64];
     for (path, node) in entries {
         match node {
             Node::File { size, blake3, exec } => {
-                h.update(format!("f {} {size} {blake3} {path}\n", u8::from(*exec)).as_bytes());
+                buf.extend_from_slice(if *exec { b"f 1 " } else { b"f 0 " });
+                push_decimal(&mut buf, *size);
+                buf.push(b' ');
+                // Encoding 32 bytes into a 64-byte buffer cannot fail.
+                if hex::encode_to_slice(blake3.0, &mut hex).is_ok() {
+                    buf.extend_from_slice(&hex);
+                }
+                buf.push(b' ');
+                buf.extend_from_slice(path.as_str().as_bytes());
             }
             Node::Dir => {
-                h.update(format!("d {path}\n").as_bytes());
+                buf.extend_from_slice(b"d ");
+                buf.extend_from_slice(path.as_str().as_bytes());
             }
             Node::Symlink { target } => {
-                h.update(format!("l {path}\0{target}\n").as_bytes());
+                buf.extend_from_slice(b"l ");
+                buf.extend_from_slice(path.as_str().as_bytes());
+                buf.push(0);
+                buf.extend_from_slice(target.as_bytes());
             }
         }
+        buf.push(b'\n');
+        if buf.len() >= FLUSH {
+            h.update(&buf);
+            buf.clear();
+        }
     }
+    h.update(&buf);
     Blake3(*h.finalize().as_bytes())
+}
+
+fn push_decimal(buf: &mut Vec<u8>, mut n: u64) {
+    let mut digits = [0u8; 20];
+    let mut i = digits.len();
+    loop {
+        i -= 1;
+        digits[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    buf.extend_from_slice(&digits[i..]);
+}
+
+/// Value of each byte as a lowercase hex digit; 0xff for anything else.
+const HEX_DIGIT: [u8; 256] = {
+    let mut t = [0xffu8; 256];
+    let mut i = 0;
+    while i < 10 {
+        t[b'0' as usize + i] = i as u8;
+        i += 1;
+    }
+    let mut i = 0;
+    while i < 6 {
+        t[b'a' as usize + i] = 10 + i as u8;
+        i += 1;
+    }
+    t
+};
+
+/// 64 lowercase hex digits as 32 bytes (`None` for anything else).
+fn decode_hex32(s: &[u8]) -> Option<[u8; 32]> {
+    if s.len() != 64 {
+        return None;
+    }
+    let mut out = [0u8; 32];
+    let mut bad = 0u8;
+    for (o, pair) in out.iter_mut().zip(s.chunks_exact(2)) {
+        let (hi, lo) = (HEX_DIGIT[pair[0] as usize], HEX_DIGIT[pair[1] as usize]);
+        bad |= hi | lo;
+        *o = (hi << 4) | (lo & 0x0f);
+    }
+    (bad & 0xf0 == 0).then_some(out)
+}
+
+/// A digest in lowercase hex, read from a borrowed or transient string (no allocation).
+struct HexDigest(Blake3);
+
+impl<'de> Deserialize<'de> for HexDigest {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        struct V;
+        impl Visitor<'_> for V {
+            type Value = HexDigest;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a blake3 digest as 64 lowercase hex digits")
+            }
+            fn visit_str<E: de::Error>(self, s: &str) -> std::result::Result<HexDigest, E> {
+                match decode_hex32(s.as_bytes()) {
+                    Some(b) => Ok(HexDigest(Blake3(b))),
+                    // The general parser words the error.
+                    None => s.parse().map(HexDigest).map_err(E::custom),
+                }
+            }
+        }
+        d.deserialize_str(V)
+    }
+}
+
+/// [`Pin`] read through [`HexDigest`].
+#[derive(Deserialize)]
+struct PinDe {
+    size: u64,
+    blake3: HexDigest,
+}
+
+/// The fields of an entry; every key is matched without allocating.
+#[derive(Deserialize)]
+#[serde(field_identifier, rename_all = "lowercase")]
+enum EntryField {
+    Path,
+    Type,
+    Size,
+    Blake3,
+    Exec,
+    Target,
+    Code,
+    Repair,
+    #[serde(other)]
+    Unknown,
+}
+
+/// The `type` tag of an entry.
+#[derive(Deserialize)]
+#[serde(rename_all = "lowercase")]
+enum EntryKind {
+    File,
+    Dir,
+    Symlink,
+}
+
+impl<'de> Deserialize<'de> for Entry {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Entry;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a manifest entry")
+            }
+            fn visit_map<A: MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> std::result::Result<Entry, A::Error> {
+                fn once<T, E: de::Error>(
+                    slot: &mut Option<T>,
+                    v: T,
+                    name: &'static str,
+                ) -> std::result::Result<(), E> {
+                    if slot.replace(v).is_some() {
+                        return Err(E::duplicate_field(name));
+                    }
+                    Ok(())
+                }
+                let mut path: Option<RelPath> = None;
+                let mut kind: Option<EntryKind> = None;
+                let mut size: Option<u64> = None;
+                let mut blake3: Option<Blake3> = None;
+                let mut exec: Option<bool> = None;
+                let mut target: Option<String> = None;
+                let mut code: Option<bool> = None;
+                let mut repair: Option<Option<Pin>> = None;
+                while let Some(k) = map.next_key::<EntryField>()? {
+                    match k {
+                        EntryField::Path => once(&mut path, map.next_value()?, "path")?,
+                        EntryField::Type => once(&mut kind, map.next_value()?, "type")?,
+                        EntryField::Size => once(&mut size, map.next_value()?, "size")?,
+                        EntryField::Blake3 => {
+                            let HexDigest(h) = map.next_value()?;
+                            once(&mut blake3, h, "blake3")?
+                        }
+                        EntryField::Exec => once(&mut exec, map.next_value()?, "exec")?,
+                        EntryField::Target => once(&mut target, map.next_value()?, "target")?,
+                        EntryField::Code => once(&mut code, map.next_value()?, "code")?,
+                        EntryField::Repair => {
+                            let p: Option<PinDe> = map.next_value()?;
+                            let p = p.map(|p| Pin {
+                                size: p.size,
+                                blake3: p.blake3.0,
+                            });
+                            once(&mut repair, p, "repair")?
+                        }
+                        EntryField::Unknown => {
+                            map.next_value::<de::IgnoredAny>()?;
+                        }
+                    }
+                }
+                let path = path.ok_or_else(|| de::Error::missing_field("path"))?;
+                let node = match kind.ok_or_else(|| de::Error::missing_field("type"))? {
+                    EntryKind::File => Node::File {
+                        size: size.ok_or_else(|| de::Error::missing_field("size"))?,
+                        blake3: blake3.ok_or_else(|| de::Error::missing_field("blake3"))?,
+                        exec: exec.unwrap_or(false),
+                    },
+                    EntryKind::Dir => Node::Dir,
+                    EntryKind::Symlink => Node::Symlink {
+                        target: target.ok_or_else(|| de::Error::missing_field("target"))?,
+                    },
+                };
+                Ok(Entry {
+                    path,
+                    node,
+                    code: code.unwrap_or(false),
+                    repair: repair.flatten(),
+                })
+            }
+        }
+        d.deserialize_map(V)
+    }
 }
 
 #[cfg(test)]
@@ -297,5 +520,178 @@ mod tests {
             repair: None,
         });
         assert!(m.validate("m", &l).is_err(), "below a symlink");
+    }
+
+    /// The digest as first specified (one formatted line per entry), to pin the fast one to it.
+    fn reference_digest(m: &ReleaseManifest) -> Blake3 {
+        let mut h = blake3::Hasher::new();
+        for e in &m.entries {
+            let line = match &e.node {
+                Node::File { size, blake3, exec } => {
+                    format!("f {} {size} {blake3} {}\n", u8::from(*exec), e.path)
+                }
+                Node::Dir => format!("d {}\n", e.path),
+                Node::Symlink { target } => format!("l {}\0{target}\n", e.path),
+            };
+            h.update(line.as_bytes());
+        }
+        Blake3(*h.finalize().as_bytes())
+    }
+
+    #[test]
+    fn tree_digest_matches_the_specified_lines() {
+        let mut m = sample();
+        assert_eq!(m.tree_digest(), reference_digest(&m));
+        for (i, size) in [0, 9, 10, u64::MAX].into_iter().enumerate() {
+            m.entries.push(Entry {
+                path: p(&format!("f{i}")),
+                node: Node::File {
+                    size,
+                    blake3: Blake3::of(&size.to_le_bytes()),
+                    exec: i % 2 == 0,
+                },
+                code: false,
+                repair: None,
+            });
+        }
+        // Enough entries to cross the internal buffer's flush size.
+        for i in 0..3000 {
+            m.entries.push(Entry {
+                path: p(&format!("g{i:05}")),
+                node: Node::Dir,
+                code: false,
+                repair: None,
+            });
+        }
+        assert_eq!(m.tree_digest(), reference_digest(&m));
+    }
+
+    fn parse_entry(json: &str) -> std::result::Result<Entry, serde_json::Error> {
+        serde_json::from_str(json)
+    }
+
+    #[test]
+    fn entry_parser_accepts_what_the_format_allows() {
+        let h = Blake3::of(b"x").to_hex();
+        let e = parse_entry(&format!(
+            r#"{{"blake3":"{h}","code":true,"exec":true,"path":"a/b","repair":{{"blake3":"{h}","size":2}},"size":1,"type":"file","future":[1,{{"x":2}}]}}"#
+        ))
+        .unwrap();
+        assert_eq!(
+            e,
+            Entry {
+                path: p("a/b"),
+                node: Node::File {
+                    size: 1,
+                    blake3: Blake3::of(b"x"),
+                    exec: true
+                },
+                code: true,
+                repair: Some(Pin {
+                    size: 2,
+                    blake3: Blake3::of(b"x")
+                }),
+            }
+        );
+        let d = parse_entry(r#"{"type":"dir","path":"a"}"#).unwrap();
+        assert_eq!(d.node, Node::Dir);
+        let l = parse_entry(r#"{"type":"symlink","path":"l","target":"a"}"#).unwrap();
+        assert_eq!(l.node, Node::Symlink { target: "a".into() });
+        // Escaped strings are not borrowed from the input; they parse all the same.
+        let esc = parse_entry(&format!(
+            r#"{{"type":"file","path":"\u0061","size":1,"blake3":"{}"}}"#,
+            h.replacen('a', "\\u0061", 1)
+        ));
+        if h.contains('a') {
+            assert_eq!(esc.unwrap().path, p("a"));
+        }
+    }
+
+    #[test]
+    fn entry_parser_refuses_bad_entries() {
+        let h = Blake3::of(b"x").to_hex();
+        for (json, why) in [
+            (
+                r#"{"type":"file","path":"a","size":1}"#.to_string(),
+                "no blake3",
+            ),
+            (
+                format!(r#"{{"type":"file","path":"a","blake3":"{h}"}}"#),
+                "no size",
+            ),
+            (r#"{"type":"symlink","path":"a"}"#.to_string(), "no target"),
+            (r#"{"path":"a"}"#.to_string(), "no type"),
+            (r#"{"type":"dir"}"#.to_string(), "no path"),
+            (r#"{"type":"pipe","path":"a"}"#.to_string(), "unknown type"),
+            (r#"{"type":"dir","path":"../a"}"#.to_string(), "unsafe path"),
+            (
+                r#"{"type":"dir","path":"a","path":"b"}"#.to_string(),
+                "duplicate field",
+            ),
+            (
+                format!(
+                    r#"{{"type":"file","path":"a","size":1,"blake3":"{}"}}"#,
+                    h.to_uppercase()
+                ),
+                "uppercase hex",
+            ),
+            (
+                format!(
+                    r#"{{"type":"file","path":"a","size":1,"blake3":"{}"}}"#,
+                    &h[1..]
+                ),
+                "short hex",
+            ),
+            (
+                format!(
+                    r#"{{"type":"file","path":"a","size":1,"blake3":"{}g"}}"#,
+                    &h[1..]
+                ),
+                "not hex",
+            ),
+            (
+                format!(r#"{{"type":"file","path":"a","size":-1,"blake3":"{h}"}}"#),
+                "negative size",
+            ),
+            (r#"["dir","a"]"#.to_string(), "not an object"),
+        ] {
+            assert!(parse_entry(&json).is_err(), "{why}: {json}");
+        }
+    }
+
+    #[test]
+    fn every_ancestor_must_be_a_listed_directory() {
+        let l = Limits::default();
+        let entry = |path: &str, node: Node| Entry {
+            path: p(path),
+            node,
+            code: false,
+            repair: None,
+        };
+        let file = || Node::File {
+            size: 0,
+            blake3: Blake3::of(b""),
+            exec: false,
+        };
+        let with = |entries: Vec<Entry>| ReleaseManifest {
+            entries,
+            ..sample()
+        };
+        let ok = with(vec![
+            entry("a", Node::Dir),
+            entry("a/b", Node::Dir),
+            entry("a/b/c", file()),
+            entry("a/b/d", file()),
+            entry("a/e", file()),
+        ]);
+        ok.validate("m", &l).unwrap();
+        let gap = with(vec![entry("a", Node::Dir), entry("a/b/c", file())]);
+        let err = gap.validate("m", &l).unwrap_err().to_string();
+        assert!(err.contains("no directory entry for a/b"), "{err}");
+        let top = with(vec![entry("a/b", Node::Dir), entry("a/b/c", file())]);
+        assert!(top.validate("m", &l).is_err(), "missing top directory");
+        let under_file = with(vec![entry("a", file()), entry("a/b", file())]);
+        let err = under_file.validate("m", &l).unwrap_err().to_string();
+        assert!(err.contains("below non-directory a"), "{err}");
     }
 }

@@ -5,6 +5,7 @@
 //! the update can replace or remove them).
 
 use std::collections::BTreeMap;
+use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
 
 use formats::manifest::{tree_digest, Node};
@@ -14,7 +15,7 @@ use formats::{Blake3, RelPath};
 use rayon::prelude::*;
 
 use crate::error::{Error, IoContext, Result};
-use crate::scan_cache::{ScanCache, Stamp};
+use crate::scan_cache::{CachedDir, ScanCache, Stamp};
 
 /// How to treat entries that a release cannot contain.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -71,6 +72,9 @@ pub enum CacheUse {
 }
 
 /// [`scan`] of an app dir with the scan cache used as `cache` says.
+///
+/// Directories are read, and their entries stat'ed (and hashed when not cached), in parallel;
+/// the result does not depend on the order of that work.
 pub fn scan_with(
     root: &Path,
     ignore: &PathPatterns,
@@ -88,74 +92,166 @@ pub fn scan_with(
         }
         Ok(_) => {}
     }
-    let mut files: Vec<(RelPath, PathBuf, bool, Stamp)> = Vec::new();
     let old_cache = match cache {
         CacheUse::Reuse => ScanCache::load(root),
         _ => ScanCache::default(),
     };
-    let mut walker = walkdir::WalkDir::new(root)
-        .follow_links(false)
-        .sort_by_file_name()
-        .min_depth(1)
-        .into_iter();
-    while let Some(item) = walker.next() {
-        let entry = item.map_err(|e| {
-            let p = e.path().unwrap_or(root).to_path_buf();
-            Error::io(
-                p,
-                e.into_io_error()
-                    .unwrap_or_else(|| std::io::Error::other("walk error")),
-            )
-        })?;
-        let abs = entry.path();
-        let rel_fs = abs.strip_prefix(root).unwrap_or(abs);
-        let ft = entry.file_type();
-        if strictness == Strictness::Install
-            && rel_fs
-                .components()
-                .next()
-                .and_then(|c| c.as_os_str().to_str())
-                == Some(formats::layout::STATE_DIR)
+    let walk = Walk {
+        root,
+        ignore,
+        strictness,
+        cache: &old_cache,
+    };
+    let found = walk.dir(root, None)?;
+    let (mut n_files, mut hits) = (0usize, 0usize);
+    for f in &found {
+        if let Found::Entry {
+            stamp: Some((_, hit)),
+            ..
+        } = f
         {
-            if ft.is_dir() {
-                walker.skip_current_dir();
-            }
-            continue;
+            n_files += 1;
+            hits += usize::from(*hit);
         }
-        let rel = match RelPath::from_path(rel_fs) {
-            Ok(r) => r,
-            Err(e) => {
-                if strictness == Strictness::Release {
-                    return Err(Error::Format(e));
+    }
+    // Nothing to update when every file came from the cache and none disappeared.
+    let unchanged = hits == n_files && old_cache.len() == n_files;
+    if cache != CacheUse::None && !unchanged {
+        let stamps = found.iter().filter_map(|f| match f {
+            // A file that changed while it was hashed is not cached.
+            Found::Entry {
+                rel,
+                node: Node::File { size, blake3, .. },
+                stamp: Some((stamp, _)),
+            } if *size == stamp.size => Some((rel.as_str(), *stamp, *blake3)),
+            _ => None,
+        });
+        ScanCache::store(root, stamps);
+    }
+    drop(old_cache);
+    let mut entries = Vec::with_capacity(found.len());
+    for f in found {
+        match f {
+            Found::Entry { rel, node, .. } => entries.push((rel, node)),
+            Found::Foreign(p) => tree.foreign.push(p),
+        }
+    }
+    // Walk order (by name, component by component) is close to path order, which the
+    // collection's stable sort handles in nearly linear time.
+    tree.entries = BTreeMap::from_iter(entries);
+    Ok(tree)
+}
+
+/// What the walk found at one path.
+enum Found {
+    /// A path of the tree; files carry their stamp and whether their hash came from the cache.
+    Entry {
+        rel: RelPath,
+        node: Node,
+        stamp: Option<(Stamp, bool)>,
+    },
+    /// An entry no release can contain ([`Strictness::Install`] only).
+    Foreign(PathBuf),
+}
+
+/// One scan's settings.
+struct Walk<'a> {
+    root: &'a Path,
+    ignore: &'a PathPatterns,
+    strictness: Strictness,
+    cache: &'a ScanCache,
+}
+
+impl Walk<'_> {
+    /// Everything below `dir` (whose path in the tree is `rel`, `None` for the root), in
+    /// depth-first order with siblings sorted by name.
+    fn dir(&self, dir: &Path, rel: Option<&RelPath>) -> Result<Vec<Found>> {
+        let mut children = Vec::new();
+        for item in std::fs::read_dir(dir).at(dir)? {
+            let de = item.at(dir)?;
+            children.push((de.file_name(), de));
+        }
+        children.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        let cached = self.cache.dir(rel.map(RelPath::as_str));
+        let parts: Vec<Result<(Option<Found>, Vec<Found>)>> = children
+            .par_iter()
+            .map(|(name, de)| self.child(dir, rel, &cached, name, de))
+            .collect();
+        let mut out = Vec::with_capacity(parts.len());
+        for part in parts {
+            let (one, below) = part?;
+            out.extend(one);
+            out.extend(below);
+        }
+        Ok(out)
+    }
+
+    /// The entry `name` of `dir`, and for a directory everything below it.
+    fn child(
+        &self,
+        dir: &Path,
+        parent: Option<&RelPath>,
+        cached: &CachedDir<'_>,
+        name: &OsStr,
+        de: &std::fs::DirEntry,
+    ) -> Result<(Option<Found>, Vec<Found>)> {
+        let strict = self.strictness == Strictness::Release;
+        if parent.is_none() && !strict && name.to_str() == Some(formats::layout::STATE_DIR) {
+            return Ok((None, Vec::new()));
+        }
+        let ft = de.file_type().map_err(|e| Error::io(de.path(), e))?;
+        let joined = name.to_str().map(|n| match parent {
+            Some(p) => format!("{p}/{n}"),
+            None => n.to_string(),
+        });
+        let rel = match joined.map(RelPath::new) {
+            Some(Ok(r)) => r,
+            _ => {
+                let abs = de.path();
+                let rel_fs = abs.strip_prefix(self.root).unwrap_or(&abs);
+                if strict {
+                    // Rebuilt from the file-system path for the same error as a full check.
+                    return Err(match RelPath::from_path(rel_fs) {
+                        Err(e) => Error::Format(e),
+                        Ok(_) => Error::Format(formats::Error::UnsafePath {
+                            path: rel_fs.to_string_lossy().into_owned(),
+                            reason: "not a plain relative path",
+                        }),
+                    });
                 }
-                tree.foreign.push(abs.to_path_buf());
-                if ft.is_dir() {
-                    walker.skip_current_dir();
-                }
-                continue;
+                return Ok((Some(Found::Foreign(abs)), Vec::new()));
             }
         };
-        if ignore.matches(&rel) {
-            if ft.is_dir() {
-                walker.skip_current_dir();
-            }
-            continue;
+        if self.ignore.matches(&rel) {
+            return Ok((None, Vec::new()));
         }
         if ft.is_dir() {
-            tree.entries.insert(rel, Node::Dir);
+            let below = self.dir(&dir.join(name), Some(&rel))?;
+            let entry = Found::Entry {
+                rel,
+                node: Node::Dir,
+                stamp: None,
+            };
+            Ok((Some(entry), below))
         } else if ft.is_symlink() {
-            let target = std::fs::read_link(abs).at(abs)?;
+            let abs = de.path();
+            let target = std::fs::read_link(&abs).at(&abs)?;
             let target_str = target.to_str().map(str::to_string);
             let inside = target_str
                 .as_deref()
                 .and_then(|t| resolve_link_target(&rel, t))
                 .is_some();
             match (target_str, inside) {
-                (Some(t), true) => {
-                    tree.entries.insert(rel, Node::Symlink { target: t });
-                }
+                (Some(t), true) => Ok((
+                    Some(Found::Entry {
+                        rel,
+                        node: Node::Symlink { target: t },
+                        stamp: None,
+                    }),
+                    Vec::new(),
+                )),
                 (t, _) => {
-                    if strictness == Strictness::Release {
+                    if strict {
                         return Err(Error::Format(formats::Error::UnsafePath {
                             path: format!(
                                 "{rel} -> {}",
@@ -164,63 +260,43 @@ pub fn scan_with(
                             reason: "symlink points outside the tree",
                         }));
                     }
-                    tree.foreign.push(abs.to_path_buf());
+                    Ok((Some(Found::Foreign(abs)), Vec::new()))
                 }
             }
         } else if ft.is_file() {
-            let meta = entry.metadata().map_err(|e| {
-                Error::io(
-                    abs,
-                    e.into_io_error()
-                        .unwrap_or_else(|| std::io::Error::other("stat failed")),
-                )
-            })?;
-            files.push((rel, abs.to_path_buf(), is_exec(&meta), Stamp::of(&meta)));
+            // Stat'ed relative to the open directory: no path lookup from the root.
+            let meta = de.metadata().map_err(|e| Error::io(de.path(), e))?;
+            let stamp = Stamp::of(&meta);
+            let (size, blake3, hit) = match cached.get(rel.as_str(), &stamp) {
+                Some(h) => (stamp.size, h, true),
+                None => {
+                    let pin = formats::hash::pin_file(&de.path())?;
+                    (pin.size, pin.blake3, false)
+                }
+            };
+            let node = Node::File {
+                size,
+                blake3,
+                exec: is_exec(&meta),
+            };
+            Ok((
+                Some(Found::Entry {
+                    rel,
+                    node,
+                    stamp: Some((stamp, hit)),
+                }),
+                Vec::new(),
+            ))
         } else {
-            if strictness == Strictness::Release {
+            if strict {
                 return Err(Error::Format(formats::Error::UnsafePath {
                     path: rel.to_string(),
                     reason: "not a regular file, directory or symlink",
                 }));
             }
-            tree.foreign.push(abs.to_path_buf());
+            Ok((Some(Found::Foreign(de.path())), Vec::new()))
         }
     }
-    let n_files = files.len();
-    let hashed: Vec<Result<(RelPath, Node, Stamp, bool)>> = files
-        .into_par_iter()
-        .map(|(rel, abs, exec, stamp)| {
-            let (size, blake3, hit) = match old_cache.get(rel.as_str(), &stamp) {
-                Some(h) => (stamp.size, h, true),
-                None => {
-                    let pin = formats::hash::pin_file(&abs)?;
-                    (pin.size, pin.blake3, false)
-                }
-            };
-            Ok((rel, Node::File { size, blake3, exec }, stamp, hit))
-        })
-        .collect();
-    let mut stamps = Vec::new();
-    let mut hits = 0usize;
-    for h in hashed {
-        let (rel, node, stamp, hit) = h?;
-        hits += usize::from(hit);
-        if cache != CacheUse::None {
-            if let Node::File { size, blake3, .. } = &node {
-                // A file that changed while it was hashed is not cached.
-                if *size == stamp.size {
-                    stamps.push((rel.clone(), stamp, *blake3));
-                }
-            }
-        }
-        tree.entries.insert(rel, node);
-    }
-    // Nothing to update when every file came from the cache and none disappeared.
-    let unchanged = hits == n_files && old_cache.len() == n_files;
-    if cache != CacheUse::None && !unchanged {
-        ScanCache::store(root, stamps.iter().map(|(p, s, h)| (p.as_str(), *s, *h)));
-    }
-    Ok(tree)
 }
 
 #[cfg(unix)]

@@ -144,6 +144,15 @@ pub struct Updater {
     events: Arc<EventSink>,
 }
 
+/// Whether [`Updater::session`] fetches the target's manifest.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum ManifestNeed {
+    /// Always (apply).
+    Always,
+    /// Unless the install is already up to date (check).
+    UnlessUpToDate,
+}
+
 /// Everything known after refreshing metadata and scanning.
 struct Session {
     transport: Mirrors,
@@ -151,7 +160,8 @@ struct Session {
     info: Option<RepositoryInfo>,
     view: RepoView,
     target: ReleaseRef,
-    manifest: ReleaseManifest,
+    /// `None` only for [`ManifestNeed::UnlessUpToDate`] when the install is up to date.
+    manifest: Option<ReleaseManifest>,
     scan: Tree,
     installed: Option<Version>,
     installed_tree: Option<Blake3>,
@@ -162,6 +172,15 @@ struct Session {
     restart_required: bool,
     note: Option<String>,
     newest_other: Option<String>,
+}
+
+impl Session {
+    /// The target's manifest (fetched by every [`ManifestNeed::Always`] session).
+    fn manifest(&self) -> Result<&ReleaseManifest> {
+        self.manifest
+            .as_ref()
+            .ok_or_else(|| Error::Precondition("release manifest not loaded".into()))
+    }
 }
 
 impl Updater {
@@ -192,7 +211,7 @@ impl Updater {
         Ok(Mirrors::new(list).with_parallel(self.config.http.parallel))
     }
 
-    fn session(&self) -> Result<Session> {
+    fn session(&self, need: ManifestNeed) -> Result<Session> {
         let cfg = &self.config;
         let now = cfg.now.unwrap_or_else(formats::time_util::now);
         let state = self.state();
@@ -246,18 +265,6 @@ impl Updater {
         let newest_other = newest
             .filter(|n| n.version != target.version)
             .map(|n| n.version.to_string());
-        let manifest = repo_view::fetch_manifest(&transport, &target, &cfg.limits)?;
-        if let Some(i) = &info {
-            if i.app != manifest.app {
-                return Err(Error::bad(
-                    &target.manifest_name,
-                    format!(
-                        "manifest is for app {:?}, repository for {:?}",
-                        manifest.app, i.app
-                    ),
-                ));
-            }
-        }
         self.emit(Event::Phase { phase: "scan" });
         let scan = scan::scan_with(
             &cfg.app_dir,
@@ -295,6 +302,25 @@ impl Updater {
         let empty = scan.entries.is_empty();
         let damaged = installed.is_none() && !empty;
         let up_to_date = installed.as_ref() == Some(&target.version) && scan.foreign.is_empty();
+        // An up-to-date install matches the target's signed tree digest, so a no-op answer needs
+        // nothing from its manifest (the largest piece of metadata): it is not fetched then.
+        let manifest = if need == ManifestNeed::UnlessUpToDate && up_to_date && info.is_some() {
+            None
+        } else {
+            let manifest = repo_view::fetch_manifest(&transport, &target, &cfg.limits)?;
+            if let Some(i) = &info {
+                if i.app != manifest.app {
+                    return Err(Error::bad(
+                        &target.manifest_name,
+                        format!(
+                            "manifest is for app {:?}, repository for {:?}",
+                            manifest.app, i.app
+                        ),
+                    ));
+                }
+            }
+            Some(manifest)
+        };
         let mut note = None;
         if let Some(inst) = &installed {
             if *inst > target.version && !cfg.allow_downgrade {
@@ -347,7 +373,11 @@ impl Updater {
             },
         };
         costs.push(inc);
-        costs.push(match stage::repair_cost(&scan, &manifest) {
+        // Up to date: no file differs, so a repair would download nothing.
+        let repair = manifest
+            .as_ref()
+            .map_or(Some(0), |m| stage::repair_cost(&scan, m));
+        costs.push(match repair {
             Some(b) => MethodCost {
                 method: Method::Repair,
                 bytes: Some(b),
@@ -375,7 +405,8 @@ impl Updater {
                 chain: vec![],
             },
         });
-        let restart_required = !up_to_date && restart_needed(&scan, &manifest);
+        let restart_required =
+            !up_to_date && manifest.as_ref().is_some_and(|m| restart_needed(&scan, m));
         if let Ok(dir) = std::fs::metadata(&state.root) {
             if dir.is_dir() {
                 // Best effort on check; apply saves it for real.
@@ -413,7 +444,7 @@ impl Updater {
     /// Looks at the repository and the app dir and says what `apply` would do. Changes nothing
     /// in the app dir (it may refresh the trusted metadata kept in the state directory).
     pub fn check(&self) -> Result<CheckReport> {
-        let s = self.session()?;
+        let s = self.session(ManifestNeed::UnlessUpToDate)?;
         let methods = self.chosen(&s);
         let (method, bytes) = if s.up_to_date {
             ("none".to_string(), 0)
@@ -435,7 +466,7 @@ impl Updater {
                 .info
                 .as_ref()
                 .map(|i| i.app.clone())
-                .or(Some(s.manifest.app.clone())),
+                .or_else(|| s.manifest.as_ref().map(|m| m.app.clone())),
             installed: s.installed.as_ref().map(|v| v.to_string()),
             latest: Some(s.target.version.to_string()),
             newest_not_for_this_client: s.newest_other.clone(),
@@ -479,7 +510,8 @@ impl Updater {
                 Some(r)
             }
         };
-        let s = self.session()?;
+        let s = self.session(ManifestNeed::Always)?;
+        let manifest = s.manifest()?;
         if let Some(m) = s.info.as_ref().and_then(|i| i.maintenance.as_ref()) {
             return Err(Error::Precondition(format!(
                 "{}: repository is under maintenance{}",
@@ -552,7 +584,7 @@ impl Updater {
                 hand_over.map(|h| h.wait_pid).or(cfg.allow_running_pid),
             )?;
         }
-        let staged_bytes: u64 = stage::differing_files(&s.scan, &s.manifest)
+        let staged_bytes: u64 = stage::differing_files(&s.scan, manifest)
             .iter()
             .filter_map(|e| e.node.file_pin())
             .map(|p| p.size)
@@ -589,12 +621,12 @@ impl Updater {
         if let (Some(h), Some(m), Some(actions)) = (hand_over, done, planned) {
             self.emit(Event::Phase { phase: "hand_over" });
             let planned = crate::selfpatch::PlannedUpdate {
-                app: s.manifest.app.clone(),
+                app: manifest.app.clone(),
                 from: s.installed.clone(),
                 record: InstallRecord {
-                    app: s.manifest.app.clone(),
+                    app: manifest.app.clone(),
                     version: s.target.version.clone(),
-                    tree: s.manifest.tree_digest(),
+                    tree: manifest.tree_digest(),
                     previous: s.installed.clone(),
                 },
                 actions,
@@ -636,17 +668,17 @@ impl Updater {
                 Strictness::Install,
                 scan::CacheUse::Refresh,
             )?;
-            let ignore = PathPatterns::new(&s.manifest.ignore)?;
-            if after.digest(&ignore) != s.manifest.tree_digest() || !after.foreign.is_empty() {
+            let ignore = PathPatterns::new(&manifest.ignore)?;
+            if after.digest(&ignore) != manifest.tree_digest() || !after.foreign.is_empty() {
                 self.emit(Event::Phase { phase: "repair" });
-                repaired_after = mismatches(&after, &s.manifest, &ignore);
+                repaired_after = mismatches(&after, manifest, &ignore);
                 let ctx = self.ctx(&state, &s, 99, &downloaded);
-                let staged = stage::stage_repair(&ctx, &s.manifest, &after)?;
+                let staged = stage::stage_repair(&ctx, manifest, &after)?;
                 let actions = commit::plan_actions(
                     &cfg.app_dir,
                     &state,
                     &after,
-                    &s.manifest,
+                    manifest,
                     &staged,
                     &ctx.staging.join("meta"),
                 )?;
@@ -659,9 +691,9 @@ impl Updater {
                     scan::CacheUse::Refresh,
                 )?;
                 let _ = std::fs::remove_dir_all(state.staging());
-                if again.digest(&ignore) != s.manifest.tree_digest() {
+                if again.digest(&ignore) != manifest.tree_digest() {
                     return Err(Error::Verify {
-                        path: mismatches(&again, &s.manifest, &ignore).join(", "),
+                        path: mismatches(&again, manifest, &ignore).join(", "),
                         reason: "still differs after repair".into(),
                     });
                 }
@@ -725,27 +757,28 @@ impl Updater {
         downloaded: &AtomicU64,
         plan_only: bool,
     ) -> Result<Option<Vec<commit::Action>>> {
+        let manifest = s.manifest()?;
         let cfg = &self.config;
         let ctx = self.ctx(state, s, m as usize, downloaded);
         let _ = std::fs::remove_dir_all(&ctx.staging);
         std::fs::create_dir_all(&ctx.staging).map_err(|e| Error::io(&ctx.staging, e))?;
         self.emit(Event::Phase { phase: "download" });
         let staged = match m {
-            Method::Repair => stage::stage_repair(&ctx, &s.manifest, &s.scan)?,
-            Method::Installer => stage::stage_installer(&ctx, &s.target, &s.manifest, &s.scan)?,
+            Method::Repair => stage::stage_repair(&ctx, manifest, &s.scan)?,
+            Method::Installer => stage::stage_installer(&ctx, &s.target, manifest, &s.scan)?,
             Method::Incremental => {
                 let chain: Vec<_> = s.chain.iter().map(|&i| &s.view.patches[i]).collect();
                 let start = s
                     .installed_tree
                     .ok_or_else(|| Error::Precondition("installed version unknown".into()))?;
-                stage::stage_incremental(&ctx, &chain, start, &s.scan, &s.manifest)?
+                stage::stage_incremental(&ctx, &chain, start, &s.scan, manifest)?
             }
         };
         let actions = commit::plan_actions(
             &cfg.app_dir,
             state,
             &s.scan,
-            &s.manifest,
+            manifest,
             &staged,
             &ctx.staging.join("meta"),
         )?;
@@ -756,7 +789,7 @@ impl Updater {
         commit::commit(
             &cfg.app_dir,
             state,
-            &s.manifest.app,
+            &manifest.app,
             s.installed.clone(),
             s.target.version.clone(),
             actions,
@@ -766,9 +799,9 @@ impl Updater {
 
     fn save_record(&self, state: &StateDir, s: &Session, previous: Option<Version>) -> Result<()> {
         state.save_record(&InstallRecord {
-            app: s.manifest.app.clone(),
+            app: s.manifest()?.app.clone(),
             version: s.target.version.clone(),
-            tree: s.manifest.tree_digest(),
+            tree: s.manifest()?.tree_digest(),
             previous,
         })
     }
