@@ -45,6 +45,7 @@ pub mod patch_info;
 pub mod patterns;
 pub mod relpath;
 pub mod self_plan;
+pub mod split_diff;
 pub mod time_util;
 pub mod tuf;
 pub mod txn;

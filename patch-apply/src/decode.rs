@@ -10,7 +10,9 @@ use std::path::Path;
 
 use formats::hash::StreamCheck;
 use formats::patch_info::{Encoding, PatchOp};
+use formats::split_diff::{self, StreamCodec};
 use formats::Pin;
+use liblzma::stream::{Filters, LzmaOptions, Stream};
 
 use crate::error::{Error, IoContext, Result};
 
@@ -215,25 +217,57 @@ fn need_varint<R: Read>(r: &mut R, what: &str) -> Result<u64> {
     read_varint(r, what)?.ok_or_else(|| Error::bad(what, "truncated split-diff stream"))
 }
 
-/// One zstd frame of a split-diff member: bytes `[start, start + len)` of `member`,
-/// decompressing to at most `bound` bytes.
+/// One stream of a split-diff member: bytes `[start, start + len)` of `member` (a tag byte,
+/// then a zstd frame or a raw LZMA2 stream; nothing when `len` is 0), decompressing to at most
+/// `bound` bytes.
 fn split_part(what: &str, member: &Path, start: u64, len: u64, bound: u64) -> Result<Part> {
+    if len == 0 {
+        return Ok(Box::new(std::io::empty()));
+    }
     let mut f = File::open(member).at(member)?;
     f.seek(SeekFrom::Start(start)).at(member)?;
-    let dec = zstd::stream::read::Decoder::new(f.take(len))
-        .map_err(|e| Error::bad(what, e.to_string()))?;
-    Ok(LimitedReader::new(dec, bound, what))
+    let mut tag = [0u8; 1];
+    f.read_exact(&mut tag).at(member)?;
+    let body = BufReader::with_capacity(1 << 14, f.take(len - 1));
+    let err = |e: std::io::Error| Error::bad(what, e.to_string());
+    Ok(match StreamCodec::from_tag(tag[0]) {
+        Some(StreamCodec::Zstd) => {
+            let mut dec = zstd::stream::read::Decoder::with_buffer(body).map_err(err)?;
+            dec.window_log_max(MAX_WINDOW_LOG).map_err(err)?;
+            Box::new(LimitedReader::new(dec, bound, what))
+        }
+        Some(StreamCodec::Lzma2 { dict_log }) => {
+            let mut opts =
+                LzmaOptions::new_preset(6).map_err(|e| Error::bad(what, e.to_string()))?;
+            opts.dict_size(1 << dict_log);
+            let mut filters = Filters::new();
+            filters.lzma2(&opts);
+            let stream = Stream::new_raw_decoder(&filters)
+                .map_err(|e| Error::bad(what, format!("lzma2: {e}")))?;
+            let dec = liblzma::bufread::XzDecoder::new_stream(body, stream);
+            Box::new(LimitedReader::new(dec, bound, what))
+        }
+        None => {
+            return Err(Error::bad(
+                what,
+                format!("split-diff stream has unknown codec tag {}", tag[0]),
+            ))
+        }
+    })
 }
 
-type Part = LimitedReader<zstd::stream::read::Decoder<'static, BufReader<std::io::Take<File>>>>;
+/// Largest zstd window a split-diff stream may need (the creator uses at most 2^24).
+const MAX_WINDOW_LOG: u32 = 24;
 
-/// The diff stream of a split diff, rebuilt from its zero runs and non-zero values.
+/// A decompressing reader over one stream of a split-diff member.
+type Part = Box<dyn Read + Send>;
+
+/// The diff stream of a split diff, rebuilt from its (zero run, value) pairs.
 struct ZeroRunDiff {
-    runs: BufReader<Part>,
-    vals: BufReader<Part>,
+    pairs: BufReader<Part>,
     zeros_left: u64,
     pending: Option<u8>,
-    runs_done: bool,
+    pairs_done: bool,
 }
 
 impl ZeroRunDiff {
@@ -249,17 +283,17 @@ impl ZeroRunDiff {
             } else if let Some(v) = self.pending.take() {
                 out[i] = v;
                 i += 1;
-            } else if self.runs_done {
+            } else if self.pairs_done {
                 out[i..].fill(0);
                 i = out.len();
             } else {
-                match read_varint(&mut self.runs, what)? {
-                    None => self.runs_done = true,
+                match read_varint(&mut self.pairs, what)? {
+                    None => self.pairs_done = true,
                     Some(z) => {
                         let mut b = [0u8; 1];
-                        self.vals.read_exact(&mut b).map_err(|_| {
-                            Error::bad(what, "split-diff value stream is truncated")
-                        })?;
+                        self.pairs
+                            .read_exact(&mut b)
+                            .map_err(|_| Error::bad(what, "split-diff pair stream is truncated"))?;
                         self.zeros_left = z;
                         self.pending = Some(b[0]);
                     }
@@ -271,7 +305,8 @@ impl ZeroRunDiff {
 }
 
 /// Applies a split-diff member (docs/encodings.md) to the old file `source`, writing the new
-/// file (`new_size` bytes) to `w`. Memory: four zstd decoders and 64 KiB buffers.
+/// file (`new_size` bytes) to `w`. Memory: three decoders (zstd windows ≤ 16 MiB, LZMA2
+/// dictionaries ≤ 16 MiB, in practice ≤ 1 MiB) and 64 KiB buffers.
 pub fn apply_split<W: Write>(
     what: &str,
     member: &Path,
@@ -287,7 +322,7 @@ pub fn apply_split<W: Write>(
             inner: &mut hdr,
             n: 0,
         };
-        let mut lens = [0u64; 4];
+        let mut lens = [0u64; 3];
         for l in &mut lens {
             *l = need_varint(&mut counting, what)?;
         }
@@ -307,15 +342,13 @@ pub fn apply_split<W: Write>(
         p
     };
     let mut ctrl = BufReader::with_capacity(1 << 14, part(0, split_ctrl_bound(new_size))?);
-    let runs = BufReader::with_capacity(1 << 14, part(1, split_ctrl_bound(new_size))?);
-    let vals = BufReader::with_capacity(1 << 14, part(2, new_size)?);
-    let mut extra = part(3, new_size)?;
+    let pairs = BufReader::with_capacity(1 << 14, part(1, split_ctrl_bound(new_size))?);
+    let mut extra = part(2, new_size)?;
     let mut diff = ZeroRunDiff {
-        runs,
-        vals,
+        pairs,
         zeros_left: 0,
         pending: None,
-        runs_done: false,
+        pairs_done: false,
     };
     let old_size = std::fs::metadata(source).at(source)?.len();
     let mut old = BufReader::with_capacity(1 << 16, File::open(source).at(source)?);
@@ -347,13 +380,12 @@ pub fn apply_split<W: Write>(
         }
         cursor = target + add;
         let mut left = add;
+        let mut carry = 0u8;
         while left > 0 {
             let n = left.min(dbuf.len() as u64) as usize;
             diff.fill(&mut dbuf[..n], what)?;
             old.read_exact(&mut obuf[..n]).map_err(io)?;
-            for (d, o) in dbuf[..n].iter_mut().zip(&obuf[..n]) {
-                *d = d.wrapping_add(*o);
-            }
+            split_diff::decode_run(&mut dbuf[..n], &obuf[..n], &mut carry);
             w.write_all(&dbuf[..n]).map_err(io)?;
             left -= n as u64;
         }

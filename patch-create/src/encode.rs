@@ -181,7 +181,8 @@ pub fn bidiff_raw(old: &[u8], new: &[u8]) -> Result<Vec<u8>> {
 pub struct SplitStreams {
     /// Triples `seek` (zigzag varint), `add_len`, `copy_len` (varints).
     pub ctrl: Vec<u8>,
-    /// `new - old` bytes (wrapping) of every add run, in order.
+    /// Diff bytes of every add run, in order: `new - old` minus the predicted carry
+    /// ([`formats::split_diff::encode_run`]).
     pub diff: Vec<u8>,
     /// Literal new bytes of every copy run, in order.
     pub extra: Vec<u8>,
@@ -266,9 +267,7 @@ impl<'a> SplitBuilder<'a> {
         let seek = target as i64 - self.old_cursor as i64;
         let a = &self.new[m.add_new_start..m.add_new_start + m.add_length];
         let o = &self.old[m.add_old_start..m.add_old_start + m.add_length];
-        self.streams
-            .diff
-            .extend(a.iter().zip(o).map(|(n, o)| n.wrapping_sub(*o)));
+        formats::split_diff::encode_run(a, o, &mut self.streams.diff);
         self.streams
             .extra
             .extend_from_slice(&self.new[m.copy_start()..m.copy_end]);
@@ -327,55 +326,7 @@ pub fn split_streams(old: &[u8], new: &[u8], threads: usize) -> Result<SplitStre
     Ok(b.finish())
 }
 
-/// The diff stream as zero runs and non-zero values: for every non-zero byte, the number of
-/// zero bytes before it (varint) in `runs` and the byte in `vals`. Bytes after the last non-zero
-/// one are zeros.
-pub fn zero_runs(diff: &[u8]) -> (Vec<u8>, Vec<u8>) {
-    let mut runs = Vec::new();
-    let mut vals = Vec::new();
-    let mut zeros = 0u64;
-    for &b in diff {
-        if b == 0 {
-            zeros += 1;
-        } else {
-            put_varint(&mut runs, zeros);
-            zeros = 0;
-            vals.push(b);
-        }
-    }
-    (runs, vals)
-}
-
-/// Serializes split streams into a member (docs/encodings.md): four varint lengths, then four
-/// zstd frames: control, zero runs and non-zero values of the diff stream, extra. All four are
-/// small next to the file, so they use zstd's strongest levels.
-pub fn pack_split(s: &SplitStreams, level: i32) -> Result<Vec<u8>> {
-    let strong = (level.max(19) + 3).min(22);
-    let (runs, vals) = zero_runs(&s.diff);
-    let ((c, r), (v, e)) = rayon::join(
-        || {
-            rayon::join(
-                || compress_window(&s.ctrl, strong, 22),
-                || compress_window(&runs, strong, 22),
-            )
-        },
-        || {
-            rayon::join(
-                || compress_window(&vals, strong, 22),
-                || compress_window(&s.extra, strong, MAX_MEMBER_WINDOW_LOG),
-            )
-        },
-    );
-    let parts = [c?, r?, v?, e?];
-    let mut out = Vec::with_capacity(parts.iter().map(Vec::len).sum::<usize>() + 40);
-    for p in &parts {
-        put_varint(&mut out, p.len() as u64);
-    }
-    for p in &parts {
-        out.extend_from_slice(p);
-    }
-    Ok(out)
-}
+pub use crate::split_pack::pack_split;
 
 /// The split-diff member from `old` to `new`.
 pub fn split_diff(old: &[u8], new: &[u8], opts: &EncodeOptions) -> Result<Vec<u8>> {

@@ -12,6 +12,7 @@ pub mod release;
 pub mod repair;
 pub mod repo;
 pub mod serve;
+pub mod split_pack;
 pub mod verify;
 pub mod window;
 

@@ -378,30 +378,27 @@ fn stream_encoder(level: i32) -> Result<zstd::stream::write::Encoder<'static, Ve
     Ok(enc)
 }
 
-/// The four streaming encoders of a split-diff member and the state joining windows: the old
-/// cursor and the zero run carried over from the previous window's diff stream.
+/// The three streaming encoders of a split-diff member (ctrl, (zero run, value) pairs, extra;
+/// zstd, as LZMA2 is only used for small streams) and the state joining windows: the old cursor
+/// and the zero run carried over from the previous window's diff stream.
 struct MemberWriter {
     ctrl: zstd::stream::write::Encoder<'static, Vec<u8>>,
-    runs: zstd::stream::write::Encoder<'static, Vec<u8>>,
-    vals: zstd::stream::write::Encoder<'static, Vec<u8>>,
+    pairs: zstd::stream::write::Encoder<'static, Vec<u8>>,
     extra: zstd::stream::write::Encoder<'static, Vec<u8>>,
     cursor: u64,
     zeros: u64,
-    runs_buf: Vec<u8>,
-    vals_buf: Vec<u8>,
+    pairs_buf: Vec<u8>,
 }
 
 impl MemberWriter {
     fn new(level: i32) -> Result<MemberWriter> {
         Ok(MemberWriter {
             ctrl: stream_encoder(level)?,
-            runs: stream_encoder(level)?,
-            vals: stream_encoder(level)?,
+            pairs: stream_encoder(level)?,
             extra: stream_encoder(level)?,
             cursor: 0,
             zeros: 0,
-            runs_buf: Vec::with_capacity(1 << 16),
-            vals_buf: Vec::with_capacity(1 << 16),
+            pairs_buf: Vec::with_capacity(1 << 16),
         })
     }
 
@@ -426,16 +423,12 @@ impl MemberWriter {
             if b == 0 {
                 self.zeros += 1;
             } else {
-                put_varint(&mut self.runs_buf, self.zeros);
+                put_varint(&mut self.pairs_buf, self.zeros);
                 self.zeros = 0;
-                self.vals_buf.push(b);
-                if self.runs_buf.len() >= 1 << 16 {
-                    self.runs.write_all(&self.runs_buf).map_err(io)?;
-                    self.runs_buf.clear();
-                }
-                if self.vals_buf.len() >= 1 << 16 {
-                    self.vals.write_all(&self.vals_buf).map_err(io)?;
-                    self.vals_buf.clear();
+                self.pairs_buf.push(b);
+                if self.pairs_buf.len() >= 1 << 16 {
+                    self.pairs.write_all(&self.pairs_buf).map_err(io)?;
+                    self.pairs_buf.clear();
                 }
             }
         }
@@ -445,19 +438,19 @@ impl MemberWriter {
 
     fn finish(mut self) -> Result<Vec<u8>> {
         let io = |e| Error::io("<zstd>", e);
-        self.runs.write_all(&self.runs_buf).map_err(io)?;
-        self.vals.write_all(&self.vals_buf).map_err(io)?;
+        self.pairs.write_all(&self.pairs_buf).map_err(io)?;
         let parts = [
             self.ctrl.finish().map_err(io)?,
-            self.runs.finish().map_err(io)?,
-            self.vals.finish().map_err(io)?,
+            self.pairs.finish().map_err(io)?,
             self.extra.finish().map_err(io)?,
         ];
+        let tag = formats::split_diff::StreamCodec::Zstd.tag();
         let mut out = Vec::with_capacity(parts.iter().map(Vec::len).sum::<usize>() + 40);
         for p in &parts {
-            put_varint(&mut out, p.len() as u64);
+            put_varint(&mut out, p.len() as u64 + 1);
         }
         for p in &parts {
+            out.push(tag);
             out.extend_from_slice(p);
         }
         Ok(out)
@@ -466,7 +459,7 @@ impl MemberWriter {
 
 /// The split-diff member (docs/encodings.md) from `old` to `new`, diffed window by window as
 /// `plan` says: at most `plan.jobs` windows in memory at once, each window on its own core.
-/// `level` is the zstd level of the four streams (levels above 19 use zstd's ultra range with
+/// `level` is the zstd level of the three streams (levels above 19 use zstd's ultra range with
 /// the bounded tables of [`STREAM_WINDOW_LOG`]).
 pub fn split_diff_windowed(
     old: &dyn ReadAt,

@@ -237,3 +237,57 @@ proptest! {
         prop_assert_eq!(&decode(&old, &new, &e.chosen, &e.bytes), &new);
     }
 }
+
+/// The stream tags of a split-diff member (docs/format.md §6.2.3); `None` for an empty stream.
+fn stream_tags(member: &[u8]) -> Vec<Option<u8>> {
+    let mut p = 0;
+    let mut lens = Vec::new();
+    for _ in 0..3 {
+        let (mut v, mut shift) = (0u64, 0);
+        loop {
+            let b = member[p];
+            p += 1;
+            v |= u64::from(b & 0x7f) << shift;
+            shift += 7;
+            if b & 0x80 == 0 {
+                break;
+            }
+        }
+        lens.push(v as usize);
+    }
+    lens.iter()
+        .map(|&l| {
+            let tag = (l > 0).then(|| member[p]);
+            p += l;
+            tag
+        })
+        .collect()
+}
+
+#[test]
+fn split_diff_streams_use_lzma2_where_smaller_and_round_trip() {
+    // Text-like data with scattered edits and moved little-endian numbers: small redundant
+    // streams, where LZMA2 beats zstd.
+    let mut old = Vec::new();
+    for i in 0u32..20_000 {
+        old.extend_from_slice(format!("line {} of the old file ", i % 977).as_bytes());
+        old.extend_from_slice(&(i * 16).to_le_bytes());
+    }
+    let mut new = old.clone();
+    for i in (0..new.len() - 4).step_by(97) {
+        let v = u32::from_le_bytes(new[i..i + 4].try_into().expect("4 bytes"));
+        new[i..i + 4].copy_from_slice(&v.wrapping_add(0x40).to_le_bytes());
+    }
+    new.splice(
+        5000..5000,
+        b"inserted text that is not in the old file".iter().copied(),
+    );
+    let opts = EncodeOptions::default();
+    let member = encode::encode_as(&old, &new, &Chosen::SplitDiff, &opts).expect("encode");
+    let tags = stream_tags(&member);
+    assert!(
+        tags.iter().flatten().any(|&t| (12..=24).contains(&t)),
+        "no LZMA2 stream: {tags:?}"
+    );
+    assert_eq!(round_trip(&old, &new, &Chosen::SplitDiff, &opts), new);
+}

@@ -416,13 +416,19 @@ fn varint(mut v: u64, out: &mut Vec<u8>) {
 }
 
 fn split_member(ctrl: &[u64], _zero_diff: &[u8], extra: &[u8]) -> Vec<u8> {
-    // docs/encodings.md `split-diff`: ctrl, runs, vals, extra frames behind four varint
-    // lengths; an all-zero diff has empty runs and vals streams.
+    // docs/format.md §6.2.3 `split-diff`: ctrl, pairs and extra streams behind three varint
+    // lengths, each a tag byte (0 = zstd) and a frame; an all-zero diff has an empty (0-byte)
+    // pairs stream.
     let mut c = Vec::new();
     for &v in ctrl {
         varint(v, &mut c);
     }
-    let frames = [&c[..], &[][..], &[][..], extra].map(|f| zstd::encode_all(f, 1).unwrap());
+    let tagged = |f: &[u8]| {
+        let mut t = vec![0u8];
+        t.extend(zstd::encode_all(f, 1).unwrap());
+        t
+    };
+    let frames = [tagged(&c), Vec::new(), tagged(extra)];
     let mut out = Vec::new();
     for f in &frames {
         varint(f.len() as u64, &mut out);
@@ -469,6 +475,12 @@ fn diff_control_values_out_of_range_are_refused() {
     let mut m = split_member(&[0, 10, 2], &[0; 10], b"ab");
     m.push(0);
     assert!(apply_split(&m, 12).is_err());
+    // A stream whose codec tag the format does not define (the ctrl stream's tag follows the
+    // three one-byte lengths).
+    let mut m = split_member(&[0, 10, 2], &[0; 10], b"ab");
+    m[3] = 7;
+    let e = apply_split(&m, 12).unwrap_err();
+    assert!(e.contains("unknown codec tag 7"), "{e}");
 }
 
 #[test]

@@ -1,0 +1,124 @@
+//! Shared definitions of the `split-diff` encoding (docs/format.md §6.2.3): the carry
+//! prediction of the diff bytes and the tag that says how each stream is compressed.
+
+/// Tag byte of a zstd-compressed stream.
+pub const TAG_ZSTD: u8 = 0;
+/// Smallest dictionary log of an LZMA2 stream (its tag is the log itself).
+pub const LZMA_MIN_DICT_LOG: u8 = 12;
+/// Largest dictionary log a reader accepts (16 MiB: the client's memory bound per stream).
+pub const LZMA_MAX_DICT_LOG: u8 = 24;
+
+/// How one stream of a split-diff member is compressed, from its first byte.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StreamCodec {
+    /// One zstd frame follows.
+    Zstd,
+    /// A raw LZMA2 stream (no .xz container) follows, with a dictionary of `2^dict_log` bytes.
+    Lzma2 {
+        /// log2 of the dictionary size.
+        dict_log: u8,
+    },
+}
+
+impl StreamCodec {
+    /// The codec a tag byte names, or `None` for a tag the format does not define.
+    pub fn from_tag(tag: u8) -> Option<Self> {
+        match tag {
+            TAG_ZSTD => Some(StreamCodec::Zstd),
+            LZMA_MIN_DICT_LOG..=LZMA_MAX_DICT_LOG => Some(StreamCodec::Lzma2 { dict_log: tag }),
+            _ => None,
+        }
+    }
+
+    /// The tag byte of this codec.
+    pub fn tag(self) -> u8 {
+        match self {
+            StreamCodec::Zstd => TAG_ZSTD,
+            StreamCodec::Lzma2 { dict_log } => dict_log,
+        }
+    }
+}
+
+/// The carry predicted into the next byte of an add run after old byte `o` became new byte
+/// `n`: +1 when the byte difference is small and positive (below 0x80) but wrapped (`n < o`),
+/// −1 (0xFF) when it is negative (0x80 or more) but borrowed (`n > o`), else 0. A little-endian
+/// number moved by a small amount (a pointer, a relative branch) then leaves a single non-zero
+/// diff byte instead of a chain of carries.
+#[inline]
+pub fn carry(n: u8, o: u8) -> u8 {
+    let d = n.wrapping_sub(o);
+    if d != 0 && d < 0x80 && n < o {
+        1
+    } else if d >= 0x80 && n > o {
+        0xFF
+    } else {
+        0
+    }
+}
+
+/// Diff bytes of one add run: `diff[i] = new[i] − old[i] − carry(new[i−1], old[i−1])`, with no
+/// carry into the first byte. Appends to `out`.
+pub fn encode_run(new: &[u8], old: &[u8], out: &mut Vec<u8>) {
+    let mut c = 0u8;
+    out.extend(new.iter().zip(old).map(|(&n, &o)| {
+        let d = n.wrapping_sub(o).wrapping_sub(c);
+        c = carry(n, o);
+        d
+    }));
+}
+
+/// Inverse of [`encode_run`] for a run continued in pieces: turns the diff bytes in `buf` into
+/// new bytes in place, given the old bytes, and carries `c` (0 at the start of a run) across
+/// calls.
+pub fn decode_run(buf: &mut [u8], old: &[u8], c: &mut u8) {
+    for (d, &o) in buf.iter_mut().zip(old) {
+        let n = o.wrapping_add(*d).wrapping_add(*c);
+        *c = carry(n, o);
+        *d = n;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_moved_little_endian_number_leaves_one_diff_byte() {
+        // 0x0000_10F0 + 0x20 = 0x0000_1110: plain subtraction gives two non-zero bytes.
+        let old = 0x0000_10F0u32.to_le_bytes();
+        let new = 0x0000_1110u32.to_le_bytes();
+        let mut d = Vec::new();
+        encode_run(&new, &old, &mut d);
+        assert_eq!(d, [0x20, 0, 0, 0]);
+        // And back, in two pieces.
+        let mut c = 0;
+        let (a, b) = d.split_at_mut(1);
+        decode_run(a, &old[..1], &mut c);
+        decode_run(b, &old[1..], &mut c);
+        assert_eq!(d, new);
+    }
+
+    #[test]
+    fn runs_round_trip_on_every_byte_pair() {
+        let old: Vec<u8> = (0..=255u8).flat_map(|a| [a; 256]).collect();
+        let new: Vec<u8> = (0..=255u8).flat_map(|_| 0..=255u8).collect();
+        let mut d = Vec::new();
+        encode_run(&new, &old, &mut d);
+        let mut c = 0;
+        decode_run(&mut d, &old, &mut c);
+        assert_eq!(d, new);
+    }
+
+    #[test]
+    fn tags() {
+        assert_eq!(StreamCodec::from_tag(0), Some(StreamCodec::Zstd));
+        assert_eq!(
+            StreamCodec::from_tag(20),
+            Some(StreamCodec::Lzma2 { dict_log: 20 })
+        );
+        for t in [1, 11, 25, 255] {
+            assert_eq!(StreamCodec::from_tag(t), None);
+        }
+        assert_eq!(StreamCodec::Lzma2 { dict_log: 13 }.tag(), 13);
+    }
+}
