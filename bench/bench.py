@@ -222,6 +222,35 @@ def copy_tree(src, dst):
         raise Fail(f"cp -a {src} {dst}: {r.stderr.strip()}")
 
 
+def phase_times(out):
+    """Seconds per phase from `patch-apply --json` event lines (each carries `t`)."""
+    marks = []
+    for line in out.splitlines():
+        try:
+            e = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(e, dict) and e.get("event") == "phase" and isinstance(e.get("t"), (int, float)):
+            marks.append((e.get("phase"), e["t"]))
+    spans = {}
+    for (ph, t0), (_, t1) in zip(marks, marks[1:]):
+        spans[ph] = spans.get(ph, 0.0) + (t1 - t0)
+    return spans
+
+
+def copy_time(src, dst):
+    """Wall seconds of `cp -a` of src to a fresh dst (the apply-vs-copy yardstick)."""
+    if os.path.lexists(dst):
+        shutil.rmtree(dst)
+    t0 = time.perf_counter()
+    r = subprocess.run(["cp", "-a", src, dst], capture_output=True, text=True)
+    t = time.perf_counter() - t0
+    shutil.rmtree(dst, ignore_errors=True)
+    if r.returncode != 0:
+        raise Fail(f"cp -a {src} {dst}: {r.stderr.strip()}")
+    return t
+
+
 def tree_bytes(root):
     return sum(os.lstat(os.path.join(d, f)).st_size for d, _, fs in os.walk(root) for f in fs)
 
@@ -289,7 +318,8 @@ def ours_pair(pair, old, new):
         return {"error": f"not run: {why}"}
     W = os.path.join(WORK, "ours", pair)
     kdir, repo, app = os.path.join(W, "keys"), os.path.join(W, "repo"), os.path.join(W, "app")
-    out = {"create": [], "apply": [], "diff_s": [], "create_v1": [], "notes": []}
+    out = {"create": [], "apply": [], "diff_s": [], "create_v1": [], "notes": [], "apply_phase_s": [],
+           "copy_s": []}
     try:
         keygen(kdir)
         for rep in range(1, REPS + 1):
@@ -309,6 +339,8 @@ def ours_pair(pair, old, new):
             last = last_json_line(ra["out"]) or {}
             ok, cmp_note = compare_trees(app, new)
             out["apply"].append((ra["wall_s"], ra["rss_kb"]))
+            out["apply_phase_s"].append(phase_times(ra["out"]).get("apply"))
+            out["copy_s"].append(copy_time(new, os.path.join(W, "copy")))
             log(f"  {pair} ours rep{rep}: create {r2['wall_s']:.2f}s {r2['rss_kb']}KB, apply "
                 f"{ra['wall_s']:.2f}s {ra['rss_kb']}KB, patch {js_bytes} B, {cmp_note}")
             if rep == 1:
@@ -484,6 +516,17 @@ def pair_section(pair, corpus, peers, ours):
                      f"{fnum(ours.get('installer_bytes'))} B. Apply = `patch-apply apply --method incremental` on a "
                      f"copy of old (method reported {ours.get('method')!r}, downloaded "
                      f"{fnum(ours.get('downloaded'))} B); app dir vs new: {ours.get('cmp')}.")
+        a_ph, cp_s = med(ours.get("apply_phase_s", [])), med(ours.get("copy_s", []))
+        a_s = med([a[0] for a in ours["apply"]])
+        zs = ((peers or {}).get("tools") or {}).get("zstd19-long") or {}
+        if a_ph is not None:
+            vs = (f" vs `zstd -d --patch-from` of the changed files {fs(zs['apply_s'])} s = "
+                  f"{ratio(a_ph, zs['apply_s'])}") if zs.get("apply_s") else ""
+            notes.append(f"Ours, diff application alone (the `apply` phase: unpack the patch, decode every op, "
+                         f"hash and fsync each output): median {fs(a_ph)} s{vs}.")
+        if cp_s:
+            notes.append(f"Ours, whole `patch-apply apply` {fs(a_s)} s vs `cp -a` of the new tree {fs(cp_s)} s "
+                         f"= {ratio(a_s, cp_s)} (goal <= 3x).")
         notes += [f"Ours: {n}" for n in ours.get("notes", [])]
     out += [f"- {n}" for n in notes]
     out.append("")

@@ -200,10 +200,16 @@ fn event_printer(json: bool) -> impl Fn(&Event) + Send + Sync + 'static {
             );
             Arc::new(Mutex::new(pb))
         });
+    let start = std::time::Instant::now();
     move |e: &Event| {
         if json {
-            if let Ok(s) = serde_json::to_string(e) {
-                println!("{s}");
+            // Each event line carries `t`, seconds since the command started, so callers can
+            // time the phases.
+            if let Ok(mut v) = serde_json::to_value(e) {
+                if let Some(o) = v.as_object_mut() {
+                    o.insert("t".into(), serde_json::json!(start.elapsed().as_secs_f64()));
+                }
+                println!("{v}");
             }
             return;
         }
