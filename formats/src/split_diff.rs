@@ -69,12 +69,26 @@ pub fn encode_run(new: &[u8], old: &[u8], out: &mut Vec<u8>) {
 
 /// Inverse of [`encode_run`] for a run continued in pieces: turns the diff bytes in `buf` into
 /// new bytes in place, given the old bytes, and carries `c` (0 at the start of a run) across
-/// calls.
+/// calls. Zero diff bytes with no carry pending (most of a typical diff) are copied from `old`
+/// in bulk.
 pub fn decode_run(buf: &mut [u8], old: &[u8], c: &mut u8) {
-    for (d, &o) in buf.iter_mut().zip(old) {
-        let n = o.wrapping_add(*d).wrapping_add(*c);
-        *c = carry(n, o);
-        *d = n;
+    let n = buf.len().min(old.len());
+    let mut i = 0;
+    while i < n {
+        if *c == 0 {
+            // A zero diff byte without carry leaves the old byte and predicts no carry.
+            let zeros = buf[i..n].iter().position(|&d| d != 0).unwrap_or(n - i);
+            buf[i..i + zeros].copy_from_slice(&old[i..i + zeros]);
+            i += zeros;
+            if i == n {
+                break;
+            }
+        }
+        let o = old[i];
+        let v = o.wrapping_add(buf[i]).wrapping_add(*c);
+        *c = carry(v, o);
+        buf[i] = v;
+        i += 1;
     }
 }
 
@@ -106,6 +120,28 @@ mod tests {
         encode_run(&new, &old, &mut d);
         let mut c = 0;
         decode_run(&mut d, &old, &mut c);
+        assert_eq!(d, new);
+    }
+
+    #[test]
+    fn decoding_in_pieces_matches_encoding_on_sparse_changes() {
+        // Mostly equal bytes with scattered small changes, decoded in uneven pieces.
+        let old: Vec<u8> = (0..5000u32)
+            .map(|i| (i.wrapping_mul(2_654_435_761) >> 24) as u8)
+            .collect();
+        let mut new = old.clone();
+        for i in (0..new.len()).step_by(37) {
+            new[i] = new[i].wrapping_add((i % 251) as u8);
+        }
+        let mut d = Vec::new();
+        encode_run(&new, &old, &mut d);
+        let mut c = 0;
+        let mut at = 0;
+        for piece in [1, 0, 7, 300, 1000, 4000] {
+            let end = (at + piece).min(d.len());
+            decode_run(&mut d[at..end], &old[at..end], &mut c);
+            at = end;
+        }
         assert_eq!(d, new);
     }
 
