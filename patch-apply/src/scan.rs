@@ -104,7 +104,7 @@ pub fn scan_with(
     };
     let found = walk.dir(root, None)?;
     let (mut n_files, mut hits) = (0usize, 0usize);
-    for f in &found {
+    for f in found.iter().flatten() {
         if let Found::Entry {
             stamp: Some((_, hit)),
             ..
@@ -117,7 +117,7 @@ pub fn scan_with(
     // Nothing to update when every file came from the cache and none disappeared.
     let unchanged = hits == n_files && old_cache.len() == n_files;
     if cache != CacheUse::None && !unchanged {
-        let stamps = found.iter().filter_map(|f| match f {
+        let stamps = found.iter().flatten().filter_map(|f| match f {
             // A file that changed while it was hashed is not cached.
             Found::Entry {
                 rel,
@@ -129,8 +129,8 @@ pub fn scan_with(
         ScanCache::store(root, stamps);
     }
     drop(old_cache);
-    let mut entries = Vec::with_capacity(found.len());
-    for f in found {
+    let mut entries = Vec::with_capacity(found.iter().map(Vec::len).sum());
+    for f in found.into_iter().flatten() {
         match f {
             Found::Entry { rel, node, .. } => entries.push((rel, node)),
             Found::Foreign(p) => tree.foreign.push(p),
@@ -154,6 +154,9 @@ enum Found {
     Foreign(PathBuf),
 }
 
+/// What a walk found, in order, as consecutive chunks.
+type Chunks = Vec<Vec<Found>>;
+
 /// One scan's settings.
 struct Walk<'a> {
     root: &'a Path,
@@ -164,8 +167,9 @@ struct Walk<'a> {
 
 impl Walk<'_> {
     /// Everything below `dir` (whose path in the tree is `rel`, `None` for the root), in
-    /// depth-first order with siblings sorted by name.
-    fn dir(&self, dir: &Path, rel: Option<&RelPath>) -> Result<Vec<Found>> {
+    /// depth-first order with siblings sorted by name, as consecutive chunks (so that what a
+    /// subdirectory found is not copied again at every level above it).
+    fn dir(&self, dir: &Path, rel: Option<&RelPath>) -> Result<Chunks> {
         let mut children = Vec::new();
         for item in std::fs::read_dir(dir).at(dir)? {
             let de = item.at(dir)?;
@@ -173,17 +177,24 @@ impl Walk<'_> {
         }
         children.sort_unstable_by(|a, b| a.0.cmp(&b.0));
         let cached = self.cache.dir(rel.map(RelPath::as_str));
-        let parts: Vec<Result<(Option<Found>, Vec<Found>)>> = children
+        let parts: Vec<Result<(Option<Found>, Chunks)>> = children
             .par_iter()
             .map(|(name, de)| self.child(dir, rel, &cached, name, de))
             .collect();
-        let mut out = Vec::with_capacity(parts.len());
+        let mut chunks = Vec::new();
+        let mut current = Vec::with_capacity(parts.len());
         for part in parts {
             let (one, below) = part?;
-            out.extend(one);
-            out.extend(below);
+            current.extend(one);
+            if !below.is_empty() {
+                chunks.push(std::mem::take(&mut current));
+                chunks.extend(below);
+            }
         }
-        Ok(out)
+        if !current.is_empty() {
+            chunks.push(current);
+        }
+        Ok(chunks)
     }
 
     /// The entry `name` of `dir`, and for a directory everything below it.
@@ -194,7 +205,7 @@ impl Walk<'_> {
         cached: &CachedDir<'_>,
         name: &OsStr,
         de: &std::fs::DirEntry,
-    ) -> Result<(Option<Found>, Vec<Found>)> {
+    ) -> Result<(Option<Found>, Chunks)> {
         let strict = self.strictness == Strictness::Release;
         if parent.is_none() && !strict && name.to_str() == Some(formats::layout::STATE_DIR) {
             return Ok((None, Vec::new()));
