@@ -395,7 +395,11 @@ fn release(a: ReleaseArgs) -> Result<()> {
     let p = progress();
     let report = patch_create::release::release(&opts, p.as_ref())?;
     if a.json {
-        println!("{}", serde_json::to_string(&report)?);
+        let mut v = serde_json::to_value(&report)?;
+        if let (Some(peak), Some(obj)) = (peak_rss_bytes(), v.as_object_mut()) {
+            obj.insert("peak_rss_bytes".into(), peak.into());
+        }
+        println!("{v}");
     } else {
         eprintln!(
             "released {} {}: {} files, {} bytes; installer {} bytes",
@@ -587,4 +591,12 @@ fn parse_size(s: &str) -> Result<u64, String> {
         .ok()
         .and_then(|n| n.checked_mul(1u64 << shift))
         .ok_or_else(|| format!("{s:?} is not a size such as 512M or 2G"))
+}
+
+/// The process's peak resident set size so far (Linux: `VmHWM` of /proc/self/status).
+fn peak_rss_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
 }

@@ -159,3 +159,59 @@ proptest! {
         prop_assert_eq!(apply(&old, new.len() as u64, &m).expect("apply"), new);
     }
 }
+
+/// The bounded mode's memory does not grow with the file: a 64 MiB pair diffed with a 64 MiB
+/// budget (1 MiB windows) peaks far below the ~8 × 64 MiB a whole-file diff holds. The peak is
+/// the process's own high-water mark (`peak_rss_bytes` of `release --json`, Linux only).
+#[cfg(target_os = "linux")]
+#[test]
+fn windowed_release_memory_stays_within_budget() {
+    use std::process::Command;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (old, new) = (dir.path().join("old"), dir.path().join("new"));
+    fixtures::write_large_pair(&old.join("big.bin"), &new.join("big.bin"), 7, 64 << 20, 50)
+        .expect("pair");
+    let bin = env!("CARGO_BIN_EXE_patch-create");
+    let keys = dir.path().join("keys");
+    let repo = dir.path().join("repo");
+    let st = Command::new(bin)
+        .args(["keygen", "--out"])
+        .arg(&keys)
+        .status()
+        .expect("keygen");
+    assert!(st.success());
+    let mut peak = 0;
+    let mut report = serde_json::Value::Null;
+    for (root, version) in [(&old, "1.0.0"), (&new, "1.0.1")] {
+        let out = Command::new(bin)
+            .arg("release")
+            .arg("--repo")
+            .arg(&repo)
+            .arg("--root")
+            .arg(root)
+            .args(["--version", version, "--name", "m", "--json"])
+            .args(["--level", "1", "--memory-budget", "64M"])
+            .arg("--key")
+            .arg(keys.join("release.key"))
+            .output()
+            .expect("release");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        report = serde_json::from_slice(&out.stdout).expect("json");
+        peak = report["peak_rss_bytes"].as_u64().expect("peak_rss_bytes");
+    }
+    let patch = &report["patches"][0];
+    assert_eq!(patch["encodings"]["split-diff"], 1, "{report}");
+    assert!(
+        patch["bytes"].as_u64().expect("bytes") < 1 << 20,
+        "{report}"
+    );
+    assert!(
+        peak < 320 << 20,
+        "release 1.0.1 peaked at {} MiB",
+        peak >> 20
+    );
+}
