@@ -46,23 +46,26 @@ pub fn write_patch(out: &Path, info: &PatchInfo, members: &[Vec<u8>]) -> Result<
             ),
         });
     }
+    // The tar is built in memory first (the members already are) so that zstd knows the size
+    // and sizes its tables for it: a small patch then costs kilobytes, not zstd -19's 100 MB.
+    let mut tar = tar::Builder::new(Vec::new());
+    let info_bytes = info.to_json()?;
+    let mut h = header(info_bytes.len() as u64, 0o644, tar::EntryType::Regular);
+    tar.append_data(&mut h, PATCH_INFO_MEMBER, info_bytes.as_slice())
+        .at(out)?;
+    let mut h = header(data_size, 0o644, tar::EntryType::Regular);
+    let data = Concat {
+        parts: members,
+        pos: 0,
+    };
+    tar.append_data(&mut h, PATCH_DATA_MEMBER, data).at(out)?;
+    let tar = tar.into_inner().at(out)?;
     let mut f = BufWriter::new(File::create(out).at(out)?);
     write_header(&mut f, ArtifactKind::Patch).at(out)?;
     let mut enc = zstd::stream::write::Encoder::new(f, 19).at(out)?;
-    {
-        let mut tar = tar::Builder::new(&mut enc);
-        let info_bytes = info.to_json()?;
-        let mut h = header(info_bytes.len() as u64, 0o644, tar::EntryType::Regular);
-        tar.append_data(&mut h, PATCH_INFO_MEMBER, info_bytes.as_slice())
-            .at(out)?;
-        let mut h = header(data_size, 0o644, tar::EntryType::Regular);
-        let data = Concat {
-            parts: members,
-            pos: 0,
-        };
-        tar.append_data(&mut h, PATCH_DATA_MEMBER, data).at(out)?;
-        tar.finish().at(out)?;
-    }
+    enc.set_pledged_src_size(Some(tar.len() as u64)).at(out)?;
+    enc.include_contentsize(true).at(out)?;
+    enc.write_all(&tar).at(out)?;
     finish(enc, out)
 }
 
