@@ -39,6 +39,14 @@ pub enum Error {
         /// What is wrong.
         reason: String,
     },
+    /// Building the suffix array of an old file failed.
+    #[error("suffix sorting {len} bytes failed: {source}")]
+    SuffixSort {
+        /// The length of the text.
+        len: usize,
+        /// libsais's error.
+        source: libsais::LibsaisError,
+    },
     /// `verify` found problems; each names the artifact.
     #[error("verification failed with {} problem(s):\n  {}", .0.len(), .0.join("\n  "))]
     VerifyFailed(Vec<String>),

@@ -11,6 +11,7 @@ pub mod progress;
 pub mod release;
 pub mod repair;
 pub mod repo;
+pub mod sa_scan;
 pub mod serve;
 pub mod split_pack;
 pub mod verify;

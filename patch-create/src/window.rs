@@ -329,11 +329,7 @@ fn diff_window(
     let end = (start + span).min(old_len);
     let old_buf = read_range(old, start, end)?;
     let mut b = SplitBuilder::new(&old_buf, &new_buf, start, start);
-    if !old_buf.is_empty() && !new_buf.is_empty() {
-        let params = bidiff::DiffParams::default();
-        bidiff::diff(&old_buf, &new_buf, &params, |m| b.add_match(&m))
-            .map_err(|e| Error::io("<bidiff>", e))?;
-    }
+    crate::sa_scan::diff(&old_buf, &new_buf, |m| b.add_match(&m))?;
     let last = b.last_add_end();
     let end_cursor = b.cursor();
     let streams = b.finish();
