@@ -220,6 +220,15 @@ impl ReleaseManifest {
             .map(|p| p.size)
             .sum()
     }
+
+    /// Sum of the repair file sizes of every entry (a shared repair file counts per entry).
+    pub fn total_repair_bytes(&self) -> u64 {
+        self.entries
+            .iter()
+            .filter_map(|e| e.repair)
+            .map(|p| p.size)
+            .sum()
+    }
 }
 
 /// A digest of a whole tree: BLAKE3 over one line per entry in path order

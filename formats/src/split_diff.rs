@@ -39,6 +39,16 @@ impl StreamCodec {
     }
 }
 
+/// Maps a signed seek to the unsigned value its control varint holds: `(s << 1) ^ (s >> 63)`.
+pub fn zigzag(s: i64) -> u64 {
+    ((s << 1) ^ (s >> 63)) as u64
+}
+
+/// Inverse of [`zigzag`].
+pub fn unzigzag(z: u64) -> i64 {
+    ((z >> 1) as i64) ^ -((z & 1) as i64)
+}
+
 /// The carry predicted into the next byte of an add run after old byte `o` became new byte
 /// `n`: +1 when the byte difference is small and positive (below 0x80) but wrapped (`n < o`),
 /// −1 (0xFF) when it is negative (0x80 or more) but borrowed (`n > o`), else 0. A little-endian
@@ -143,6 +153,14 @@ mod tests {
             at = end;
         }
         assert_eq!(d, new);
+    }
+
+    #[test]
+    fn zigzag_round_trips() {
+        for v in [0i64, 1, -1, 63, -64, i64::MAX, i64::MIN] {
+            assert_eq!(unzigzag(zigzag(v)), v);
+        }
+        assert_eq!(zigzag(-1), 1);
     }
 
     #[test]

@@ -358,7 +358,7 @@ pub fn apply_split<W: Write>(
     let mut obuf = vec![0u8; 1 << 16];
     let io = |e: std::io::Error| Error::bad(what, e.to_string());
     while let Some(zz) = read_varint(&mut ctrl, what)? {
-        let seek = ((zz >> 1) as i64) ^ -((zz & 1) as i64);
+        let seek = split_diff::unzigzag(zz);
         let add = need_varint(&mut ctrl, what)?;
         let copy = need_varint(&mut ctrl, what)?;
         let target = i128::from(cursor) + i128::from(seek);

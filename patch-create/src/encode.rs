@@ -197,15 +197,11 @@ pub fn put_varint(out: &mut Vec<u8>, mut v: u64) {
     out.push(v as u8);
 }
 
-fn zigzag(v: i64) -> u64 {
-    ((v << 1) ^ (v >> 63)) as u64
-}
-
 impl SplitStreams {
     /// Appends one control triple: move the old cursor by `seek`, add `add_len` bytes of old +
     /// diff, then copy `copy_len` bytes of extra.
     fn push(&mut self, seek: i64, add_len: u64, copy_len: u64) {
-        put_varint(&mut self.ctrl, zigzag(seek));
+        put_varint(&mut self.ctrl, formats::split_diff::zigzag(seek));
         put_varint(&mut self.ctrl, add_len);
         put_varint(&mut self.ctrl, copy_len);
     }

@@ -317,12 +317,7 @@ pub fn release(opts: &ReleaseOptions, progress: &dyn Progress) -> Result<Release
         entries,
     };
     manifest.validate("new manifest", &formats::limits::Limits::default())?;
-    let repair_total: u64 = manifest
-        .entries
-        .iter()
-        .filter_map(|e| e.repair)
-        .map(|p| p.size)
-        .sum();
+    let repair_total = manifest.total_repair_bytes();
 
     // Patches.
     let t_diff = Instant::now();

@@ -17,19 +17,45 @@ pub const LZMA_MAX_INPUT: usize = 4 << 20;
 /// allocates the dictionary).
 const LZMA_MAX_DICT_LOG: u8 = 20;
 
-/// The diff stream as pairs: for each non-zero byte, the number of zero bytes before it
-/// (varint) then the byte. Bytes after the last non-zero one are zeros.
+/// Writes a diff stream, given in pieces, as pairs: for each non-zero byte, the number of zero
+/// bytes before it (varint) then the byte. Zeros after the last non-zero byte are not written.
+#[derive(Debug, Default)]
+pub struct ZeroRuns {
+    /// Zero bytes seen since the last non-zero one.
+    zeros: u64,
+}
+
+impl ZeroRuns {
+    /// Appends the pairs of the next piece of the diff stream to `out`.
+    pub fn push(&mut self, diff: &[u8], out: &mut Vec<u8>) {
+        for &b in diff {
+            if b == 0 {
+                self.zeros += 1;
+            } else {
+                put_varint(out, self.zeros);
+                out.push(b);
+                self.zeros = 0;
+            }
+        }
+    }
+}
+
+/// The pairs of a whole diff stream ([`ZeroRuns`]).
 pub fn zero_run_pairs(diff: &[u8]) -> Vec<u8> {
     let mut out = Vec::new();
-    let mut zeros = 0u64;
-    for &b in diff {
-        if b == 0 {
-            zeros += 1;
-        } else {
-            put_varint(&mut out, zeros);
-            out.push(b);
-            zeros = 0;
-        }
+    ZeroRuns::default().push(diff, &mut out);
+    out
+}
+
+/// A member from its three streams, each empty or already tagged: three varint lengths, then
+/// the streams.
+pub fn frame_member(parts: &[Vec<u8>; 3]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(parts.iter().map(Vec::len).sum::<usize>() + 30);
+    for p in parts {
+        put_varint(&mut out, p.len() as u64);
+    }
+    for p in parts {
+        out.extend_from_slice(p);
     }
     out
 }
@@ -110,13 +136,5 @@ pub fn pack_split(s: &SplitStreams, level: i32) -> Result<Vec<u8>> {
             )
         },
     );
-    let parts = [c?, p?, e?];
-    let mut out = Vec::with_capacity(parts.iter().map(Vec::len).sum::<usize>() + 30);
-    for p in &parts {
-        put_varint(&mut out, p.len() as u64);
-    }
-    for p in &parts {
-        out.extend_from_slice(p);
-    }
-    Ok(out)
+    Ok(frame_member(&[c?, p?, e?]))
 }

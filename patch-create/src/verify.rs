@@ -341,12 +341,7 @@ pub fn verify(repo: &Path, key: &PublicKey) -> Result<VerifyReport> {
             let _ = std::fs::remove_dir_all(&dir);
             *checked.entry("patches".into()).or_default() += 1;
         }
-        let repair_bytes: u64 = m
-            .entries
-            .iter()
-            .filter_map(|e| e.repair)
-            .map(|p| p.size)
-            .sum();
+        let repair_bytes = m.total_repair_bytes();
         versions.push(VersionReport {
             version: r.version.to_string(),
             files: m.file_paths().len() as u64,

@@ -16,8 +16,11 @@ use std::sync::{Condvar, Mutex, OnceLock};
 
 use rayon::prelude::*;
 
+use formats::split_diff::{unzigzag, zigzag, StreamCodec};
+
 use crate::encode::{put_varint, SplitBuilder, SplitStreams};
 use crate::error::{Error, IoContext, Result};
+use crate::split_pack::{frame_member, ZeroRuns};
 
 /// Smallest automatic memory budget of a diff ([`auto_budget`]): 256 MiB.
 pub const MIN_AUTO_BUDGET: u64 = 256 << 20;
@@ -352,19 +355,13 @@ fn read_varint(buf: &[u8]) -> Option<(u64, usize)> {
     None
 }
 
-fn zigzag(v: i64) -> u64 {
-    ((v << 1) ^ (v >> 63)) as u64
-}
-
-fn unzigzag(z: u64) -> i64 {
-    ((z >> 1) as i64) ^ -((z & 1) as i64)
-}
-
 /// A zstd encoder of one split-diff stream with bounded tables.
 fn stream_encoder(level: i32) -> Result<zstd::stream::write::Encoder<'static, Vec<u8>>> {
     use zstd::zstd_safe::CParameter;
     let zerr = |e| Error::io("<zstd>", e);
-    let mut enc = zstd::stream::write::Encoder::new(Vec::new(), level).map_err(zerr)?;
+    // The codec tag goes first; the zstd frame is appended behind it.
+    let mut enc =
+        zstd::stream::write::Encoder::new(vec![StreamCodec::Zstd.tag()], level).map_err(zerr)?;
     enc.include_checksum(false).map_err(zerr)?;
     enc.window_log(STREAM_WINDOW_LOG).map_err(zerr)?;
     enc.set_parameter(CParameter::HashLog(STREAM_WINDOW_LOG - 1))
@@ -382,7 +379,7 @@ struct MemberWriter {
     pairs: zstd::stream::write::Encoder<'static, Vec<u8>>,
     extra: zstd::stream::write::Encoder<'static, Vec<u8>>,
     cursor: u64,
-    zeros: u64,
+    zeros: ZeroRuns,
     pairs_buf: Vec<u8>,
 }
 
@@ -393,7 +390,7 @@ impl MemberWriter {
             pairs: stream_encoder(level)?,
             extra: stream_encoder(level)?,
             cursor: 0,
-            zeros: 0,
+            zeros: ZeroRuns::default(),
             pairs_buf: Vec::with_capacity(1 << 16),
         })
     }
@@ -415,17 +412,12 @@ impl MemberWriter {
         self.ctrl.write_all(&head).map_err(io)?;
         self.ctrl.write_all(&ctrl[n..]).map_err(io)?;
         self.cursor = w.end_cursor;
-        for &b in &w.streams.diff {
-            if b == 0 {
-                self.zeros += 1;
-            } else {
-                put_varint(&mut self.pairs_buf, self.zeros);
-                self.zeros = 0;
-                self.pairs_buf.push(b);
-                if self.pairs_buf.len() >= 1 << 16 {
-                    self.pairs.write_all(&self.pairs_buf).map_err(io)?;
-                    self.pairs_buf.clear();
-                }
+        // In pieces, so the pair buffer stays small whatever the window size.
+        for piece in w.streams.diff.chunks(1 << 15) {
+            self.zeros.push(piece, &mut self.pairs_buf);
+            if self.pairs_buf.len() >= 1 << 16 {
+                self.pairs.write_all(&self.pairs_buf).map_err(io)?;
+                self.pairs_buf.clear();
             }
         }
         self.extra.write_all(&w.streams.extra).map_err(io)?;
@@ -440,16 +432,7 @@ impl MemberWriter {
             self.pairs.finish().map_err(io)?,
             self.extra.finish().map_err(io)?,
         ];
-        let tag = formats::split_diff::StreamCodec::Zstd.tag();
-        let mut out = Vec::with_capacity(parts.iter().map(Vec::len).sum::<usize>() + 40);
-        for p in &parts {
-            put_varint(&mut out, p.len() as u64 + 1);
-        }
-        for p in &parts {
-            out.push(tag);
-            out.extend_from_slice(p);
-        }
-        Ok(out)
+        Ok(frame_member(&parts))
     }
 }
 
@@ -582,12 +565,5 @@ mod tests {
         }
         let p = WindowPlan::for_budget(1 << 30, 2);
         assert!(p.new_window >= 32 << 20, "{p:?}");
-    }
-
-    #[test]
-    fn zigzag_round_trips() {
-        for v in [0i64, 1, -1, 63, -64, i64::MAX, i64::MIN] {
-            assert_eq!(unzigzag(zigzag(v)), v);
-        }
     }
 }
