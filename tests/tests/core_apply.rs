@@ -265,10 +265,20 @@ fn running_instance_blocks_the_update() {
     copy_tree(&w.releases[0], &app);
     // A real process whose executable lies in the app dir.
     std::fs::copy("/bin/sleep", app.join("bin/sleeper")).unwrap();
-    let mut child = std::process::Command::new(app.join("bin/sleeper"))
-        .arg("30")
-        .spawn()
-        .unwrap();
+    // ETXTBSY while a thread of this test binary forked with the copy's fd still open: retry.
+    let mut tries = 0;
+    let mut child = loop {
+        match std::process::Command::new(app.join("bin/sleeper"))
+            .arg("30")
+            .spawn()
+        {
+            Err(e) if e.kind() == std::io::ErrorKind::ExecutableFileBusy && tries < 50 => {
+                tries += 1;
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            r => break r.unwrap(),
+        }
+    };
     std::thread::sleep(std::time::Duration::from_millis(200));
     let before = tree_state(&app);
     let err = fails(&mut w.apply_cmd("apply", &app));
