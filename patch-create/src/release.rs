@@ -521,6 +521,9 @@ fn pick_similar<'a>(
         })
 }
 
+/// An op of a patch and its member, if it has one.
+type EncodedOp = (PatchOp, Option<Member>);
+
 /// Builds the patch from `old` to `new`: ops for every file whose content is new at its path,
 /// deletes for every old path that is gone or changed kind.
 pub fn build_patch(
@@ -587,10 +590,11 @@ pub fn build_patch(
             _ => plans.push((e, Plan::Full)),
         }
     }
+    let new_by_path = new.by_path();
     let deletes: Vec<RelPath> = old
         .entries
         .iter()
-        .filter(|o| match new.by_path().get(&o.path) {
+        .filter(|o| match new_by_path.get(&o.path) {
             None => true,
             Some(n) => std::mem::discriminant(&n.node) != std::mem::discriminant(&o.node),
         })
@@ -600,81 +604,88 @@ pub fn build_patch(
         &format!("diff {} -> {}", old.version, new.version),
         plans.len() as u64,
     );
-    let results: Vec<Result<(PatchOp, Option<Member>)>> = plans
-        .par_iter()
-        .map(|(e, plan)| {
-            let pin = e.node.file_pin().ok_or_else(|| Error::Repo {
-                path: new_root.to_path_buf(),
-                reason: format!("{} is not a file", e.path),
-            })?;
-            let out = match plan {
-                Plan::Copy(o) => (
+    // Largest files first, one task each: the long diffs start early and the small ones fill
+    // the cores at the end. The ops keep the manifest's order.
+    let mut order: Vec<usize> = (0..plans.len()).collect();
+    order.sort_by_key(|&i| std::cmp::Reverse(plans[i].0.node.file_pin().map_or(0, |p| p.size)));
+    let encode_op = |(e, plan): &(&Entry, Plan)| -> Result<EncodedOp> {
+        let pin = e.node.file_pin().ok_or_else(|| Error::Repo {
+            path: new_root.to_path_buf(),
+            reason: format!("{} is not a file", e.path),
+        })?;
+        let out = match plan {
+            Plan::Copy(o) => (
+                PatchOp {
+                    path: e.path.clone(),
+                    new: pin,
+                    encoding: Encoding::Copy {
+                        source: o.path.clone(),
+                    },
+                },
+                None,
+            ),
+            Plan::Full => {
+                let p = e.path.to_path(new_root);
+                let bytes = crate::encode::compress_file(&p, pin, encode.level)?;
+                (
                     PatchOp {
                         path: e.path.clone(),
                         new: pin,
-                        encoding: Encoding::Copy {
-                            source: o.path.clone(),
+                        encoding: Encoding::Full {
+                            member_size: bytes.len() as u64,
                         },
                     },
-                    None,
-                ),
-                Plan::Full => {
-                    let p = e.path.to_path(new_root);
-                    let bytes = crate::encode::compress_file(&p, pin, encode.level)?;
-                    (
-                        PatchOp {
-                            path: e.path.clone(),
-                            new: pin,
-                            encoding: Encoding::Full {
-                                member_size: bytes.len() as u64,
-                            },
-                        },
-                        Some(bytes),
-                    )
-                }
-                Plan::Diff(o) => {
-                    let opin = o.node.file_pin().ok_or_else(|| Error::Repo {
-                        path: new_root.to_path_buf(),
-                        reason: format!("{} is not a file", o.path),
-                    })?;
-                    let old_file = old_source.file(&o.path, opin, o.repair)?;
-                    let p = e.path.to_path(new_root);
-                    let enc = encode_files(old_file.path(), opin, &p, pin, encode)?;
-                    let size = enc.bytes.len() as u64;
-                    let encoding = match enc.chosen {
-                        Chosen::Full => Encoding::Full { member_size: size },
-                        Chosen::Bidiff => Encoding::Bidiff {
-                            source: o.path.clone(),
-                            member_size: size,
-                        },
-                        Chosen::SplitDiff => Encoding::SplitDiff {
-                            source: o.path.clone(),
-                            member_size: size,
-                        },
-                        Chosen::ZstdRef { window_log } => Encoding::ZstdRef {
-                            source: o.path.clone(),
-                            member_size: size,
-                            window_log,
-                        },
-                    };
-                    (
-                        PatchOp {
-                            path: e.path.clone(),
-                            new: pin,
-                            encoding,
-                        },
-                        Some(enc.bytes),
-                    )
-                }
-            };
-            progress.advance(1);
-            Ok(out)
-        })
+                    Some(bytes),
+                )
+            }
+            Plan::Diff(o) => {
+                let opin = o.node.file_pin().ok_or_else(|| Error::Repo {
+                    path: new_root.to_path_buf(),
+                    reason: format!("{} is not a file", o.path),
+                })?;
+                let old_file = old_source.file(&o.path, opin, o.repair)?;
+                let p = e.path.to_path(new_root);
+                let enc = encode_files(old_file.path(), opin, &p, pin, encode)?;
+                let size = enc.bytes.len() as u64;
+                let encoding = match enc.chosen {
+                    Chosen::Full => Encoding::Full { member_size: size },
+                    Chosen::Bidiff => Encoding::Bidiff {
+                        source: o.path.clone(),
+                        member_size: size,
+                    },
+                    Chosen::SplitDiff => Encoding::SplitDiff {
+                        source: o.path.clone(),
+                        member_size: size,
+                    },
+                    Chosen::ZstdRef { window_log } => Encoding::ZstdRef {
+                        source: o.path.clone(),
+                        member_size: size,
+                        window_log,
+                    },
+                };
+                (
+                    PatchOp {
+                        path: e.path.clone(),
+                        new: pin,
+                        encoding,
+                    },
+                    Some(enc.bytes),
+                )
+            }
+        };
+        progress.advance(1);
+        Ok(out)
+    };
+    let mut results: Vec<(usize, Result<EncodedOp>)> = order
+        .par_iter()
+        .with_max_len(1)
+        .map(|&i| (i, encode_op(&plans[i])))
         .collect();
+    results.sort_by_key(|(i, _)| *i);
     progress.finish();
     let mut ops = Vec::new();
     let mut members = Vec::new();
-    for r in results {
+    for (_, r) in results {
         let (op, m) = r?;
         ops.push(op);
         if let Some(m) = m {

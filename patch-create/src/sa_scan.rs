@@ -6,10 +6,15 @@
 //! divsufsort) and starts every longest-match search in the suffix-array range of the needle's
 //! first two bytes. The matches are `bidiff::Match` values, fed in increasing new order to a
 //! callback exactly as `bidiff::diff` does.
+//!
+//! A new file longer than [`SCAN_CHUNK`] is scanned in pieces of that size, on all cores: each
+//! piece is scanned as if it were a whole new file (its first match starts at its first byte),
+//! so the result depends on the file size only, never on the number of cores.
 
 use std::io;
 
 use bidiff::Match;
+use rayon::prelude::*;
 
 use crate::error::{Error, Result};
 
@@ -43,6 +48,10 @@ impl SaEntry for i64 {
     }
 }
 
+/// Size of the pieces of a new file scanned in parallel. Each boundary costs a few bytes of
+/// patch (a match cannot run across it); 1 MiB pieces keep both cores busy on a 10 MB file.
+pub const SCAN_CHUNK: usize = 1 << 20;
+
 /// Calls `on_match` with the bsdiff matches of `new` against `old`, in increasing new order.
 /// Bytes of `new` between matches are left to the caller (they become copies). Nothing is
 /// reported when either input is empty.
@@ -61,7 +70,7 @@ pub fn diff(old: &[u8], new: &[u8], on_match: impl FnMut(Match) -> io::Result<()
             .run()
             .map_err(sort_err)?
             .into_vec();
-        scan(&Index::new(old, &sa), new, on_match)
+        scan_chunks(&Index::new(old, &sa), new, on_match)
     } else {
         let sa = libsais::SuffixArrayConstruction::for_text(old)
             .in_owned_buffer64()
@@ -69,7 +78,7 @@ pub fn diff(old: &[u8], new: &[u8], on_match: impl FnMut(Match) -> io::Result<()
             .run()
             .map_err(sort_err)?
             .into_vec();
-        scan(&Index::new(old, &sa), new, on_match)
+        scan_chunks(&Index::new(old, &sa), new, on_match)
     };
     scanned.map_err(|e| Error::io("<diff>", e))
 }
@@ -170,6 +179,43 @@ impl<'a, S: SaEntry> Index<'a, S> {
     }
 }
 
+/// Scans `new` in [`SCAN_CHUNK`] pieces, as many at once as rayon has threads, and reports the
+/// matches of each round of pieces in order (so that at most one round's matches are held).
+/// Every piece but the first starts as if the longest match at its first byte had been the
+/// previous match: where the file's alignment runs across the boundary, the piece continues it
+/// and no seek away and back is paid (typescript's 9 MB files: +120 B of patch without this).
+fn scan_chunks<S: SaEntry + Sync>(
+    idx: &Index<'_, S>,
+    new: &[u8],
+    mut on_match: impl FnMut(Match) -> io::Result<()>,
+) -> io::Result<()> {
+    if new.len() <= SCAN_CHUNK {
+        return scan(idx, new, 0, false, on_match);
+    }
+    let starts: Vec<usize> = (0..new.len()).step_by(SCAN_CHUNK).collect();
+    let round = rayon::current_num_threads().max(1);
+    for group in starts.chunks(round) {
+        let found: Vec<io::Result<Vec<Match>>> = group
+            .par_iter()
+            .map(|&start| {
+                let end = (start + SCAN_CHUNK).min(new.len());
+                let mut v = Vec::new();
+                scan(idx, &new[start..end], start, start > 0, |m| {
+                    v.push(m);
+                    Ok(())
+                })?;
+                Ok(v)
+            })
+            .collect();
+        for piece in found {
+            for m in piece? {
+                on_match(m)?;
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Whether the old byte at `i + offset` exists and equals `new[i]`.
 #[inline]
 fn same_at(old: &[u8], new: &[u8], i: usize, offset: isize) -> bool {
@@ -177,16 +223,25 @@ fn same_at(old: &[u8], new: &[u8], i: usize, offset: isize) -> bool {
 }
 
 /// bsdiff's scan (as in bidiff's `BsdiffIterator`): extends each approximate match forwards
-/// and backwards and reports it with the copy run that follows it.
+/// and backwards and reports it with the copy run that follows it. `new` is the piece of the
+/// new file that starts at `base`; reported new positions are in the whole file. With
+/// `resume`, the scan starts aligned with the longest match of the piece's first bytes instead
+/// of old offset 0.
 fn scan<S: SaEntry>(
     idx: &Index<'_, S>,
     new: &[u8],
+    base: usize,
+    resume: bool,
     mut on_match: impl FnMut(Match) -> io::Result<()>,
 ) -> io::Result<()> {
     let old = idx.old;
     let (ol, nl) = (old.len(), new.len());
     let (mut scan, mut pos, mut len) = (0usize, 0usize, 0usize);
     let (mut lastscan, mut lastpos, mut lastoff) = (0usize, 0usize, 0isize);
+    if resume && nl > 0 {
+        lastpos = idx.longest(new).0;
+        lastoff = lastpos as isize;
+    }
     while scan < nl {
         let mut oldscore = 0usize;
         scan += len;
@@ -258,9 +313,9 @@ fn scan<S: SaEntry>(
         }
         on_match(Match {
             add_old_start: lastpos,
-            add_new_start: lastscan,
+            add_new_start: base + lastscan,
             add_length: lenf,
-            copy_end: scan - lenb,
+            copy_end: base + scan - lenb,
         })?;
         lastscan = scan - lenb;
         lastpos = pos - lenb;

@@ -84,14 +84,15 @@ fn lzma2(data: &[u8], kind: Kind) -> Result<Vec<u8>> {
         Kind::Pairs => (2, 0),
         Kind::Extra => (3, 2),
     };
-    // Preset 6 "extreme"; nice length 273 because long runs of identical pairs matter.
+    // Preset 6 "extreme" with nice length 128: on the corpus binaries both smaller and faster
+    // than 273 (esbuild 207,390 -> 207,148 B, numpy 57,504 -> 57,384 B) and than 64.
     let mut opts =
         LzmaOptions::new_preset(6 | liblzma::stream::PRESET_EXTREME).map_err(lzma_err)?;
     opts.dict_size(1 << dict_log)
         .literal_context_bits(lc)
         .literal_position_bits(0)
         .position_bits(pb)
-        .nice_len(273)
+        .nice_len(128)
         .mode(Mode::Normal)
         .match_finder(MatchFinder::BinaryTree4);
     let mut filters = Filters::new();

@@ -130,23 +130,34 @@ fn every_encoding_round_trips_on_edited_files() {
 
 #[test]
 fn multi_threaded_split_diff_round_trips() {
-    // Large enough for partitioned suffix sorting and chunked scanning.
+    // Large enough for chunked scanning (sa_scan::SCAN_CHUNK): several pieces scanned at once.
     let old = text(5 << 20, 9);
     let mut new = mutate(&old, 11);
     new.extend_from_slice(&old[1000..200_000]);
+    assert!(new.len() > 4 * patch_create::sa_scan::SCAN_CHUNK);
+    let opts = EncodeOptions {
+        level: 3,
+        try_zstd_ref: true,
+        ..EncodeOptions::default()
+    };
+    let mut members = Vec::new();
     for threads in [1, 2, 4] {
-        let opts = EncodeOptions {
-            level: 3,
-            try_zstd_ref: true,
-            threads,
-            ..EncodeOptions::default()
-        };
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()
+            .expect("pool");
+        let member = pool
+            .install(|| encode::encode_as(&old, &new, &Chosen::SplitDiff, &opts))
+            .expect("encode");
         assert_eq!(
-            round_trip(&old, &new, &Chosen::SplitDiff, &opts),
+            decode(&old, &new, &Chosen::SplitDiff, &member),
             new,
             "threads {threads}"
         );
+        members.push(member);
     }
+    // The pieces depend on the file size only: the same patch whatever the number of cores.
+    assert!(members.windows(2).all(|w| w[0] == w[1]));
 }
 
 #[test]
