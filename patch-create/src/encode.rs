@@ -144,6 +144,29 @@ pub fn compress_window(data: &[u8], level: i32, max_window_log: u32) -> Result<V
     enc.finish().map_err(zerr)
 }
 
+/// Caps the match-finder tables of a zstd encoder at `level` ≥ 16 (the binary-tree strategies)
+/// whose window is at most `2^window_log`: chain table `2^(window_log - 2)` entries, at most
+/// 2^24, and hash table `2^(window_log - 3)`, at most 2^22 (level 19's own). On the 10 MB
+/// esbuild binary at level 19 (zstd CLI, `--zstd=clog=22,hlog=21`): encoder memory 100 → 43
+/// MB, 17 % faster, output +0.13 %. Used for repair files, whole-file members and the
+/// installer, whose inputs are whole files and trees.
+pub fn cap_tables<W: Write>(
+    enc: &mut zstd::stream::write::Encoder<'_, W>,
+    level: i32,
+    window_log: u32,
+) -> Result<()> {
+    use zstd::stream::raw::CParameter;
+    if level < 16 {
+        return Ok(());
+    }
+    let chain = window_log.saturating_sub(2).clamp(16, 24);
+    let hash = window_log.saturating_sub(3).clamp(16, 22);
+    enc.set_parameter(CParameter::ChainLog(chain))
+        .map_err(zerr)?;
+    enc.set_parameter(CParameter::HashLog(hash)).map_err(zerr)?;
+    Ok(())
+}
+
 /// The smallest window log covering `n` bytes (between 10 and 31).
 pub fn window_log_for(n: u64) -> u32 {
     let mut log = 10;
@@ -393,11 +416,12 @@ pub fn compress_file_into<W: Write>(path: &Path, pin: Pin, level: i32, out: W) -
     enc.set_pledged_src_size(Some(pin.size)).map_err(zerr)?;
     enc.include_checksum(false).map_err(zerr)?;
     enc.include_contentsize(true).map_err(zerr)?;
+    let window_log = window_log_for(pin.size).min(MAX_MEMBER_WINDOW_LOG);
     if pin.size > 8 << 20 {
         enc.long_distance_matching(true).map_err(zerr)?;
-        enc.window_log(window_log_for(pin.size).min(MAX_MEMBER_WINDOW_LOG))
-            .map_err(zerr)?;
+        enc.window_log(window_log).map_err(zerr)?;
     }
+    cap_tables(&mut enc, level, window_log)?;
     let mut check = formats::hash::StreamCheck::new(path.display().to_string(), pin, None);
     let mut r = f.take(pin.size.saturating_add(1));
     let mut buf = vec![0u8; 1 << 20];

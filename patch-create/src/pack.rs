@@ -113,10 +113,12 @@ pub fn write_installer(
         let _ = enc.multithread(threads);
     }
     let total = manifest.total_file_bytes();
+    let window_log = window_log_for(total).min(27);
     if total > 8 << 20 {
         enc.long_distance_matching(true).at(out)?;
-        enc.window_log(window_log_for(total).min(27)).at(out)?;
+        enc.window_log(window_log).at(out)?;
     }
+    crate::encode::cap_tables(&mut enc, level, window_log)?;
     {
         let mut tar = tar::Builder::new(&mut enc);
         tar.follow_symlinks(false);
