@@ -456,11 +456,13 @@ pub fn encode_files(
     match opts.window_plan(old_pin.size, new_pin.size) {
         None => {
             let _r = gate.reserve(single_window_cost(old_pin.size, new_pin.size), budget);
-            let old_bytes = std::fs::read(old).at(old)?;
-            old_pin.check(&old.display().to_string(), &old_bytes)?;
-            let new_bytes = std::fs::read(new).at(new)?;
-            new_pin.check(&new.display().to_string(), &new_bytes)?;
-            encode_change(&old_bytes, &new_bytes, opts)
+            let read = |p: &Path, pin: Pin| -> Result<Vec<u8>> {
+                let bytes = std::fs::read(p).at(p)?;
+                pin.check(&p.display().to_string(), &bytes)?;
+                Ok(bytes)
+            };
+            let (old_bytes, new_bytes) = rayon::join(|| read(old, old_pin), || read(new, new_pin));
+            encode_change(&old_bytes?, &new_bytes?, opts)
         }
         Some(plan) => {
             let _r = gate.reserve(plan.peak(), budget);
