@@ -4,7 +4,16 @@ use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Result};
 
+/// Bytes free (for unprivileged users) on the file system holding `path`, or its nearest
+/// existing ancestor: one `statvfs` of that path.
+#[cfg(unix)]
+pub fn free_space(path: &Path) -> Option<u64> {
+    let st = rustix::fs::statvfs(canonical_existing(path)).ok()?;
+    Some(st.f_bavail.saturating_mul(st.f_frsize))
+}
+
 /// Bytes free on the file system holding `path` (the longest matching mount point).
+#[cfg(not(unix))]
 pub fn free_space(path: &Path) -> Option<u64> {
     let canon = canonical_existing(path);
     let disks = sysinfo::Disks::new_with_refreshed_list();
@@ -59,27 +68,58 @@ pub fn running_instances(app_dir: &Path, allow_pid: Option<u32>) -> Vec<(u32, Pa
     let Ok(canon) = app_dir.canonicalize() else {
         return Vec::new();
     };
+    let me = std::process::id();
+    let mut out: Vec<(u32, PathBuf)> = process_executables()
+        .into_iter()
+        .filter(|(pid, exe)| *pid != me && Some(*pid) != allow_pid && exe.starts_with(&canon))
+        .collect();
+    out.sort();
+    out
+}
+
+/// Every process's PID and executable, read straight from `/proc`: one `readlink` of
+/// `/proc/PID/exe` per process (sysinfo would also open and parse `/proc/PID/stat` of each).
+/// Processes that exit meanwhile or whose executable is hidden from this user are skipped, as
+/// sysinfo skips them.
+#[cfg(target_os = "linux")]
+fn process_executables() -> Vec<(u32, PathBuf)> {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    dir.filter_map(|e| {
+        let e = e.ok()?;
+        let pid: u32 = e.file_name().to_str()?.parse().ok()?;
+        let exe = std::fs::read_link(e.path().join("exe")).ok()?;
+        Some((pid, without_deleted_suffix(exe)))
+    })
+    .collect()
+}
+
+/// Linux appends ` (deleted)` to the link of an executable that was replaced or removed; the
+/// process still runs from that path.
+#[cfg(target_os = "linux")]
+fn without_deleted_suffix(exe: PathBuf) -> PathBuf {
+    use std::os::unix::ffi::OsStrExt;
+    const DELETED: &[u8] = b" (deleted)";
+    match exe.as_os_str().as_bytes().strip_suffix(DELETED) {
+        Some(b) => PathBuf::from(std::ffi::OsStr::from_bytes(b)),
+        None => exe,
+    }
+}
+
+/// Every process's PID and executable, from sysinfo (only the executable is refreshed).
+#[cfg(not(target_os = "linux"))]
+fn process_executables() -> Vec<(u32, PathBuf)> {
     let mut sys = sysinfo::System::new();
     sys.refresh_processes_specifics(
         sysinfo::ProcessesToUpdate::All,
         true,
         sysinfo::ProcessRefreshKind::nothing().with_exe(sysinfo::UpdateKind::Always),
     );
-    let me = std::process::id();
-    let mut out: Vec<(u32, PathBuf)> = sys
-        .processes()
+    sys.processes()
         .iter()
-        .filter_map(|(pid, p)| {
-            let pid = pid.as_u32();
-            if pid == me || Some(pid) == allow_pid {
-                return None;
-            }
-            let exe = p.exe()?;
-            exe.starts_with(&canon).then(|| (pid, exe.to_path_buf()))
-        })
-        .collect();
-    out.sort();
-    out
+        .filter_map(|(pid, p)| Some((pid.as_u32(), p.exe()?.to_path_buf())))
+        .collect()
 }
 
 /// Fails when another process runs from `app_dir`.
@@ -98,4 +138,29 @@ pub fn check_not_running(app_dir: &Path, allow_pid: Option<u32>) -> Result<()> {
         )));
     }
     Ok(())
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)] // Tests: a panic is a failure with its message.
+mod tests {
+    use super::*;
+
+    #[test]
+    fn free_space_of_a_path_not_yet_created_is_its_ancestors() {
+        let d = tempfile::tempdir().unwrap();
+        let free = free_space(d.path()).unwrap();
+        assert!(free > 0);
+        assert!(free_space(&d.path().join("not/yet")).is_some());
+    }
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn a_replaced_executable_still_counts_under_its_path() {
+        let check = |link: &str, want: &str| {
+            assert_eq!(without_deleted_suffix(PathBuf::from(link)), Path::new(want));
+        };
+        check("/app/bin/tool (deleted)", "/app/bin/tool");
+        check("/app/bin/tool", "/app/bin/tool");
+        check("/app/bin/(deleted)", "/app/bin/(deleted)");
+    }
 }
