@@ -43,17 +43,28 @@ impl StoredTrust {
 
     /// Saves into `dir` atomically, file by file.
     pub fn save(&self, dir: &Path) -> Result<()> {
-        std::fs::create_dir_all(dir).at(dir)?;
-        for (n, b) in [
-            ("root.json", &self.root),
-            ("timestamp.json", &self.timestamp),
-            ("snapshot.json", &self.snapshot),
-        ] {
-            if let Some(b) = b {
-                crate::atomic::write_file(&dir.join(n), b)?;
-            }
+        self.save_changes(dir, &StoredTrust::default())
+    }
+
+    /// Saves into `dir` the files that differ from `on_disk` (what [`StoredTrust::load`]
+    /// read from `dir`), each atomically, with one directory sync for all of them.
+    pub fn save_changes(&self, dir: &Path, on_disk: &StoredTrust) -> Result<()> {
+        let changed: Vec<(&str, &[u8])> = [
+            ("root.json", &self.root, &on_disk.root),
+            ("timestamp.json", &self.timestamp, &on_disk.timestamp),
+            ("snapshot.json", &self.snapshot, &on_disk.snapshot),
+        ]
+        .into_iter()
+        .filter_map(|(n, new, old)| match new {
+            Some(b) if Some(b) != old.as_ref() => Some((n, b.as_slice())),
+            _ => None,
+        })
+        .collect();
+        if changed.is_empty() {
+            return Ok(());
         }
-        Ok(())
+        std::fs::create_dir_all(dir).at(dir)?;
+        crate::atomic::write_files(dir, &changed)
     }
 }
 

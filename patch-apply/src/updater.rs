@@ -156,7 +156,10 @@ enum ManifestNeed {
 /// Everything known after refreshing metadata and scanning.
 struct Session {
     transport: Mirrors,
+    /// The trusted metadata to keep after this run.
     stored: StoredTrust,
+    /// The trusted metadata kept by the last run (what the state directory holds).
+    stored_before: StoredTrust,
     info: Option<RepositoryInfo>,
     view: RepoView,
     target: ReleaseRef,
@@ -407,15 +410,14 @@ impl Updater {
         });
         let restart_required =
             !up_to_date && manifest.as_ref().is_some_and(|m| restart_needed(&scan, m));
-        if let Ok(dir) = std::fs::metadata(&state.root) {
-            if dir.is_dir() {
-                // Best effort on check; apply saves it for real.
-                let _ = new_stored.save(&state.trust());
-            }
+        if need == ManifestNeed::UnlessUpToDate && state.root.is_dir() {
+            // Best effort on check; apply saves it for real.
+            let _ = new_stored.save_changes(&state.trust(), &stored);
         }
         Ok(Session {
             transport,
             stored: new_stored,
+            stored_before: stored,
             info,
             view,
             target,
@@ -511,6 +513,8 @@ impl Updater {
             }
         };
         let s = self.session(ManifestNeed::Always)?;
+        // Kept even when this update is refused below: a later run must not accept older metadata.
+        s.stored.save_changes(&state.trust(), &s.stored_before)?;
         let manifest = s.manifest()?;
         if let Some(m) = s.info.as_ref().and_then(|i| i.maintenance.as_ref()) {
             return Err(Error::Precondition(format!(
@@ -531,7 +535,6 @@ impl Updater {
                 )));
             }
         }
-        s.stored.save(&state.trust())?;
         let from = s.installed.as_ref().map(|v| v.to_string());
         if s.up_to_date {
             if state.load_record().map(|r| r.version) != Some(s.target.version.clone()) {
