@@ -271,21 +271,31 @@ struct ZeroRunDiff {
 }
 
 impl ZeroRunDiff {
-    /// Fills `out` with the next diff bytes.
-    fn fill(&mut self, out: &mut [u8], what: &str) -> Result<()> {
+    /// Turns the old bytes in `buf` into new bytes in place with the next `buf.len()` diff bytes,
+    /// carrying `c` as [`split_diff::decode_run`] does. Only non-zero diff bytes and bytes with a
+    /// carry pending are touched: a zero diff byte without carry keeps the old byte, so the
+    /// zero runs (most of a typical diff) cost nothing.
+    fn apply_in_place(&mut self, buf: &mut [u8], c: &mut u8, what: &str) -> Result<()> {
         let mut i = 0;
-        while i < out.len() {
-            if self.zeros_left > 0 {
-                let n = self.zeros_left.min((out.len() - i) as u64) as usize;
-                out[i..i + n].fill(0);
-                i += n;
-                self.zeros_left -= n as u64;
+        while i < buf.len() {
+            if self.zeros_left > 0 || self.pairs_done {
+                let run = if self.pairs_done {
+                    buf.len() - i
+                } else {
+                    self.zeros_left.min((buf.len() - i) as u64) as usize
+                };
+                let end = i + run;
+                while *c != 0 && i < end {
+                    apply_byte(&mut buf[i], 0, c);
+                    i += 1;
+                }
+                if !self.pairs_done {
+                    self.zeros_left -= run as u64;
+                }
+                i = end;
             } else if let Some(v) = self.pending.take() {
-                out[i] = v;
+                apply_byte(&mut buf[i], v, c);
                 i += 1;
-            } else if self.pairs_done {
-                out[i..].fill(0);
-                i = out.len();
             } else {
                 match read_varint(&mut self.pairs, what)? {
                     None => self.pairs_done = true,
@@ -302,6 +312,15 @@ impl ZeroRunDiff {
         }
         Ok(())
     }
+}
+
+/// One byte of [`split_diff::decode_run`]: old byte `b` plus diff byte `d` plus carry `c`.
+#[inline]
+fn apply_byte(b: &mut u8, d: u8, c: &mut u8) {
+    let o = *b;
+    let v = o.wrapping_add(d).wrapping_add(*c);
+    *c = split_diff::carry(v, o);
+    *b = v;
 }
 
 /// Applies a split-diff member (docs/encodings.md) to the old file `source`, writing the new
@@ -354,8 +373,7 @@ pub fn apply_split<W: Write>(
     let mut old = BufReader::with_capacity(1 << 16, File::open(source).at(source)?);
     let mut cursor: u64 = 0;
     let mut produced: u64 = 0;
-    let mut dbuf = vec![0u8; 1 << 16];
-    let mut obuf = vec![0u8; 1 << 16];
+    let mut buf = vec![0u8; 1 << 16];
     let io = |e: std::io::Error| Error::bad(what, e.to_string());
     while let Some(zz) = read_varint(&mut ctrl, what)? {
         let seek = split_diff::unzigzag(zz);
@@ -382,11 +400,10 @@ pub fn apply_split<W: Write>(
         let mut left = add;
         let mut carry = 0u8;
         while left > 0 {
-            let n = left.min(dbuf.len() as u64) as usize;
-            diff.fill(&mut dbuf[..n], what)?;
-            old.read_exact(&mut obuf[..n]).map_err(io)?;
-            split_diff::decode_run(&mut dbuf[..n], &obuf[..n], &mut carry);
-            w.write_all(&dbuf[..n]).map_err(io)?;
+            let n = left.min(buf.len() as u64) as usize;
+            old.read_exact(&mut buf[..n]).map_err(io)?;
+            diff.apply_in_place(&mut buf[..n], &mut carry, what)?;
+            w.write_all(&buf[..n]).map_err(io)?;
             left -= n as u64;
         }
         let copied = std::io::copy(&mut (&mut extra).take(copy), w).map_err(io)?;
@@ -413,5 +430,80 @@ impl<R: Read> Read for CountingReader<'_, R> {
         let got = self.inner.read(buf)?;
         self.n += got as u64;
         Ok(got)
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)] // Tests: a panic is a failure with its message.
+mod tests {
+    use super::*;
+
+    /// The pair stream of `diff`: (zero run, value) for every non-zero byte; trailing zeros
+    /// are implicit.
+    fn pairs_of(diff: &[u8]) -> Vec<u8> {
+        let mut out = Vec::new();
+        let mut zeros = 0u64;
+        for &d in diff {
+            if d == 0 {
+                zeros += 1;
+                continue;
+            }
+            let mut v = zeros;
+            loop {
+                let b = (v & 0x7f) as u8;
+                v >>= 7;
+                if v == 0 {
+                    out.push(b);
+                    break;
+                }
+                out.push(b | 0x80);
+            }
+            out.push(d);
+            zeros = 0;
+        }
+        out
+    }
+
+    fn check_in_place(old: &[u8], new: &[u8], pieces: &[usize]) {
+        let mut diff = Vec::new();
+        split_diff::encode_run(new, old, &mut diff);
+        let part: Part = Box::new(std::io::Cursor::new(pairs_of(&diff)));
+        let mut z = ZeroRunDiff {
+            pairs: BufReader::new(part),
+            zeros_left: 0,
+            pending: None,
+            pairs_done: false,
+        };
+        let mut buf = old.to_vec();
+        let mut c = 0;
+        let mut at: usize = 0;
+        for &p in pieces.iter().chain(std::iter::once(&usize::MAX)) {
+            let end = at.saturating_add(p).min(buf.len());
+            z.apply_in_place(&mut buf[at..end], &mut c, "test").unwrap();
+            at = end;
+        }
+        assert_eq!(buf, new);
+    }
+
+    #[test]
+    fn in_place_decoding_matches_the_encoder_with_carries_across_pieces() {
+        let old: Vec<u8> = (0..20_000u32)
+            .map(|i| (i.wrapping_mul(2_654_435_761) >> 24) as u8)
+            .collect();
+        let mut new = old.clone();
+        for i in (0..new.len()).step_by(37) {
+            new[i] = new[i].wrapping_add((i % 251) as u8);
+        }
+        // Little-endian numbers moved by small amounts: carries into zero diff bytes.
+        for i in (5..new.len() - 8).step_by(101) {
+            let v = u64::from_le_bytes(old[i..i + 8].try_into().unwrap());
+            let moved = v.wrapping_add(0x1f0).to_le_bytes();
+            new[i..i + 8].copy_from_slice(&moved);
+        }
+        check_in_place(&old, &new, &[]);
+        check_in_place(&old, &new, &[1, 0, 7, 300, 1000, 4000, 3, 9000]);
+        check_in_place(&old, &old, &[10, 10]);
+        let all_new: Vec<u8> = old.iter().map(|b| b.wrapping_add(1)).collect();
+        check_in_place(&old, &all_new, &[5, 5000]);
     }
 }
