@@ -5,12 +5,13 @@
 //! and decoded by every client, but the creator prefers the split diff, which is smaller.
 
 use std::fs::File;
-use std::io::{Read, Write};
+use std::io::{BufWriter, Read, Write};
 use std::path::Path;
 
 use formats::Pin;
 
 use crate::error::{Error, IoContext, Result};
+use crate::pack::Member;
 use crate::window::{
     auto_budget, single_window_cost, split_diff_windowed, FileAt, MemoryGate, ReadAt, WindowPlan,
 };
@@ -27,6 +28,9 @@ pub const ZSTD_REF_MAX: u64 = 24 << 20;
 /// level) whatever the diff gives; larger ones only when the diff is poor.
 pub const SMALL_FILE: usize = 2 << 20;
 
+/// Default [`EncodeOptions::spool_above`]: 64 MiB.
+pub const SPOOL_ABOVE: u64 = 64 << 20;
+
 /// Settings of the encoders.
 #[derive(Clone, Debug)]
 pub struct EncodeOptions {
@@ -42,6 +46,9 @@ pub struct EncodeOptions {
     pub memory_budget: Option<u64>,
     /// Diff every file in windows cut this way, whatever its size (tests and tools).
     pub force_windows: Option<WindowPlan>,
+    /// `full` members of files larger than this are written to temporary files instead of
+    /// being held in memory until the patch is written.
+    pub spool_above: u64,
 }
 
 impl Default for EncodeOptions {
@@ -52,6 +59,7 @@ impl Default for EncodeOptions {
             threads: 0,
             memory_budget: None,
             force_windows: None,
+            spool_above: SPOOL_ABOVE,
         }
     }
 }
@@ -437,20 +445,49 @@ pub fn compress_file_into<W: Write>(path: &Path, pin: Pin, level: i32, out: W) -
     enc.finish().map_err(zerr)
 }
 
+/// An encoded member of a file pair ([`encode_files`]): large members are spooled to disk.
+#[derive(Debug)]
+pub struct EncodedMember {
+    /// Which encoding.
+    pub chosen: Chosen,
+    /// The member.
+    pub member: Member,
+}
+
+/// The `full` member of the file at `path` (pinned `pin`) at `opts.level`: in memory, or for
+/// files over `opts.spool_above` written to a temporary file as it is compressed.
+pub fn compress_file_member(path: &Path, pin: Pin, opts: &EncodeOptions) -> Result<Member> {
+    if pin.size <= opts.spool_above {
+        return Ok(Member::Bytes(compress_file(path, pin, opts.level)?));
+    }
+    let tmp = tempfile::NamedTempFile::new().map_err(|e| Error::io(std::env::temp_dir(), e))?;
+    let f = compress_file_into(path, pin, opts.level, BufWriter::new(tmp.as_file()))?;
+    f.into_inner()
+        .map_err(|e| Error::io(tmp.path(), e.into_error()))?;
+    let len = tmp.as_file().metadata().at(tmp.path())?.len();
+    Ok(Member::Spooled {
+        file: tmp.into_temp_path(),
+        len,
+    })
+}
+
 /// Encodes the file `new` (pinned `new_pin`) against the file `old` (pinned `old_pin`),
 /// returning the smallest candidate, within the memory budget of `opts`: pairs whose
 /// single-window diff fits are read whole and go through [`encode_change`]; larger ones are
 /// diffed in windows read from disk ([`split_diff_windowed`]) and fall back to the whole new
 /// file, compressed as it is read, when the diff is poor. Both files are checked against their
 /// pins (the windowed mode hashes them with a bounded buffer before diffing). Diffs of one
-/// process share the budget through [`MemoryGate::global`].
+/// process share the budget through [`MemoryGate::global`]. A windowed diff of a file that has
+/// nothing in common with the old one gives up early ([`split_diff_windowed`]) instead of
+/// holding a member the size of the file; the `full` member is then spooled to disk
+/// ([`compress_file_member`]).
 pub fn encode_files(
     old: &Path,
     old_pin: Pin,
     new: &Path,
     new_pin: Pin,
     opts: &EncodeOptions,
-) -> Result<Encoded> {
+) -> Result<EncodedMember> {
     let gate = MemoryGate::global();
     let budget = opts.budget_for(old_pin.size, new_pin.size);
     match opts.window_plan(old_pin.size, new_pin.size) {
@@ -462,7 +499,11 @@ pub fn encode_files(
                 Ok(bytes)
             };
             let (old_bytes, new_bytes) = rayon::join(|| read(old, old_pin), || read(new, new_pin));
-            encode_change(&old_bytes?, &new_bytes?, opts)
+            let e = encode_change(&old_bytes?, &new_bytes?, opts)?;
+            Ok(EncodedMember {
+                chosen: e.chosen,
+                member: Member::Bytes(e.bytes),
+            })
         }
         Some(plan) => {
             let _r = gate.reserve(plan.peak(), budget);
@@ -486,21 +527,27 @@ pub fn encode_files(
                 ));
             }
             let strong = (opts.level.max(19) + 3).min(22);
-            let sd = split_diff_windowed(&old_at, &new_at, &plan, strong)?;
-            let mut best = Encoded {
-                chosen: Chosen::SplitDiff,
-                bytes: sd,
-            };
-            if best.bytes.len() as u64 > new_pin.size / 16 {
-                let full = compress_file(new, new_pin, opts.level)?;
-                if full.len() < best.bytes.len() {
-                    best = Encoded {
-                        chosen: Chosen::Full,
-                        bytes: full,
-                    };
+            let poor = new_pin.size / 16;
+            let sd = split_diff_windowed(&old_at, &new_at, &plan, strong, true)?;
+            match sd {
+                Some(sd) if sd.len() as u64 <= poor => Ok(EncodedMember {
+                    chosen: Chosen::SplitDiff,
+                    member: Member::Bytes(sd),
+                }),
+                sd => {
+                    let full = compress_file_member(new, new_pin, opts)?;
+                    Ok(match sd {
+                        Some(sd) if (sd.len() as u64) < full.len() => EncodedMember {
+                            chosen: Chosen::SplitDiff,
+                            member: Member::Bytes(sd),
+                        },
+                        _ => EncodedMember {
+                            chosen: Chosen::Full,
+                            member: full,
+                        },
+                    })
                 }
             }
-            Ok(best)
         }
     }
 }

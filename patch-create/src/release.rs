@@ -480,8 +480,7 @@ pub fn release(opts: &ReleaseOptions, progress: &dyn Progress) -> Result<Release
     })
 }
 
-/// The bytes of one op in the patch's data member.
-pub type Member = Vec<u8>;
+pub use crate::pack::Member;
 
 /// Normalizes a path for matching renamed files: digits and dots runs collapse, so
 /// `numpy-2.1.2.dist-info/RECORD` and `numpy-2.1.3.dist-info/RECORD` match.
@@ -626,16 +625,16 @@ pub fn build_patch(
             ),
             Plan::Full => {
                 let p = e.path.to_path(new_root);
-                let bytes = crate::encode::compress_file(&p, pin, encode.level)?;
+                let member = crate::encode::compress_file_member(&p, pin, encode)?;
                 (
                     PatchOp {
                         path: e.path.clone(),
                         new: pin,
                         encoding: Encoding::Full {
-                            member_size: bytes.len() as u64,
+                            member_size: member.len(),
                         },
                     },
-                    Some(bytes),
+                    Some(member),
                 )
             }
             Plan::Diff(o) => {
@@ -646,7 +645,7 @@ pub fn build_patch(
                 let old_file = old_source.file(&o.path, opin, o.repair)?;
                 let p = e.path.to_path(new_root);
                 let enc = encode_files(old_file.path(), opin, &p, pin, encode)?;
-                let size = enc.bytes.len() as u64;
+                let size = enc.member.len();
                 let encoding = match enc.chosen {
                     Chosen::Full => Encoding::Full { member_size: size },
                     Chosen::Bidiff => Encoding::Bidiff {
@@ -669,7 +668,7 @@ pub fn build_patch(
                         new: pin,
                         encoding,
                     },
-                    Some(enc.bytes),
+                    Some(enc.member),
                 )
             }
         };

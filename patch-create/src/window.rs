@@ -371,6 +371,9 @@ fn stream_encoder(level: i32) -> Result<zstd::stream::write::Encoder<'static, Ve
     Ok(enc)
 }
 
+/// New bytes a windowed diff covers before it may give up as poor ([`split_diff_windowed`]).
+pub const GIVE_UP_AFTER: u64 = 16 << 20;
+
 /// The three streaming encoders of a split-diff member (ctrl, (zero run, value) pairs, extra;
 /// zstd, as LZMA2 is only used for small streams) and the state joining windows: the old cursor
 /// and the zero run carried over from the previous window's diff stream.
@@ -393,6 +396,14 @@ impl MemberWriter {
             zeros: ZeroRuns::default(),
             pairs_buf: Vec::with_capacity(1 << 16),
         })
+    }
+
+    /// Compressed bytes written so far (zstd may still hold some).
+    fn compressed_len(&self) -> u64 {
+        [&self.ctrl, &self.pairs, &self.extra]
+            .iter()
+            .map(|e| e.get_ref().len() as u64)
+            .sum()
     }
 
     fn push(&mut self, w: WindowOut) -> Result<()> {
@@ -439,13 +450,18 @@ impl MemberWriter {
 /// The split-diff member (docs/encodings.md) from `old` to `new`, diffed window by window as
 /// `plan` says: at most `plan.jobs` windows in memory at once, each window on its own core.
 /// `level` is the zstd level of the three streams (levels above 19 use zstd's ultra range with
-/// the bounded tables of [`STREAM_WINDOW_LOG`]).
+/// the bounded tables of [`STREAM_WINDOW_LOG`]). With `give_up`, returns `None` as soon as,
+/// past the first [`GIVE_UP_AFTER`] bytes or quarter of the new file (whichever is smaller),
+/// the compressed streams pass 7/8 of
+/// the new bytes diffed so far: such a diff is no smaller than the new file compressed whole,
+/// and holding it would cost about the file's size in memory.
 pub fn split_diff_windowed(
     old: &dyn ReadAt,
     new: &dyn ReadAt,
     plan: &WindowPlan,
     level: i32,
-) -> Result<Vec<u8>> {
+    give_up: bool,
+) -> Result<Option<Vec<u8>>> {
     let plan = WindowPlan {
         new_window: plan.new_window.max(1),
         jobs: plan.jobs.max(1),
@@ -474,8 +490,13 @@ pub fn split_diff_windowed(
             }
             out.push(w)?;
         }
+        let done = next.min(new_len);
+        if give_up && done >= GIVE_UP_AFTER.min(new_len / 4) && out.compressed_len() > done / 8 * 7
+        {
+            return Ok(None);
+        }
     }
-    out.finish()
+    out.finish().map(Some)
 }
 
 /// Memory reservations of concurrent diffs against one budget: a diff waits until its cost

@@ -21,7 +21,9 @@ fn apply(old: &[u8], new_size: u64, member: &[u8]) -> patch_apply::Result<Vec<u8
 }
 
 fn windowed(old: &[u8], new: &[u8], plan: &WindowPlan) -> Vec<u8> {
-    split_diff_windowed(&old, &new, plan, 3).expect("windowed diff")
+    split_diff_windowed(&old, &new, plan, 3, false)
+        .expect("windowed diff")
+        .expect("never gives up")
 }
 
 fn plan(new_window: u64, margin: u64, jobs: usize) -> WindowPlan {
@@ -121,7 +123,8 @@ fn encode_files_uses_windows_above_the_budget_and_round_trips() {
     };
     let e = encode::encode_files(&po, Pin::of(&old), &pn, Pin::of(&new), &opts).expect("encode");
     assert_eq!(e.chosen, Chosen::SplitDiff);
-    assert_eq!(apply(&old, new.len() as u64, &e.bytes).expect("apply"), new);
+    let member = e.member.read_all().expect("member");
+    assert_eq!(apply(&old, new.len() as u64, &member).expect("apply"), new);
     // A budget below the single-window cost picks windows by itself.
     let small = EncodeOptions {
         memory_budget: Some(1 << 20),
@@ -133,6 +136,31 @@ fn encode_files_uses_windows_above_the_budget_and_round_trips() {
     assert!(EncodeOptions::default()
         .window_plan(old.len() as u64, new.len() as u64)
         .is_none());
+    // A new file unrelated to the old one: the windowed diff gives up early and the whole
+    // file is spooled to disk (spool_above 0), then read back intact.
+    let mut x = 0x9e37_79b9_7f4a_7c15u64;
+    let noise: Vec<u8> = (0..300_000)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 24) as u8
+        })
+        .collect();
+    let pz = dir.path().join("noise");
+    std::fs::write(&pz, &noise).expect("write");
+    let spool = EncodeOptions {
+        spool_above: 0,
+        ..opts.clone()
+    };
+    let e = encode::encode_files(&po, Pin::of(&old), &pz, Pin::of(&noise), &spool).expect("encode");
+    assert_eq!(e.chosen, Chosen::Full);
+    assert!(matches!(
+        e.member,
+        patch_create::pack::Member::Spooled { .. }
+    ));
+    let full = e.member.read_all().expect("member");
+    assert_eq!(zstd::decode_all(full.as_slice()).expect("zstd"), noise);
     // Wrong pins are refused in both modes.
     let wrong = Pin::of(b"other");
     assert!(encode::encode_files(&po, wrong, &pn, Pin::of(&new), &opts).is_err());
