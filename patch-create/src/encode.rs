@@ -417,9 +417,40 @@ pub fn compress_file(path: &Path, pin: Pin, level: i32) -> Result<Vec<u8>> {
     compress_file_into(path, pin, level, Vec::new())
 }
 
-/// [`compress_file`], writing the compressed bytes to `out` as they come.
+/// A file whose first MiB zstd level 1 cannot shrink by 3 % (already compressed or encrypted)
+/// is compressed at level 1: level 19 gains nothing on such bytes and costs about a minute per
+/// 128 MiB here.
+pub fn level_for_sample(sample: &[u8], level: i32) -> i32 {
+    if level <= 1 || sample.len() < 64 << 10 {
+        return level;
+    }
+    match zstd::bulk::compress(sample, 1) {
+        Ok(c) if c.len() as u64 * 100 >= sample.len() as u64 * 97 => 1,
+        _ => level,
+    }
+}
+
+/// Reads from `r` until `buf` is full or the input ends; the number of bytes read.
+fn read_full(r: &mut impl Read, buf: &mut [u8], path: &Path) -> Result<usize> {
+    let mut n = 0;
+    while n < buf.len() {
+        let got = r.read(&mut buf[n..]).at(path)?;
+        if got == 0 {
+            break;
+        }
+        n += got;
+    }
+    Ok(n)
+}
+
+/// [`compress_file`], writing the compressed bytes to `out` as they come. The level drops to 1
+/// for a file that does not compress ([`level_for_sample`]).
 pub fn compress_file_into<W: Write>(path: &Path, pin: Pin, level: i32, out: W) -> Result<W> {
     let f = File::open(path).at(path)?;
+    let mut r = f.take(pin.size.saturating_add(1));
+    let mut buf = vec![0u8; 1 << 20];
+    let first = read_full(&mut r, &mut buf, path)?;
+    let level = level_for_sample(&buf[..first], level);
     let mut enc = zstd::stream::write::Encoder::new(out, level).map_err(zerr)?;
     enc.set_pledged_src_size(Some(pin.size)).map_err(zerr)?;
     enc.include_checksum(false).map_err(zerr)?;
@@ -431,8 +462,8 @@ pub fn compress_file_into<W: Write>(path: &Path, pin: Pin, level: i32, out: W) -
     }
     cap_tables(&mut enc, level, window_log)?;
     let mut check = formats::hash::StreamCheck::new(path.display().to_string(), pin, None);
-    let mut r = f.take(pin.size.saturating_add(1));
-    let mut buf = vec![0u8; 1 << 20];
+    check.update(&buf[..first])?;
+    enc.write_all(&buf[..first]).map_err(zerr)?;
     loop {
         let n = r.read(&mut buf).at(path)?;
         if n == 0 {

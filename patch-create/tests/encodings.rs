@@ -302,3 +302,29 @@ fn split_diff_streams_use_lzma2_where_smaller_and_round_trip() {
     );
     assert_eq!(round_trip(&old, &new, &Chosen::SplitDiff, &opts), new);
 }
+
+#[test]
+fn incompressible_files_are_compressed_at_level_1_and_round_trip() {
+    let mut x = 0x2545_f491_4f6c_dd1du64;
+    let noise: Vec<u8> = (0..(3 << 20))
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 32) as u8
+        })
+        .collect();
+    let prose = text(3 << 20, 5);
+    assert_eq!(encode::level_for_sample(&noise[..1 << 20], 19), 1);
+    assert_eq!(encode::level_for_sample(&prose[..1 << 20], 19), 19);
+    // Short samples and low levels are left alone.
+    assert_eq!(encode::level_for_sample(&noise[..1000], 19), 19);
+    assert_eq!(encode::level_for_sample(&noise[..1 << 20], 1), 1);
+    let dir = tempfile::tempdir().expect("tempdir");
+    for data in [&noise, &prose] {
+        let p = dir.path().join("f");
+        std::fs::write(&p, data).expect("write");
+        let z = encode::compress_file(&p, formats::Pin::of(data), 19).expect("compress");
+        assert_eq!(&zstd::decode_all(z.as_slice()).expect("decode"), data);
+    }
+}
