@@ -204,6 +204,18 @@ fn sync_existing(dirs: &BTreeSet<PathBuf>) -> Result<()> {
 /// file) returned: the app dir is back at the version before the transaction.
 pub fn run(paths: &StatePaths, journal: &mut Journal, start: usize, mode: Mode) -> Result<()> {
     let resuming = mode == Mode::Resumable && start > 0;
+    run_from(paths, journal, start, mode, resuming)
+}
+
+/// [`run`]; with `resuming`, the first action may have been done by the interrupted run
+/// without being recorded.
+fn run_from(
+    paths: &StatePaths,
+    journal: &mut Journal,
+    start: usize,
+    mode: Mode,
+    resuming: bool,
+) -> Result<()> {
     match run_inner(paths, journal, start, mode, resuming) {
         Ok(()) => {
             journal.state = TxnState::Committed;
@@ -227,7 +239,9 @@ pub fn run(paths: &StatePaths, journal: &mut Journal, start: usize, mode: Mode) 
 /// actions its progress record counts as done.
 pub fn resume(paths: &StatePaths, journal: &mut Journal) -> Result<()> {
     let done = read_progress(paths).min(journal.actions.len());
-    run(paths, journal, done, Mode::Resumable)
+    // Even with no progress recorded, the first action may be done: a run killed between
+    // its first rename and the first progress record.
+    run_from(paths, journal, done, Mode::Resumable, true)
 }
 
 fn run_inner(
@@ -611,6 +625,25 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn resume_after_the_first_step_done_but_not_recorded() {
+        let f = fixture();
+        let mut j = journal();
+        // A transaction whose first action places a file.
+        let place_a = j.actions.remove(2);
+        assert!(matches!(place_a, Action::Place { .. }));
+        j.actions.insert(0, place_a);
+        begin(&f.paths, &mut j).unwrap();
+        let mut partial = j.clone();
+        partial.actions.truncate(1);
+        run_inner(&f.paths, &partial, 0, Mode::Resumable, false).unwrap();
+        // Killed before the first progress record: none is on disk.
+        let _ = fs::remove_file(f.paths.progress());
+        assert_eq!(read_progress(&f.paths), 0);
+        resume(&f.paths, &mut j).unwrap();
+        assert_new(&f.paths);
     }
 
     #[test]
