@@ -327,9 +327,8 @@ impl<'a> SplitBuilder<'a> {
 
 /// The split-diff streams from `old` to `new`.
 ///
-/// The diff runs on one thread (`_threads` is unused): single-threaded suffix sorting and
-/// scanning measured faster than two threads on a loaded machine, and whole files are diffed
-/// in parallel already.
+/// `_threads` is unused: the suffix sort runs on one thread and the scan on rayon's threads,
+/// in pieces fixed by the file size ([`crate::sa_scan`]), so the result never depends on it.
 pub fn split_streams(old: &[u8], new: &[u8], _threads: usize) -> Result<SplitStreams> {
     let mut b = SplitBuilder::new(old, new, 0, 0);
     crate::sa_scan::diff(old, new, |m| b.add_match(&m))?;
@@ -560,25 +559,22 @@ pub fn encode_files(
             let strong = (opts.level.max(19) + 3).min(22);
             let poor = new_pin.size / 16;
             let sd = split_diff_windowed(&old_at, &new_at, &plan, strong, true)?;
-            match sd {
-                Some(sd) if sd.len() as u64 <= poor => Ok(EncodedMember {
-                    chosen: Chosen::SplitDiff,
-                    member: Member::Bytes(sd),
-                }),
-                sd => {
-                    let full = compress_file_member(new, new_pin, opts)?;
-                    Ok(match sd {
-                        Some(sd) if (sd.len() as u64) < full.len() => EncodedMember {
-                            chosen: Chosen::SplitDiff,
-                            member: Member::Bytes(sd),
-                        },
-                        _ => EncodedMember {
-                            chosen: Chosen::Full,
-                            member: full,
-                        },
-                    })
-                }
-            }
+            let split = |sd| EncodedMember {
+                chosen: Chosen::SplitDiff,
+                member: Member::Bytes(sd),
+            };
+            let sd = match sd {
+                Some(sd) if sd.len() as u64 <= poor => return Ok(split(sd)),
+                sd => sd,
+            };
+            let full = compress_file_member(new, new_pin, opts)?;
+            Ok(match sd {
+                Some(sd) if (sd.len() as u64) < full.len() => split(sd),
+                _ => EncodedMember {
+                    chosen: Chosen::Full,
+                    member: full,
+                },
+            })
         }
     }
 }

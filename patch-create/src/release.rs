@@ -480,7 +480,7 @@ pub fn release(opts: &ReleaseOptions, progress: &dyn Progress) -> Result<Release
     })
 }
 
-pub use crate::pack::Member;
+use crate::pack::Member;
 
 /// Normalizes a path for matching renamed files: digits and dots runs collapse, so
 /// `numpy-2.1.2.dist-info/RECORD` and `numpy-2.1.3.dist-info/RECORD` match.
