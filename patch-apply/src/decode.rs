@@ -95,9 +95,14 @@ pub fn bidiff_stream_bound(new_size: u64) -> u64 {
     new_size.saturating_mul(4).saturating_add(1 << 20)
 }
 
-/// Produces `op`'s file at `out` (created or truncated). `source` is the old file the op reads
-/// and the pin it must have (checked first); `member` holds the op's bytes from the archive.
-/// `what` names the patch in errors.
+/// Produces `op`'s file at `out` (created or truncated, not synced). `source` is the old file the op reads
+/// and the pin it must have; `member` holds the op's bytes from the archive. `what` names the
+/// patch in errors.
+///
+/// The source is not hashed up front: every produced byte is checked against the op's pin, so a
+/// wrong source cannot go unnoticed, and it was hashed by the scan moments before. Only when
+/// producing fails is the source hashed, to report a changed source as such rather than as a
+/// bad patch.
 pub fn produce(
     what: &str,
     op: &PatchOp,
@@ -105,10 +110,9 @@ pub fn produce(
     member: Option<&Path>,
     out: &Path,
 ) -> Result<()> {
-    let file_what = format!("{what}: {}", op.path);
-    if let Some((src, pin)) = source {
-        let actual = formats::hash::pin_file(src)?;
-        if actual != pin {
+    let result = produce_unchecked(what, op, source.map(|(p, _)| p), member, out);
+    if let (Err(_), Some((src, pin))) = (&result, source) {
+        if formats::hash::pin_file(src).ok() != Some(pin) {
             return Err(Error::Verify {
                 path: op.path.to_string(),
                 reason: format!(
@@ -118,10 +122,20 @@ pub fn produce(
             });
         }
     }
+    result
+}
+
+/// [`produce`] without the diagnosis of a changed source.
+fn produce_unchecked(
+    what: &str,
+    op: &PatchOp,
+    source: Option<&Path>,
+    member: Option<&Path>,
+    out: &Path,
+) -> Result<()> {
+    let file_what = format!("{what}: {}", op.path);
     let need_source = || {
-        source
-            .map(|(p, _)| p)
-            .ok_or_else(|| Error::bad(&file_what, "op reads an old file that is not available"))
+        source.ok_or_else(|| Error::bad(&file_what, "op reads an old file that is not available"))
     };
     let need_member = || member.ok_or_else(|| Error::bad(&file_what, "archive member is missing"));
     let out_file = File::create(out).at(out)?;
@@ -172,13 +186,10 @@ pub fn produce(
             std::io::copy(&mut dec, &mut w).map_err(bad_stream)?;
         }
     }
+    // Not fsynced here: staged files are synced together (in parallel) by the commit before
+    // its journal is written, and intermediate files of a chain are never placed.
     let mut inner = w.finish()?;
     inner.flush().at(out)?;
-    inner
-        .into_inner()
-        .map_err(|e| Error::io(out, e.into_error()))?
-        .sync_all()
-        .at(out)?;
     Ok(())
 }
 
@@ -262,20 +273,101 @@ const MAX_WINDOW_LOG: u32 = 24;
 /// A decompressing reader over one stream of a split-diff member.
 type Part = Box<dyn Read + Send>;
 
+/// Pairs decoded per batch handed from the pair decoder to [`ZeroRunDiff`].
+const PAIR_BATCH: usize = 8192;
+/// Batches in flight between them (bounds the memory to about 0.5 MiB).
+const PAIR_BATCHES_IN_FLIGHT: usize = 4;
+
+/// A batch of (zero run, value) pairs, or why the pair stream could not be decoded.
+type PairBatch = Result<Vec<(u64, u8)>>;
+
+/// Decodes the pair stream `part` on a thread of `scope` (decompression, LZMA2 in particular,
+/// then overlaps applying the diff) and returns the receiving end. The thread stops at the end
+/// of the stream, at its first error (sent on), or when the receiver is dropped.
+fn decode_pairs_in<'scope>(
+    scope: &'scope std::thread::Scope<'scope, '_>,
+    part: Part,
+    what: String,
+) -> std::sync::mpsc::Receiver<PairBatch> {
+    let (tx, rx) = std::sync::mpsc::sync_channel(PAIR_BATCHES_IN_FLIGHT);
+    scope.spawn(move || {
+        let mut r = BufReader::with_capacity(1 << 16, part);
+        let mut batch = Vec::with_capacity(PAIR_BATCH);
+        let read_pair = |r: &mut BufReader<Part>| -> Result<Option<(u64, u8)>> {
+            let Some(z) = read_varint(r, &what)? else {
+                return Ok(None);
+            };
+            let mut b = [0u8; 1];
+            r.read_exact(&mut b)
+                .map_err(|_| Error::bad(&what, "split-diff pair stream is truncated"))?;
+            Ok(Some((z, b[0])))
+        };
+        loop {
+            match read_pair(&mut r) {
+                Ok(Some(p)) => {
+                    batch.push(p);
+                    if batch.len() == PAIR_BATCH {
+                        let full = std::mem::replace(&mut batch, Vec::with_capacity(PAIR_BATCH));
+                        if tx.send(Ok(full)).is_err() {
+                            return;
+                        }
+                    }
+                }
+                Ok(None) => {
+                    if !batch.is_empty() {
+                        let _ = tx.send(Ok(batch));
+                    }
+                    return;
+                }
+                Err(e) => {
+                    let _ = tx.send(Err(e));
+                    return;
+                }
+            }
+        }
+    });
+    rx
+}
+
 /// The diff stream of a split diff, rebuilt from its (zero run, value) pairs.
 struct ZeroRunDiff {
-    pairs: BufReader<Part>,
+    batches: std::sync::mpsc::Receiver<PairBatch>,
+    batch: std::vec::IntoIter<(u64, u8)>,
     zeros_left: u64,
     pending: Option<u8>,
     pairs_done: bool,
 }
 
 impl ZeroRunDiff {
+    fn new(batches: std::sync::mpsc::Receiver<PairBatch>) -> Self {
+        ZeroRunDiff {
+            batches,
+            batch: Vec::new().into_iter(),
+            zeros_left: 0,
+            pending: None,
+            pairs_done: false,
+        }
+    }
+
+    /// The next pair, `None` at the end of the stream.
+    fn next_pair(&mut self) -> Result<Option<(u64, u8)>> {
+        loop {
+            if let Some(p) = self.batch.next() {
+                return Ok(Some(p));
+            }
+            match self.batches.recv() {
+                Ok(b) => self.batch = b?.into_iter(),
+                // The decoder is done (it sends its error before stopping).
+                Err(_) => return Ok(None),
+            }
+        }
+    }
+
     /// Turns the old bytes in `buf` into new bytes in place with the next `buf.len()` diff bytes,
     /// carrying `c` as [`split_diff::decode_run`] does. Only non-zero diff bytes and bytes with a
     /// carry pending are touched: a zero diff byte without carry keeps the old byte, so the
     /// zero runs (most of a typical diff) cost nothing.
-    fn apply_in_place(&mut self, buf: &mut [u8], c: &mut u8, what: &str) -> Result<()> {
+    fn apply_in_place(&mut self, buf: &mut [u8], c: &mut u8) -> Result<()> {
         let mut i = 0;
         while i < buf.len() {
             if self.zeros_left > 0 || self.pairs_done {
@@ -297,15 +389,11 @@ impl ZeroRunDiff {
                 apply_byte(&mut buf[i], v, c);
                 i += 1;
             } else {
-                match read_varint(&mut self.pairs, what)? {
+                match self.next_pair()? {
                     None => self.pairs_done = true,
-                    Some(z) => {
-                        let mut b = [0u8; 1];
-                        self.pairs
-                            .read_exact(&mut b)
-                            .map_err(|_| Error::bad(what, "split-diff pair stream is truncated"))?;
+                    Some((z, v)) => {
                         self.zeros_left = z;
-                        self.pending = Some(b[0]);
+                        self.pending = Some(v);
                     }
                 }
             }
@@ -361,62 +449,71 @@ pub fn apply_split<W: Write>(
         p
     };
     let mut ctrl = BufReader::with_capacity(1 << 14, part(0, split_ctrl_bound(new_size))?);
-    let pairs = BufReader::with_capacity(1 << 14, part(1, split_ctrl_bound(new_size))?);
+    let pairs = part(1, split_ctrl_bound(new_size))?;
     let mut extra = part(2, new_size)?;
-    let mut diff = ZeroRunDiff {
-        pairs,
-        zeros_left: 0,
-        pending: None,
-        pairs_done: false,
-    };
-    let old_size = std::fs::metadata(source).at(source)?.len();
-    let mut old = BufReader::with_capacity(1 << 16, File::open(source).at(source)?);
-    let mut cursor: u64 = 0;
-    let mut produced: u64 = 0;
-    let mut buf = vec![0u8; 1 << 16];
-    let io = |e: std::io::Error| Error::bad(what, e.to_string());
-    while let Some(zz) = read_varint(&mut ctrl, what)? {
-        let seek = split_diff::unzigzag(zz);
-        let add = need_varint(&mut ctrl, what)?;
-        let copy = need_varint(&mut ctrl, what)?;
-        let target = i128::from(cursor) + i128::from(seek);
-        if target < 0 || target > i128::from(old_size) {
-            return Err(bad("split-diff seeks outside the old file"));
+    let old = File::open(source).at(source)?;
+    let old_size = old.metadata().at(source)?.len();
+    // The pair stream is decoded on another thread while this one applies it.
+    std::thread::scope(|scope| {
+        let mut diff = ZeroRunDiff::new(decode_pairs_in(scope, pairs, what.to_string()));
+        let mut cursor: u64 = 0;
+        let mut produced: u64 = 0;
+        let mut buf = vec![0u8; 1 << 16];
+        let io = |e: std::io::Error| Error::bad(what, e.to_string());
+        while let Some(zz) = read_varint(&mut ctrl, what)? {
+            let seek = split_diff::unzigzag(zz);
+            let add = need_varint(&mut ctrl, what)?;
+            let copy = need_varint(&mut ctrl, what)?;
+            let target = i128::from(cursor) + i128::from(seek);
+            if target < 0 || target > i128::from(old_size) {
+                return Err(bad("split-diff seeks outside the old file"));
+            }
+            let target = target as u64;
+            match target.checked_add(add) {
+                Some(end) if end <= old_size => {}
+                _ => return Err(bad("split-diff reads past the end of the old file")),
+            }
+            match produced.checked_add(add).and_then(|p| p.checked_add(copy)) {
+                Some(p) if p <= new_size => produced = p,
+                _ => return Err(bad("split-diff produces more than the new file's size")),
+            }
+            // Positional reads of exactly the bytes needed: a buffered reader would refill (and
+            // mostly waste) its whole buffer after every seek.
+            let mut at = target;
+            cursor = target + add;
+            let mut carry = 0u8;
+            while at < cursor {
+                let n = (cursor - at).min(buf.len() as u64) as usize;
+                read_exact_at(&old, &mut buf[..n], at).map_err(io)?;
+                diff.apply_in_place(&mut buf[..n], &mut carry)?;
+                w.write_all(&buf[..n]).map_err(io)?;
+                at += n as u64;
+            }
+            let copied = std::io::copy(&mut (&mut extra).take(copy), w).map_err(io)?;
+            if copied != copy {
+                return Err(bad("split-diff extra stream is truncated"));
+            }
         }
-        let target = target as u64;
-        match target.checked_add(add) {
-            Some(end) if end <= old_size => {}
-            _ => return Err(bad("split-diff reads past the end of the old file")),
+        if produced != new_size {
+            return Err(bad(
+                "split-diff produces fewer bytes than the new file's size",
+            ));
         }
-        match produced.checked_add(add).and_then(|p| p.checked_add(copy)) {
-            Some(p) if p <= new_size => produced = p,
-            _ => return Err(bad("split-diff produces more than the new file's size")),
-        }
-        if target != cursor {
-            old.seek_relative(target as i64 - cursor as i64)
-                .map_err(io)?;
-        }
-        cursor = target + add;
-        let mut left = add;
-        let mut carry = 0u8;
-        while left > 0 {
-            let n = left.min(buf.len() as u64) as usize;
-            old.read_exact(&mut buf[..n]).map_err(io)?;
-            diff.apply_in_place(&mut buf[..n], &mut carry, what)?;
-            w.write_all(&buf[..n]).map_err(io)?;
-            left -= n as u64;
-        }
-        let copied = std::io::copy(&mut (&mut extra).take(copy), w).map_err(io)?;
-        if copied != copy {
-            return Err(bad("split-diff extra stream is truncated"));
-        }
-    }
-    if produced != new_size {
-        return Err(bad(
-            "split-diff produces fewer bytes than the new file's size",
-        ));
-    }
-    Ok(())
+        Ok(())
+    })
+}
+
+/// Reads exactly `buf.len()` bytes of `f` at `offset`.
+#[cfg(unix)]
+fn read_exact_at(f: &File, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
+    std::os::unix::fs::FileExt::read_exact_at(f, buf, offset)
+}
+
+/// Reads exactly `buf.len()` bytes of `f` at `offset`.
+#[cfg(not(unix))]
+fn read_exact_at(mut f: &File, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
+    f.seek(SeekFrom::Start(offset))?;
+    f.read_exact(buf)
 }
 
 /// Counts the bytes read through it.
@@ -468,21 +565,70 @@ mod tests {
         let mut diff = Vec::new();
         split_diff::encode_run(new, old, &mut diff);
         let part: Part = Box::new(std::io::Cursor::new(pairs_of(&diff)));
-        let mut z = ZeroRunDiff {
-            pairs: BufReader::new(part),
-            zeros_left: 0,
-            pending: None,
-            pairs_done: false,
-        };
         let mut buf = old.to_vec();
-        let mut c = 0;
-        let mut at: usize = 0;
-        for &p in pieces.iter().chain(std::iter::once(&usize::MAX)) {
-            let end = at.saturating_add(p).min(buf.len());
-            z.apply_in_place(&mut buf[at..end], &mut c, "test").unwrap();
-            at = end;
-        }
+        std::thread::scope(|scope| {
+            let mut z = ZeroRunDiff::new(decode_pairs_in(scope, part, "test".into()));
+            let mut c = 0;
+            let mut at: usize = 0;
+            for &p in pieces.iter().chain(std::iter::once(&usize::MAX)) {
+                let end = at.saturating_add(p).min(buf.len());
+                z.apply_in_place(&mut buf[at..end], &mut c).unwrap();
+                at = end;
+            }
+        });
         assert_eq!(buf, new);
+    }
+
+    #[test]
+    fn a_changed_source_is_reported_as_such_and_a_right_one_produces_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let (src, out) = (dir.path().join("src"), dir.path().join("out"));
+        std::fs::write(&src, b"old bytes").unwrap();
+        let pin = formats::hash::pin_reader(&mut &b"old bytes"[..]).unwrap();
+        let op = PatchOp {
+            path: formats::RelPath::new("a/b").unwrap(),
+            new: pin,
+            encoding: Encoding::Copy {
+                source: formats::RelPath::new("a/b").unwrap(),
+            },
+        };
+        produce("p", &op, Some((&src, pin)), None, &out).unwrap();
+        assert_eq!(std::fs::read(&out).unwrap(), b"old bytes");
+
+        std::fs::write(&src, b"changed!!").unwrap();
+        let e = produce("p", &op, Some((&src, pin)), None, &out).unwrap_err();
+        assert!(matches!(e, Error::Verify { .. }), "{e}");
+        assert!(e.to_string().contains("not the version"), "{e}");
+
+        // Right source, bad member: the patch is blamed, not the source.
+        std::fs::write(&src, b"old bytes").unwrap();
+        let member = dir.path().join("member");
+        std::fs::write(&member, b"not zstd").unwrap();
+        let bad = PatchOp {
+            encoding: Encoding::ZstdRef {
+                source: formats::RelPath::new("a/b").unwrap(),
+                member_size: 8,
+                window_log: 20,
+            },
+            ..op
+        };
+        let e = produce("p", &bad, Some((&src, pin)), Some(&member), &out).unwrap_err();
+        assert!(!matches!(e, Error::Verify { .. }), "{e}");
+        assert!(e.to_string().contains("p: a/b"), "{e}");
+    }
+
+    #[test]
+    fn a_truncated_pair_stream_is_an_error_not_an_early_end() {
+        for bytes in [&[5u8][..], &[0x85], &[2, 7, 0x80]] {
+            let part: Part = Box::new(std::io::Cursor::new(bytes.to_vec()));
+            let mut buf = vec![0u8; 64];
+            let r = std::thread::scope(|scope| {
+                let mut z = ZeroRunDiff::new(decode_pairs_in(scope, part, "p: f".into()));
+                z.apply_in_place(&mut buf, &mut 0)
+            });
+            let e = r.expect_err("truncated pairs must fail");
+            assert!(e.to_string().contains("p: f"), "{e}");
+        }
     }
 
     #[test]

@@ -4,7 +4,7 @@
 //! an error) and on app directories by the updater (lenient: odd entries are reported so that
 //! the update can replace or remove them).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
 
@@ -62,12 +62,19 @@ pub fn scan(root: &Path, ignore: &PathPatterns, strictness: Strictness) -> Resul
 
 /// How a scan uses the app dir's scan cache ([`crate::scan_cache`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum CacheUse {
+pub enum CacheUse<'a> {
     /// Neither read nor write it (release trees).
     None,
     /// Reuse the hashes of files whose size, times and inode are unchanged; write it back.
     Reuse,
-    /// Hash every file (verification after writing) and write the cache.
+    /// Verification after an update: hash every file at a path in `written` (every path the
+    /// update may have changed), reuse the other files' hashes as [`CacheUse::Reuse`] does,
+    /// and write the cache.
+    Verify {
+        /// Paths whose files are hashed whatever their stamps.
+        written: &'a BTreeSet<RelPath>,
+    },
+    /// Hash every file and write the cache.
     Refresh,
 }
 
@@ -79,7 +86,7 @@ pub fn scan_with(
     root: &Path,
     ignore: &PathPatterns,
     strictness: Strictness,
-    cache: CacheUse,
+    cache: CacheUse<'_>,
 ) -> Result<Tree> {
     let mut tree = Tree::default();
     match std::fs::symlink_metadata(root) {
@@ -93,14 +100,19 @@ pub fn scan_with(
         Ok(_) => {}
     }
     let old_cache = match cache {
-        CacheUse::Reuse => ScanCache::load(root),
-        _ => ScanCache::default(),
+        CacheUse::Reuse | CacheUse::Verify { .. } => ScanCache::load(root),
+        CacheUse::None | CacheUse::Refresh => ScanCache::default(),
+    };
+    let rehash = match cache {
+        CacheUse::Verify { written } => Some(written),
+        _ => None,
     };
     let walk = Walk {
         root,
         ignore,
         strictness,
         cache: &old_cache,
+        rehash,
     };
     let found = walk.dir(root, None)?;
     let (mut n_files, mut hits) = (0usize, 0usize);
@@ -163,6 +175,8 @@ struct Walk<'a> {
     ignore: &'a PathPatterns,
     strictness: Strictness,
     cache: &'a ScanCache,
+    /// Paths hashed even when the cache has them.
+    rehash: Option<&'a BTreeSet<RelPath>>,
 }
 
 impl Walk<'_> {
@@ -278,7 +292,11 @@ impl Walk<'_> {
             // Stat'ed relative to the open directory: no path lookup from the root.
             let meta = de.metadata().map_err(|e| Error::io(de.path(), e))?;
             let stamp = Stamp::of(&meta);
-            let (size, blake3, hit) = match cached.get(rel.as_str(), &stamp) {
+            let from_cache = match self.rehash {
+                Some(written) if written.contains(&rel) => None,
+                _ => cached.get(rel.as_str(), &stamp),
+            };
+            let (size, blake3, hit) = match from_cache {
                 Some(h) => (stamp.size, h, true),
                 None => {
                     let pin = formats::hash::pin_file(&de.path())?;

@@ -3,8 +3,9 @@
 //! files instead of hashing them. Entries whose times are within [`RACY_SECS`] of the scan
 //! that wrote them are not trusted (a file changed in the same clock tick keeps its mtime).
 //! A damaged, truncated or foreign cache file is ignored (and rewritten by the next scan);
-//! writing it is best effort. Verification after an update never reads the cache: it hashes
-//! what it wrote (and refreshes the cache).
+//! writing it is best effort. Verification after an update hashes every file the update may
+//! have written (every path where the scan before it differed from the release) whatever its
+//! stamp, and reuses the cache for the files it did not touch.
 //!
 //! The file is binary, little-endian, and read in one piece:
 //!
@@ -560,6 +561,39 @@ mod tests {
             exec: false,
         };
         assert_eq!(t.entries.get(&formats::RelPath::new("a")?), Some(&want));
+        Ok(())
+    }
+
+    /// Verification after an update hashes the paths the update wrote even when their stamps
+    /// match the cache, and takes the others from it.
+    #[test]
+    fn verify_rehashes_written_paths_and_trusts_the_rest() -> TestResult {
+        let dir = tempfile::tempdir()?;
+        let root = dir.path();
+        std::fs::write(root.join("a"), b"one")?;
+        std::fs::write(root.join("b"), b"two")?;
+        let none = PathPatterns::empty();
+        scan_with(root, &none, Strictness::Install, CacheUse::Reuse)?;
+        // A cache whose (trusted) hashes are both wrong tells which files were hashed.
+        let stamp_of = |n: &str| std::fs::metadata(root.join(n)).map(|m| Stamp::of(&m));
+        let planted = [
+            ("a", stamp_of("a")?, Blake3::of(b"planted a")),
+            ("b", stamp_of("b")?, Blake3::of(b"planted b")),
+        ];
+        ScanCache::store_written_at(root, planted.iter().copied(), i64::MAX / 2);
+        let written = std::collections::BTreeSet::from([formats::RelPath::new("a")?]);
+        let t = scan_with(
+            root,
+            &none,
+            Strictness::Install,
+            CacheUse::Verify { written: &written },
+        )?;
+        let hash_of = |n: &str| match t.entries.get(&formats::RelPath::new(n).ok()?) {
+            Some(formats::manifest::Node::File { blake3, .. }) => Some(*blake3),
+            _ => None,
+        };
+        assert_eq!(hash_of("a"), Some(Blake3::of(b"one")));
+        assert_eq!(hash_of("b"), Some(Blake3::of(b"planted b")));
         Ok(())
     }
 

@@ -1,6 +1,6 @@
 //! The public entry point: [`Updater::check`] and [`Updater::apply`].
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
@@ -10,7 +10,7 @@ use formats::layout::{Maintenance, RepositoryInfo};
 use formats::limits::Limits;
 use formats::manifest::{Node, ReleaseManifest};
 use formats::patterns::PathPatterns;
-use formats::{Blake3, Version};
+use formats::{Blake3, RelPath, Version};
 use serde::Serialize;
 use time::OffsetDateTime;
 
@@ -661,7 +661,14 @@ impl Updater {
         let Some(method) = done else {
             return Err(Error::AllMethodsFailed(fallbacks.join("; ")));
         };
-        // Verify everything; repair what is wrong.
+        // Verify everything; repair what is wrong. Every file the update may have written is
+        // hashed again; the others are trusted from the scan cache if unchanged since the scan.
+        let written: BTreeSet<RelPath> = manifest
+            .entries
+            .iter()
+            .filter(|e| s.scan.entries.get(&e.path) != Some(&e.node))
+            .map(|e| e.path.clone())
+            .collect();
         let verified = (|| -> Result<Vec<String>> {
             self.emit(Event::Phase { phase: "verify" });
             let mut repaired_after = Vec::new();
@@ -669,7 +676,7 @@ impl Updater {
                 &cfg.app_dir,
                 &PathPatterns::empty(),
                 Strictness::Install,
-                scan::CacheUse::Refresh,
+                scan::CacheUse::Verify { written: &written },
             )?;
             let ignore = PathPatterns::new(&manifest.ignore)?;
             if after.digest(&ignore) != manifest.tree_digest() || !after.foreign.is_empty() {
