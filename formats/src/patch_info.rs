@@ -127,6 +127,31 @@ pub struct PatchInfo {
 }
 
 impl PatchInfo {
+    /// A patch info of app `a`, 1.0.0 → 1.0.1, with one `full` op per member size (files
+    /// `f0`, `f1`...): a fixture for archive tests of other crates (feature `test-fixtures`).
+    #[cfg(feature = "test-fixtures")]
+    pub fn fixture_with_full_members(sizes: &[u64]) -> PatchInfo {
+        let path = |i: usize| RelPath::new(format!("f{i}")).expect("f<i> is a plain path");
+        PatchInfo {
+            format: PATCH_INFO_FORMAT.into(),
+            app: "a".into(),
+            from: Version::parse("1.0.0").expect("a version"),
+            to: Version::parse("1.0.1").expect("a version"),
+            from_tree: Blake3::of(b"1"),
+            to_tree: Blake3::of(b"2"),
+            ops: sizes
+                .iter()
+                .enumerate()
+                .map(|(i, &member_size)| PatchOp {
+                    path: path(i),
+                    new: Pin::of(b"x"),
+                    encoding: Encoding::Full { member_size },
+                })
+                .collect(),
+            deletes: vec![],
+        }
+    }
+
     /// Parses and validates; `what` names the patch in errors.
     pub fn from_json(what: &str, bytes: &[u8], limits: &Limits) -> Result<Self> {
         if bytes.len() as u64 > limits.max_large_metadata {

@@ -247,29 +247,6 @@ pub fn make_symlink(target: &str, link: &Path) -> Result<()> {
 #[allow(clippy::unwrap_used)] // Tests: a panic is a failure with its message.
 mod tests {
     use super::*;
-    use formats::patch_info::{Encoding, PatchOp, PATCH_INFO_FORMAT};
-    use formats::Blake3;
-
-    fn info(sizes: &[u64]) -> PatchInfo {
-        PatchInfo {
-            format: PATCH_INFO_FORMAT.into(),
-            app: "a".into(),
-            from: formats::version::Version::parse("1.0.0").unwrap(),
-            to: formats::version::Version::parse("1.0.1").unwrap(),
-            from_tree: Blake3::of(b"1"),
-            to_tree: Blake3::of(b"2"),
-            ops: sizes
-                .iter()
-                .enumerate()
-                .map(|(i, &member_size)| PatchOp {
-                    path: RelPath::new(format!("f{i}")).unwrap(),
-                    new: Pin::of(b"x"),
-                    encoding: Encoding::Full { member_size },
-                })
-                .collect(),
-            deletes: vec![],
-        }
-    }
 
     /// A patch archive with the given members (name, bytes), in order.
     fn archive(dir: &Path, members: &[(&str, &[u8])]) -> PathBuf {
@@ -291,7 +268,9 @@ mod tests {
     fn data_member_is_split_per_op_and_every_other_layout_is_refused() {
         let d = tempfile::tempdir().unwrap();
         let limits = Limits::default();
-        let json = info(&[3, 2]).to_json().unwrap();
+        let json = PatchInfo::fixture_with_full_members(&[3, 2])
+            .to_json()
+            .unwrap();
         let unpack = |members: &[(&str, &[u8])]| {
             let p = archive(d.path(), members);
             let _ = fs::remove_dir_all(d.path().join("out"));

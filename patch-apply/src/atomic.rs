@@ -1,16 +1,12 @@
 //! The one place that writes files atomically: temp file in the same directory, fsync,
 //! rename, fsync of the directory. Nothing else in the crate calls `std::fs::rename` on files
-//! inside an app directory. Single files and syncs are [`self_patcher::fsio`]'s, shared with
-//! the `self-patcher` binary; [`write_files`] batches the directory sync of several files.
+//! inside an app directory. Writes and syncs are [`self_patcher::fsio`]'s, shared with the
+//! `self-patcher` binary, with errors mapped to this crate's.
 
-use std::fs::{self, File};
-use std::io::Write;
-use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::fs;
+use std::path::Path;
 
 use crate::error::{IoContext, Result};
-
-static COUNTER: AtomicU64 = AtomicU64::new(0);
 
 /// Writes `bytes` to `path` atomically: readers see the old content or the new, never a mix.
 pub fn write_file(path: &Path, bytes: &[u8]) -> Result<()> {
@@ -18,39 +14,10 @@ pub fn write_file(path: &Path, bytes: &[u8]) -> Result<()> {
 }
 
 /// Writes several files of `dir` atomically, each as [`write_file`] does, with one directory
-/// sync after all the renames instead of one per file. Each file is at its old or its new
-/// content at every moment; after a crash some may be new and others old. `files` are
-/// (name directly in `dir`, content).
+/// sync after all the renames ([`self_patcher::fsio::write_files`]). `files` are (name
+/// directly in `dir`, content).
 pub fn write_files(dir: &Path, files: &[(&str, &[u8])]) -> Result<()> {
-    let temps: Vec<(PathBuf, PathBuf)> = files
-        .iter()
-        .map(|(name, _)| {
-            let tmp = dir.join(format!(
-                ".pk-tmp-{name}-{}-b{}",
-                std::process::id(),
-                COUNTER.fetch_add(1, Ordering::Relaxed)
-            ));
-            (tmp, dir.join(name))
-        })
-        .collect();
-    let res = (|| -> Result<()> {
-        for ((tmp, _), (_, bytes)) in temps.iter().zip(files) {
-            let mut f = File::create(tmp).at(tmp)?;
-            f.write_all(bytes).at(tmp)?;
-            f.sync_all().at(tmp)?;
-        }
-        for (tmp, path) in &temps {
-            fs::rename(tmp, path).at(path)?;
-        }
-        Ok(())
-    })();
-    if res.is_err() {
-        for (tmp, _) in &temps {
-            let _ = fs::remove_file(tmp);
-        }
-    }
-    res?;
-    sync_dir(dir)
+    self_patcher::fsio::write_files(dir, files).map_err(crate::commit::txn_error)
 }
 
 /// Renames `from` to `to` (same file system) and makes the rename durable.

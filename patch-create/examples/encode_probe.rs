@@ -20,7 +20,7 @@ fn main() -> anyhow::Result<()> {
         let old = std::fs::read(o)?;
         let new = std::fs::read(n)?;
         let t = Instant::now();
-        let s = encode::split_streams(&old, &new, if threads == 0 { 2 } else { threads })?;
+        let s = encode::split_streams(&old, &new)?;
         let t_diff = t.elapsed().as_secs_f64();
         let t = Instant::now();
         let packed = encode::pack_split(&s, level)?;

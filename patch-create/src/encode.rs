@@ -325,11 +325,10 @@ impl<'a> SplitBuilder<'a> {
     }
 }
 
-/// The split-diff streams from `old` to `new`.
-///
-/// `_threads` is unused: the suffix sort runs on one thread and the scan on rayon's threads,
-/// in pieces fixed by the file size ([`crate::sa_scan`]), so the result never depends on it.
-pub fn split_streams(old: &[u8], new: &[u8], _threads: usize) -> Result<SplitStreams> {
+/// The split-diff streams from `old` to `new`. The suffix sort runs on one thread and the scan
+/// on rayon's threads, in pieces fixed by the file size ([`crate::sa_scan`]), so the result
+/// does not depend on the number of threads.
+pub fn split_streams(old: &[u8], new: &[u8]) -> Result<SplitStreams> {
     let mut b = SplitBuilder::new(old, new, 0, 0);
     crate::sa_scan::diff(old, new, |m| b.add_match(&m))?;
     Ok(b.finish())
@@ -339,7 +338,7 @@ pub use crate::split_pack::pack_split;
 
 /// The split-diff member from `old` to `new`.
 pub fn split_diff(old: &[u8], new: &[u8], opts: &EncodeOptions) -> Result<Vec<u8>> {
-    let s = split_streams(old, new, opts.threads())?;
+    let s = split_streams(old, new)?;
     pack_split(&s, opts.level)
 }
 

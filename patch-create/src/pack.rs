@@ -217,29 +217,6 @@ fn finish(enc: zstd::stream::write::Encoder<'_, BufWriter<File>>, out: &Path) ->
 mod tests {
     use super::*;
     use formats::limits::Limits;
-    use formats::patch_info::{Encoding, PatchOp, PATCH_INFO_FORMAT};
-    use formats::{Blake3, Pin, RelPath};
-
-    fn info(sizes: &[u64]) -> PatchInfo {
-        PatchInfo {
-            format: PATCH_INFO_FORMAT.into(),
-            app: "a".into(),
-            from: formats::version::Version::parse("1.0.0").unwrap(),
-            to: formats::version::Version::parse("1.0.1").unwrap(),
-            from_tree: Blake3::of(b"1"),
-            to_tree: Blake3::of(b"2"),
-            ops: sizes
-                .iter()
-                .enumerate()
-                .map(|(i, &member_size)| PatchOp {
-                    path: RelPath::new(format!("f{i}")).unwrap(),
-                    new: Pin::of(b"x"),
-                    encoding: Encoding::Full { member_size },
-                })
-                .collect(),
-            deletes: vec![],
-        }
-    }
 
     fn spooled(bytes: &[u8]) -> Member {
         let tmp = tempfile::NamedTempFile::new().unwrap();
@@ -260,7 +237,7 @@ mod tests {
             .map(|(i, &n)| (0..n).map(|j| (j * 31 + i * 7) as u8).collect())
             .collect();
         let sizes: Vec<u64> = parts.iter().map(|p| p.len() as u64).collect();
-        let pi = info(&sizes);
+        let pi = PatchInfo::fixture_with_full_members(&sizes);
         let in_memory: Vec<Member> = parts.iter().map(|p| Member::Bytes(p.clone())).collect();
         let on_disk: Vec<Member> = parts.iter().map(|p| spooled(p)).collect();
         let (a, b) = (d.path().join("a"), d.path().join("b"));
@@ -279,7 +256,17 @@ mod tests {
             file: tempfile::NamedTempFile::new().unwrap().into_temp_path(),
             len: 3,
         };
-        assert!(write_patch(&d.path().join("c"), &info(&[3]), &[short]).is_err());
-        assert!(write_patch(&d.path().join("c"), &info(&[4]), &[spooled(b"abc")]).is_err());
+        assert!(write_patch(
+            &d.path().join("c"),
+            &PatchInfo::fixture_with_full_members(&[3]),
+            &[short]
+        )
+        .is_err());
+        assert!(write_patch(
+            &d.path().join("c"),
+            &PatchInfo::fixture_with_full_members(&[4]),
+            &[spooled(b"abc")]
+        )
+        .is_err());
     }
 }

@@ -13,24 +13,47 @@ static COUNTER: AtomicU64 = AtomicU64::new(0);
 /// Writes `bytes` to `path` atomically: readers see the old content or the new, never a mix.
 pub fn write_file(path: &Path, bytes: &[u8]) -> Result<()> {
     let dir = path.parent().unwrap_or(Path::new("."));
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let tmp = dir.join(format!(
-        ".pk-tmp-{}-{}-{}",
-        name,
-        std::process::id(),
-        COUNTER.fetch_add(1, Ordering::Relaxed)
-    ));
+    let Some(name) = path.file_name().and_then(|n| n.to_str()) else {
+        return Err(Error::io(
+            path,
+            std::io::Error::other("not a file name that can be written atomically"),
+        ));
+    };
+    write_files(dir, &[(name, bytes)])
+}
+
+/// Writes several files of `dir` atomically, each as [`write_file`] does (temp file in `dir`,
+/// fsync, rename), with one directory sync after all the renames instead of one per file.
+/// Each file is at its old or its new content at every moment; after a crash some may be new
+/// and others old. `files` are (name directly in `dir`, content). On error no temp file is
+/// left behind.
+pub fn write_files(dir: &Path, files: &[(&str, &[u8])]) -> Result<()> {
+    let temps: Vec<(PathBuf, PathBuf)> = files
+        .iter()
+        .map(|(name, _)| {
+            let tmp = dir.join(format!(
+                ".pk-tmp-{name}-{}-{}",
+                std::process::id(),
+                COUNTER.fetch_add(1, Ordering::Relaxed)
+            ));
+            (tmp, dir.join(name))
+        })
+        .collect();
     let res = (|| -> Result<()> {
-        let mut f = File::create(&tmp).at(&tmp)?;
-        f.write_all(bytes).at(&tmp)?;
-        f.sync_all().at(&tmp)?;
-        fs::rename(&tmp, path).at(path)
+        for ((tmp, _), (_, bytes)) in temps.iter().zip(files) {
+            let mut f = File::create(tmp).at(tmp)?;
+            f.write_all(bytes).at(tmp)?;
+            f.sync_all().at(tmp)?;
+        }
+        for (tmp, path) in &temps {
+            fs::rename(tmp, path).at(path)?;
+        }
+        Ok(())
     })();
     if res.is_err() {
-        let _ = fs::remove_file(&tmp);
+        for (tmp, _) in &temps {
+            let _ = fs::remove_file(tmp);
+        }
     }
     res?;
     sync_dir(dir)
