@@ -25,6 +25,9 @@ pub const STAGING_DIR: &str = "staging";
 pub const LOCK_FILE: &str = "lock";
 /// The self-patch plan written by `patch-apply` for `self-patcher`.
 pub const SELF_PATCH_PLAN_FILE: &str = "self-patch.json";
+/// The lock a running `self-patcher` holds for its whole run (its PID inside), so that an
+/// updater can tell a pending hand-over from an abandoned one.
+pub const HANDOVER_LOCK_FILE: &str = "self-patcher.lock";
 
 /// Where a journaled transaction stands: whether the tree as a whole is old, new or in between.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]

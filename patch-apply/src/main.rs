@@ -429,10 +429,8 @@ fn run() -> Result<()> {
             Ok(())
         }
         Cmd::Rollback { app_dir, json } => {
-            let state = patch_apply::state::StateDir::of(&app_dir);
-            let _lock = state.lock()?;
             // Also restores the install record the update replaced.
-            let restored = patch_apply::commit::rollback(&app_dir, &state)?;
+            let restored = patch_apply::updater::rollback_app_dir(&app_dir)?;
             let v = restored.map(|v| v.to_string());
             if json {
                 println!("{}", serde_json::json!({ "restored": v }));

@@ -99,6 +99,59 @@ pub(crate) struct PlannedUpdate {
     pub actions: Vec<Action>,
 }
 
+/// Refuses to go on while a hand-over is pending, and drops an abandoned one.
+///
+/// A plan in the state dir is pending while a `self-patcher` holds the hand-over lock (it
+/// takes it first thing and keeps it to the end) or while the app it waits for still runs
+/// (`self-patcher` may not have taken the lock yet). Changing the app dir then would pull the
+/// staged files from under it, or mix two updates. Otherwise nothing will ever run the plan:
+/// it is removed with its staged files. None of its actions was carried out without a journal
+/// (`self-patcher` commits under the update lock, journaled), so the caller's recovery rolls
+/// back a half-done run. Call with the update lock held.
+pub(crate) fn check_pending(state: &StateDir) -> Result<()> {
+    let file = state.self_patch_plan();
+    let bytes = match std::fs::read(&file) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(Error::io(&file, e)),
+    };
+    // An unreadable plan cannot be run by self-patcher either; only the lock then counts.
+    let plan: Option<SelfPatchPlan> = serde_json::from_slice(&bytes).ok();
+    let to = plan
+        .as_ref()
+        .map_or_else(|| "?".to_string(), |p| p.to.to_string());
+    let running = match self_patcher::lock::try_lock(&state.handover_lock_file()) {
+        Ok(_free) => None,
+        Err(self_patcher::Error::Locked { owner, .. }) => Some(owner),
+        Err(e) => return Err(crate::commit::txn_error(e)),
+    };
+    let waiting_for = plan
+        .as_ref()
+        .and_then(|p| p.wait_pid)
+        .filter(|&pid| self_patcher::runner::process_alive(pid));
+    let pending = match (running, waiting_for) {
+        (Some(owner), _) => Some(format!("self-patcher (pid {owner}) is running it")),
+        (None, Some(pid)) => Some(format!(
+            "it runs once process {pid} (the app that asked for it) exits"
+        )),
+        (None, None) => None,
+    };
+    if let Some(why) = pending {
+        return Err(Error::Precondition(format!(
+            "an update to {to} was handed over to self-patcher and is pending ({}): {why}; \
+             try again when it is done",
+            file.display()
+        )));
+    }
+    let staging = state.staging();
+    match std::fs::remove_dir_all(&staging) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(Error::io(&staging, e)),
+    }
+    std::fs::remove_file(&file).at(&file)
+}
+
 /// Writes the plan and starts `self-patcher` detached. Returns the plan file and its PID.
 pub(crate) fn hand_over(
     app_dir: &Path,

@@ -59,6 +59,11 @@ impl StateDir {
         self.root.join(names::LOCK_FILE)
     }
 
+    /// The lock a running `self-patcher` holds.
+    pub fn handover_lock_file(&self) -> PathBuf {
+        self.root.join(names::HANDOVER_LOCK_FILE)
+    }
+
     /// Loads the install record, if any (a corrupt record is treated as absent).
     pub fn load_record(&self) -> Option<InstallRecord> {
         let bytes = std::fs::read(self.record_file()).ok()?;

@@ -503,6 +503,7 @@ impl Updater {
         let state = self.state();
         std::fs::create_dir_all(&cfg.app_dir).map_err(|e| Error::io(&cfg.app_dir, e))?;
         let _lock = state.lock()?;
+        crate::selfpatch::check_pending(&state)?;
         let recovered = match commit::recover(&cfg.app_dir, &state)? {
             Recovery::Clean => None,
             r => {
@@ -829,11 +830,19 @@ impl Updater {
     /// Returns to the version before the last update while its backup is kept (only the last
     /// update can be undone). Returns the restored version.
     pub fn rollback(&self) -> Result<Option<Version>> {
-        let state = self.state();
-        let _lock = state.lock()?;
-        commit::recover(&self.config.app_dir, &state)?;
-        commit::rollback(&self.config.app_dir, &state)
+        rollback_app_dir(&self.config.app_dir)
     }
+}
+
+/// [`Updater::rollback`] of the app dir `app_dir`, which needs no repository: returns to the
+/// version before the last update while its backup is kept, after rolling back an interrupted
+/// one. Refused while an update handed over to `self-patcher` is pending.
+pub fn rollback_app_dir(app_dir: &std::path::Path) -> Result<Option<Version>> {
+    let state = StateDir::of(app_dir);
+    let _lock = state.lock()?;
+    crate::selfpatch::check_pending(&state)?;
+    commit::recover(app_dir, &state)?;
+    commit::rollback(app_dir, &state)
 }
 
 /// Paths whose state differs from the manifest (for reports).

@@ -100,6 +100,9 @@ fn same_plan(j: &Journal, plan: &SelfPatchPlan) -> bool {
 /// relaunched anyway, so it is never left without a runnable version.
 pub fn run_plan(plan_file: &Path, log: &dyn Fn(&str)) -> Result<Outcome> {
     let plan = load_plan(plan_file)?;
+    // Held to the end: an updater seeing the plan knows it is being run (a second
+    // self-patcher on the same app dir is refused here).
+    let _running = crate::lock::try_lock(&StatePaths::of(&plan.app_dir).handover_lock())?;
     let timeout = Duration::from_secs(plan.wait_timeout_secs);
     if let Some(pid) = plan.wait_pid {
         log(&format!("waiting for process {pid} to exit"));

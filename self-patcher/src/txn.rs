@@ -74,6 +74,10 @@ impl StatePaths {
     pub fn lock(&self) -> PathBuf {
         self.state_dir.join(names::LOCK_FILE)
     }
+    /// The lock a running `self-patcher` holds.
+    pub fn handover_lock(&self) -> PathBuf {
+        self.state_dir.join(names::HANDOVER_LOCK_FILE)
+    }
     /// A staged file named relative to the state directory.
     pub fn staged(&self, rel: &str) -> PathBuf {
         self.state_dir.join(rel)

@@ -425,3 +425,76 @@ fn self_patcher_plan_failing_half_way_restores_the_old_version_and_names_the_fil
     .unwrap_or_default();
     assert_ne!(rec["version"], "2.0.0", "the new version was recorded");
 }
+
+/// The plan of `app` (a copy of the template) pointed at `app` and waiting for `wait_pid`.
+fn plan_waiting_for(pw: &PlanWorld, app: &Path, wait_pid: u32) -> PathBuf {
+    let plan = plan_copy(pw, app);
+    let mut v: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&plan).expect("plan")).expect("json");
+    v["wait_pid"] = serde_json::Value::from(wait_pid);
+    std::fs::write(&plan, serde_json::to_vec_pretty(&v).expect("json")).expect("write");
+    plan
+}
+
+#[test]
+fn a_pending_hand_over_is_left_alone_and_an_abandoned_one_is_dropped() {
+    let pw = plan_world();
+    let app = pw.w.path("pending");
+    let mut sleeper = Command::new("sleep").arg("600").spawn().expect("sleep");
+    let plan = plan_waiting_for(&pw, &app, sleeper.id());
+    // The app it waits for still runs (self-patcher may not have started yet): refused.
+    let rollback = || {
+        let mut c = cmd("patch-apply");
+        c.args(["rollback", "--app-dir"]).arg(&app);
+        c
+    };
+    for mut c in [pw.w.apply_cmd("apply", &app), rollback()] {
+        let err = fails(&mut c);
+        assert!(
+            err.contains("handed over to self-patcher and is pending"),
+            "{err}"
+        );
+        assert!(err.contains(&format!("process {}", sleeper.id())), "{err}");
+    }
+    assert!(plan.exists());
+    assert!(app.join(".patchkit/staging").is_dir(), "staged files kept");
+    assert_same_tree(&app, &pw.w.releases[0]);
+    // A self-patcher waiting on it holds its lock: refused, naming it.
+    let mut sp = cmd("self-patcher")
+        .arg("--plan")
+        .arg(&plan)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn self-patcher");
+    let lock = app.join(".patchkit/self-patcher.lock");
+    let start = Instant::now();
+    while std::fs::read_to_string(&lock).unwrap_or_default().trim() != sp.id().to_string() {
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "self-patcher never took its lock"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let err = fails(&mut pw.w.apply_cmd("apply", &app));
+    assert!(
+        err.contains(&format!("self-patcher (pid {}) is running it", sp.id())),
+        "{err}"
+    );
+    // The app exits: self-patcher finishes the update it was given.
+    let _ = sleeper.kill();
+    let _ = sleeper.wait();
+    assert!(sp.wait().expect("wait").success());
+    assert_same_tree(&app, &pw.w.releases[1]);
+    assert!(!plan.exists());
+
+    // Nobody will run this one (its app and its self-patcher are gone): the next update drops
+    // it with its staged files and installs the release itself.
+    let dead = sleeper.id();
+    let app = pw.w.path("abandoned");
+    let plan = plan_waiting_for(&pw, &app, dead);
+    let r = last_json(&ok(pw.w.apply_cmd("apply", &app).arg("--json")));
+    assert_eq!(r["to"], "2.0.0", "{r}");
+    assert!(!plan.exists());
+    assert_same_tree(&app, &pw.w.releases[1]);
+}
