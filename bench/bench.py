@@ -523,7 +523,8 @@ def pair_section(pair, corpus, peers, ours):
             vs = (f" vs `zstd -d --patch-from` of the changed files {fs(zs['apply_s'])} s = "
                   f"{ratio(a_ph, zs['apply_s'])}") if zs.get("apply_s") else ""
             notes.append(f"Ours, diff application alone (the `apply` phase: unpack the patch, decode every op, "
-                         f"hash and fsync each output): median {fs(a_ph)} s{vs}.")
+                         f"hash each output; the staged outputs are fsynced in the next phase, the commit, and "
+                         f"`zstd -d` does not fsync): median {fs(a_ph)} s{vs}.")
         if cp_s:
             notes.append(f"Ours, whole `patch-apply apply` {fs(a_s)} s vs `cp -a` of the new tree {fs(cp_s)} s "
                          f"= {ratio(a_s, cp_s)} (goal <= 3x).")
