@@ -21,6 +21,9 @@ pub struct StoredTrust {
     pub timestamp: Option<Vec<u8>>,
     /// Last trusted snapshot.
     pub snapshot: Option<Vec<u8>>,
+    /// The key ids of the pinned keys the stored metadata was trusted under (a JSON array of
+    /// strings, `anchor.json`).
+    pub anchor: Option<Vec<u8>>,
 }
 
 impl StoredTrust {
@@ -38,6 +41,7 @@ impl StoredTrust {
             root: read("root.json")?,
             timestamp: read("timestamp.json")?,
             snapshot: read("snapshot.json")?,
+            anchor: read("anchor.json")?,
         })
     }
 
@@ -53,6 +57,7 @@ impl StoredTrust {
             ("root.json", &self.root, &on_disk.root),
             ("timestamp.json", &self.timestamp, &on_disk.timestamp),
             ("snapshot.json", &self.snapshot, &on_disk.snapshot),
+            ("anchor.json", &self.anchor, &on_disk.anchor),
         ]
         .into_iter()
         .filter_map(|(n, new, old)| match new {
@@ -72,9 +77,32 @@ fn md(name: &str) -> String {
     format!("{}/{name}", layout::METADATA_DIR)
 }
 
+/// The `anchor.json` bytes of `pinned`: their key ids, sorted.
+fn anchor_of(pinned: &[PublicKey]) -> Vec<u8> {
+    let mut ids: Vec<String> = pinned.iter().map(PublicKey::key_id).collect();
+    ids.sort();
+    ids.dedup();
+    serde_json::to_vec(&ids).unwrap_or_default()
+}
+
+/// Whether metadata trusted under the anchor `stored` may still be trusted with `pinned`:
+/// some pinned key is among the anchor's. Trust stored without an anchor (written before
+/// anchors existed) or with an unreadable one is kept, as it was before.
+fn same_anchor(stored: Option<&[u8]>, pinned: &[PublicKey]) -> bool {
+    let Some(ids) = stored.and_then(|b| serde_json::from_slice::<Vec<String>>(b).ok()) else {
+        return true;
+    };
+    pinned.iter().any(|k| ids.contains(&k.key_id()))
+}
+
 /// Runs the update workflow: establishes the root (from `stored` or by bootstrapping from the
 /// first root version signed by a `pinned` key), walks root rotations, then loads timestamp,
 /// snapshot and targets with every check. Returns the verified set and what to store.
+///
+/// `stored` is used only if it was trusted under one of the `pinned` keys (its anchor): an app
+/// now pinned to other keys (another repository, or a key replaced after a compromise) starts
+/// over from its pinned keys, without the old root and without the old timestamp and snapshot
+/// versions, which belong to another trust root.
 pub fn refresh(
     t: &dyn Transport,
     pinned: &[PublicKey],
@@ -82,12 +110,14 @@ pub fn refresh(
     now: OffsetDateTime,
     limits: &Limits,
 ) -> Result<(TrustedSet, StoredTrust)> {
+    let none = StoredTrust::default();
+    let stored = if same_anchor(stored.anchor.as_deref(), pinned) {
+        stored
+    } else {
+        &none
+    };
     let mut root = match &stored.root {
-        Some(b) => {
-            let r = TrustedRoot::from_trusted_bytes(b, limits)?;
-            // A stored root must still chain to the pinned key; otherwise start over.
-            r
-        }
+        Some(b) => TrustedRoot::from_trusted_bytes(b, limits)?,
         None => bootstrap(t, pinned, now, limits)?,
     };
     let mut steps = 0;
@@ -127,6 +157,7 @@ pub fn refresh(
         root: Some(set.root().bytes().to_vec()),
         timestamp: Some(ts),
         snapshot: Some(snap),
+        anchor: Some(anchor_of(pinned)),
     };
     Ok((set, new_stored))
 }

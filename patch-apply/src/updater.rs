@@ -168,6 +168,9 @@ struct Session {
     scan: Tree,
     installed: Option<Version>,
     installed_tree: Option<Blake3>,
+    /// The install record's version when the files match the record but no release of this
+    /// repository (installed from another one): still the version downgrades are judged by.
+    recorded_elsewhere: Option<Version>,
     damaged: bool,
     up_to_date: bool,
     costs: Vec<MethodCost>,
@@ -302,6 +305,15 @@ impl Updater {
             Some((v, d)) => (Some(v), Some(d)),
             None => (None, None),
         };
+        let recorded_elsewhere = match (&installed, &record) {
+            (None, Some(r))
+                if digests.values().any(|d| *d == r.tree)
+                    || scan.digest(&PathPatterns::empty()) == r.tree =>
+            {
+                Some(r.version.clone())
+            }
+            _ => None,
+        };
         let empty = scan.entries.is_empty();
         let damaged = installed.is_none() && !empty;
         let up_to_date = installed.as_ref() == Some(&target.version) && scan.foreign.is_empty();
@@ -325,7 +337,7 @@ impl Updater {
             Some(manifest)
         };
         let mut note = None;
-        if let Some(inst) = &installed {
+        if let Some(inst) = installed.as_ref().or(recorded_elsewhere.as_ref()) {
             if *inst > target.version && !cfg.allow_downgrade {
                 note = Some(format!(
                     "installed {inst} is newer than {} offered to this client",
@@ -425,6 +437,7 @@ impl Updater {
             scan,
             installed,
             installed_tree,
+            recorded_elsewhere,
             damaged,
             up_to_date,
             costs,
@@ -528,7 +541,7 @@ impl Updater {
                 }
             )));
         }
-        if let Some(inst) = &s.installed {
+        if let Some(inst) = s.installed.as_ref().or(s.recorded_elsewhere.as_ref()) {
             if *inst > s.target.version && !cfg.allow_downgrade {
                 return Err(Error::Refused(format!(
                     "installed version {inst} is newer than {} offered; refusing to downgrade (use --allow-downgrade)",

@@ -277,6 +277,38 @@ fn expired_metadata_is_refused_then_resign_extends_expiry() {
     assert_same_tree(&app, &w.releases[1]);
 }
 
+/// Trust stored under one pinned key is not carried over to another: an app re-pointed at
+/// another repository, pinned to that repository's key, starts over from the new key (before,
+/// the old root refused the new repository's metadata). The old repository's higher
+/// timestamp version does not count as a rollback there.
+#[test]
+fn app_repinned_to_another_repository_key_starts_over_from_that_key() {
+    let w = World::new(4);
+    w.release_all(3);
+    let app = w.path("app");
+    copy_tree(&w.releases[0], &app);
+    ok(w.apply_cmd("apply", &app).arg("--json"));
+    assert_same_tree(&app, &w.releases[2]);
+    let anchor = app.join(".patchkit/trust/anchor.json");
+    let first_anchor = std::fs::read(&anchor).expect("anchor.json written");
+    // Another repository, another key, a single release (metadata versions 1).
+    let (other_key, other_pub) = keygen(&w, "other");
+    let other = w.path("other-repo");
+    ok(&mut release_cmd(&w, &other, 4, &[&other_key], &[]));
+    let r = last_json(&ok(&mut apply_cmd("apply", &app, &other, &other_pub)));
+    assert_eq!(r["to"], "4.0.0", "{r}");
+    assert_same_tree(&app, &w.releases[3]);
+    assert_ne!(std::fs::read(&anchor).expect("anchor.json"), first_anchor);
+    // The first repository's key is no longer trusted for this app's stored metadata either:
+    // pinned to it again, the app starts over from it (and is refused a downgrade, not a
+    // signature).
+    refused(
+        &mut apply_cmd("apply", &app, &w.repo, &w.public),
+        &app,
+        "downgrade",
+    );
+}
+
 #[test]
 fn rollback_to_older_correctly_signed_metadata_is_refused() {
     let w = World::new(3);
