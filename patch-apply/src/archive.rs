@@ -14,7 +14,7 @@ use formats::manifest::{Node, ReleaseManifest};
 use formats::patch_info::{PatchInfo, PATCH_DATA_MEMBER, PATCH_INFO_MEMBER};
 use formats::{Pin, RelPath};
 
-use crate::decode::{CheckedWriter, LimitedReader};
+use crate::decode::{finish_staged_output, staged_output, CheckedWriter, LimitedReader};
 use crate::error::{Error, IoContext, Result};
 use crate::scan::set_exec;
 
@@ -168,11 +168,10 @@ pub fn extract_installer(
                     size: *size,
                     blake3: *blake3,
                 };
-                let mut w = CheckedWriter::new(BufWriter::new(f), &format!("{what}: {rel}"), pin);
+                let mut w = staged_output(f, &target, &format!("{what}: {rel}"), pin);
                 std::io::copy(&mut (&mut entry).take(*size), &mut w)
                     .map_err(|e| bad(format!("{rel}: {e}")))?;
-                let mut inner = w.finish()?;
-                inner.flush().at(&target)?;
+                finish_staged_output(w, &target)?;
                 set_exec(&target, *exec)?;
             }
             (Node::Symlink { target: t }, tar::EntryType::Symlink) => {

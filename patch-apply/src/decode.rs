@@ -15,6 +15,7 @@ use formats::Pin;
 use liblzma::stream::{Filters, LzmaOptions, Stream};
 
 use crate::error::{Error, IoContext, Result};
+use crate::writeback::EarlyWriteback;
 
 /// A writer that hashes everything and refuses bytes past the expected size.
 pub struct CheckedWriter<W: Write> {
@@ -49,6 +50,33 @@ impl<W: Write> Write for CheckedWriter<W> {
     fn flush(&mut self) -> std::io::Result<()> {
         self.inner.flush()
     }
+}
+
+/// A staged output file being written: every byte hashed against its pin, buffered, and
+/// flushed to disk along the way when large ([`EarlyWriteback`]).
+pub type StagedOutput = CheckedWriter<BufWriter<EarlyWriteback>>;
+
+/// Starts writing the staged output `file` at `path`, which must end up as `expected`; `what`
+/// names it in errors.
+pub fn staged_output(file: File, path: &Path, what: &str, expected: Pin) -> StagedOutput {
+    CheckedWriter::new(
+        BufWriter::with_capacity(1 << 16, EarlyWriteback::new(file, path)),
+        what,
+        expected,
+    )
+}
+
+/// Checks the size and hash of a staged output and waits for its early writeback. It is not
+/// fsynced here: staged files are synced together (in parallel) by the commit before its
+/// journal is written, and intermediate files of a patch chain are never placed.
+pub fn finish_staged_output(w: StagedOutput, path: &Path) -> Result<()> {
+    let mut inner = w.finish()?;
+    inner.flush().at(path)?;
+    inner
+        .into_inner()
+        .map_err(|e| Error::io(path, e.into_error()))?
+        .finish()?;
+    Ok(())
 }
 
 /// A reader that fails once more than `limit` bytes have been read (decompression bombs).
@@ -139,11 +167,7 @@ fn produce_unchecked(
     };
     let need_member = || member.ok_or_else(|| Error::bad(&file_what, "archive member is missing"));
     let out_file = File::create(out).at(out)?;
-    let mut w = CheckedWriter::new(
-        BufWriter::with_capacity(1 << 16, out_file),
-        &file_what,
-        op.new,
-    );
+    let mut w = staged_output(out_file, out, &file_what, op.new);
     let bad_stream = |e: std::io::Error| Error::bad(&file_what, e.to_string());
     match &op.encoding {
         Encoding::Copy { .. } => {
@@ -186,11 +210,7 @@ fn produce_unchecked(
             std::io::copy(&mut dec, &mut w).map_err(bad_stream)?;
         }
     }
-    // Not fsynced here: staged files are synced together (in parallel) by the commit before
-    // its journal is written, and intermediate files of a chain are never placed.
-    let mut inner = w.finish()?;
-    inner.flush().at(out)?;
-    Ok(())
+    finish_staged_output(w, out)
 }
 
 /// Bound on the decompressed size of a split diff's control stream for a `new_size`-byte file:

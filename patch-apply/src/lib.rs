@@ -68,6 +68,7 @@ pub mod state;
 pub mod transport;
 pub mod trust;
 pub mod updater;
+pub mod writeback;
 
 pub use error::{Error, Result};
 pub use events::Event;
