@@ -120,9 +120,11 @@ pub(crate) fn check_pending(state: &StateDir) -> Result<()> {
     let to = plan
         .as_ref()
         .map_or_else(|| "?".to_string(), |p| p.to.to_string());
-    let running = match self_patcher::lock::try_lock(&state.handover_lock_file()) {
-        Ok(_free) => None,
-        Err(self_patcher::Error::Locked { owner, .. }) => Some(owner),
+    // Held until the plan is withdrawn, so that no self-patcher starts on it meanwhile (one
+    // that starts after finds the plan gone).
+    let (_probe, running) = match self_patcher::lock::try_lock(&state.handover_lock_file()) {
+        Ok(held) => (Some(held), None),
+        Err(self_patcher::Error::Locked { owner, .. }) => (None, Some(owner)),
         Err(e) => return Err(crate::commit::txn_error(e)),
     };
     let waiting_for = plan

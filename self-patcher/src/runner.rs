@@ -103,6 +103,14 @@ pub fn run_plan(plan_file: &Path, log: &dyn Fn(&str)) -> Result<Outcome> {
     // Held to the end: an updater seeing the plan knows it is being run (a second
     // self-patcher on the same app dir is refused here).
     let _running = crate::lock::try_lock(&StatePaths::of(&plan.app_dir).handover_lock())?;
+    // An updater that found the plan abandoned (before this run held the lock) withdrew it
+    // with its staged files: nothing to do.
+    if !plan_file.exists() {
+        return Err(Error::Precondition(format!(
+            "{}: the plan was withdrawn by an updater before this run started; nothing was changed",
+            plan_file.display()
+        )));
+    }
     let timeout = Duration::from_secs(plan.wait_timeout_secs);
     if let Some(pid) = plan.wait_pid {
         log(&format!("waiting for process {pid} to exit"));
