@@ -305,15 +305,7 @@ fn split_diff_streams_use_lzma2_where_smaller_and_round_trip() {
 
 #[test]
 fn incompressible_files_are_compressed_at_level_1_and_round_trip() {
-    let mut x = 0x2545_f491_4f6c_dd1du64;
-    let noise: Vec<u8> = (0..(3 << 20))
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            (x >> 32) as u8
-        })
-        .collect();
+    let noise = fixtures::noise(0x2545_f491_4f6c_dd1d, 3 << 20);
     let prose = text(3 << 20, 5);
     assert_eq!(encode::level_for_sample(&noise[..1 << 20], 19), 1);
     assert_eq!(encode::level_for_sample(&prose[..1 << 20], 19), 19);

@@ -138,15 +138,7 @@ fn encode_files_uses_windows_above_the_budget_and_round_trips() {
         .is_none());
     // A new file unrelated to the old one: the windowed diff gives up early and the whole
     // file is spooled to disk (spool_above 0), then read back intact.
-    let mut x = 0x9e37_79b9_7f4a_7c15u64;
-    let noise: Vec<u8> = (0..300_000)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            (x >> 24) as u8
-        })
-        .collect();
+    let noise = fixtures::noise(0x9e37_79b9_7f4a_7c15, 300_000);
     let pz = dir.path().join("noise");
     std::fs::write(&pz, &noise).expect("write");
     let spool = EncodeOptions {
