@@ -75,8 +75,7 @@ pub fn finish_staged_output(w: StagedOutput, path: &Path) -> Result<()> {
     inner
         .into_inner()
         .map_err(|e| Error::io(path, e.into_error()))?
-        .finish()?;
-    Ok(())
+        .finish()
 }
 
 /// A reader that fails once more than `limit` bytes have been read (decompression bombs).

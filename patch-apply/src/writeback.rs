@@ -8,7 +8,7 @@
 use std::fs::File;
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::mpsc::{sync_channel, SyncSender, TrySendError};
+use std::sync::mpsc::{sync_channel, SyncSender};
 use std::thread::JoinHandle;
 
 use crate::error::{Error, IoContext, Result};
@@ -49,18 +49,16 @@ impl EarlyWriteback {
             self.flusher = Some((tx, join));
         }
         if let Some((tx, _)) = &self.flusher {
-            match tx.try_send(()) {
-                Ok(()) | Err(TrySendError::Full(())) => {}
-                // The thread stopped: its error is reported by `finish`.
-                Err(TrySendError::Disconnected(())) => {}
-            }
+            // Full: a flush is pending and covers this request. Disconnected: the thread
+            // stopped on an error, which `finish` reports.
+            let _ = tx.try_send(());
         }
         Ok(())
     }
 
-    /// Waits for the helper thread and returns the file; an error of any flush is returned
-    /// here (a failed writeback is reported once, so it must not be lost).
-    pub fn finish(mut self) -> Result<File> {
+    /// Waits for the helper thread; an error of any flush is returned here (a failed
+    /// writeback is reported once, so it must not be lost).
+    pub fn finish(mut self) -> Result<()> {
         if let Some((tx, join)) = self.flusher.take() {
             drop(tx);
             match join.join() {
@@ -73,7 +71,7 @@ impl EarlyWriteback {
                 }
             }
         }
-        Ok(self.file)
+        Ok(())
     }
 }
 
