@@ -144,19 +144,26 @@ pub fn pin_reader<R: Read>(r: &mut R) -> std::io::Result<Pin> {
     hash_with_buffer(r, PIN_CHUNK)
 }
 
+/// Reads from `r` until `buf` is full or the input ends (retrying interrupted reads); the
+/// number of bytes read.
+pub fn read_full<R: Read + ?Sized>(r: &mut R, buf: &mut [u8]) -> std::io::Result<usize> {
+    let mut filled = 0;
+    while filled < buf.len() {
+        match r.read(&mut buf[filled..]) {
+            Ok(0) => break,
+            Ok(n) => filled += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(filled)
+}
+
 fn hash_with_buffer<R: Read>(r: &mut R, buf_len: usize) -> std::io::Result<Pin> {
     let mut hasher = blake3::Hasher::new();
     let mut buf = vec![0u8; buf_len.max(1)];
     loop {
-        let mut filled = 0;
-        while filled < buf.len() {
-            match r.read(&mut buf[filled..]) {
-                Ok(0) => break,
-                Ok(n) => filled += n,
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(e),
-            }
-        }
+        let filled = read_full(r, &mut buf)?;
         if filled == 0 {
             break;
         }

@@ -428,26 +428,13 @@ pub fn level_for_sample(sample: &[u8], level: i32) -> i32 {
     }
 }
 
-/// Reads from `r` until `buf` is full or the input ends; the number of bytes read.
-fn read_full(r: &mut impl Read, buf: &mut [u8], path: &Path) -> Result<usize> {
-    let mut n = 0;
-    while n < buf.len() {
-        let got = r.read(&mut buf[n..]).at(path)?;
-        if got == 0 {
-            break;
-        }
-        n += got;
-    }
-    Ok(n)
-}
-
 /// [`compress_file`], writing the compressed bytes to `out` as they come. The level drops to 1
 /// for a file that does not compress ([`level_for_sample`]).
 pub fn compress_file_into<W: Write>(path: &Path, pin: Pin, level: i32, out: W) -> Result<W> {
     let f = File::open(path).at(path)?;
     let mut r = f.take(pin.size.saturating_add(1));
     let mut buf = vec![0u8; 1 << 20];
-    let first = read_full(&mut r, &mut buf, path)?;
+    let first = formats::hash::read_full(&mut r, &mut buf).at(path)?;
     let level = level_for_sample(&buf[..first], level);
     let mut enc = zstd::stream::write::Encoder::new(out, level).map_err(zerr)?;
     enc.set_pledged_src_size(Some(pin.size)).map_err(zerr)?;
