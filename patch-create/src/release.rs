@@ -18,7 +18,7 @@ use serde::Serialize;
 use crate::content::{source_for, ContentSource};
 use crate::encode::{encode_files, Chosen, EncodeOptions};
 use crate::error::{Error, IoContext, Result};
-use crate::pack;
+use crate::pack::{self, Member};
 use crate::progress::Progress;
 use crate::repo::Repo;
 
@@ -479,8 +479,6 @@ pub fn release(opts: &ReleaseOptions, progress: &dyn Progress) -> Result<Release
         },
     })
 }
-
-use crate::pack::Member;
 
 /// Normalizes a path for matching renamed files: digits and dots runs collapse, so
 /// `numpy-2.1.2.dist-info/RECORD` and `numpy-2.1.3.dist-info/RECORD` match.
