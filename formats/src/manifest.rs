@@ -91,6 +91,12 @@ pub struct ReleaseManifest {
     /// deleted by an update.
     #[serde(default)]
     pub ignore: Vec<String>,
+    /// Glob patterns of paths the updater owns although no release lists them (caches the
+    /// app writes, such as `*.pyc`): an update may delete or replace them. Anything in an app
+    /// directory that is neither listed by a known release nor matched here belongs to the
+    /// user and is never deleted (docs/format.md §5.3). Optional; absent means none.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub owned: Vec<String>,
     /// The release engineer declared that installing it needs a restart whatever changed.
     #[serde(default, skip_serializing_if = "is_false")]
     pub restart_required: bool,
@@ -468,6 +474,7 @@ mod tests {
             app: "demo".into(),
             version: Version::parse("1.0.0").unwrap(),
             ignore: vec!["*.log".into()],
+            owned: vec![],
             restart_required: false,
             entries: vec![
                 Entry {

@@ -87,8 +87,11 @@ impl SelfPatchPlan {
             ));
         }
         for a in &p.actions {
-            if let Action::Place { staged, .. } = a {
-                crate::relpath::RelPath::new(staged.as_str())?;
+            match a {
+                Action::Place { staged, .. } | Action::Quarantine { to: staged, .. } => {
+                    crate::relpath::RelPath::new(staged.as_str())?;
+                }
+                _ => {}
             }
         }
         for c in &p.cleanup {

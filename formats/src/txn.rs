@@ -17,6 +17,9 @@ pub const RECORD_FILE: &str = "installed.json";
 pub const JOURNAL_FILE: &str = "journal.json";
 /// The progress record of a resumable run (number of actions done) inside the state directory.
 pub const PROGRESS_FILE: &str = "progress";
+/// The quarantine directory inside the state directory: things the updater does not own that
+/// were in the way of a release, one subdirectory per transaction.
+pub const QUARANTINE_DIR: &str = "quarantine";
 /// The backup directory inside the state directory.
 pub const BACKUP_DIR: &str = "backup";
 /// The staging directory inside the state directory.
@@ -74,6 +77,16 @@ pub enum Action {
         /// Whether something existed at `path` before.
         had_old: bool,
     },
+    /// Move something the updater does not own out of the way of the release (one rename,
+    /// whatever it is: a user file, a directory with what is left in it, a symlink, a FIFO)
+    /// into the quarantine, where it is kept across later updates; undone by renaming back.
+    Quarantine {
+        /// The path in the app dir.
+        path: RelPath,
+        /// Where it goes, relative to the state directory
+        /// (`quarantine/<transaction>/<path>`).
+        to: String,
+    },
 }
 
 impl Action {
@@ -83,7 +96,8 @@ impl Action {
             Action::Remove { path }
             | Action::RemoveDir { path }
             | Action::MakeDir { path }
-            | Action::Place { path, .. } => path,
+            | Action::Place { path, .. }
+            | Action::Quarantine { path, .. } => path,
         }
     }
 }

@@ -91,6 +91,7 @@ fn manifest() -> impl Strategy<Value = ReleaseManifest> {
                 app: "app".into(),
                 version,
                 ignore,
+                owned: vec![],
                 restart_required: false,
                 entries,
             }

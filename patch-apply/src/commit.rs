@@ -14,19 +14,45 @@
 use std::path::Path;
 
 use formats::manifest::{Node, ReleaseManifest};
-use formats::patterns::PathPatterns;
+use formats::txn::QUARANTINE_DIR;
 pub use formats::txn::{Action, Journal, TxnState};
-use formats::Version;
+use formats::{RelPath, Version};
 use self_patcher::txn::{self, Mode, StatePaths};
 use serde::Serialize;
 
 use crate::error::{Error, IoContext, Result};
+use crate::ownership::{Owner, Survey};
 use crate::scan::{set_exec, Tree};
 use crate::stage::Staged;
 use crate::state::StateDir;
 
+/// The actions that turn `current` into `manifest` without destroying what the updater does
+/// not own, and the survey they follow.
+pub struct Planned {
+    /// The actions, in execution order.
+    pub actions: Vec<Action>,
+    /// What happens to each path (quarantine, removals, what is kept).
+    pub survey: Survey,
+    /// Each quarantined path and where it goes (relative to the state directory).
+    pub quarantined: Vec<(RelPath, String)>,
+}
+
+/// A name for the quarantine of one transaction: the time, unique enough per app dir (one
+/// update at a time holds the lock), and `tag`.
+pub fn quarantine_id(tag: &str) -> String {
+    let now = formats::time_util::now();
+    format!(
+        "{}-{:09}-{tag}",
+        now.unix_timestamp(),
+        now.nanosecond()
+    )
+}
+
 /// Computes the actions that turn `current` into `manifest`, using `staged` for new contents.
-/// Symlinks and exec-bit changes are staged here too (in `stage_dir`).
+/// Symlinks and exec-bit changes are staged here too (in `stage_dir`). Only what `owner`
+/// owns is removed or replaced; unknown entries in the way go to
+/// `quarantine/<quarantine_id>/<path>` in the state directory ([`crate::ownership`]).
+#[allow(clippy::too_many_arguments)]
 pub fn plan_actions(
     app_dir: &Path,
     state: &StateDir,
@@ -34,62 +60,78 @@ pub fn plan_actions(
     manifest: &ReleaseManifest,
     staged: &Staged,
     stage_dir: &Path,
-) -> Result<Vec<Action>> {
-    let ignore = PathPatterns::new(&manifest.ignore)?;
-    let want = manifest.by_path();
+    owner: &Owner,
+    quarantine_id: &str,
+) -> Result<Planned> {
+    let survey = crate::ownership::survey(app_dir, current, manifest, owner);
     let rel_staged = |p: &Path| -> String {
         p.strip_prefix(&state.root)
             .unwrap_or(p)
             .to_string_lossy()
             .into_owned()
     };
-    let mut removes = Vec::new();
-    let mut remove_dirs_conflict = Vec::new();
-    let mut remove_dirs_obsolete = Vec::new();
-    for (p, n) in &current.entries {
-        if ignore.matches(p) {
-            continue;
-        }
-        let target = want.get(p).map(|e| &e.node);
-        let same_kind =
-            target.is_some_and(|t| std::mem::discriminant(t) == std::mem::discriminant(n));
-        match n {
-            Node::Dir if !same_kind => {
-                if target.is_some() {
-                    remove_dirs_conflict.push(p.clone());
-                } else {
-                    remove_dirs_obsolete.push(p.clone());
-                }
-            }
-            Node::Dir => {}
-            _ if !same_kind => removes.push(Action::Remove { path: p.clone() }),
-            _ => {}
-        }
+    let mut actions = Vec::new();
+    let mut quarantined = Vec::new();
+    let quarantined_set: std::collections::BTreeSet<&RelPath> = survey.quarantine.iter().collect();
+    for p in &survey.quarantine {
+        let to = format!("{QUARANTINE_DIR}/{quarantine_id}/{p}");
+        quarantined.push((p.clone(), to.clone()));
+        actions.push(Action::Quarantine {
+            path: p.clone(),
+            to,
+        });
     }
+    actions.extend(survey.remove.iter().map(|p| Action::Remove { path: p.clone() }));
+    actions.extend(
+        survey
+            .remove_dirs_conflict
+            .iter()
+            .map(|p| Action::RemoveDir { path: p.clone() }),
+    );
     let mut makedirs = Vec::new();
     let mut places = Vec::new();
     std::fs::create_dir_all(stage_dir).at(stage_dir)?;
+    let want_write: std::collections::BTreeSet<&RelPath> = survey.write.iter().collect();
     for (i, e) in manifest.entries.iter().enumerate() {
-        let cur = current.entries.get(&e.path);
-        let had_old = cur.is_some();
-        let same_kind_old =
-            cur.is_some_and(|c| std::mem::discriminant(c) == std::mem::discriminant(&e.node));
+        if !want_write.contains(&e.path) {
+            continue;
+        }
+        // What stays at the path until the new version replaces it.
+        let gone = quarantined_set.contains(&e.path) || survey.remove.contains(&e.path);
+        let cur = if gone {
+            None
+        } else {
+            current.entries.get(&e.path)
+        };
+        let had_old = cur.is_some_and(|c| std::mem::discriminant(c) == std::mem::discriminant(&e.node));
         match &e.node {
             Node::Dir => {
-                if !same_kind_old {
+                if !matches!(cur, Some(Node::Dir)) {
                     makedirs.push(Action::MakeDir {
                         path: e.path.clone(),
                     });
                 }
             }
-            Node::File { exec, .. } => {
+            Node::File { exec, blake3, .. } => {
                 let src = if let Some(s) = staged.get(&e.path) {
                     s.clone()
-                } else if let Some(Node::File { exec: cur_exec, .. }) = cur {
-                    if cur_exec == exec {
+                } else if let Some(Node::File {
+                    exec: cur_exec,
+                    blake3: have,
+                    ..
+                }) = current.entries.get(&e.path)
+                {
+                    if cur_exec == exec && !gone {
                         continue;
                     }
-                    // Exec bit only: stage a copy with the new mode.
+                    if have != blake3 {
+                        return Err(Error::bad(
+                            e.path.as_str(),
+                            "no staged content for a changed file",
+                        ));
+                    }
+                    // Exec bit only (or the same content as a file moved out of the way):
+                    // stage a copy with the new mode.
                     let copy = stage_dir.join(format!("x{i}"));
                     let from = e.path.to_path(app_dir);
                     std::fs::copy(&from, &copy).at(&copy)?;
@@ -104,42 +146,33 @@ pub fn plan_actions(
                 places.push(Action::Place {
                     path: e.path.clone(),
                     staged: rel_staged(&src),
-                    had_old: had_old && same_kind_old,
+                    had_old,
                 });
             }
             Node::Symlink { target } => {
-                if let Some(Node::Symlink { target: t }) = cur {
-                    if t == target {
-                        continue;
-                    }
-                }
                 let link = stage_dir.join(format!("l{i}"));
                 crate::archive::make_symlink(target, &link)?;
                 places.push(Action::Place {
                     path: e.path.clone(),
                     staged: rel_staged(&link),
-                    had_old: had_old && same_kind_old,
+                    had_old,
                 });
             }
         }
     }
-    // Deepest first for removals of directories.
-    remove_dirs_conflict.sort_by(|a, b| b.cmp(a));
-    remove_dirs_obsolete.sort_by(|a, b| b.cmp(a));
-    let mut actions = removes;
-    actions.extend(
-        remove_dirs_conflict
-            .into_iter()
-            .map(|path| Action::RemoveDir { path }),
-    );
     actions.extend(makedirs);
     actions.extend(places);
     actions.extend(
-        remove_dirs_obsolete
-            .into_iter()
-            .map(|path| Action::RemoveDir { path }),
+        survey
+            .remove_dirs_obsolete
+            .iter()
+            .map(|p| Action::RemoveDir { path: p.clone() }),
     );
-    Ok(actions)
+    Ok(Planned {
+        actions,
+        survey,
+        quarantined,
+    })
 }
 
 fn paths(app_dir: &Path, state: &StateDir) -> StatePaths {

@@ -44,6 +44,14 @@ pub enum Event {
         /// Whether the update changed code (the app must restart to run it).
         restart_required: bool,
     },
+    /// Something the updater does not own was in the way of the release and was moved to
+    /// the quarantine (rollback brings it back).
+    Quarantined {
+        /// Its path in the app dir.
+        path: String,
+        /// Where it is now, relative to the app dir.
+        to: String,
+    },
     /// Something worth a line in a log.
     Warning {
         /// The message.

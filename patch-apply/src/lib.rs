@@ -24,7 +24,7 @@
 //! #     let opts = ReleaseOptions {
 //! #         repo: repo.clone(), root: tree, version: formats::Version::parse(&format!("1.{i}.0")).unwrap(),
 //! #         keys: vec![formats::keys::KeyPair::from_json("k", &key.to_json()).unwrap()],
-//! #         name: Some("demo".into()), prev_roots: vec![], ignore: vec![], code: vec![], resources: vec![],
+//! #         name: Some("demo".into()), prev_roots: vec![], ignore: vec![], owned: vec![], code: vec![], resources: vec![],
 //! #         restart_required: false, patches_from: PatchesFrom::Previous, keep: None,
 //! #         expires: time::Duration::days(30), level: 3, encode: Default::default(),
 //! #         channel: None, targeting: Default::default(),
@@ -57,6 +57,7 @@ pub mod decode;
 pub mod error;
 pub mod events;
 pub mod http;
+pub mod ownership;
 pub mod plan;
 pub mod preflight;
 pub mod repo_view;
@@ -74,4 +75,4 @@ pub use error::{Error, Result};
 pub use events::Event;
 pub use plan::Method;
 pub use selfpatch::{ApplyOutcome, HandOver};
-pub use updater::{ApplyReport, CheckReport, Config, MethodChoice, Updater};
+pub use updater::{ApplyReport, CheckReport, Config, MethodChoice, Quarantined, Updater};

@@ -39,6 +39,11 @@ enum Cmd {
         /// Do not refuse when processes run from the app dir.
         #[arg(long)]
         ignore_running: bool,
+        /// Install into a non-empty directory that holds no release and no install record
+        /// (refused otherwise): what is there is kept, or quarantined where the release needs
+        /// its place, never deleted.
+        #[arg(long)]
+        adopt: bool,
         /// For an app updating itself: if the update changes code (restart required), stage and
         /// verify it, then hand it over to self-patcher and return; the app must exit, and
         /// self-patcher replaces its files, records the version and runs the relaunch command
@@ -253,6 +258,9 @@ fn event_printer(json: bool) -> impl Fn(&Event) + Send + Sync + 'static {
                 eprintln!("{method} failed ({error}); trying the next method")
             }
             (Event::Warning { message }, _) => eprintln!("warning: {message}"),
+            (Event::Quarantined { path, to }, _) => {
+                eprintln!("quarantined {path} (in the way of the release; now {to})")
+            }
             _ => {}
         }
     }
@@ -290,7 +298,7 @@ fn run() -> Result<()> {
             } else {
                 println!(
                     "installed: {}, latest: {}; would use {} ({} bytes){}",
-                    r.installed.as_deref().unwrap_or("none"),
+                    r.install_state,
                     r.latest.as_deref().unwrap_or("none"),
                     r.method,
                     r.download_bytes,
@@ -303,6 +311,19 @@ fn run() -> Result<()> {
                 if let Some(n) = r.note {
                     println!("note: {n}");
                 }
+                println!("incremental: {}", r.incremental);
+                if let Some(why) = &r.refused {
+                    println!("apply would refuse: {why}");
+                }
+            }
+            if !c.json {
+                print_list("would delete", &r.would_delete);
+                print_list("would replace", &r.would_replace);
+                print_list(
+                    "would quarantine (not the updater's, in the way)",
+                    &r.would_quarantine,
+                );
+                print_list("would keep (not the updater's)", &r.would_keep);
             }
             Ok(())
         }
@@ -311,6 +332,7 @@ fn run() -> Result<()> {
             method,
             allow_downgrade,
             ignore_running,
+            adopt,
             hand_over,
             self_patcher,
             wait_pid,
@@ -321,6 +343,7 @@ fn run() -> Result<()> {
             let mut cfg = config(&common)?;
             cfg.allow_downgrade = allow_downgrade;
             cfg.check_running = !ignore_running;
+            cfg.adopt = adopt;
             cfg.method = match method {
                 MethodArg::Auto => MethodChoice::Auto,
                 MethodArg::Incremental => MethodChoice::Only(Method::Incremental),
@@ -397,11 +420,12 @@ fn run() -> Result<()> {
                 println!("{}", serde_json::to_string(&r)?);
             } else if r.method == "none" {
                 println!("{} is up to date ({})", common.app_dir.display(), r.to);
+                print_list("kept (not the updater's)", &r.kept);
             } else {
                 println!(
                     "updated {} from {} to {} by {} ({} bytes downloaded){}",
                     common.app_dir.display(),
-                    r.from.as_deref().unwrap_or("nothing"),
+                    r.from_state,
                     r.to,
                     r.method,
                     r.downloaded_bytes,
@@ -411,6 +435,14 @@ fn run() -> Result<()> {
                         format!("; fell back after: {}", r.fallbacks.join("; "))
                     }
                 );
+                if !r.repaired.is_empty() {
+                    print_list("from repair files (differed from the installed release)", &r.repaired);
+                }
+                for q in &r.quarantined {
+                    println!("quarantined: {} -> {}", q.path, q.to);
+                }
+                print_list("deleted", &r.deleted);
+                print_list("kept (not the updater's)", &r.kept);
             }
             Ok(())
         }
@@ -443,6 +475,24 @@ fn run() -> Result<()> {
             Ok(())
         }
     }
+}
+
+/// Prints `label: a, b, c` (the first few), nothing for an empty list.
+fn print_list(label: &str, items: &[String]) {
+    if items.is_empty() {
+        return;
+    }
+    const SHOWN: usize = 10;
+    let mut line = items
+        .iter()
+        .take(SHOWN)
+        .cloned()
+        .collect::<Vec<_>>()
+        .join(", ");
+    if items.len() > SHOWN {
+        line.push_str(&format!(" and {} more", items.len() - SHOWN));
+    }
+    println!("{label}: {line}");
 }
 
 fn main() -> ExitCode {

@@ -194,20 +194,141 @@ pub fn stage_incremental(
     current: &Tree,
     manifest: &ReleaseManifest,
 ) -> Result<Staged> {
-    let total: u64 = chain.iter().map(|e| e.target.length).sum();
     // Where each file of the version reached so far lives.
-    let mut loc: BTreeMap<RelPath, PathBuf> = current
+    let loc: BTreeMap<RelPath, PathBuf> = current
         .entries
         .iter()
         .filter(|(_, n)| matches!(n, Node::File { .. }))
         .map(|(p, _)| (p.clone(), p.to_path(ctx.app_dir)))
         .collect();
     // The pin of each file of that version: what an op's source must hash to.
-    let mut pins: BTreeMap<RelPath, Pin> = current
+    let pins: BTreeMap<RelPath, Pin> = current
         .entries
         .iter()
         .filter_map(|(p, n)| Some((p.clone(), n.file_pin()?)))
         .collect();
+    let loc = run_chain(ctx, chain, start_tree, pins, loc, manifest)?;
+    let mut staged = Staged::new();
+    for e in &manifest.entries {
+        if let Node::File { .. } = e.node {
+            let l = loc
+                .get(&e.path)
+                .ok_or_else(|| Error::bad("patch chain", format!("did not produce {}", e.path)))?;
+            if *l != e.path.to_path(ctx.app_dir) {
+                staged.insert(e.path.clone(), l.clone());
+            }
+        }
+    }
+    Ok(staged)
+}
+
+/// Incremental from an install that differs from its release `start` in a few files: the
+/// patches are applied to the files that match `start`, and every file of the new release
+/// that could not be produced that way (its source was changed or missing, or it is itself
+/// damaged) is staged from its repair file. Returns the staged files and the paths repaired.
+pub fn stage_incremental_partial(
+    ctx: &StageCtx,
+    chain: &[&PatchEdge],
+    start: &ReleaseManifest,
+    current: &Tree,
+    manifest: &ReleaseManifest,
+) -> Result<(Staged, Vec<RelPath>)> {
+    let pins: BTreeMap<RelPath, Pin> = start
+        .entries
+        .iter()
+        .filter_map(|e| Some((e.path.clone(), e.node.file_pin()?)))
+        .collect();
+    let loc: BTreeMap<RelPath, PathBuf> = pins
+        .iter()
+        .filter(|(p, pin)| current.entries.get(*p).and_then(Node::file_pin) == Some(**pin))
+        .map(|(p, _)| (p.clone(), p.to_path(ctx.app_dir)))
+        .collect();
+    let loc = run_chain(ctx, chain, start.tree_digest(), pins, loc, manifest)?;
+    let mut staged = Staged::new();
+    let mut missing = Vec::new();
+    for e in &manifest.entries {
+        if let Node::File { .. } = e.node {
+            match loc.get(&e.path) {
+                Some(l) if *l != e.path.to_path(ctx.app_dir) => {
+                    staged.insert(e.path.clone(), l.clone());
+                }
+                Some(_) => {
+                    // Unchanged by the chain and intact here, unless the file at the path is
+                    // not this release's content.
+                    let have = current.entries.get(&e.path).and_then(Node::file_pin);
+                    if have != e.node.file_pin() {
+                        missing.push(e.clone());
+                    }
+                }
+                None => missing.push(e.clone()),
+            }
+        }
+    }
+    let repaired: Vec<RelPath> = missing.iter().map(|e| e.path.clone()).collect();
+    if !missing.is_empty() {
+        let part = ReleaseManifest {
+            entries: missing,
+            ..manifest.clone()
+        };
+        let sub = StageCtx {
+            transport: ctx.transport,
+            cache: ctx.cache.clone(),
+            staging: ctx.staging.join("repair"),
+            limits: ctx.limits,
+            app_dir: ctx.app_dir,
+            events: ctx.events,
+            downloaded: ctx.downloaded,
+        };
+        staged.extend(stage_repair(&sub, &part, &Tree::default())?);
+    }
+    Ok((staged, repaired))
+}
+
+/// Bytes of the repair files [`stage_incremental_partial`] needs on top of the patches: the
+/// files of `manifest` at paths where `current` differs from `start` (an estimate: a patch
+/// may also read a damaged file for another path). `None` if one has no repair file.
+pub fn partial_repair_cost(
+    current: &Tree,
+    start: &ReleaseManifest,
+    manifest: &ReleaseManifest,
+) -> Option<u64> {
+    let damaged: std::collections::BTreeSet<&RelPath> = start
+        .entries
+        .iter()
+        .filter(|e| {
+            e.node.file_pin().is_some()
+                && current.entries.get(&e.path).and_then(Node::file_pin) != e.node.file_pin()
+        })
+        .map(|e| &e.path)
+        .collect();
+    let start_paths = start.by_path();
+    let mut seen = BTreeMap::new();
+    for e in &manifest.entries {
+        let Some(pin) = e.node.file_pin() else {
+            continue;
+        };
+        let at_path = current.entries.get(&e.path).and_then(Node::file_pin);
+        let needs = damaged.contains(&e.path)
+            || (start_paths.get(&e.path).map(|s| &s.node) == Some(&e.node) && at_path != Some(pin));
+        if needs {
+            seen.insert(pin.blake3, e.repair?.size);
+        }
+    }
+    Some(seen.values().sum())
+}
+
+/// Applies `chain` to the version whose files have the pins `pins` and of which the files in
+/// `loc` are available (path → where its content is). Files whose source is not available
+/// are not produced. Returns where each file of the last version is, for those produced.
+fn run_chain(
+    ctx: &StageCtx,
+    chain: &[&PatchEdge],
+    start_tree: Blake3,
+    mut pins: BTreeMap<RelPath, Pin>,
+    mut loc: BTreeMap<RelPath, PathBuf>,
+    manifest: &ReleaseManifest,
+) -> Result<BTreeMap<RelPath, PathBuf>> {
+    let total: u64 = chain.iter().map(|e| e.target.length).sum();
     let mut tree = start_tree;
     // Every patch of the chain is downloaded first, several at once.
     let done = AtomicU64::new(0);
@@ -246,7 +367,7 @@ pub fn stage_incremental(
         std::fs::create_dir_all(&out_dir).at(&out_dir)?;
         let done = AtomicU64::new(0);
         let n_ops = info.ops.len() as u64;
-        let produced: Vec<Result<(RelPath, PathBuf)>> = info
+        let produced: Vec<Result<Option<(RelPath, PathBuf)>>> = info
             .ops
             .par_iter()
             .enumerate()
@@ -254,6 +375,8 @@ pub fn stage_incremental(
                 let source = match op.encoding.source() {
                     Some(s) => match (loc.get(s), pins.get(s)) {
                         (Some(l), Some(pin)) => Some((l.as_path(), *pin)),
+                        // A file of that version this install does not have intact.
+                        (None, Some(_)) => return Ok(None),
                         _ => {
                             return Err(Error::bad(
                                 &path,
@@ -275,7 +398,7 @@ pub fn stage_incremental(
                     done: d,
                     total: n_ops,
                 });
-                Ok((op.path.clone(), out))
+                Ok(Some((op.path.clone(), out)))
             })
             .collect();
         for d in &info.deletes {
@@ -283,9 +406,15 @@ pub fn stage_incremental(
             pins.remove(d);
         }
         for (p, op) in produced.into_iter().zip(&info.ops) {
-            let (path, out) = p?;
-            pins.insert(path.clone(), op.new);
-            loc.insert(path, out);
+            pins.insert(op.path.clone(), op.new);
+            match p? {
+                Some((path, out)) => {
+                    loc.insert(path, out);
+                }
+                None => {
+                    loc.remove(&op.path);
+                }
+            }
         }
         tree = info.to_tree;
         // Members are no longer needed.
@@ -300,16 +429,5 @@ pub fn stage_incremental(
             "patch chain does not lead to the release's tree",
         ));
     }
-    let mut staged = Staged::new();
-    for e in &manifest.entries {
-        if let Node::File { .. } = e.node {
-            let l = loc
-                .get(&e.path)
-                .ok_or_else(|| Error::bad("patch chain", format!("did not produce {}", e.path)))?;
-            if *l != e.path.to_path(ctx.app_dir) {
-                staged.insert(e.path.clone(), l.clone());
-            }
-        }
-    }
-    Ok(staged)
+    Ok(loc)
 }

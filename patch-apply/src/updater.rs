@@ -17,6 +17,7 @@ use time::OffsetDateTime;
 use crate::commit::{self, Recovery};
 use crate::error::{Error, Result};
 use crate::events::{Event, EventSink};
+use crate::ownership::{Differences, Owner, Survey};
 use crate::plan::{cheapest_chain, order, Method, MethodCost};
 use crate::repo_view::{self, ReleaseRef, RepoView};
 use crate::scan::{self, Strictness, Tree};
@@ -62,6 +63,10 @@ pub struct Config {
     pub now: Option<OffsetDateTime>,
     /// Network settings: timeouts, retries, parallel downloads.
     pub http: crate::http::HttpOptions,
+    /// Update a non-empty directory that holds no recognisable release and no install record
+    /// (`--adopt`). Without it such a directory is refused untouched; with it, what is there is
+    /// kept, or moved to the quarantine where a release file needs its place, never deleted.
+    pub adopt: bool,
 }
 
 impl Config {
@@ -80,6 +85,7 @@ impl Config {
             limits: Limits::default(),
             now: None,
             http: crate::http::HttpOptions::default(),
+            adopt: false,
         }
     }
 }
@@ -114,6 +120,37 @@ pub struct CheckReport {
     /// A sentence on anything unusual (targeting, downgrade).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub note: Option<String>,
+    /// The release the install was recognised as, exactly or with differences.
+    pub recognised: Option<String>,
+    /// What is installed, in words: `1.0.0`, `1.0.0 with 1 changed file and 1 unknown file`,
+    /// `nothing`, or `no release (N entries)`.
+    pub install_state: String,
+    /// How the install differs from the recognised release, when it does.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub differences: Option<Differences>,
+    /// Files and symlinks `apply` would delete (the updater's own only).
+    pub would_delete: Vec<String>,
+    /// Paths whose current version `apply` would replace.
+    pub would_replace: Vec<String>,
+    /// Things the updater does not own that are in the way of the release: `apply` would move
+    /// them to the quarantine (`.patchkit/quarantine/`).
+    pub would_quarantine: Vec<String>,
+    /// Unknown entries `apply` leaves in place.
+    pub would_keep: Vec<String>,
+    /// Why the incremental method is or is not usable, in words.
+    pub incremental: String,
+    /// Why `apply` would refuse this directory (without `--adopt`), if it would.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub refused: Option<String>,
+}
+
+/// Something moved out of the way of the release.
+#[derive(Clone, Debug, Serialize)]
+pub struct Quarantined {
+    /// Its path in the app dir.
+    pub path: String,
+    /// Where it is now (inside the app dir's state directory).
+    pub to: String,
 }
 
 /// What `apply` did.
@@ -136,12 +173,47 @@ pub struct ApplyReport {
     /// What recovery did before this update, if anything.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub recovered: Option<Recovery>,
+    /// What was installed before, in words (see [`CheckReport::install_state`]).
+    pub from_state: String,
+    /// Things the updater does not own that were in the way, moved to the quarantine
+    /// (brought back by rollback).
+    pub quarantined: Vec<Quarantined>,
+    /// Files and symlinks of earlier releases deleted (kept in the backup until the next
+    /// update).
+    pub deleted: Vec<String>,
+    /// Unknown entries left in place.
+    pub kept: Vec<String>,
+    /// Files the incremental method took from their repair files because the install's copy
+    /// (or the patch's source) differed from the recognised release.
+    pub repaired: Vec<String>,
 }
 
 /// The updater.
 pub struct Updater {
     config: Config,
     events: Arc<EventSink>,
+}
+
+/// How many of the newest releases an install without exact match or record is compared with.
+const RECOGNISE_NEWEST: usize = 5;
+
+/// The first few names in `dir`, for messages.
+fn first_entries(dir: &std::path::Path) -> String {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .map(|rd| {
+            rd.filter_map(|e| e.ok())
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    names.sort();
+    let more = names.len().saturating_sub(4);
+    names.truncate(4);
+    let mut s = names.join(", ");
+    if more > 0 {
+        s.push_str(&format!(" and {more} more"));
+    }
+    s
 }
 
 /// Whether [`Updater::session`] fetches the target's manifest.
@@ -171,6 +243,20 @@ struct Session {
     /// The install record's version when the files match the record but no release of this
     /// repository (installed from another one): still the version downgrades are judged by.
     recorded_elsewhere: Option<Version>,
+    /// The release the files are closest to, when no release matches them exactly.
+    reference: Option<ReleaseManifest>,
+    /// The install record's release, when it is not the exact match.
+    record_release: Option<ReleaseManifest>,
+    recognised: Option<Version>,
+    install_state: String,
+    differences: Option<Differences>,
+    /// Who owns what (with the target's manifest).
+    owner: Option<Owner>,
+    /// What the update would do to what is there.
+    survey: Survey,
+    /// Why `apply` refuses this directory without `adopt`.
+    refused: Option<String>,
+    incremental: String,
     damaged: bool,
     up_to_date: bool,
     costs: Vec<MethodCost>,
@@ -272,11 +358,18 @@ impl Updater {
             .filter(|n| n.version != target.version)
             .map(|n| n.version.to_string());
         self.emit(Event::Phase { phase: "scan" });
+        // Without a state directory nothing of the updater's is here yet: the scan writes no
+        // cache, so that a refused directory stays untouched.
+        let cache_use = if state.root.is_dir() {
+            scan::CacheUse::Reuse
+        } else {
+            scan::CacheUse::None
+        };
         let scan = scan::scan_with(
             &cfg.app_dir,
             &PathPatterns::empty(),
             Strictness::Install,
-            scan::CacheUse::Reuse,
+            cache_use,
         )?;
         // Recognise the installed version from the files.
         let mut digests: BTreeMap<Vec<String>, Blake3> = BTreeMap::new();
@@ -301,11 +394,11 @@ impl Updater {
             .find(|(v, _)| Some(v) == recorded.as_ref())
             .or_else(|| matches.last())
             .cloned();
-        let (installed, installed_tree) = match found {
+        let (exact, installed_tree) = match found {
             Some((v, d)) => (Some(v), Some(d)),
             None => (None, None),
         };
-        let recorded_elsewhere = match (&installed, &record) {
+        let recorded_elsewhere = match (&exact, &record) {
             (None, Some(r))
                 if digests.values().any(|d| *d == r.tree)
                     || scan.digest(&PathPatterns::empty()) == r.tree =>
@@ -314,12 +407,11 @@ impl Updater {
             }
             _ => None,
         };
-        let empty = scan.entries.is_empty();
-        let damaged = installed.is_none() && !empty;
-        let up_to_date = installed.as_ref() == Some(&target.version) && scan.foreign.is_empty();
+        let empty = scan.entries.is_empty() && scan.foreign.is_empty();
         // An up-to-date install matches the target's signed tree digest, so a no-op answer needs
         // nothing from its manifest (the largest piece of metadata): it is not fetched then.
-        let manifest = if need == ManifestNeed::UnlessUpToDate && up_to_date && info.is_some() {
+        let exact_latest = exact.as_ref() == Some(&target.version);
+        let manifest = if need == ManifestNeed::UnlessUpToDate && exact_latest && info.is_some() {
             None
         } else {
             let manifest = repo_view::fetch_manifest(&transport, &target, &cfg.limits)?;
@@ -336,6 +428,105 @@ impl Updater {
             }
             Some(manifest)
         };
+        let fetch = |r: &ReleaseRef| -> Result<ReleaseManifest> {
+            match &manifest {
+                Some(m) if m.version == r.version => Ok(m.clone()),
+                _ => repo_view::fetch_manifest(&transport, r, &cfg.limits),
+            }
+        };
+        // The release of the install record, when the repository still has it.
+        let record_release = match (&record, &exact) {
+            (Some(rec), ex) if ex.as_ref() != Some(&rec.version) => view
+                .find(&rec.version)
+                .map(|r| fetch(r))
+                .transpose()?,
+            _ => None,
+        };
+        // Without an exact match, the release the files are closest to: the install record's,
+        // or among the newest few, the one whose files match most.
+        let mut reference: Option<ReleaseManifest> = None;
+        if exact.is_none() && !empty {
+            if let Some(m) = &record_release {
+                reference = Some(m.clone());
+            } else {
+                let mut best: Option<(usize, ReleaseManifest)> = None;
+                for r in view.releases.iter().rev().take(RECOGNISE_NEWEST) {
+                    let m = fetch(r)?;
+                    let n = crate::ownership::matching_files(&scan, &m);
+                    if n > 0 && best.as_ref().is_none_or(|(b, _)| n > *b) {
+                        best = Some((n, m));
+                    }
+                }
+                reference = best.map(|(_, m)| m);
+            }
+        }
+        let differences = match &reference {
+            Some(m) => Some(Differences::of(&cfg.app_dir, &scan, m)?),
+            None => None,
+        };
+        let intact = differences.as_ref().is_some_and(Differences::release_intact);
+        let installed = exact.clone().or_else(|| {
+            reference
+                .as_ref()
+                .filter(|_| intact)
+                .map(|m| m.version.clone())
+        });
+        let recognised = exact
+            .clone()
+            .or_else(|| reference.as_ref().map(|m| m.version.clone()));
+        let install_state = match (&exact, &reference, &differences) {
+            (Some(v), _, _) => v.to_string(),
+            (None, Some(m), Some(d)) => d.describe(&m.version.to_string()),
+            _ if empty => "nothing".to_string(),
+            _ => format!(
+                "no release ({} entries)",
+                scan.entries.len() + scan.foreign.len()
+            ),
+        };
+        let refused = (!empty && record.is_none() && recognised.is_none()).then(|| {
+            format!(
+                "{} is not empty ({}) and holds no release of {} and no install record: refusing to update it, which could destroy files that are not the app's; check --app-dir, or pass --adopt to install into it anyway (its files are kept or quarantined, never deleted)",
+                cfg.app_dir.display(),
+                first_entries(&cfg.app_dir),
+                info.as_ref()
+                    .map(|i| i.app.clone())
+                    .or_else(|| manifest.as_ref().map(|m| m.app.clone()))
+                    .unwrap_or_else(|| "this repository".into())
+            )
+        });
+        let damaged = installed.is_none() && !empty;
+        // What the update would do to what is there.
+        let owner = match &manifest {
+            Some(m) => {
+                let mut known: Vec<&ReleaseManifest> = Vec::new();
+                known.extend(reference.as_ref());
+                known.extend(record_release.as_ref());
+                // An exact match: every entry it has is the release's (its manifest is not
+                // fetched), under that release's ignore patterns.
+                let also: Vec<RelPath> = match &exact {
+                    Some(v) => {
+                        let ign = view
+                            .find(v)
+                            .map(|r| PathPatterns::new(&r.custom.ignore))
+                            .transpose()?
+                            .unwrap_or_else(PathPatterns::empty);
+                        scan.entries
+                            .keys()
+                            .filter(|p| !ign.matches(p))
+                            .cloned()
+                            .collect()
+                    }
+                    None => vec![],
+                };
+                Some(Owner::new(m, &known, also)?)
+            }
+            None => None,
+        };
+        let survey = match (&manifest, &owner) {
+            (Some(m), Some(o)) => crate::ownership::survey(&cfg.app_dir, &scan, m, o),
+            _ => Survey::default(),
+        };
+        let up_to_date = exact_latest || (manifest.is_some() && survey.is_noop());
         let mut note = None;
         if let Some(inst) = installed.as_ref().or(recorded_elsewhere.as_ref()) {
             if *inst > target.version && !cfg.allow_downgrade {
@@ -357,7 +548,8 @@ impl Updater {
         self.emit(Event::Phase { phase: "plan" });
         let mut costs = Vec::new();
         let mut chain = Vec::new();
-        let inc = match &installed {
+        let from_version = exact.as_ref().or(reference.as_ref().map(|m| &m.version));
+        let inc = match from_version {
             None => MethodCost {
                 method: Method::Incremental,
                 bytes: None,
@@ -370,22 +562,57 @@ impl Updater {
             },
             Some(v) => match cheapest_chain(&view.patches, v, &target.version) {
                 Some((c, b)) if !c.is_empty() => {
-                    let names = c.iter().map(|&i| view.patches[i].to.to_string()).collect();
-                    chain = c;
-                    MethodCost {
-                        method: Method::Incremental,
-                        bytes: Some(b),
-                        unavailable: None,
-                        chain: names,
+                    let names: Vec<String> =
+                        c.iter().map(|&i| view.patches[i].to.to_string()).collect();
+                    // Files that differ from the recognised release come from repair files.
+                    let extra = match (&reference, &manifest) {
+                        (Some(r), Some(m)) if exact.is_none() => {
+                            stage::partial_repair_cost(&scan, r, m)
+                        }
+                        _ => Some(0),
+                    };
+                    match extra {
+                        Some(x) => {
+                            chain = c;
+                            MethodCost {
+                                method: Method::Incremental,
+                                bytes: Some(b.saturating_add(x)),
+                                unavailable: None,
+                                chain: names,
+                            }
+                        }
+                        None => MethodCost {
+                            method: Method::Incremental,
+                            bytes: None,
+                            unavailable: Some(format!(
+                                "{} differs from {v} and the release has no repair files",
+                                cfg.app_dir.display()
+                            )),
+                            chain: vec![],
+                        },
                     }
                 }
                 _ => MethodCost {
                     method: Method::Incremental,
                     bytes: None,
-                    unavailable: Some(format!("no patch chain from {v} to {}", target.version)),
+                    unavailable: Some(if *v == target.version {
+                        format!("already at {v}: only files that differ need fetching")
+                    } else {
+                        format!("no patch chain from {v} to {}", target.version)
+                    }),
                     chain: vec![],
                 },
             },
+        };
+        let incremental = match (&inc.unavailable, &differences) {
+            (Some(why), _) => format!("not usable: {why}"),
+            (None, Some(d)) if !d.release_intact() => format!(
+                "usable: patches to {} for the files that match {}, repair files for the {} that differ",
+                target.version,
+                from_version.map(|v| v.to_string()).unwrap_or_default(),
+                d.changed.len() + d.missing.len()
+            ),
+            (None, _) => format!("usable: patches to {}", target.version),
         };
         costs.push(inc);
         // Up to date: no file differs, so a repair would download nothing.
@@ -438,6 +665,15 @@ impl Updater {
             installed,
             installed_tree,
             recorded_elsewhere,
+            reference,
+            record_release,
+            recognised,
+            install_state,
+            differences,
+            owner,
+            survey,
+            refused,
+            incremental,
             damaged,
             up_to_date,
             costs,
@@ -493,6 +729,26 @@ impl Updater {
             damaged: s.damaged,
             maintenance: s.info.as_ref().and_then(|i| i.maintenance.clone()),
             note: s.note.clone(),
+            recognised: s.recognised.as_ref().map(|v| v.to_string()),
+            install_state: s.install_state.clone(),
+            differences: s
+                .differences
+                .clone()
+                .filter(|d| !d.release_intact() || !d.unknown.is_empty()),
+            would_delete: s
+                .manifest
+                .as_ref()
+                .map(|m| s.survey.deletes(m))
+                .unwrap_or_default(),
+            would_replace: s
+                .manifest
+                .as_ref()
+                .map(|m| s.survey.replaces(m))
+                .unwrap_or_default(),
+            would_quarantine: s.survey.quarantine.iter().map(|p| p.to_string()).collect(),
+            would_keep: s.survey.keep.clone(),
+            incremental: s.incremental.clone(),
+            refused: s.refused.clone().filter(|_| !self.config.adopt),
         })
     }
 
@@ -514,6 +770,16 @@ impl Updater {
     fn apply_inner(&self, hand_over: Option<&HandOver>) -> Result<ApplyOutcome> {
         let cfg = &self.config;
         let state = self.state();
+        // A non-empty directory the updater never wrote to may be someone else's: it is
+        // looked at first, without writing anything, and refused unless it holds a release.
+        let mut early = None;
+        if !state.root.exists() && !cfg.adopt && dir_has_entries(&cfg.app_dir) {
+            let s = self.session(ManifestNeed::Always)?;
+            if let Some(why) = &s.refused {
+                return Err(Error::Refused(why.clone()));
+            }
+            early = Some(s);
+        }
         std::fs::create_dir_all(&cfg.app_dir).map_err(|e| Error::io(&cfg.app_dir, e))?;
         let _lock = state.lock()?;
         crate::selfpatch::check_pending(&state)?;
@@ -526,7 +792,14 @@ impl Updater {
                 Some(r)
             }
         };
-        let s = self.session(ManifestNeed::Always)?;
+        // Another updater may have finished here between the look and the lock.
+        let s = match early {
+            Some(s) if state.load_record().is_none() && !state.journal().exists() => s,
+            _ => self.session(ManifestNeed::Always)?,
+        };
+        if let (Some(why), false) = (&s.refused, cfg.adopt) {
+            return Err(Error::Refused(why.clone()));
+        }
         // Kept even when this update is refused below: a later run must not accept older metadata.
         s.stored.save_changes(&state.trust(), &s.stored_before)?;
         let manifest = s.manifest()?;
@@ -550,7 +823,9 @@ impl Updater {
             }
         }
         let from = s.installed.as_ref().map(|v| v.to_string());
+        let kept = s.survey.keep.clone();
         if s.up_to_date {
+            // Nothing to change: no transaction, so the last update's backup stays.
             if state.load_record().map(|r| r.version) != Some(s.target.version.clone()) {
                 self.save_record(&state, &s, None)?;
             }
@@ -564,6 +839,11 @@ impl Updater {
                     repaired_after: vec![],
                     restart_required: false,
                     recovered,
+                    from_state: s.install_state.clone(),
+                    quarantined: vec![],
+                    deleted: vec![],
+                    kept,
+                    repaired: vec![],
                 },
             });
         }
@@ -618,11 +898,11 @@ impl Updater {
         let mut done = None;
         // A cold patch for a running app is only staged here; self-patcher commits it.
         let cold = hand_over.is_some() && s.restart_required;
-        let mut planned = None;
+        let mut result = None;
         for m in methods {
             match self.run_method(&state, &s, m, &downloaded, cold) {
-                Ok(actions) => {
-                    planned = actions;
+                Ok(r) => {
+                    result = Some(r);
                     done = Some(m);
                     break;
                 }
@@ -635,7 +915,17 @@ impl Updater {
                 }
             }
         }
-        if let (Some(h), Some(m), Some(actions)) = (hand_over, done, planned) {
+        let (mut quarantined, deleted, repaired) = match &result {
+            Some(r) => (
+                r.quarantined.clone(),
+                r.deleted.clone(),
+                r.repaired.clone(),
+            ),
+            None => (vec![], vec![], vec![]),
+        };
+        if let (Some(h), Some(m), Some(actions)) =
+            (hand_over, done, result.and_then(|r| r.actions))
+        {
             self.emit(Event::Phase { phase: "hand_over" });
             let planned = crate::selfpatch::PlannedUpdate {
                 app: manifest.app.clone(),
@@ -664,6 +954,11 @@ impl Updater {
                 repaired_after: vec![],
                 restart_required: true,
                 recovered,
+                from_state: s.install_state.clone(),
+                quarantined,
+                deleted,
+                kept,
+                repaired,
             };
             return Ok(ApplyOutcome::HandedOver {
                 report,
@@ -683,31 +978,38 @@ impl Updater {
             .filter(|e| s.scan.entries.get(&e.path) != Some(&e.node))
             .map(|e| e.path.clone())
             .collect();
-        let verified = (|| -> Result<Vec<String>> {
+        let verified = (|| -> Result<(Vec<String>, Vec<Quarantined>)> {
             self.emit(Event::Phase { phase: "verify" });
             let mut repaired_after = Vec::new();
+            let mut moved = Vec::new();
             let after = scan::scan_with(
                 &cfg.app_dir,
                 &PathPatterns::empty(),
                 Strictness::Install,
                 scan::CacheUse::Verify { written: &written },
             )?;
-            let ignore = PathPatterns::new(&manifest.ignore)?;
-            if after.digest(&ignore) != manifest.tree_digest() || !after.foreign.is_empty() {
+            // The release's paths are the updater's now, besides what it owned before; what
+            // it kept stays kept.
+            let owner = self.owner_after(&s, manifest)?;
+            let survey = crate::ownership::survey(&cfg.app_dir, &after, manifest, &owner);
+            if !survey.is_noop() {
                 self.emit(Event::Phase { phase: "repair" });
-                repaired_after = mismatches(&after, manifest, &ignore);
+                repaired_after = survey_paths(&survey, manifest);
                 let ctx = self.ctx(&state, &s, 99, &downloaded);
                 let staged = stage::stage_repair(&ctx, manifest, &after)?;
-                let actions = commit::plan_actions(
+                let planned = commit::plan_actions(
                     &cfg.app_dir,
                     &state,
                     &after,
                     manifest,
                     &staged,
                     &ctx.staging.join("meta"),
+                    &owner,
+                    &commit::quarantine_id("repair"),
                 )?;
+                moved = self.report_quarantine(&planned.quarantined);
                 // Same transaction as the update, so rollback still returns to the version before it.
-                commit::commit_more(&cfg.app_dir, &state, actions)?;
+                commit::commit_more(&cfg.app_dir, &state, planned.actions)?;
                 let again = scan::scan_with(
                     &cfg.app_dir,
                     &PathPatterns::empty(),
@@ -715,17 +1017,21 @@ impl Updater {
                     scan::CacheUse::Refresh,
                 )?;
                 let _ = std::fs::remove_dir_all(state.staging());
-                if again.digest(&ignore) != manifest.tree_digest() {
+                let left = crate::ownership::survey(&cfg.app_dir, &again, manifest, &owner);
+                if !left.is_noop() {
                     return Err(Error::Verify {
-                        path: mismatches(&again, manifest, &ignore).join(", "),
+                        path: survey_paths(&left, manifest).join(", "),
                         reason: "still differs after repair".into(),
                     });
                 }
             }
-            Ok(repaired_after)
+            Ok((repaired_after, moved))
         })();
         let repaired_after = match verified {
-            Ok(r) => r,
+            Ok((r, moved)) => {
+                quarantined.extend(moved);
+                r
+            }
             Err(e) => {
                 // Not the release's tree: return to the version before the update.
                 let _ = std::fs::remove_dir_all(state.staging());
@@ -749,8 +1055,38 @@ impl Updater {
                 repaired_after,
                 restart_required: s.restart_required,
                 recovered,
+                from_state: s.install_state.clone(),
+                quarantined,
+                deleted,
+                kept,
+                repaired,
             },
         })
+    }
+
+    /// Who owns what once the update is in: the target's paths and what was owned before.
+    fn owner_after(&self, s: &Session, manifest: &ReleaseManifest) -> Result<Owner> {
+        let mut known: Vec<&ReleaseManifest> = vec![manifest];
+        known.extend(s.reference.as_ref());
+        known.extend(s.record_release.as_ref());
+        Owner::new(manifest, &known, std::iter::empty())
+    }
+
+    /// Reports each quarantined path as an event.
+    fn report_quarantine(&self, q: &[(RelPath, String)]) -> Vec<Quarantined> {
+        q.iter()
+            .map(|(p, to)| {
+                let to = format!("{}/{to}", formats::layout::STATE_DIR);
+                self.emit(Event::Quarantined {
+                    path: p.to_string(),
+                    to: to.clone(),
+                });
+                Quarantined {
+                    path: p.to_string(),
+                    to,
+                }
+            })
+            .collect()
     }
 
     fn ctx<'a>(
@@ -780,34 +1116,59 @@ impl Updater {
         m: Method,
         downloaded: &AtomicU64,
         plan_only: bool,
-    ) -> Result<Option<Vec<commit::Action>>> {
+    ) -> Result<MethodRun> {
         let manifest = s.manifest()?;
         let cfg = &self.config;
         let ctx = self.ctx(state, s, m as usize, downloaded);
         let _ = std::fs::remove_dir_all(&ctx.staging);
         std::fs::create_dir_all(&ctx.staging).map_err(|e| Error::io(&ctx.staging, e))?;
         self.emit(Event::Phase { phase: "download" });
+        let mut repaired = Vec::new();
         let staged = match m {
             Method::Repair => stage::stage_repair(&ctx, manifest, &s.scan)?,
             Method::Installer => stage::stage_installer(&ctx, &s.target, manifest, &s.scan)?,
             Method::Incremental => {
                 let chain: Vec<_> = s.chain.iter().map(|&i| &s.view.patches[i]).collect();
-                let start = s
-                    .installed_tree
-                    .ok_or_else(|| Error::Precondition("installed version unknown".into()))?;
-                stage::stage_incremental(&ctx, &chain, start, &s.scan, manifest)?
+                match (s.installed_tree, &s.reference) {
+                    (Some(start), _) => {
+                        stage::stage_incremental(&ctx, &chain, start, &s.scan, manifest)?
+                    }
+                    (None, Some(start)) => {
+                        let (staged, r) = stage::stage_incremental_partial(
+                            &ctx, &chain, start, &s.scan, manifest,
+                        )?;
+                        repaired = r.iter().map(|p| p.to_string()).collect();
+                        staged
+                    }
+                    (None, None) => {
+                        return Err(Error::Precondition("installed version unknown".into()))
+                    }
+                }
             }
         };
-        let actions = commit::plan_actions(
+        let owner = s
+            .owner
+            .as_ref()
+            .ok_or_else(|| Error::Precondition("release manifest not loaded".into()))?;
+        let planned = commit::plan_actions(
             &cfg.app_dir,
             state,
             &s.scan,
             manifest,
             &staged,
             &ctx.staging.join("meta"),
+            owner,
+            &commit::quarantine_id(&s.target.version.to_string()),
         )?;
+        let deleted = planned.survey.deletes(manifest);
         if plan_only {
-            return Ok(Some(actions));
+            let quarantined = self.report_quarantine(&planned.quarantined);
+            return Ok(MethodRun {
+                actions: Some(planned.actions),
+                quarantined,
+                deleted,
+                repaired,
+            });
         }
         self.emit(Event::Phase { phase: "commit" });
         commit::commit(
@@ -816,9 +1177,15 @@ impl Updater {
             &manifest.app,
             s.installed.clone(),
             s.target.version.clone(),
-            actions,
+            planned.actions,
         )?;
-        Ok(None)
+        let quarantined = self.report_quarantine(&planned.quarantined);
+        Ok(MethodRun {
+            actions: None,
+            quarantined,
+            deleted,
+            repaired,
+        })
     }
 
     fn save_record(&self, state: &StateDir, s: &Session, previous: Option<Version>) -> Result<()> {
@@ -858,23 +1225,34 @@ pub fn rollback_app_dir(app_dir: &std::path::Path) -> Result<Option<Version>> {
     commit::rollback(app_dir, &state)
 }
 
-/// Paths whose state differs from the manifest (for reports).
-fn mismatches(tree: &Tree, m: &ReleaseManifest, ignore: &PathPatterns) -> Vec<String> {
-    let want = m.by_path();
-    let mut out: Vec<String> = m
-        .entries
-        .iter()
-        .filter(|e| tree.entries.get(&e.path) != Some(&e.node))
-        .map(|e| e.path.to_string())
-        .collect();
+/// What one method did (or, handed over, would do).
+struct MethodRun {
+    /// The planned actions, when only planned.
+    actions: Option<Vec<commit::Action>>,
+    quarantined: Vec<Quarantined>,
+    deleted: Vec<String>,
+    repaired: Vec<String>,
+}
+
+/// Whether `dir` exists and holds anything.
+fn dir_has_entries(dir: &std::path::Path) -> bool {
+    std::fs::read_dir(dir)
+        .map(|mut d| d.next().is_some())
+        .unwrap_or(false)
+}
+
+/// The paths a survey would change (for reports).
+fn survey_paths(s: &Survey, m: &ReleaseManifest) -> Vec<String> {
+    let mut out: BTreeSet<String> = s.write.iter().map(|p| p.to_string()).collect();
+    out.extend(s.quarantine.iter().map(|p| p.to_string()));
+    out.extend(s.deletes(m));
     out.extend(
-        tree.entries
-            .keys()
-            .filter(|p| !ignore.matches(p) && !want.contains_key(p))
+        s.remove_dirs_conflict
+            .iter()
+            .chain(&s.remove_dirs_obsolete)
             .map(|p| p.to_string()),
     );
-    out.extend(tree.foreign.iter().map(|p| p.display().to_string()));
-    out
+    out.into_iter().collect()
 }
 
 /// Whether moving from `current` to `m` changes anything marked as code.

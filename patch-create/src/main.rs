@@ -281,6 +281,10 @@ struct ReleaseArgs {
     /// Glob of user paths that are neither shipped nor deleted by updates (repeatable).
     #[arg(long = "ignore")]
     ignore: Vec<String>,
+    /// Glob of stray paths clients may delete although no release lists them, such as caches
+    /// the app writes (`*.pyc`); anything else unknown in an app dir is kept (repeatable).
+    #[arg(long = "owned", value_name = "GLOB")]
+    owned: Vec<String>,
     /// Glob of paths that are code: changing them needs a restart (repeatable).
     #[arg(long = "code")]
     code: Vec<String>,
@@ -373,6 +377,7 @@ fn release(a: ReleaseArgs) -> Result<()> {
         name: a.name,
         prev_roots: a.prev_roots,
         ignore: a.ignore,
+        owned: a.owned,
         code: a.code,
         resources: a.resources,
         restart_required: a.restart_required,

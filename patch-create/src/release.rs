@@ -47,6 +47,9 @@ pub struct ReleaseOptions {
     pub prev_roots: Vec<PathBuf>,
     /// Ignore patterns: paths that belong to the user and are neither shipped nor deleted.
     pub ignore: Vec<String>,
+    /// Globs of stray paths the updater may delete or replace although no release lists them
+    /// (caches the app writes); written to the manifest's `owned` field.
+    pub owned: Vec<String>,
     /// Globs of paths that are code (changing them needs a restart).
     pub code: Vec<String>,
     /// Globs of paths that are resources (never need a restart), overriding the defaults.
@@ -230,6 +233,7 @@ pub fn release(opts: &ReleaseOptions, progress: &dyn Progress) -> Result<Release
     let ignore = PathPatterns::new(&opts.ignore)?;
     let code = PathPatterns::new(&opts.code)?;
     let resources = PathPatterns::new(&opts.resources)?;
+    PathPatterns::new(&opts.owned)?;
     let tree = scan::scan(&opts.root, &ignore, Strictness::Release).map_err(|e| match e {
         patch_apply::Error::Format(f) => Error::Tree {
             path: opts.root.clone(),
@@ -313,6 +317,7 @@ pub fn release(opts: &ReleaseOptions, progress: &dyn Progress) -> Result<Release
         app: app.clone(),
         version: opts.version.clone(),
         ignore: opts.ignore.clone(),
+        owned: opts.owned.clone(),
         restart_required: opts.restart_required,
         entries,
     };

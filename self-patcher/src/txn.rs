@@ -11,6 +11,8 @@
 //! - `remove`: the old file or symlink is renamed to `backup/I`.
 //! - `make_dir` / `remove_dir`: `mkdir` / `rmdir` (a directory still holding ignored files is
 //!   kept).
+//! - `quarantine`: something the updater does not own is renamed into the state directory's
+//!   quarantine, which later transactions keep; undone by renaming it back.
 //!
 //! Each action can be undone by looking at the file system alone, whether it was done, half
 //! done or not started, so an interrupted transaction is undone by [`recover`] (rollback), and
@@ -352,6 +354,15 @@ fn do_action(
             touched.insert(parent_of(&p));
             touched.insert(parent_of(&s));
         }
+        Action::Quarantine { to, .. } => {
+            let q = paths.staged(to);
+            if exists(&p) && !exists(&q) {
+                ensure_parent(&q)?;
+                fs::rename(&p, &q).at(&p)?;
+                touched.insert(parent_of(&p));
+                touched.insert(parent_of(&q));
+            }
+        }
     }
     Ok(())
 }
@@ -401,6 +412,14 @@ fn undo_action(
             } else if !*had_old && exists(&p) && !exists(&paths.staged(staged)) {
                 // Placed where nothing was.
                 remove_any(&p)?;
+                touched.insert(parent_of(&p));
+            }
+        }
+        Action::Quarantine { to, .. } => {
+            let q = paths.staged(to);
+            if exists(&q) && !exists(&p) {
+                ensure_parent(&p)?;
+                fs::rename(&q, &p).at(&p)?;
                 touched.insert(parent_of(&p));
             }
         }
