@@ -140,6 +140,13 @@ pub fn foreign_rel(app_dir: &Path, abs: &Path) -> String {
         .into_owned()
 }
 
+/// Whether the path `r` of an entry the scan could not use (lossy for names that are not
+/// UTF-8) or one of its parents matches `ignore`.
+pub fn ignored_lossy(ignore: &PathPatterns, r: &str) -> bool {
+    RelPath::new(r).is_ok_and(|r| ignore.matches(&r))
+        || ancestors(r).any(|a| RelPath::new(a).is_ok_and(|a| ignore.matches(&a)))
+}
+
 /// Surveys `current` (a scan of `app_dir`) against `target` as `owner` sees it.
 pub fn survey(
     app_dir: &Path,
@@ -231,7 +238,7 @@ pub fn survey(
         }
         match RelPath::new(f.as_str()) {
             Ok(r) if want.contains_key(&r) => s.quarantine.push(r),
-            Ok(r) if owner.ignored(&r) => {}
+            _ if ignored_lossy(&owner.ignore, f) => {}
             _ => s.keep.push(f.clone()),
         }
     }
@@ -293,9 +300,7 @@ impl Differences {
         }
         for f in &current.foreign {
             let r = foreign_rel(app_dir, f);
-            let ignored = RelPath::new(r.as_str()).is_ok_and(|r| ignore.matches(&r))
-                || ancestors(&r).any(|a| RelPath::new(a).is_ok_and(|a| ignore.matches(&a)));
-            if !ignored {
+            if !ignored_lossy(&ignore, &r) {
                 d.unknown.push(r);
             }
         }

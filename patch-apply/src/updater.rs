@@ -526,6 +526,18 @@ impl Updater {
             (Some(m), Some(o)) => crate::ownership::survey(&cfg.app_dir, &scan, m, o),
             _ => Survey::default(),
         };
+        let mut survey = survey;
+        if manifest.is_none() {
+            // Exactly the target (its manifest not fetched): what the scan could not use is
+            // kept, unless ignored.
+            let ign = PathPatterns::new(&target.custom.ignore)?;
+            survey.keep = scan
+                .foreign
+                .iter()
+                .map(|f| crate::ownership::foreign_rel(&cfg.app_dir, f))
+                .filter(|r| !crate::ownership::ignored_lossy(&ign, r))
+                .collect();
+        }
         let up_to_date = exact_latest || (manifest.is_some() && survey.is_noop());
         let mut note = None;
         if let Some(inst) = installed.as_ref().or(recorded_elsewhere.as_ref()) {

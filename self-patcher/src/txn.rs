@@ -261,7 +261,15 @@ fn run_inner(
     fs::create_dir_all(&backup).at(&backup)?;
     // Keep the old versions first (hard links: the app dir does not change).
     for (i, a) in journal.actions.iter().enumerate().skip(start) {
-        if let Action::Place { path, staged, .. } = a {
+        // Only a place that replaces something keeps it: what stands at the path of a place
+        // without `had_old` is moved away by an earlier action (a removal keeps it, the
+        // quarantine holds it), and a second copy in the backup would come back on undo.
+        if let Action::Place {
+            path,
+            staged,
+            had_old: true,
+        } = a
+        {
             let p = path.to_path(&paths.app_dir);
             let b = paths.backup_of(i);
             if exists(&p) && !exists(&b) && exists(&paths.staged(staged)) && !is_real_dir(&p) {
