@@ -132,6 +132,11 @@ fn edited_and_deleted_files_get_exactly_their_repair_files() {
     );
     std::fs::remove_dir_all(app.join("saves")).unwrap();
     std::fs::remove_file(app.join("logs/session.log")).unwrap();
+    // Strays no release lists are the user's: kept (issue 14).
+    assert_eq!(std::fs::read(app.join("stray.txt")).unwrap(), b"stray");
+    assert!(app.join("stray-dir/sub").is_dir());
+    std::fs::remove_file(app.join("stray.txt")).unwrap();
+    std::fs::remove_dir_all(app.join("stray-dir")).unwrap();
     assert_same_tree(&app, &dir);
 }
 
@@ -289,7 +294,9 @@ fn running_instance_blocks_the_update() {
         "{err}"
     );
     assert_eq!(tree_state(&app), before);
-    // Once it exited, the update goes through (the stray binary is removed).
+    // Once it exited, the update goes through (the stray binary is no release's: kept).
     ok(&mut w.apply_cmd("apply", &app));
+    assert!(app.join("bin/sleeper").exists());
+    std::fs::remove_file(app.join("bin/sleeper")).unwrap();
     assert_same_tree(&app, &w.releases[1]);
 }
