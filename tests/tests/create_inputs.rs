@@ -243,7 +243,7 @@ fn ignore_of_the_previous_release_is_inherited_and_users_saves_survive_the_updat
     ok(w.apply_cmd("apply", &app).arg("--json"));
     std::fs::create_dir_all(app.join("saves")).unwrap();
     std::fs::write(app.join("saves/slot1.sav"), b"a week of play").unwrap();
-    let out = run(release_cmd(&w, &w.repo, &w.releases[1], "2.0.0"));
+    let out = run(&mut release_cmd(&w, &w.repo, &w.releases[1], "2.0.0"));
     assert!(out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
@@ -309,7 +309,7 @@ fn quiet_prints_only_errors_and_verbose_adds_detail() {
         .arg(&w.key));
     assert!(out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("released demo 2.0.0") || err.contains("released"), "{err}");
+    assert!(err.contains("released repo 2.0.0"), "{err}");
     assert!(err.contains("timings:"), "{err}");
     // Errors still print when quiet.
     let err = fails(
