@@ -669,7 +669,11 @@ fn run() -> Result<()> {
             } else if VERBOSITY.load(Ordering::Relaxed) >= 1 || !report.problems.is_empty() {
                 print!("{}", report.to_text());
             }
-            for e in report.expiry.iter().filter(|e| e.near && e.seconds_left >= 0) {
+            for e in report
+                .expiry
+                .iter()
+                .filter(|e| e.near && e.seconds_left >= 0)
+            {
                 let how = if e.role == "root" {
                     "extend it with `patch-create keys update --root-key ... --expires 365d`"
                 } else {

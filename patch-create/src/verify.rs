@@ -116,7 +116,12 @@ impl RoleExpiry {
 pub fn duration_words(d: time::Duration) -> String {
     let mut secs = d.whole_seconds().unsigned_abs();
     let mut parts = Vec::new();
-    for (size, unit) in [(86_400, "day"), (3_600, "hour"), (60, "minute"), (1, "second")] {
+    for (size, unit) in [
+        (86_400, "day"),
+        (3_600, "hour"),
+        (60, "minute"),
+        (1, "second"),
+    ] {
         let n = secs / size;
         secs %= size;
         if n > 0 && parts.len() < 2 {
@@ -269,7 +274,9 @@ pub fn verify(repo: &Path, key: &PublicKey) -> Result<VerifyReport> {
             .targets_file()
             .map(|(n, _)| md_dir.join(n))
             .unwrap_or_default();
-        expiry.push(RoleExpiry::of("targets", t.version, &t.expires, &file, now)?);
+        expiry.push(RoleExpiry::of(
+            "targets", t.version, &t.expires, &file, now,
+        )?);
     }
     if let Some(sn) = set.snapshot() {
         let file = set

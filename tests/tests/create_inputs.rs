@@ -37,7 +37,11 @@ fn release_with_repo_and_root_swapped_is_refused_and_writes_nothing() {
     let err = fails(&mut release_cmd(&w, tree, &w.repo, "2.0.0"));
     assert!(err.contains("swapped"), "{err}");
     assert_eq!(snapshot(tree), tree_before, "the release tree is untouched");
-    assert_eq!(snapshot(&w.repo), repo_before, "the repository is untouched");
+    assert_eq!(
+        snapshot(&w.repo),
+        repo_before,
+        "the repository is untouched"
+    );
     assert!(!tree.join(".patch-create.lock").exists());
     assert!(!tree.join("metadata").exists());
 }
@@ -50,7 +54,12 @@ fn release_with_repo_inside_the_release_tree_or_tree_inside_repo_is_refused_and_
     let before = snapshot(&tree);
     // A repository that does not exist yet, inside the tree: compared through its nearest
     // existing ancestor.
-    let err = fails(&mut release_cmd(&w, &tree.join("dist/repo"), &tree, "1.0.0"));
+    let err = fails(&mut release_cmd(
+        &w,
+        &tree.join("dist/repo"),
+        &tree,
+        "1.0.0",
+    ));
     assert!(err.contains("inside the release tree"), "{err}");
     assert!(err.contains(".patch-create.lock"), "{err}");
     assert_eq!(snapshot(&tree), before, "nothing written into the tree");
@@ -68,7 +77,11 @@ fn release_with_repo_inside_the_release_tree_or_tree_inside_repo_is_refused_and_
     let repo_before = snapshot(&w.repo);
     let err = fails(&mut release_cmd(&w, &w.repo, &inner, "2.0.0"));
     assert!(err.contains("contains the release tree"), "{err}");
-    assert_eq!(snapshot(&w.repo), repo_before, "the repository is untouched");
+    assert_eq!(
+        snapshot(&w.repo),
+        repo_before,
+        "the repository is untouched"
+    );
 }
 
 #[test]
@@ -211,7 +224,10 @@ fn verify_prints_each_role_expiry_and_warns_when_one_expires_within_the_hour() {
     let out = verify();
     assert!(out.status.success(), "not expired yet: still OK");
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(text.contains("(in 30 minutes)") || text.contains("(in 29 minutes"), "{text}");
+    assert!(
+        text.contains("(in 30 minutes)") || text.contains("(in 29 minutes"),
+        "{text}"
+    );
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
         err.contains("warning: timestamp metadata") && err.contains("minutes"),
@@ -278,14 +294,22 @@ fn drop_ignore_drops_the_previous_pattern_and_warns() {
     let w = World::new(2);
     w.release(1, &["--ignore", "saves/"]);
     let before = snapshot(&w.repo);
-    let e = fails(release_cmd(&w, &w.repo, &w.releases[1], "2.0.0").args(["--drop-ignore", "save/"]));
-    assert!(e.contains("no such ignore pattern") && e.contains("saves/"), "{e}");
+    let e =
+        fails(release_cmd(&w, &w.repo, &w.releases[1], "2.0.0").args(["--drop-ignore", "save/"]));
+    assert!(
+        e.contains("no such ignore pattern") && e.contains("saves/"),
+        "{e}"
+    );
     assert_eq!(snapshot(&w.repo), before);
     // Starting fresh warns the same way.
     let w = World::new(2);
-    let (r, err) = two_releases_first_ignoring_saves(&w, &["--no-inherit-ignore", "--ignore", "*.log"]);
+    let (r, err) =
+        two_releases_first_ignoring_saves(&w, &["--no-inherit-ignore", "--ignore", "*.log"]);
     assert_eq!(r["ignore"]["patterns"], serde_json::json!(["*.log"]));
-    assert!(err.contains("\"saves/\" of release 1.0.0 is dropped"), "{err}");
+    assert!(
+        err.contains("\"saves/\" of release 1.0.0 is dropped"),
+        "{err}"
+    );
 }
 
 #[test]
