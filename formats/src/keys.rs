@@ -106,12 +106,24 @@ impl PublicKey {
             .is_ok()
     }
 
-    /// Parses a public key file (the TUF key object as JSON).
+    /// Parses a public key file (the TUF key object as JSON). A secret key file is refused:
+    /// whatever reads a public key (an app pinning the root key, a root naming release keys)
+    /// must never be handed the secret half, or it ends up shipped or copied where it does not
+    /// belong.
     pub fn from_json(what: &str, bytes: &[u8]) -> Result<Self> {
         let k: PublicKey = serde_json::from_slice(bytes).map_err(|e| Error::Json {
             what: what.to_string(),
             source: e,
         })?;
+        if k.keyval.private.is_some() {
+            return Err(Error::Key {
+                what: what.to_string(),
+                reason: "is a secret key file where a public key is expected; give the .pub \
+                         file made with it: shipping the secret key in an app would let anyone \
+                         who has the app sign updates"
+                    .into(),
+            });
+        }
         k.verifying_key().map_err(|e| Error::Key {
             what: what.to_string(),
             reason: e.to_string(),
@@ -182,7 +194,9 @@ impl KeyPair {
         })?;
         let private = k.keyval.private.as_deref().ok_or_else(|| Error::Key {
             what: what.to_string(),
-            reason: "has no private part (is this the .pub file?)".into(),
+            reason: "is a public key file (no private part) where a secret (signing) key is \
+                     expected; give the .key file `patch-create keygen` wrote next to it"
+                .into(),
         })?;
         let mut seed = [0u8; 32];
         hex::decode_to_slice(private, &mut seed).map_err(|e| Error::Key {
@@ -224,6 +238,11 @@ mod tests {
         assert!(!p.verify(b"msh", &sig));
         assert!(!p.verify(b"msg", "00"));
         assert!(KeyPair::from_json("p", &k.public().to_json()).is_err());
+        let secret_as_public = PublicKey::from_json("s", &k.to_json()).unwrap_err();
+        assert!(
+            secret_as_public.to_string().contains("secret key"),
+            "{secret_as_public}"
+        );
         assert_eq!(p.key_id().len(), 64);
     }
 

@@ -28,6 +28,7 @@
 //! #         restart_required: false, patches_from: PatchesFrom::Previous, keep: None,
 //! #         expires: time::Duration::days(30), level: 3, encode: Default::default(),
 //! #         channel: None, targeting: Default::default(),
+//! #         ignore_carry: Default::default(),
 //! #     };
 //! #     release(&opts, &patch_create::progress::NoProgress).unwrap();
 //! # }

@@ -39,13 +39,14 @@ pub fn generate(dir: &Path, name: &str) -> Result<(std::path::PathBuf, std::path
     Ok((secret, public))
 }
 
-/// Reads a secret key file.
+/// Reads a secret key file; a public key file is refused, naming the file.
 pub fn load_secret(path: &Path) -> Result<KeyPair> {
     let bytes = std::fs::read(path).at(path)?;
     Ok(KeyPair::from_json(&path.display().to_string(), &bytes)?)
 }
 
-/// Reads a public key file (a secret key file is accepted too; only its public half is used).
+/// Reads a public key file; a secret key file is refused, naming the file (see
+/// [`PublicKey::from_json`]).
 pub fn load_public(path: &Path) -> Result<PublicKey> {
     let bytes = std::fs::read(path).at(path)?;
     Ok(PublicKey::from_json(&path.display().to_string(), &bytes)?)

@@ -173,6 +173,7 @@ pub fn init(
     if repo.join(layout::root_file(1)).exists() {
         return Err(repo_err(repo, "already has metadata/1.root.json"));
     }
+    crate::repo::check_new_repo_dir(repo)?;
     std::fs::create_dir_all(repo).at(repo)?;
     let _lock = crate::repo::lock(repo)?;
     let mut root = RootMetadata::new_single_key(&first.public(), 1, expires);

@@ -4,6 +4,7 @@ use std::collections::BTreeMap;
 use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
@@ -21,6 +22,53 @@ use patch_create::release::{PatchesFrom, ReleaseOptions};
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
+    /// Print only errors (`serve` still prints the address it listens on).
+    #[arg(short, long, global = true, conflicts_with = "verbose")]
+    quiet: bool,
+    /// Print more detail (phase timings, ignore patterns, key ids).
+    #[arg(short, long, global = true)]
+    verbose: bool,
+    /// Accept an --expires (or --resign-expires) shorter than a day.
+    #[arg(long, global = true)]
+    expires_short_ok: bool,
+}
+
+/// 0: quiet, 1: normal, 2: verbose.
+static VERBOSITY: AtomicU8 = AtomicU8::new(1);
+static EXPIRES_SHORT_OK: AtomicBool = AtomicBool::new(false);
+
+/// Prints to stderr unless `--quiet`.
+macro_rules! info {
+    ($($t:tt)*) => {
+        if VERBOSITY.load(Ordering::Relaxed) >= 1 {
+            eprintln!($($t)*);
+        }
+    };
+}
+
+/// Prints to stderr with `--verbose` only.
+macro_rules! detail {
+    ($($t:tt)*) => {
+        if VERBOSITY.load(Ordering::Relaxed) >= 2 {
+            eprintln!($($t)*);
+        }
+    };
+}
+
+/// Parses the metadata lifetime given to `--{opt}`; one shorter than a day is refused unless
+/// `--expires-short-ok`: clients stop accepting the metadata after it and cannot update until
+/// someone re-signs.
+fn lifetime(opt: &str, s: &str) -> Result<time::Duration> {
+    let d = formats::time_util::parse_duration(s)?;
+    if d < time::Duration::days(1) && !EXPIRES_SHORT_OK.load(Ordering::Relaxed) {
+        bail!(
+            "--{opt} {s} = {}: clients refuse metadata that old and cannot update until it is \
+             re-signed; give a lifetime of a day or more (e.g. 30d), or pass --expires-short-ok \
+             if so short a lifetime is meant",
+            patch_create::verify::duration_words(d)
+        );
+    }
+    Ok(d)
 }
 
 #[derive(Subcommand)]
@@ -73,12 +121,10 @@ enum Cmd {
         /// The repository directory.
         #[arg(long)]
         repo: PathBuf,
-        /// Address to listen on (port 0: any free port, printed at start).
+        /// Address to listen on (port 0: any free port, printed at start). `--quiet` does not
+        /// log each request.
         #[arg(long, default_value = "127.0.0.1:8080")]
         addr: String,
-        /// Do not log each request.
-        #[arg(long)]
-        quiet: bool,
     },
     /// Check every signature, hash and patch of a repository and print a size report.
     Verify {
@@ -194,7 +240,7 @@ fn keys_cmd(cmd: KeysCmd) -> Result<()> {
             let roots = load_secrets(&root_keys)?;
             let refs: Vec<&formats::keys::KeyPair> = roots.iter().collect();
             let release = load_publics(&release_keys)?;
-            let exp = now + formats::time_util::parse_duration(&expires)?;
+            let exp = now + lifetime("expires", &expires)?;
             keys_admin::init(&repo, &refs, root_threshold, &release, threshold, exp)?
         }
         KeysCmd::Update(a) => {
@@ -220,14 +266,18 @@ fn keys_cmd(cmd: KeysCmd) -> Result<()> {
                     a.root_threshold,
                 ));
             }
-            let exp = now + formats::time_util::parse_duration(&a.expires)?;
+            let exp = now + lifetime("expires", &a.expires)?;
+            let rexp = if a.resign_keys.is_empty() {
+                None
+            } else {
+                Some(now + lifetime("resign-expires", &a.resign_expires)?)
+            };
             let r = keys_admin::update_root(&a.repo, &refs, &changes, exp)?;
-            if !a.resign_keys.is_empty() {
+            if let Some(rexp) = rexp {
                 let keys = load_secrets(&a.resign_keys)?;
                 let krefs: Vec<&formats::keys::KeyPair> = keys.iter().collect();
-                let rexp = now + formats::time_util::parse_duration(&a.resign_expires)?;
                 let rs = keys_admin::resign(&a.repo, &krefs, rexp)?;
-                eprintln!(
+                info!(
                     "re-signed release metadata: timestamp version {}",
                     rs.timestamp_version
                 );
@@ -235,7 +285,7 @@ fn keys_cmd(cmd: KeysCmd) -> Result<()> {
             r
         }
     };
-    eprintln!(
+    info!(
         "root version {}: root keys {} (threshold {}), release keys {} (threshold {}), expires {}",
         report.root_version,
         report
@@ -278,13 +328,22 @@ struct ReleaseArgs {
     /// Tree of an earlier release to read old contents from (default: the repository itself).
     #[arg(long = "prev-root")]
     prev_roots: Vec<PathBuf>,
-    /// Glob of user paths that are neither shipped nor deleted by updates (repeatable).
+    /// Glob of user paths that are neither shipped nor deleted by updates (repeatable). The
+    /// previous release's patterns are kept too unless dropped.
     #[arg(long = "ignore")]
     ignore: Vec<String>,
     /// Glob of stray paths clients may delete although no release lists them, such as caches
     /// the app writes (`*.pyc`); anything else unknown in an app dir is kept (repeatable).
     #[arg(long = "owned", value_name = "GLOB")]
     owned: Vec<String>,
+    /// Do not carry the previous release's --ignore patterns forward (clients may then delete
+    /// users' files they covered).
+    #[arg(long)]
+    no_inherit_ignore: bool,
+    /// Drop this --ignore pattern of the previous release (repeatable; clients may then delete
+    /// users' files it covered).
+    #[arg(long = "drop-ignore", value_name = "PATTERN")]
+    drop_ignore: Vec<String>,
     /// Glob of paths that are code: changing them needs a restart (repeatable).
     #[arg(long = "code")]
     code: Vec<String>,
@@ -340,7 +399,7 @@ impl Progress for Bar {
 }
 
 fn progress() -> Box<dyn Progress> {
-    if std::io::stderr().is_terminal() {
+    if std::io::stderr().is_terminal() && VERBOSITY.load(Ordering::Relaxed) >= 1 {
         let pb = ProgressBar::new(0);
         pb.set_style(
             ProgressStyle::with_template("{msg:>24} [{bar:30}] {pos}/{len} {elapsed}")
@@ -378,6 +437,10 @@ fn release(a: ReleaseArgs) -> Result<()> {
         prev_roots: a.prev_roots,
         ignore: a.ignore,
         owned: a.owned,
+        ignore_carry: patch_create::release::IgnoreCarry {
+            inherit: !a.no_inherit_ignore,
+            drop: a.drop_ignore,
+        },
         code: a.code,
         resources: a.resources,
         restart_required: a.restart_required,
@@ -387,7 +450,7 @@ fn release(a: ReleaseArgs) -> Result<()> {
             PatchesFrom::Previous
         },
         keep: a.keep,
-        expires: formats::time_util::parse_duration(&a.expires)?,
+        expires: lifetime("expires", &a.expires)?,
         level: a.level,
         encode: EncodeOptions {
             level: a.patch_level,
@@ -397,8 +460,48 @@ fn release(a: ReleaseArgs) -> Result<()> {
         channel: a.channel,
         targeting: parse_targets(&a.targets)?,
     };
+    detail!(
+        "signing with key(s) {}",
+        opts.keys
+            .iter()
+            .map(|k| k.public().key_id()[..12].to_string())
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
     let p = progress();
     let report = patch_create::release::release(&opts, p.as_ref())?;
+    let ig = &report.ignore;
+    let prev = ig.previous.as_deref().unwrap_or("?");
+    for pat in &ig.inherited {
+        info!(
+            "note: keeping --ignore {pat:?} of release {prev} (pass --drop-ignore {pat:?} to \
+             stop ignoring it)"
+        );
+    }
+    for pat in &ig.dropped {
+        info!(
+            "warning: --ignore {pat:?} of release {prev} is dropped: clients updating to {} \
+             will delete users' files there that the release does not ship",
+            report.version
+        );
+    }
+    detail!(
+        "ignore patterns of {}: {}",
+        report.version,
+        if ig.patterns.is_empty() {
+            "none".to_string()
+        } else {
+            ig.patterns.join(", ")
+        }
+    );
+    detail!(
+        "timings: scan {:.2}s, repair files {:.2}s, diff {:.2}s, installer {:.2}s, total {:.2}s",
+        report.timings.scan_s,
+        report.timings.repair_s,
+        report.timings.diff_s,
+        report.timings.installer_s,
+        report.timings.total_s
+    );
     if a.json {
         let mut v = serde_json::to_value(&report)?;
         if let (Some(peak), Some(obj)) = (peak_rss_bytes(), v.as_object_mut()) {
@@ -406,17 +509,17 @@ fn release(a: ReleaseArgs) -> Result<()> {
         }
         println!("{v}");
     } else {
-        eprintln!(
+        info!(
             "released {} {}: {} files, {} bytes; installer {} bytes",
             report.app, report.version, report.files, report.file_bytes, report.installer.bytes
         );
         for pr in &report.patches {
-            eprintln!(
+            info!(
                 "  patch {} -> {}: {} bytes {:?}",
                 pr.from, pr.to, pr.bytes, pr.encodings
             );
         }
-        eprintln!(
+        info!(
             "  repair files: {} ({} new, {} bytes new)",
             report.repair.files, report.repair.new_files, report.repair.new_bytes
         );
@@ -458,26 +561,35 @@ fn maintenance(a: MaintenanceArgs) -> Result<()> {
     patch_create::maintenance::set_maintenance(
         &a.repo,
         &keys,
-        formats::time_util::parse_duration(&a.expires)?,
+        lifetime("expires", &a.expires)?,
         m,
     )?;
     if a.on {
-        eprintln!(
+        info!(
             "{}: under maintenance; clients will not update",
             a.repo.display()
         );
     } else {
-        eprintln!("{}: maintenance ended", a.repo.display());
+        info!("{}: maintenance ended", a.repo.display());
     }
     Ok(())
 }
 
 fn run() -> Result<()> {
     let cli = Cli::parse();
+    let level = if cli.quiet {
+        0
+    } else if cli.verbose {
+        2
+    } else {
+        1
+    };
+    VERBOSITY.store(level, Ordering::Relaxed);
+    EXPIRES_SHORT_OK.store(cli.expires_short_ok, Ordering::Relaxed);
     match cli.cmd {
         Cmd::Keygen { out, name } => {
             let (s, p) = patch_create::keyfile::generate(&out, &name)?;
-            eprintln!(
+            info!(
                 "wrote {} (secret, keep it safe) and {}",
                 s.display(),
                 p.display()
@@ -496,17 +608,18 @@ fn run() -> Result<()> {
             let info = patch_create::maintenance::set_mirrors(
                 &repo,
                 &keys,
-                formats::time_util::parse_duration(&expires)?,
+                lifetime("expires", &expires)?,
                 mirrors,
             )?;
-            eprintln!(
+            info!(
                 "{}: mirrors set to [{}]",
                 repo.display(),
                 info.mirrors.join(", ")
             );
             Ok(())
         }
-        Cmd::Serve { repo, addr, quiet } => {
+        Cmd::Serve { repo, addr } => {
+            let quiet = cli.quiet;
             let server = patch_create::serve::Server::bind(&repo, &addr)?;
             let bound = server.local_addr()?;
             eprintln!("serving {} at http://{bound}/", repo.display());
@@ -536,9 +649,9 @@ fn run() -> Result<()> {
         } => {
             let keys = load_secrets(&keys)?;
             let refs: Vec<&formats::keys::KeyPair> = keys.iter().collect();
-            let exp = formats::time_util::now() + formats::time_util::parse_duration(&expires)?;
+            let exp = formats::time_util::now() + lifetime("expires", &expires)?;
             let r = patch_create::keys_admin::resign(&repo, &refs, exp)?;
-            eprintln!(
+            info!(
                 "re-signed {}: targets {}, snapshot {}, timestamp {}, expires {}",
                 repo.display(),
                 r.targets_version,
@@ -558,8 +671,28 @@ fn run() -> Result<()> {
             let report = patch_create::verify::verify(&repo, &key)?;
             if json {
                 println!("{}", serde_json::to_string(&report)?);
-            } else {
+            } else if VERBOSITY.load(Ordering::Relaxed) >= 1 || !report.problems.is_empty() {
                 print!("{}", report.to_text());
+            }
+            for e in report
+                .expiry
+                .iter()
+                .filter(|e| e.near && e.seconds_left >= 0)
+            {
+                let how = if e.role == "root" {
+                    "extend it with `patch-create keys update --root-key ... --expires 365d`"
+                } else {
+                    "release or run `patch-create resign` before then"
+                };
+                info!(
+                    "warning: {} metadata (version {}) of {} expires at {} ({}): clients refuse \
+                     it after that; {how}",
+                    e.role,
+                    e.version,
+                    repo.display(),
+                    e.expires,
+                    e.left_words()
+                );
             }
             if !report.problems.is_empty() {
                 bail!(

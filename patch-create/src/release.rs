@@ -50,6 +50,8 @@ pub struct ReleaseOptions {
     /// Globs of stray paths the updater may delete or replace although no release lists them
     /// (caches the app writes); written to the manifest's `owned` field.
     pub owned: Vec<String>,
+    /// How the previous release's ignore patterns carry over (default: all of them).
+    pub ignore_carry: IgnoreCarry,
     /// Globs of paths that are code (changing them needs a restart).
     pub code: Vec<String>,
     /// Globs of paths that are resources (never need a restart), overriding the defaults.
@@ -70,6 +72,124 @@ pub struct ReleaseOptions {
     pub channel: Option<String>,
     /// Targeting constraints.
     pub targeting: BTreeMap<String, String>,
+}
+
+/// How a release treats the ignore patterns of the previous release. Dropping one lets clients
+/// delete the users' files it covered, so that only happens when asked for.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct IgnoreCarry {
+    /// Carry every pattern of the previous release forward (besides the given ones).
+    pub inherit: bool,
+    /// Patterns of the previous release to drop explicitly.
+    pub drop: Vec<String>,
+}
+
+impl Default for IgnoreCarry {
+    fn default() -> Self {
+        IgnoreCarry {
+            inherit: true,
+            drop: Vec::new(),
+        }
+    }
+}
+
+/// The ignore patterns of a new release and how they relate to the previous release's.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct IgnoreReport {
+    /// The patterns of the new release.
+    pub patterns: Vec<String>,
+    /// The previous release, if any.
+    pub previous: Option<String>,
+    /// Patterns carried forward from the previous release without being given again.
+    pub inherited: Vec<String>,
+    /// Patterns of the previous release the new one no longer has (clients may delete the
+    /// users' files they covered).
+    pub dropped: Vec<String>,
+}
+
+/// Works out the ignore patterns of a new release from the given ones, the previous release's
+/// (`previous`: its version and patterns) and `carry`. Refuses a `--drop-ignore` the previous
+/// release does not have, one that is also given, and any pattern of the previous release
+/// that would disappear without being dropped explicitly.
+pub fn resolve_ignore(
+    repo: &Path,
+    given: &[String],
+    previous: Option<(&Version, &[String])>,
+    carry: &IgnoreCarry,
+) -> Result<IgnoreReport> {
+    let mut patterns: Vec<String> = Vec::new();
+    for g in given {
+        if !patterns.contains(g) {
+            patterns.push(g.clone());
+        }
+    }
+    let Some((prev_v, prev)) = previous else {
+        if let Some(d) = carry.drop.first() {
+            return Err(Error::Repo {
+                path: repo.to_path_buf(),
+                reason: format!(
+                    "--drop-ignore {d:?}: there is no previous release to drop it from"
+                ),
+            });
+        }
+        return Ok(IgnoreReport {
+            patterns,
+            ..IgnoreReport::default()
+        });
+    };
+    for d in &carry.drop {
+        if given.contains(d) {
+            return Err(Error::Repo {
+                path: repo.to_path_buf(),
+                reason: format!("--drop-ignore {d:?} and --ignore {d:?} contradict each other"),
+            });
+        }
+        if !prev.contains(d) {
+            return Err(Error::Repo {
+                path: repo.to_path_buf(),
+                reason: format!(
+                    "--drop-ignore {d:?}: release {prev_v} has no such ignore pattern (it has: {})",
+                    if prev.is_empty() {
+                        "none".to_string()
+                    } else {
+                        prev.join(", ")
+                    }
+                ),
+            });
+        }
+    }
+    let mut inherited = Vec::new();
+    if carry.inherit {
+        for p in prev {
+            if !patterns.contains(p) && !carry.drop.contains(p) {
+                patterns.push(p.clone());
+                inherited.push(p.clone());
+            }
+        }
+    }
+    let dropped: Vec<String> = prev
+        .iter()
+        .filter(|p| !patterns.contains(p))
+        .cloned()
+        .collect();
+    if let Some(p) = dropped
+        .iter()
+        .find(|p| carry.inherit && !carry.drop.contains(p))
+    {
+        return Err(Error::Repo {
+            path: repo.to_path_buf(),
+            reason: format!(
+                "ignore pattern {p:?} of release {prev_v} would be dropped without \
+                 --drop-ignore {p:?}: clients would then delete users' files there"
+            ),
+        });
+    }
+    Ok(IgnoreReport {
+        patterns,
+        previous: Some(prev_v.to_string()),
+        inherited,
+        dropped,
+    })
 }
 
 /// What one patch holds.
@@ -149,6 +269,8 @@ pub struct ReleaseReport {
     pub repair: RepairReport,
     /// Versions pruned.
     pub pruned: Vec<String>,
+    /// The release's ignore patterns, inherited and dropped ones.
+    pub ignore: IgnoreReport,
     /// Targets metadata version now served.
     pub targets_version: u64,
     /// Phase timings.
@@ -195,6 +317,18 @@ pub fn release(opts: &ReleaseOptions, progress: &dyn Progress) -> Result<Release
             })
         }
     }
+    // Refusals that must come before anything is written (the lock file included).
+    if crate::repo::is_repository(&opts.root) && !crate::repo::is_repository(&opts.repo) {
+        return Err(Error::Tree {
+            path: opts.root.clone(),
+            reason: format!(
+                "is a patch repository (it has metadata/) and {} is not: --repo and --root \
+                 look swapped",
+                opts.repo.display()
+            ),
+        });
+    }
+    crate::repo::check_apart(&opts.repo, &opts.root)?;
     let expires = formats::time_util::now() + opts.expires;
     let mut repo = Repo::open_or_new(&opts.repo, first_key, expires)?;
     repo.check_keys(&keys)?;
@@ -228,9 +362,24 @@ pub fn release(opts: &ReleaseOptions, progress: &dyn Progress) -> Result<Release
         }
     }
 
+    // Ignore patterns, carried forward from the previous release.
+    let prev_manifest = match releases.last() {
+        Some((v, _)) => Some(repo.manifest(v)?),
+        None => None,
+    };
+    let ignore_report = resolve_ignore(
+        &opts.repo,
+        &opts.ignore,
+        prev_manifest
+            .as_ref()
+            .map(|m| (&m.version, m.ignore.as_slice())),
+        &opts.ignore_carry,
+    )?;
+    let ignore_patterns = ignore_report.patterns.clone();
+
     // Scan the new tree.
     progress.start("scan", 0);
-    let ignore = PathPatterns::new(&opts.ignore)?;
+    let ignore = PathPatterns::new(&ignore_patterns)?;
     let code = PathPatterns::new(&opts.code)?;
     let resources = PathPatterns::new(&opts.resources)?;
     PathPatterns::new(&opts.owned)?;
@@ -316,7 +465,7 @@ pub fn release(opts: &ReleaseOptions, progress: &dyn Progress) -> Result<Release
         format: MANIFEST_FORMAT.into(),
         app: app.clone(),
         version: opts.version.clone(),
-        ignore: opts.ignore.clone(),
+        ignore: ignore_patterns.clone(),
         owned: opts.owned.clone(),
         restart_required: opts.restart_required,
         entries,
@@ -421,7 +570,7 @@ pub fn release(opts: &ReleaseOptions, progress: &dyn Progress) -> Result<Release
         TargetCustom {
             version: Some(opts.version.clone()),
             tree: Some(manifest.tree_digest()),
-            ignore: opts.ignore.clone(),
+            ignore: ignore_patterns.clone(),
             channel: opts.channel.clone(),
             targeting: opts.targeting.clone(),
             ..TargetCustom::new(TargetKind::Manifest, Blake3::of(&m_bytes))
@@ -474,6 +623,7 @@ pub fn release(opts: &ReleaseOptions, progress: &dyn Progress) -> Result<Release
             new_bytes: new_blob_bytes,
         },
         pruned,
+        ignore: ignore_report,
         targets_version: repo.targets.version,
         timings: Timings {
             scan_s,

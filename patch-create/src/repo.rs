@@ -76,6 +76,141 @@ pub fn lock(path: &Path) -> Result<File> {
     }
 }
 
+/// Entries a directory may hold and still become a new repository: what an interrupted first
+/// release leaves behind.
+fn is_repo_leftover(name: &str) -> bool {
+    name == ".patch-create.lock"
+        || name.starts_with(".tmp-release-")
+        || name == layout::BLOBS_DIR
+        || name == layout::TARGETS_DIR
+}
+
+/// Refuses to start a new repository in `path` when it is a directory holding anything else
+/// than what an interrupted first release leaves (naming what is there), or not a directory.
+/// A missing or empty directory is fine. Nothing is written.
+pub fn check_new_repo_dir(path: &Path) -> Result<()> {
+    let meta = match std::fs::metadata(path) {
+        Ok(m) => m,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(Error::io(path, e)),
+    };
+    if !meta.is_dir() {
+        return Err(repo_err(
+            path,
+            "is not a directory; give a new or empty directory to start a repository",
+        ));
+    }
+    let mut found: Vec<String> = Vec::new();
+    for entry in std::fs::read_dir(path).at(path)? {
+        let entry = entry.at(path)?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if is_repo_leftover(&name) {
+            continue;
+        }
+        let dir = entry.file_type().map(|t| t.is_dir()).unwrap_or(false);
+        found.push(if dir { format!("{name}/") } else { name });
+    }
+    if found.is_empty() {
+        return Ok(());
+    }
+    found.sort();
+    let more = found.len().saturating_sub(5);
+    found.truncate(5);
+    let mut held = found.join(", ");
+    if more > 0 {
+        held.push_str(&format!(" and {more} more"));
+    }
+    Err(repo_err(
+        path,
+        format!(
+            "is a non-empty directory and not a patch repository (it holds {held}); nothing was \
+             written: to start a new repository give a new or empty directory, to add a release \
+             give the directory that holds metadata/timestamp.json"
+        ),
+    ))
+}
+
+/// Whether `path` holds a repository (or the root of one made by `patch-create keys init`).
+pub fn is_repository(path: &Path) -> bool {
+    path.join(layout::METADATA_DIR)
+        .join("timestamp.json")
+        .is_file()
+        || path.join(layout::root_file(1)).is_file()
+}
+
+/// `path` made absolute with symlinks resolved as far as it exists: its nearest existing
+/// ancestor canonicalized, the components below it appended (`..` removes one).
+pub fn resolve_lenient(path: &Path) -> Result<PathBuf> {
+    let abs = std::path::absolute(path).at(path)?;
+    let mut base = abs.as_path();
+    let mut tail = Vec::new();
+    let canon = loop {
+        match base.canonicalize() {
+            Ok(c) => break c,
+            Err(_) => {
+                let (Some(parent), Some(name)) = (base.parent(), base.file_name()) else {
+                    // Nothing of the path exists, not even its root: compare it as given.
+                    break PathBuf::new();
+                };
+                tail.push(name.to_owned());
+                base = parent;
+            }
+        }
+    };
+    if canon.as_os_str().is_empty() {
+        return Ok(abs);
+    }
+    let mut out = canon;
+    for name in tail.into_iter().rev() {
+        if name == ".." {
+            out.pop();
+        } else if name != "." {
+            out.push(name);
+        }
+    }
+    Ok(out)
+}
+
+/// Refuses a repository inside the release tree (its files, `.patch-create.lock` among them,
+/// would ship in the next release) and a release tree inside the repository, comparing the
+/// paths with symlinks resolved. Nothing is written.
+pub fn check_apart(repo: &Path, root: &Path) -> Result<()> {
+    let r = resolve_lenient(repo)?;
+    let t = resolve_lenient(root)?;
+    if r == t {
+        return Err(repo_err(
+            repo,
+            format!(
+                "is the release tree {} itself; give the repository and the release tree as \
+                 two separate directories",
+                root.display()
+            ),
+        ));
+    }
+    if r.starts_with(&t) {
+        return Err(repo_err(
+            repo,
+            format!(
+                "is inside the release tree {}: the repository (and its .patch-create.lock) \
+                 would ship in the next release; put the repository outside the release tree \
+                 (are --repo and --root swapped?)",
+                root.display()
+            ),
+        ));
+    }
+    if t.starts_with(&r) {
+        return Err(repo_err(
+            repo,
+            format!(
+                "contains the release tree {}: give a release tree outside the repository \
+                 (are --repo and --root swapped?)",
+                root.display()
+            ),
+        ));
+    }
+    Ok(())
+}
+
 impl Repo {
     /// Opens the repository at `path`, or prepares a new one (nothing is written until
     /// [`Repo::commit`]) when it has no `metadata/timestamp.json`. `creator` is the key that
@@ -111,6 +246,7 @@ impl Repo {
                     ));
                 }
             }
+            check_new_repo_dir(path)?;
             std::fs::create_dir_all(path).at(path)?;
             let l = lock(path)?;
             let root = RootMetadata::new_single_key(

@@ -55,6 +55,89 @@ pub struct VersionReport {
     pub patches: Vec<PatchSize>,
 }
 
+/// When one role's current metadata expires.
+#[derive(Clone, Debug, Serialize)]
+pub struct RoleExpiry {
+    /// `root`, `targets`, `snapshot` or `timestamp`.
+    pub role: String,
+    /// The metadata's version.
+    pub version: u64,
+    /// Its expiry (TUF time, UTC).
+    pub expires: String,
+    /// Seconds from now until then.
+    pub seconds_left: i64,
+    /// Seconds from when the file was written until its expiry, when known (its usual period).
+    pub period_seconds: Option<i64>,
+    /// Expires within 7 days, or within a tenth of its period: re-sign soon.
+    pub near: bool,
+}
+
+/// A role whose expiry is this close counts as near.
+pub const NEAR_EXPIRY: time::Duration = time::Duration::days(7);
+
+impl RoleExpiry {
+    fn of(
+        role: &str,
+        version: u64,
+        expires: &str,
+        file: &Path,
+        now: time::OffsetDateTime,
+    ) -> Result<Self> {
+        let at = formats::time_util::parse_tuf(expires)?;
+        let left = at - now;
+        let written = std::fs::metadata(file)
+            .and_then(|m| m.modified())
+            .ok()
+            .map(time::OffsetDateTime::from);
+        let period = written.map(|w| at - w).filter(|p| p.is_positive());
+        let near = left < NEAR_EXPIRY || period.is_some_and(|p| left < p / 10);
+        Ok(RoleExpiry {
+            role: role.to_string(),
+            version,
+            expires: expires.to_string(),
+            seconds_left: left.whole_seconds(),
+            period_seconds: period.map(|p| p.whole_seconds()),
+            near,
+        })
+    }
+
+    /// The time left in words ("in 89 days 23 hours", "expired 2 minutes ago").
+    pub fn left_words(&self) -> String {
+        let d = time::Duration::seconds(self.seconds_left.abs());
+        if self.seconds_left < 0 {
+            format!("expired {} ago", duration_words(d))
+        } else {
+            format!("in {}", duration_words(d))
+        }
+    }
+}
+
+/// A duration in words, its two largest units: "3 minutes", "89 days 23 hours", "1 hour".
+pub fn duration_words(d: time::Duration) -> String {
+    let mut secs = d.whole_seconds().unsigned_abs();
+    let mut parts = Vec::new();
+    for (size, unit) in [
+        (86_400, "day"),
+        (3_600, "hour"),
+        (60, "minute"),
+        (1, "second"),
+    ] {
+        let n = secs / size;
+        secs %= size;
+        if n > 0 && parts.len() < 2 {
+            parts.push(format!("{n} {unit}{}", if n == 1 { "" } else { "s" }));
+        } else if !parts.is_empty() {
+            // Only adjacent units: "1 day 5 seconds" says less than "1 day".
+            break;
+        }
+    }
+    if parts.is_empty() {
+        "0 seconds".into()
+    } else {
+        parts.join(" ")
+    }
+}
+
 /// The result of `verify`.
 #[derive(Clone, Debug, Serialize)]
 pub struct VerifyReport {
@@ -68,6 +151,8 @@ pub struct VerifyReport {
     pub unreferenced: Vec<String>,
     /// Counts of what was checked.
     pub checked: BTreeMap<String, u64>,
+    /// When each role's current metadata expires (empty when the metadata did not verify).
+    pub expiry: Vec<RoleExpiry>,
 }
 
 impl VerifyReport {
@@ -105,6 +190,16 @@ impl VerifyReport {
             .map(|(k, v)| format!("{v} {k}"))
             .collect();
         s.push_str(&format!("checked: {}\n", checked.join(", ")));
+        for e in &self.expiry {
+            s.push_str(&format!(
+                "expires: {:<9} version {:<4} {} ({}){}\n",
+                e.role,
+                e.version,
+                e.expires,
+                e.left_words(),
+                if e.near { ", soon: re-sign it" } else { "" }
+            ));
+        }
         for u in &self.unreferenced {
             s.push_str(&format!("note: unreferenced file {u}\n"));
         }
@@ -159,9 +254,52 @@ pub fn verify(repo: &Path, key: &PublicKey) -> Result<VerifyReport> {
                 problems: vec![format!("metadata: {e}")],
                 unreferenced: vec![],
                 checked,
+                expiry: vec![],
             })
         }
     };
+    let now = formats::time_util::now();
+    let md_dir = repo.join(layout::METADATA_DIR);
+    let mut expiry = Vec::new();
+    let root = set.root().root();
+    expiry.push(RoleExpiry::of(
+        "root",
+        root.version,
+        &root.expires,
+        &md_dir.join(format!("{}.root.json", root.version)),
+        now,
+    )?);
+    if let Some(t) = set.targets() {
+        let file = set
+            .targets_file()
+            .map(|(n, _)| md_dir.join(n))
+            .unwrap_or_default();
+        expiry.push(RoleExpiry::of(
+            "targets", t.version, &t.expires, &file, now,
+        )?);
+    }
+    if let Some(sn) = set.snapshot() {
+        let file = set
+            .snapshot_file_name()
+            .map(|n| md_dir.join(n))
+            .unwrap_or_default();
+        expiry.push(RoleExpiry::of(
+            "snapshot",
+            sn.version,
+            &sn.expires,
+            &file,
+            now,
+        )?);
+    }
+    if let Some(ts) = set.timestamp() {
+        expiry.push(RoleExpiry::of(
+            "timestamp",
+            ts.version,
+            &ts.expires,
+            &md_dir.join("timestamp.json"),
+            now,
+        )?);
+    }
     // Every metadata file must verify under some root of the chain.
     let mut roots: Vec<RootMetadata> = Vec::new();
     let md = repo.join(layout::METADATA_DIR);
@@ -380,6 +518,7 @@ pub fn verify(repo: &Path, key: &PublicKey) -> Result<VerifyReport> {
         problems,
         unreferenced,
         checked,
+        expiry,
     })
 }
 

@@ -261,7 +261,7 @@ fn expired_metadata_is_refused_then_resign_extends_expiry() {
     w.release(1, &[]);
     let app = w.path("app");
     ok(w.apply_cmd("apply", &app).arg("--json"));
-    w.release(2, &["--expires", "2s"]);
+    w.release(2, &["--expires", "2s", "--expires-short-ok"]);
     std::thread::sleep(std::time::Duration::from_secs(3));
     refused(w.apply_cmd("apply", &app).arg("--json"), &app, "expired");
     assert_same_tree(&app, &w.releases[0]);
