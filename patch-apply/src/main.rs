@@ -415,6 +415,7 @@ fn run() -> Result<()> {
             Ok(())
         }
         Cmd::Recover { app_dir, json } => {
+            let app_dir = patch_apply::state::resolve_app_dir(&app_dir);
             let state = patch_apply::state::StateDir::of(&app_dir);
             if !state.root.exists() {
                 bail!("{} has no updater state", app_dir.display());

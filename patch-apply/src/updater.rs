@@ -191,7 +191,8 @@ impl Session {
 
 impl Updater {
     /// An updater with `config`, reporting events to `events`.
-    pub fn new(config: Config, events: impl Fn(&Event) + Send + Sync + 'static) -> Self {
+    pub fn new(mut config: Config, events: impl Fn(&Event) + Send + Sync + 'static) -> Self {
+        config.app_dir = crate::state::resolve_app_dir(&config.app_dir);
         Updater {
             config,
             events: Arc::new(events),
@@ -851,6 +852,7 @@ impl Updater {
 /// version before the last update while its backup is kept, after rolling back an interrupted
 /// one. Refused while an update handed over to `self-patcher` is pending.
 pub fn rollback_app_dir(app_dir: &std::path::Path) -> Result<Option<Version>> {
+    let app_dir = &crate::state::resolve_app_dir(app_dir);
     let state = StateDir::of(app_dir);
     let _lock = state.lock()?;
     crate::selfpatch::check_pending(&state)?;
