@@ -21,10 +21,7 @@ use crate::scan::set_exec;
 /// Creates (or empties) the staged file `out`, refusing a symbolic link there or at any
 /// directory of its path from `.patchkit` down.
 pub(crate) fn create_output(out: &Path) -> Result<File> {
-    crate::state::open_state_file(
-        out,
-        File::options().write(true).create(true).truncate(true),
-    )
+    crate::state::open_state_file(out, File::options().write(true).create(true).truncate(true))
 }
 
 fn open_stream(path: &Path, what: &str, kind: ArtifactKind, bound: u64) -> Result<impl Read> {

@@ -309,8 +309,8 @@ fn check_frame_window(what: &str, member: &Path, max_log: u32, limits: &Limits) 
         .take(18)
         .read_to_end(&mut header)
         .at(member)?;
-    let window =
-        frame_window(&header).ok_or_else(|| Error::bad(what, "zstd-ref data is not a zstd frame"))?;
+    let window = frame_window(&header)
+        .ok_or_else(|| Error::bad(what, "zstd-ref data is not a zstd frame"))?;
     let allowed = 1u64 << max_log;
     if window > allowed {
         return Err(Error::bad(
@@ -823,7 +823,10 @@ mod tests {
     #[test]
     fn frame_windows_of_single_segment_frames_are_their_content_size() {
         // Single segment, 1-byte content size.
-        assert_eq!(frame_window(&[0x28, 0xb5, 0x2f, 0xfd, 0x20, 200]), Some(200));
+        assert_eq!(
+            frame_window(&[0x28, 0xb5, 0x2f, 0xfd, 0x20, 200]),
+            Some(200)
+        );
         // Single segment, 2-byte content size (+256), 1-byte dictionary id.
         assert_eq!(
             frame_window(&[0x28, 0xb5, 0x2f, 0xfd, 0x61, 9, 0x00, 0x01]),

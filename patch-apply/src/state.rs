@@ -118,10 +118,30 @@ pub fn open_state_file(path: &Path, opts: &std::fs::OpenOptions) -> Result<std::
 /// followed (docs/security.md, "Symbolic links"). Any other path is returned as it is.
 pub fn resolve_app_dir(app_dir: &Path) -> PathBuf {
     match std::fs::symlink_metadata(app_dir) {
-        Ok(m) if m.file_type().is_symlink() && app_dir.is_dir() => {
-            app_dir.canonicalize().unwrap_or_else(|_| app_dir.to_path_buf())
-        }
+        Ok(m) if m.file_type().is_symlink() && app_dir.is_dir() => app_dir
+            .canonicalize()
+            .unwrap_or_else(|_| app_dir.to_path_buf()),
         _ => app_dir.to_path_buf(),
+    }
+}
+
+/// Fails unless `app_dir` (as [`resolve_app_dir`] returned it) is a directory or does not exist
+/// yet, with a message saying what is there instead.
+pub fn check_app_dir(app_dir: &Path) -> Result<()> {
+    let not = |what: &str| {
+        Err(Error::Precondition(format!(
+            "{}: {what}; the app dir must be a directory (or not exist yet, for a fresh install)",
+            app_dir.display()
+        )))
+    };
+    match std::fs::symlink_metadata(app_dir) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(Error::io(app_dir, e)),
+        Ok(m) if m.is_dir() => Ok(()),
+        Ok(m) if m.file_type().is_symlink() => {
+            not("is a symbolic link that does not lead to a directory")
+        }
+        Ok(_) => not("is a file, not a directory"),
     }
 }
 

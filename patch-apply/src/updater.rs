@@ -222,6 +222,7 @@ impl Updater {
         let cfg = &self.config;
         let now = cfg.now.unwrap_or_else(formats::time_util::now);
         let state = self.state();
+        crate::state::check_app_dir(&cfg.app_dir)?;
         let mut transport = self.transport()?;
         self.emit(Event::Phase { phase: "refresh" });
         let stored = StoredTrust::load(&state.trust())?;
@@ -515,6 +516,7 @@ impl Updater {
     fn apply_inner(&self, hand_over: Option<&HandOver>) -> Result<ApplyOutcome> {
         let cfg = &self.config;
         let state = self.state();
+        crate::state::check_app_dir(&cfg.app_dir)?;
         std::fs::create_dir_all(&cfg.app_dir).map_err(|e| Error::io(&cfg.app_dir, e))?;
         let _lock = state.lock()?;
         crate::selfpatch::check_pending(&state)?;
@@ -853,6 +855,7 @@ impl Updater {
 /// one. Refused while an update handed over to `self-patcher` is pending.
 pub fn rollback_app_dir(app_dir: &std::path::Path) -> Result<Option<Version>> {
     let app_dir = &crate::state::resolve_app_dir(app_dir);
+    crate::state::check_app_dir(app_dir)?;
     let state = StateDir::of(app_dir);
     let _lock = state.lock()?;
     crate::selfpatch::check_pending(&state)?;

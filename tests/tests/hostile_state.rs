@@ -114,7 +114,10 @@ fn an_app_dir_named_through_a_symlink_works_in_check_apply_recover_and_rollback(
     assert_eq!(check["installed"], "1.0.0", "{check}");
     assert_eq!(check["latest"], "2.0.0", "{check}");
     let r = last_json(&ok(w.apply_cmd("apply", &link).arg("--json")));
-    assert_eq!((r["from"].as_str(), r["to"].as_str()), (Some("1.0.0"), Some("2.0.0")));
+    assert_eq!(
+        (r["from"].as_str(), r["to"].as_str()),
+        (Some("1.0.0"), Some("2.0.0"))
+    );
     assert_same_tree(&real, &w.releases[1]);
     // The link is still a link, and nothing was created beside it.
     assert!(std::fs::symlink_metadata(&link)
@@ -125,7 +128,9 @@ fn an_app_dir_named_through_a_symlink_works_in_check_apply_recover_and_rollback(
     assert_eq!(c["up_to_date"], true, "{c}");
 
     ok(cmd("patch-apply").args(["recover", "--app-dir"]).arg(&link));
-    ok(cmd("patch-apply").args(["rollback", "--app-dir"]).arg(&link));
+    ok(cmd("patch-apply")
+        .args(["rollback", "--app-dir"])
+        .arg(&link));
     assert_same_tree(&real, &w.releases[0]);
 
     // A link that leads to a file says so, in words a user can act on.
@@ -133,9 +138,30 @@ fn an_app_dir_named_through_a_symlink_works_in_check_apply_recover_and_rollback(
     let some_file = w.path("plain-file");
     std::fs::write(&some_file, b"x").unwrap();
     symlink(&some_file, &file_link).unwrap();
-    let err = fails(&mut w.apply_cmd("check", &file_link));
-    assert!(!err.contains("not a directory: not a directory"), "{err}");
-    assert!(err.contains("file-link") && err.contains("not a directory"), "{err}");
+    for sub in ["check", "apply"] {
+        let err = fails(&mut w.apply_cmd(sub, &file_link));
+        assert!(
+            err.contains("file-link: is a symbolic link that does not lead to a directory"),
+            "{err}"
+        );
+        let err = fails(&mut w.apply_cmd(sub, &some_file));
+        assert!(
+            err.contains("plain-file: is a file, not a directory"),
+            "{err}"
+        );
+        assert!(
+            !err.to_lowercase()
+                .contains("not a directory (os error 20): not a"),
+            "{err}"
+        );
+    }
+    let err = fails(
+        cmd("patch-apply")
+            .args(["rollback", "--app-dir"])
+            .arg(&file_link),
+    );
+    assert!(err.contains("does not lead to a directory"), "{err}");
+    assert_eq!(std::fs::read(&some_file).unwrap(), b"x");
 }
 
 fn probes_in(dir: &Path) -> Vec<String> {
@@ -165,7 +191,10 @@ fn no_write_probe_is_left_in_the_app_dir_after_runs_killed_during_preflight() {
             .unwrap();
         let lines = BufReader::new(child.stdout.take().unwrap()).lines();
         for line in lines {
-            if line.map(|l| l.contains(r#""event":"plan""#)).unwrap_or(true) {
+            if line
+                .map(|l| l.contains(r#""event":"plan""#))
+                .unwrap_or(true)
+            {
                 break;
             }
         }
