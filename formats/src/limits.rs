@@ -21,6 +21,13 @@ pub struct Limits {
     pub max_root_rotations: u64,
     /// Largest tar header block sequence (long names, pax extensions), in bytes.
     pub max_archive_header: u64,
+    /// Largest old file a `zstd-ref` op may hold in memory as its reference prefix, in bytes
+    /// (checked against the old file's signed size before anything is read; the creator uses
+    /// the encoding only where old + new ≤ 24 MiB).
+    pub max_ref_prefix: u64,
+    /// Largest zstd window, as a power of two, that a decoder may allocate for one frame
+    /// (checked against the frame header before decoding).
+    pub max_window_log: u32,
 }
 
 impl Default for Limits {
@@ -34,6 +41,8 @@ impl Default for Limits {
             max_signatures: 64,
             max_root_rotations: 1024,
             max_archive_header: 64 << 10,
+            max_ref_prefix: 64 << 20,
+            max_window_log: 27,
         }
     }
 }

@@ -18,6 +18,12 @@ use crate::decode::{finish_staged_output, staged_output, CheckedWriter, LimitedR
 use crate::error::{Error, IoContext, Result};
 use crate::scan::set_exec;
 
+/// Creates (or empties) the staged file `out`, refusing a symbolic link there or at any
+/// directory of its path from `.patchkit` down.
+pub(crate) fn create_output(out: &Path) -> Result<File> {
+    crate::state::open_state_file(out, File::options().write(true).create(true).truncate(true))
+}
+
 fn open_stream(path: &Path, what: &str, kind: ArtifactKind, bound: u64) -> Result<impl Read> {
     let mut f = BufReader::with_capacity(1 << 16, File::open(path).at(path)?);
     read_header(what, &mut f, kind)?;
@@ -45,9 +51,14 @@ pub fn unpack_patch(
 ) -> Result<UnpackedPatch> {
     let stream = open_stream(path, what, ArtifactKind::Patch, limits.max_decompressed)?;
     let mut ar = tar::Archive::new(stream);
-    fs::create_dir_all(dest).at(dest)?;
+    crate::state::create_state_dir(dest)?;
     let bad = |r: String| Error::bad(what, r);
-    let mut entries = ar.entries().map_err(|e| bad(format!("tar: {e}")))?;
+    // Raw entries: a long-name or pax extension entry (which tar would read whole into
+    // memory) is just a member with the wrong name here.
+    let mut entries = ar
+        .entries()
+        .map_err(|e| bad(format!("tar: {e}")))?
+        .raw(true);
     let mut next_entry = |name: &str| {
         let entry = entries
             .next()
@@ -89,7 +100,7 @@ pub fn unpack_patch(
             continue;
         };
         let out = dest.join(format!("m{i}"));
-        let mut f = File::create(&out).at(&out)?;
+        let mut f = create_output(&out)?;
         let n = std::io::copy(&mut (&mut data).take(size), &mut f)
             .map_err(|e| bad(format!("bytes of {}: {e}", op.path)))?;
         if n != size {
@@ -125,14 +136,46 @@ pub fn extract_installer(
     let stream = open_stream(path, what, ArtifactKind::Installer, bound)?;
     let mut ar = tar::Archive::new(stream);
     let bad = |r: String| Error::bad(what, r);
-    fs::create_dir_all(dest).at(dest)?;
+    crate::state::create_state_dir(dest)?;
     let by_path = manifest.by_path();
     let mut seen: BTreeSet<RelPath> = BTreeSet::new();
     let mut links = Vec::new();
-    for entry in ar.entries().map_err(|e| bad(format!("tar: {e}")))? {
+    // Raw entries: GNU long names and long link targets are read here, each bounded by
+    // `limits.max_archive_header` (tar itself would read them whole into memory).
+    let (mut long_name, mut long_link) = (None, None);
+    let entries = ar
+        .entries()
+        .map_err(|e| bad(format!("tar: {e}")))?
+        .raw(true);
+    for entry in entries {
         let mut entry = entry.map_err(|e| bad(format!("tar: {e}")))?;
-        let raw = String::from_utf8(entry.path_bytes().into_owned())
-            .map_err(|_| bad("entry name is not UTF-8".into()))?;
+        let et = entry.header().entry_type();
+        if et.is_gnu_longname() || et.is_gnu_longlink() {
+            let slot = if et.is_gnu_longname() {
+                &mut long_name
+            } else {
+                &mut long_link
+            };
+            if slot.is_some() {
+                return Err(bad("two long names for one entry".into()));
+            }
+            *slot = Some(read_long_name(&mut entry, what, limits)?);
+            continue;
+        }
+        if et.is_pax_local_extensions() || et.is_pax_global_extensions() {
+            return Err(bad(
+                "pax extension headers are not part of the installer format".into(),
+            ));
+        }
+        let name = match long_name.take() {
+            Some(n) => n,
+            None => entry.path_bytes().into_owned(),
+        };
+        let link_name = match long_link.take() {
+            Some(n) => Some(n),
+            None => entry.link_name_bytes().map(|b| b.into_owned()),
+        };
+        let raw = String::from_utf8(name).map_err(|_| bad("entry name is not UTF-8".into()))?;
         let rel = RelPath::new(raw.trim_end_matches('/')).map_err(|e| bad(e.to_string()))?;
         let Some(me) = by_path.get(&rel) else {
             return Err(bad(format!(
@@ -147,7 +190,7 @@ pub fn extract_installer(
         let target = rel.to_path(dest);
         match (&me.node, et) {
             (Node::Dir, tar::EntryType::Directory) => {
-                fs::create_dir_all(&target).at(&target)?;
+                crate::state::create_state_dir(&target)?;
             }
             (Node::File { size, blake3, exec }, tar::EntryType::Regular) => {
                 if entry.size() != *size {
@@ -157,13 +200,9 @@ pub fn extract_installer(
                     )));
                 }
                 if let Some(parent) = target.parent() {
-                    fs::create_dir_all(parent).at(parent)?;
+                    crate::state::create_state_dir(parent)?;
                 }
-                let f = File::options()
-                    .write(true)
-                    .create_new(true)
-                    .open(&target)
-                    .at(&target)?;
+                let f = self_patcher::fsio::create_new(&target).at(&target)?;
                 let pin = Pin {
                     size: *size,
                     blake3: *blake3,
@@ -175,8 +214,7 @@ pub fn extract_installer(
                 set_exec(&target, *exec)?;
             }
             (Node::Symlink { target: t }, tar::EntryType::Symlink) => {
-                let lt = entry
-                    .link_name_bytes()
+                let lt = link_name
                     .map(|b| String::from_utf8_lossy(&b).into_owned())
                     .unwrap_or_default();
                 if &lt != t {
@@ -192,6 +230,9 @@ pub fn extract_installer(
                 )));
             }
         }
+    }
+    if long_name.is_some() || long_link.is_some() {
+        return Err(bad("long name entry at the end of the installer".into()));
     }
     if seen.len() != manifest.entries.len() {
         let missing: Vec<_> = manifest
@@ -211,10 +252,37 @@ pub fn extract_installer(
     Ok(())
 }
 
+/// The content of a GNU long-name (or long link) entry, without its trailing NULs: at most
+/// `limits.max_archive_header` bytes, checked before anything is read.
+fn read_long_name<R: Read>(
+    entry: &mut tar::Entry<'_, R>,
+    what: &str,
+    limits: &Limits,
+) -> Result<Vec<u8>> {
+    let size = entry.size();
+    if size > limits.max_archive_header {
+        return Err(Error::bad(
+            what,
+            format!(
+                "a long name of {size} bytes exceeds the limit of {} bytes",
+                limits.max_archive_header
+            ),
+        ));
+    }
+    let mut name = Vec::with_capacity(size as usize);
+    entry
+        .read_to_end(&mut name)
+        .map_err(|e| Error::bad(what, format!("tar: {e}")))?;
+    while name.last() == Some(&0) {
+        name.pop();
+    }
+    Ok(name)
+}
+
 /// Decompresses the repair file at `path` into `out`, checking the content against `content`.
 pub fn decode_repair(path: &Path, what: &str, content: Pin, out: &Path) -> Result<()> {
     let mut stream = open_stream(path, what, ArtifactKind::Repair, content.size)?;
-    let f = File::create(out).at(out)?;
+    let f = create_output(out)?;
     let mut w = CheckedWriter::new(BufWriter::new(f), what, content);
     std::io::copy(&mut stream, &mut w).map_err(|e| Error::bad(what, e.to_string()))?;
     let mut inner = w.finish()?;

@@ -1,7 +1,9 @@
 //! Producing one file of a release from a patch op: copy, full content, bidiff, split diff or
 //! zstd with a reference prefix (docs/format.md §6.3, docs/encodings.md). Everything streams
 //! with bounded buffers except zstd-ref, whose old file (at most 24 MiB when written by
-//! patch-create) is held in memory. Every produced byte is hashed on the way to disk
+//! patch-create) is held in memory: its signed size must be within
+//! [`Limits::max_ref_prefix`], and the frame's window within [`Limits::max_window_log`], both
+//! checked before anything is allocated. Every produced byte is hashed on the way to disk
 //! and nothing past the signed size is written.
 
 use std::fs::File;
@@ -9,6 +11,7 @@ use std::io::{BufReader, BufWriter, Read, Seek, SeekFrom, Write};
 use std::path::Path;
 
 use formats::hash::StreamCheck;
+use formats::limits::Limits;
 use formats::patch_info::{Encoding, PatchOp};
 use formats::split_diff::{self, StreamCodec};
 use formats::Pin;
@@ -137,7 +140,19 @@ pub fn produce(
     member: Option<&Path>,
     out: &Path,
 ) -> Result<()> {
-    let result = produce_unchecked(what, op, source.map(|(p, _)| p), member, out);
+    produce_with(what, op, source, member, out, &Limits::default())
+}
+
+/// [`produce`] within `limits` (the zstd-ref reference size and every zstd window).
+pub fn produce_with(
+    what: &str,
+    op: &PatchOp,
+    source: Option<(&Path, Pin)>,
+    member: Option<&Path>,
+    out: &Path,
+    limits: &Limits,
+) -> Result<()> {
+    let result = produce_unchecked(what, op, source, member, out, limits);
     if let (Err(_), Some((src, pin))) = (&result, source) {
         if formats::hash::pin_file(src).ok() != Some(pin) {
             return Err(Error::Verify {
@@ -156,16 +171,18 @@ pub fn produce(
 fn produce_unchecked(
     what: &str,
     op: &PatchOp,
-    source: Option<&Path>,
+    source: Option<(&Path, Pin)>,
     member: Option<&Path>,
     out: &Path,
+    limits: &Limits,
 ) -> Result<()> {
     let file_what = format!("{what}: {}", op.path);
-    let need_source = || {
+    let need_source_pin = || {
         source.ok_or_else(|| Error::bad(&file_what, "op reads an old file that is not available"))
     };
+    let need_source = || need_source_pin().map(|(p, _)| p);
     let need_member = || member.ok_or_else(|| Error::bad(&file_what, "archive member is missing"));
-    let out_file = File::create(out).at(out)?;
+    let out_file = crate::archive::create_output(out)?;
     let mut w = staged_output(out_file, out, &file_what, op.new);
     let bad_stream = |e: std::io::Error| Error::bad(&file_what, e.to_string());
     match &op.encoding {
@@ -198,18 +215,114 @@ fn produce_unchecked(
             apply_split(&file_what, m, *member_size, src, op.new.size, &mut w)?;
         }
         Encoding::ZstdRef { window_log, .. } => {
-            let src = need_source()?;
+            let (src, pin) = need_source_pin()?;
             let m = need_member()?;
-            let prefix = std::fs::read(src).at(src)?;
+            let max_log = (*window_log).min(limits.max_window_log);
+            check_frame_window(&file_what, m, max_log, limits)?;
+            let prefix = read_reference(&file_what, src, pin.size, limits)?;
             let f = BufReader::new(File::open(m).at(m)?);
             let mut dec =
                 zstd::stream::read::Decoder::with_ref_prefix(f, &prefix).map_err(bad_stream)?;
-            dec.window_log_max(*window_log).map_err(bad_stream)?;
+            dec.window_log_max(max_log).map_err(bad_stream)?;
             let mut dec = LimitedReader::new(dec, op.new.size, &file_what);
             std::io::copy(&mut dec, &mut w).map_err(bad_stream)?;
         }
     }
     finish_staged_output(w, out)
+}
+
+/// Reads the old file `src` of a zstd-ref op, whose signed size is `size`, into memory:
+/// refused before reading when `size` exceeds [`Limits::max_ref_prefix`], and never more than
+/// `size` bytes are read (a file that grew or shrank is an error).
+fn read_reference(what: &str, src: &Path, size: u64, limits: &Limits) -> Result<Vec<u8>> {
+    if size > limits.max_ref_prefix {
+        return Err(Error::bad(
+            what,
+            format!(
+                "zstd-ref reference {} has {size} bytes, more than the limit of {} bytes held in memory",
+                src.display(),
+                limits.max_ref_prefix
+            ),
+        ));
+    }
+    let cap = usize::try_from(size).map_err(|_| Error::bad(what, "reference too large"))?;
+    let mut prefix = Vec::with_capacity(cap);
+    File::open(src)
+        .at(src)?
+        .take(size.saturating_add(1))
+        .read_to_end(&mut prefix)
+        .at(src)?;
+    if prefix.len() as u64 != size {
+        return Err(Error::bad(
+            what,
+            format!(
+                "zstd-ref reference {} does not have its signed size of {size} bytes",
+                src.display()
+            ),
+        ));
+    }
+    Ok(prefix)
+}
+
+/// The window a zstd frame header (`header`: the frame's first bytes, at least 18 unless the
+/// file is shorter) declares, in bytes; `None` when it is not a zstd frame header (RFC 8878
+/// §3.1.1.1).
+fn frame_window(header: &[u8]) -> Option<u64> {
+    const MAGIC: [u8; 4] = [0x28, 0xb5, 0x2f, 0xfd];
+    if header.get(..4)? != MAGIC {
+        return None;
+    }
+    let fhd = *header.get(4)?;
+    if fhd & 0x08 != 0 {
+        return None; // reserved bit
+    }
+    let single_segment = fhd & 0x20 != 0;
+    let mut at = 5;
+    let mut window = None;
+    if !single_segment {
+        let wd = *header.get(at)?;
+        at += 1;
+        let log = 10 + u32::from(wd >> 3);
+        let base = 1u64 << log;
+        window = Some(base + (base / 8) * u64::from(wd & 7));
+    }
+    at += [0, 1, 2, 4][usize::from(fhd & 3)];
+    if let Some(w) = window {
+        return Some(w);
+    }
+    // Single segment: the window is the content size.
+    let fcs_len = [1, 2, 4, 8][usize::from(fhd >> 6)];
+    let bytes = header.get(at..at + fcs_len)?;
+    let mut v = [0u8; 8];
+    v[..fcs_len].copy_from_slice(bytes);
+    let fcs = u64::from_le_bytes(v);
+    Some(if fcs_len == 2 { fcs + 256 } else { fcs })
+}
+
+/// Checks, before a decoder is created, that the zstd frame at the start of `member` needs a
+/// window of at most `2^max_log` bytes (`max_log` is already within
+/// [`Limits::max_window_log`]).
+fn check_frame_window(what: &str, member: &Path, max_log: u32, limits: &Limits) -> Result<()> {
+    let mut header = Vec::with_capacity(18);
+    File::open(member)
+        .at(member)?
+        .take(18)
+        .read_to_end(&mut header)
+        .at(member)?;
+    let window = frame_window(&header)
+        .ok_or_else(|| Error::bad(what, "zstd-ref data is not a zstd frame"))?;
+    let allowed = 1u64 << max_log;
+    if window > allowed {
+        return Err(Error::bad(
+            what,
+            format!(
+                "zstd frame needs a window of {window} bytes, more than the {allowed} bytes allowed \
+                 (the op's window log and the limit of 2^{})",
+                limits.max_window_log
+            ),
+        ));
+    }
+    Ok(())
 }
 
 /// Bound on the decompressed size of a split diff's control stream for a `new_size`-byte file:
@@ -634,6 +747,93 @@ mod tests {
         let e = produce("p", &bad, Some((&src, pin)), Some(&member), &out).unwrap_err();
         assert!(!matches!(e, Error::Verify { .. }), "{e}");
         assert!(e.to_string().contains("p: a/b"), "{e}");
+    }
+
+    /// A zstd-ref op of `old` producing `new`, with its member written to `dir/member`.
+    fn zstd_ref_op(dir: &Path, old: &[u8], new: &[u8], frame: Option<Vec<u8>>) -> PatchOp {
+        let frame = frame.unwrap_or_else(|| {
+            let mut enc =
+                zstd::stream::write::Encoder::with_ref_prefix(Vec::new(), 3, old).unwrap();
+            enc.write_all(new).unwrap();
+            enc.finish().unwrap()
+        });
+        std::fs::write(dir.join("member"), &frame).unwrap();
+        PatchOp {
+            path: formats::RelPath::new("lib/data.bin").unwrap(),
+            new: Pin::of(new),
+            encoding: Encoding::ZstdRef {
+                source: formats::RelPath::new("lib/data.bin").unwrap(),
+                member_size: frame.len() as u64,
+                window_log: 31,
+            },
+        }
+    }
+
+    #[test]
+    fn a_zstd_ref_source_over_the_limit_is_refused_before_it_is_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let (src, out) = (dir.path().join("src"), dir.path().join("out"));
+        let old = vec![7u8; 4096];
+        std::fs::write(&src, &old).unwrap();
+        let op = zstd_ref_op(dir.path(), &old, b"new bytes", None);
+        let member = dir.path().join("member");
+        let source = Some((src.as_path(), Pin::of(&old)));
+        // Within the limits it decodes.
+        produce("p", &op, source, Some(&member), &out).unwrap();
+        assert_eq!(std::fs::read(&out).unwrap(), b"new bytes");
+        let limits = Limits {
+            max_ref_prefix: 4095,
+            ..Limits::default()
+        };
+        let e = produce_with("p", &op, source, Some(&member), &out, &limits)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("p: lib/data.bin"), "{e}");
+        assert!(e.contains("4096 bytes, more than the limit of 4095"), "{e}");
+    }
+
+    #[test]
+    fn a_zstd_ref_frame_asking_for_a_huge_window_is_refused_before_decoding() {
+        let dir = tempfile::tempdir().unwrap();
+        let (src, out) = (dir.path().join("src"), dir.path().join("out"));
+        std::fs::write(&src, b"old").unwrap();
+        // A crafted frame header: not single segment, window descriptor exponent 21 (2^31
+        // bytes), no dictionary id, no content size; then a block that is never reached.
+        let frame = vec![0x28, 0xb5, 0x2f, 0xfd, 0x00, 21 << 3, 0x01, 0x00, 0x00];
+        assert_eq!(frame_window(&frame), Some(1 << 31));
+        let op = zstd_ref_op(dir.path(), b"old", b"new", Some(frame));
+        let member = dir.path().join("member");
+        let e = produce("p", &op, Some((&src, Pin::of(b"old"))), Some(&member), &out)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("p: lib/data.bin"), "{e}");
+        assert!(e.contains("window of 2147483648 bytes"), "{e}");
+        // The op's own window log bounds it too, below the limit.
+        let frame = vec![0x28, 0xb5, 0x2f, 0xfd, 0x00, 10 << 3, 0x01, 0x00, 0x00];
+        let mut op = zstd_ref_op(dir.path(), b"old", b"new", Some(frame));
+        if let Encoding::ZstdRef { window_log, .. } = &mut op.encoding {
+            *window_log = 19;
+        }
+        let e = produce("p", &op, Some((&src, Pin::of(b"old"))), Some(&member), &out)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("window of 1048576 bytes"), "{e}");
+    }
+
+    #[test]
+    fn frame_windows_of_single_segment_frames_are_their_content_size() {
+        // Single segment, 1-byte content size.
+        assert_eq!(
+            frame_window(&[0x28, 0xb5, 0x2f, 0xfd, 0x20, 200]),
+            Some(200)
+        );
+        // Single segment, 2-byte content size (+256), 1-byte dictionary id.
+        assert_eq!(
+            frame_window(&[0x28, 0xb5, 0x2f, 0xfd, 0x61, 9, 0x00, 0x01]),
+            Some(256 + 256)
+        );
+        assert_eq!(frame_window(b"not zstd"), None);
+        assert_eq!(frame_window(&[0x28, 0xb5, 0x2f, 0xfd]), None);
     }
 
     #[test]

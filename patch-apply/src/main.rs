@@ -447,6 +447,7 @@ fn run() -> Result<()> {
             Ok(())
         }
         Cmd::Recover { app_dir, json } => {
+            let app_dir = patch_apply::state::resolve_app_dir(&app_dir);
             let state = patch_apply::state::StateDir::of(&app_dir);
             if !state.root.exists() {
                 bail!("{} has no updater state", app_dir.display());
@@ -499,8 +500,23 @@ fn main() -> ExitCode {
     match run() {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", error_text(&e));
             ExitCode::FAILURE
         }
     }
+}
+
+/// `e` and its causes, joined by `: `, leaving out a cause whose text the message before it
+/// already ends with (an I/O error names its file and then its OS error, which is also its
+/// cause: printed once, not as "not a directory: not a directory").
+fn error_text(e: &anyhow::Error) -> String {
+    let mut text = e.to_string();
+    for cause in e.chain().skip(1) {
+        let c = cause.to_string();
+        if !text.ends_with(&c) {
+            text.push_str(": ");
+            text.push_str(&c);
+        }
+    }
+    text
 }

@@ -52,15 +52,62 @@ pub fn check_space(app_dir: &Path, needed: u64) -> Result<()> {
     Ok(())
 }
 
-/// Fails when `app_dir` (or its state dir) is not writable.
+/// Name prefix of the write-permission probe files.
+const PROBE_PREFIX: &str = ".pk-write-probe-";
+
+/// Fails when `app_dir` or its state dir is not writable. Nothing is written in the app dir
+/// itself: its permission is asked of the OS (`access(2)` with the effective IDs, which also
+/// reports a read-only file system), and the probe file that proves writes really work is
+/// created in the state directory, on the same file system. A probe left by a killed run is
+/// removed by the next one ([`remove_stale_probes`]).
 pub fn check_writable(app_dir: &Path) -> Result<()> {
     std::fs::create_dir_all(app_dir).map_err(|e| Error::io(app_dir, e))?;
+    let cannot = |e: &dyn std::fmt::Display| {
+        Error::Precondition(format!("cannot write to {}: {e}", app_dir.display()))
+    };
+    #[cfg(unix)]
+    {
+        use rustix::fs::{Access, AtFlags, CWD};
+        let r = rustix::fs::accessat(CWD, app_dir, Access::WRITE_OK, AtFlags::EACCESS);
+        let r = match r {
+            // Kernels without faccessat2: the real IDs are the effective ones for an updater
+            // that is not setuid.
+            Err(rustix::io::Errno::NOSYS | rustix::io::Errno::INVAL) => {
+                rustix::fs::access(app_dir, Access::WRITE_OK)
+            }
+            r => r,
+        };
+        r.map_err(|e| cannot(&std::io::Error::from(e)))?;
+    }
+    let state = crate::state::StateDir::of(app_dir);
+    state.create()?;
     let probe = tempfile::Builder::new()
-        .prefix(".pk-write-probe-")
-        .tempfile_in(app_dir)
-        .map_err(|e| Error::Precondition(format!("cannot write to {}: {e}", app_dir.display())))?;
+        .prefix(PROBE_PREFIX)
+        .tempfile_in(&state.root)
+        .map_err(|e| cannot(&e))?;
     drop(probe);
     Ok(())
+}
+
+/// Removes the write-permission probes a killed run left behind: in the state directory, and
+/// in the app dir itself, where earlier versions created them. Only regular files (or links)
+/// with the probe's name prefix are removed; errors are ignored (a probe is harmless).
+pub fn remove_stale_probes(app_dir: &Path) {
+    let state = crate::state::StateDir::of(app_dir).root;
+    for dir in [app_dir, state.as_path()] {
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            continue;
+        };
+        for e in entries.flatten() {
+            let is_probe = e
+                .file_name()
+                .to_str()
+                .is_some_and(|n| n.starts_with(PROBE_PREFIX));
+            if is_probe && e.file_type().is_ok_and(|t| !t.is_dir()) {
+                let _ = std::fs::remove_file(e.path());
+            }
+        }
+    }
 }
 
 /// Processes whose executable lies inside `app_dir`, except `allow_pid`.
@@ -151,6 +198,26 @@ mod tests {
         let free = free_space(d.path()).unwrap();
         assert!(free > 0);
         assert!(free_space(&d.path().join("not/yet")).is_some());
+    }
+
+    #[test]
+    fn the_write_probe_leaves_nothing_in_the_app_dir() {
+        let d = tempfile::tempdir().unwrap();
+        let app = d.path().join("app");
+        std::fs::create_dir(&app).unwrap();
+        std::fs::write(app.join("f"), b"x").unwrap();
+        // What a run of an older version killed during its probe left behind.
+        std::fs::write(app.join(".pk-write-probe-AbC123"), b"").unwrap();
+        remove_stale_probes(&app);
+        check_writable(&app).unwrap();
+        let mut names: Vec<String> = std::fs::read_dir(&app)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        assert_eq!(names, [".patchkit", "f"]);
+        let state: Vec<_> = std::fs::read_dir(app.join(".patchkit")).unwrap().collect();
+        assert!(state.is_empty(), "{state:?}");
     }
 
     #[cfg(target_os = "linux")]

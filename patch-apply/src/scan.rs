@@ -89,15 +89,36 @@ pub fn scan_with(
     cache: CacheUse<'_>,
 ) -> Result<Tree> {
     let mut tree = Tree::default();
+    // The root the user named is followed once if it is a symbolic link to a directory
+    // (crate::state::resolve_app_dir); nothing below it is ever followed.
+    let resolved = crate::state::resolve_app_dir(root);
+    let root = resolved.as_path();
     match std::fs::symlink_metadata(root) {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound && strictness == Strictness::Install => {
             return Ok(tree)
         }
         Err(e) => return Err(Error::io(root, e)),
+        Ok(m) if m.file_type().is_symlink() => {
+            return Err(Error::io(
+                root,
+                std::io::Error::other(
+                    "is a symbolic link that does not lead to a directory (name a directory)",
+                ),
+            ))
+        }
         Ok(m) if !m.is_dir() => {
-            return Err(Error::io(root, std::io::Error::other("not a directory")))
+            return Err(Error::io(
+                root,
+                std::io::Error::other("is not a directory (name a directory)"),
+            ))
         }
         Ok(_) => {}
+    }
+    if strictness == Strictness::Install {
+        // The state directory is the updater's: a symbolic link planted in it is refused
+        // before anything is read from it or written to it.
+        let state = root.join(formats::layout::STATE_DIR);
+        self_patcher::fsio::check_state_dir(&state).at(&state)?;
     }
     let old_cache = match cache {
         CacheUse::Reuse | CacheUse::Verify { .. } => ScanCache::load(root),

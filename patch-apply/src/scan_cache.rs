@@ -184,7 +184,7 @@ impl<'a> Reader<'a> {
 impl ScanCache {
     /// Loads the cache of `root`; empty when missing, unreadable or damaged.
     pub fn load(root: &Path) -> ScanCache {
-        std::fs::read(cache_path(root))
+        crate::state::read_state_file(&cache_path(root))
             .ok()
             .and_then(|b| Self::parse(&b))
             .unwrap_or_default()
@@ -304,12 +304,15 @@ impl ScanCache {
         written_ns: i64,
     ) {
         let dir = root.join(formats::layout::STATE_DIR);
-        if std::fs::create_dir_all(&dir).is_err() {
+        if self_patcher::fsio::create_dir_nofollow(&dir).is_err() {
             return;
         }
         let out = Self::encode(files, written_ns);
         let tmp = dir.join(format!("{CACHE_FILE}.tmp"));
-        let ok = std::fs::File::create(&tmp)
+        // A leftover temp file (or a link planted there) is removed, never followed; the new
+        // one is created exclusively.
+        let _ = std::fs::remove_file(&tmp);
+        let ok = self_patcher::fsio::create_new(&tmp)
             .and_then(|mut f| f.write_all(&out))
             .is_ok();
         if ok {
@@ -616,6 +619,29 @@ mod tests {
         std::fs::remove_file(root.join("b"))?;
         scan_with(root, &none, Strictness::Install, CacheUse::Reuse)?;
         assert_eq!(ScanCache::load(root).len(), 1);
+        Ok(())
+    }
+
+    /// A link planted at the temp file's name is replaced, never followed.
+    #[cfg(unix)]
+    #[test]
+    fn store_never_writes_through_a_planted_temp_link() -> TestResult {
+        let dir = tempfile::tempdir()?;
+        let root = dir.path().join("app");
+        let state = root.join(formats::layout::STATE_DIR);
+        std::fs::create_dir_all(&state)?;
+        let outside = dir.path().join("precious");
+        std::fs::write(&outside, b"keep me")?;
+        std::os::unix::fs::symlink(&outside, state.join(format!("{CACHE_FILE}.tmp")))?;
+        let stamp = Stamp {
+            size: 3,
+            mtime_ns: 1,
+            ctime_ns: 1,
+            ino: 1,
+        };
+        ScanCache::store(&root, [("a", stamp, Blake3::of(b"one"))].into_iter());
+        assert_eq!(std::fs::read(&outside)?, b"keep me");
+        assert_eq!(ScanCache::load(&root).len(), 1);
         Ok(())
     }
 }

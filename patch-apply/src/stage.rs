@@ -391,7 +391,7 @@ fn run_chain(
                 };
                 let member = unpacked.members.get(j).and_then(Option::as_deref);
                 let out = out_dir.join(format!("f{j}"));
-                crate::decode::produce(&path, op, source, member, &out)?;
+                crate::decode::produce_with(&path, op, source, member, &out, ctx.limits)?;
                 let d = done.fetch_add(1, Ordering::Relaxed) + 1;
                 (ctx.events)(&Event::Progress {
                     phase: "apply",

@@ -22,9 +22,9 @@ impl StateDir {
             root: app_dir.join(formats::layout::STATE_DIR),
         }
     }
-    /// Creates it.
+    /// Creates it, refusing a state directory that is a symbolic link.
     pub fn create(&self) -> Result<()> {
-        std::fs::create_dir_all(&self.root).at(&self.root)
+        self_patcher::fsio::create_dir_nofollow(&self.root).at(&self.root)
     }
     /// Install record file.
     pub fn record_file(&self) -> PathBuf {
@@ -66,7 +66,7 @@ impl StateDir {
 
     /// Loads the install record, if any (a corrupt record is treated as absent).
     pub fn load_record(&self) -> Option<InstallRecord> {
-        let bytes = std::fs::read(self.record_file()).ok()?;
+        let bytes = read_state_file(&self.record_file()).ok()?;
         serde_json::from_slice(&bytes).ok()
     }
 
@@ -80,9 +80,68 @@ impl StateDir {
     /// Takes the update lock: a second updater on the same app dir is refused with the owner's
     /// PID. The OS releases the lock when its owner dies, so a killed updater never leaves a
     /// stale lock behind.
+    ///
+    /// The lock refuses to be taken while any entry directly in the state directory is a
+    /// symbolic link. Once held, write-permission probes a killed run left behind are removed.
     pub fn lock(&self) -> Result<UpdateLock> {
         self.create()?;
-        self_patcher::lock::try_lock(&self.lock_file()).map_err(crate::commit::txn_error)
+        let lock =
+            self_patcher::lock::try_lock(&self.lock_file()).map_err(crate::commit::txn_error)?;
+        if let Some(app_dir) = self.root.parent() {
+            crate::preflight::remove_stale_probes(app_dir);
+        }
+        Ok(lock)
+    }
+}
+
+/// Reads the state file `path` without following a symbolic link at any component from
+/// `.patchkit` down ([`self_patcher::fsio::read_nofollow`]).
+pub fn read_state_file(path: &Path) -> std::io::Result<Vec<u8>> {
+    self_patcher::fsio::read_nofollow(path)
+}
+
+/// Creates the state directory `dir` (at or below `.patchkit`) and its missing parents,
+/// refusing a symbolic link at any component from `.patchkit` down.
+pub fn create_state_dir(dir: &Path) -> Result<()> {
+    self_patcher::fsio::create_dir_nofollow(dir).at(dir)
+}
+
+/// Opens the state file `path` with `opts` without following a symbolic link at any component
+/// from `.patchkit` down ([`self_patcher::fsio::open_nofollow`]).
+pub fn open_state_file(path: &Path, opts: &std::fs::OpenOptions) -> Result<std::fs::File> {
+    self_patcher::fsio::open_nofollow(path, opts).at(path)
+}
+
+/// The app directory the user named, resolved once: a path that is a symbolic link to a
+/// directory is replaced by the directory's canonical path, so that every command works on the
+/// same directory whichever way it was named. Inside the app dir no symbolic link is ever
+/// followed (docs/security.md, "Symbolic links"). Any other path is returned as it is.
+pub fn resolve_app_dir(app_dir: &Path) -> PathBuf {
+    match std::fs::symlink_metadata(app_dir) {
+        Ok(m) if m.file_type().is_symlink() && app_dir.is_dir() => app_dir
+            .canonicalize()
+            .unwrap_or_else(|_| app_dir.to_path_buf()),
+        _ => app_dir.to_path_buf(),
+    }
+}
+
+/// Fails unless `app_dir` (as [`resolve_app_dir`] returned it) is a directory or does not exist
+/// yet, with a message saying what is there instead.
+pub fn check_app_dir(app_dir: &Path) -> Result<()> {
+    let not = |what: &str| {
+        Err(Error::Precondition(format!(
+            "{}: {what}; the app dir must be a directory (or not exist yet, for a fresh install)",
+            app_dir.display()
+        )))
+    };
+    match std::fs::symlink_metadata(app_dir) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(Error::io(app_dir, e)),
+        Ok(m) if m.is_dir() => Ok(()),
+        Ok(m) if m.file_type().is_symlink() => {
+            not("is a symbolic link that does not lead to a directory")
+        }
+        Ok(_) => not("is a file, not a directory"),
     }
 }
 

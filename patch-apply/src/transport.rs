@@ -69,13 +69,15 @@ impl PartialFile {
     /// Opens (or creates) `dest` and rebuilds the hash state from the bytes it holds. A file
     /// longer than the signed size is emptied. `what` names the artifact in errors.
     pub fn open(dest: &Path, expected: &Expected, what: &str) -> Result<PartialFile> {
-        let mut file = fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(dest)
-            .at(dest)?;
+        // A state file: a link planted at `dest` is refused, never followed.
+        let mut file = crate::state::open_state_file(
+            dest,
+            fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(true)
+                .truncate(false),
+        )?;
         let len = file.metadata().at(dest)?.len();
         let mut check = StreamCheck::new(what, expected.pin, expected.sha256);
         if len > expected.pin.size {

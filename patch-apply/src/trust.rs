@@ -9,7 +9,7 @@ use formats::limits::Limits;
 use formats::tuf::{TrustedRoot, TrustedSet};
 use time::OffsetDateTime;
 
-use crate::error::{Error, IoContext, Result};
+use crate::error::{Error, Result};
 use crate::transport::Transport;
 
 /// Metadata trusted on an earlier run.
@@ -31,7 +31,7 @@ impl StoredTrust {
     pub fn load(dir: &Path) -> Result<Self> {
         let read = |n: &str| -> Result<Option<Vec<u8>>> {
             let p = dir.join(n);
-            match std::fs::read(&p) {
+            match crate::state::read_state_file(&p) {
                 Ok(b) => Ok(Some(b)),
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
                 Err(e) => Err(Error::io(p, e)),
@@ -68,7 +68,7 @@ impl StoredTrust {
         if changed.is_empty() {
             return Ok(());
         }
-        std::fs::create_dir_all(dir).at(dir)?;
+        crate::state::create_state_dir(dir)?;
         crate::atomic::write_files(dir, &changed)
     }
 }

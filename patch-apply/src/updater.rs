@@ -277,7 +277,8 @@ impl Session {
 
 impl Updater {
     /// An updater with `config`, reporting events to `events`.
-    pub fn new(config: Config, events: impl Fn(&Event) + Send + Sync + 'static) -> Self {
+    pub fn new(mut config: Config, events: impl Fn(&Event) + Send + Sync + 'static) -> Self {
+        config.app_dir = crate::state::resolve_app_dir(&config.app_dir);
         Updater {
             config,
             events: Arc::new(events),
@@ -307,6 +308,7 @@ impl Updater {
         let cfg = &self.config;
         let now = cfg.now.unwrap_or_else(formats::time_util::now);
         let state = self.state();
+        crate::state::check_app_dir(&cfg.app_dir)?;
         let mut transport = self.transport()?;
         self.emit(Event::Phase { phase: "refresh" });
         let stored = StoredTrust::load(&state.trust())?;
@@ -782,6 +784,7 @@ impl Updater {
     fn apply_inner(&self, hand_over: Option<&HandOver>) -> Result<ApplyOutcome> {
         let cfg = &self.config;
         let state = self.state();
+        crate::state::check_app_dir(&cfg.app_dir)?;
         // A non-empty directory the updater never wrote to may be someone else's: it is
         // looked at first, without writing anything, and refused unless it holds a release.
         let mut early = None;
@@ -1230,6 +1233,8 @@ impl Updater {
 /// version before the last update while its backup is kept, after rolling back an interrupted
 /// one. Refused while an update handed over to `self-patcher` is pending.
 pub fn rollback_app_dir(app_dir: &std::path::Path) -> Result<Option<Version>> {
+    let app_dir = &crate::state::resolve_app_dir(app_dir);
+    crate::state::check_app_dir(app_dir)?;
     let state = StateDir::of(app_dir);
     let _lock = state.lock()?;
     crate::selfpatch::check_pending(&state)?;

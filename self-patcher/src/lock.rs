@@ -34,15 +34,22 @@ impl UpdateLock {
 /// Takes the lock at `path` or fails at once with [`Error::Locked`] naming the owner's PID.
 pub fn try_lock(path: &Path) -> Result<UpdateLock> {
     if let Some(parent) = path.parent() {
-        std::fs::create_dir_all(parent).at(parent)?;
+        crate::fsio::create_dir_nofollow(parent).at(parent)?;
+        // Whoever holds the lock writes in the state directory: nothing planted there as a
+        // symbolic link may redirect those writes.
+        if parent.file_name() == Some(std::ffi::OsStr::new(formats::layout::STATE_DIR)) {
+            crate::fsio::check_state_dir(parent).at(parent)?;
+        }
     }
-    let mut f = File::options()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .open(path)
-        .at(path)?;
+    let mut f = crate::fsio::open_nofollow(
+        path,
+        File::options()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false),
+    )
+    .at(path)?;
     match f.try_lock() {
         Ok(()) => {}
         Err(std::fs::TryLockError::WouldBlock) => {
@@ -96,5 +103,31 @@ mod tests {
         assert!(e.contains(&format!("pid {}", std::process::id())), "{e}");
         drop(l);
         try_lock(&p).unwrap();
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn a_lock_file_planted_as_a_symlink_is_refused_and_its_target_untouched() {
+        let d = tempfile::tempdir().unwrap();
+        let outside = d.path().join("precious");
+        std::fs::write(&outside, b"keep me").unwrap();
+        let state = d.path().join("app").join(formats::layout::STATE_DIR);
+        std::fs::create_dir_all(&state).unwrap();
+        std::os::unix::fs::symlink(&outside, state.join("lock")).unwrap();
+        let e = try_lock(&state.join("lock")).unwrap_err().to_string();
+        assert!(e.contains("symbolic link") && e.contains("lock"), "{e}");
+        assert_eq!(std::fs::read(&outside).unwrap(), b"keep me");
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn a_symlink_anywhere_directly_in_the_state_dir_refuses_the_lock() {
+        let d = tempfile::tempdir().unwrap();
+        let state = d.path().join("app").join(formats::layout::STATE_DIR);
+        std::fs::create_dir_all(&state).unwrap();
+        std::fs::create_dir(d.path().join("elsewhere")).unwrap();
+        std::os::unix::fs::symlink(d.path().join("elsewhere"), state.join("backup")).unwrap();
+        let e = try_lock(&state.join("lock")).unwrap_err().to_string();
+        assert!(e.contains("backup") && e.contains("symbolic link"), "{e}");
     }
 }
