@@ -70,9 +70,7 @@ fn symlinks_planted_in_the_state_dir_are_refused_by_check_and_apply_and_their_ta
         let app = w.path(&format!("app-{i}"));
         copy_tree(&base, &app);
         let planted = app.join(rel);
-        if *rel == ".patchkit" {
-            std::fs::remove_dir_all(&planted).unwrap();
-        } else if planted.is_dir() {
+        if planted.is_dir() {
             std::fs::remove_dir_all(&planted).unwrap();
         } else {
             let _ = std::fs::remove_file(&planted);
@@ -208,5 +206,21 @@ fn no_write_probe_is_left_in_the_app_dir_after_runs_killed_during_preflight() {
     ok(cmd("patch-apply").args(["recover", "--app-dir"]).arg(&app));
     ok(&mut w.apply_cmd("apply", &app));
     assert_eq!(probes_in(&app), Vec::<String>::new());
+    assert_same_tree(&app, &w.releases[1]);
+}
+
+#[test]
+fn installer_entries_with_long_names_and_long_link_targets_install_byte_identical() {
+    // Installer entries are read raw (long names bounded by `Limits::max_archive_header`):
+    // GNU long names and long link targets must still work.
+    let w = World::new(2);
+    let long_dir = format!("deep/{}", "d".repeat(120));
+    let tree = &w.releases[1];
+    std::fs::create_dir_all(tree.join(&long_dir)).unwrap();
+    std::fs::write(tree.join(&long_dir).join("file.txt"), b"far down\n").unwrap();
+    symlink(format!("{long_dir}/file.txt"), tree.join("shortcut")).unwrap();
+    w.release_all(2);
+    let app = w.path("app");
+    ok(w.apply_cmd("apply", &app).args(["--method", "installer"]));
     assert_same_tree(&app, &w.releases[1]);
 }
