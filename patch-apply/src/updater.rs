@@ -191,11 +191,13 @@ impl Session {
 
 impl Updater {
     /// An updater with `config`, reporting events to `events`.
-    pub fn new(config: Config, events: impl Fn(&Event) + Send + Sync + 'static) -> Self {
-        Updater {
-            config,
-            events: Arc::new(events),
+    pub fn new(mut config: Config, events: impl Fn(&Event) + Send + Sync + 'static) -> Self {
+        let events: Arc<EventSink> = Arc::new(events);
+        if config.http.events.is_none() {
+            // Retries and mirror changes below the updater report to the same receiver.
+            config.http.events = crate::events::EventHook::new(Arc::clone(&events));
         }
+        Updater { config, events }
     }
 
     fn emit(&self, e: Event) {
@@ -214,7 +216,9 @@ impl Updater {
         if list.is_empty() {
             return Err(Error::Precondition("no repository given".into()));
         }
-        Ok(Mirrors::new(list).with_parallel(self.config.http.parallel))
+        Ok(Mirrors::new(list)
+            .with_parallel(self.config.http.parallel)
+            .with_events(self.config.http.events.clone()))
     }
 
     fn session(&self, need: ManifestNeed) -> Result<Session> {
@@ -225,7 +229,9 @@ impl Updater {
         self.emit(Event::Phase { phase: "refresh" });
         let stored = StoredTrust::load(&state.trust())?;
         let (set, new_stored) =
-            trust::refresh(&transport, &cfg.public_keys, &stored, now, &cfg.limits)?;
+            trust::refresh(&transport, &cfg.public_keys, &stored, now, &cfg.limits).map_err(
+                |e| trust::explain_stuck(e, &transport.describe(), &cfg.app_dir, &state.trust()),
+            )?;
         let targets = set
             .targets()
             .ok_or_else(|| Error::Precondition("targets not loaded".into()))?;
@@ -514,6 +520,10 @@ impl Updater {
     fn apply_inner(&self, hand_over: Option<&HandOver>) -> Result<ApplyOutcome> {
         let cfg = &self.config;
         let state = self.state();
+        // A location that is no repository is refused before anything is written.
+        cfg.repos
+            .iter()
+            .try_for_each(|r| transport::check_location(r))?;
         std::fs::create_dir_all(&cfg.app_dir).map_err(|e| Error::io(&cfg.app_dir, e))?;
         let _lock = state.lock()?;
         crate::selfpatch::check_pending(&state)?;
