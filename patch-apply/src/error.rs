@@ -74,7 +74,7 @@ pub enum Error {
     /// or a repository that was re-created, or another app's repository signed with the same
     /// key. Refused; the way out is a deliberate [`crate::trust::reset`].
     #[error(
-        "{repo}: {source}: {app_dir} already trusts newer metadata signed by this key (stored in \
+        "{repo}: {refusal}: {app_dir} already trusts newer metadata signed by this key (stored in \
          {trust_dir}); refused because a rollback attack looks like this, but so does a \
          re-created repository or another app's repository signed with the same key; if you \
          trust this repository, forget the stored trust with \
@@ -89,8 +89,8 @@ pub enum Error {
         app_dir: PathBuf,
         /// Where the trusted metadata is stored (`APP/.patchkit/trust`).
         trust_dir: PathBuf,
-        /// The rollback check that failed.
-        source: formats::Error,
+        /// The rollback check that failed (part of the message, not a separate cause).
+        refusal: formats::Error,
     },
 }
 

@@ -340,7 +340,7 @@ impl HttpTransport {
         }
         let resp = req
             .send()
-            .map_err(|e| Failure::Retry(fetch_err(url, describe(&e)), None))?;
+            .map_err(|e| Failure::Retry(fetch_err(url, describe(&e.without_url())), None))?;
         self.answered(url, &resp, 0);
         match check_status(url, &resp) {
             Err(Failure::Fatal(Error::NotFound { .. })) => return Ok(None),
@@ -414,7 +414,7 @@ impl HttpTransport {
         }
         let mut resp = req
             .send()
-            .map_err(|e| Failure::Retry(fetch_err(url, describe(&e)), None))?;
+            .map_err(|e| Failure::Retry(fetch_err(url, describe(&e.without_url())), None))?;
         self.answered(url, &resp, resumed_from);
         let status = resp.status().as_u16();
         if status == 416 {

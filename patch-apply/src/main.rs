@@ -593,7 +593,11 @@ fn trust(cmd: TrustCmd, v: Verbosity) -> Result<()> {
                     app_dir.display()
                 );
             } else {
-                println!("{} trusts (stored in {}):", app_dir.display(), s.dir.display());
+                println!(
+                    "{} trusts (stored in {}):",
+                    app_dir.display(),
+                    s.dir.display()
+                );
                 for f in &s.files {
                     println!("  {}", describe_stored(f));
                 }

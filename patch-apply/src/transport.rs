@@ -541,8 +541,14 @@ mod tests {
     fn locations_are_urls_paths_or_refused_with_the_reason() {
         let dir = |s: &str| Some(Location::Dir(PathBuf::from(s)));
         let cases: &[(&str, Option<Location>)] = &[
-            ("http://127.0.0.1:8080/repo", Some(Location::Http("http://127.0.0.1:8080/repo"))),
-            ("HTTPS://example.com/r", Some(Location::Http("HTTPS://example.com/r"))),
+            (
+                "http://127.0.0.1:8080/repo",
+                Some(Location::Http("http://127.0.0.1:8080/repo")),
+            ),
+            (
+                "HTTPS://example.com/r",
+                Some(Location::Http("HTTPS://example.com/r")),
+            ),
             ("file:///srv/repo", dir("/srv/repo")),
             ("/srv/repo", dir("/srv/repo")),
             ("repo", dir("repo")),
@@ -564,7 +570,11 @@ mod tests {
             }
         }
         let e = Location::parse("127.0.0.1:18080").expect_err("refused");
-        assert!(e.to_string().contains("did you mean http://127.0.0.1:18080?"), "{e}");
+        assert!(
+            e.to_string()
+                .contains("did you mean http://127.0.0.1:18080?"),
+            "{e}"
+        );
         let e = Location::parse("ftp://x/y").expect_err("refused");
         assert!(e.to_string().contains("ftp://"), "{e}");
     }

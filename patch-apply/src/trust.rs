@@ -206,11 +206,11 @@ pub fn trust_dir(state_dir: &Path) -> PathBuf {
 /// pass unchanged.
 pub fn explain_stuck(e: Error, repo: &str, app_dir: &Path, trust_dir: &Path) -> Error {
     match e {
-        Error::Format(source @ formats::Error::Rollback { .. }) => Error::StuckTrust {
+        Error::Format(refusal @ formats::Error::Rollback { .. }) => Error::StuckTrust {
             repo: repo.to_string(),
             app_dir: app_dir.to_path_buf(),
             trust_dir: trust_dir.to_path_buf(),
-            source,
+            refusal,
         },
         e => e,
     }

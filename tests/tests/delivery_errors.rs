@@ -253,7 +253,13 @@ fn ok_with_stderr(c: &mut Command) -> (String, String) {
 fn html_page_first_for_every_path_is_retried_and_the_update_completes() {
     let (w, app) = setup();
     let srv = FirstFaultServer::start(&w.repo, First::Html);
-    let r = last_json(&ok(&mut patch_apply("apply", &w, &app, &srv.url, &["--json"])));
+    let r = last_json(&ok(&mut patch_apply(
+        "apply",
+        &w,
+        &app,
+        &srv.url,
+        &["--json"],
+    )));
     assert_eq!(r["to"], "2.0.0", "{r}");
     assert_same_tree(&app, &w.releases[1]);
     // Metadata and artifacts alike got the page first, then the file.

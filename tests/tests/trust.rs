@@ -349,7 +349,11 @@ fn recreated_repository_is_refused_naming_repo_app_and_trust_until_trust_reset()
     w.release(3, &[]);
     let trust_dir = app.join(".patchkit").join("trust");
     for _ in 0..2 {
-        let err = refused(w.apply_cmd("apply", &app).arg("--json"), &app, "older than trusted version");
+        let err = refused(
+            w.apply_cmd("apply", &app).arg("--json"),
+            &app,
+            "older than trusted version",
+        );
         for part in [
             w.repo.display().to_string(),
             app.display().to_string(),
@@ -386,7 +390,8 @@ fn recreated_repository_is_refused_naming_repo_app_and_trust_until_trust_reset()
     assert_eq!(r["to"], "3.0.0", "{r}");
     assert_same_tree(&app, &w.releases[2]);
     // Trusted anew: the next run is up to date, not refused.
-    ok(w.apply_cmd("check", &app));
+    let check = ok(&mut w.apply_cmd("check", &app));
+    assert!(check.contains("up to date"), "{check}");
 }
 
 #[test]
