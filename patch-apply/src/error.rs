@@ -90,7 +90,7 @@ pub enum Error {
         /// Where the trusted metadata is stored (`APP/.patchkit/trust`).
         trust_dir: PathBuf,
         /// The rollback check that failed (part of the message, not a separate cause).
-        refusal: formats::Error,
+        refusal: Box<formats::Error>,
     },
 }
 

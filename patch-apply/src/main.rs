@@ -359,10 +359,8 @@ fn event_printer(json: bool, v: Verbosity) -> impl Fn(&Event) + Send + Sync + 's
                     }
                 }
             }
-            (Event::Plan { method, bytes, .. }, _) => {
-                if v != Verbosity::Quiet {
-                    line(format!("plan: {method}, {bytes} bytes to download"))
-                }
+            (Event::Plan { method, bytes, .. }, _) if v != Verbosity::Quiet => {
+                line(format!("plan: {method}, {bytes} bytes to download"))
             }
             (Event::Fallback { method, error }, _) => {
                 line(format!("{method} failed ({error}); trying the next method"))

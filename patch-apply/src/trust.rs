@@ -210,7 +210,7 @@ pub fn explain_stuck(e: Error, repo: &str, app_dir: &Path, trust_dir: &Path) -> 
             repo: repo.to_string(),
             app_dir: app_dir.to_path_buf(),
             trust_dir: trust_dir.to_path_buf(),
-            refusal,
+            refusal: Box::new(refusal),
         },
         e => e,
     }

@@ -397,6 +397,37 @@ fn server_that_is_down_shows_each_retry_then_one_error_naming_the_url() {
 }
 
 #[test]
+fn mirror_that_is_down_is_named_when_the_next_mirror_takes_over() {
+    let (w, app) = setup();
+    let port = TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port();
+    let down = format!("http://127.0.0.1:{port}");
+    let good = FirstFaultServer::start(&w.repo, First::Unavailable);
+    let (_, stderr) = ok_with_stderr(
+        patch_apply("apply", &w, &app, &down, &[])
+            .arg("--repo")
+            .arg(&good.url),
+    );
+    assert_same_tree(&app, &w.releases[1]);
+    let switch = stderr
+        .lines()
+        .find(|l| l.contains("trying the next mirror"))
+        .unwrap_or_else(|| panic!("no mirror change on stderr: {stderr}"));
+    assert!(
+        switch.starts_with("warning: ") && switch.contains(&down) && switch.contains(&good.url),
+        "{switch}"
+    );
+    // The good mirror's own 503s were retried and shown too.
+    assert!(
+        stderr.contains(&format!("{}/metadata/", good.url)) && stderr.contains("HTTP 503"),
+        "{stderr}"
+    );
+}
+
+#[test]
 fn repo_given_as_host_port_or_with_another_scheme_is_refused_before_writing_anything() {
     let (w, app) = setup();
     let before = tree_state(&app);
