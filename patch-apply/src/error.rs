@@ -62,6 +62,36 @@ pub enum Error {
     /// Every method was tried and failed; each failure is listed.
     #[error("every update method failed: {0}")]
     AllMethodsFailed(String),
+    /// A repository location that is neither an `http(s)://` URL, a `file://` URL nor a path.
+    #[error("repository {location:?}: {reason}")]
+    BadLocation {
+        /// The location as given.
+        location: String,
+        /// Why it is refused, and what was probably meant.
+        reason: String,
+    },
+    /// The repository offers older metadata than the app dir already trusts: a rollback attack,
+    /// or a repository that was re-created, or another app's repository signed with the same
+    /// key. Refused; the way out is a deliberate [`crate::trust::reset`].
+    #[error(
+        "{repo}: {refusal}: {app_dir} already trusts newer metadata signed by this key (stored in \
+         {trust_dir}); refused because a rollback attack looks like this, but so does a \
+         re-created repository or another app's repository signed with the same key; if you \
+         trust this repository, forget the stored trust with \
+         `patch-apply trust reset --app-dir {app_dir}` and run again",
+        app_dir = app_dir.display(),
+        trust_dir = trust_dir.display()
+    )]
+    StuckTrust {
+        /// The repository (its mirrors, comma-separated).
+        repo: String,
+        /// The app directory.
+        app_dir: PathBuf,
+        /// Where the trusted metadata is stored (`APP/.patchkit/trust`).
+        trust_dir: PathBuf,
+        /// The rollback check that failed (part of the message, not a separate cause).
+        refusal: Box<formats::Error>,
+    },
 }
 
 impl Error {

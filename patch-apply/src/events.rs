@@ -1,5 +1,7 @@
 //! Progress and decisions reported to the embedding app (and printed as JSON lines by the CLI).
 
+use std::sync::Arc;
+
 use serde::Serialize;
 
 /// Something the updater wants the app to know.
@@ -57,7 +59,81 @@ pub enum Event {
         /// The message.
         message: String,
     },
+    /// A download attempt failed and will be tried again on the same mirror after `delay_ms`
+    /// (an HTML page instead of the file, an `HTTP 5xx`, a dropped connection, a timeout...).
+    Retry {
+        /// The URL that failed.
+        url: String,
+        /// The number of the attempt that failed (1 for the first request).
+        attempt: u32,
+        /// Why it failed.
+        reason: String,
+        /// The wait before the next attempt, in milliseconds.
+        delay_ms: u64,
+        /// How many more failures this mirror is allowed for this file.
+        retries_left: u32,
+    },
+    /// An HTTP request got an answer (for verbose logs).
+    Request {
+        /// The URL requested.
+        url: String,
+        /// The HTTP status of the answer.
+        status: u16,
+        /// The first byte asked for (above 0 when a download resumes).
+        from_byte: u64,
+    },
 }
 
 /// A receiver of events.
 pub type EventSink = dyn Fn(&Event) + Send + Sync;
+
+/// An optional receiver of events that can sit in a settings struct such as
+/// [`crate::http::HttpOptions`], so that code below the [`crate::Updater`] (the transports)
+/// reports to the same place. [`crate::Updater::new`] fills it with the updater's receiver
+/// when it is empty.
+#[derive(Clone, Default)]
+pub struct EventHook(Option<Arc<EventSink>>);
+
+impl EventHook {
+    /// A hook that passes events to `sink`.
+    pub fn new(sink: Arc<EventSink>) -> Self {
+        EventHook(Some(sink))
+    }
+
+    /// Whether no receiver is set.
+    pub fn is_none(&self) -> bool {
+        self.0.is_none()
+    }
+
+    /// Passes `e` to the receiver, if any; returns whether there was one.
+    pub fn emit(&self, e: Event) -> bool {
+        match &self.0 {
+            Some(sink) => {
+                sink(&e);
+                true
+            }
+            None => false,
+        }
+    }
+}
+
+impl std::fmt::Debug for EventHook {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.is_some() {
+            "EventHook(set)"
+        } else {
+            "EventHook(none)"
+        })
+    }
+}
+
+impl PartialEq for EventHook {
+    /// Two hooks are equal when both are empty or both pass to the same receiver.
+    fn eq(&self, other: &Self) -> bool {
+        match (&self.0, &other.0) {
+            (None, None) => true,
+            (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+            _ => false,
+        }
+    }
+}

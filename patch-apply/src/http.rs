@@ -5,9 +5,12 @@
 //!   a dropped connection or a killed process costs only the missing bytes. A server that
 //!   answers `200` to a range request gets the file over from the first byte.
 //! - **Bounded retries** with exponential backoff and jitter (honouring a short `Retry-After`)
-//!   for connection errors, timeouts, truncated bodies, `408`, `429` and `5xx` answers; other
-//!   failures (`404`, an HTML page, a length or hash that is not the signed one) move on to the
-//!   next mirror at once.
+//!   for connection errors, timeouts, truncated bodies, `408`, `429` and `5xx` answers, and
+//!   `200` answers that are an HTML page (captive portals, "quota exceeded" and CDN error pages
+//!   are usually gone a moment later); other failures (`404`, a length or hash that is not the
+//!   signed one) move on to the next mirror at once. Every retry is reported as an
+//!   [`Event::Retry`] to [`HttpOptions::events`] (the updater's event receiver), and every
+//!   answer as an [`Event::Request`].
 //! - **Slow retrieval**: a connect timeout, a read timeout (no byte for that long) and a
 //!   minimum average speed over a window, so a stalled or trickling server cannot hang the
 //!   updater; see [`HttpOptions`].
@@ -25,6 +28,7 @@ use reqwest::blocking::{Client, Response};
 use reqwest::header::{HeaderMap, CACHE_CONTROL, CONTENT_RANGE, CONTENT_TYPE, RANGE, RETRY_AFTER};
 
 use crate::error::{Error, IoContext, Result};
+use crate::events::{Event, EventHook};
 use crate::transport::{Expected, PartialFile, Transport, DEFAULT_PARALLEL};
 
 /// Network settings: timeouts, retries, and how many downloads run at once.
@@ -47,6 +51,9 @@ pub struct HttpOptions {
     pub max_backoff: Duration,
     /// Downloads that run at once.
     pub parallel: usize,
+    /// Where retries and requests are reported ([`Event::Retry`], [`Event::Request`]); without a
+    /// receiver they go to `tracing`. [`crate::Updater::new`] sets its own receiver here.
+    pub events: EventHook,
 }
 
 impl Default for HttpOptions {
@@ -62,6 +69,7 @@ impl Default for HttpOptions {
             backoff: Duration::from_millis(500),
             max_backoff: Duration::from_secs(10),
             parallel: DEFAULT_PARALLEL,
+            events: EventHook::default(),
         }
     }
 }
@@ -208,10 +216,14 @@ fn check_status(url: &str, resp: &Response) -> std::result::Result<(), Failure> 
         )));
     }
     if is_html(resp.headers()) {
-        return Err(Failure::Fatal(fetch_err(
-            url,
-            "server sent an HTML page (content-type text/html) instead of the file",
-        )));
+        // A captive portal, a "quota exceeded" page or a CDN error page: often gone soon.
+        return Err(Failure::Retry(
+            fetch_err(
+                url,
+                "server sent an HTML page (content-type text/html) instead of the file",
+            ),
+            retry_after(resp.headers()),
+        ));
     }
     Ok(())
 }
@@ -284,8 +296,34 @@ impl HttpTransport {
                 ));
             }
             let wait = self.opts.backoff_for(failures.max(1), after);
-            tracing::warn!("{err}; retrying in {wait:?}");
+            let reason = match err {
+                Error::Fetch { reason, .. } => reason,
+                other => other.to_string(),
+            };
+            let event = Event::Retry {
+                url: url.to_string(),
+                attempt: total_attempts,
+                reason,
+                delay_ms: wait.as_millis().min(u64::MAX as u128) as u64,
+                retries_left: self.opts.retries.saturating_sub(failures),
+            };
+            if !self.opts.events.emit(event) {
+                tracing::warn!("{url}: attempt {total_attempts} failed; retrying in {wait:?}");
+            }
             std::thread::sleep(wait);
+        }
+    }
+
+    /// Reports an answer's status ([`Event::Request`]).
+    fn answered(&self, url: &str, resp: &Response, from_byte: u64) {
+        let status = resp.status().as_u16();
+        let event = Event::Request {
+            url: url.to_string(),
+            status,
+            from_byte,
+        };
+        if !self.opts.events.emit(event) {
+            tracing::debug!("{url}: HTTP {status} (from byte {from_byte})");
         }
     }
 
@@ -302,7 +340,8 @@ impl HttpTransport {
         }
         let resp = req
             .send()
-            .map_err(|e| Failure::Retry(fetch_err(url, describe(&e)), None))?;
+            .map_err(|e| Failure::Retry(fetch_err(url, describe(&e.without_url())), None))?;
+        self.answered(url, &resp, 0);
         match check_status(url, &resp) {
             Err(Failure::Fatal(Error::NotFound { .. })) => return Ok(None),
             Err(f) => return Err(f),
@@ -375,7 +414,8 @@ impl HttpTransport {
         }
         let mut resp = req
             .send()
-            .map_err(|e| Failure::Retry(fetch_err(url, describe(&e)), None))?;
+            .map_err(|e| Failure::Retry(fetch_err(url, describe(&e.without_url())), None))?;
+        self.answered(url, &resp, resumed_from);
         let status = resp.status().as_u16();
         if status == 416 {
             // The server disagrees about what we hold: start over on the next attempt.

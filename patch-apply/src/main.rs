@@ -20,6 +20,20 @@ use patch_apply::{Config, Event, Method, MethodChoice, Updater};
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
+    /// Print only errors: no progress, no warnings, no retries.
+    #[arg(short, long, global = true, conflicts_with = "verbose")]
+    quiet: bool,
+    /// Also print each phase and each HTTP request with its answer.
+    #[arg(short, long, global = true)]
+    verbose: bool,
+}
+
+/// How much goes to stderr besides errors.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Verbosity {
+    Quiet,
+    Normal,
+    Verbose,
 }
 
 #[derive(Subcommand)]
@@ -91,6 +105,33 @@ enum Cmd {
         /// Print one JSON object.
         #[arg(long)]
         json: bool,
+    },
+    /// Show or reset the signed metadata an app dir trusts (kept for rollback protection).
+    Trust {
+        #[command(subcommand)]
+        cmd: TrustCmd,
+    },
+}
+
+#[derive(Subcommand)]
+enum TrustCmd {
+    /// Show the stored trust: root, timestamp and snapshot versions and expiry.
+    Show {
+        /// The app directory.
+        #[arg(long)]
+        app_dir: PathBuf,
+        /// Print one JSON object.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Forget the stored trust, so that the next check or apply trusts the repository anew
+    /// from the pinned public key, as a fresh install does. For a repository that was
+    /// re-created, or an app moved to another repository signed with the same key: this gives
+    /// up the protection against older metadata (a rollback attack) for that one run.
+    Reset {
+        /// The app directory.
+        #[arg(long)]
+        app_dir: PathBuf,
     },
 }
 
@@ -193,9 +234,70 @@ fn config(c: &Common) -> Result<Config> {
     Ok(cfg)
 }
 
-fn event_printer(json: bool) -> impl Fn(&Event) + Send + Sync + 'static {
+/// Whether `e` is shown at verbosity `v`: quiet drops progress, warnings and retries; requests
+/// (and, for people, phases) only with verbose.
+fn shown(e: &Event, v: Verbosity) -> bool {
+    match e {
+        Event::Request { .. } => v == Verbosity::Verbose,
+        Event::Progress { .. }
+        | Event::Warning { .. }
+        | Event::Retry { .. }
+        | Event::Fallback { .. } => v != Verbosity::Quiet,
+        _ => true,
+    }
+}
+
+/// The stderr line of a retry.
+fn retry_line(e: &Event) -> Option<String> {
+    let Event::Retry {
+        url,
+        attempt,
+        reason,
+        delay_ms,
+        retries_left,
+    } = e
+    else {
+        return None;
+    };
+    Some(format!(
+        "warning: {url}: attempt {attempt} failed ({reason}); retrying in {:.1} s ({retries_left} {} left)",
+        *delay_ms as f64 / 1000.0,
+        if *retries_left == 1 { "retry" } else { "retries" }
+    ))
+}
+
+/// Events of a command whose stdout is one report (`check`): warnings, retries and requests
+/// go to stderr as text, also with `--json`.
+fn stderr_printer(v: Verbosity) -> impl Fn(&Event) + Send + Sync + 'static {
+    move |e: &Event| {
+        if !shown(e, v) {
+            return;
+        }
+        match e {
+            Event::Warning { message } => eprintln!("warning: {message}"),
+            Event::Retry { .. } => eprintln!("{}", retry_line(e).unwrap_or_default()),
+            Event::Request {
+                url,
+                status,
+                from_byte,
+            } => eprintln!("{url}: HTTP {status}{}", from_suffix(*from_byte)),
+            Event::Phase { phase } if v == Verbosity::Verbose => eprintln!("phase: {phase}"),
+            _ => {}
+        }
+    }
+}
+
+fn from_suffix(from_byte: u64) -> String {
+    if from_byte > 0 {
+        format!(" (from byte {from_byte})")
+    } else {
+        String::new()
+    }
+}
+
+fn event_printer(json: bool, v: Verbosity) -> impl Fn(&Event) + Send + Sync + 'static {
     let bar: Option<Arc<Mutex<ProgressBar>>> =
-        (!json && std::io::stderr().is_terminal()).then(|| {
+        (!json && v != Verbosity::Quiet && std::io::stderr().is_terminal()).then(|| {
             let pb = ProgressBar::new(0);
             pb.set_style(
                 ProgressStyle::with_template(
@@ -206,7 +308,18 @@ fn event_printer(json: bool) -> impl Fn(&Event) + Send + Sync + 'static {
             Arc::new(Mutex::new(pb))
         });
     let start = std::time::Instant::now();
+    // A line printed while the bar is drawn goes above it.
+    let line = {
+        let bar = bar.clone();
+        move |text: String| match bar.as_ref().and_then(|b| b.lock().ok()) {
+            Some(b) => b.suspend(|| eprintln!("{text}")),
+            None => eprintln!("{text}"),
+        }
+    };
     move |e: &Event| {
+        if !shown(e, v) {
+            return;
+        }
         if json {
             // Each event line carries `t`, seconds since the command started, so callers can
             // time the phases.
@@ -251,16 +364,28 @@ fn event_printer(json: bool) -> impl Fn(&Event) + Send + Sync + 'static {
                     }
                 }
             }
-            (Event::Plan { method, bytes, .. }, _) => {
-                eprintln!("plan: {method}, {bytes} bytes to download")
+            (Event::Plan { method, bytes, .. }, _) if v != Verbosity::Quiet => {
+                line(format!("plan: {method}, {bytes} bytes to download"))
             }
             (Event::Fallback { method, error }, _) => {
-                eprintln!("{method} failed ({error}); trying the next method")
+                line(format!("{method} failed ({error}); trying the next method"))
             }
-            (Event::Warning { message }, _) => eprintln!("warning: {message}"),
-            (Event::Quarantined { path, to }, _) => {
-                eprintln!("quarantined {path} (in the way of the release; now {to})")
+            (Event::Warning { message }, _) => line(format!("warning: {message}")),
+            (Event::Retry { .. }, _) => line(retry_line(e).unwrap_or_default()),
+            (
+                Event::Request {
+                    url,
+                    status,
+                    from_byte,
+                },
+                _,
+            ) => line(format!("{url}: HTTP {status}{}", from_suffix(*from_byte))),
+            (Event::Phase { phase }, _) if v == Verbosity::Verbose => {
+                line(format!("phase: {phase}"))
             }
+            (Event::Quarantined { path, to }, _) => line(format!(
+                "quarantined {path} (in the way of the release; now {to})"
+            )),
             _ => {}
         }
     }
@@ -268,9 +393,16 @@ fn event_printer(json: bool) -> impl Fn(&Event) + Send + Sync + 'static {
 
 fn run() -> Result<()> {
     let cli = Cli::parse();
+    let verbosity = if cli.quiet {
+        Verbosity::Quiet
+    } else if cli.verbose {
+        Verbosity::Verbose
+    } else {
+        Verbosity::Normal
+    };
     match cli.cmd {
         Cmd::Check(c) => {
-            let u = Updater::new(config(&c)?, |_| {});
+            let u = Updater::new(config(&c)?, stderr_printer(verbosity));
             let r = u.check()?;
             if let (false, Some(m)) = (c.json, &r.maintenance) {
                 println!(
@@ -350,7 +482,7 @@ fn run() -> Result<()> {
                 MethodArg::Repair => MethodChoice::Only(Method::Repair),
                 MethodArg::Installer => MethodChoice::Only(Method::Installer),
             };
-            let u = Updater::new(cfg, event_printer(common.json));
+            let u = Updater::new(cfg, event_printer(common.json, verbosity));
             let r = if hand_over {
                 let h = patch_apply::HandOver {
                     self_patcher: match self_patcher {
@@ -475,6 +607,7 @@ fn run() -> Result<()> {
             }
             Ok(())
         }
+        Cmd::Trust { cmd } => trust(cmd, verbosity),
     }
 }
 
@@ -494,6 +627,77 @@ fn print_list(label: &str, items: &[String]) {
         line.push_str(&format!(" and {} more", items.len() - SHOWN));
     }
     println!("{label}: {line}");
+}
+
+/// `trust show` and `trust reset`.
+fn trust(cmd: TrustCmd, v: Verbosity) -> Result<()> {
+    match cmd {
+        TrustCmd::Show { app_dir, json } => {
+            let s = patch_apply::trust::summary(&app_dir)?;
+            if json {
+                println!("{}", serde_json::to_string(&s)?);
+            } else if s.files.is_empty() {
+                println!(
+                    "{} trusts no stored metadata: the next run starts from the pinned public key",
+                    app_dir.display()
+                );
+            } else {
+                println!(
+                    "{} trusts (stored in {}):",
+                    app_dir.display(),
+                    s.dir.display()
+                );
+                for f in &s.files {
+                    println!("  {}", describe_stored(f));
+                }
+                if !s.anchor.is_empty() {
+                    println!("  under pinned key(s) {}", s.anchor.join(", "));
+                }
+            }
+            Ok(())
+        }
+        TrustCmd::Reset { app_dir } => {
+            let s = patch_apply::trust::summary(&app_dir)?;
+            if s.files.is_empty() && !s.dir.exists() {
+                println!(
+                    "{} has no stored trust; nothing to reset",
+                    app_dir.display()
+                );
+                return Ok(());
+            }
+            if v != Verbosity::Quiet {
+                eprintln!(
+                    "removing the metadata {} trusts, stored in {}:",
+                    app_dir.display(),
+                    s.dir.display()
+                );
+                for f in &s.files {
+                    eprintln!("  {}", describe_stored(f));
+                }
+            }
+            let removed = patch_apply::trust::reset(&app_dir)?;
+            println!(
+                "removed {} file(s) of stored trust from {}; the next check or apply trusts the repository anew from the pinned public key",
+                removed.len(),
+                s.dir.display()
+            );
+            Ok(())
+        }
+    }
+}
+
+fn describe_stored(f: &patch_apply::trust::StoredFile) -> String {
+    format!(
+        "{}: version {}{}",
+        f.path.display(),
+        f.version
+            .map(|n| n.to_string())
+            .unwrap_or_else(|| "unreadable".into()),
+        f.expires
+            .as_deref()
+            .map(|e| format!(", expires {e}"))
+            .unwrap_or_default()
+    )
 }
 
 fn main() -> ExitCode {

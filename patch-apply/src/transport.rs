@@ -15,6 +15,7 @@ use formats::hash::StreamCheck;
 use formats::{Pin, Sha256};
 
 use crate::error::{Error, IoContext, Result};
+use crate::events::{Event, EventHook};
 use crate::http::HttpOptions;
 
 /// What a downloaded artifact must be.
@@ -219,13 +220,86 @@ pub fn open(url: &str) -> Result<Box<dyn Transport>> {
     open_with(url, &HttpOptions::default())
 }
 
-/// Like [`open`], with the network settings for `http(s)://` URLs.
+/// Like [`open`], with the network settings for `http(s)://` URLs. A location that is
+/// neither is refused (see [`Location::parse`]).
 pub fn open_with(url: &str, http: &HttpOptions) -> Result<Box<dyn Transport>> {
-    if url.starts_with("http://") || url.starts_with("https://") {
-        return crate::http::open_with(url, http);
+    match Location::parse(url)? {
+        Location::Http(u) => crate::http::open_with(u, http),
+        Location::Dir(p) => Ok(Box::new(DirTransport::new(p))),
     }
-    let path = url.strip_prefix("file://").unwrap_or(url);
-    Ok(Box::new(DirTransport::new(path)))
+}
+
+/// Where a repository is, as a user or an app gave it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Location<'a> {
+    /// An `http://` or `https://` URL.
+    Http(&'a str),
+    /// A local directory (a path, or the path of a `file://` URL).
+    Dir(PathBuf),
+}
+
+impl<'a> Location<'a> {
+    /// Tells a URL from a path: `http://` and `https://` URLs (any case), `file://` URLs and
+    /// paths are accepted (a Windows drive path such as `C:\repo` is a path). Refused, with
+    /// the reason: another scheme (`ftp://x/y`), and a host and port without a scheme
+    /// (`127.0.0.1:18080`, `example.com:8080/repo`), which would otherwise be taken as a
+    /// relative path, unless a directory of that name exists.
+    pub fn parse(s: &'a str) -> Result<Location<'a>> {
+        let bad = |reason: String| Error::BadLocation {
+            location: s.to_string(),
+            reason,
+        };
+        if s.trim().is_empty() {
+            return Err(bad("empty repository location".into()));
+        }
+        if let Some((scheme, rest)) = s.split_once("://") {
+            let is_scheme = scheme.len() > 1
+                && scheme.starts_with(|c: char| c.is_ascii_alphabetic())
+                && scheme
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "+-.".contains(c));
+            if is_scheme {
+                return match scheme.to_ascii_lowercase().as_str() {
+                    "http" | "https" => Ok(Location::Http(s)),
+                    "file" if rest.is_empty() => Err(bad("file:// URL without a path".into())),
+                    "file" => Ok(Location::Dir(PathBuf::from(rest))),
+                    other => Err(bad(format!(
+                        "URL scheme {other}:// is not supported; use http://, https://, file:// or a local directory"
+                    ))),
+                };
+            }
+        }
+        if looks_like_host_port(s) && !Path::new(s).exists() {
+            return Err(bad(format!(
+                "a host and port without a scheme; did you mean http://{s}?"
+            )));
+        }
+        Ok(Location::Dir(PathBuf::from(s)))
+    }
+}
+
+/// `HOST:PORT` or `HOST:PORT/PATH`, where HOST is a name or an address (`[::1]` too) and not
+/// a single drive letter.
+fn looks_like_host_port(s: &str) -> bool {
+    let authority = s.split('/').next().unwrap_or(s);
+    let Some((host, port)) = authority.rsplit_once(':') else {
+        return false;
+    };
+    let host_ok = if let Some(inner) = host.strip_prefix('[') {
+        inner.ends_with(']')
+    } else {
+        host.len() > 1
+            && host
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '.' || c == '-')
+    };
+    host_ok && !port.is_empty() && port.len() <= 5 && port.chars().all(|c| c.is_ascii_digit())
+}
+
+/// Checks that `url` names a repository location [`open_with`] accepts, without opening it
+/// (for a refusal before anything is written).
+pub fn check_location(url: &str) -> Result<()> {
+    Location::parse(url).map(|_| ())
 }
 
 /// Several repositories serving the same files, tried in order: a repository that fails (other
@@ -235,6 +309,7 @@ pub struct Mirrors {
     list: Vec<Box<dyn Transport>>,
     failures: Vec<AtomicU32>,
     parallel: usize,
+    events: EventHook,
 }
 
 impl Mirrors {
@@ -245,6 +320,32 @@ impl Mirrors {
             list,
             failures,
             parallel: DEFAULT_PARALLEL,
+            events: EventHook::default(),
+        }
+    }
+
+    /// Reports a mirror given up for a file as an [`Event::Warning`] to `events`.
+    pub fn with_events(mut self, events: EventHook) -> Self {
+        self.events = events;
+        self
+    }
+
+    /// Says that mirror `i` failed for `path` and which one comes next (if any).
+    fn skipped(&self, i: usize, next: Option<usize>, e: &Error) {
+        self.failed(i);
+        let Some(n) = next else {
+            // The last one: its error is the one returned.
+            return;
+        };
+        let message = format!(
+            "{}: {e}; trying the next mirror, {}",
+            self.list[i].describe(),
+            self.list[n].describe()
+        );
+        if !self.events.emit(Event::Warning {
+            message: message.clone(),
+        }) {
+            tracing::warn!("{message}");
         }
     }
 
@@ -281,13 +382,12 @@ impl Mirrors {
 impl Transport for Mirrors {
     fn get_small(&self, path: &str, max_len: u64) -> Result<Option<Vec<u8>>> {
         let mut errors = Vec::new();
-        for i in self.order() {
-            let t = &self.list[i];
-            match t.get_small(path, max_len) {
+        let order = self.order();
+        for (k, &i) in order.iter().enumerate() {
+            match self.list[i].get_small(path, max_len) {
                 Ok(v) => return Ok(v),
                 Err(e) => {
-                    tracing::warn!("{}: {e}", t.describe());
-                    self.failed(i);
+                    self.skipped(i, order.get(k + 1).copied(), &e);
                     errors.push(e);
                 }
             }
@@ -319,13 +419,12 @@ impl Transport for Mirrors {
         progress: &(dyn Fn(u64) + Sync),
     ) -> Result<()> {
         let mut errors = Vec::new();
-        for i in self.order() {
-            let t = &self.list[i];
-            match t.download(path, expected, dest, progress) {
+        let order = self.order();
+        for (k, &i) in order.iter().enumerate() {
+            match self.list[i].download(path, expected, dest, progress) {
                 Ok(()) => return Ok(()),
                 Err(e) => {
-                    tracing::warn!("{}: {e}", t.describe());
-                    self.failed(i);
+                    self.skipped(i, order.get(k + 1).copied(), &e);
                     errors.push(e.to_string());
                 }
             }
@@ -438,6 +537,48 @@ mod tests {
             .download("f", &exp, &dest, &|_| {})
             .expect("test setup");
         assert_eq!(fs::read(&dest).expect("test setup"), data);
+    }
+
+    #[test]
+    fn locations_are_urls_paths_or_refused_with_the_reason() {
+        let dir = |s: &str| Some(Location::Dir(PathBuf::from(s)));
+        let cases: &[(&str, Option<Location>)] = &[
+            (
+                "http://127.0.0.1:8080/repo",
+                Some(Location::Http("http://127.0.0.1:8080/repo")),
+            ),
+            (
+                "HTTPS://example.com/r",
+                Some(Location::Http("HTTPS://example.com/r")),
+            ),
+            ("file:///srv/repo", dir("/srv/repo")),
+            ("/srv/repo", dir("/srv/repo")),
+            ("repo", dir("repo")),
+            ("./a:b", dir("./a:b")),
+            (r"C:\updates\repo", dir(r"C:\updates\repo")),
+            ("C:/updates/repo", dir("C:/updates/repo")),
+            ("127.0.0.1:18080", None),
+            ("example.com:8080/repo", None),
+            ("[::1]:8080", None),
+            ("ftp://x/y", None),
+            ("file://", None),
+            ("", None),
+        ];
+        for (input, want) in cases {
+            match (Location::parse(input), want) {
+                (Ok(got), Some(w)) => assert_eq!(&got, w, "{input}"),
+                (Err(e), None) => assert!(e.to_string().contains(&format!("{input:?}")), "{e}"),
+                (got, _) => panic!("{input}: {got:?}"),
+            }
+        }
+        let e = Location::parse("127.0.0.1:18080").expect_err("refused");
+        assert!(
+            e.to_string()
+                .contains("did you mean http://127.0.0.1:18080?"),
+            "{e}"
+        );
+        let e = Location::parse("ftp://x/y").expect_err("refused");
+        assert!(e.to_string().contains("ftp://"), "{e}");
     }
 
     #[test]

@@ -9,7 +9,7 @@ use formats::limits::Limits;
 use formats::tuf::{TrustedRoot, TrustedSet};
 use time::OffsetDateTime;
 
-use crate::error::{Error, Result};
+use crate::error::{Error, IoContext, Result};
 use crate::transport::Transport;
 
 /// Metadata trusted on an earlier run.
@@ -199,4 +199,108 @@ fn bootstrap(
 /// Where the trusted metadata of an app dir lives.
 pub fn trust_dir(state_dir: &Path) -> PathBuf {
     state_dir.join("trust")
+}
+
+/// Turns a rollback refusal of [`refresh`] into [`Error::StuckTrust`], which names the
+/// repository `repo`, the app dir, the stored trust and the way out ([`reset`]); other errors
+/// pass unchanged.
+pub fn explain_stuck(e: Error, repo: &str, app_dir: &Path, trust_dir: &Path) -> Error {
+    match e {
+        Error::Format(refusal @ formats::Error::Rollback { .. }) => Error::StuckTrust {
+            repo: repo.to_string(),
+            app_dir: app_dir.to_path_buf(),
+            trust_dir: trust_dir.to_path_buf(),
+            refusal: Box::new(refusal),
+        },
+        e => e,
+    }
+}
+
+/// One stored metadata file, as [`summary`] reads it (without checking signatures: for
+/// people, never for decisions).
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct StoredFile {
+    /// The file.
+    pub path: PathBuf,
+    /// Its `signed.version`, if readable.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub version: Option<u64>,
+    /// Its `signed.expires`, if readable.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub expires: Option<String>,
+}
+
+/// What an app dir trusts: the files of its trust directory.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct TrustSummary {
+    /// The trust directory (`APP/.patchkit/trust`).
+    pub dir: PathBuf,
+    /// The stored metadata files (root, timestamp, snapshot), those that exist.
+    pub files: Vec<StoredFile>,
+    /// The key ids of the pinned keys the metadata was trusted under (`anchor.json`).
+    pub anchor: Vec<String>,
+}
+
+/// Reads what the app dir `app_dir` trusts (nothing when it has no stored trust).
+pub fn summary(app_dir: &Path) -> Result<TrustSummary> {
+    let dir = crate::state::StateDir::of(app_dir).trust();
+    let stored = StoredTrust::load(&dir)?;
+    let mut files = Vec::new();
+    for (name, bytes) in [
+        ("root.json", &stored.root),
+        ("timestamp.json", &stored.timestamp),
+        ("snapshot.json", &stored.snapshot),
+    ] {
+        let Some(b) = bytes else { continue };
+        let signed = serde_json::from_slice::<serde_json::Value>(b)
+            .ok()
+            .and_then(|v| v.get("signed").cloned());
+        files.push(StoredFile {
+            path: dir.join(name),
+            version: signed
+                .as_ref()
+                .and_then(|s| s.get("version"))
+                .and_then(|v| v.as_u64()),
+            expires: signed
+                .as_ref()
+                .and_then(|s| s.get("expires"))
+                .and_then(|v| v.as_str())
+                .map(str::to_string),
+        });
+    }
+    let anchor = stored
+        .anchor
+        .as_deref()
+        .and_then(|b| serde_json::from_slice::<Vec<String>>(b).ok())
+        .unwrap_or_default();
+    Ok(TrustSummary { dir, files, anchor })
+}
+
+/// Forgets the trusted metadata of `app_dir` (removes `APP/.patchkit/trust`), under the update
+/// lock. The next run trusts the repository anew from the pinned keys, as a fresh install
+/// does: this gives up rollback protection for that one run, so it is only ever done when a
+/// person or the app asks for it, never by itself (see docs/security.md, "Stuck trust").
+/// Returns the files removed (none when nothing was stored).
+pub fn reset(app_dir: &Path) -> Result<Vec<PathBuf>> {
+    let state = crate::state::StateDir::of(app_dir);
+    let dir = state.trust();
+    match std::fs::symlink_metadata(&dir) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(Error::io(&dir, e)),
+        Ok(_) => {}
+    }
+    let _lock = state.lock()?;
+    let mut removed = Vec::new();
+    if dir.is_dir() && !dir.is_symlink() {
+        for e in std::fs::read_dir(&dir).at(&dir)? {
+            removed.push(e.at(&dir)?.path());
+        }
+        removed.sort();
+        std::fs::remove_dir_all(&dir).at(&dir)?;
+    } else {
+        // Not a directory (or a symlink, never followed): removed itself.
+        std::fs::remove_file(&dir).at(&dir)?;
+        removed.push(dir);
+    }
+    Ok(removed)
 }

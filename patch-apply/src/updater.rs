@@ -279,10 +279,12 @@ impl Updater {
     /// An updater with `config`, reporting events to `events`.
     pub fn new(mut config: Config, events: impl Fn(&Event) + Send + Sync + 'static) -> Self {
         config.app_dir = crate::state::resolve_app_dir(&config.app_dir);
-        Updater {
-            config,
-            events: Arc::new(events),
+        let events: Arc<EventSink> = Arc::new(events);
+        if config.http.events.is_none() {
+            // Retries and mirror changes below the updater report to the same receiver.
+            config.http.events = crate::events::EventHook::new(Arc::clone(&events));
         }
+        Updater { config, events }
     }
 
     fn emit(&self, e: Event) {
@@ -301,7 +303,9 @@ impl Updater {
         if list.is_empty() {
             return Err(Error::Precondition("no repository given".into()));
         }
-        Ok(Mirrors::new(list).with_parallel(self.config.http.parallel))
+        Ok(Mirrors::new(list)
+            .with_parallel(self.config.http.parallel)
+            .with_events(self.config.http.events.clone()))
     }
 
     fn session(&self, need: ManifestNeed) -> Result<Session> {
@@ -313,7 +317,9 @@ impl Updater {
         self.emit(Event::Phase { phase: "refresh" });
         let stored = StoredTrust::load(&state.trust())?;
         let (set, new_stored) =
-            trust::refresh(&transport, &cfg.public_keys, &stored, now, &cfg.limits)?;
+            trust::refresh(&transport, &cfg.public_keys, &stored, now, &cfg.limits).map_err(
+                |e| trust::explain_stuck(e, &transport.describe(), &cfg.app_dir, &state.trust()),
+            )?;
         let targets = set
             .targets()
             .ok_or_else(|| Error::Precondition("targets not loaded".into()))?;
@@ -785,6 +791,10 @@ impl Updater {
         let cfg = &self.config;
         let state = self.state();
         crate::state::check_app_dir(&cfg.app_dir)?;
+        // A location that is no repository is refused before anything is written.
+        cfg.repos
+            .iter()
+            .try_for_each(|r| transport::check_location(r))?;
         // A non-empty directory the updater never wrote to may be someone else's: it is
         // looked at first, without writing anything, and refused unless it holds a release.
         let mut early = None;

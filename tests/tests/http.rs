@@ -624,8 +624,10 @@ fn body_longer_or_shorter_than_declared_is_an_error_naming_the_url() {
     );
 }
 
+/// An HTML page every time (not only the first): retried like a 5xx (it may be a captive
+/// portal that goes away), then an error naming the URL; a second mirror serves the file.
 #[test]
-fn html_page_instead_of_the_file_is_refused() {
+fn html_page_every_time_is_retried_then_refused_and_the_next_mirror_serves() {
     let (w, app) = setup();
     let srv = TestServer::start(&w.repo);
     let (inst, _) = installer(&w);
@@ -638,6 +640,9 @@ fn html_page_instead_of_the_file_is_refused() {
     let err = fails(&mut apply_installer(&w, &app, &[&srv.url]));
     assert_failed_cleanly(&err, &before, &app, &format!("{}{inst}", srv.url));
     assert!(err.contains("HTML"), "{err}");
+    // One attempt and the two retries of FAST.
+    assert!(err.contains("gave up after 3 attempt(s)"), "{err}");
+    assert_eq!(srv.log().iter().filter(|s| s.path == inst).count(), 3);
     let good = TestServer::start(&w.repo);
     ok(&mut apply_installer(&w, &app, &[&srv.url, &good.url]));
     assert_same_tree(&app, &w.releases[1]);

@@ -332,6 +332,68 @@ fn rollback_to_older_correctly_signed_metadata_is_refused() {
     assert!(err.contains("timestamp.json"), "{err}");
 }
 
+/// A repository re-created with the same key starts again at metadata version 1: the app,
+/// which trusts version 2, refuses it (a rollback looks the same), and the error names the
+/// repository, the app dir, the stored trust and the way out; after `trust reset` (never
+/// done by itself) the update works.
+#[test]
+fn recreated_repository_is_refused_naming_repo_app_and_trust_until_trust_reset() {
+    let w = World::new(3);
+    w.release_all(2);
+    let app = w.path("app");
+    copy_tree(&w.releases[0], &app);
+    ok(w.apply_cmd("apply", &app).arg("--json"));
+    assert_same_tree(&app, &w.releases[1]);
+    // The repository is deleted and made again, same key, one newer release.
+    std::fs::remove_dir_all(&w.repo).unwrap();
+    w.release(3, &[]);
+    let trust_dir = app.join(".patchkit").join("trust");
+    for _ in 0..2 {
+        let err = refused(
+            w.apply_cmd("apply", &app).arg("--json"),
+            &app,
+            "older than trusted version",
+        );
+        for part in [
+            w.repo.display().to_string(),
+            app.display().to_string(),
+            trust_dir.display().to_string(),
+            format!("patch-apply trust reset --app-dir {}", app.display()),
+        ] {
+            assert!(err.contains(&part), "error does not name {part:?}: {err}");
+        }
+        // Refusing stays the default: the stored trust is kept as it was.
+        assert!(trust_dir.join("timestamp.json").exists());
+    }
+    let shown = ok(cmd("patch-apply")
+        .args(["trust", "show", "--json", "--app-dir"])
+        .arg(&app));
+    let shown: serde_json::Value = serde_json::from_str(shown.trim()).unwrap();
+    let versions: Vec<u64> = shown["files"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["version"].as_u64().unwrap())
+        .collect();
+    assert_eq!(versions, vec![1, 2, 2], "{shown}");
+    let out = run(cmd("patch-apply")
+        .args(["trust", "reset", "--app-dir"])
+        .arg(&app));
+    assert!(out.status.success(), "{out:?}");
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        said.contains(&trust_dir.join("timestamp.json").display().to_string()),
+        "reset does not say what it removes: {said}"
+    );
+    assert!(!trust_dir.exists());
+    let r = last_json(&ok(w.apply_cmd("apply", &app).arg("--json")));
+    assert_eq!(r["to"], "3.0.0", "{r}");
+    assert_same_tree(&app, &w.releases[2]);
+    // Trusted anew: the next run is up to date, not refused.
+    let check = ok(&mut w.apply_cmd("check", &app));
+    assert!(check.contains("up to date"), "{check}");
+}
+
 #[test]
 fn downgrade_is_refused_unless_allowed() {
     let w = World::new(2);
