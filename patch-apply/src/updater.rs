@@ -437,7 +437,7 @@ impl Updater {
         // The release of the install record, when the repository still has it.
         let record_release = match (&record, &exact) {
             (Some(rec), ex) if ex.as_ref() != Some(&rec.version) => {
-                view.find(&rec.version).map(|r| fetch(r)).transpose()?
+                view.find(&rec.version).map(&fetch).transpose()?
             }
             _ => None,
         };
