@@ -41,11 +41,7 @@ pub struct Planned {
 /// update at a time holds the lock), and `tag`.
 pub fn quarantine_id(tag: &str) -> String {
     let now = formats::time_util::now();
-    format!(
-        "{}-{:09}-{tag}",
-        now.unix_timestamp(),
-        now.nanosecond()
-    )
+    format!("{}-{:09}-{tag}", now.unix_timestamp(), now.nanosecond())
 }
 
 /// Computes the actions that turn `current` into `manifest`, using `staged` for new contents.
@@ -81,7 +77,12 @@ pub fn plan_actions(
             to,
         });
     }
-    actions.extend(survey.remove.iter().map(|p| Action::Remove { path: p.clone() }));
+    actions.extend(
+        survey
+            .remove
+            .iter()
+            .map(|p| Action::Remove { path: p.clone() }),
+    );
     actions.extend(
         survey
             .remove_dirs_conflict
@@ -103,7 +104,8 @@ pub fn plan_actions(
         } else {
             current.entries.get(&e.path)
         };
-        let had_old = cur.is_some_and(|c| std::mem::discriminant(c) == std::mem::discriminant(&e.node));
+        let had_old =
+            cur.is_some_and(|c| std::mem::discriminant(c) == std::mem::discriminant(&e.node));
         match &e.node {
             Node::Dir => {
                 if !matches!(cur, Some(Node::Dir)) {

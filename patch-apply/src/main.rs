@@ -568,7 +568,10 @@ fn run() -> Result<()> {
                     }
                 );
                 if !r.repaired.is_empty() {
-                    print_list("from repair files (differed from the installed release)", &r.repaired);
+                    print_list(
+                        "from repair files (differed from the installed release)",
+                        &r.repaired,
+                    );
                 }
                 for q in &r.quarantined {
                     println!("quarantined: {} -> {}", q.path, q.to);

@@ -148,12 +148,7 @@ pub fn ignored_lossy(ignore: &PathPatterns, r: &str) -> bool {
 }
 
 /// Surveys `current` (a scan of `app_dir`) against `target` as `owner` sees it.
-pub fn survey(
-    app_dir: &Path,
-    current: &Tree,
-    target: &ReleaseManifest,
-    owner: &Owner,
-) -> Survey {
+pub fn survey(app_dir: &Path, current: &Tree, target: &ReleaseManifest, owner: &Owner) -> Survey {
     let want: BTreeMap<&RelPath, &Node> =
         target.entries.iter().map(|e| (&e.path, &e.node)).collect();
     let want_str: BTreeSet<&str> = target.entries.iter().map(|e| e.path.as_str()).collect();
@@ -342,6 +337,8 @@ impl Differences {
 pub fn matching_files(current: &Tree, m: &ReleaseManifest) -> usize {
     m.entries
         .iter()
-        .filter(|e| matches!(e.node, Node::File { .. }) && current.entries.get(&e.path) == Some(&e.node))
+        .filter(|e| {
+            matches!(e.node, Node::File { .. }) && current.entries.get(&e.path) == Some(&e.node)
+        })
         .count()
 }

@@ -444,10 +444,9 @@ impl Updater {
         };
         // The release of the install record, when the repository still has it.
         let record_release = match (&record, &exact) {
-            (Some(rec), ex) if ex.as_ref() != Some(&rec.version) => view
-                .find(&rec.version)
-                .map(|r| fetch(r))
-                .transpose()?,
+            (Some(rec), ex) if ex.as_ref() != Some(&rec.version) => {
+                view.find(&rec.version).map(&fetch).transpose()?
+            }
             _ => None,
         };
         // Without an exact match, the release the files are closest to: the install record's,
@@ -472,7 +471,9 @@ impl Updater {
             Some(m) => Some(Differences::of(&cfg.app_dir, &scan, m)?),
             None => None,
         };
-        let intact = differences.as_ref().is_some_and(Differences::release_intact);
+        let intact = differences
+            .as_ref()
+            .is_some_and(Differences::release_intact);
         let installed = exact.clone().or_else(|| {
             reference
                 .as_ref()
@@ -941,15 +942,10 @@ impl Updater {
             }
         }
         let (mut quarantined, deleted, repaired) = match &result {
-            Some(r) => (
-                r.quarantined.clone(),
-                r.deleted.clone(),
-                r.repaired.clone(),
-            ),
+            Some(r) => (r.quarantined.clone(), r.deleted.clone(), r.repaired.clone()),
             None => (vec![], vec![], vec![]),
         };
-        if let (Some(h), Some(m), Some(actions)) =
-            (hand_over, done, result.and_then(|r| r.actions))
+        if let (Some(h), Some(m), Some(actions)) = (hand_over, done, result.and_then(|r| r.actions))
         {
             self.emit(Event::Phase { phase: "hand_over" });
             let planned = crate::selfpatch::PlannedUpdate {

@@ -64,7 +64,9 @@ impl Small {
     /// Publishes version `v` (1 or 2) with `extra` arguments.
     fn release(&self, v: usize, extra: &[&str]) {
         ok(cmd("patch-create")
-            .args(["release", "--name", "small", "--json", "--level", "3", "--repo"])
+            .args([
+                "release", "--name", "small", "--json", "--level", "3", "--repo",
+            ])
             .arg(&self.w.repo)
             .arg("--root")
             .arg(self.tree(v))
@@ -91,7 +93,11 @@ impl Small {
 /// `tree_state` of `app` without the paths in `user`.
 fn release_part(app: &Path, user: &[&str]) -> std::collections::BTreeMap<String, String> {
     let mut t = tree_state(app);
-    t.retain(|k, _| !user.iter().any(|u| k == u || k.starts_with(&format!("{u}/"))));
+    t.retain(|k, _| {
+        !user
+            .iter()
+            .any(|u| k == u || k.starts_with(&format!("{u}/")))
+    });
     t
 }
 
@@ -198,7 +204,10 @@ fn wrong_app_dir_is_refused_untouched_and_adopt_keeps_its_files() {
             "{sub} wrote the state directory into a foreign dir"
         );
     }
-    let r = last_json(&ok(s.w.apply_cmd("apply", &home).args(["--adopt", "--json"])));
+    let r = last_json(&ok(s
+        .w
+        .apply_cmd("apply", &home)
+        .args(["--adopt", "--json"])));
     assert_eq!(r["to"], "1.0.0");
     assert_eq!(
         std::fs::read(home.join("Documents/thesis.txt")).unwrap(),
@@ -232,19 +241,29 @@ fn file_in_the_way_is_quarantined_reported_and_rolled_back() {
     let r = last_json(&out);
     assert_eq!(r["quarantined"][0]["path"], "extras/new.txt", "{r}");
     let to = app.join(r["quarantined"][0]["to"].as_str().unwrap());
-    assert!(to.starts_with(app.join(".patchkit/quarantine")), "{}", to.display());
+    assert!(
+        to.starts_with(app.join(".patchkit/quarantine")),
+        "{}",
+        to.display()
+    );
     assert_eq!(std::fs::read(&to).unwrap(), b"the user's own new.txt");
     assert_same_tree(&app, &s.tree(2));
     // The human output names it too.
     let text = ok(&mut s.w.apply_cmd("apply", &human));
-    assert!(text.contains("quarantined: extras/new.txt -> .patchkit/quarantine/"), "{text}");
+    assert!(
+        text.contains("quarantined: extras/new.txt -> .patchkit/quarantine/"),
+        "{text}"
+    );
     // Rollback brings it back.
     ok(&mut rollback_cmd(&app));
     assert_eq!(
         std::fs::read(app.join("extras/new.txt")).unwrap(),
         b"the user's own new.txt"
     );
-    assert_eq!(std::fs::read(app.join("bin/app")).unwrap(), b"app version 1");
+    assert_eq!(
+        std::fs::read(app.join("bin/app")).unwrap(),
+        b"app version 1"
+    );
     assert!(!to.exists());
 }
 
@@ -266,7 +285,10 @@ fn check_lists_what_apply_would_do_and_how_the_install_differs() {
         text.contains("installed: 1.0.0 with 1 changed file and 1 unknown file, latest: 2.0.0"),
         "{text}"
     );
-    assert!(text.contains("would keep (not the updater's): config/settings.ini"), "{text}");
+    assert!(
+        text.contains("would keep (not the updater's): config/settings.ini"),
+        "{text}"
+    );
     assert!(text.contains("would replace: "), "{text}");
     assert!(text.contains("config/default.ini"), "{text}");
     assert!(text.contains("incremental: usable"), "{text}");
@@ -277,7 +299,10 @@ fn check_lists_what_apply_would_do_and_how_the_install_differs() {
         "1.0.0 with 1 changed file and 1 unknown file"
     );
     assert_eq!(c["would_keep"], serde_json::json!(["config/settings.ini"]));
-    assert_eq!(c["differences"]["changed"], serde_json::json!(["config/default.ini"]));
+    assert_eq!(
+        c["differences"]["changed"],
+        serde_json::json!(["config/default.ini"])
+    );
     let replace: Vec<String> = serde_json::from_value(c["would_replace"].clone()).unwrap();
     assert!(replace.contains(&"config/default.ini".to_string()), "{c}");
     assert!(replace.contains(&"dirfile".to_string()), "{c}");
@@ -350,7 +375,10 @@ fn unusable_entries_outside_release_paths_do_not_block_up_to_date_nor_drop_the_b
     );
     // The update's rollback still works.
     ok(&mut rollback_cmd(&app));
-    assert_eq!(std::fs::read(app.join("bin/app")).unwrap(), b"app version 1");
+    assert_eq!(
+        std::fs::read(app.join("bin/app")).unwrap(),
+        b"app version 1"
+    );
     assert!(app.join("saves/pipe").exists());
 }
 
@@ -367,9 +395,18 @@ fn release_directory_replaced_by_a_symlink_is_quarantined_and_its_target_untouch
     s.release(2, &[]);
     let r = last_json(&ok(s.w.apply_cmd("apply", &app).arg("--json")));
     assert_eq!(r["quarantined"][0]["path"], "data", "{r}");
-    assert_eq!(tree_state(&elsewhere), before, "the symlink's target changed");
-    assert!(std::fs::symlink_metadata(app.join("data")).unwrap().is_dir());
+    assert_eq!(
+        tree_state(&elsewhere),
+        before,
+        "the symlink's target changed"
+    );
+    assert!(std::fs::symlink_metadata(app.join("data"))
+        .unwrap()
+        .is_dir());
     let to = app.join(r["quarantined"][0]["to"].as_str().unwrap());
-    assert!(std::fs::symlink_metadata(&to).unwrap().file_type().is_symlink());
+    assert!(std::fs::symlink_metadata(&to)
+        .unwrap()
+        .file_type()
+        .is_symlink());
     assert_same_tree(&app, &s.tree(2));
 }
