@@ -155,9 +155,7 @@ pub(crate) fn txn_error(e: self_patcher::Error) -> Error {
         self_patcher::Error::Io { path, source } => Error::Io { path, source },
         self_patcher::Error::Locked { .. }
         | self_patcher::Error::Precondition(_)
-        | self_patcher::Error::Incomplete { .. } => {
-            Error::Precondition(e.to_string())
-        }
+        | self_patcher::Error::Incomplete { .. } => Error::Precondition(e.to_string()),
         other => Error::bad("update transaction", other.to_string()),
     }
 }

@@ -449,12 +449,18 @@ fn run() -> Result<()> {
                         (true, 0) => " (finished an interrupted rollback)".to_string(),
                         (true, n) => format!(
                             " (finished an interrupted rollback; {n} changed file(s) kept in {})",
-                            r.quarantine.as_ref().map(|q| q.display().to_string()).unwrap_or_default()
+                            r.quarantine
+                                .as_ref()
+                                .map(|q| q.display().to_string())
+                                .unwrap_or_default()
                         ),
                         (false, 0) => String::new(),
                         (false, n) => format!(
                             " ({n} changed file(s) kept in {})",
-                            r.quarantine.as_ref().map(|q| q.display().to_string()).unwrap_or_default()
+                            r.quarantine
+                                .as_ref()
+                                .map(|q| q.display().to_string())
+                                .unwrap_or_default()
                         ),
                     }
                 );

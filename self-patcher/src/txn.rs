@@ -220,7 +220,9 @@ fn run_from(
     mode: Mode,
     resuming: bool,
 ) -> Result<()> {
-    match run_inner(paths, journal, start, mode, resuming).and_then(|()| record_placed(paths, journal)) {
+    match run_inner(paths, journal, start, mode, resuming)
+        .and_then(|()| record_placed(paths, journal))
+    {
         Ok(()) => {
             journal.state = TxnState::Committed;
             save_journal(paths, journal)?;
@@ -591,7 +593,9 @@ fn undo_action(
                 if fs::remove_dir(&p).is_ok() {
                     touched.insert(parent_of(&p));
                 } else if !cx.blocked(rel)
-                    && fs::read_dir(&p).map(|mut d| d.next().is_some()).unwrap_or(false)
+                    && fs::read_dir(&p)
+                        .map(|mut d| d.next().is_some())
+                        .unwrap_or(false)
                 {
                     cx.notes.push(format!(
                         "kept directory {rel} (made by the update): it holds files added since"
@@ -769,7 +773,10 @@ fn kept_in(paths: &StatePaths, q: &str) -> Vec<Kept> {
                 format!("{rel}/{name}")
             };
             let p = e.path();
-            if is_real_dir(&p) && fs::read_dir(&p).map(|mut d| d.next().is_some()).unwrap_or(false)
+            if is_real_dir(&p)
+                && fs::read_dir(&p)
+                    .map(|mut d| d.next().is_some())
+                    .unwrap_or(false)
             {
                 walk(&p, &r, out);
             } else {

@@ -169,7 +169,7 @@ fn changed_and_removed(w: &World) -> (String, String) {
                 && !new.contains_key(*p)
                 && Path::new(p.as_str())
                     .parent()
-                    .map(|d| d.as_os_str().is_empty() || new.get(d.to_str().unwrap_or("")).is_some())
+                    .map(|d| d.as_os_str().is_empty() || new.contains_key(d.to_str().unwrap_or("")))
                     .unwrap_or(true)
         })
         .map(|(p, _)| p.clone())
@@ -212,8 +212,14 @@ fn rollback_keeps_files_changed_after_the_update_in_the_quarantine_and_reports_t
     );
     let q = app.join(".patchkit/quarantine");
     for (p, copy) in &kept {
-        assert!(copy.starts_with(&q), "{p} kept outside the quarantine: {copy:?}");
-        assert!(stderr.contains(&format!("warning: {p} was changed after the update")), "{stderr}");
+        assert!(
+            copy.starts_with(&q),
+            "{p} kept outside the quarantine: {copy:?}"
+        );
+        assert!(
+            stderr.contains(&format!("warning: {p} was changed after the update")),
+            "{stderr}"
+        );
     }
     assert_eq!(
         std::fs::read_to_string(&kept[&changed]).expect("kept copy"),
@@ -276,7 +282,10 @@ fn rollback_stopped_by_an_immutable_file_leaves_it_new_the_rest_old_names_it_and
     };
     let err = fails(&mut rollback_cmd(&app));
     eprintln!("{}", err.trim());
-    assert!(err.contains(&victim), "the error does not name {victim}: {err}");
+    assert!(
+        err.contains(&victim),
+        "the error does not name {victim}: {err}"
+    );
     assert!(err.contains("stays at 2.0.0"), "{err}");
     assert!(err.contains("run `patch-apply rollback` again"), "{err}");
     // Every path is old or new: the victim new, every other path old.

@@ -546,9 +546,19 @@ fn plan_replaced_between_self_patcher_start_and_its_lock_is_not_run() {
     let out = run(pw
         .w
         .apply_cmd("apply", &app)
-        .args(["--json", "--hand-over", "--self-patcher", "/bin/true", "--wait-pid"])
+        .args([
+            "--json",
+            "--hand-over",
+            "--self-patcher",
+            "/bin/true",
+            "--wait-pid",
+        ])
         .arg(sleeper.id().to_string()));
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert_eq!(
         last_json(&String::from_utf8_lossy(&out.stdout))["outcome"],
         "handed_over"
@@ -558,8 +568,14 @@ fn plan_replaced_between_self_patcher_start_and_its_lock_is_not_run() {
     let mut rest = String::new();
     let _ = std::io::Read::read_to_string(&mut err, &mut rest);
     let st = sp.wait().expect("wait");
-    assert!(!st.success(), "the first self-patcher ran a plan that was replaced: {rest}");
-    assert!(rest.contains("was replaced by an update to 2.0.0"), "{rest}");
+    assert!(
+        !st.success(),
+        "the first self-patcher ran a plan that was replaced: {rest}"
+    );
+    assert!(
+        rest.contains("was replaced by an update to 2.0.0"),
+        "{rest}"
+    );
     assert!(rest.contains("nothing was changed"), "{rest}");
     // Nothing changed: the app is at v1, the second plan and its staged files are intact.
     assert_same_tree(&app, &pw.w.releases[0]);
