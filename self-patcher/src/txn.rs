@@ -629,17 +629,6 @@ fn undo_action(
                     fs::rename(&p, &q).at(&p)?;
                 }
                 touched.insert(parent_of(&p));
-            } else if *had_old
-                && cx.placed.contains_key(&i)
-                && cx.last.get(rel) == Some(&i)
-                && ident(&p).as_ref() == cx.placed.get(&i)
-            {
-                // Still the update's file, and the old version is gone from the backup.
-                return Err(Error::Precondition(format!(
-                    "{}: its old version is missing from the backup {}",
-                    p.display(),
-                    b.display()
-                )));
             }
         }
     }
@@ -1108,5 +1097,90 @@ mod tests {
         fs::write(f.paths.record(), "v2 record").unwrap();
         rollback(&f.paths).unwrap();
         assert_eq!(fs::read_to_string(f.paths.record()).unwrap(), "v1 record");
+    }
+
+    #[test]
+    fn rollback_interrupted_after_marking_is_finished_by_rollback_or_recover_with_the_record() {
+        for by_recover in [false, true] {
+            let f = fixture();
+            fs::write(f.paths.record(), "v1 record").unwrap();
+            let mut j = journal();
+            begin(&f.paths, &mut j).unwrap();
+            run(&f.paths, &mut j, 0, Mode::RollBackOnCrash).unwrap();
+            fs::write(f.paths.record(), "v2 record").unwrap();
+            // A rollback killed after undoing the last two actions.
+            fsio::write_file(&f.paths.rollback_marker(), b"quarantine/rollback-1").unwrap();
+            j.state = TxnState::RollingBack;
+            save_journal(&f.paths, &j).unwrap();
+            let part = j.clone();
+            let mut touched = BTreeSet::new();
+            let mut cx = UndoCx {
+                paths: &f.paths,
+                placed: load_placed(&f.paths),
+                last: BTreeMap::new(),
+                quarantine: "quarantine/rollback-1".into(),
+                notes: Vec::new(),
+                failed: Vec::new(),
+            };
+            for i in [4, 3] {
+                undo_action(&mut cx, i, &part.actions[i], &mut touched).unwrap();
+            }
+            let u = if by_recover {
+                recover(&f.paths).unwrap().unwrap()
+            } else {
+                rollback(&f.paths).unwrap()
+            };
+            assert!(u.resumed_rollback);
+            assert!(u.kept.is_empty(), "{:?}", u.kept);
+            assert_old(&f.paths);
+            assert_eq!(fs::read_to_string(f.paths.record()).unwrap(), "v1 record");
+            let e = rollback(&f.paths).unwrap_err().to_string();
+            assert!(e.contains("nothing to roll back"), "{e}");
+        }
+    }
+
+    #[test]
+    fn rollback_keeps_a_file_changed_after_the_update_and_one_made_where_one_was_removed() {
+        let f = fixture();
+        let mut j = journal();
+        begin(&f.paths, &mut j).unwrap();
+        run(&f.paths, &mut j, 0, Mode::RollBackOnCrash).unwrap();
+        fs::write(f.paths.app_dir.join("sub/b"), "edited b").unwrap();
+        fs::write(f.paths.app_dir.join("gone"), "made gone").unwrap();
+        let u = rollback(&f.paths).unwrap();
+        assert_old(&f.paths);
+        let kept: Vec<(&str, String)> = u
+            .kept
+            .iter()
+            .map(|k| (k.path.as_str(), fs::read_to_string(&k.copy).unwrap()))
+            .collect();
+        assert_eq!(
+            kept,
+            vec![
+                ("gone", "made gone".to_string()),
+                ("sub/b", "edited b".to_string())
+            ]
+        );
+        assert!(u
+            .quarantine
+            .unwrap()
+            .starts_with(f.paths.state_dir.join("quarantine")));
+    }
+
+    #[test]
+    fn rollback_puts_the_old_file_back_where_a_directory_was_made_and_keeps_the_directory() {
+        let f = fixture();
+        let mut j = journal();
+        begin(&f.paths, &mut j).unwrap();
+        run(&f.paths, &mut j, 0, Mode::RollBackOnCrash).unwrap();
+        let a = f.paths.app_dir.join("a");
+        fs::remove_file(&a).unwrap();
+        fs::create_dir(&a).unwrap();
+        fs::write(a.join("inside"), "user data").unwrap();
+        let u = rollback(&f.paths).unwrap();
+        assert_old(&f.paths);
+        assert_eq!(u.kept.len(), 1, "{:?}", u.kept);
+        assert_eq!(u.kept[0].path, "a/inside");
+        assert_eq!(fs::read_to_string(&u.kept[0].copy).unwrap(), "user data");
     }
 }
