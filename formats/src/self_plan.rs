@@ -17,6 +17,11 @@ use crate::version::Version;
 /// The `format` value of plans this build writes and reads.
 pub const SELF_PATCH_FORMAT: &str = "patchkit-self-patch-1";
 
+/// The file inside the state directory where a `self-patcher` that gave up waiting for the app
+/// records it ([`TimedOut`]), so that the next updater can drop the plan instead of waiting
+/// for it forever.
+pub const TIMED_OUT_FILE: &str = "self-patch.timed-out.json";
+
 /// A command to start once the update is in place.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Relaunch {
@@ -35,6 +40,15 @@ pub struct Relaunch {
 pub struct SelfPatchPlan {
     /// Always [`SELF_PATCH_FORMAT`].
     pub format: String,
+    /// A name unique to this hand-over (so that two plans with the same actions differ).
+    /// `self-patcher` re-reads the plan under its lock and runs it only if it is still the
+    /// very plan it was started for (same bytes).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub id: String,
+    /// When the plan was written (seconds since the Unix epoch; 0: unknown). A plan that nobody
+    /// runs past `created_unix + wait_timeout_secs` (plus a margin) is abandoned.
+    #[serde(default)]
+    pub created_unix: u64,
     /// The app directory (absolute).
     pub app_dir: PathBuf,
     /// The app.
@@ -101,6 +115,25 @@ impl SelfPatchPlan {
     }
 }
 
+/// What a `self-patcher` that gave up waiting for the app writes to [`TIMED_OUT_FILE`]: the
+/// plan it gave up on is never run by anyone, and the next updater drops it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TimedOut {
+    /// The BLAKE3 digest (hex) of the plan file's bytes.
+    pub plan_digest: String,
+    /// The process it waited for.
+    pub wait_pid: u32,
+    /// How long it waited, in seconds.
+    pub waited_secs: u64,
+    /// When it gave up (seconds since the Unix epoch).
+    pub at_unix: u64,
+}
+
+/// The digest identifying a plan file's bytes (hex BLAKE3), as recorded in [`TimedOut`].
+pub fn plan_digest(bytes: &[u8]) -> String {
+    crate::hash::Blake3::of(bytes).to_hex()
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used)] // Tests: a panic is a failure with its message.
 mod tests {
@@ -112,6 +145,8 @@ mod tests {
         let to = Version::parse("2.0.0").unwrap();
         SelfPatchPlan {
             format: SELF_PATCH_FORMAT.into(),
+            id: "t1".into(),
+            created_unix: 1,
             app_dir: PathBuf::from("/opt/demo"),
             app: "demo".into(),
             from: Some(Version::parse("1.0.0").unwrap()),

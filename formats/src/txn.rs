@@ -42,6 +42,11 @@ pub enum TxnState {
     Committed,
     /// The transaction was undone: the tree is the old version.
     RolledBack,
+    /// A rollback of the committed transaction is under way (or was interrupted): paths are
+    /// at their old or their new version, and the backup and the saved install record are
+    /// kept until it is finished. Running the rollback (or recovery) again finishes it.
+    #[serde(rename = "rolling_back")]
+    RollingBack,
 }
 
 /// One reversible step of a transaction.
@@ -157,6 +162,10 @@ mod tests {
         let s = serde_json::to_string(&j).unwrap();
         assert!(s.contains(r#""state":"committing""#), "{s}");
         assert!(s.contains(r#""op":"place""#), "{s}");
+        let mut rb = j.clone();
+        rb.state = TxnState::RollingBack;
+        let s2 = serde_json::to_string(&rb).unwrap();
+        assert!(s2.contains(r#""state":"rolling_back""#), "{s2}");
         assert_eq!(serde_json::from_str::<Journal>(&s).unwrap(), j);
         assert_eq!(j.actions[1].path().as_str(), "b/c");
     }

@@ -11,7 +11,7 @@
 //! **Invariant:** no function here writes file contents inside the app dir; only renames,
 //! `mkdir`, `rmdir` and `chmod` of staged files.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use formats::manifest::{Node, ReleaseManifest};
 use formats::txn::QUARANTINE_DIR;
@@ -188,9 +188,9 @@ fn paths(app_dir: &Path, state: &StateDir) -> StatePaths {
 pub(crate) fn txn_error(e: self_patcher::Error) -> Error {
     match e {
         self_patcher::Error::Io { path, source } => Error::Io { path, source },
-        self_patcher::Error::Locked { .. } | self_patcher::Error::Precondition(_) => {
-            Error::Precondition(e.to_string())
-        }
+        self_patcher::Error::Locked { .. }
+        | self_patcher::Error::Precondition(_)
+        | self_patcher::Error::Incomplete { .. } => Error::Precondition(e.to_string()),
         other => Error::bad("update transaction", other.to_string()),
     }
 }
@@ -233,6 +233,25 @@ pub fn commit_more(app_dir: &Path, state: &StateDir, actions: Vec<Action>) -> Re
     txn::run(&p, &mut journal, start, Mode::RollBackOnCrash).map_err(txn_error)
 }
 
+/// A file a rollback or recovery found changed or added since the update, in the way of the
+/// old version: a copy is kept in the quarantine before the old version is put back.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct KeptFile {
+    /// The path in the app dir.
+    pub path: String,
+    /// Where the copy is kept.
+    pub copy: PathBuf,
+}
+
+fn kept_files(k: Vec<txn::Kept>) -> Vec<KeptFile> {
+    k.into_iter()
+        .map(|k| KeptFile {
+            path: k.path,
+            copy: k.copy,
+        })
+        .collect()
+}
+
 /// What [`recover`] found and did.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -245,18 +264,65 @@ pub enum Recovery {
         from: Option<String>,
         /// The version the interrupted update aimed at.
         to: String,
+        /// Files found in the way that were kept in the quarantine.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        kept: Vec<KeptFile>,
+    },
+    /// A rollback that was interrupted was finished: the app dir and the install record are
+    /// at `restored`.
+    FinishedRollback {
+        /// The version restored.
+        restored: Option<String>,
+        /// The version rolled back.
+        undone: String,
+        /// Files changed since the update that were kept in the quarantine.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        kept: Vec<KeptFile>,
     },
 }
 
-/// Finishes what an interrupted run left: a transaction still `committing` is rolled back.
+/// Finishes what an interrupted run left: a transaction still `committing` is rolled back, an
+/// interrupted rollback is finished.
 pub fn recover(app_dir: &Path, state: &StateDir) -> Result<Recovery> {
     match txn::recover(&paths(app_dir, state)).map_err(txn_error)? {
         None => Ok(Recovery::Clean),
-        Some(j) => Ok(Recovery::RolledBack {
-            from: j.from.map(|v| v.to_string()),
-            to: j.to.to_string(),
+        Some(u) if u.resumed_rollback => Ok(Recovery::FinishedRollback {
+            restored: u.journal.from.map(|v| v.to_string()),
+            undone: u.journal.to.to_string(),
+            kept: kept_files(u.kept),
+        }),
+        Some(u) => Ok(Recovery::RolledBack {
+            from: u.journal.from.map(|v| v.to_string()),
+            to: u.journal.to.to_string(),
+            kept: kept_files(u.kept),
         }),
     }
+}
+
+/// What [`rollback_report`] did.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct RollbackReport {
+    /// The version the app dir and the install record are back at (`None`: nothing was
+    /// installed before the update).
+    pub restored: Option<String>,
+    /// The version undone.
+    pub undone: String,
+    /// Whether this finished a rollback an earlier, interrupted run had started.
+    pub resumed: bool,
+    /// Whether what was undone was an update interrupted half-way (not a finished one).
+    pub interrupted_update: bool,
+    /// Files changed or added since the update that were in the way of the old version: each
+    /// kept in the quarantine before the old version was put back.
+    pub kept: Vec<KeptFile>,
+    /// The quarantine directory holding them.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub quarantine: Option<PathBuf>,
+    /// What was left as it is, and why.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub notes: Vec<String>,
+    /// Warnings (a dropped hand-over).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
 }
 
 /// Undoes the last committed update while its backup is kept, and restores the install record
@@ -264,5 +330,32 @@ pub fn recover(app_dir: &Path, state: &StateDir) -> Result<Recovery> {
 pub fn rollback(app_dir: &Path, state: &StateDir) -> Result<Option<Version>> {
     Ok(txn::rollback(&paths(app_dir, state))
         .map_err(txn_error)?
+        .journal
         .from)
+}
+
+/// Returns the app dir to the version before the last update, whatever an earlier run left:
+/// an interrupted rollback is finished, an interrupted update rolled back, otherwise the last
+/// committed update is undone. Idempotent: run again after an interruption or a failure, it
+/// ends at the old version with the old install record; with nothing left to undo it says so
+/// (an error). Files changed since the update are kept in the quarantine and listed.
+pub fn rollback_report(app_dir: &Path, state: &StateDir) -> Result<RollbackReport> {
+    let p = paths(app_dir, state);
+    let (u, interrupted_update) = match txn::recover(&p).map_err(txn_error)? {
+        Some(u) => {
+            let interrupted = !u.resumed_rollback;
+            (u, interrupted)
+        }
+        None => (txn::rollback(&p).map_err(txn_error)?, false),
+    };
+    Ok(RollbackReport {
+        restored: u.journal.from.map(|v| v.to_string()),
+        undone: u.journal.to.to_string(),
+        resumed: u.resumed_rollback,
+        interrupted_update,
+        kept: kept_files(u.kept),
+        quarantine: u.quarantine,
+        notes: u.notes,
+        warnings: Vec::new(),
+    })
 }

@@ -598,14 +598,39 @@ fn run() -> Result<()> {
         }
         Cmd::Rollback { app_dir, json } => {
             // Also restores the install record the update replaced.
-            let restored = patch_apply::updater::rollback_app_dir(&app_dir)?;
-            let v = restored.map(|v| v.to_string());
+            let r = patch_apply::updater::rollback_app_dir_report(&app_dir)?;
+            for w in patch_apply::updater::rollback_warnings(&r) {
+                eprintln!("warning: {w}");
+            }
             if json {
-                println!("{}", serde_json::json!({ "restored": v }));
+                println!("{}", serde_json::to_string(&r)?);
             } else {
                 println!(
-                    "rolled back to {}",
-                    v.as_deref().unwrap_or("the previous state")
+                    "rolled back {} to {}{}",
+                    if r.interrupted_update {
+                        format!("the interrupted update to {}", r.undone)
+                    } else {
+                        r.undone.clone()
+                    },
+                    r.restored.as_deref().unwrap_or("the previous state"),
+                    match (r.resumed, r.kept.len()) {
+                        (true, 0) => " (finished an interrupted rollback)".to_string(),
+                        (true, n) => format!(
+                            " (finished an interrupted rollback; {n} changed file(s) kept in {})",
+                            r.quarantine
+                                .as_ref()
+                                .map(|q| q.display().to_string())
+                                .unwrap_or_default()
+                        ),
+                        (false, 0) => String::new(),
+                        (false, n) => format!(
+                            " ({n} changed file(s) kept in {})",
+                            r.quarantine
+                                .as_ref()
+                                .map(|q| q.display().to_string())
+                                .unwrap_or_default()
+                        ),
+                    }
                 );
             }
             Ok(())

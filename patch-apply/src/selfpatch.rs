@@ -15,7 +15,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use formats::self_plan::{Relaunch, SelfPatchPlan, SELF_PATCH_FORMAT};
+use formats::self_plan::{
+    plan_digest, Relaunch, SelfPatchPlan, TimedOut, SELF_PATCH_FORMAT, TIMED_OUT_FILE,
+};
 use formats::txn::{Action, InstallRecord, STAGING_DIR};
 use formats::Version;
 use serde::Serialize;
@@ -99,59 +101,125 @@ pub(crate) struct PlannedUpdate {
     pub actions: Vec<Action>,
 }
 
-/// Refuses to go on while a hand-over is pending, and drops an abandoned one.
+/// How long after its deadline (`created_unix + wait_timeout_secs`) a plan that no
+/// `self-patcher` holds counts as abandoned even though the app it waits for still runs: the
+/// `self-patcher` started for it has given up (or died) by then.
+const DEADLINE_MARGIN_SECS: u64 = 60;
+
+fn now_unix() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// Refuses to go on while a hand-over is pending, and drops one that nothing will run,
+/// returning a warning that names it.
 ///
 /// A plan in the state dir is pending while a `self-patcher` holds the hand-over lock (it
 /// takes it first thing and keeps it to the end) or while the app it waits for still runs
-/// (`self-patcher` may not have taken the lock yet). Changing the app dir then would pull the
-/// staged files from under it, or mix two updates. Otherwise nothing will ever run the plan:
-/// it is removed with its staged files. None of its actions was carried out without a journal
-/// (`self-patcher` commits under the update lock, journaled), so the caller's recovery rolls
-/// back a half-done run. Call with the update lock held.
-pub(crate) fn check_pending(state: &StateDir) -> Result<()> {
+/// (`self-patcher` may not have taken the lock yet) and its deadline has not passed. Changing
+/// the app dir then would pull the staged files from under it, or mix two updates. Otherwise
+/// nothing will ever run the plan: its `self-patcher` recorded that it timed out
+/// ([`TIMED_OUT_FILE`]), or the app exited and no `self-patcher` runs it, or the deadline
+/// passed. It is then removed with its staged files while holding the hand-over lock (a
+/// `self-patcher` that gets the lock afterwards finds its plan gone and changes nothing). None
+/// of its actions was carried out without a journal (`self-patcher` commits under the update
+/// lock, journaled), so the caller's recovery rolls back a half-done run. Call with the update
+/// lock held.
+pub(crate) fn check_pending(state: &StateDir) -> Result<Option<String>> {
     let file = state.self_patch_plan();
+    let timed_out_file = state.root.join(TIMED_OUT_FILE);
+    if !file.exists() {
+        remove_if_present(&timed_out_file)?;
+        return Ok(None);
+    }
+    // Held until the plan is withdrawn, so that no self-patcher starts on it meanwhile.
+    let _probe = match self_patcher::lock::try_lock(&state.handover_lock_file()) {
+        Ok(held) => held,
+        Err(self_patcher::Error::Locked { owner, .. }) => {
+            return Err(Error::Precondition(format!(
+                "an update was handed over to self-patcher and is pending ({}): self-patcher \
+                 (pid {owner}) is running it; try again when it is done",
+                file.display()
+            )))
+        }
+        Err(e) => return Err(crate::commit::txn_error(e)),
+    };
+    // Read under the lock: a self-patcher that finished meanwhile removed it.
     let bytes = match std::fs::read(&file) {
         Ok(b) => b,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            remove_if_present(&timed_out_file)?;
+            return Ok(None);
+        }
         Err(e) => return Err(Error::io(&file, e)),
     };
-    // An unreadable plan cannot be run by self-patcher either; only the lock then counts.
+    // An unreadable plan cannot be run by self-patcher either.
     let plan: Option<SelfPatchPlan> = serde_json::from_slice(&bytes).ok();
     let to = plan
         .as_ref()
         .map_or_else(|| "?".to_string(), |p| p.to.to_string());
-    // Held until the plan is withdrawn, so that no self-patcher starts on it meanwhile (one
-    // that starts after finds the plan gone).
-    let (_probe, running) = match self_patcher::lock::try_lock(&state.handover_lock_file()) {
-        Ok(held) => (Some(held), None),
-        Err(self_patcher::Error::Locked { owner, .. }) => (None, Some(owner)),
-        Err(e) => return Err(crate::commit::txn_error(e)),
+    let timed_out: Option<TimedOut> = std::fs::read(&timed_out_file)
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .filter(|t: &TimedOut| t.plan_digest == plan_digest(&bytes));
+    let why_dropped = if let Some(t) = timed_out {
+        format!(
+            "self-patcher gave up waiting for process {} to exit after {}s",
+            t.wait_pid, t.waited_secs
+        )
+    } else {
+        let waiting_for = plan
+            .as_ref()
+            .and_then(|p| p.wait_pid)
+            .filter(|&pid| self_patcher::runner::process_alive(pid));
+        match (waiting_for, plan.as_ref()) {
+            (Some(pid), Some(p))
+                if p.created_unix > 0
+                    && now_unix()
+                        > p.created_unix
+                            .saturating_add(p.wait_timeout_secs)
+                            .saturating_add(DEADLINE_MARGIN_SECS) =>
+            {
+                format!(
+                    "no self-patcher runs it and its deadline ({}s of waiting for process {pid}) \
+                     has passed",
+                    p.wait_timeout_secs
+                )
+            }
+            (Some(pid), _) => {
+                return Err(Error::Precondition(format!(
+                    "an update to {to} was handed over to self-patcher and is pending ({}): \
+                     it runs once process {pid} (the app that asked for it) exits; try again \
+                     when it is done",
+                    file.display()
+                )))
+            }
+            (None, _) => "no self-patcher runs it and the app it waited for has exited".into(),
+        }
     };
-    let waiting_for = plan
-        .as_ref()
-        .and_then(|p| p.wait_pid)
-        .filter(|&pid| self_patcher::runner::process_alive(pid));
-    let pending = match (running, waiting_for) {
-        (Some(owner), _) => Some(format!("self-patcher (pid {owner}) is running it")),
-        (None, Some(pid)) => Some(format!(
-            "it runs once process {pid} (the app that asked for it) exits"
-        )),
-        (None, None) => None,
-    };
-    if let Some(why) = pending {
-        return Err(Error::Precondition(format!(
-            "an update to {to} was handed over to self-patcher and is pending ({}): {why}; \
-             try again when it is done",
-            file.display()
-        )));
-    }
     let staging = state.staging();
     match std::fs::remove_dir_all(&staging) {
         Ok(()) => {}
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
         Err(e) => return Err(Error::io(&staging, e)),
     }
-    std::fs::remove_file(&file).at(&file)
+    remove_if_present(&file)?;
+    remove_if_present(&timed_out_file)?;
+    Ok(Some(format!(
+        "dropped the update to {to} handed over to self-patcher ({}): {why_dropped}; none of \
+         it was applied",
+        file.display()
+    )))
+}
+
+fn remove_if_present(p: &Path) -> Result<()> {
+    match std::fs::remove_file(p) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(Error::io(p, e)),
+    }
 }
 
 /// Writes the plan and starts `self-patcher` detached. Returns the plan file and its PID.
@@ -169,6 +237,15 @@ pub(crate) fn hand_over(
     });
     let plan = SelfPatchPlan {
         format: SELF_PATCH_FORMAT.into(),
+        id: format!(
+            "{}-{}",
+            std::process::id(),
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_nanos())
+                .unwrap_or(0)
+        ),
+        created_unix: now_unix(),
         app_dir: app_dir.clone(),
         app: u.app,
         from: u.from,
@@ -181,6 +258,8 @@ pub(crate) fn hand_over(
         cleanup: vec![STAGING_DIR.into()],
     };
     let file = state.self_patch_plan();
+    // A timed-out record of an earlier plan must not name this one (digests differ anyway).
+    remove_if_present(&state.root.join(TIMED_OUT_FILE))?;
     let bytes = serde_json::to_vec_pretty(&plan).map_err(|e| Error::Precondition(e.to_string()))?;
     crate::atomic::write_file(&file, &bytes)?;
     let log_path = state.root.join("self-patcher.log");

@@ -808,7 +808,9 @@ impl Updater {
         }
         std::fs::create_dir_all(&cfg.app_dir).map_err(|e| Error::io(&cfg.app_dir, e))?;
         let _lock = state.lock()?;
-        crate::selfpatch::check_pending(&state)?;
+        if let Some(dropped) = crate::selfpatch::check_pending(&state)? {
+            self.emit(Event::Warning { message: dropped });
+        }
         let recovered = match commit::recover(&cfg.app_dir, &state)? {
             Recovery::Clean => None,
             r => {
@@ -1229,9 +1231,15 @@ impl Updater {
     }
 
     /// Returns to the version before the last update while its backup is kept (only the last
-    /// update can be undone). Returns the restored version.
+    /// update can be undone), finishing an interrupted rollback first. Returns the restored
+    /// version; files changed since the update that were kept in the quarantine, and a dropped
+    /// hand-over, are reported as [`Event::Warning`]s.
     pub fn rollback(&self) -> Result<Option<Version>> {
-        rollback_app_dir(&self.config.app_dir)
+        let r = rollback_app_dir_report(&self.config.app_dir)?;
+        for w in rollback_warnings(&r) {
+            self.emit(Event::Warning { message: w });
+        }
+        Ok(r.restored.and_then(|v| Version::parse(&v).ok()))
     }
 }
 
@@ -1239,13 +1247,36 @@ impl Updater {
 /// version before the last update while its backup is kept, after rolling back an interrupted
 /// one. Refused while an update handed over to `self-patcher` is pending.
 pub fn rollback_app_dir(app_dir: &std::path::Path) -> Result<Option<Version>> {
+    Ok(rollback_app_dir_report(app_dir)?
+        .restored
+        .and_then(|v| Version::parse(&v).ok()))
+}
+
+/// [`rollback_app_dir`] with the whole report: an interrupted rollback finished, files kept in
+/// the quarantine, a hand-over dropped (see [`commit::rollback_report`]).
+pub fn rollback_app_dir_report(app_dir: &std::path::Path) -> Result<commit::RollbackReport> {
     let app_dir = &crate::state::resolve_app_dir(app_dir);
     crate::state::check_app_dir(app_dir)?;
     let state = StateDir::of(app_dir);
     let _lock = state.lock()?;
-    crate::selfpatch::check_pending(&state)?;
-    commit::recover(app_dir, &state)?;
-    commit::rollback(app_dir, &state)
+    let dropped = crate::selfpatch::check_pending(&state)?;
+    let mut r = commit::rollback_report(app_dir, &state)?;
+    r.warnings.extend(dropped);
+    Ok(r)
+}
+
+/// The report's warnings and kept files as warning lines.
+pub fn rollback_warnings(r: &commit::RollbackReport) -> Vec<String> {
+    let mut out = r.warnings.clone();
+    for k in &r.kept {
+        out.push(format!(
+            "{} was changed after the update: the old version is back, the changed one is kept at {}",
+            k.path,
+            k.copy.display()
+        ));
+    }
+    out.extend(r.notes.iter().cloned());
+    out
 }
 
 /// What one method did (or, handed over, would do).

@@ -45,6 +45,20 @@ pub enum Error {
     /// process that does not exit).
     #[error("{0}")]
     Precondition(String),
+    /// Undoing a transaction (a rollback, a recovery) could not undo some steps: each path
+    /// named stays at the new version, every other path is back at the old one, and the
+    /// journal is kept so that running it again finishes the job.
+    #[error("{what} is incomplete: {}; every other path is back at {restored}; {hint}", failed.join("; "))]
+    Incomplete {
+        /// What was being undone.
+        what: String,
+        /// Each path left at the new version, with the reason.
+        failed: Vec<String>,
+        /// The version every other path is back at.
+        restored: String,
+        /// What the user can do.
+        hint: String,
+    },
     /// A step failed and undoing the steps done before it failed too: the journal is kept so
     /// that `recover` can finish the rollback.
     #[error("{first}; rolling back failed too: {undo}; run `patch-apply recover`")]

@@ -19,8 +19,8 @@
 //! use self_patcher::txn::{self, StatePaths};
 //! let paths = StatePaths::of(std::path::Path::new("/opt/demo"));
 //! // At the app's start: undo an update that was interrupted half-way.
-//! if let Some(j) = txn::recover(&paths).unwrap() {
-//!     eprintln!("rolled back an interrupted update to {}", j.to);
+//! if let Some(u) = txn::recover(&paths).unwrap() {
+//!     eprintln!("rolled back an interrupted update to {}", u.journal.to);
 //! }
 //! ```
 
@@ -28,6 +28,7 @@ pub mod error;
 pub mod fsio;
 pub mod lock;
 pub mod runner;
+mod testhook;
 pub mod txn;
 
 pub use error::{Error, Result};

@@ -20,6 +20,11 @@ plan's relaunch command. Running it again on the same plan after a crash resumes
 the steps already done. If a step fails, every step is undone, the app is relaunched at its
 old version and the error names the file.
 
+The plan is read again under self-patcher's lock: if an updater withdrew or replaced it
+meanwhile, nothing is changed. If the app does not exit within the plan's timeout, nothing is
+changed and the timeout is recorded (APP/.patchkit/self-patch.timed-out.json): the next
+`patch-apply apply` or `rollback` drops the plan with a warning.
+
 Options:
   --plan FILE   the plan written by `patch-apply apply --hand-over`
   -h, --help    print this help

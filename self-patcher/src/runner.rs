@@ -8,7 +8,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use formats::self_plan::{Relaunch, SelfPatchPlan};
+use formats::self_plan::{plan_digest, Relaunch, SelfPatchPlan, TimedOut, TIMED_OUT_FILE};
 use formats::txn::{Journal, TxnState};
 
 use crate::error::{Error, IoContext, Result};
@@ -30,10 +30,50 @@ pub struct Outcome {
 /// Reads and checks a plan file.
 pub fn load_plan(path: &Path) -> Result<SelfPatchPlan> {
     let bytes = std::fs::read(path).at(path)?;
-    SelfPatchPlan::from_json(&path.display().to_string(), &bytes).map_err(|e| Error::Corrupt {
+    parse_plan(path, &bytes)
+}
+
+fn parse_plan(path: &Path, bytes: &[u8]) -> Result<SelfPatchPlan> {
+    SelfPatchPlan::from_json(&path.display().to_string(), bytes).map_err(|e| Error::Corrupt {
         path: path.to_path_buf(),
         reason: e.to_string(),
     })
+}
+
+fn now_unix() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// Checks, under the hand-over lock, that `plan_file` still holds the plan this run was
+/// started for (`digest` of the bytes read at the start): an updater may have withdrawn it, or
+/// withdrawn it and handed over another update, before this run held the lock.
+fn check_still_ours(plan_file: &Path, plan: &SelfPatchPlan, digest: &str) -> Result<()> {
+    let now = match std::fs::read(plan_file) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(Error::Precondition(format!(
+                "{}: the plan was withdrawn by an updater before this run started; nothing was changed",
+                plan_file.display()
+            )))
+        }
+        Err(e) => return Err(Error::io(plan_file, e)),
+    };
+    if plan_digest(&now) != digest {
+        let other = parse_plan(plan_file, &now)
+            .map(|p| format!("an update to {}", p.to))
+            .unwrap_or_else(|_| "an unreadable plan".into());
+        return Err(Error::Precondition(format!(
+            "{}: the plan this run was started for (update to {}) was replaced by {other} \
+             before this run took its lock; nothing was changed (the new plan is left to its \
+             own self-patcher)",
+            plan_file.display(),
+            plan.to
+        )));
+    }
+    Ok(())
 }
 
 /// Whether process `pid` still runs (a zombie counts as exited).
@@ -66,7 +106,7 @@ pub fn wait_for_exit(pid: u32, timeout: Duration) -> Result<()> {
     while process_alive(pid) {
         if start.elapsed() >= timeout {
             return Err(Error::Precondition(format!(
-                "process {pid} is still running after {}s; nothing was changed (close the app and run self-patcher again)",
+                "process {pid} is still running after {}s; nothing was changed and the plan is given up (the next update drops it; or close the app and run self-patcher again)",
                 timeout.as_secs()
             )));
         }
@@ -99,22 +139,42 @@ fn same_plan(j: &Journal, plan: &SelfPatchPlan) -> bool {
 /// back at the old version (unless the error says rolling back failed too) and the app is
 /// relaunched anyway, so it is never left without a runnable version.
 pub fn run_plan(plan_file: &Path, log: &dyn Fn(&str)) -> Result<Outcome> {
-    let plan = load_plan(plan_file)?;
+    let bytes = std::fs::read(plan_file).at(plan_file)?;
+    let digest = plan_digest(&bytes);
+    let plan = parse_plan(plan_file, &bytes)?;
+    crate::testhook::pause("before-lock");
+    let state = StatePaths::of(&plan.app_dir);
     // Held to the end: an updater seeing the plan knows it is being run (a second
     // self-patcher on the same app dir is refused here).
-    let _running = crate::lock::try_lock(&StatePaths::of(&plan.app_dir).handover_lock())?;
-    // An updater that found the plan abandoned (before this run held the lock) withdrew it
-    // with its staged files: nothing to do.
-    if !plan_file.exists() {
-        return Err(Error::Precondition(format!(
-            "{}: the plan was withdrawn by an updater before this run started; nothing was changed",
-            plan_file.display()
-        )));
-    }
+    let _running = crate::lock::try_lock(&state.handover_lock())?;
+    // Only the plan as it is now, under the lock, counts: an updater that found it abandoned
+    // (before this run held the lock) withdrew it, and may have handed over another since.
+    check_still_ours(plan_file, &plan, &digest)?;
+    let timed_out_file = state.state_dir.join(TIMED_OUT_FILE);
+    // A run started again by hand on a plan that timed out before: it is live again.
+    let _ = std::fs::remove_file(&timed_out_file);
     let timeout = Duration::from_secs(plan.wait_timeout_secs);
     if let Some(pid) = plan.wait_pid {
         log(&format!("waiting for process {pid} to exit"));
-        wait_for_exit(pid, timeout)?;
+        if let Err(e) = wait_for_exit(pid, timeout) {
+            // Recorded (under the lock) so that the next updater drops the plan instead of
+            // waiting for an app that may run for days; nothing was changed.
+            let t = TimedOut {
+                plan_digest: digest,
+                wait_pid: pid,
+                waited_secs: plan.wait_timeout_secs,
+                at_unix: now_unix(),
+            };
+            match serde_json::to_vec_pretty(&t) {
+                Ok(b) => {
+                    if let Err(w) = crate::fsio::write_file(&timed_out_file, &b) {
+                        log(&format!("could not record the timeout: {w}"));
+                    }
+                }
+                Err(w) => log(&format!("could not record the timeout: {w}")),
+            }
+            return Err(e);
+        }
     }
     let paths = StatePaths::of(&plan.app_dir);
     let lock = crate::lock::lock_wait(&paths.lock(), timeout.max(Duration::from_secs(5)))?;
@@ -185,10 +245,21 @@ fn apply_plan(
                     plan.to
                 )))
             }
+            TxnState::RollingBack => {
+                return Err(Error::Precondition(format!(
+                    "{}: this plan ({} -> {}) is being rolled back; run `patch-apply rollback` to finish that, then the update again",
+                    paths.journal().display(),
+                    plan.from
+                        .as_ref()
+                        .map(|v| v.to_string())
+                        .unwrap_or_else(|| "nothing".into()),
+                    plan.to
+                )))
+            }
         },
         other => {
-            if other.is_some_and(|j| j.state == TxnState::Committing) {
-                log("rolling back another interrupted update first");
+            if other.is_some_and(|j| matches!(j.state, TxnState::Committing | TxnState::RollingBack)) {
+                log("finishing another interrupted update or rollback first");
                 txn::recover(paths)?;
             }
             let mut j = Journal {

@@ -22,7 +22,7 @@
 //! **Invariant:** no function here writes file contents inside the app dir; only renames,
 //! hard links into the backup, `mkdir` and `rmdir`.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
 use std::path::{Path, PathBuf};
 
@@ -222,7 +222,9 @@ fn run_from(
     mode: Mode,
     resuming: bool,
 ) -> Result<()> {
-    match run_inner(paths, journal, start, mode, resuming) {
+    match run_inner(paths, journal, start, mode, resuming)
+        .and_then(|()| record_placed(paths, journal))
+    {
         Ok(()) => {
             journal.state = TxnState::Committed;
             save_journal(paths, journal)?;
@@ -231,7 +233,19 @@ fn run_from(
             }
             Ok(())
         }
-        Err(first) => match undo_all(paths, journal) {
+        Err(first) => match undo_all(
+            paths,
+            journal,
+            &new_quarantine(paths, "undo"),
+            &format!("undoing the failed update to {}", journal.to),
+            "remove the cause and run `patch-apply recover`",
+        )
+        .and_then(|_| {
+            journal.state = TxnState::RolledBack;
+            save_journal(paths, journal)?;
+            let _ = fs::remove_file(paths.progress());
+            Ok(())
+        }) {
             Ok(()) => Err(first),
             Err(undo) => Err(Error::UndoFailed {
                 first: Box::new(first),
@@ -375,31 +389,236 @@ fn do_action(
     Ok(())
 }
 
+/// Inside the backup: what each `place` action put in place (type, size and modification
+/// time, or a symlink's target), recorded when the transaction committed, so that a rollback
+/// can tell a file changed since the update from the update's own.
+const PLACED_FILE: &str = "placed.json";
+/// Inside the backup: the quarantine directory a rollback keeps changed files in (written
+/// before it starts, so that a resumed rollback uses the same one).
+const ROLLBACK_FILE: &str = "rollback-quarantine";
+use formats::txn::QUARANTINE_DIR;
+
+/// Something a rollback or recovery found in the way that was not the update's own (a file
+/// changed or created after the update) and kept a copy of before restoring the old version.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Kept {
+    /// The path in the app dir (relative).
+    pub path: String,
+    /// Where the copy is.
+    pub copy: PathBuf,
+}
+
+/// What [`recover`] or [`rollback`] undid.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Undone {
+    /// The transaction undone (marked `rolled back`; its `from` is the version restored).
+    pub journal: Journal,
+    /// Whether this finished a rollback that an earlier, interrupted run had started.
+    pub resumed_rollback: bool,
+    /// Changed or added files that were in the way, kept in [`Undone::quarantine`].
+    pub kept: Vec<Kept>,
+    /// The directory holding the kept copies (when there are any).
+    pub quarantine: Option<PathBuf>,
+    /// What was left as it is, and why (a directory the update made that holds files added
+    /// since).
+    pub notes: Vec<String>,
+}
+
+impl StatePaths {
+    fn placed(&self) -> PathBuf {
+        self.backup().join(PLACED_FILE)
+    }
+    fn rollback_marker(&self) -> PathBuf {
+        self.backup().join(ROLLBACK_FILE)
+    }
+}
+
+/// What is at `p`, for telling later changes apart: the type, and a file's size and
+/// modification time (not its inode: copies and restores of the app dir keep the others).
+fn ident(p: &Path) -> Option<String> {
+    let m = fs::symlink_metadata(p).ok()?;
+    Some(if m.is_symlink() {
+        format!("link:{}", fs::read_link(p).ok()?.to_string_lossy())
+    } else if m.is_dir() {
+        "dir".into()
+    } else if m.is_file() {
+        #[cfg(unix)]
+        let t = {
+            use std::os::unix::fs::MetadataExt;
+            format!("{}.{:09}", m.mtime(), m.mtime_nsec())
+        };
+        #[cfg(not(unix))]
+        let t = m
+            .modified()
+            .ok()
+            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+            .map(|d| d.as_nanos().to_string())
+            .unwrap_or_default();
+        format!("file:{}:{t}", m.len())
+    } else {
+        "other".into()
+    })
+}
+
+/// Records what every `place` action of `journal` put in place (see [`PLACED_FILE`]).
+fn record_placed(paths: &StatePaths, journal: &Journal) -> Result<()> {
+    let mut map = serde_json::Map::new();
+    for (i, a) in journal.actions.iter().enumerate() {
+        if let Action::Place { path, .. } = a {
+            if let Some(id) = ident(&path.to_path(&paths.app_dir)) {
+                map.insert(i.to_string(), serde_json::Value::String(id));
+            }
+        }
+    }
+    let bytes = serde_json::to_vec(&map).map_err(|e| Error::Corrupt {
+        path: paths.placed(),
+        reason: e.to_string(),
+    })?;
+    fsio::write_file(&paths.placed(), &bytes)
+}
+
+fn load_placed(paths: &StatePaths) -> BTreeMap<usize, String> {
+    fs::read(paths.placed())
+        .ok()
+        .and_then(|b| serde_json::from_slice::<BTreeMap<String, String>>(&b).ok())
+        .map(|m| {
+            m.into_iter()
+                .filter_map(|(k, v)| Some((k.parse().ok()?, v)))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// The state of one undo pass over a journal.
+struct UndoCx<'a> {
+    paths: &'a StatePaths,
+    /// What the update placed (empty: no record, everything found is the update's own).
+    placed: BTreeMap<usize, String>,
+    /// For each path, the last action touching it: only that one compares with `placed`
+    /// (earlier ones find what the later ones restored).
+    last: BTreeMap<String, usize>,
+    /// Where changed files go (relative to the state dir), created on first use.
+    quarantine: String,
+    notes: Vec<String>,
+    /// Paths that could not be undone (with the reason): they stay at the new version.
+    failed: Vec<(String, String)>,
+}
+
+impl UndoCx<'_> {
+    /// Whether `p` (action `i`'s path) still holds what the update put there.
+    fn is_updates_own(&self, i: usize, a: &Action, p: &Path) -> bool {
+        if self.last.get(a.path().as_str()) != Some(&i) {
+            return true;
+        }
+        match self.placed.get(&i) {
+            Some(id) => ident(p).as_ref() == Some(id),
+            None => !matches!(a, Action::Remove { .. }),
+        }
+    }
+
+    /// A free place in the quarantine for `rel`.
+    fn quarantine_slot(&self, rel: &str) -> Result<PathBuf> {
+        let base = self.paths.staged(&self.quarantine).join(rel);
+        let mut q = base.clone();
+        let mut n = 1;
+        while exists(&q) {
+            q = PathBuf::from(format!("{}.{n}", base.display()));
+            n += 1;
+        }
+        ensure_parent(&q)?;
+        Ok(q)
+    }
+
+    fn blocked(&self, rel: &str) -> bool {
+        self.failed
+            .iter()
+            .any(|(f, _)| f == rel || f.starts_with(&format!("{rel}/")))
+    }
+}
+
+/// Puts the backup `b` at `p` where something is in the way: the path goes from what is there
+/// to the old version by one rename when both are files or symlinks; otherwise what is there is
+/// moved aside first and put back if the old version cannot be moved in, so that the path is
+/// never left empty. With `keep`, what was there is kept in the quarantine.
+fn put_back(cx: &UndoCx, i: usize, rel: &str, p: &Path, b: &Path, keep: bool) -> Result<()> {
+    if !is_real_dir(p) && !is_real_dir(b) {
+        if !keep {
+            return fs::rename(b, p).at(p);
+        }
+        let q = cx.quarantine_slot(rel)?;
+        if fs::hard_link(p, &q).is_ok() {
+            return fs::rename(b, p).at(p);
+        }
+    }
+    let aside = if keep {
+        cx.quarantine_slot(rel)?
+    } else {
+        PathBuf::from(format!("{}.displaced", cx.paths.backup_of(i).display()))
+    };
+    fs::rename(p, &aside).at(p)?;
+    if let Err(e) = fs::rename(b, p) {
+        let _ = fs::rename(&aside, p);
+        return Err(Error::io(p, e));
+    }
+    if !keep {
+        if is_real_dir(&aside) {
+            let _ = fs::remove_dir_all(&aside);
+        } else {
+            let _ = fs::remove_file(&aside);
+        }
+    }
+    Ok(())
+}
+
 fn undo_action(
-    paths: &StatePaths,
+    cx: &mut UndoCx,
     i: usize,
     a: &Action,
     touched: &mut BTreeSet<PathBuf>,
 ) -> Result<()> {
+    let paths = cx.paths;
+    let rel = a.path().as_str();
     let p = a.path().to_path(&paths.app_dir);
     let b = paths.backup_of(i);
     match a {
         Action::Remove { .. } => {
             if exists(&b) {
                 ensure_parent(&p)?;
-                fs::rename(&b, &p).at(&p)?;
+                // Something made at a path the update removed is not the update's own.
+                let keep = exists(&p);
+                put_back(cx, i, rel, &p, &b, keep)?;
                 touched.insert(parent_of(&p));
             }
         }
         Action::RemoveDir { .. } => {
-            if !exists(&p) {
-                fs::create_dir_all(&p).at(&p)?;
+            if !is_real_dir(&p) {
+                if exists(&p) {
+                    // Made after the update where the old version has a directory.
+                    let q = cx.quarantine_slot(rel)?;
+                    fs::rename(&p, &q).at(&p)?;
+                    if let Err(e) = fs::create_dir(&p) {
+                        let _ = fs::rename(&q, &p);
+                        return Err(Error::io(p, e));
+                    }
+                } else {
+                    fs::create_dir_all(&p).at(&p)?;
+                }
                 touched.insert(parent_of(&p));
             }
         }
         Action::MakeDir { .. } => {
-            if is_real_dir(&p) && fs::remove_dir(&p).is_ok() {
-                touched.insert(parent_of(&p));
+            if is_real_dir(&p) {
+                if fs::remove_dir(&p).is_ok() {
+                    touched.insert(parent_of(&p));
+                } else if !cx.blocked(rel)
+                    && fs::read_dir(&p)
+                        .map(|mut d| d.next().is_some())
+                        .unwrap_or(false)
+                {
+                    cx.notes.push(format!(
+                        "kept directory {rel} (made by the update): it holds files added since"
+                    ));
+                }
             }
         }
         Action::Place {
@@ -407,19 +626,26 @@ fn undo_action(
         } => {
             if exists(&b) {
                 ensure_parent(&p)?;
-                if is_real_dir(&b) != is_real_dir(&p) && exists(&p) {
-                    remove_any(&p)?;
-                }
-                // Atomic: the path goes from new to old. If both name the same file (the link
-                // was made but the step never ran), rename does nothing.
-                fs::rename(&b, &p).at(&p)?;
-                if exists(&b) {
-                    remove_any(&b)?;
+                if exists(&p) && !same_file(&p, &b) {
+                    let keep = !cx.is_updates_own(i, a, &p);
+                    put_back(cx, i, rel, &p, &b, keep)?;
+                } else {
+                    // Atomic: the path goes from new to old. If both name the same file (the
+                    // link was made but the step never ran), rename does nothing.
+                    fs::rename(&b, &p).at(&p)?;
+                    if exists(&b) {
+                        remove_any(&b)?;
+                    }
                 }
                 touched.insert(parent_of(&p));
             } else if !*had_old && exists(&p) && !exists(&paths.staged(staged)) {
                 // Placed where nothing was.
-                remove_any(&p)?;
+                if cx.is_updates_own(i, a, &p) && !is_real_dir(&p) {
+                    remove_any(&p)?;
+                } else {
+                    let q = cx.quarantine_slot(rel)?;
+                    fs::rename(&p, &q).at(&p)?;
+                }
                 touched.insert(parent_of(&p));
             }
         }
@@ -433,6 +659,22 @@ fn undo_action(
         }
     }
     Ok(())
+}
+
+fn same_file(a: &Path, b: &Path) -> bool {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::MetadataExt;
+        match (fs::symlink_metadata(a), fs::symlink_metadata(b)) {
+            (Ok(x), Ok(y)) => x.dev() == y.dev() && x.ino() == y.ino(),
+            _ => false,
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = (a, b);
+        false
+    }
 }
 
 fn ensure_parent(p: &Path) -> Result<()> {
@@ -451,36 +693,159 @@ fn remove_any(p: &Path) -> Result<()> {
     }
 }
 
-/// Undoes every action of `journal` in reverse order and marks it `rolled back`.
-fn undo_all(paths: &StatePaths, journal: &mut Journal) -> Result<()> {
-    let mut touched = BTreeSet::new();
-    for (i, a) in journal.actions.iter().enumerate().rev() {
-        undo_action(paths, i, a, &mut touched)?;
-    }
-    sync_existing(&touched)?;
-    journal.state = TxnState::RolledBack;
-    save_journal(paths, journal)?;
-    let _ = fs::remove_file(paths.progress());
-    Ok(())
+fn now_unix() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
 }
 
-/// Finishes what an interrupted run left: a transaction still `committing` is undone and
-/// returned (the app dir is at the version before it); otherwise nothing happens.
-pub fn recover(paths: &StatePaths) -> Result<Option<Journal>> {
+/// A fresh quarantine directory name (relative to the state dir) for `what`.
+fn new_quarantine(paths: &StatePaths, what: &str) -> String {
+    let t = now_unix();
+    let mut name = format!("{QUARANTINE_DIR}/{what}-{t}");
+    let mut n = 1;
+    while exists(&paths.staged(&name)) {
+        name = format!("{QUARANTINE_DIR}/{what}-{t}-{n}");
+        n += 1;
+    }
+    name
+}
+
+fn version_or_nothing(v: &Option<formats::Version>) -> String {
+    v.as_ref()
+        .map(|v| v.to_string())
+        .unwrap_or_else(|| "nothing".into())
+}
+
+/// Undoes every action of `journal` in reverse order, keeping what is not the update's own in
+/// `quarantine` (relative to the state dir). A step that fails is left at the new version and
+/// the others are still undone; the error then lists every path left at the new version.
+/// Returns the notes.
+fn undo_all(
+    paths: &StatePaths,
+    journal: &Journal,
+    quarantine: &str,
+    what: &str,
+    hint: &str,
+) -> Result<Vec<String>> {
+    let mut last = BTreeMap::new();
+    for (i, a) in journal.actions.iter().enumerate() {
+        last.insert(a.path().as_str().to_string(), i);
+    }
+    let mut cx = UndoCx {
+        paths,
+        placed: load_placed(paths),
+        last,
+        quarantine: quarantine.to_string(),
+        notes: Vec::new(),
+        failed: Vec::new(),
+    };
+    let mut touched = BTreeSet::new();
+    for (k, (i, a)) in journal.actions.iter().enumerate().rev().enumerate() {
+        let rel = a.path().as_str();
+        if cx.failed.iter().any(|(f, _)| f == rel) {
+            continue;
+        }
+        if let Err(e) = undo_action(&mut cx, i, a, &mut touched) {
+            cx.failed.push((rel.to_string(), e.to_string()));
+        }
+        if crate::testhook::active() {
+            crate::testhook::pause(&format!("undo-{}", k + 1));
+        }
+    }
+    let q = paths.staged(quarantine);
+    if exists(&q) {
+        touched.insert(q);
+    }
+    sync_existing(&touched)?;
+    if cx.failed.is_empty() {
+        return Ok(cx.notes);
+    }
+    Err(Error::Incomplete {
+        what: what.to_string(),
+        failed: cx
+            .failed
+            .into_iter()
+            .map(|(p, e)| format!("{p} stays at {}: {e}", journal.to))
+            .collect(),
+        restored: version_or_nothing(&journal.from),
+        hint: hint.to_string(),
+    })
+}
+
+/// The files kept in the quarantine directory `q` (relative to the state dir).
+fn kept_in(paths: &StatePaths, q: &str) -> Vec<Kept> {
+    fn walk(dir: &Path, rel: &str, out: &mut Vec<Kept>) {
+        let Ok(rd) = fs::read_dir(dir) else { return };
+        let mut entries: Vec<_> = rd.filter_map(|e| e.ok()).collect();
+        entries.sort_by_key(|e| e.file_name());
+        for e in entries {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let r = if rel.is_empty() {
+                name
+            } else {
+                format!("{rel}/{name}")
+            };
+            let p = e.path();
+            if is_real_dir(&p)
+                && fs::read_dir(&p)
+                    .map(|mut d| d.next().is_some())
+                    .unwrap_or(false)
+            {
+                walk(&p, &r, out);
+            } else {
+                out.push(Kept { path: r, copy: p });
+            }
+        }
+    }
+    let mut out = Vec::new();
+    walk(&paths.staged(q), "", &mut out);
+    out
+}
+
+/// Finishes what an interrupted run left: a transaction still `committing` is undone, a
+/// rollback that was interrupted is finished (restoring the install record too). Returns what
+/// was undone (the app dir is then at the version before the transaction); otherwise nothing
+/// happens.
+pub fn recover(paths: &StatePaths) -> Result<Option<Undone>> {
     let Some(mut j) = load_journal(paths)? else {
         return Ok(None);
     };
-    if j.state != TxnState::Committing {
-        return Ok(None);
+    match j.state {
+        TxnState::Committing => {}
+        TxnState::RollingBack => return finish_rollback(paths, j, true).map(Some),
+        TxnState::Committed | TxnState::RolledBack => return Ok(None),
     }
-    undo_all(paths, &mut j)?;
+    let q = new_quarantine(paths, "recover");
+    let notes = undo_all(
+        paths,
+        &j,
+        &q,
+        &format!("rolling back the interrupted update to {}", j.to),
+        "remove the cause and run `patch-apply recover` again",
+    )?;
+    j.state = TxnState::RolledBack;
+    save_journal(paths, &j)?;
+    let _ = fs::remove_file(paths.progress());
     let _ = fs::remove_dir_all(paths.backup());
-    Ok(Some(j))
+    let kept = kept_in(paths, &q);
+    Ok(Some(Undone {
+        journal: j,
+        resumed_rollback: false,
+        quarantine: (!kept.is_empty()).then(|| paths.staged(&q)),
+        kept,
+        notes,
+    }))
 }
 
 /// Undoes the last committed transaction while its backup is kept, and restores the install
-/// record saved when it began. Returns the journal (its `from` is the version restored).
-pub fn rollback(paths: &StatePaths) -> Result<Journal> {
+/// record saved when it began; a rollback interrupted earlier is finished instead. Files
+/// changed or added since the update that are in the way of the old version are kept in
+/// `quarantine/rollback-TIME/` and listed. A step that cannot be undone leaves its path at the
+/// new version (every path is old or new), the error names it, and running rollback again
+/// finishes the job. Returns what was undone (its `from` is the version restored).
+pub fn rollback(paths: &StatePaths) -> Result<Undone> {
     let Some(mut j) = load_journal(paths)? else {
         return Err(Error::Precondition(format!(
             "{}: no update to roll back",
@@ -489,11 +854,12 @@ pub fn rollback(paths: &StatePaths) -> Result<Journal> {
     };
     match j.state {
         TxnState::Committed => {}
+        TxnState::RollingBack => return finish_rollback(paths, j, true),
         TxnState::RolledBack => {
             return Err(Error::Precondition(format!(
-                "{}: the last update ({} -> {}) was already rolled back; only the last update can be undone",
+                "{}: nothing to roll back: the last update ({} -> {}) was already rolled back; only the last update can be undone",
                 paths.app_dir.display(),
-                j.from.as_ref().map(|v| v.to_string()).unwrap_or_else(|| "nothing".into()),
+                version_or_nothing(&j.from),
                 j.to
             )))
         }
@@ -505,10 +871,30 @@ pub fn rollback(paths: &StatePaths) -> Result<Journal> {
             )))
         }
     }
-    // An interruption from here on is finished by `recover`.
-    j.state = TxnState::Committing;
+    // The quarantine is chosen once, so that a resumed rollback keeps using it.
+    let q = new_quarantine(paths, "rollback");
+    fsio::write_file(&paths.rollback_marker(), q.as_bytes())?;
+    // An interruption from here on is finished by `rollback` or `recover`.
+    j.state = TxnState::RollingBack;
     save_journal(paths, &j)?;
-    undo_all(paths, &mut j)?;
+    finish_rollback(paths, j, false)
+}
+
+fn finish_rollback(paths: &StatePaths, mut j: Journal, resumed: bool) -> Result<Undone> {
+    let q = fs::read_to_string(paths.rollback_marker())
+        .ok()
+        .map(|s| s.trim().to_string())
+        .filter(|s| formats::RelPath::new(s).is_ok() && s.starts_with(QUARANTINE_DIR))
+        .unwrap_or_else(|| new_quarantine(paths, "rollback"));
+    crate::testhook::pause("rollback-start");
+    let notes = undo_all(
+        paths,
+        &j,
+        &q,
+        &format!("rolling back {} to {}", j.to, version_or_nothing(&j.from)),
+        "remove the cause and run `patch-apply rollback` again to finish",
+    )?;
+    crate::testhook::pause("rollback-undone");
     match fs::read(paths.backup_record()) {
         Ok(rec) => fsio::write_file(&paths.record(), &rec)?,
         Err(_) => match fs::remove_file(paths.record()) {
@@ -517,8 +903,19 @@ pub fn rollback(paths: &StatePaths) -> Result<Journal> {
             Err(e) => return Err(Error::io(paths.record(), e)),
         },
     }
+    crate::testhook::pause("rollback-recorded");
+    j.state = TxnState::RolledBack;
+    save_journal(paths, &j)?;
+    let _ = fs::remove_file(paths.progress());
     let _ = fs::remove_dir_all(paths.backup());
-    Ok(j)
+    let kept = kept_in(paths, &q);
+    Ok(Undone {
+        journal: j,
+        resumed_rollback: resumed,
+        quarantine: (!kept.is_empty()).then(|| paths.staged(&q)),
+        kept,
+        notes,
+    })
 }
 
 #[cfg(test)]
@@ -726,5 +1123,90 @@ mod tests {
         fs::write(f.paths.record(), "v2 record").unwrap();
         rollback(&f.paths).unwrap();
         assert_eq!(fs::read_to_string(f.paths.record()).unwrap(), "v1 record");
+    }
+
+    #[test]
+    fn rollback_interrupted_after_marking_is_finished_by_rollback_or_recover_with_the_record() {
+        for by_recover in [false, true] {
+            let f = fixture();
+            fs::write(f.paths.record(), "v1 record").unwrap();
+            let mut j = journal();
+            begin(&f.paths, &mut j).unwrap();
+            run(&f.paths, &mut j, 0, Mode::RollBackOnCrash).unwrap();
+            fs::write(f.paths.record(), "v2 record").unwrap();
+            // A rollback killed after undoing the last two actions.
+            fsio::write_file(&f.paths.rollback_marker(), b"quarantine/rollback-1").unwrap();
+            j.state = TxnState::RollingBack;
+            save_journal(&f.paths, &j).unwrap();
+            let part = j.clone();
+            let mut touched = BTreeSet::new();
+            let mut cx = UndoCx {
+                paths: &f.paths,
+                placed: load_placed(&f.paths),
+                last: BTreeMap::new(),
+                quarantine: "quarantine/rollback-1".into(),
+                notes: Vec::new(),
+                failed: Vec::new(),
+            };
+            for i in [4, 3] {
+                undo_action(&mut cx, i, &part.actions[i], &mut touched).unwrap();
+            }
+            let u = if by_recover {
+                recover(&f.paths).unwrap().unwrap()
+            } else {
+                rollback(&f.paths).unwrap()
+            };
+            assert!(u.resumed_rollback);
+            assert!(u.kept.is_empty(), "{:?}", u.kept);
+            assert_old(&f.paths);
+            assert_eq!(fs::read_to_string(f.paths.record()).unwrap(), "v1 record");
+            let e = rollback(&f.paths).unwrap_err().to_string();
+            assert!(e.contains("nothing to roll back"), "{e}");
+        }
+    }
+
+    #[test]
+    fn rollback_keeps_a_file_changed_after_the_update_and_one_made_where_one_was_removed() {
+        let f = fixture();
+        let mut j = journal();
+        begin(&f.paths, &mut j).unwrap();
+        run(&f.paths, &mut j, 0, Mode::RollBackOnCrash).unwrap();
+        fs::write(f.paths.app_dir.join("sub/b"), "edited b").unwrap();
+        fs::write(f.paths.app_dir.join("gone"), "made gone").unwrap();
+        let u = rollback(&f.paths).unwrap();
+        assert_old(&f.paths);
+        let kept: Vec<(&str, String)> = u
+            .kept
+            .iter()
+            .map(|k| (k.path.as_str(), fs::read_to_string(&k.copy).unwrap()))
+            .collect();
+        assert_eq!(
+            kept,
+            vec![
+                ("gone", "made gone".to_string()),
+                ("sub/b", "edited b".to_string())
+            ]
+        );
+        assert!(u
+            .quarantine
+            .unwrap()
+            .starts_with(f.paths.state_dir.join("quarantine")));
+    }
+
+    #[test]
+    fn rollback_puts_the_old_file_back_where_a_directory_was_made_and_keeps_the_directory() {
+        let f = fixture();
+        let mut j = journal();
+        begin(&f.paths, &mut j).unwrap();
+        run(&f.paths, &mut j, 0, Mode::RollBackOnCrash).unwrap();
+        let a = f.paths.app_dir.join("a");
+        fs::remove_file(&a).unwrap();
+        fs::create_dir(&a).unwrap();
+        fs::write(a.join("inside"), "user data").unwrap();
+        let u = rollback(&f.paths).unwrap();
+        assert_old(&f.paths);
+        assert_eq!(u.kept.len(), 1, "{:?}", u.kept);
+        assert_eq!(u.kept[0].path, "a/inside");
+        assert_eq!(fs::read_to_string(&u.kept[0].copy).unwrap(), "user data");
     }
 }

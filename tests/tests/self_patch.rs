@@ -6,6 +6,7 @@
 //! that fails half-way.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -497,4 +498,154 @@ fn a_pending_hand_over_is_left_alone_and_an_abandoned_one_is_dropped() {
     assert_eq!(r["to"], "2.0.0", "{r}");
     assert!(!plan.exists());
     assert_same_tree(&app, &pw.w.releases[1]);
+}
+
+/// Sets fields of the plan file `plan`.
+fn edit_plan(plan: &Path, f: impl FnOnce(&mut serde_json::Value)) {
+    let mut v: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(plan).expect("plan")).expect("json");
+    f(&mut v);
+    std::fs::write(plan, serde_json::to_vec_pretty(&v).expect("json")).expect("write");
+}
+
+fn installed_version(app: &Path) -> Option<String> {
+    let b = std::fs::read(app.join(".patchkit/installed.json")).ok()?;
+    let v: serde_json::Value = serde_json::from_slice(&b).ok()?;
+    v["version"].as_str().map(str::to_string)
+}
+
+#[test]
+fn plan_replaced_between_self_patcher_start_and_its_lock_is_not_run() {
+    let pw = plan_world();
+    let app = pw.w.path("replaced");
+    let plan = plan_copy(&pw, &app);
+    // The race is made certain with self-patcher's test-only pause point: it stops after
+    // reading its plan and before taking its lock, until the file `go` exists.
+    let go = pw.w.path("go");
+    let mut sp = cmd("self-patcher")
+        .arg("--plan")
+        .arg(&plan)
+        .env("PATCHKIT_TEST_PAUSE", "before-lock")
+        .env("PATCHKIT_TEST_RESUME", &go)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn self-patcher");
+    let mut err = BufReader::new(sp.stderr.take().expect("stderr"));
+    let mut line = String::new();
+    while !line.contains("test pause: before-lock") {
+        line.clear();
+        assert!(
+            err.read_line(&mut line).expect("read") > 0,
+            "self-patcher never paused before its lock"
+        );
+    }
+    // Meanwhile a second hand-over finds the plan unclaimed, drops it and writes its own (with
+    // its own staged files), for a self-patcher that is not started (`/bin/true`).
+    let mut sleeper = Command::new("sleep").arg("600").spawn().expect("sleep");
+    let out = run(pw
+        .w
+        .apply_cmd("apply", &app)
+        .args([
+            "--json",
+            "--hand-over",
+            "--self-patcher",
+            "/bin/true",
+            "--wait-pid",
+        ])
+        .arg(sleeper.id().to_string()));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        last_json(&String::from_utf8_lossy(&out.stdout))["outcome"],
+        "handed_over"
+    );
+    let new_plan = std::fs::read(&plan).expect("the second plan");
+    std::fs::write(&go, "").expect("go");
+    let mut rest = String::new();
+    let _ = std::io::Read::read_to_string(&mut err, &mut rest);
+    let st = sp.wait().expect("wait");
+    assert!(
+        !st.success(),
+        "the first self-patcher ran a plan that was replaced: {rest}"
+    );
+    assert!(
+        rest.contains("was replaced by an update to 2.0.0"),
+        "{rest}"
+    );
+    assert!(rest.contains("nothing was changed"), "{rest}");
+    // Nothing changed: the app is at v1, the second plan and its staged files are intact.
+    assert_same_tree(&app, &pw.w.releases[0]);
+    assert_ne!(installed_version(&app).as_deref(), Some("2.0.0"));
+    assert_eq!(std::fs::read(&plan).expect("plan"), new_plan);
+    // The second plan's own self-patcher runs it once its app has exited.
+    let _ = sleeper.kill();
+    let _ = sleeper.wait();
+    let out = ok(cmd("self-patcher").arg("--plan").arg(&plan));
+    assert!(out.contains("installed 2.0.0"), "{out}");
+    assert_same_tree(&app, &pw.w.releases[1]);
+}
+
+#[test]
+fn timed_out_hand_over_is_dropped_with_a_warning_by_the_next_apply_and_rollback() {
+    let pw = plan_world();
+    // The app stays running, the self-patcher waiting for it gives up after 1 s.
+    let mut sleeper = Command::new("sleep").arg("600").spawn().expect("sleep");
+    let app = pw.w.path("timed-out");
+    let plan = plan_waiting_for(&pw, &app, sleeper.id());
+    edit_plan(&plan, |v| v["wait_timeout_secs"] = 1.into());
+    let err = fails(cmd("self-patcher").arg("--plan").arg(&plan));
+    assert!(err.contains("still running after 1s"), "{err}");
+    assert_same_tree(&app, &pw.w.releases[0]);
+    assert_ne!(installed_version(&app).as_deref(), Some("2.0.0"));
+    // While the app still runs, the next apply drops the plan (none of it was applied) with a
+    // warning naming it, and installs the update itself.
+    let out = run(&mut pw.w.apply_cmd("apply", &app));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("warning: dropped the update to 2.0.0 handed over to self-patcher"),
+        "{stderr}"
+    );
+    assert!(stderr.contains(&plan.display().to_string()), "{stderr}");
+    assert!(stderr.contains("gave up waiting for process"), "{stderr}");
+    assert!(!plan.exists());
+    assert_same_tree(&app, &pw.w.releases[1]);
+
+    // Same for rollback: an app at v2 (a finished update to undo) with a timed-out hand-over.
+    let app = pw.w.path("timed-out-rollback");
+    copy_tree(&pw.w.releases[0], &app);
+    ok(&mut pw.w.apply_cmd("apply", &app));
+    let st = Command::new("cp")
+        .arg("-a")
+        .arg(pw.template.join(".patchkit/staging"))
+        .arg(app.join(".patchkit/staging"))
+        .status()
+        .expect("cp");
+    assert!(st.success());
+    let plan = app.join(".patchkit/self-patch.json");
+    std::fs::copy(pw.template.join(".patchkit/self-patch.json"), &plan).expect("plan");
+    let canon = app.canonicalize().expect("canonical");
+    edit_plan(&plan, |v| {
+        v["app_dir"] = canon.display().to_string().into();
+        v["wait_pid"] = sleeper.id().into();
+        v["wait_timeout_secs"] = 1.into();
+    });
+    let err = fails(cmd("self-patcher").arg("--plan").arg(&plan));
+    assert!(err.contains("still running after 1s"), "{err}");
+    assert_same_tree(&app, &pw.w.releases[1]);
+    let out = run(cmd("patch-apply").args(["rollback", "--app-dir"]).arg(&app));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("warning: dropped the update to 2.0.0 handed over to self-patcher"),
+        "{stderr}"
+    );
+    assert!(!plan.exists());
+    assert_same_tree(&app, &pw.w.releases[0]);
+    let _ = sleeper.kill();
+    let _ = sleeper.wait();
 }
