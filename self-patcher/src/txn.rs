@@ -26,7 +26,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use formats::txn::{self as names, Action, Journal, TxnState};
+use formats::txn::{self as names, Action, Journal, TxnState, QUARANTINE_DIR};
 
 use crate::error::{Error, IoContext, Result};
 use crate::fsio::{self, exists};
@@ -396,7 +396,6 @@ const PLACED_FILE: &str = "placed.json";
 /// Inside the backup: the quarantine directory a rollback keeps changed files in (written
 /// before it starts, so that a resumed rollback uses the same one).
 const ROLLBACK_FILE: &str = "rollback-quarantine";
-use formats::txn::QUARANTINE_DIR;
 
 /// Something a rollback or recovery found in the way that was not the update's own (a file
 /// changed or created after the update) and kept a copy of before restoring the old version.
