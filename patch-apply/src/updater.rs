@@ -406,13 +406,18 @@ impl Updater {
             Some((v, d)) => (Some(v), Some(d)),
             None => (None, None),
         };
-        let recorded_elsewhere = match (&exact, &record) {
-            (None, Some(r))
-                if digests.values().any(|d| *d == r.tree)
-                    || scan.digest(&PathPatterns::empty()) == r.tree =>
-            {
-                Some(r.version.clone())
-            }
+        // The files match the install record but no release of this repository (installed from
+        // another one): the ignore patterns under which they match, if any.
+        let record_ignore: Option<Vec<String>> = match (&exact, &record) {
+            (None, Some(r)) => digests
+                .iter()
+                .find(|(_, d)| **d == r.tree)
+                .map(|(pats, _)| pats.clone())
+                .or_else(|| (scan.digest(&PathPatterns::empty()) == r.tree).then(Vec::new)),
+            _ => None,
+        };
+        let recorded_elsewhere = match (&record_ignore, &record) {
+            (Some(_), Some(r)) => Some(r.version.clone()),
             _ => None,
         };
         let empty = scan.entries.is_empty() && scan.foreign.is_empty();
@@ -525,7 +530,19 @@ impl Updater {
                             .cloned()
                             .collect()
                     }
-                    None => vec![],
+                    // Or the files are what this updater installed from another repository
+                    // (the install record's tree): they are its own as well.
+                    None => match &record_ignore {
+                        Some(pats) => {
+                            let ign = PathPatterns::new(pats)?;
+                            scan.entries
+                                .keys()
+                                .filter(|p| !ign.matches(p))
+                                .cloned()
+                                .collect()
+                        }
+                        None => vec![],
+                    },
                 };
                 Some(Owner::new(m, &known, also)?)
             }

@@ -40,6 +40,8 @@ fn symlinks_planted_in_the_state_dir_are_refused_by_check_and_apply_and_their_ta
     // A trusted state to plant links into: v1 installed and checked once.
     let base = w.path("base");
     copy_tree(&w.releases[0], &base);
+    // `check` writes nothing into a directory the updater never wrote to: make it one it did.
+    std::fs::create_dir(base.join(".patchkit")).unwrap();
     ok(&mut w.apply_cmd("check", &base));
     assert!(base.join(".patchkit/trust/timestamp.json").is_file());
 
