@@ -1419,7 +1419,7 @@ mod tests {
         let l = Limits::default();
         let r = TrustedRoot::bootstrap(&root_bytes, &[k1.public()], now(), &l).unwrap();
         let t = TargetsMetadata::new(1, later());
-        let one = Signed::sign(t.clone(), &[&k1, &k1])
+        let one = Signed::sign(t.clone(), &[&k1])
             .unwrap()
             .to_canonical_bytes()
             .unwrap();
@@ -1436,5 +1436,73 @@ mod tests {
             .to_canonical_bytes()
             .unwrap();
         verify_role::<TargetsMetadata>("t", &two, r.root(), &l).unwrap();
+    }
+
+    #[test]
+    fn duplicate_signature_key_ids_are_refused() {
+        let k = key(1);
+        let (root, ..) = repo(&k, 1);
+        let l = Limits::default();
+        let r = TrustedRoot::bootstrap(&root, &[k.public()], now(), &l).unwrap();
+        let doubled = Signed::sign(TargetsMetadata::new(1, later()), &[&k, &k])
+            .unwrap()
+            .to_canonical_bytes()
+            .unwrap();
+        // The threshold (1) is met by either signature; the spec still says MUST refuse.
+        let err = verify_role::<TargetsMetadata>("t", &doubled, r.root(), &l).unwrap_err();
+        assert!(err.to_string().contains("two signatures"), "{err}");
+    }
+
+    #[test]
+    fn equal_version_timestamp_keeps_the_trusted_one() {
+        let k = key(1);
+        let (root, ts, ..) = repo(&k, 2);
+        let other = Signed::sign(TimestampMetadata::new(2, later(), 7, b"other"), &[&k])
+            .unwrap()
+            .to_canonical_bytes()
+            .unwrap();
+        let l = Limits::default();
+        let r = TrustedRoot::bootstrap(&root, &[k.public()], now(), &l).unwrap();
+        let mut set = TrustedSet::new(r, now(), l).unwrap();
+        set.remember_previous(Some(&ts), None);
+        let kept = set.update_timestamp(&other).unwrap();
+        assert_eq!(kept.meta["snapshot.json"].version, 2);
+        assert!(set.kept_old_timestamp());
+    }
+
+    #[test]
+    fn key_id_covers_unknown_fields_and_ecdsa_verifies() {
+        use p256::ecdsa::signature::Signer as _;
+        use p256::pkcs8::EncodePublicKey;
+        let sk = p256::ecdsa::SigningKey::from_slice(&[7u8; 32]).unwrap();
+        let pem = sk
+            .verifying_key()
+            .to_public_key_pem(p256::pkcs8::LineEnding::LF)
+            .unwrap();
+        let json = serde_json::json!({
+            "keytype": "ecdsa",
+            "scheme": "ecdsa-sha2-nistp256",
+            "keyval": {"public": pem},
+            "x-owner": "@someone",
+        });
+        let k: PublicKey = serde_json::from_value(json.clone()).unwrap();
+        let expected = Sha256::of(&canonical_json(&json).unwrap()).to_hex();
+        assert_eq!(k.key_id(), expected);
+        let sig: p256::ecdsa::DerSignature = sk.sign(b"msg");
+        assert!(k.verify(b"msg", &hex::encode(sig.as_bytes())));
+        assert!(!k.verify(b"msh", &hex::encode(sig.as_bytes())));
+    }
+
+    #[test]
+    fn delegation_paths_match_per_segment() {
+        assert!(path_pattern_matches("*.md", "README.md"));
+        assert!(!path_pattern_matches("*.md", "releases/README.md"));
+        assert!(!path_pattern_matches("*.md", "README.MD"));
+        assert!(path_pattern_matches("foo-?.tgz", "foo-1.tgz"));
+        assert!(!path_pattern_matches("foo-?.tgz", "foo-alpha.tgz"));
+        assert!(path_pattern_matches("releases/*/*", "releases/x/x_v1"));
+        assert!(path_pattern_matches("a/[a-c]?", "a/bz"));
+        assert!(!path_pattern_matches("a/[!a-c]", "a/b"));
+        assert!(path_pattern_matches("*", ""));
     }
 }
