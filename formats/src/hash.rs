@@ -117,7 +117,11 @@ pub fn check_tuf_hashes(
         if !actual.eq_ignore_ascii_case(expected) {
             return Err(Error::HashMismatch {
                 what: what.to_string(),
-                algorithm: if algorithm == "sha256" { "sha256" } else { "sha512" },
+                algorithm: if algorithm == "sha256" {
+                    "sha256"
+                } else {
+                    "sha512"
+                },
                 expected: expected.clone(),
                 actual,
             });

@@ -58,7 +58,10 @@ impl StoredTrust {
     /// The stored metadata of delegated targets role `role` (`NAME.json`, the name
     /// percent-encoded), if any.
     pub fn delegated(&self, role: &str) -> Option<Vec<u8>> {
-        let p = self.dir.as_ref()?.join(format!("{}.json", role_file_name(role)));
+        let p = self
+            .dir
+            .as_ref()?
+            .join(format!("{}.json", role_file_name(role)));
         crate::state::read_state_file(&p).ok()
     }
 

@@ -76,7 +76,13 @@ impl Repo {
     }
 
     /// `timestamp.json` of `version` pinning snapshot `snap_version`, signed by `keys`.
-    fn timestamp(&self, version: u64, snap_version: u64, snap: &[u8], keys: &[&KeyPair]) -> Vec<u8> {
+    fn timestamp(
+        &self,
+        version: u64,
+        snap_version: u64,
+        snap: &[u8],
+        keys: &[&KeyPair],
+    ) -> Vec<u8> {
         let b = Signed::sign(
             TimestampMetadata::new(version, later!(), snap_version, snap),
             keys,
@@ -157,7 +163,11 @@ fn revoked_key_stays_revoked_after_a_refresh_that_failed_later() {
     repo.root(2, &new_ts);
     repo.remove("timestamp.json");
     fails(&mut client.refresh());
-    assert_eq!(client.version("root"), 2, "root v2 was verified, it must be kept");
+    assert_eq!(
+        client.version("root"),
+        2,
+        "root v2 was verified, it must be kept"
+    );
 
     // A copy of the repository without root v2, its timestamp signed by the revoked key.
     repo.remove("2.root.json");
@@ -186,12 +196,19 @@ fn timestamp_from_a_failed_refresh_still_refuses_rollback() {
     repo.remove("3.snapshot.json");
     repo.timestamp(3, 3, &snap3, &[&k]);
     fails(&mut client.refresh());
-    assert_eq!(client.version("timestamp"), 3, "timestamp v3 was verified, it must be kept");
+    assert_eq!(
+        client.version("timestamp"),
+        3,
+        "timestamp v3 was verified, it must be kept"
+    );
 
     // A replay of the (valid, complete) version 2.
     repo.timestamp(2, 2, &snap2, &[&k]);
     let err = fails(&mut client.refresh());
-    assert!(err.contains("rollback") || err.contains("version 3"), "{err}");
+    assert!(
+        err.contains("rollback") || err.contains("version 3"),
+        "{err}"
+    );
     assert_eq!(client.version("timestamp"), 3);
     assert_eq!(client.version("snapshot"), 1);
 }
@@ -214,8 +231,16 @@ fn equal_version_timestamp_with_other_content_is_discarded() {
     let other = repo.timestamp(1, 2, &snap2, &[&k]);
     assert_ne!(other, ts1);
     ok(&mut client.refresh());
-    assert_eq!(client.file("timestamp").unwrap(), ts1, "the trusted timestamp must stay");
-    assert_eq!(client.version("snapshot"), 1, "snapshot v2 is not pinned by it");
+    assert_eq!(
+        client.file("timestamp").unwrap(),
+        ts1,
+        "the trusted timestamp must stay"
+    );
+    assert_eq!(
+        client.version("snapshot"),
+        1,
+        "snapshot v2 is not pinned by it"
+    );
 }
 
 /// Spec 4.2: the key id of each signature must be unique; a document signed twice by the same

@@ -191,7 +191,9 @@ fn main() -> Result<()> {
             let mut cache = DelegatedCache::new();
             for name in &cli.target_name {
                 let target = trust::find_target(&repo, &set, &stored, &mut cache, name, &limits)?
-                    .ok_or_else(|| anyhow!("target {name:?} is not listed by any trusted role"))?;
+                    .ok_or_else(|| {
+                    anyhow!("target {name:?} is not listed by any trusted role")
+                })?;
                 let dest = target_dir.join(role_file_name(name));
                 if let Ok(have) = std::fs::read(&dest) {
                     if target.check(name, &have).is_ok() {
