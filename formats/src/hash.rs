@@ -85,6 +85,51 @@ impl Sha256 {
     }
 }
 
+/// The digest of `data` under a TUF hash algorithm name (`sha256`, `sha512`), lowercase hex;
+/// `None` for an algorithm this implementation does not know.
+pub fn tuf_digest_hex(algorithm: &str, data: &[u8]) -> Option<String> {
+    use sha2::Digest;
+    match algorithm {
+        "sha256" => Some(hex::encode(sha2::Sha256::digest(data))),
+        "sha512" => Some(hex::encode(sha2::Sha512::digest(data))),
+        _ => None,
+    }
+}
+
+/// Checks `data` against TUF `hashes` (algorithm name to hex digest): every listed digest must
+/// match, at least one must be listed, and an algorithm this implementation does not know is
+/// refused (it cannot be checked). `what` names the file in errors.
+pub fn check_tuf_hashes(
+    what: &str,
+    data: &[u8],
+    hashes: &std::collections::BTreeMap<String, String>,
+) -> Result<()> {
+    if hashes.is_empty() {
+        return Err(Error::invalid(what, "lists no hashes"));
+    }
+    for (algorithm, expected) in hashes {
+        let actual = tuf_digest_hex(algorithm, data).ok_or_else(|| {
+            Error::invalid(
+                what,
+                format!("uses hash algorithm {algorithm:?}, which this client cannot check (sha256 and sha512 are supported)"),
+            )
+        })?;
+        if !actual.eq_ignore_ascii_case(expected) {
+            return Err(Error::HashMismatch {
+                what: what.to_string(),
+                algorithm: if algorithm == "sha256" {
+                    "sha256"
+                } else {
+                    "sha512"
+                },
+                expected: expected.clone(),
+                actual,
+            });
+        }
+    }
+    Ok(())
+}
+
 /// The size and BLAKE3 digest that fix a byte string.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Pin {

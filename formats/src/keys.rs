@@ -1,8 +1,14 @@
-//! Ed25519 keys in TUF's key format (docs/format.md §7.1) and canonical JSON.
+//! TUF public keys (docs/format.md §7.1), Ed25519 signing keys, and canonical JSON.
 //!
-//! A public key is the TUF object `{"keytype":"ed25519","scheme":"ed25519","keyval":{"public":HEX}}`;
-//! its key id is the SHA-256 of that object's canonical JSON. A secret key file adds
-//! `keyval.private` (the 32-byte seed, hex).
+//! A public key is the TUF object `{"keytype":..,"scheme":..,"keyval":{"public":..}}`; its key
+//! id is the SHA-256 of that whole object's canonical JSON, fields this implementation does not
+//! know included (as TUF's own tools compute it). Keys of ours are Ed25519 (`keyval.public` is
+//! hex); keys made by other TUF tools may also be ECDSA P-256 (`ecdsa-sha2-nistp256`) or RSA
+//! (`rsassa-pss-sha256`, `rsa-pkcs1v15-sha256`) with a PEM (SubjectPublicKeyInfo) public key;
+//! those are verified, never generated. A secret key file adds `keyval.private` (the 32-byte
+//! Ed25519 seed, hex).
+
+use std::collections::BTreeMap;
 
 use ed25519_dalek::{Signer, SigningKey, VerifyingKey};
 use serde::{Deserialize, Serialize};
@@ -30,17 +36,33 @@ pub struct KeyVal {
     /// Secret seed, hex (only in secret key files).
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub private: Option<String>,
+    /// Fields of other tools, kept so that the key id covers them.
+    #[serde(flatten)]
+    pub extra: BTreeMap<String, serde_json::Value>,
 }
 
-/// A TUF public key object (Ed25519 only).
+/// A TUF public key object.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PublicKey {
-    /// Always `ed25519`.
+    /// `ed25519` for keys of ours; `ecdsa`, `ecdsa-sha2-nistp256` or `rsa` for keys of other
+    /// TUF tools.
     pub keytype: String,
-    /// Always `ed25519`.
+    /// `ed25519`, `ecdsa-sha2-nistp256`, `rsassa-pss-sha256` or `rsa-pkcs1v15-sha256`.
     pub scheme: String,
     /// The key material.
     pub keyval: KeyVal,
+    /// Fields of other tools (`keyid_hash_algorithms`, `x-...`), kept so that the key id
+    /// covers them.
+    #[serde(flatten)]
+    pub extra: BTreeMap<String, serde_json::Value>,
+}
+
+/// A public key parsed for verification.
+enum Verifier {
+    Ed25519(VerifyingKey),
+    EcdsaP256(p256::ecdsa::VerifyingKey),
+    RsaPss(rsa::pss::VerifyingKey<sha2::Sha256>),
+    RsaPkcs1(rsa::pkcs1v15::VerifyingKey<sha2::Sha256>),
 }
 
 impl PublicKey {
@@ -52,23 +74,62 @@ impl PublicKey {
             keyval: KeyVal {
                 public: hex::encode(bytes),
                 private: None,
+                extra: BTreeMap::new(),
             },
+            extra: BTreeMap::new(),
         }
     }
 
-    /// The key id: SHA-256 (hex) of the canonical JSON of the public key object.
+    /// The key id: SHA-256 (hex) of the canonical JSON of the whole public key object as
+    /// received (without a secret part), unknown fields included.
     pub fn key_id(&self) -> String {
-        let public_only = PublicKey {
-            keytype: self.keytype.clone(),
-            scheme: self.scheme.clone(),
-            keyval: KeyVal {
-                public: self.keyval.public.clone(),
-                private: None,
-            },
-        };
-        // Serializing plain strings cannot fail.
+        let mut public_only = self.clone();
+        public_only.keyval.private = None;
+        // Serializing strings and JSON values cannot fail.
         let bytes = canonical_json(&public_only).unwrap_or_default();
         Sha256::of(&bytes).to_hex()
+    }
+
+    fn key_error(&self, reason: String) -> Error {
+        Error::Key {
+            what: format!("key {}", self.key_id()),
+            reason,
+        }
+    }
+
+    /// Parses the key material for its key type and scheme.
+    fn verifier(&self) -> Result<Verifier> {
+        use p256::pkcs8::DecodePublicKey;
+        let public = &self.keyval.public;
+        match (self.keytype.as_str(), self.scheme.as_str()) {
+            ("ed25519", "ed25519") => self.verifying_key().map(Verifier::Ed25519),
+            ("ecdsa" | "ecdsa-sha2-nistp256", "ecdsa-sha2-nistp256") => {
+                p256::ecdsa::VerifyingKey::from_public_key_pem(public)
+                    .map(Verifier::EcdsaP256)
+                    .map_err(|e| {
+                        self.key_error(format!("public key is not a PEM P-256 public key: {e}"))
+                    })
+            }
+            ("rsa", "rsassa-pss-sha256" | "rsa-pkcs1v15-sha256") => {
+                let key = rsa::RsaPublicKey::from_public_key_pem(public).map_err(|e| {
+                    self.key_error(format!("public key is not a PEM RSA public key: {e}"))
+                })?;
+                Ok(if self.scheme == "rsassa-pss-sha256" {
+                    Verifier::RsaPss(rsa::pss::VerifyingKey::new(key))
+                } else {
+                    Verifier::RsaPkcs1(rsa::pkcs1v15::VerifyingKey::new(key))
+                })
+            }
+            (t, s) => Err(self.key_error(format!(
+                "unsupported key type {t:?} with scheme {s:?}; supported: ed25519, \
+                 ecdsa-sha2-nistp256, rsassa-pss-sha256, rsa-pkcs1v15-sha256"
+            ))),
+        }
+    }
+
+    /// Fails when the key's type, scheme or material is not one this client can verify with.
+    pub fn check(&self) -> Result<()> {
+        self.verifier().map(|_| ())
     }
 
     /// The Ed25519 verifying key, or an error when the object is not a usable Ed25519 key.
@@ -77,7 +138,7 @@ impl PublicKey {
             return Err(Error::Key {
                 what: self.key_id(),
                 reason: format!(
-                    "unsupported key type {:?}/{:?}, only ed25519 is accepted",
+                    "key type {:?}/{:?} is not ed25519, which this needs",
                     self.keytype, self.scheme
                 ),
             });
@@ -95,15 +156,28 @@ impl PublicKey {
 
     /// Verifies `sig_hex` over `message`; false on any malformed input.
     pub fn verify(&self, message: &[u8], sig_hex: &str) -> bool {
-        let Ok(vk) = self.verifying_key() else {
+        use rsa::signature::Verifier as _;
+        let Ok(verifier) = self.verifier() else {
             return false;
         };
-        let mut sig = [0u8; 64];
-        if hex::decode_to_slice(sig_hex, &mut sig).is_err() {
+        let Ok(sig) = hex::decode(sig_hex) else {
             return false;
+        };
+        match verifier {
+            Verifier::Ed25519(vk) => {
+                let Ok(sig) = <[u8; 64]>::try_from(sig.as_slice()) else {
+                    return false;
+                };
+                vk.verify_strict(message, &ed25519_dalek::Signature::from_bytes(&sig))
+                    .is_ok()
+            }
+            Verifier::EcdsaP256(vk) => p256::ecdsa::DerSignature::try_from(sig.as_slice())
+                .is_ok_and(|s| vk.verify(message, &s).is_ok()),
+            Verifier::RsaPss(vk) => rsa::pss::Signature::try_from(sig.as_slice())
+                .is_ok_and(|s| vk.verify(message, &s).is_ok()),
+            Verifier::RsaPkcs1(vk) => rsa::pkcs1v15::Signature::try_from(sig.as_slice())
+                .is_ok_and(|s| vk.verify(message, &s).is_ok()),
         }
-        vk.verify_strict(message, &ed25519_dalek::Signature::from_bytes(&sig))
-            .is_ok()
     }
 
     /// Parses a public key file (the TUF key object as JSON). A secret key file is refused:
@@ -124,14 +198,14 @@ impl PublicKey {
                     .into(),
             });
         }
-        k.verifying_key().map_err(|e| Error::Key {
+        k.check().map_err(|e| Error::Key {
             what: what.to_string(),
             reason: e.to_string(),
         })?;
         Ok(PublicKey {
             keyval: KeyVal {
-                public: k.keyval.public,
                 private: None,
+                ..k.keyval
             },
             ..k
         })

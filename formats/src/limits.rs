@@ -28,6 +28,11 @@ pub struct Limits {
     /// Largest zstd window, as a power of two, that a decoder may allocate for one frame
     /// (checked against the frame header before decoding).
     pub max_window_log: u32,
+    /// Most delegated targets roles visited while looking up one target (TUF's
+    /// `max_delegations`).
+    pub max_delegations: usize,
+    /// Deepest chain of delegations followed from the top-level targets role.
+    pub max_delegation_depth: usize,
 }
 
 impl Default for Limits {
@@ -43,6 +48,8 @@ impl Default for Limits {
             max_archive_header: 64 << 10,
             max_ref_prefix: 64 << 20,
             max_window_log: 27,
+            max_delegations: 32,
+            max_delegation_depth: 16,
         }
     }
 }

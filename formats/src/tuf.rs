@@ -1,5 +1,6 @@
 //! The Update Framework's metadata (spec 1.0): root, targets, snapshot and timestamp roles,
-//! Ed25519 signatures over canonical JSON, thresholds, expiry and version numbers, and the
+//! delegated targets roles, signatures over canonical JSON (Ed25519 for keys of ours; ECDSA
+//! P-256 and RSA from other TUF tools), thresholds, expiry and version numbers, and the
 //! client-side checks of the spec's detailed client workflow (docs/format.md §7).
 //!
 //! Signatures are always checked over the canonical JSON of the `signed` object *as received*
@@ -13,7 +14,7 @@ use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
 use crate::error::{Error, Result};
-use crate::hash::{Blake3, Pin, Sha256};
+use crate::hash::{check_tuf_hashes, Blake3, Pin, Sha256};
 use crate::keys::{canonical_json, KeyPair, PublicKey};
 use crate::limits::Limits;
 use crate::time_util::{format_tuf, parse_tuf};
@@ -236,6 +237,19 @@ impl TargetFile {
             .parse()
     }
 
+    /// Checks downloaded bytes against the signed length and every signed hash (`sha256`,
+    /// `sha512`; an unknown algorithm is refused). `what` names the target in errors.
+    pub fn check(&self, what: &str, bytes: &[u8]) -> Result<()> {
+        if bytes.len() as u64 != self.length {
+            return Err(Error::LengthMismatch {
+                what: what.to_string(),
+                expected: self.length,
+                actual: bytes.len() as u64,
+            });
+        }
+        check_tuf_hashes(what, bytes, &self.hashes)
+    }
+
     /// Our custom data.
     pub fn patchkit(&self, name: &str) -> Result<TargetCustom> {
         let v = self
@@ -330,8 +344,176 @@ pub struct TargetsMetadata {
     pub expires: String,
     /// Every target by path.
     pub targets: BTreeMap<String, TargetFile>,
+    /// Delegated targets roles, searched for targets this document does not list.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub delegations: Option<Delegations>,
 }
 impl_metadata!(TargetsMetadata, Role::Targets);
+
+/// The delegations of a targets role (spec 4.5): the keys of delegated roles and the roles, in
+/// the order they are searched.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Delegations {
+    /// Keys of the delegated roles, by key id.
+    pub keys: BTreeMap<String, PublicKey>,
+    /// The delegated roles, in search order.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub roles: Option<Vec<DelegatedRole>>,
+    /// Hash-bin delegations in the succinct form (TAP 15); not followed by this client.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub succinct_roles: Option<serde_json::Value>,
+}
+
+/// One delegated targets role.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DelegatedRole {
+    /// The role's name (its metadata file is `NAME.json`).
+    pub name: String,
+    /// Key ids allowed to sign for the role.
+    pub keyids: Vec<String>,
+    /// Distinct valid signatures required.
+    pub threshold: u32,
+    /// When the role is trusted for a target, no role after it is searched.
+    pub terminating: bool,
+    /// Path patterns (`*` and `?` never match `/`) of the targets the role is trusted for.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub paths: Option<Vec<String>>,
+    /// Hex prefixes of the SHA-256 of the target paths the role is trusted for (hashed bins).
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub path_hash_prefixes: Option<Vec<String>>,
+}
+
+impl DelegatedRole {
+    /// Whether the role is trusted for `target` (spec 5.7.3): a path pattern matches it, or a
+    /// hash prefix starts the SHA-256 (hex) of its path.
+    pub fn is_trusted_for(&self, target: &str) -> bool {
+        if let Some(paths) = &self.paths {
+            return paths.iter().any(|p| path_pattern_matches(p, target));
+        }
+        if let Some(prefixes) = &self.path_hash_prefixes {
+            let digest = Sha256::of(target.as_bytes()).to_hex();
+            return prefixes.iter().any(|p| digest.starts_with(p.as_str()));
+        }
+        false
+    }
+}
+
+impl Delegations {
+    /// The roles to search for `target`, in order, each with whether it is terminating; the
+    /// list stops after the first terminating role that is trusted for it.
+    pub fn roles_for_target(&self, target: &str) -> Vec<&DelegatedRole> {
+        let mut out = Vec::new();
+        for r in self.roles.iter().flatten() {
+            if r.is_trusted_for(target) {
+                out.push(r);
+                if r.terminating {
+                    break;
+                }
+            }
+        }
+        out
+    }
+
+    /// The delegation of `name`, if listed.
+    pub fn role(&self, name: &str) -> Option<&DelegatedRole> {
+        self.roles.iter().flatten().find(|r| r.name == name)
+    }
+}
+
+/// TUF path pattern matching: pattern and path must have the same number of `/`-separated
+/// parts, and each part matches shell-style (`*` any run of characters, `?` one character,
+/// `[...]` a set); matching is case-sensitive.
+pub fn path_pattern_matches(pattern: &str, path: &str) -> bool {
+    let pp: Vec<&str> = pattern.split('/').collect();
+    let tp: Vec<&str> = path.split('/').collect();
+    pp.len() == tp.len()
+        && pp.iter().zip(&tp).all(|(p, t)| {
+            let p: Vec<char> = p.chars().collect();
+            let t: Vec<char> = t.chars().collect();
+            glob_part(&p, &t)
+        })
+}
+
+/// Shell-style matching of one path part (iterative, so a hostile pattern cannot recurse
+/// deeply; at most `pattern × text` steps).
+fn glob_part(p: &[char], t: &[char]) -> bool {
+    let (mut pi, mut ti) = (0usize, 0usize);
+    let mut star: Option<(usize, usize)> = None;
+    while ti < t.len() {
+        if pi < p.len() {
+            match p[pi] {
+                '*' => {
+                    star = Some((pi, ti));
+                    pi += 1;
+                    continue;
+                }
+                '?' => {
+                    pi += 1;
+                    ti += 1;
+                    continue;
+                }
+                '[' => {
+                    if let Some((matched, next)) = char_class(p, pi, t[ti]) {
+                        if matched {
+                            pi = next;
+                            ti += 1;
+                            continue;
+                        }
+                    } else if t[ti] == '[' {
+                        pi += 1;
+                        ti += 1;
+                        continue;
+                    }
+                }
+                c if c == t[ti] => {
+                    pi += 1;
+                    ti += 1;
+                    continue;
+                }
+                _ => {}
+            }
+        }
+        match star {
+            Some((sp, st)) => {
+                pi = sp + 1;
+                ti = st + 1;
+                star = Some((sp, st + 1));
+            }
+            None => return false,
+        }
+    }
+    p[pi..].iter().all(|&c| c == '*')
+}
+
+/// A `[...]` set at `p[start]`: whether `c` is in it and the index after it; `None` when the
+/// set is not closed (then `[` is literal).
+fn char_class(p: &[char], start: usize, c: char) -> Option<(bool, usize)> {
+    let mut i = start + 1;
+    let negate = matches!(p.get(i), Some('!'));
+    if negate {
+        i += 1;
+    }
+    let mut found = false;
+    let mut first = true;
+    while i < p.len() {
+        if p[i] == ']' && !first {
+            return Some((found != negate, i + 1));
+        }
+        first = false;
+        if i + 2 < p.len() && p[i + 1] == '-' && p[i + 2] != ']' {
+            if p[i] <= c && c <= p[i + 2] {
+                found = true;
+            }
+            i += 3;
+        } else {
+            if p[i] == c {
+                found = true;
+            }
+            i += 1;
+        }
+    }
+    None
+}
 
 impl TargetsMetadata {
     /// An empty targets document.
@@ -342,6 +524,7 @@ impl TargetsMetadata {
             version,
             expires: format_tuf(expires),
             targets: BTreeMap::new(),
+            delegations: None,
         }
     }
 }
@@ -474,6 +657,18 @@ fn parse_and_count<T: Metadata>(
             actual: sigs.len() as u64,
         });
     }
+    let mut seen = BTreeSet::new();
+    for s in &sigs {
+        if !seen.insert(s.keyid.as_str()) {
+            return Err(Error::invalid(
+                what,
+                format!(
+                    "has two signatures by key {} (TUF allows one signature per key id)",
+                    s.keyid
+                ),
+            ));
+        }
+    }
     let canonical = canonical_json(signed)?;
     let typed: T = serde_json::from_value(signed.clone()).map_err(|e| Error::Json {
         what: what.to_string(),
@@ -499,20 +694,19 @@ fn parse_and_count<T: Metadata>(
     Ok((typed, canonical, sigs))
 }
 
-/// Counts distinct keys of `role` in `root` that validly signed `canonical`.
+/// Counts distinct keys among `keyids` (looked up in `keys`) that validly signed `canonical`.
 fn count_valid(
-    root: &RootMetadata,
-    role: Role,
+    keys: &BTreeMap<String, PublicKey>,
+    keyids: &[String],
     canonical: &[u8],
     sigs: &[Signature],
-) -> Result<usize> {
-    let rk = root.role_keys(role)?;
+) -> usize {
     let mut ok = BTreeSet::new();
     for s in sigs {
-        if !rk.keyids.contains(&s.keyid) || ok.contains(&s.keyid) {
+        if !keyids.contains(&s.keyid) || ok.contains(&s.keyid) {
             continue;
         }
-        let Some(key) = root.keys.get(&s.keyid) else {
+        let Some(key) = keys.get(&s.keyid) else {
             continue;
         };
         // A key listed under an id that is not its own is ignored.
@@ -523,7 +717,32 @@ fn count_valid(
             ok.insert(s.keyid.clone());
         }
     }
-    Ok(ok.len())
+    ok.len()
+}
+
+/// Fails unless `threshold` distinct keys among `keyids` signed `canonical`.
+fn require_keys_threshold(
+    what: &str,
+    role: &str,
+    keys: &BTreeMap<String, PublicKey>,
+    keyids: &[String],
+    threshold: u32,
+    canonical: &[u8],
+    sigs: &[Signature],
+) -> Result<()> {
+    if threshold == 0 {
+        return Err(Error::invalid(what, format!("{role} threshold is 0")));
+    }
+    let valid = count_valid(keys, keyids, canonical, sigs);
+    if valid < threshold as usize {
+        return Err(Error::ThresholdNotMet {
+            what: what.to_string(),
+            role: role.to_string(),
+            valid,
+            threshold,
+        });
+    }
+    Ok(())
 }
 
 fn require_threshold(
@@ -534,22 +753,15 @@ fn require_threshold(
     sigs: &[Signature],
 ) -> Result<()> {
     let rk = root.role_keys(role)?;
-    if rk.threshold == 0 {
-        return Err(Error::invalid(
-            what,
-            format!("{} threshold is 0", role.name()),
-        ));
-    }
-    let valid = count_valid(root, role, canonical, sigs)?;
-    if valid < rk.threshold as usize {
-        return Err(Error::ThresholdNotMet {
-            what: what.to_string(),
-            role: role.name().to_string(),
-            valid,
-            threshold: rk.threshold,
-        });
-    }
-    Ok(())
+    require_keys_threshold(
+        what,
+        role.name(),
+        &root.keys,
+        &rk.keyids,
+        rk.threshold,
+        canonical,
+        sigs,
+    )
 }
 
 fn check_expiry(what: &str, expires: &str, now: OffsetDateTime) -> Result<()> {
@@ -684,6 +896,9 @@ pub struct TrustedSet {
     targets: Option<TargetsMetadata>,
     old_timestamp: Option<TimestampMetadata>,
     old_snapshot: Option<SnapshotMetadata>,
+    /// Whether [`TrustedSet::update_timestamp`] kept the trusted timestamp (the offered one
+    /// had the same version).
+    kept_old_timestamp: bool,
 }
 
 impl TrustedSet {
@@ -699,6 +914,7 @@ impl TrustedSet {
             targets: None,
             old_timestamp: None,
             old_snapshot: None,
+            kept_old_timestamp: false,
         })
     }
 
@@ -745,6 +961,14 @@ impl TrustedSet {
                     offered: ts.version,
                 });
             }
+            if ts.version == old.version {
+                // Spec 5.4.3.1: a timestamp of the version already trusted is discarded, even
+                // when its content differs; the trusted one stays in force.
+                let old = old.clone();
+                check_expiry("trusted timestamp.json", &old.expires, self.now)?;
+                self.kept_old_timestamp = true;
+                return Ok(self.timestamp.insert(old));
+            }
             if let Some(old_snap) = old.meta.get("snapshot.json") {
                 if snap_meta.version < old_snap.version {
                     return Err(Error::Rollback {
@@ -756,7 +980,14 @@ impl TrustedSet {
             }
         }
         check_expiry(what, &ts.expires, self.now)?;
+        self.kept_old_timestamp = false;
         Ok(self.timestamp.insert(ts))
+    }
+
+    /// Whether the last [`TrustedSet::update_timestamp`] kept the trusted timestamp because
+    /// the offered one had the same version (so the offered bytes must not be stored).
+    pub fn kept_old_timestamp(&self) -> bool {
+        self.kept_old_timestamp
     }
 
     /// The file name to fetch for snapshot (consistent snapshots: `N.snapshot.json`).
@@ -867,15 +1098,82 @@ impl TrustedSet {
                 ),
             ));
         }
-        if t.targets.len() > self.limits.max_entries {
-            return Err(Error::TooLarge {
-                what: format!("{what} targets"),
-                limit: self.limits.max_entries as u64,
-                actual: t.targets.len() as u64,
-            });
-        }
+        check_targets_size(&what, &t, &self.limits)?;
         check_expiry(&what, &t.expires, self.now)?;
         Ok(self.targets.insert(t))
+    }
+
+    /// The metadata file to fetch for the delegated role `name` (`N.NAME.json` with consistent
+    /// snapshots, the name percent-encoded) and its pin from snapshot. Fails when snapshot does
+    /// not list the role: such a delegation is not followed.
+    pub fn delegated_file(&self, name: &str) -> Result<(String, MetaFile)> {
+        if Role::ALL.iter().any(|r| r.name() == name) {
+            return Err(Error::invalid(
+                "targets delegations",
+                format!("delegate to {name:?}, the name of a top-level role"),
+            ));
+        }
+        let snap = self
+            .snapshot
+            .as_ref()
+            .ok_or_else(|| Error::invalid(name, "snapshot not loaded yet"))?;
+        let m = snap.meta.get(&format!("{name}.json")).ok_or_else(|| {
+            Error::invalid(
+                "snapshot.json",
+                format!("does not list delegated role {name:?}; the delegation is not followed"),
+            )
+        })?;
+        let quoted = role_file_name(name);
+        let file = if self.root.root().consistent_snapshot {
+            format!("{}.{quoted}.json", m.version)
+        } else {
+            format!("{quoted}.json")
+        };
+        Ok((file, m.clone()))
+    }
+
+    /// Checks the metadata of delegated targets role `name` as delegated by `delegator` (spec
+    /// 5.6 for a delegated role): the pin from snapshot, a threshold of the keys the delegator
+    /// names for it, the pinned version, expiry and size limits. Returns the verified document;
+    /// the delegation is checked every time, so a role reached through another delegator is
+    /// verified again against that delegator's keys.
+    pub fn verify_delegated(
+        &self,
+        name: &str,
+        delegator: &TargetsMetadata,
+        bytes: &[u8],
+    ) -> Result<TargetsMetadata> {
+        let (what, pin) = self.delegated_file(name)?;
+        let delegations = delegator
+            .delegations
+            .as_ref()
+            .ok_or_else(|| Error::invalid(&what, "its delegator has no delegations"))?;
+        let role = delegations
+            .role(name)
+            .ok_or_else(|| Error::invalid(&what, "its delegator does not delegate to it"))?;
+        check_meta_pin(&what, bytes, &pin, self.limits.max_large_metadata)?;
+        let (t, c, s): (TargetsMetadata, _, _) = parse_and_count(&what, bytes, &self.limits)?;
+        require_keys_threshold(
+            &what,
+            name,
+            &delegations.keys,
+            &role.keyids,
+            role.threshold,
+            &c,
+            &s,
+        )?;
+        if t.version != pin.version {
+            return Err(Error::invalid(
+                &what,
+                format!(
+                    "has version {}, snapshot pins version {} (mix-and-match)",
+                    t.version, pin.version
+                ),
+            ));
+        }
+        check_targets_size(&what, &t, &self.limits)?;
+        check_expiry(&what, &t.expires, self.now)?;
+        Ok(t)
     }
 
     /// The verified targets, once loaded.
@@ -899,6 +1197,37 @@ impl TrustedSet {
     }
 }
 
+/// The file-name form of a role name: every byte but ASCII letters, digits and `-._~`
+/// percent-encoded, so that a name like `../x` or `a/b` stays one URL path segment and one file
+/// name.
+pub fn role_file_name(name: &str) -> String {
+    let mut out = String::with_capacity(name.len());
+    for b in name.bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+fn check_targets_size(what: &str, t: &TargetsMetadata, limits: &Limits) -> Result<()> {
+    let delegated = t
+        .delegations
+        .as_ref()
+        .map_or(0, |d| d.roles.as_ref().map_or(0, Vec::len) + d.keys.len());
+    let entries = t.targets.len().saturating_add(delegated);
+    if entries > limits.max_entries {
+        return Err(Error::TooLarge {
+            what: format!("{what} targets and delegations"),
+            limit: limits.max_entries as u64,
+            actual: entries as u64,
+        });
+    }
+    Ok(())
+}
+
 fn check_meta_pin(what: &str, bytes: &[u8], pin: &MetaFile, limit: u64) -> Result<()> {
     check_size(what, bytes, pin.length.unwrap_or(limit).min(limit))?;
     if let Some(len) = pin.length {
@@ -910,16 +1239,8 @@ fn check_meta_pin(what: &str, bytes: &[u8], pin: &MetaFile, limit: u64) -> Resul
             });
         }
     }
-    if let Some(h) = pin.hashes.as_ref().and_then(|h| h.get("sha256")) {
-        let actual = Sha256::of(bytes).to_hex();
-        if &actual != h {
-            return Err(Error::HashMismatch {
-                what: what.into(),
-                algorithm: "sha256",
-                expected: h.clone(),
-                actual,
-            });
-        }
+    if let Some(h) = &pin.hashes {
+        check_tuf_hashes(what, bytes, h)?;
     }
     Ok(())
 }
@@ -1098,7 +1419,7 @@ mod tests {
         let l = Limits::default();
         let r = TrustedRoot::bootstrap(&root_bytes, &[k1.public()], now(), &l).unwrap();
         let t = TargetsMetadata::new(1, later());
-        let one = Signed::sign(t.clone(), &[&k1, &k1])
+        let one = Signed::sign(t.clone(), &[&k1])
             .unwrap()
             .to_canonical_bytes()
             .unwrap();
@@ -1115,5 +1436,73 @@ mod tests {
             .to_canonical_bytes()
             .unwrap();
         verify_role::<TargetsMetadata>("t", &two, r.root(), &l).unwrap();
+    }
+
+    #[test]
+    fn duplicate_signature_key_ids_are_refused() {
+        let k = key(1);
+        let (root, ..) = repo(&k, 1);
+        let l = Limits::default();
+        let r = TrustedRoot::bootstrap(&root, &[k.public()], now(), &l).unwrap();
+        let doubled = Signed::sign(TargetsMetadata::new(1, later()), &[&k, &k])
+            .unwrap()
+            .to_canonical_bytes()
+            .unwrap();
+        // The threshold (1) is met by either signature; the spec still says MUST refuse.
+        let err = verify_role::<TargetsMetadata>("t", &doubled, r.root(), &l).unwrap_err();
+        assert!(err.to_string().contains("two signatures"), "{err}");
+    }
+
+    #[test]
+    fn equal_version_timestamp_keeps_the_trusted_one() {
+        let k = key(1);
+        let (root, ts, ..) = repo(&k, 2);
+        let other = Signed::sign(TimestampMetadata::new(2, later(), 7, b"other"), &[&k])
+            .unwrap()
+            .to_canonical_bytes()
+            .unwrap();
+        let l = Limits::default();
+        let r = TrustedRoot::bootstrap(&root, &[k.public()], now(), &l).unwrap();
+        let mut set = TrustedSet::new(r, now(), l).unwrap();
+        set.remember_previous(Some(&ts), None);
+        let kept = set.update_timestamp(&other).unwrap();
+        assert_eq!(kept.meta["snapshot.json"].version, 2);
+        assert!(set.kept_old_timestamp());
+    }
+
+    #[test]
+    fn key_id_covers_unknown_fields_and_ecdsa_verifies() {
+        use p256::ecdsa::signature::Signer as _;
+        use p256::pkcs8::EncodePublicKey;
+        let sk = p256::ecdsa::SigningKey::from_slice(&[7u8; 32]).unwrap();
+        let pem = sk
+            .verifying_key()
+            .to_public_key_pem(p256::pkcs8::LineEnding::LF)
+            .unwrap();
+        let json = serde_json::json!({
+            "keytype": "ecdsa",
+            "scheme": "ecdsa-sha2-nistp256",
+            "keyval": {"public": pem},
+            "x-owner": "@someone",
+        });
+        let k: PublicKey = serde_json::from_value(json.clone()).unwrap();
+        let expected = Sha256::of(&canonical_json(&json).unwrap()).to_hex();
+        assert_eq!(k.key_id(), expected);
+        let sig: p256::ecdsa::DerSignature = sk.sign(b"msg");
+        assert!(k.verify(b"msg", &hex::encode(sig.as_bytes())));
+        assert!(!k.verify(b"msh", &hex::encode(sig.as_bytes())));
+    }
+
+    #[test]
+    fn delegation_paths_match_per_segment() {
+        assert!(path_pattern_matches("*.md", "README.md"));
+        assert!(!path_pattern_matches("*.md", "releases/README.md"));
+        assert!(!path_pattern_matches("*.md", "README.MD"));
+        assert!(path_pattern_matches("foo-?.tgz", "foo-1.tgz"));
+        assert!(!path_pattern_matches("foo-?.tgz", "foo-alpha.tgz"));
+        assert!(path_pattern_matches("releases/*/*", "releases/x/x_v1"));
+        assert!(path_pattern_matches("a/[a-c]?", "a/bz"));
+        assert!(!path_pattern_matches("a/[!a-c]", "a/b"));
+        assert!(path_pattern_matches("*", ""));
     }
 }

@@ -1,12 +1,15 @@
-//! The client's TUF workflow (spec 5.2-5.6) over a [`Transport`], with the trusted metadata
-//! persisted between runs for rollback protection.
+//! The client's TUF workflow (spec 5.2-5.7) over a [`Transport`], with the trusted metadata
+//! persisted between runs for rollback protection. Each role is stored as soon as it is
+//! verified (spec 5.3.8, 5.4.5, 5.5.7, 5.6.6), so a refresh that fails later still keeps what
+//! it verified: a revoked key stays revoked, a newer timestamp stays the floor.
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
 use formats::keys::PublicKey;
 use formats::layout;
 use formats::limits::Limits;
-use formats::tuf::{TrustedRoot, TrustedSet};
+use formats::tuf::{role_file_name, TargetFile, TargetsMetadata, TrustedRoot, TrustedSet};
 use time::OffsetDateTime;
 
 use crate::error::{Error, IoContext, Result};
@@ -21,9 +24,14 @@ pub struct StoredTrust {
     pub timestamp: Option<Vec<u8>>,
     /// Last trusted snapshot.
     pub snapshot: Option<Vec<u8>>,
+    /// Last trusted top-level targets (reused while snapshot pins its version).
+    pub targets: Option<Vec<u8>>,
     /// The key ids of the pinned keys the stored metadata was trusted under (a JSON array of
     /// strings, `anchor.json`).
     pub anchor: Option<Vec<u8>>,
+    /// The directory this was loaded from: [`refresh`] writes each role there as soon as it
+    /// is verified (when the directory or its parent exists).
+    dir: Option<PathBuf>,
 }
 
 impl StoredTrust {
@@ -41,8 +49,41 @@ impl StoredTrust {
             root: read("root.json")?,
             timestamp: read("timestamp.json")?,
             snapshot: read("snapshot.json")?,
+            targets: read("targets.json")?,
             anchor: read("anchor.json")?,
+            dir: Some(dir.to_path_buf()),
         })
+    }
+
+    /// The stored metadata of delegated targets role `role` (`NAME.json`, the name
+    /// percent-encoded), if any.
+    pub fn delegated(&self, role: &str) -> Option<Vec<u8>> {
+        let p = self
+            .dir
+            .as_ref()?
+            .join(format!("{}.json", role_file_name(role)));
+        crate::state::read_state_file(&p).ok()
+    }
+
+    /// Writes `name` into the directory this was loaded from, unless it already holds
+    /// `bytes`. Best effort: a client that cannot write its state still verifies (the caller
+    /// saves again with errors reported, see [`StoredTrust::save_changes`]).
+    fn keep(&self, name: &str, bytes: &[u8], on_disk: Option<&[u8]>) {
+        let Some(dir) = &self.dir else { return };
+        if on_disk == Some(bytes) {
+            return;
+        }
+        if !dir.is_dir() {
+            if !dir.parent().is_some_and(Path::is_dir) {
+                return;
+            }
+            if crate::state::create_state_dir(dir).is_err() {
+                return;
+            }
+        }
+        if let Err(e) = crate::atomic::write_files(dir, &[(name, bytes)]) {
+            tracing::warn!("cannot store verified {name} in {}: {e}", dir.display());
+        }
     }
 
     /// Saves into `dir` atomically, file by file.
@@ -57,6 +98,7 @@ impl StoredTrust {
             ("root.json", &self.root, &on_disk.root),
             ("timestamp.json", &self.timestamp, &on_disk.timestamp),
             ("snapshot.json", &self.snapshot, &on_disk.snapshot),
+            ("targets.json", &self.targets, &on_disk.targets),
             ("anchor.json", &self.anchor, &on_disk.anchor),
         ]
         .into_iter()
@@ -102,7 +144,13 @@ fn same_anchor(stored: Option<&[u8]>, pinned: &[PublicKey]) -> bool {
 /// `stored` is used only if it was trusted under one of the `pinned` keys (its anchor): an app
 /// now pinned to other keys (another repository, or a key replaced after a compromise) starts
 /// over from its pinned keys, without the old root and without the old timestamp and snapshot
-/// versions, which belong to another trust root.
+/// versions, which belong to another trust root. With no `pinned` keys at all, the stored root
+/// is the trust anchor (a TUF client initialised with a trusted root) and no anchor is kept.
+///
+/// When `stored` was loaded from a directory ([`StoredTrust::load`]), each role is written
+/// there as soon as it is verified, before the next one is fetched; a timestamp of the version
+/// already trusted is discarded (spec 5.4.3.1), and the stored snapshot and targets are reused
+/// while the newer role still pins their version.
 pub fn refresh(
     t: &dyn Transport,
     pinned: &[PublicKey],
@@ -111,14 +159,32 @@ pub fn refresh(
     limits: &Limits,
 ) -> Result<(TrustedSet, StoredTrust)> {
     let none = StoredTrust::default();
-    let stored = if same_anchor(stored.anchor.as_deref(), pinned) {
+    let trusted = if same_anchor(stored.anchor.as_deref(), pinned) {
         stored
     } else {
         &none
     };
-    let mut root = match &stored.root {
+    let anchor = (!pinned.is_empty()).then(|| anchor_of(pinned));
+    let keep_root = |root: &TrustedRoot| {
+        stored.keep("root.json", root.bytes(), stored.root.as_deref());
+        if let Some(a) = &anchor {
+            // After the root it vouches for, never before.
+            stored.keep("anchor.json", a, stored.anchor.as_deref());
+        }
+    };
+    let mut root = match &trusted.root {
         Some(b) => TrustedRoot::from_trusted_bytes(b, limits)?,
-        None => bootstrap(t, pinned, now, limits)?,
+        None if pinned.is_empty() => {
+            return Err(Error::Refused(format!(
+                "{}: no trusted root to start from (no pinned key and no stored root.json)",
+                t.describe()
+            )))
+        }
+        None => {
+            let r = bootstrap(t, pinned, now, limits)?;
+            keep_root(&r);
+            r
+        }
     };
     let mut steps = 0;
     loop {
@@ -128,6 +194,7 @@ pub fn refresh(
             None => break,
             Some(bytes) => {
                 root.update(&bytes, limits)?;
+                keep_root(&root);
                 steps += 1;
                 if steps > limits.max_root_rotations {
                     return Err(Error::Refused(format!(
@@ -140,26 +207,156 @@ pub fn refresh(
         }
     }
     let mut set = TrustedSet::new(root, now, limits.clone())?;
-    set.remember_previous(stored.timestamp.as_deref(), stored.snapshot.as_deref());
-    let ts = get_required(t, &md("timestamp.json"), limits.max_small_metadata)?;
-    set.update_timestamp(&ts)?;
-    let snap_name = set.snapshot_file_name()?;
-    let snap = get_required(t, &md(&snap_name), set.snapshot_max_len())?;
-    set.update_snapshot(&snap)?;
-    let (t_name, pin) = set.targets_file()?;
-    let max = pin
-        .length
-        .unwrap_or(limits.max_large_metadata)
-        .min(limits.max_large_metadata);
-    let targets = get_required(t, &md(&t_name), max)?;
-    set.update_targets(&targets)?;
+    set.remember_previous(trusted.timestamp.as_deref(), trusted.snapshot.as_deref());
+    let offered = get_required(t, &md("timestamp.json"), limits.max_small_metadata)?;
+    set.update_timestamp(&offered)?;
+    let ts = match (&trusted.timestamp, set.kept_old_timestamp()) {
+        (Some(old), true) => old.clone(),
+        _ => {
+            stored.keep("timestamp.json", &offered, stored.timestamp.as_deref());
+            offered
+        }
+    };
+    let snap = match trusted
+        .snapshot
+        .as_ref()
+        .filter(|b| set.update_snapshot(b).is_ok())
+    {
+        Some(b) => b.clone(),
+        None => {
+            let snap_name = set.snapshot_file_name()?;
+            let snap = get_required(t, &md(&snap_name), set.snapshot_max_len())?;
+            set.update_snapshot(&snap)?;
+            stored.keep("snapshot.json", &snap, stored.snapshot.as_deref());
+            snap
+        }
+    };
+    let targets = match trusted
+        .targets
+        .as_ref()
+        .filter(|b| set.update_targets(b).is_ok())
+    {
+        Some(b) => b.clone(),
+        None => {
+            let (t_name, pin) = set.targets_file()?;
+            let max = pin
+                .length
+                .unwrap_or(limits.max_large_metadata)
+                .min(limits.max_large_metadata);
+            let targets = get_required(t, &md(&t_name), max)?;
+            set.update_targets(&targets)?;
+            stored.keep("targets.json", &targets, stored.targets.as_deref());
+            targets
+        }
+    };
     let new_stored = StoredTrust {
         root: Some(set.root().bytes().to_vec()),
         timestamp: Some(ts),
         snapshot: Some(snap),
-        anchor: Some(anchor_of(pinned)),
+        targets: Some(targets),
+        anchor,
+        dir: stored.dir.clone(),
     };
     Ok((set, new_stored))
+}
+
+/// Delegated targets metadata verified in this process, by role name (so that a role visited
+/// twice is fetched once; it is verified again on every visit).
+pub type DelegatedCache = BTreeMap<String, Vec<u8>>;
+
+/// Looks `target` up in the verified targets and, when the top-level targets do not list it,
+/// in delegated targets roles (spec 5.7): a pre-order depth-first search in the order of the
+/// delegations, following only roles whose paths or hash prefixes cover the target, stopping
+/// after a terminating role, visiting at most `limits.max_delegations` roles at most
+/// `limits.max_delegation_depth` levels deep. Each delegated role is verified against the
+/// delegator it is reached through; it is taken from `cache`, from `stored` or fetched, and a
+/// fetched one is stored as soon as it is verified. `Ok(None)` when no trusted role lists it.
+pub fn find_target(
+    t: &dyn Transport,
+    set: &TrustedSet,
+    stored: &StoredTrust,
+    cache: &mut DelegatedCache,
+    target: &str,
+    limits: &Limits,
+) -> Result<Option<TargetFile>> {
+    let top = set
+        .targets()
+        .ok_or_else(|| Error::Precondition("targets not loaded".into()))?;
+    let mut docs: BTreeMap<String, TargetsMetadata> = BTreeMap::new();
+    let mut stack: Vec<(String, Option<String>, usize)> = vec![("targets".into(), None, 0)];
+    let mut visited: BTreeSet<(String, Option<String>)> = BTreeSet::new();
+    let mut visits = 0usize;
+    while let Some((role, parent, depth)) = stack.pop() {
+        if visits > limits.max_delegations {
+            break;
+        }
+        if visited.contains(&(role.clone(), parent.clone())) {
+            continue;
+        }
+        let doc = match &parent {
+            None => top.clone(),
+            Some(p) => {
+                let delegator = docs.get(p).ok_or_else(|| {
+                    Error::Precondition(format!("delegator {p:?} of {role:?} not loaded"))
+                })?;
+                load_delegated(t, set, stored, cache, &role, delegator, limits)?
+            }
+        };
+        if let Some(found) = doc.targets.get(target) {
+            return Ok(Some(found.clone()));
+        }
+        visited.insert((role.clone(), parent));
+        visits += 1;
+        if let Some(d) = &doc.delegations {
+            if depth < limits.max_delegation_depth {
+                let children = d.roles_for_target(target);
+                if children.last().is_some_and(|c| c.terminating) {
+                    stack.clear();
+                }
+                for c in children.iter().rev() {
+                    stack.push((c.name.clone(), Some(role.clone()), depth + 1));
+                }
+            }
+        }
+        docs.insert(role, doc);
+    }
+    Ok(None)
+}
+
+fn load_delegated(
+    t: &dyn Transport,
+    set: &TrustedSet,
+    stored: &StoredTrust,
+    cache: &mut DelegatedCache,
+    role: &str,
+    delegator: &TargetsMetadata,
+    limits: &Limits,
+) -> Result<TargetsMetadata> {
+    if let Some(b) = cache.get(role) {
+        return Ok(set.verify_delegated(role, delegator, b)?);
+    }
+    let local = stored.delegated(role);
+    if let Some(doc) = local
+        .as_ref()
+        .and_then(|b| set.verify_delegated(role, delegator, b).ok())
+    {
+        cache.insert(role.to_string(), local.unwrap_or_default());
+        return Ok(doc);
+    }
+    let (file, pin) = set.delegated_file(role)?;
+    let max = pin
+        .length
+        .unwrap_or(limits.max_large_metadata)
+        .min(limits.max_large_metadata);
+    let bytes = get_required(t, &md(&file), max)?;
+    let doc = set.verify_delegated(role, delegator, &bytes)?;
+    stored.keep(
+        &format!("{}.json", role_file_name(role)),
+        &bytes,
+        local.as_deref(),
+    );
+    cache.insert(role.to_string(), bytes);
+    Ok(doc)
 }
 
 fn get_required(t: &dyn Transport, name: &str, max: u64) -> Result<Vec<u8>> {
