@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# The whole test suite: formatting, lints, unit/property tests, end-to-end tests, and the
-# python-tuf interoperability test. Installs what it needs (python-tuf) on a fresh machine.
+# The whole test suite: formatting, lints, unit/property tests, end-to-end tests, the
+# python-tuf interoperability test, then The Update Framework's conformance suite
+# (.ci/tuf-conformance.sh). Installs what it needs (python-tuf, the suite's venv, faketime) on a
+# fresh machine.
 set -euo pipefail
 cd "$(dirname "$0")"
 export CARGO_TERM_COLOR=never
@@ -20,5 +22,17 @@ set +e
 cargo test --workspace --no-fail-fast -q 2>&1 | tee "$log" | grep -Ev '^(running [0-9]+ tests?|)$'
 status=${PIPESTATUS[0]}
 set -e
-grep -E '^test result:' "$log" | awk '{p+=$4; f+=$6} END {printf "%d passed, %d failed\n", p, f}'
-exit "$status"
+echo "== TUF conformance suite (../shared/tuf-conformance)"
+tlog="${TMPDIR:-/tmp}/patchkit-tuf-conformance.log"
+set +e
+./.ci/tuf-conformance.sh 2>&1 | tee "$tlog" | tail -5
+tstatus=${PIPESTATUS[0]}
+set -e
+# One closing line for both runners: cargo's test results and the suite's pytest summary.
+{
+  grep -E '^test result:' "$log" | awk '{print $4, $6}'
+  grep -E '(passed|failed|error).* in [0-9.]+s' "$tlog" | tail -1 | grep -Eo '[0-9]+ (passed|failed|errors?)' |
+    awk '$2=="passed"{p+=$1} $2!="passed"{f+=$1} END {print p+0, f+0}'
+} | awk '{p+=$1; f+=$2} END {printf "%d passed, %d failed\n", p, f}'
+if [[ "$status" != 0 ]]; then exit "$status"; fi
+exit "$tstatus"

@@ -51,6 +51,7 @@ if ! command -v faketime >/dev/null; then
   echo "== installing faketime"
   sudo=""
   [[ "$(id -u)" != 0 ]] && sudo="sudo"
+  $sudo apt-get update -qq
   $sudo apt-get install -y -q faketime
 fi
 
