@@ -11,6 +11,9 @@
 //! **Invariant:** no function here writes file contents inside the app dir; only renames,
 //! `mkdir`, `rmdir` and `chmod` of staged files.
 
+pub mod preflight;
+pub mod selfpatch;
+
 use std::path::{Path, PathBuf};
 
 use formats::manifest::{Node, ReleaseManifest};

@@ -1,6 +1,8 @@
 //! Choosing how to update: the cheapest incremental chain (shortest path in bytes over every
 //! available patch), repair of only the differing files, or the full installer.
 
+pub mod repo_view;
+
 use std::collections::BTreeMap;
 
 use formats::Version;

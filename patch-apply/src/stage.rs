@@ -1,6 +1,10 @@
 //! Preparing the files of the new release in the staging area, one function per method.
 //! Nothing here touches the app's own files: sources are only read.
 
+pub mod archive;
+pub mod decode;
+pub mod writeback;
+
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -2,6 +2,8 @@
 //! trusted metadata, the download cache, staging, the journal and backups, and the lock.
 //! Nothing else is ever added to an app directory.
 
+pub mod atomic;
+
 use std::path::{Path, PathBuf};
 
 use formats::txn as names;

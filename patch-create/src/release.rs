@@ -1,5 +1,8 @@
 //! `patch-create release`: adds a version to a repository (docs/format.md §5-§7).
 
+pub mod content;
+pub mod repair;
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::time::Instant;

@@ -4,6 +4,11 @@
 //! client may be reading), then the new targets and snapshot metadata, and `timestamp.json`
 //! last, atomically: a crash at any point leaves the previous repository state intact.
 
+pub mod gc;
+pub mod keyfile;
+pub mod keys_admin;
+pub mod maintenance;
+
 use std::collections::BTreeMap;
 use std::fs::File;
 use std::path::{Path, PathBuf};
