@@ -51,7 +51,7 @@
 //! assert_eq!(std::fs::read(app.join("data/greeting.txt")).unwrap(), b"hello 2");
 //! assert!(!log.lock().unwrap().is_empty());
 //! ```
-// The stages, each using only those before it: error, events, state, fetch, trust, inspect,
+// The stages, each using only those before it: error, report, events, state, fetch, trust, inspect,
 // plan, stage, commit; `updater` is the public façade over them (ARCHITECTURE.md).
 pub mod commit;
 pub mod error;
@@ -59,6 +59,7 @@ pub mod events;
 pub mod fetch;
 pub mod inspect;
 pub mod plan;
+pub mod report;
 pub mod stage;
 pub mod state;
 pub mod trust;
