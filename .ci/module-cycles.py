@@ -175,7 +175,7 @@ def module_files(src_dir):
     return mods
 
 
-def analyse_crate(src_dir):
+def analyse_crate(src_dir, rel_to=None):
     """Returns (modules, edges): edges as {(src_mod, target_path_tuple): [file:line, ...]}."""
     mods = module_files(src_dir)
     texts, test_only = {}, set()
@@ -206,7 +206,7 @@ def analyse_crate(src_dir):
                 # `super` of a file module is its parent (of `a/b.rs` and `a/b/mod.rs`: `a`).
                 base = mp[: max(len(mp) - ups, 0)]
                 target = base + tuple(p)
-            where = f"{os.path.relpath(mods[mp])}:{line}"
+            where = f"{os.path.relpath(mods[mp], rel_to)}:{line}"
             edges.setdefault((mp, target), []).append(where)
     return mods, edges
 
@@ -310,7 +310,7 @@ def check(ws):
     """Prints each cycle; returns the number of cycles found."""
     total, nmods, ncrates = 0, 0, 0
     for name, src in workspace_crates(ws):
-        mods, edges = analyse_crate(src)
+        mods, edges = analyse_crate(src, ws)
         ncrates, nmods = ncrates + 1, nmods + len(mods)
         for folder, cyc, ev in find_cycles(mods, edges):
             total += 1

@@ -10,6 +10,10 @@
 //!
 //! **Invariant:** no function here writes file contents inside the app dir; only renames,
 //! `mkdir`, `rmdir` and `chmod` of staged files.
+//!
+//! Folder `commit/`: this file, the checks before anything is touched ([`preflight`]) and the
+//! hand-over of a code update to `self-patcher` ([`selfpatch`]). May use every stage below it:
+//! `error`, `report`, `state`, `inspect`, `stage`. The only code that changes the app dir.
 
 pub mod preflight;
 pub mod selfpatch;

@@ -1,5 +1,9 @@
 //! Choosing how to update: the cheapest incremental chain (shortest path in bytes over every
 //! available patch), repair of only the differing files, or the full installer.
+//!
+//! Folder `plan/`: this file and [`repo_view`], what the verified targets offer (releases,
+//! patches, installers, channel and targeting eligibility). May use: `error`, `report`, `fetch`
+//! (to read small verified targets). Decides; changes nothing on disk.
 
 pub mod repo_view;
 

@@ -1,6 +1,9 @@
 //! The updater's state directory `APP/.patchkit/` (docs/format.md §8): the install record,
 //! trusted metadata, the download cache, staging, the journal and backups, and the lock.
 //! Nothing else is ever added to an app directory.
+//!
+//! Folder `state/`: this file and [`atomic`], the one place that writes files atomically.
+//! May use: `error`. Every stage may use it.
 
 pub mod atomic;
 

@@ -3,6 +3,11 @@
 //! New artifacts are written under content-addressed names (never overwriting anything a
 //! client may be reading), then the new targets and snapshot metadata, and `timestamp.json`
 //! last, atomically: a crash at any point leaves the previous repository state intact.
+//!
+//! Folder `repo/`: this file (open, lock, write, the root chain), key and role administration
+//! ([`keys_admin`]), key files ([`keyfile`]), garbage collection ([`gc`]) and the signed
+//! repository settings ([`maintenance`]). May use: `error` (and `patch_apply`'s atomic
+//! writes). The children use this file; this file uses none of them.
 
 pub mod gc;
 pub mod keyfile;
