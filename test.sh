@@ -14,6 +14,7 @@ echo "== cargo fmt --check"
 cargo fmt --all --check
 echo "== cargo clippy"
 cargo clippy --workspace --all-targets -q -- -D warnings
+python3 .ci/module-cycles.py
 echo "== build binaries"
 cargo build --workspace --bins -q
 echo "== tests"

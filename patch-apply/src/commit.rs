@@ -10,6 +10,13 @@
 //!
 //! **Invariant:** no function here writes file contents inside the app dir; only renames,
 //! `mkdir`, `rmdir` and `chmod` of staged files.
+//!
+//! Folder `commit/`: this file, the checks before anything is touched ([`preflight`]) and the
+//! hand-over of a code update to `self-patcher` ([`selfpatch`]). May use every stage below it:
+//! `error`, `report`, `state`, `inspect`, `stage`. The only code that changes the app dir.
+
+pub mod preflight;
+pub mod selfpatch;
 
 use std::path::{Path, PathBuf};
 
@@ -20,8 +27,9 @@ use formats::{RelPath, Version};
 use self_patcher::txn::{self, Mode, StatePaths};
 use serde::Serialize;
 
-use crate::error::{Error, IoContext, Result};
+use crate::error::{txn_error, Error, IoContext, Result};
 use crate::ownership::{Owner, Survey};
+pub use crate::report::{KeptFile, Recovery};
 use crate::scan::{set_exec, Tree};
 use crate::stage::Staged;
 use crate::state::StateDir;
@@ -184,17 +192,6 @@ fn paths(app_dir: &Path, state: &StateDir) -> StatePaths {
     }
 }
 
-/// Maps the executor's errors to this crate's, keeping the path of I/O errors.
-pub(crate) fn txn_error(e: self_patcher::Error) -> Error {
-    match e {
-        self_patcher::Error::Io { path, source } => Error::Io { path, source },
-        self_patcher::Error::Locked { .. }
-        | self_patcher::Error::Precondition(_)
-        | self_patcher::Error::Incomplete { .. } => Error::Precondition(e.to_string()),
-        other => Error::bad("update transaction", other.to_string()),
-    }
-}
-
 /// Carries out `actions` under a journal (a new transaction: the previous update's backup is
 /// dropped). On error every action done so far is undone and the error returned, naming the
 /// file: the app dir is back at the old version.
@@ -233,16 +230,6 @@ pub fn commit_more(app_dir: &Path, state: &StateDir, actions: Vec<Action>) -> Re
     txn::run(&p, &mut journal, start, Mode::RollBackOnCrash).map_err(txn_error)
 }
 
-/// A file a rollback or recovery found changed or added since the update, in the way of the
-/// old version: a copy is kept in the quarantine before the old version is put back.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
-pub struct KeptFile {
-    /// The path in the app dir.
-    pub path: String,
-    /// Where the copy is kept.
-    pub copy: PathBuf,
-}
-
 fn kept_files(k: Vec<txn::Kept>) -> Vec<KeptFile> {
     k.into_iter()
         .map(|k| KeptFile {
@@ -250,35 +237,6 @@ fn kept_files(k: Vec<txn::Kept>) -> Vec<KeptFile> {
             copy: k.copy,
         })
         .collect()
-}
-
-/// What [`recover`] found and did.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Recovery {
-    /// No interrupted update.
-    Clean,
-    /// An interrupted update was rolled back to `from`.
-    RolledBack {
-        /// The version restored.
-        from: Option<String>,
-        /// The version the interrupted update aimed at.
-        to: String,
-        /// Files found in the way that were kept in the quarantine.
-        #[serde(default, skip_serializing_if = "Vec::is_empty")]
-        kept: Vec<KeptFile>,
-    },
-    /// A rollback that was interrupted was finished: the app dir and the install record are
-    /// at `restored`.
-    FinishedRollback {
-        /// The version restored.
-        restored: Option<String>,
-        /// The version rolled back.
-        undone: String,
-        /// Files changed since the update that were kept in the quarantine.
-        #[serde(default, skip_serializing_if = "Vec::is_empty")]
-        kept: Vec<KeptFile>,
-    },
 }
 
 /// Finishes what an interrupted run left: a transaction still `committing` is rolled back, an

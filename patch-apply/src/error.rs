@@ -123,3 +123,14 @@ impl<T> IoContext<T> for std::io::Result<T> {
         self.map_err(|e| Error::io(path, e))
     }
 }
+
+/// Maps the executor's errors to this crate's, keeping the path of I/O errors.
+pub(crate) fn txn_error(e: self_patcher::Error) -> Error {
+    match e {
+        self_patcher::Error::Io { path, source } => Error::Io { path, source },
+        self_patcher::Error::Locked { .. }
+        | self_patcher::Error::Precondition(_)
+        | self_patcher::Error::Incomplete { .. } => Error::Precondition(e.to_string()),
+        other => Error::bad("update transaction", other.to_string()),
+    }
+}

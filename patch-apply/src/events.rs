@@ -29,7 +29,7 @@ pub enum Event {
         /// Its download size.
         bytes: u64,
         /// Every method's cost.
-        alternatives: Vec<crate::plan::MethodCost>,
+        alternatives: Vec<crate::report::MethodCost>,
     },
     /// A method failed and the next one is tried.
     Fallback {

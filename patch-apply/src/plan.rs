@@ -1,50 +1,18 @@
 //! Choosing how to update: the cheapest incremental chain (shortest path in bytes over every
 //! available patch), repair of only the differing files, or the full installer.
+//!
+//! Folder `plan/`: this file and [`repo_view`], what the verified targets offer (releases,
+//! patches, installers, channel and targeting eligibility). May use: `error`, `report`, `fetch`
+//! (to read small verified targets). Decides; changes nothing on disk.
+
+pub mod repo_view;
 
 use std::collections::BTreeMap;
 
 use formats::Version;
-use serde::Serialize;
 
 use crate::repo_view::PatchEdge;
-
-/// An update method.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Method {
-    /// A chain of incremental patches.
-    Incremental,
-    /// Repair files of the differing files only.
-    Repair,
-    /// The whole installer archive.
-    Installer,
-}
-
-impl Method {
-    /// The method's name.
-    pub fn name(self) -> &'static str {
-        match self {
-            Method::Incremental => "incremental",
-            Method::Repair => "repair",
-            Method::Installer => "installer",
-        }
-    }
-}
-
-/// One method's cost, or why it cannot be used.
-#[derive(Clone, Debug, Serialize)]
-pub struct MethodCost {
-    /// The method.
-    pub method: Method,
-    /// Bytes to download, when available.
-    pub bytes: Option<u64>,
-    /// Why it is unavailable, when it is.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub unavailable: Option<String>,
-    /// For incremental: the versions along the chain.
-    #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub chain: Vec<String>,
-}
+pub use crate::report::{Method, MethodCost};
 
 /// The cheapest chain of patches from `from` to `to`: indexes into `edges` in order, and the
 /// total bytes. Ties are broken by fewer patches, then by the lower intermediate versions.

@@ -1,5 +1,13 @@
 //! Preparing the files of the new release in the staging area, one function per method.
 //! Nothing here touches the app's own files: sources are only read.
+//!
+//! Folder `stage/`: this file, the checked artifact readers ([`archive`]), producing a file from
+//! a patch op ([`decode`]) and early writeback of large outputs ([`writeback`]). May use: `error`,
+//! `events`, `state`, `fetch`, `inspect`, `plan`. Writes only inside the staging area.
+
+pub mod archive;
+pub mod decode;
+pub mod writeback;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};

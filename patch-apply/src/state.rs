@@ -1,6 +1,11 @@
 //! The updater's state directory `APP/.patchkit/` (docs/format.md §8): the install record,
 //! trusted metadata, the download cache, staging, the journal and backups, and the lock.
 //! Nothing else is ever added to an app directory.
+//!
+//! Folder `state/`: this file and [`atomic`], the one place that writes files atomically.
+//! May use: `error`. Every stage may use it.
+
+pub mod atomic;
 
 use std::path::{Path, PathBuf};
 
@@ -86,11 +91,35 @@ impl StateDir {
     pub fn lock(&self) -> Result<UpdateLock> {
         self.create()?;
         let lock =
-            self_patcher::lock::try_lock(&self.lock_file()).map_err(crate::commit::txn_error)?;
+            self_patcher::lock::try_lock(&self.lock_file()).map_err(crate::error::txn_error)?;
         if let Some(app_dir) = self.root.parent() {
-            crate::preflight::remove_stale_probes(app_dir);
+            remove_stale_probes(app_dir);
         }
         Ok(lock)
+    }
+}
+
+/// Name prefix of the write-permission probe files.
+pub(crate) const PROBE_PREFIX: &str = ".pk-write-probe-";
+
+/// Removes the write-permission probes a killed run left behind: in the state directory, and
+/// in the app dir itself, where earlier versions created them. Only regular files (or links)
+/// with the probe's name prefix are removed; errors are ignored (a probe is harmless).
+pub fn remove_stale_probes(app_dir: &Path) {
+    let state = StateDir::of(app_dir).root;
+    for dir in [app_dir, state.as_path()] {
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            continue;
+        };
+        for e in entries.flatten() {
+            let is_probe = e
+                .file_name()
+                .to_str()
+                .is_some_and(|n| n.starts_with(PROBE_PREFIX));
+            if is_probe && e.file_type().is_ok_and(|t| !t.is_dir()) {
+                let _ = std::fs::remove_file(e.path());
+            }
+        }
     }
 }
 

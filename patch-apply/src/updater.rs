@@ -14,17 +14,20 @@ use formats::{Blake3, RelPath, Version};
 use serde::Serialize;
 use time::OffsetDateTime;
 
-use crate::commit::{self, Recovery};
+use crate::commit;
 use crate::error::{Error, Result};
 use crate::events::{Event, EventSink};
 use crate::ownership::{Differences, Owner, Survey};
-use crate::plan::{cheapest_chain, order, Method, MethodCost};
+use crate::plan::{cheapest_chain, order};
 use crate::repo_view::{self, ReleaseRef, RepoView};
+use crate::report::Recovery;
+pub use crate::report::{ApplyReport, Quarantined};
+use crate::report::{Method, MethodCost};
 use crate::scan::{self, Strictness, Tree};
 use crate::selfpatch::{ApplyOutcome, HandOver};
 use crate::stage::{self, StageCtx};
 use crate::state::{InstallRecord, StateDir};
-use crate::transport::{self, Mirrors, Transport};
+use crate::transport::{Mirrors, Transport};
 use crate::trust::{self, StoredTrust};
 
 /// Which method `apply` may use.
@@ -144,50 +147,6 @@ pub struct CheckReport {
     pub refused: Option<String>,
 }
 
-/// Something moved out of the way of the release.
-#[derive(Clone, Debug, Serialize)]
-pub struct Quarantined {
-    /// Its path in the app dir.
-    pub path: String,
-    /// Where it is now (inside the app dir's state directory).
-    pub to: String,
-}
-
-/// What `apply` did.
-#[derive(Clone, Debug, Serialize)]
-pub struct ApplyReport {
-    /// Version before, if recognised.
-    pub from: Option<String>,
-    /// Version now installed.
-    pub to: String,
-    /// Method that succeeded (`none` when already up to date).
-    pub method: String,
-    /// Bytes downloaded.
-    pub downloaded_bytes: u64,
-    /// Methods that failed before, with their errors.
-    pub fallbacks: Vec<String>,
-    /// Files the final verification found wrong and repaired.
-    pub repaired_after: Vec<String>,
-    /// Whether the update changed code.
-    pub restart_required: bool,
-    /// What recovery did before this update, if anything.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub recovered: Option<Recovery>,
-    /// What was installed before, in words (see [`CheckReport::install_state`]).
-    pub from_state: String,
-    /// Things the updater does not own that were in the way, moved to the quarantine
-    /// (brought back by rollback).
-    pub quarantined: Vec<Quarantined>,
-    /// Files and symlinks of earlier releases deleted (kept in the backup until the next
-    /// update).
-    pub deleted: Vec<String>,
-    /// Unknown entries left in place.
-    pub kept: Vec<String>,
-    /// Files the incremental method took from their repair files because the install's copy
-    /// (or the patch's source) differed from the recognised release.
-    pub repaired: Vec<String>,
-}
-
 /// The updater.
 pub struct Updater {
     config: Config,
@@ -298,7 +257,7 @@ impl Updater {
     fn transport(&self) -> Result<Mirrors> {
         let mut list = Vec::new();
         for r in &self.config.repos {
-            list.push(transport::open_with(r, &self.config.http)?);
+            list.push(crate::fetch::open_with(r, &self.config.http)?);
         }
         if list.is_empty() {
             return Err(Error::Precondition("no repository given".into()));
@@ -328,7 +287,7 @@ impl Updater {
         if let Some(i) = &info {
             let mut more = Vec::new();
             for m in &i.mirrors {
-                if let Ok(t) = transport::open_with(m, &cfg.http) {
+                if let Ok(t) = crate::fetch::open_with(m, &cfg.http) {
                     more.push(t);
                 }
             }
@@ -812,7 +771,7 @@ impl Updater {
         // A location that is no repository is refused before anything is written.
         cfg.repos
             .iter()
-            .try_for_each(|r| transport::check_location(r))?;
+            .try_for_each(|r| crate::fetch::check_location(r))?;
         // A non-empty directory the updater never wrote to may be someone else's: it is
         // looked at first, without writing anything, and refused unless it holds a release.
         let mut early = None;

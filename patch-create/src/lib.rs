@@ -1,20 +1,16 @@
 //! Writes and extends patch repositories from release trees.
-pub mod content;
-pub mod encode;
+pub mod diff;
 pub mod error;
-pub mod gc;
-pub mod keyfile;
-pub mod keys_admin;
-pub mod maintenance;
-pub mod pack;
 pub mod progress;
 pub mod release;
-pub mod repair;
 pub mod repo;
-pub mod sa_scan;
 pub mod serve;
-pub mod split_pack;
 pub mod verify;
-pub mod window;
+
+// The modules' paths before they were grouped, kept so that code written against them
+// (examples, tests, benchmarks) still compiles.
+pub use diff::{encode, pack, sa_scan, split_pack, window};
+pub use release::{content, repair};
+pub use repo::{gc, keyfile, keys_admin, maintenance};
 
 pub use error::{Error, Result};

@@ -1,4 +1,11 @@
 //! `patch-create release`: adds a version to a repository (docs/format.md §5-§7).
+//!
+//! Folder `release/`: this file, old contents from a tree or from repair files ([`content`])
+//! and repair files written as streams ([`repair`]). May use: `error`, `progress`, `diff`,
+//! `repo`.
+
+pub mod content;
+pub mod repair;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};

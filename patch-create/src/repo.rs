@@ -3,13 +3,23 @@
 //! New artifacts are written under content-addressed names (never overwriting anything a
 //! client may be reading), then the new targets and snapshot metadata, and `timestamp.json`
 //! last, atomically: a crash at any point leaves the previous repository state intact.
+//!
+//! Folder `repo/`: this file (open, lock, write, the root chain), key and role administration
+//! ([`keys_admin`]), key files ([`keyfile`]), garbage collection ([`gc`]) and the signed
+//! repository settings ([`maintenance`]). May use: `error` (and `patch_apply`'s atomic
+//! writes). The children use this file; this file uses none of them.
+
+pub mod gc;
+pub mod keyfile;
+pub mod keys_admin;
+pub mod maintenance;
 
 use std::collections::BTreeMap;
 use std::fs::File;
 use std::path::{Path, PathBuf};
 
 use formats::keys::KeyPair;
-use formats::layout::{self, RepositoryInfo, REPOSITORY_FORMAT, REPOSITORY_TARGET};
+use formats::layout::{self, RepositoryInfo, METADATA_DIR, REPOSITORY_FORMAT, REPOSITORY_TARGET};
 use formats::limits::Limits;
 use formats::manifest::ReleaseManifest;
 use formats::tuf::{
@@ -44,6 +54,55 @@ fn repo_err(path: &Path, reason: impl Into<String>) -> Error {
         path: path.to_path_buf(),
         reason: reason.into(),
     }
+}
+
+/// One root version of a repository: its bytes and parsed content.
+#[derive(Clone, Debug)]
+pub struct RootVersion {
+    /// The file's bytes.
+    pub bytes: Vec<u8>,
+    /// The verified root.
+    pub root: RootMetadata,
+}
+
+/// Loads `metadata/1.root.json`, `2.root.json`, ... of `repo`, checking that the first is
+/// signed by its own root keys and that every later version is signed by a threshold of the
+/// previous and of its own root keys, with versions counting up by one. Empty when the
+/// repository has no root yet.
+pub fn load_root_chain(repo: &Path) -> Result<Vec<RootVersion>> {
+    let limits = Limits::default();
+    let md = repo.join(METADATA_DIR);
+    let mut chain: Vec<RootVersion> = Vec::new();
+    for n in 1u64.. {
+        let p = md.join(format!("{n}.root.json"));
+        let bytes = match std::fs::read(&p) {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => break,
+            Err(e) => return Err(Error::io(&p, e)),
+        };
+        let what = format!("{METADATA_DIR}/{n}.root.json");
+        if bytes.len() as u64 > limits.max_small_metadata {
+            return Err(formats::Error::TooLarge {
+                what,
+                limit: limits.max_small_metadata,
+                actual: bytes.len() as u64,
+            }
+            .into());
+        }
+        let own = tuf::parse_unverified::<RootMetadata>(&what, &bytes, &limits)?.signed;
+        if own.version != n {
+            return Err(repo_err(
+                repo,
+                format!("{what} has version {}", own.version),
+            ));
+        }
+        tuf::verify_role::<RootMetadata>(&what, &bytes, &own, &limits)?;
+        if let Some(prev) = chain.last() {
+            tuf::verify_role::<RootMetadata>(&what, &bytes, &prev.root, &limits)?;
+        }
+        chain.push(RootVersion { bytes, root: own });
+    }
+    Ok(chain)
 }
 
 fn read_limited(path: &Path, limit: u64) -> Result<Vec<u8>> {
@@ -222,7 +281,7 @@ impl Repo {
                 // Created by `patch-create keys init`: a root naming the release keys, no
                 // release yet.
                 let l = lock(path)?;
-                let chain = crate::keys_admin::load_root_chain(path)?;
+                let chain = load_root_chain(path)?;
                 let root = chain
                     .last()
                     .map(|r| r.root.clone())
@@ -276,7 +335,7 @@ impl Repo {
         let limits = Limits::default();
         let md = path.join(layout::METADATA_DIR);
         // Newest root: walk N.root.json upwards, each version signed by the one before.
-        let chain = crate::keys_admin::load_root_chain(path)?;
+        let chain = load_root_chain(path)?;
         let root = chain
             .last()
             .map(|r| r.root.clone())

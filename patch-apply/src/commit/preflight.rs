@@ -3,6 +3,8 @@
 use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Result};
+pub use crate::state::remove_stale_probes;
+use crate::state::PROBE_PREFIX;
 
 /// Bytes free (for unprivileged users) on the file system holding `path`, or its nearest
 /// existing ancestor: one `statvfs` of that path.
@@ -52,9 +54,6 @@ pub fn check_space(app_dir: &Path, needed: u64) -> Result<()> {
     Ok(())
 }
 
-/// Name prefix of the write-permission probe files.
-const PROBE_PREFIX: &str = ".pk-write-probe-";
-
 /// Fails when `app_dir` or its state dir is not writable. Nothing is written in the app dir
 /// itself: its permission is asked of the OS (`access(2)` with the effective IDs, which also
 /// reports a read-only file system), and the probe file that proves writes really work is
@@ -87,27 +86,6 @@ pub fn check_writable(app_dir: &Path) -> Result<()> {
         .map_err(|e| cannot(&e))?;
     drop(probe);
     Ok(())
-}
-
-/// Removes the write-permission probes a killed run left behind: in the state directory, and
-/// in the app dir itself, where earlier versions created them. Only regular files (or links)
-/// with the probe's name prefix are removed; errors are ignored (a probe is harmless).
-pub fn remove_stale_probes(app_dir: &Path) {
-    let state = crate::state::StateDir::of(app_dir).root;
-    for dir in [app_dir, state.as_path()] {
-        let Ok(entries) = std::fs::read_dir(dir) else {
-            continue;
-        };
-        for e in entries.flatten() {
-            let is_probe = e
-                .file_name()
-                .to_str()
-                .is_some_and(|n| n.starts_with(PROBE_PREFIX));
-            if is_probe && e.file_type().is_ok_and(|t| !t.is_dir()) {
-                let _ = std::fs::remove_file(e.path());
-            }
-        }
-    }
 }
 
 /// Processes whose executable lies inside `app_dir`, except `allow_pid`.

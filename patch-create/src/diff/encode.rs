@@ -10,15 +10,16 @@ use std::path::Path;
 
 use formats::Pin;
 
+use crate::diff::compress::zerr;
+pub use crate::diff::compress::{
+    cap_tables, compress, compress_window, window_log_for, MAX_MEMBER_WINDOW_LOG,
+};
+pub use crate::diff::streams::{put_varint, split_streams, SplitStreams};
 use crate::error::{Error, IoContext, Result};
 use crate::pack::Member;
 use crate::window::{
     auto_budget, single_window_cost, split_diff_windowed, FileAt, MemoryGate, ReadAt, WindowPlan,
 };
-
-/// Largest window log of zstd frames in patch members and repair files: a client decoding them
-/// never needs more than a 16 MiB window per frame.
-pub const MAX_MEMBER_WINDOW_LOG: u32 = 24;
 
 /// Largest `old + new` size for which the zstd reference-prefix encoding is tried: the client
 /// must hold the whole old file in memory to decode it.
@@ -122,68 +123,6 @@ pub struct Encoded {
     pub bytes: Vec<u8>,
 }
 
-fn zerr(e: std::io::Error) -> Error {
-    Error::io("<zstd>", e)
-}
-
-/// Compresses `data` with zstd at `level` (long-distance matching for large inputs; window at
-/// most [`MAX_MEMBER_WINDOW_LOG`]).
-pub fn compress(data: &[u8], level: i32) -> Result<Vec<u8>> {
-    compress_window(data, level, MAX_MEMBER_WINDOW_LOG)
-}
-
-/// Compresses `data` with zstd at `level` with a window of at most `2^max_window_log` bytes.
-/// Levels above 19 enable zstd's "ultra" range.
-pub fn compress_window(data: &[u8], level: i32, max_window_log: u32) -> Result<Vec<u8>> {
-    let mut enc = zstd::stream::write::Encoder::new(Vec::with_capacity(data.len() / 3 + 64), level)
-        .map_err(zerr)?;
-    enc.set_pledged_src_size(Some(data.len() as u64))
-        .map_err(zerr)?;
-    enc.include_checksum(false).map_err(zerr)?;
-    enc.include_contentsize(true).map_err(zerr)?;
-    let wl = window_log_for(data.len() as u64).min(max_window_log);
-    if data.len() > 8 << 20 {
-        enc.long_distance_matching(true).map_err(zerr)?;
-    }
-    if level > 19 || data.len() > 8 << 20 {
-        enc.window_log(wl).map_err(zerr)?;
-    }
-    enc.write_all(data).map_err(zerr)?;
-    enc.finish().map_err(zerr)
-}
-
-/// Caps the match-finder tables of a zstd encoder at `level` ≥ 16 (the binary-tree strategies)
-/// whose window is at most `2^window_log`: chain table `2^(window_log - 2)` entries, at most
-/// 2^24, and hash table `2^(window_log - 3)`, at most 2^22 (level 19's own). On the 10 MB
-/// esbuild binary at level 19 (zstd CLI, `--zstd=clog=22,hlog=21`): encoder memory 100 → 43
-/// MB, 17 % faster, output +0.13 %. Used for repair files, whole-file members and the
-/// installer, whose inputs are whole files and trees.
-pub fn cap_tables<W: Write>(
-    enc: &mut zstd::stream::write::Encoder<'_, W>,
-    level: i32,
-    window_log: u32,
-) -> Result<()> {
-    use zstd::stream::raw::CParameter;
-    if level < 16 {
-        return Ok(());
-    }
-    let chain = window_log.saturating_sub(2).clamp(16, 24);
-    let hash = window_log.saturating_sub(3).clamp(16, 22);
-    enc.set_parameter(CParameter::ChainLog(chain))
-        .map_err(zerr)?;
-    enc.set_parameter(CParameter::HashLog(hash)).map_err(zerr)?;
-    Ok(())
-}
-
-/// The smallest window log covering `n` bytes (between 10 and 31).
-pub fn window_log_for(n: u64) -> u32 {
-    let mut log = 10;
-    while log < 31 && (1u64 << log) < n {
-        log += 1;
-    }
-    log
-}
-
 /// zstd of `new` with `old` as reference prefix.
 pub fn compress_with_ref(old: &[u8], new: &[u8], level: i32) -> Result<(Vec<u8>, u32)> {
     let wl = window_log_for(old.len() as u64 + new.len() as u64);
@@ -205,133 +144,6 @@ pub fn bidiff_raw(old: &[u8], new: &[u8]) -> Result<Vec<u8>> {
     let mut raw = Vec::new();
     bidiff::simple_diff(old, new, &mut raw).map_err(|e| Error::io("<bidiff>", e))?;
     Ok(raw)
-}
-
-/// The three uncompressed streams of a split diff (docs/encodings.md).
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct SplitStreams {
-    /// Triples `seek` (zigzag varint), `add_len`, `copy_len` (varints).
-    pub ctrl: Vec<u8>,
-    /// Diff bytes of every add run, in order: `new - old` minus the predicted carry
-    /// ([`formats::split_diff::encode_run`]).
-    pub diff: Vec<u8>,
-    /// Literal new bytes of every copy run, in order.
-    pub extra: Vec<u8>,
-}
-
-/// Appends `v` as an unsigned LEB128 varint.
-pub fn put_varint(out: &mut Vec<u8>, mut v: u64) {
-    while v >= 0x80 {
-        out.push((v as u8) | 0x80);
-        v >>= 7;
-    }
-    out.push(v as u8);
-}
-
-impl SplitStreams {
-    /// Appends one control triple: move the old cursor by `seek`, add `add_len` bytes of old +
-    /// diff, then copy `copy_len` bytes of extra.
-    fn push(&mut self, seek: i64, add_len: u64, copy_len: u64) {
-        put_varint(&mut self.ctrl, formats::split_diff::zigzag(seek));
-        put_varint(&mut self.ctrl, add_len);
-        put_varint(&mut self.ctrl, copy_len);
-    }
-}
-
-/// Accumulates bsdiff-style matches (absolute old/new positions) into split streams. Matches
-/// must come in increasing new order; gaps in the new file become copies.
-pub(crate) struct SplitBuilder<'a> {
-    old: &'a [u8],
-    new: &'a [u8],
-    /// Offset of `old` within the whole old file (windowed diffs).
-    old_base: u64,
-    new_pos: usize,
-    old_cursor: u64,
-    /// Old and new positions (absolute old, within `new`) where the last add run ended.
-    last_add_end: Option<(u64, usize)>,
-    streams: SplitStreams,
-}
-
-impl<'a> SplitBuilder<'a> {
-    /// A builder for `new` against `old`, which starts at `old_base` in the whole old file;
-    /// the old cursor starts at `cursor`.
-    pub(crate) fn new(old: &'a [u8], new: &'a [u8], old_base: u64, cursor: u64) -> Self {
-        SplitBuilder {
-            old,
-            new,
-            old_base,
-            new_pos: 0,
-            old_cursor: cursor,
-            last_add_end: None,
-            streams: SplitStreams::default(),
-        }
-    }
-
-    /// The old cursor (absolute) after the triples so far.
-    pub(crate) fn cursor(&self) -> u64 {
-        self.old_cursor
-    }
-
-    /// Where the last non-empty add run ended: absolute old position, position in `new`.
-    pub(crate) fn last_add_end(&self) -> Option<(u64, usize)> {
-        self.last_add_end
-    }
-
-    pub(crate) fn add_match(&mut self, m: &bidiff::Match) -> std::io::Result<()> {
-        let bad =
-            |what: &str| std::io::Error::new(std::io::ErrorKind::InvalidData, what.to_string());
-        if m.add_new_start < self.new_pos
-            || m.add_new_start + m.add_length > m.copy_end
-            || m.copy_end > self.new.len()
-            || m.add_old_start + m.add_length > self.old.len()
-        {
-            return Err(bad("bidiff produced an out-of-order match"));
-        }
-        if m.add_new_start > self.new_pos {
-            self.copy_run(self.new_pos, m.add_new_start);
-        }
-        let target = self.old_base + m.add_old_start as u64;
-        let seek = target as i64 - self.old_cursor as i64;
-        let a = &self.new[m.add_new_start..m.add_new_start + m.add_length];
-        let o = &self.old[m.add_old_start..m.add_old_start + m.add_length];
-        formats::split_diff::encode_run(a, o, &mut self.streams.diff);
-        self.streams
-            .extra
-            .extend_from_slice(&self.new[m.copy_start()..m.copy_end]);
-        self.streams.push(
-            seek,
-            m.add_length as u64,
-            (m.copy_end - m.copy_start()) as u64,
-        );
-        self.old_cursor = target + m.add_length as u64;
-        // Short add runs are often chance matches; only long ones say where the file went.
-        if m.add_length >= 32 {
-            self.last_add_end = Some((self.old_cursor, m.add_new_start + m.add_length));
-        }
-        self.new_pos = m.copy_end;
-        Ok(())
-    }
-
-    fn copy_run(&mut self, from: usize, to: usize) {
-        self.streams.extra.extend_from_slice(&self.new[from..to]);
-        self.streams.push(0, 0, (to - from) as u64);
-    }
-
-    pub(crate) fn finish(mut self) -> SplitStreams {
-        if self.new_pos < self.new.len() {
-            self.copy_run(self.new_pos, self.new.len());
-        }
-        self.streams
-    }
-}
-
-/// The split-diff streams from `old` to `new`. The suffix sort runs on one thread and the scan
-/// on rayon's threads, in pieces fixed by the file size ([`crate::sa_scan`]), so the result
-/// does not depend on the number of threads.
-pub fn split_streams(old: &[u8], new: &[u8]) -> Result<SplitStreams> {
-    let mut b = SplitBuilder::new(old, new, 0, 0);
-    crate::sa_scan::diff(old, new, |m| b.add_match(&m))?;
-    Ok(b.finish())
 }
 
 pub use crate::split_pack::pack_split;

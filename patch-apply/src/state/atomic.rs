@@ -10,14 +10,14 @@ use crate::error::{IoContext, Result};
 
 /// Writes `bytes` to `path` atomically: readers see the old content or the new, never a mix.
 pub fn write_file(path: &Path, bytes: &[u8]) -> Result<()> {
-    self_patcher::fsio::write_file(path, bytes).map_err(crate::commit::txn_error)
+    self_patcher::fsio::write_file(path, bytes).map_err(crate::error::txn_error)
 }
 
 /// Writes several files of `dir` atomically, each as [`write_file`] does, with one directory
 /// sync after all the renames ([`self_patcher::fsio::write_files`]). `files` are (name
 /// directly in `dir`, content).
 pub fn write_files(dir: &Path, files: &[(&str, &[u8])]) -> Result<()> {
-    self_patcher::fsio::write_files(dir, files).map_err(crate::commit::txn_error)
+    self_patcher::fsio::write_files(dir, files).map_err(crate::error::txn_error)
 }
 
 /// Renames `from` to `to` (same file system) and makes the rename durable.
@@ -34,12 +34,12 @@ pub fn rename(from: &Path, to: &Path) -> Result<()> {
 
 /// Flushes a file's data to disk.
 pub fn sync_file(path: &Path) -> Result<()> {
-    self_patcher::fsio::sync_file(path).map_err(crate::commit::txn_error)
+    self_patcher::fsio::sync_file(path).map_err(crate::error::txn_error)
 }
 
 /// Flushes a directory entry table to disk (no-op where directories cannot be opened).
 pub fn sync_dir(dir: &Path) -> Result<()> {
-    self_patcher::fsio::sync_dir(dir).map_err(crate::commit::txn_error)
+    self_patcher::fsio::sync_dir(dir).map_err(crate::error::txn_error)
 }
 
 #[cfg(test)]

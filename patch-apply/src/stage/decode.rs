@@ -59,6 +59,12 @@ impl<W: Write> Write for CheckedWriter<W> {
 /// flushed to disk along the way when large ([`EarlyWriteback`]).
 pub type StagedOutput = CheckedWriter<BufWriter<EarlyWriteback>>;
 
+/// Creates (or empties) the staged file `out`, refusing a symbolic link there or at any
+/// directory of its path from `.patchkit` down.
+pub(crate) fn create_output(out: &Path) -> Result<File> {
+    crate::state::open_state_file(out, File::options().write(true).create(true).truncate(true))
+}
+
 /// Starts writing the staged output `file` at `path`, which must end up as `expected`; `what`
 /// names it in errors.
 pub fn staged_output(file: File, path: &Path, what: &str, expected: Pin) -> StagedOutput {
@@ -182,7 +188,7 @@ fn produce_unchecked(
     };
     let need_source = || need_source_pin().map(|(p, _)| p);
     let need_member = || member.ok_or_else(|| Error::bad(&file_what, "archive member is missing"));
-    let out_file = crate::archive::create_output(out)?;
+    let out_file = create_output(out)?;
     let mut w = staged_output(out_file, out, &file_what, op.new);
     let bad_stream = |e: std::io::Error| Error::bad(&file_what, e.to_string());
     match &op.encoding {

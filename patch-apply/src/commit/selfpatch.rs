@@ -23,8 +23,8 @@ use formats::Version;
 use serde::Serialize;
 
 use crate::error::{Error, IoContext, Result};
+use crate::report::ApplyReport;
 use crate::state::StateDir;
-use crate::updater::ApplyReport;
 
 /// How to hand a code update over to `self-patcher`.
 #[derive(Clone, Debug)]
@@ -144,7 +144,7 @@ pub(crate) fn check_pending(state: &StateDir) -> Result<Option<String>> {
                 file.display()
             )))
         }
-        Err(e) => return Err(crate::commit::txn_error(e)),
+        Err(e) => return Err(crate::error::txn_error(e)),
     };
     // Read under the lock: a self-patcher that finished meanwhile removed it.
     let bytes = match std::fs::read(&file) {

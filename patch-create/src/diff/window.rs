@@ -18,7 +18,7 @@ use rayon::prelude::*;
 
 use formats::split_diff::{unzigzag, zigzag, StreamCodec};
 
-use crate::encode::{put_varint, SplitBuilder, SplitStreams};
+use crate::diff::streams::{put_varint, SplitBuilder, SplitStreams};
 use crate::error::{Error, IoContext, Result};
 use crate::split_pack::{frame_member, ZeroRuns};
 

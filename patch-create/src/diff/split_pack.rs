@@ -8,7 +8,8 @@ use std::io::Write;
 use formats::split_diff::{StreamCodec, LZMA_MIN_DICT_LOG};
 use liblzma::stream::{Filters, LzmaOptions, MatchFinder, Mode, Stream};
 
-use crate::encode::{compress_window, put_varint, SplitStreams, MAX_MEMBER_WINDOW_LOG};
+use crate::diff::compress::{compress_window, MAX_MEMBER_WINDOW_LOG};
+use crate::diff::streams::{put_varint, SplitStreams};
 use crate::error::{Error, Result};
 
 /// Largest stream compressed with LZMA2 as well as zstd.

@@ -19,6 +19,7 @@ use serde::Serialize;
 use time::OffsetDateTime;
 
 use crate::error::{Error, IoContext, Result};
+pub use crate::repo::{load_root_chain, RootVersion};
 use crate::repo::{signers, Repo};
 
 fn repo_err(path: &Path, reason: impl Into<String>) -> Error {
@@ -26,55 +27,6 @@ fn repo_err(path: &Path, reason: impl Into<String>) -> Error {
         path: path.to_path_buf(),
         reason: reason.into(),
     }
-}
-
-/// One root version of a repository: its bytes and parsed content.
-#[derive(Clone, Debug)]
-pub struct RootVersion {
-    /// The file's bytes.
-    pub bytes: Vec<u8>,
-    /// The verified root.
-    pub root: RootMetadata,
-}
-
-/// Loads `metadata/1.root.json`, `2.root.json`, ... of `repo`, checking that the first is
-/// signed by its own root keys and that every later version is signed by a threshold of the
-/// previous and of its own root keys, with versions counting up by one. Empty when the
-/// repository has no root yet.
-pub fn load_root_chain(repo: &Path) -> Result<Vec<RootVersion>> {
-    let limits = Limits::default();
-    let md = repo.join(METADATA_DIR);
-    let mut chain: Vec<RootVersion> = Vec::new();
-    for n in 1u64.. {
-        let p = md.join(format!("{n}.root.json"));
-        let bytes = match std::fs::read(&p) {
-            Ok(b) => b,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => break,
-            Err(e) => return Err(Error::io(&p, e)),
-        };
-        let what = format!("{METADATA_DIR}/{n}.root.json");
-        if bytes.len() as u64 > limits.max_small_metadata {
-            return Err(formats::Error::TooLarge {
-                what,
-                limit: limits.max_small_metadata,
-                actual: bytes.len() as u64,
-            }
-            .into());
-        }
-        let own = tuf::parse_unverified::<RootMetadata>(&what, &bytes, &limits)?.signed;
-        if own.version != n {
-            return Err(repo_err(
-                repo,
-                format!("{what} has version {}", own.version),
-            ));
-        }
-        tuf::verify_role::<RootMetadata>(&what, &bytes, &own, &limits)?;
-        if let Some(prev) = chain.last() {
-            tuf::verify_role::<RootMetadata>(&what, &bytes, &prev.root, &limits)?;
-        }
-        chain.push(RootVersion { bytes, root: own });
-    }
-    Ok(chain)
 }
 
 fn check_role_thresholds(repo: &Path, root: &RootMetadata) -> Result<()> {

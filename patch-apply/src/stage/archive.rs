@@ -14,15 +14,11 @@ use formats::manifest::{Node, ReleaseManifest};
 use formats::patch_info::{PatchInfo, PATCH_DATA_MEMBER, PATCH_INFO_MEMBER};
 use formats::{Pin, RelPath};
 
-use crate::decode::{finish_staged_output, staged_output, CheckedWriter, LimitedReader};
+use crate::decode::{
+    create_output, finish_staged_output, staged_output, CheckedWriter, LimitedReader,
+};
 use crate::error::{Error, IoContext, Result};
 use crate::scan::set_exec;
-
-/// Creates (or empties) the staged file `out`, refusing a symbolic link there or at any
-/// directory of its path from `.patchkit` down.
-pub(crate) fn create_output(out: &Path) -> Result<File> {
-    crate::state::open_state_file(out, File::options().write(true).create(true).truncate(true))
-}
 
 fn open_stream(path: &Path, what: &str, kind: ArtifactKind, bound: u64) -> Result<impl Read> {
     let mut f = BufReader::with_capacity(1 << 16, File::open(path).at(path)?);

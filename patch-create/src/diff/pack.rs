@@ -9,13 +9,13 @@ use formats::container::{write_header, ArtifactKind};
 use formats::manifest::{Node, ReleaseManifest};
 use formats::patch_info::{PatchInfo, PATCH_DATA_MEMBER, PATCH_INFO_MEMBER};
 
-use crate::encode::window_log_for;
+use crate::diff::compress::{cap_tables, compress, window_log_for};
 use crate::error::{Error, IoContext, Result};
 
 /// The bytes of a repair file holding `content`.
 pub fn repair_bytes(content: &[u8], level: i32) -> Result<Vec<u8>> {
     let mut out = formats::container::header(ArtifactKind::Repair).to_vec();
-    out.extend_from_slice(&crate::encode::compress(content, level)?);
+    out.extend_from_slice(&compress(content, level)?);
     Ok(out)
 }
 
@@ -168,7 +168,7 @@ pub fn write_installer(
         enc.long_distance_matching(true).at(out)?;
         enc.window_log(window_log).at(out)?;
     }
-    crate::encode::cap_tables(&mut enc, level, window_log)?;
+    cap_tables(&mut enc, level, window_log)?;
     {
         let mut tar = tar::Builder::new(&mut enc);
         tar.follow_symlinks(false);
