@@ -85,9 +85,9 @@ impl SplitRepo {
             retries: 0,
             ..HttpOptions::default()
         };
-        let metadata = patch_apply::transport::open_with(metadata_url, &opts)?;
+        let metadata = patch_apply::fetch::open_with(metadata_url, &opts)?;
         let targets = targets_url
-            .map(|u| patch_apply::transport::open_with(u, &opts))
+            .map(|u| patch_apply::fetch::open_with(u, &opts))
             .transpose()?;
         Ok(SplitRepo {
             metadata_url: metadata_url.trim_end_matches('/').to_string(),
