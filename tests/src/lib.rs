@@ -231,3 +231,39 @@ impl World {
         c
     }
 }
+
+/// A request read by the tests' own small HTTP servers: its path and its `Range` header.
+#[derive(Clone, Debug)]
+pub struct TestRequest {
+    /// The request target (`/metadata/timestamp.json`).
+    pub path: String,
+    /// The `Range` header's value, if any (`bytes=100-`).
+    pub range: Option<String>,
+}
+
+/// Reads one request's line and headers from `s` (blocking, 5 s read timeout); `None` when the
+/// client sent nothing.
+pub fn read_test_request(s: &std::net::TcpStream) -> Option<TestRequest> {
+    use std::io::{BufRead, BufReader};
+    let _ = s.set_nonblocking(false);
+    let _ = s.set_read_timeout(Some(std::time::Duration::from_secs(5)));
+    let mut reader = BufReader::new(s.try_clone().ok()?);
+    let mut first = String::new();
+    if reader.read_line(&mut first).unwrap_or(0) == 0 {
+        return None;
+    }
+    let mut range = None;
+    loop {
+        let mut l = String::new();
+        if reader.read_line(&mut l).unwrap_or(0) == 0 || l.trim().is_empty() {
+            break;
+        }
+        if let Some((k, v)) = l.split_once(':') {
+            if k.trim().eq_ignore_ascii_case("range") {
+                range = Some(v.trim().to_string());
+            }
+        }
+    }
+    let path = first.split_whitespace().nth(1).unwrap_or("/").to_string();
+    Some(TestRequest { path, range })
+}

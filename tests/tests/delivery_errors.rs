@@ -5,7 +5,7 @@
 //! repository locations that are not repositories (refused before anything is written).
 
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader, Write};
+use std::io::Write;
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -111,34 +111,16 @@ impl Drop for FirstFaultServer {
 }
 
 fn answer(mut s: TcpStream, sh: &Shared) {
-    let _ = s.set_nonblocking(false);
-    let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
-    let mut reader = BufReader::new(s.try_clone().expect("clone"));
-    let mut first_line = String::new();
-    if reader.read_line(&mut first_line).unwrap_or(0) == 0 {
+    let Some(req) = read_test_request(&s) else {
         return;
-    }
-    let mut range_from = None;
-    loop {
-        let mut l = String::new();
-        if reader.read_line(&mut l).unwrap_or(0) == 0 || l.trim().is_empty() {
-            break;
-        }
-        if let Some((k, v)) = l.split_once(':') {
-            if k.trim().eq_ignore_ascii_case("range") {
-                range_from = v
-                    .trim()
-                    .strip_prefix("bytes=")
-                    .and_then(|r| r.strip_suffix('-'))
-                    .and_then(|n| n.parse::<usize>().ok());
-            }
-        }
-    }
-    let path = first_line
-        .split_whitespace()
-        .nth(1)
-        .unwrap_or("/")
-        .to_string();
+    };
+    let path = req.path;
+    let range_from = req
+        .range
+        .as_deref()
+        .and_then(|v| v.strip_prefix("bytes="))
+        .and_then(|r| r.strip_suffix('-'))
+        .and_then(|n| n.parse::<usize>().ok());
     let n = {
         let mut c = sh.count.lock().expect("lock");
         let n = c.entry(path.clone()).or_insert(0);

@@ -142,26 +142,9 @@ impl Drop for TestServer {
 }
 
 fn serve(mut s: TcpStream, st: &State) {
-    let _ = s.set_nonblocking(false);
-    let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
-    let mut reader = BufReader::new(s.try_clone().expect("clone"));
-    let mut first = String::new();
-    if reader.read_line(&mut first).unwrap_or(0) == 0 {
+    let Some(TestRequest { path, range }) = read_test_request(&s) else {
         return;
-    }
-    let mut range = None;
-    loop {
-        let mut l = String::new();
-        if reader.read_line(&mut l).unwrap_or(0) == 0 || l.trim().is_empty() {
-            break;
-        }
-        if let Some((k, v)) = l.split_once(':') {
-            if k.trim().eq_ignore_ascii_case("range") {
-                range = Some(v.trim().to_string());
-            }
-        }
-    }
-    let path = first.split_whitespace().nth(1).unwrap_or("/").to_string();
+    };
     let mut fault = st.fault.lock().expect("lock");
     let applies = fault.path.is_empty() || path.contains(&fault.path);
     let log = |status: u16| {
