@@ -165,6 +165,15 @@ pub struct World {
 }
 
 impl World {
+    /// A world with v1 and v2 released, and an app dir (`app`) holding v1.
+    pub fn with_app_at_v1() -> (World, PathBuf) {
+        let w = World::new(2);
+        w.release_all(2);
+        let app = w.path("app");
+        copy_tree(&w.releases[0], &app);
+        (w, app)
+    }
+
     /// Generates a small seeded sequence of `versions` releases and a key (no releases yet).
     pub fn new(versions: usize) -> World {
         World::with_sizes(versions, 2 << 20, 1 << 20)

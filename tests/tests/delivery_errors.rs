@@ -195,15 +195,6 @@ const FAST: &[&str] = &[
     "20",
 ];
 
-/// A world with v1 and v2 released, and an app dir holding v1.
-fn setup() -> (World, PathBuf) {
-    let w = World::new(2);
-    w.release_all(2);
-    let app = w.path("app");
-    copy_tree(&w.releases[0], &app);
-    (w, app)
-}
-
 fn patch_apply(sub: &str, w: &World, app: &Path, url: &str, extra: &[&str]) -> Command {
     let mut c = cmd("patch-apply");
     c.arg(sub)
@@ -233,7 +224,7 @@ fn ok_with_stderr(c: &mut Command) -> (String, String) {
 
 #[test]
 fn html_page_first_for_every_path_is_retried_and_the_update_completes() {
-    let (w, app) = setup();
+    let (w, app) = World::with_app_at_v1();
     let srv = FirstFaultServer::start(&w.repo, First::Html);
     let r = last_json(&ok(&mut patch_apply(
         "apply",
@@ -270,7 +261,7 @@ fn html_page_first_for_every_path_is_retried_and_the_update_completes() {
 
 #[test]
 fn unavailable_503_first_for_every_path_is_retried_and_the_update_completes() {
-    let (w, app) = setup();
+    let (w, app) = World::with_app_at_v1();
     let srv = FirstFaultServer::start(&w.repo, First::Unavailable);
     ok(&mut patch_apply("apply", &w, &app, &srv.url, &["--json"]));
     assert_same_tree(&app, &w.releases[1]);
@@ -280,7 +271,7 @@ fn unavailable_503_first_for_every_path_is_retried_and_the_update_completes() {
 
 #[test]
 fn truncated_first_body_for_every_path_is_retried_and_the_update_completes() {
-    let (w, app) = setup();
+    let (w, app) = World::with_app_at_v1();
     let srv = FirstFaultServer::start(&w.repo, First::Truncated);
     let (_, stderr) = ok_with_stderr(&mut patch_apply("apply", &w, &app, &srv.url, &[]));
     assert_same_tree(&app, &w.releases[1]);
@@ -303,7 +294,7 @@ fn truncated_first_body_for_every_path_is_retried_and_the_update_completes() {
 
 #[test]
 fn retries_are_printed_on_stderr_naming_the_url_and_quiet_hides_them() {
-    let (w, app) = setup();
+    let (w, app) = World::with_app_at_v1();
     let srv = FirstFaultServer::start(&w.repo, First::Html);
     let (stdout, stderr) = ok_with_stderr(&mut patch_apply("apply", &w, &app, &srv.url, &[]));
     assert!(stdout.contains("to 2.0.0"), "{stdout}");
@@ -351,7 +342,7 @@ fn retries_are_printed_on_stderr_naming_the_url_and_quiet_hides_them() {
 
 #[test]
 fn server_that_is_down_shows_each_retry_then_one_error_naming_the_url() {
-    let (w, app) = setup();
+    let (w, app) = World::with_app_at_v1();
     // A port nothing listens on.
     let port = TcpListener::bind("127.0.0.1:0")
         .expect("bind")
@@ -380,7 +371,7 @@ fn server_that_is_down_shows_each_retry_then_one_error_naming_the_url() {
 
 #[test]
 fn mirror_that_is_down_is_named_when_the_next_mirror_takes_over() {
-    let (w, app) = setup();
+    let (w, app) = World::with_app_at_v1();
     let port = TcpListener::bind("127.0.0.1:0")
         .expect("bind")
         .local_addr()
@@ -411,7 +402,7 @@ fn mirror_that_is_down_is_named_when_the_next_mirror_takes_over() {
 
 #[test]
 fn repo_given_as_host_port_or_with_another_scheme_is_refused_before_writing_anything() {
-    let (w, app) = setup();
+    let (w, app) = World::with_app_at_v1();
     let before = tree_state(&app);
     for sub in ["apply", "check"] {
         for (repo, expect) in [

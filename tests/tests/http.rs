@@ -295,15 +295,6 @@ const FAST: &[&str] = &[
     "50",
 ];
 
-/// A world with v1 and v2 released, and an app dir holding v1.
-fn setup() -> (World, PathBuf) {
-    let w = World::new(2);
-    w.release_all(2);
-    let app = w.path("app");
-    copy_tree(&w.releases[0], &app);
-    (w, app)
-}
-
 fn patch_apply(sub: &str, w: &World, app: &Path, urls: &[&str], extra: &[&str]) -> Command {
     let mut c = cmd("patch-apply");
     c.arg(sub).arg("--app-dir").arg(app);
@@ -375,7 +366,7 @@ fn assert_failed_cleanly(
 
 #[test]
 fn update_through_patch_create_serve_and_maintenance_mode() {
-    let (w, app) = setup();
+    let (w, app) = World::with_app_at_v1();
     let mut serve = KillOnDrop(
         cmd("patch-create")
             .args(["serve", "--addr", "127.0.0.1:0", "--quiet", "--repo"])
@@ -458,7 +449,7 @@ fn update_through_patch_create_serve_and_maintenance_mode() {
 
 #[test]
 fn connection_dropped_at_80_percent_resumes_with_a_range_request() {
-    let (w, app) = setup();
+    let (w, app) = World::with_app_at_v1();
     let srv = TestServer::start(&w.repo);
     let (inst, size) = installer(&w);
     // A clean run, for the byte count.
@@ -500,7 +491,7 @@ fn connection_dropped_at_80_percent_resumes_with_a_range_request() {
 
 #[test]
 fn unavailable_mirror_is_retried_then_the_next_mirror_serves() {
-    let (w, app) = setup();
+    let (w, app) = World::with_app_at_v1();
     let bad = TestServer::start(&w.repo);
     let good = TestServer::start(&w.repo);
     bad.set(Fault {
@@ -540,7 +531,7 @@ fn unavailable_mirror_is_retried_then_the_next_mirror_serves() {
 
 #[test]
 fn server_ignoring_range_gets_the_file_over() {
-    let (w, app) = setup();
+    let (w, app) = World::with_app_at_v1();
     let srv = TestServer::start(&w.repo);
     let (inst, size) = installer(&w);
     srv.set(Fault {
@@ -562,7 +553,7 @@ fn server_ignoring_range_gets_the_file_over() {
 
 #[test]
 fn body_longer_or_shorter_than_declared_is_an_error_naming_the_url() {
-    let (w, app) = setup();
+    let (w, app) = World::with_app_at_v1();
     let srv = TestServer::start(&w.repo);
     let (inst, size) = installer(&w);
     let before = tree_state(&app);
@@ -611,7 +602,7 @@ fn body_longer_or_shorter_than_declared_is_an_error_naming_the_url() {
 /// portal that goes away), then an error naming the URL; a second mirror serves the file.
 #[test]
 fn html_page_every_time_is_retried_then_refused_and_the_next_mirror_serves() {
-    let (w, app) = setup();
+    let (w, app) = World::with_app_at_v1();
     let srv = TestServer::start(&w.repo);
     let (inst, _) = installer(&w);
     let before = tree_state(&app);
@@ -633,7 +624,7 @@ fn html_page_every_time_is_retried_then_refused_and_the_next_mirror_serves() {
 
 #[test]
 fn stalled_server_times_out_within_the_configured_bound() {
-    let (w, app) = setup();
+    let (w, app) = World::with_app_at_v1();
     let srv = TestServer::start(&w.repo);
     let (inst, _) = installer(&w);
     let before = tree_state(&app);
@@ -681,7 +672,7 @@ fn stalled_server_times_out_within_the_configured_bound() {
 
 #[test]
 fn download_killed_with_sigkill_resumes_on_the_next_run() {
-    let (w, app) = setup();
+    let (w, app) = World::with_app_at_v1();
     let srv = TestServer::start(&w.repo);
     let (inst, size) = installer(&w);
     // About 4 s for the whole file: the kill lands mid-download.
@@ -743,7 +734,7 @@ fn download_killed_with_sigkill_resumes_on_the_next_run() {
 
 #[test]
 fn unreachable_repository_is_an_error_naming_the_url() {
-    let (w, app) = setup();
+    let (w, app) = World::with_app_at_v1();
     let err = fails(&mut patch_apply(
         "check",
         &w,
