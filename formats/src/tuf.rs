@@ -1089,17 +1089,7 @@ impl TrustedSet {
         check_meta_pin(&what, bytes, &pin, self.limits.max_large_metadata)?;
         let (t, c, s): (TargetsMetadata, _, _) = parse_and_count(&what, bytes, &self.limits)?;
         require_threshold(&what, self.root.root(), Role::Targets, &c, &s)?;
-        if t.version != pin.version {
-            return Err(Error::invalid(
-                &what,
-                format!(
-                    "has version {}, snapshot pins version {} (mix-and-match)",
-                    t.version, pin.version
-                ),
-            ));
-        }
-        check_targets_size(&what, &t, &self.limits)?;
-        check_expiry(&what, &t.expires, self.now)?;
+        check_targets_doc(&what, &t, &pin, &self.limits, self.now)?;
         Ok(self.targets.insert(t))
     }
 
@@ -1162,17 +1152,7 @@ impl TrustedSet {
             &c,
             &s,
         )?;
-        if t.version != pin.version {
-            return Err(Error::invalid(
-                &what,
-                format!(
-                    "has version {}, snapshot pins version {} (mix-and-match)",
-                    t.version, pin.version
-                ),
-            ));
-        }
-        check_targets_size(&what, &t, &self.limits)?;
-        check_expiry(&what, &t.expires, self.now)?;
+        check_targets_doc(&what, &t, &pin, &self.limits, self.now)?;
         Ok(t)
     }
 
@@ -1210,6 +1190,28 @@ pub fn role_file_name(name: &str) -> String {
         }
     }
     out
+}
+
+/// The checks of signed targets metadata (top-level or delegated) after its signatures: the
+/// version snapshot pins, the entry bound and expiry.
+fn check_targets_doc(
+    what: &str,
+    t: &TargetsMetadata,
+    pin: &MetaFile,
+    limits: &Limits,
+    now: OffsetDateTime,
+) -> Result<()> {
+    if t.version != pin.version {
+        return Err(Error::invalid(
+            what,
+            format!(
+                "has version {}, snapshot pins version {} (mix-and-match)",
+                t.version, pin.version
+            ),
+        ));
+    }
+    check_targets_size(what, t, limits)?;
+    check_expiry(what, &t.expires, now)
 }
 
 fn check_targets_size(what: &str, t: &TargetsMetadata, limits: &Limits) -> Result<()> {

@@ -213,6 +213,15 @@ pub fn run_plan(plan_file: &Path, log: &dyn Fn(&str)) -> Result<Outcome> {
     })
 }
 
+/// `1.0.0 -> 2.0.0` (`nothing -> 2.0.0` for a fresh install).
+fn plan_span(plan: &SelfPatchPlan) -> String {
+    let from = plan
+        .from
+        .as_ref()
+        .map_or("nothing".into(), |v| v.to_string());
+    format!("{from} -> {}", plan.to)
+}
+
 fn apply_plan(
     plan: &SelfPatchPlan,
     paths: &StatePaths,
@@ -236,24 +245,16 @@ fn apply_plan(
             }
             TxnState::RolledBack => {
                 return Err(Error::Precondition(format!(
-                    "{}: this plan ({} -> {}) was rolled back; run the update again",
+                    "{}: this plan ({}) was rolled back; run the update again",
                     paths.journal().display(),
-                    plan.from
-                        .as_ref()
-                        .map(|v| v.to_string())
-                        .unwrap_or_else(|| "nothing".into()),
-                    plan.to
+                    plan_span(plan)
                 )))
             }
             TxnState::RollingBack => {
                 return Err(Error::Precondition(format!(
-                    "{}: this plan ({} -> {}) is being rolled back; run `patch-apply rollback` to finish that, then the update again",
+                    "{}: this plan ({}) is being rolled back; run `patch-apply rollback` to finish that, then the update again",
                     paths.journal().display(),
-                    plan.from
-                        .as_ref()
-                        .map(|v| v.to_string())
-                        .unwrap_or_else(|| "nothing".into()),
-                    plan.to
+                    plan_span(plan)
                 )))
             }
         },
