@@ -12,6 +12,8 @@
 //! - [`container`], the magic and format version that start every binary artifact;
 //! - [`layout`], where each file lives in a repository;
 //! - [`limits::Limits`], the bound on every length read from untrusted input.
+//! - [`fleet`], the device protocol between `patch-server` and the agent in `patch-apply`
+//!   (`docs/fleet.md`): wire types and their bounds.
 //! - [`txn`] (the journal, actions and install record of an app dir's state) and
 //!   [`self_plan`] (the plan `patch-apply` hands to `self-patcher`): plain data, carried out by
 //!   the `self-patcher` crate.
@@ -36,6 +38,7 @@
 
 pub mod container;
 pub mod error;
+pub mod fleet;
 pub mod hash;
 pub mod keys;
 pub mod layout;
