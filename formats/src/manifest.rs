@@ -100,8 +100,68 @@ pub struct ReleaseManifest {
     /// The release engineer declared that installing it needs a restart whatever changed.
     #[serde(default, skip_serializing_if = "is_false")]
     pub restart_required: bool,
+    /// Release notes for people (plain text or Markdown), one string per line: canonical JSON
+    /// writes control characters such as newlines unescaped, which strict JSON parsers refuse,
+    /// so the text is kept as lines ([`ReleaseManifest::notes_text`] joins them). At most
+    /// [`MAX_NOTES`] bytes in all.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub notes: Vec<String>,
+    /// Links for people (the issue a release fixes, a changelog): `http(s)://` URLs, at most
+    /// [`MAX_LINKS`] of at most [`MAX_LINK_LEN`] bytes each.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub links: Vec<String>,
     /// Every path, sorted by path (byte order of the `/`-separated string).
     pub entries: Vec<Entry>,
+}
+
+/// Longest release notes, in bytes.
+pub const MAX_NOTES: usize = 16 * 1024;
+/// Most links on one release.
+pub const MAX_LINKS: usize = 16;
+/// Longest link, in bytes.
+pub const MAX_LINK_LEN: usize = 2048;
+
+/// Splits release notes into the lines a manifest stores: `\r\n` and `\r` end lines too,
+/// tabs become four spaces, trailing blank lines are dropped.
+pub fn notes_lines(text: &str) -> Vec<String> {
+    let text = text.replace("\r\n", "\n").replace('\r', "\n");
+    let mut lines: Vec<String> = text.split('\n').map(|l| l.replace('\t', "    ")).collect();
+    while lines.last().is_some_and(|l| l.trim().is_empty()) {
+        lines.pop();
+    }
+    lines
+}
+
+/// Checks release notes (as lines) and links against the bounds above; `what` names the
+/// release.
+pub fn check_notes(what: &str, notes: &[String], links: &[String]) -> Result<()> {
+    let total: usize = notes.iter().map(|l| l.len() + 1).sum();
+    if total > MAX_NOTES {
+        return Err(Error::TooLarge {
+            what: format!("{what}: release notes"),
+            limit: MAX_NOTES as u64,
+            actual: total as u64,
+        });
+    }
+    if let Some(i) = notes.iter().position(|l| l.chars().any(|c| c.is_control())) {
+        return Err(Error::invalid(
+            what,
+            format!("release notes line {} holds control characters", i + 1),
+        ));
+    }
+    if links.len() > MAX_LINKS {
+        return Err(Error::invalid(what, format!("more than {MAX_LINKS} links")));
+    }
+    for l in links {
+        let ok_scheme = l.starts_with("https://") || l.starts_with("http://");
+        if !ok_scheme || l.len() > MAX_LINK_LEN || l.chars().any(|c| c.is_control() || c == ' ') {
+            return Err(Error::invalid(
+                what,
+                format!("link {l:?} is not an http(s) URL of at most {MAX_LINK_LEN} bytes"),
+            ));
+        }
+    }
+    Ok(())
 }
 
 impl ReleaseManifest {
@@ -135,6 +195,7 @@ impl ReleaseManifest {
         if self.format != MANIFEST_FORMAT {
             return bad(format!("unknown format {:?}", self.format));
         }
+        check_notes(what, &self.notes, &self.links)?;
         if self.entries.len() > limits.max_entries {
             return Err(Error::TooLarge {
                 what: format!("{what} entries"),
@@ -197,6 +258,11 @@ impl ReleaseManifest {
             }
         }
         Ok(())
+    }
+
+    /// The release notes as text (lines joined with `\n`), if there are any.
+    pub fn notes_text(&self) -> Option<String> {
+        (!self.notes.is_empty()).then(|| self.notes.join("\n"))
     }
 
     /// The tree digest of this release (see [`tree_digest`]).
@@ -476,6 +542,8 @@ mod tests {
             ignore: vec!["*.log".into()],
             owned: vec![],
             restart_required: false,
+            notes: vec![],
+            links: vec![],
             entries: vec![
                 Entry {
                     path: p("bin"),

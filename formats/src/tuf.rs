@@ -311,6 +311,46 @@ pub struct TargetCustom {
     /// For a manifest: targeting constraints (`region=india`), all of which a client must meet.
     #[serde(skip_serializing_if = "BTreeMap::is_empty", default)]
     pub targeting: BTreeMap<String, String>,
+    /// For a manifest: the release was withdrawn by the release engineer (`patch-create yank`).
+    /// Clients never install it; a client running it moves to the newest release that is not
+    /// yanked, even an older one (docs/format.md §7.4).
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub yanked: Option<Yank>,
+}
+
+/// A signed withdrawal of a release.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Yank {
+    /// Why, for people (at most [`MAX_YANK_REASON`] bytes).
+    pub reason: String,
+    /// When it was yanked (RFC 3339).
+    pub at: String,
+}
+
+/// Longest yank reason, in bytes.
+pub const MAX_YANK_REASON: usize = 1024;
+
+impl Yank {
+    /// Checks the reason's length and characters; `what` names the release.
+    pub fn check(&self, what: &str) -> Result<()> {
+        if self.reason.trim().is_empty() {
+            return Err(Error::invalid(what, "a yank needs a reason"));
+        }
+        if self.reason.len() > MAX_YANK_REASON {
+            return Err(Error::TooLarge {
+                what: format!("{what}: yank reason"),
+                limit: MAX_YANK_REASON as u64,
+                actual: self.reason.len() as u64,
+            });
+        }
+        if self.reason.chars().any(|c| c.is_control()) {
+            return Err(Error::invalid(
+                what,
+                "the yank reason holds control characters",
+            ));
+        }
+        Ok(())
+    }
 }
 
 impl TargetCustom {
@@ -326,6 +366,7 @@ impl TargetCustom {
             ignore: Vec::new(),
             channel: None,
             targeting: BTreeMap::new(),
+            yanked: None,
         }
     }
 }

@@ -93,6 +93,13 @@ fn manifest() -> impl Strategy<Value = ReleaseManifest> {
                 ignore,
                 owned: vec![],
                 restart_required: false,
+                // Quotes, backslashes and non-ASCII survive canonical JSON.
+                notes: vec![
+                    "Fixed \"saves\" in C:\\Games".into(),
+                    String::new(),
+                    "Grüße ✓".into(),
+                ],
+                links: vec!["https://tracker.example/issues/1".into()],
                 entries,
             }
         })

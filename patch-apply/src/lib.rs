@@ -25,7 +25,7 @@
 //! #         repo: repo.clone(), root: tree, version: formats::Version::parse(&format!("1.{i}.0")).unwrap(),
 //! #         keys: vec![formats::keys::KeyPair::from_json("k", &key.to_json()).unwrap()],
 //! #         name: Some("demo".into()), prev_roots: vec![], ignore: vec![], owned: vec![], code: vec![], resources: vec![],
-//! #         restart_required: false, patches_from: PatchesFrom::Previous, keep: None,
+//! #         restart_required: false, notes: None, links: vec![], patches_from: PatchesFrom::Previous, keep: None,
 //! #         expires: time::Duration::days(30), level: 3, encode: Default::default(),
 //! #         channel: None, targeting: Default::default(),
 //! #         ignore_carry: Default::default(),

@@ -145,6 +145,16 @@ pub struct CheckReport {
     /// Why `apply` would refuse this directory (without `--adopt`), if it would.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub refused: Option<String>,
+    /// Release notes of the target release (when its manifest was read: not when the app is
+    /// already exactly at it).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub notes: Option<String>,
+    /// Links of the target release (the issue it fixes...).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub links: Vec<String>,
+    /// The reason the release engineer gave when yanking the installed release, if they did.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub installed_yanked: Option<String>,
 }
 
 /// The updater.
@@ -526,7 +536,12 @@ impl Updater {
         let up_to_date = exact_latest || (manifest.is_some() && survey.is_noop());
         let mut note = None;
         if let Some(inst) = installed.as_ref().or(recorded_elsewhere.as_ref()) {
-            if *inst > target.version && !cfg.allow_downgrade {
+            if let Some(y) = view.yank_of(inst) {
+                note = Some(format!(
+                    "installed {inst} was withdrawn by the release engineer ({}); moving to {}",
+                    y.reason, target.version
+                ));
+            } else if *inst > target.version && !cfg.allow_downgrade {
                 note = Some(format!(
                     "installed {inst} is newer than {} offered to this client",
                     target.version
@@ -746,6 +761,17 @@ impl Updater {
             would_keep: s.survey.keep.clone(),
             incremental: s.incremental.clone(),
             refused: s.refused.clone().filter(|_| !self.config.adopt),
+            notes: s.manifest.as_ref().and_then(|m| m.notes_text()),
+            links: s
+                .manifest
+                .as_ref()
+                .map(|m| m.links.clone())
+                .unwrap_or_default(),
+            installed_yanked: s
+                .installed
+                .as_ref()
+                .and_then(|v| s.view.yank_of(v))
+                .map(|y| y.reason.clone()),
         })
     }
 
@@ -819,7 +845,9 @@ impl Updater {
             )));
         }
         if let Some(inst) = s.installed.as_ref().or(s.recorded_elsewhere.as_ref()) {
-            if *inst > s.target.version && !cfg.allow_downgrade {
+            // A signed yank of the installed release makes the move back safe: the release
+            // engineer signed it, no server asked for it.
+            if *inst > s.target.version && !cfg.allow_downgrade && s.view.yank_of(inst).is_none() {
                 return Err(Error::Refused(format!(
                     "installed version {inst} is newer than {} offered; refusing to downgrade (use --allow-downgrade)",
                     s.target.version

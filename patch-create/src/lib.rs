@@ -11,6 +11,6 @@ pub mod verify;
 // (examples, tests, benchmarks) still compiles.
 pub use diff::{encode, pack, sa_scan, split_pack, window};
 pub use release::{content, repair};
-pub use repo::{gc, keyfile, keys_admin, maintenance};
+pub use repo::{gc, keyfile, keys_admin, maintenance, yank};
 
 pub use error::{Error, Result};

@@ -83,7 +83,7 @@ enum Cmd {
         name: String,
     },
     /// Add a release to a repository (created if it does not exist).
-    Release(ReleaseArgs),
+    Release(Box<ReleaseArgs>),
     /// Manage the root and release keys of a repository (docs/keys.md).
     #[command(subcommand)]
     Keys(KeysCmd),
@@ -101,6 +101,9 @@ enum Cmd {
     },
     /// Put the repository under maintenance (clients report it and do not update), or end it.
     Maintenance(MaintenanceArgs),
+    /// Withdraw a release in signed metadata: clients never install it, and clients running it
+    /// move to the newest release that is not yanked, even an older one. `--undo` lifts it.
+    Yank(YankArgs),
     /// Set the mirrors clients try after the repository URL they were given.
     Mirrors {
         /// The repository directory.
@@ -353,6 +356,13 @@ struct ReleaseArgs {
     /// Mark the release as needing a restart whatever changes.
     #[arg(long)]
     restart_required: bool,
+    /// Release notes for people (a text or Markdown file, at most 16 KiB), shown by `check`,
+    /// the library's offer and the fleet dashboard.
+    #[arg(long, value_name = "FILE")]
+    notes: Option<PathBuf>,
+    /// A link for people, e.g. the issue the release fixes (repeat, at most 16).
+    #[arg(long = "link", value_name = "URL")]
+    links: Vec<String>,
     /// Build incremental patches from every earlier version, not only the previous one.
     #[arg(long)]
     patches_from_all: bool,
@@ -444,6 +454,14 @@ fn release(a: ReleaseArgs) -> Result<()> {
         code: a.code,
         resources: a.resources,
         restart_required: a.restart_required,
+        notes: match &a.notes {
+            Some(f) => Some(
+                std::fs::read_to_string(f)
+                    .with_context(|| format!("reading release notes {}", f.display()))?,
+            ),
+            None => None,
+        },
+        links: a.links,
         patches_from: if a.patches_from_all {
             PatchesFrom::All
         } else {
@@ -552,6 +570,48 @@ struct MaintenanceArgs {
     expires: String,
 }
 
+#[derive(clap::Args)]
+struct YankArgs {
+    /// The repository directory.
+    #[arg(long)]
+    repo: PathBuf,
+    /// Release secret key file(s); repeat to reach the threshold.
+    #[arg(long = "key", required = true)]
+    keys: Vec<PathBuf>,
+    /// The release to withdraw.
+    #[arg(long)]
+    version: String,
+    /// Why, for people (shown by clients and the fleet server).
+    #[arg(long, required_unless_present = "undo", conflicts_with = "undo")]
+    reason: Option<String>,
+    /// Lift the yank instead.
+    #[arg(long)]
+    undo: bool,
+    /// Lifetime of the new metadata (e.g. 90d, 12h).
+    #[arg(long, default_value = "90d")]
+    expires: String,
+}
+
+fn yank(a: YankArgs) -> Result<()> {
+    let version = formats::Version::parse(&a.version)?;
+    let keys = load_secrets(&a.keys)?;
+    patch_create::yank::yank(
+        &a.repo,
+        &keys,
+        lifetime("expires", &a.expires)?,
+        &version,
+        a.reason.as_deref(),
+    )?;
+    match &a.reason {
+        Some(r) => info!(
+            "{}: release {version} yanked ({r}); clients running it will move to the newest release that is not yanked",
+            a.repo.display()
+        ),
+        None => info!("{}: release {version} is offered again", a.repo.display()),
+    }
+    Ok(())
+}
+
 fn maintenance(a: MaintenanceArgs) -> Result<()> {
     let keys = load_secrets(&a.keys)?;
     let m = a.on.then(|| formats::layout::Maintenance {
@@ -596,8 +656,9 @@ fn run() -> Result<()> {
             );
             Ok(())
         }
-        Cmd::Release(a) => release(a),
+        Cmd::Release(a) => release(*a),
         Cmd::Maintenance(a) => maintenance(a),
+        Cmd::Yank(a) => yank(a),
         Cmd::Mirrors {
             repo,
             keys,

@@ -65,6 +65,10 @@ pub struct ReleaseOptions {
     pub resources: Vec<String>,
     /// The release needs a restart whatever changes.
     pub restart_required: bool,
+    /// Release notes for people (docs/format.md §5).
+    pub notes: Option<String>,
+    /// Links for people (the issue a release fixes).
+    pub links: Vec<String>,
     /// Which versions get patches.
     pub patches_from: PatchesFrom,
     /// Keep only this many newest versions (older ones are pruned).
@@ -309,6 +313,12 @@ pub fn release(opts: &ReleaseOptions, progress: &dyn Progress) -> Result<Release
         path: opts.repo.clone(),
         reason: "no signing key given".into(),
     })?;
+    let notes = opts
+        .notes
+        .as_deref()
+        .map(formats::manifest::notes_lines)
+        .unwrap_or_default();
+    formats::manifest::check_notes(&format!("release {}", opts.version), &notes, &opts.links)?;
     match std::fs::metadata(&opts.root) {
         Ok(m) if m.is_dir() => {}
         Ok(_) => {
@@ -475,6 +485,8 @@ pub fn release(opts: &ReleaseOptions, progress: &dyn Progress) -> Result<Release
         ignore: ignore_patterns.clone(),
         owned: opts.owned.clone(),
         restart_required: opts.restart_required,
+        notes,
+        links: opts.links.clone(),
         entries,
     };
     manifest.validate("new manifest", &formats::limits::Limits::default())?;

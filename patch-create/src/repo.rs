@@ -13,6 +13,7 @@ pub mod gc;
 pub mod keyfile;
 pub mod keys_admin;
 pub mod maintenance;
+pub mod yank;
 
 use std::collections::BTreeMap;
 use std::fs::File;

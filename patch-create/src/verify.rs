@@ -53,6 +53,9 @@ pub struct VersionReport {
     pub repair_percent_of_installer: f64,
     /// Patches leading to this release.
     pub patches: Vec<PatchSize>,
+    /// Why the release was yanked (`patch-create yank`), if it was.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub yanked: Option<String>,
 }
 
 /// When one role's current metadata expires.
@@ -183,6 +186,9 @@ impl VerifyReport {
                 format!("{} ({:.0}%)", v.repair_bytes, v.repair_percent_of_installer),
                 patches.join(", ")
             ));
+            if let Some(why) = &v.yanked {
+                s.push_str(&format!("{:<16} yanked: {why}\n", ""));
+            }
         }
         let checked: Vec<String> = self
             .checked
@@ -488,6 +494,7 @@ pub fn verify(repo: &Path, key: &PublicKey) -> Result<VerifyReport> {
             repair_bytes,
             repair_percent_of_installer: pct(repair_bytes, installer_bytes),
             patches,
+            yanked: r.custom.yanked.as_ref().map(|y| y.reason.clone()),
         });
     }
     // Files nobody references.

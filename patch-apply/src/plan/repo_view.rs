@@ -113,8 +113,9 @@ impl RepoView {
         self.releases.iter().find(|r| &r.version == v)
     }
 
-    /// The newest release this client may install: same channel (a release without channel is
-    /// on `stable`) and every targeting constraint met by the client's attributes.
+    /// The newest release this client may install: not yanked, same channel (a release
+    /// without channel is on `stable`) and every targeting constraint met by the client's
+    /// attributes.
     pub fn latest_for(
         &self,
         channel: &str,
@@ -123,12 +124,20 @@ impl RepoView {
         self.releases
             .iter()
             .rev()
-            .find(|r| eligible(r, channel, attrs))
+            .find(|r| r.custom.yanked.is_none() && eligible(r, channel, attrs))
     }
 
-    /// The newest release overall, whether or not this client may install it.
+    /// The newest release that is not yanked, whether or not this client may install it.
     pub fn newest(&self) -> Option<&ReleaseRef> {
-        self.releases.last()
+        self.releases
+            .iter()
+            .rev()
+            .find(|r| r.custom.yanked.is_none())
+    }
+
+    /// The signed yank of release `v`, if it was withdrawn.
+    pub fn yank_of(&self, v: &Version) -> Option<&formats::tuf::Yank> {
+        self.find(v).and_then(|r| r.custom.yanked.as_ref())
     }
 }
 

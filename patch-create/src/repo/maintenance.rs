@@ -22,24 +22,7 @@ pub fn update_settings(
     change: impl FnOnce(&mut RepositoryInfo),
 ) -> Result<RepositoryInfo> {
     let refs: Vec<&KeyPair> = keys.iter().collect();
-    let first = refs.first().ok_or_else(|| Error::Repo {
-        path: repo_path.to_path_buf(),
-        reason: "no signing key given".into(),
-    })?;
-    if !repo_path
-        .join(layout::METADATA_DIR)
-        .join("timestamp.json")
-        .exists()
-    {
-        return Err(Error::Repo {
-            path: repo_path.to_path_buf(),
-            reason: "is not a repository yet (no metadata/timestamp.json): release a version first"
-                .into(),
-        });
-    }
-    let expires_at = formats::time_util::now() + expires;
-    let mut repo = Repo::open_or_new(repo_path, first, expires_at)?;
-    repo.check_keys(&refs)?;
+    let (mut repo, expires_at) = open_for_edit(repo_path, &refs, expires)?;
     let mut info = match repo.info()? {
         Some(i) => i,
         None => {
@@ -62,6 +45,35 @@ pub fn update_settings(
     targets.targets.insert(REPOSITORY_TARGET.to_string(), entry);
     repo.commit(targets, &refs, expires_at)?;
     Ok(info)
+}
+
+/// Opens an existing repository for a signed change without a release: refuses a directory
+/// that holds no repository yet and keys that cannot sign its targets. Returns the repository
+/// and the expiry of the metadata to write.
+pub fn open_for_edit(
+    repo_path: &Path,
+    keys: &[&KeyPair],
+    expires: time::Duration,
+) -> Result<(Repo, time::OffsetDateTime)> {
+    let first = keys.first().ok_or_else(|| Error::Repo {
+        path: repo_path.to_path_buf(),
+        reason: "no signing key given".into(),
+    })?;
+    if !repo_path
+        .join(layout::METADATA_DIR)
+        .join("timestamp.json")
+        .exists()
+    {
+        return Err(Error::Repo {
+            path: repo_path.to_path_buf(),
+            reason: "is not a repository yet (no metadata/timestamp.json): release a version first"
+                .into(),
+        });
+    }
+    let expires_at = formats::time_util::now() + expires;
+    let repo = Repo::open_or_new(repo_path, first, expires_at)?;
+    repo.check_keys(keys)?;
+    Ok((repo, expires_at))
 }
 
 /// Puts the repository under maintenance (`Some`) or ends it (`None`).
