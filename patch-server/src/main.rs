@@ -85,6 +85,11 @@ enum Cmd {
         #[command(subcommand)]
         cmd: TokenCmd,
     },
+    /// Check-in history maintenance (offline, against --data/--db).
+    History {
+        #[command(subcommand)]
+        cmd: HistoryCmd,
+    },
     /// Manage apps.
     App {
         #[command(subcommand)]
@@ -187,6 +192,18 @@ enum TokenCmd {
         scope: String,
         #[arg(long)]
         label: Option<String>,
+    },
+}
+
+#[derive(Subcommand)]
+enum HistoryCmd {
+    /// Summarise per day and delete check-ins older than --older-than (what the server does
+    /// every minute with --retain-history).
+    Prune {
+        #[command(flatten)]
+        store: Store,
+        #[arg(long, value_parser = humantime::parse_duration)]
+        older_than: Duration,
     },
 }
 
@@ -344,6 +361,16 @@ fn run(cli: Cli) -> Result<()> {
                 Ok(())
             })
         }
+        Cmd::History {
+            cmd: HistoryCmd::Prune { store, older_than },
+        } => runtime()?.block_on(async {
+            let db = patch_server::server::open_db(&store.data, store.db.as_deref(), 2).await?;
+            let n = patch_server::retention::prune(&db, older_than, patch_server::util::now_ms())
+                .await
+                .context("cannot prune the check-in history")?;
+            println!("{n} check-ins summarised");
+            Ok(())
+        }),
         Cmd::App {
             cmd:
                 AppCmd::Add {
