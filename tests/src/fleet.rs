@@ -259,7 +259,11 @@ impl Device {
         if let Some(s) = secret {
             body["secret"] = json!(s);
         }
-        post_raw(&format!("{url}/v1/enroll"), None, body.to_string().into_bytes())
+        post_raw(
+            &format!("{url}/v1/enroll"),
+            None,
+            body.to_string().into_bytes(),
+        )
     }
 
     /// Checks in with `body`, sending `If-None-Match` with the last ETag; remembers the new

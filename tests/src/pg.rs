@@ -98,7 +98,9 @@ impl PgCluster {
             set_mode(dir.path(), 0o755);
             PgCluster::must(
                 "chown",
-                Command::new("chown").args(["-R", "postgres:postgres"]).arg(&data),
+                Command::new("chown")
+                    .args(["-R", "postgres:postgres"])
+                    .arg(&data),
             );
         }
         let mut pg = PgCluster {
@@ -133,7 +135,9 @@ impl PgCluster {
             let log = pg.data.join("server.log").display().to_string();
             let out = pg
                 .tool("pg_ctl")
-                .args(["-D", &data_s, "-l", &log, "-o", &opts, "-w", "-t", "60", "start"])
+                .args([
+                    "-D", &data_s, "-l", &log, "-o", &opts, "-w", "-t", "60", "start",
+                ])
                 .output()
                 .expect("pg_ctl runs");
             if out.status.success() {

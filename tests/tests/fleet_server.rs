@@ -28,11 +28,27 @@ fn server_with_apps(w: &World, backend: &Backend, extra: &[&str]) -> Server {
     let public = w.public.display().to_string();
     let secret_s = secret.display().to_string();
     let out = s.admin(&[
-        "app", "add", "game", "--repo", &repo, "--public-key", &public,
-        "--enroll-secret-file", &secret_s,
+        "app",
+        "add",
+        "game",
+        "--repo",
+        &repo,
+        "--public-key",
+        &public,
+        "--enroll-secret-file",
+        &secret_s,
     ]);
     assert!(out.contains("2 releases"), "{out}");
-    s.admin(&["app", "add", "kiosk", "--repo", &repo, "--public-key", &public, "--approve"]);
+    s.admin(&[
+        "app",
+        "add",
+        "kiosk",
+        "--repo",
+        &repo,
+        "--public-key",
+        &public,
+        "--approve",
+    ]);
     s
 }
 
@@ -73,7 +89,10 @@ fn enrollment_checkins_inventory(backend: &str) {
         assert_eq!(a.status, 401, "{:?}", a.body);
         assert_eq!(a.body["field"], "secret");
     }
-    assert_eq!(Device::try_enroll(&s.url, "nope", "dev-x", Some(SECRET)).status, 404);
+    assert_eq!(
+        Device::try_enroll(&s.url, "nope", "dev-x", Some(SECRET)).status,
+        404
+    );
 
     // Several devices check in.
     let mut a = Device::enroll(&s.url, "game", "dev-a", Some(SECRET));
@@ -101,7 +120,12 @@ fn enrollment_checkins_inventory(backend: &str) {
     let da = find(&devices, "dev-a");
     assert_eq!(da["version"], "1.0.0");
     assert_eq!(da["tree_digest"], blake3_hex(b"1.0.0"));
-    assert!(da["last_seen"].as_str().is_some_and(|t| t.starts_with("20")), "{da}");
+    assert!(
+        da["last_seen"]
+            .as_str()
+            .is_some_and(|t| t.starts_with("20")),
+        "{da}"
+    );
     assert!(da["last_result"].is_null());
     let db_ = find(&devices, "dev-b");
     assert_eq!(db_["version"], "2.0.0");
@@ -123,10 +147,16 @@ fn enrollment_checkins_inventory(backend: &str) {
     assert_eq!(s.admin_json(&["devices", "--tag", "lab"]), json!([]));
     assert_eq!(s.admin_json(&["devices", "--silent-for", "1h"]), json!([]));
     let table = s.admin(&["devices", "--app", "game"]);
-    assert!(table.contains("dev-c") && table.contains("FAILED->2.0.0"), "{table}");
+    assert!(
+        table.contains("dev-c") && table.contains("FAILED->2.0.0"),
+        "{table}"
+    );
     let show = s.admin_json(&["device", "show", "dev-c"]);
     assert_eq!(show["results"].as_array().map(Vec::len), Some(1), "{show}");
-    assert_eq!(show["results"][0]["error_message"], "hash mismatch in big.bin");
+    assert_eq!(
+        show["results"][0]["error_message"],
+        "hash mismatch in big.bin"
+    );
 
     // ETag: an idle check-in with If-None-Match gets 304 and no body, and is still recorded.
     let before = s.admin_json(&["device", "show", "dev-a"])["device"]["checkins"]
@@ -145,7 +175,10 @@ fn enrollment_checkins_inventory(backend: &str) {
     let rk = k.checkin(&checkin_body("1.0.0", None));
     assert_eq!(rk.body["status"], "pending");
     assert!(rk.body["directive"].is_null());
-    assert_eq!(s.admin_json(&["device", "show", "kiosk-1"])["device"]["status"], "pending");
+    assert_eq!(
+        s.admin_json(&["device", "show", "kiosk-1"])["device"]["status"],
+        "pending"
+    );
     s.admin(&["device", "approve", "kiosk-1"]);
     let rk = k.checkin(&checkin_body("1.0.0", None));
     assert_eq!(rk.status, 200);
@@ -163,7 +196,10 @@ fn enrollment_checkins_inventory(backend: &str) {
     );
     assert_eq!(r.status, 401);
     // A device id enrolled under one app cannot enroll under another.
-    assert_eq!(Device::try_enroll(&s.url, "kiosk", "dev-a", None).status, 409);
+    assert_eq!(
+        Device::try_enroll(&s.url, "kiosk", "dev-a", None).status,
+        409
+    );
 
     // A new release reaches the directive after a refresh.
     w.release(3, &[]);
@@ -181,21 +217,30 @@ fn commands_uploads_and_state(backend: &str) {
     let mut b = Device::enroll(&s.url, "game", "dev-b", Some(SECRET));
     let state = json!({"players": 3, "map": "dust", "mods": ["a", "b"]});
     let first = a.checkin(&checkin_body("1.0.0", Some(state.clone())));
-    assert_eq!(first.body["state_digest"], blake3_hex(state.to_string().as_bytes()));
+    assert_eq!(
+        first.body["state_digest"],
+        blake3_hex(state.to_string().as_bytes())
+    );
     b.checkin(&checkin_body("1.0.0", None));
 
     // upload-logs reaches the device at its next check-in; the file comes back identical.
     let out = s.admin(&["command", "--device", "dev-a", "upload-logs"]);
     assert!(out.contains("queued for 1 devices"), "{out}");
     let r = a.checkin(&checkin_body("1.0.0", None));
-    assert_eq!(r.status, 200, "a queued command changes the answer, so no 304");
+    assert_eq!(
+        r.status, 200,
+        "a queued command changes the answer, so no 304"
+    );
     let cmds = r.body["commands"].as_array().expect("commands").clone();
     assert_eq!(cmds.len(), 1, "{:?}", r.body);
     assert_eq!(cmds[0]["kind"], "upload-logs");
     let cmd_id = cmds[0]["id"].as_str().expect("id").to_string();
     // dev-b got nothing.
     b.etag = None;
-    assert_eq!(b.checkin(&checkin_body("1.0.0", None)).body["commands"], json!([]));
+    assert_eq!(
+        b.checkin(&checkin_body("1.0.0", None)).body["commands"],
+        json!([])
+    );
 
     let log: Vec<u8> = (0..300_000u32).map(|i| (i * 7 % 251) as u8).collect();
     let receipt = a.upload(&cmd_id, "app.log", log.clone());
@@ -203,7 +248,10 @@ fn commands_uploads_and_state(backend: &str) {
     assert_eq!(receipt.body["size"], log.len());
     assert_eq!(receipt.body["blake3"], blake3_hex(&log));
     let upload_id = receipt.body["id"].as_str().expect("id").to_string();
-    let done = a.result(&cmd_id, &json!({"outcome": "ok", "data": {"uploads": [receipt.body]}}));
+    let done = a.result(
+        &cmd_id,
+        &json!({"outcome": "ok", "data": {"uploads": [receipt.body]}}),
+    );
     assert_eq!(done.status, 200, "{:?}", done.body);
     // No second result, and no upload for a finished command.
     assert_eq!(a.result(&cmd_id, &json!({"outcome": "ok"})).status, 409);
@@ -212,7 +260,13 @@ fn commands_uploads_and_state(backend: &str) {
     assert_eq!(uploads.as_array().map(Vec::len), Some(1), "{uploads}");
     assert_eq!(uploads[0]["name"], "app.log");
     let got = w.path("got.log");
-    s.admin(&["upload", "get", &upload_id, "--out", &got.display().to_string()]);
+    s.admin(&[
+        "upload",
+        "get",
+        &upload_id,
+        "--out",
+        &got.display().to_string(),
+    ]);
     assert_eq!(std::fs::read(&got).expect("downloaded"), log);
     // The bytes are on disk under the server's own name, not in a row.
     assert!(s.data.join("uploads").join(&upload_id).exists());
@@ -223,7 +277,11 @@ fn commands_uploads_and_state(backend: &str) {
     let cmd = &r.body["commands"][0];
     assert_eq!(cmd["kind"], "report-state");
     let id = cmd["id"].as_str().expect("id");
-    assert_eq!(a.result(id, &json!({"outcome": "ok", "data": state})).status, 200);
+    assert_eq!(
+        a.result(id, &json!({"outcome": "ok", "data": state}))
+            .status,
+        200
+    );
     let show = s.admin_json(&["device", "show", "dev-a"]);
     assert_eq!(show["state"], state);
     let c = show["commands"]
@@ -249,7 +307,14 @@ fn commands_uploads_and_state(backend: &str) {
         assert_eq!(r.body["commands"][0]["args"]["secs"], 30);
     }
     // A command that expires is no longer offered.
-    s.admin(&["command", "--app", "game", "restart-app", "--expires-in", "1s"]);
+    s.admin(&[
+        "command",
+        "--app",
+        "game",
+        "restart-app",
+        "--expires-in",
+        "1s",
+    ]);
     std::thread::sleep(Duration::from_millis(1100));
     let r = b.checkin(&checkin_body("1.0.0", None));
     let kinds: Vec<&Value> = r.body["commands"]
@@ -271,16 +336,26 @@ fn security(backend: &str) {
     // A device token cannot act for another device.
     s.admin(&["command", "--device", "dev-a", "upload-logs"]);
     let r = a.checkin(&checkin_body("1.0.0", None));
-    let cmd_a = r.body["commands"][0]["id"].as_str().expect("id").to_string();
+    let cmd_a = r.body["commands"][0]["id"]
+        .as_str()
+        .expect("id")
+        .to_string();
     let rb = b.checkin(&checkin_body("1.0.0", None));
-    assert!(rb.status == 304 || rb.body["commands"] == json!([]), "{rb:?}");
+    assert!(
+        rb.status == 304 || rb.body["commands"] == json!([]),
+        "{rb:?}"
+    );
     let forged = b.result(&cmd_a, &json!({"outcome": "ok", "data": {"stolen": true}}));
     assert_eq!(forged.status, 404, "{:?}", forged.body);
     assert_eq!(b.upload(&cmd_a, "x.log", vec![0; 10]).status, 404);
     assert_eq!(s.admin_json(&["uploads", "--device", "dev-a"]), json!([]));
     assert_eq!(s.admin_json(&["uploads", "--device", "dev-b"]), json!([]));
     // Device tokens are not admin tokens, and vice versa.
-    assert_eq!(s.admin_raw("GET", "/v1/admin/devices", Some(&a.token), None).0, 401);
+    assert_eq!(
+        s.admin_raw("GET", "/v1/admin/devices", Some(&a.token), None)
+            .0,
+        401
+    );
     let r = post_raw(
         &format!("{}/v1/checkin", s.url),
         Some(&s.admin_token),
@@ -296,28 +371,59 @@ fn security(backend: &str) {
     let tag = json!({"add": ["x"]});
     let path = "/v1/admin/devices/dev-a/tags";
     assert_eq!(s.admin_raw("POST", path, None, Some(tag.clone())).0, 401);
-    assert_eq!(s.admin_raw("POST", path, Some("0".repeat(64).as_str()), Some(tag.clone())).0, 401);
+    assert_eq!(
+        s.admin_raw(
+            "POST",
+            path,
+            Some("0".repeat(64).as_str()),
+            Some(tag.clone())
+        )
+        .0,
+        401
+    );
     assert_eq!(s.admin_raw("GET", "/v1/admin/devices", None, None).0, 401);
     let mut mk = e2e_tests::cmd("patch-server");
     mk.args(["token", "create", "--scope", "read", "--data"])
         .arg(&s.data)
         .args(backend.db_args());
     let read = e2e_tests::ok(&mut mk).trim().to_string();
-    assert_eq!(s.admin_raw("GET", "/v1/admin/devices", Some(&read), None).0, 200);
+    assert_eq!(
+        s.admin_raw("GET", "/v1/admin/devices", Some(&read), None).0,
+        200
+    );
     let (st, body) = s.admin_raw("POST", path, Some(&read), Some(tag.clone()));
     assert_eq!(st, 403, "{body}");
-    let (st, _) = s.admin_raw("POST", "/v1/admin/commands", Some(&read),
-        Some(json!({"device": "dev-a", "kind": "restart-app"})));
+    let (st, _) = s.admin_raw(
+        "POST",
+        "/v1/admin/commands",
+        Some(&read),
+        Some(json!({"device": "dev-a", "kind": "restart-app"})),
+    );
     assert_eq!(st, 403);
-    let (st, ci) = s.admin_raw("POST", "/v1/admin/tokens", Some(&s.admin_token.clone()),
-        Some(json!({"scope": "ci"})));
+    let (st, ci) = s.admin_raw(
+        "POST",
+        "/v1/admin/tokens",
+        Some(&s.admin_token.clone()),
+        Some(json!({"scope": "ci"})),
+    );
     assert_eq!(st, 200);
     let ci = ci["token"].as_str().expect("token").to_string();
     assert_eq!(s.admin_raw("POST", path, Some(&ci), Some(tag)).0, 200);
-    assert_eq!(s.admin_raw("POST", "/v1/admin/tokens", Some(&ci), Some(json!({"scope": "admin"}))).0, 403);
+    assert_eq!(
+        s.admin_raw(
+            "POST",
+            "/v1/admin/tokens",
+            Some(&ci),
+            Some(json!({"scope": "admin"}))
+        )
+        .0,
+        403
+    );
     // The CLI reports the refusal.
     let out = e2e_tests::run(
-        s.cli().env("PATCHKIT_ADMIN_TOKEN", &read).args(["device", "approve", "dev-a"]),
+        s.cli()
+            .env("PATCHKIT_ADMIN_TOKEN", &read)
+            .args(["device", "approve", "dev-a"]),
     );
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("403"));
@@ -328,10 +434,23 @@ fn security(backend: &str) {
     let r = post_raw(&url, Some(&a.token), huge);
     assert_eq!(r.status, 413, "{r:?}");
     assert_eq!(r.body["field"], "body");
-    assert!(r.body["error"].as_str().expect("error").contains("262144"), "{r:?}");
+    assert!(
+        r.body["error"].as_str().expect("error").contains("262144"),
+        "{r:?}"
+    );
     let big_state = json!({"blob": "x".repeat(formats::fleet::MAX_STATE)});
-    let r = post_raw(&url, Some(&a.token), checkin_body("1.0.0", Some(big_state)).to_string().into_bytes());
-    assert_eq!((r.status, r.body["field"].clone()), (413, json!("state")), "{r:?}");
+    let r = post_raw(
+        &url,
+        Some(&a.token),
+        checkin_body("1.0.0", Some(big_state))
+            .to_string()
+            .into_bytes(),
+    );
+    assert_eq!(
+        (r.status, r.body["field"].clone()),
+        (413, json!("state")),
+        "{r:?}"
+    );
     assert!(r.body["error"].as_str().expect("error").contains("65536"));
     for (body, field) in [
         (json!({"version": "one point oh"}), "version"),
@@ -344,27 +463,47 @@ fn security(backend: &str) {
         assert_eq!(r.status, 400, "{body}: {r:?}");
         assert_eq!(r.body["field"], field, "{body}: {r:?}");
     }
-    for raw in [&b"not json"[..], b"", b"[]", b"{\"version\": 1}", &[0xff, 0xfe, 0x00]] {
+    for raw in [
+        &b"not json"[..],
+        b"",
+        b"[]",
+        b"{\"version\": 1}",
+        &[0xff, 0xfe, 0x00],
+    ] {
         let r = post_raw(&url, Some(&a.token), raw.to_vec());
         assert_eq!(r.status, 400, "{raw:?}: {r:?}");
     }
-    let r = post_raw(&format!("{}/v1/enroll", s.url), None,
-        json!({"app": "../etc", "device_id": "d"}).to_string().into_bytes());
+    let r = post_raw(
+        &format!("{}/v1/enroll", s.url),
+        None,
+        json!({"app": "../etc", "device_id": "d"})
+            .to_string()
+            .into_bytes(),
+    );
     assert_eq!((r.status, r.body["field"].clone()), (400, json!("app")));
-    let (st, body) = s.admin_raw("POST", "/v1/admin/commands", Some(&s.admin_token.clone()),
-        Some(json!({"device": "dev-a", "kind": "rm-rf"})));
+    let (st, body) = s.admin_raw(
+        "POST",
+        "/v1/admin/commands",
+        Some(&s.admin_token.clone()),
+        Some(json!({"device": "dev-a", "kind": "rm-rf"})),
+    );
     assert_eq!((st, body["field"].clone()), (400, json!("kind")));
 
     // An upload over the server's cap: 413 naming the limit, nothing kept.
     let r = a.upload(&cmd_a, "big.log", vec![7; 150_000]);
     assert_eq!(r.status, 413, "{r:?}");
-    assert!(r.body["error"].as_str().expect("error").contains("100000"), "{r:?}");
+    assert!(
+        r.body["error"].as_str().expect("error").contains("100000"),
+        "{r:?}"
+    );
     // Also when the size is not announced (a chunked, streamed body).
     let streamed = reqwest::blocking::Client::new()
         .put(format!("{}/v1/uploads", s.url))
         .query(&[("command", cmd_a.as_str()), ("name", "big.log")])
         .bearer_auth(&a.token)
-        .body(reqwest::blocking::Body::new(std::io::repeat(1).take(150_000)))
+        .body(reqwest::blocking::Body::new(
+            std::io::repeat(1).take(150_000),
+        ))
         .send()
         .expect("upload");
     assert_eq!(streamed.status().as_u16(), 413);
@@ -396,7 +535,10 @@ fn overload_answers_503(backend: &str) {
     a.checkin(&checkin_body("1.0.0", None));
     s.admin(&["command", "--device", "dev-a", "upload-logs"]);
     let r = a.checkin(&checkin_body("1.0.0", None));
-    let cmd = r.body["commands"][0]["id"].as_str().expect("id").to_string();
+    let cmd = r.body["commands"][0]["id"]
+        .as_str()
+        .expect("id")
+        .to_string();
     let (url, token) = (s.url.clone(), a.token.clone());
     let slow = std::thread::spawn(move || {
         reqwest::blocking::Client::new()
@@ -442,7 +584,12 @@ fn retention_summarises_history(backend: &str) {
         a.etag = None;
         assert_eq!(a.checkin(&checkin_body("1.0.0", None)).status, 200);
     }
-    assert_eq!(s.admin_json(&["device", "show", "dev-a"])["checkins"].as_array().map(Vec::len), Some(5));
+    assert_eq!(
+        s.admin_json(&["device", "show", "dev-a"])["checkins"]
+            .as_array()
+            .map(Vec::len),
+        Some(5)
+    );
     std::thread::sleep(Duration::from_millis(50));
     let mut prune = e2e_tests::cmd("patch-server");
     prune
@@ -478,7 +625,7 @@ fn kill9_keeps_acknowledged_checkins(backend: &str) {
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let workers: Vec<_> = devices
         .into_iter()
-        .map(|mut d| {
+        .map(|d| {
             let stop = stop.clone();
             std::thread::spawn(move || {
                 let mut acked: Vec<u64> = Vec::new();
@@ -506,15 +653,25 @@ fn kill9_keeps_acknowledged_checkins(backend: &str) {
     std::thread::sleep(Duration::from_millis(1500));
     s.kill9();
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    let acked: Vec<(String, Vec<u64>)> = workers.into_iter().map(|t| t.join().expect("worker")).collect();
+    let acked: Vec<(String, Vec<u64>)> = workers
+        .into_iter()
+        .map(|t| t.join().expect("worker"))
+        .collect();
     let total: usize = acked.iter().map(|(_, a)| a.len()).sum();
-    assert!(total > 10, "devices got too few answers before the kill ({total})");
+    assert!(
+        total > 10,
+        "devices got too few answers before the kill ({total})"
+    );
     // A new server on the same database sees every acknowledged check-in.
     let s2 = Server::start_with_token(&w.path("server"), &backend, &[], Some(&s.admin_token));
     for (id, acks) in &acked {
         let show = s2.admin_json(&["device", "show", id]);
         let stored = show["device"]["checkins"].as_i64().expect("checkins");
-        assert!(stored >= acks.len() as i64, "{id}: {stored} stored, {} acknowledged", acks.len());
+        assert!(
+            stored >= acks.len() as i64,
+            "{id}: {stored} stored, {} acknowledged",
+            acks.len()
+        );
         if let Backend::Postgres(pg) = &backend {
             let rows = pg.psql(&format!(
                 "SELECT free_disk FROM checkins WHERE device = '{id}' ORDER BY free_disk"
@@ -522,7 +679,10 @@ fn kill9_keeps_acknowledged_checkins(backend: &str) {
             let stored: std::collections::BTreeSet<u64> =
                 rows.lines().filter_map(|l| l.parse().ok()).collect();
             for n in acks {
-                assert!(stored.contains(n), "{id}: acknowledged check-in #{n} is not in the database");
+                assert!(
+                    stored.contains(n),
+                    "{id}: acknowledged check-in #{n} is not in the database"
+                );
             }
         }
     }
