@@ -39,6 +39,9 @@ struct Remote {
     /// File holding an admin token (else PATCHKIT_ADMIN_TOKEN).
     #[arg(long)]
     token_file: Option<PathBuf>,
+    /// A PEM certificate to trust for an HTTPS server (e.g. a self-signed one).
+    #[arg(long, env = "PATCHKIT_CA_CERT")]
+    ca_cert: Option<PathBuf>,
 }
 
 #[derive(Subcommand)]
@@ -274,7 +277,13 @@ fn client(r: &Remote) -> Result<Client> {
         None => std::env::var("PATCHKIT_ADMIN_TOKEN")
             .context("no admin token: give --token-file or set PATCHKIT_ADMIN_TOKEN")?,
     };
-    Ok(Client::new(&r.server, &token)?)
+    let ca = match &r.ca_cert {
+        Some(f) => Some(
+            std::fs::read(f).with_context(|| format!("cannot read certificate {}", f.display()))?,
+        ),
+        None => None,
+    };
+    Ok(Client::new(&r.server, &token, ca.as_deref())?)
 }
 
 fn print_json(v: &Value) {

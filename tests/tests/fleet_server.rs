@@ -739,3 +739,59 @@ fn two_servers_share_one_postgres() {
     let r = a.checkin(&checkin_body("2.0.0", None));
     assert_eq!(r.body["commands"][0]["kind"], "report-state");
 }
+
+/// HTTPS served by the server itself (rustls): devices and the CLI over TLS.
+#[test]
+fn serves_https_with_rustls() {
+    let backend = Backend::start("sqlite");
+    let w = world();
+    let (cert, key) = (w.path("cert.pem"), w.path("key.pem"));
+    e2e_tests::ok(
+        std::process::Command::new("openssl")
+            .args([
+                "req",
+                "-x509",
+                "-newkey",
+                "ec",
+                "-pkeyopt",
+                "ec_paramgen_curve:prime256v1",
+            ])
+            .args(["-nodes", "-days", "2", "-subj", "/CN=localhost"])
+            .args(["-addext", "subjectAltName=IP:127.0.0.1"])
+            .args(["-addext", "basicConstraints=critical,CA:FALSE"])
+            .arg("-keyout")
+            .arg(&key)
+            .arg("-out")
+            .arg(&cert),
+    );
+    let s = Server::start(
+        &w.path("server"),
+        &backend,
+        &[
+            "--tls-cert",
+            &cert.display().to_string(),
+            "--tls-key",
+            &key.display().to_string(),
+        ],
+    );
+    assert!(s.url.starts_with("https://127.0.0.1:"), "{}", s.url);
+    let pem = std::fs::read(&cert).expect("cert");
+    let http = reqwest::blocking::Client::builder()
+        .add_root_certificate(reqwest::Certificate::from_pem(&pem).expect("pem"))
+        .build()
+        .expect("client");
+    let r = http
+        .get(format!("{}/v1/admin/devices", s.url))
+        .bearer_auth(&s.admin_token)
+        .send()
+        .expect("https request");
+    assert_eq!(r.status().as_u16(), 200);
+    // Plain HTTP to the TLS port gets no answer.
+    let plain = s.url.replace("https://", "http://");
+    assert!(reqwest::blocking::get(format!("{plain}/v1/admin/devices"))
+        .map(|r| r.status().as_u16() != 200)
+        .unwrap_or(true));
+    // The CLI trusts the certificate it is given.
+    let out = s.admin(&["devices", "--ca-cert", &cert.display().to_string()]);
+    assert!(out.contains("0 devices"), "{out}");
+}
