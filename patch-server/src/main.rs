@@ -86,6 +86,10 @@ enum Cmd {
         /// Default life of a command nobody picked up.
         #[arg(long, default_value = "7d", value_parser = humantime::parse_duration)]
         command_ttl: Duration,
+        /// Idle check-ins add a history row at most this often (a change of version or
+        /// channel always does); 0s records every check-in.
+        #[arg(long, default_value = "15m", value_parser = humantime::parse_duration)]
+        history_every: Duration,
     },
     /// Create an admin token directly in the database (offline) and print it.
     Token {
@@ -335,6 +339,7 @@ fn run(cli: Cli) -> Result<()> {
             retain_history,
             refresh_interval,
             command_ttl,
+            history_every,
         } => {
             let opts = patch_server::server::ServeOptions {
                 data: store.data,
@@ -350,6 +355,7 @@ fn run(cli: Cli) -> Result<()> {
                 retain_history,
                 refresh_interval,
                 command_ttl,
+                history_every,
             };
             runtime()?.block_on(patch_server::server::serve(opts))
         }

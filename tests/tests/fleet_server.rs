@@ -169,6 +169,9 @@ fn enrollment_checkins_inventory(backend: &str) {
         .as_i64()
         .expect("checkins");
     assert_eq!(after, before + 1);
+    // An idle check-in updates the device row but adds no history row (--history-every 15m).
+    let history = s.admin_json(&["device", "show", "dev-a"])["checkins"].clone();
+    assert_eq!(history.as_array().map(Vec::len), Some(1), "{history}");
 
     // Approval mode: pending until approved, nothing directed meanwhile.
     let mut k = Device::enroll(&s.url, "kiosk", "kiosk-1", None);
@@ -578,7 +581,7 @@ fn overload_answers_503(backend: &str) {
 fn retention_summarises_history(backend: &str) {
     let backend = Backend::start(backend);
     let w = world();
-    let s = server_with_apps(&w, &backend, &[]);
+    let s = server_with_apps(&w, &backend, &["--history-every", "0s"]);
     let mut a = Device::enroll(&s.url, "game", "dev-a", Some(SECRET));
     for _ in 0..5 {
         a.etag = None;
@@ -618,7 +621,7 @@ fn retention_summarises_history(backend: &str) {
 fn kill9_keeps_acknowledged_checkins(backend: &str) {
     let backend = Backend::start(backend);
     let w = world();
-    let mut s = server_with_apps(&w, &backend, &[]);
+    let mut s = server_with_apps(&w, &backend, &["--history-every", "0s"]);
     let devices: Vec<Device> = (0..6)
         .map(|i| Device::enroll(&s.url, "game", &format!("dev-{i}"), Some(SECRET)))
         .collect();
@@ -663,7 +666,12 @@ fn kill9_keeps_acknowledged_checkins(backend: &str) {
         "devices got too few answers before the kill ({total})"
     );
     // A new server on the same database sees every acknowledged check-in.
-    let s2 = Server::start_with_token(&w.path("server"), &backend, &[], Some(&s.admin_token));
+    let s2 = Server::start_with_token(
+        &w.path("server"),
+        &backend,
+        &["--history-every", "0s"],
+        Some(&s.admin_token),
+    );
     for (id, acks) in &acked {
         let show = s2.admin_json(&["device", "show", id]);
         let stored = show["device"]["checkins"].as_i64().expect("checkins");

@@ -14,7 +14,7 @@ use serde::Deserialize;
 use tokio::io::AsyncWriteExt;
 
 use super::common::{device_auth, read_doc, AppState};
-use crate::db::{i64_of, CheckinRow, UploadRow};
+use crate::db::{i64_of, CheckinRow, DeviceAuth, UploadRow};
 use crate::decide::{decide, DeviceFacts};
 use crate::error::{ApiError, ApiResult};
 use crate::util::{new_id, new_token, now_ms, rfc3339, same_secret, sha256_hex, state_digest};
@@ -98,7 +98,9 @@ pub async fn checkin(
         }),
         results: c.results.clone(),
     };
-    let out = st.db.record_checkin(&dev, &row, now).await?;
+    let every = i64::try_from(st.settings.history_every.as_millis()).unwrap_or(i64::MAX);
+    let history = keep_history(&dev, &c, now, every);
+    let out = st.db.record_checkin(&dev, &row, now, history).await?;
     let active = out.status == "active";
     let directive = if active {
         let releases = st.db.releases(&dev.app).await?;
@@ -164,6 +166,17 @@ pub async fn checkin(
         body,
     )
         .into_response())
+}
+
+/// Whether a check-in gets its own history row: the first one, a change of version or
+/// channel, or `every_ms` since the last row. Idle check-ins in between only update the
+/// device row (last seen, counters), so the history grows with changes, not with polling.
+pub fn keep_history(dev: &DeviceAuth, c: &CheckIn, now: i64, every_ms: i64) -> bool {
+    let due = match dev.last_history_ms {
+        Some(last) => now.saturating_sub(last) >= every_ms,
+        None => true,
+    };
+    due || dev.version != c.version || dev.channel != c.channel
 }
 
 /// `POST /v1/commands/{id}/result`: only the device the command was queued for may answer
