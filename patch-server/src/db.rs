@@ -1118,6 +1118,16 @@ impl Db {
         Ok(())
     }
 
+    /// Number of uploads `device` made for `command`.
+    pub async fn upload_count(&self, command: &str, device: &str) -> sqlx::Result<i64> {
+        sqlx::query("SELECT COUNT(*) AS n FROM uploads WHERE command = $1 AND device = $2")
+            .bind(command)
+            .bind(device)
+            .fetch_one(&self.pool)
+            .await?
+            .try_get("n")
+    }
+
     /// Uploads, of one device or all, newest first.
     pub async fn uploads(&self, device: Option<&str>, limit: i64) -> sqlx::Result<Vec<UploadRow>> {
         let rows =

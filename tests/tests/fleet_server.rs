@@ -515,6 +515,19 @@ fn security(backend: &str) {
         .collect();
     assert!(left.is_empty(), "nothing kept: {left:?}");
     assert_eq!(s.admin_json(&["uploads", "--device", "dev-a"]), json!([]));
+    // At most 32 files for one command.
+    for i in 0..32 {
+        assert_eq!(
+            a.upload(&cmd_a, &format!("{i}.log"), vec![1; 10]).status,
+            200
+        );
+    }
+    let r = a.upload(&cmd_a, "33.log", vec![1; 10]);
+    assert_eq!(
+        (r.status, r.body["field"].clone()),
+        (413, json!("command")),
+        "{r:?}"
+    );
     assert_alive(&mut s);
 }
 

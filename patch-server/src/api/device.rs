@@ -213,6 +213,9 @@ pub async fn command_result(
     }
 }
 
+/// Most files one device may upload for one `upload-logs` command.
+pub const MAX_UPLOADS_PER_COMMAND: i64 = 32;
+
 /// Query of `PUT /v1/uploads`.
 #[derive(Debug, Deserialize)]
 pub struct UploadQuery {
@@ -255,6 +258,15 @@ pub async fn upload(
                 "no command {command} for this device"
             )))
         }
+    }
+    if st.db.upload_count(&command, &dev.id).await? >= MAX_UPLOADS_PER_COMMAND {
+        return Err(ApiError::Invalid(formats::fleet::FleetError {
+            field: "command".into(),
+            reason: format!(
+                "more than the limit of {MAX_UPLOADS_PER_COMMAND} files for one command"
+            ),
+            too_large: true,
+        }));
     }
     let cap = st.settings.max_upload;
     let declared = headers
@@ -321,4 +333,43 @@ async fn stream_to(path: &std::path::Path, body: Body, cap: u64) -> ApiResult<(u
     }
     file.sync_all().await.map_err(io)?;
     Ok((size, hasher.finalize().to_hex().to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn history_rows_follow_changes_not_polling() {
+        let dev = |last: Option<i64>, v: &str| DeviceAuth {
+            id: "d".into(),
+            app: "a".into(),
+            status: "active".into(),
+            state_digest: None,
+            poll_interval_secs: None,
+            version: Some(v.into()),
+            channel: Some("stable".into()),
+            last_history_ms: last,
+        };
+        let c = |v: &str, ch: &str| CheckIn {
+            version: Some(v.into()),
+            channel: Some(ch.into()),
+            ..CheckIn::default()
+        };
+        let every = 900_000;
+        let cases = [
+            (dev(None, "1.0.0"), c("1.0.0", "stable"), 1_000, true),
+            (dev(Some(0), "1.0.0"), c("1.0.0", "stable"), 1_000, false),
+            (dev(Some(0), "1.0.0"), c("1.0.0", "stable"), 900_000, true),
+            (dev(Some(0), "1.0.0"), c("2.0.0", "stable"), 1_000, true),
+            (dev(Some(0), "1.0.0"), c("1.0.0", "beta"), 1_000, true),
+        ];
+        for (d, ci, now, want) in cases {
+            assert_eq!(
+                keep_history(&d, &ci, now, every),
+                want,
+                "{d:?} {ci:?} {now}"
+            );
+        }
+    }
 }
