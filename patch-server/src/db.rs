@@ -465,7 +465,8 @@ impl Db {
         rows.iter().map(app_from).collect()
     }
 
-    /// Replaces the releases cached for `app` with what its repository offers now.
+    /// Replaces the releases cached for `app` with what its repository offers now (instances
+    /// refreshing at once both succeed: the inserts are upserts).
     pub async fn set_releases(
         &self,
         app: &str,
@@ -486,7 +487,9 @@ impl Db {
             .await?;
         for r in releases {
             sqlx::query(
-                "INSERT INTO releases (app, version, channel, targeting, seen_ms) VALUES ($1, $2, $3, $4, $5)",
+                "INSERT INTO releases (app, version, channel, targeting, seen_ms) VALUES ($1, $2, $3, $4, $5) \
+                 ON CONFLICT (app, version) DO UPDATE SET channel = excluded.channel, \
+                 targeting = excluded.targeting, seen_ms = excluded.seen_ms",
             )
             .bind(app)
             .bind(r.version.to_string())
