@@ -204,12 +204,30 @@ fn enrollment_checkins_inventory(backend: &str) {
         409
     );
 
-    // A new release reaches the directive after a refresh.
-    w.release(3, &[]);
+    // A new release reaches the directive after a refresh, on its channel only, and only
+    // for devices whose attributes meet its targeting.
+    w.release(3, &["--channel", "beta", "--target", "region=eu"]);
     s.admin(&["app", "refresh", "game"]);
+    let apps = s.admin_json(&["apps"]);
+    assert_eq!(
+        apps[0]["releases"].as_array().map(Vec::len),
+        Some(3),
+        "{apps}"
+    );
     let mut a3 = Device::from_token(&s.url, "dev-a", &a2.token);
     let ra = a3.checkin(&checkin_body("2.0.0", None));
-    assert_eq!(ra.body["directive"]["version"], "3.0.0");
+    assert_eq!(
+        ra.body["directive"]["version"], "2.0.0",
+        "stable stays on 2.0.0"
+    );
+    let mut beta = checkin_body("2.0.0", None);
+    beta["channel"] = json!("beta");
+    assert!(
+        a3.checkin(&beta).body["directive"].is_null(),
+        "the beta release targets region=eu only"
+    );
+    beta["attrs"] = json!({"region": "eu"});
+    assert_eq!(a3.checkin(&beta).body["directive"]["version"], "3.0.0");
 }
 
 fn commands_uploads_and_state(backend: &str) {
