@@ -10,10 +10,16 @@ if ! python3 -c 'import tuf.ngclient' 2>/dev/null; then
   echo "== installing python-tuf (for the TUF interoperability test)"
   python3 -m pip install --quiet --disable-pip-version-check 'tuf>=5' || echo "warning: python-tuf unavailable; its test will be skipped"
 fi
-if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then
-  echo "== installing postgresql (the fleet tests start a throwaway cluster)"
+# Debian packages the tests start or call: a throwaway PostgreSQL cluster (fleet tests),
+# openssl (a self-signed certificate for the TLS test), faketime (TUF conformance suite).
+need=()
+ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || need+=(postgresql)
+command -v openssl >/dev/null || need+=(openssl)
+command -v faketime >/dev/null || need+=(faketime)
+if ((${#need[@]})); then
+  echo "== installing ${need[*]}"
   apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
 fi
 echo "== cargo fmt --check"
 cargo fmt --all --check
