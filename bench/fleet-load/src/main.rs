@@ -107,6 +107,8 @@ struct RunReport {
     /// Check-ins per second the devices should make (devices / interval).
     expected_rate_per_s: f64,
     measured_window_s: f64,
+    /// Check-ins sent over the whole check-in phase, warm-up included.
+    checkins_total: usize,
     enrolled_now: usize,
     enroll: Report,
     checkin: Report,
@@ -118,6 +120,7 @@ struct Ctx {
     args: Args,
     clients: Vec<reqwest::Client>,
     next_server: AtomicUsize,
+    checkins_total: AtomicUsize,
     window: (Instant, Instant),
     checkins: Mutex<Stats>,
     command_results: Mutex<Stats>,
@@ -372,6 +375,7 @@ async fn run_device(ctx: Arc<Ctx>, mut dev: Device, start: Instant) {
         }
         let body = serde_json::to_vec(&body).unwrap_or_default();
         let (base, client) = ctx.pick();
+        ctx.checkins_total.fetch_add(1, Ordering::Relaxed);
         let mut wait = interval * rng.random_range(0.9..1.1);
         let mut commands = Vec::new();
         match post(base, client, "/v1/checkin", headers, body).await {
@@ -461,6 +465,7 @@ async fn run(args: Args) -> Result<RunReport> {
     let mut ctx = Arc::new(Ctx {
         clients,
         next_server: AtomicUsize::new(0),
+        checkins_total: AtomicUsize::new(0),
         window: (far, far),
         checkins: Mutex::new(Stats::default()),
         command_results: Mutex::new(Stats::default()),
@@ -500,6 +505,7 @@ async fn run(args: Args) -> Result<RunReport> {
         equivalent_devices_at_60s: a.devices as f64 * 60.0 / interval_s,
         expected_rate_per_s: (a.devices - missing) as f64 / interval_s,
         measured_window_s: if a.enroll_only { 0.0 } else { secs },
+        checkins_total: ctx.checkins_total.load(Ordering::Relaxed),
         enrolled_now,
         enroll,
         checkin,
