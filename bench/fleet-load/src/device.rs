@@ -65,7 +65,7 @@ fn state_doc(index: usize, uptime_s: u64, players: u64, target: usize) -> Value 
     while serde_json::to_vec(&doc).map_or(usize::MAX, |v| v.len()) < target && n < 512 {
         if let Some(Value::Array(p)) = doc.get_mut("plugins") {
             p.push(json!({"name": format!("plugin-{n:03}"), "version": format!("1.{}.{}", n % 7, n % 13),
-                          "enabled": n % 5 != 0}));
+                          "enabled": !n.is_multiple_of(5)}));
         }
         n += 1;
     }
