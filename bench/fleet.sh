@@ -9,8 +9,9 @@
 # every INTERVAL (±10 % jitter) for DURATION (the first WARMUP left out of the figures). The
 # ramp stops after the first step whose p99 check-in latency is over P99_LIMIT_MS or that had
 # any error. Per step: server CPU (utime+stime from /proc/PID/stat over the check-in phase),
-# RSS (VmRSS, VmHWM from /proc/PID/status), bytes per idle check-in, database growth over the
-# check-in phase per check-in, and per device per day at 60 s polling (1,440 check-ins).
+# RSS (VmRSS, VmHWM from /proc/PID/status), bytes per idle check-in, database growth per
+# check-in and per device per day at 60 s polling (1,440 check-ins); CPU and growth also for the
+# steady state alone (after the warm-up, once every device has sent its whole state).
 # Env knobs:
 #   STEPS="1000 5000 10000 20000 40000"  INTERVAL=60s  DURATION=150s  WARMUP=60s  P99_LIMIT_MS=50
 #   FRESH=1 (a new TCP connection per request, as a real fleet; 0: keep-alive pool)
@@ -59,6 +60,9 @@ if [ ! -f "$APPREPO/keys/release.pub" ]; then
   head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n' > "$APPREPO/secret"
 fi
 
+secs() { # 90s, 2m, 1h, or plain seconds -> seconds
+  case $1 in *ms) echo 0 ;; *s) echo "${1%s}" ;; *m) echo $((${1%m} * 60)) ;; *h) echo $((${1%h} * 3600)) ;; *) echo "$1" ;; esac
+}
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 cpu_ticks() { # utime+stime of the given pids, in clock ticks
   local t=0 p
@@ -171,7 +175,14 @@ run_backend() {
     "$BIN/fleet-load" "${load_servers[@]}" --app loadapp --secret-file "$APPREPO/secret" \
       --devices "$n" --tokens "$D/tokens" --interval "$INTERVAL" --duration "$DURATION" \
       --warmup "$WARMUP" --threads "$LOAD_THREADS" "${fresh[@]}" --out "$D/load-$n.json" \
-      > /dev/null 2> "$D/load-$n.log" || { tail -5 "$D/load-$n.log" >&2; break; }
+      > /dev/null 2> "$D/load-$n.log" &
+    local lp=$! dbm cpum pgcpum tm
+    # the same figures at the end of the warm-up (every device has made its first check-in,
+    # with its whole state): the window after it is the steady state
+    sleep "$(secs "$WARMUP")"
+    dbm=$(db_bytes "$backend" "$D/server"); cpum=$(cpu_ticks "${servers[@]}")
+    pgcpum=$(cpu_ticks "${pg[@]}"); tm=$(date +%s.%N)
+    wait $lp || { tail -5 "$D/load-$n.log" >&2; break; }
     t1=$(date +%s.%N); cpu1=$(cpu_ticks "${servers[@]}"); pgcpu1=$(cpu_ticks "${pg[@]}")
     [ "$backend" = postgres ] && mapfile -t pg < <(pg_pids)
     db1=$(db_bytes "$backend" "$D/server")
@@ -188,6 +199,10 @@ r["server"] = {
     "rss_idle_kb": $t_idle_rss,
     "db_rss_kb": $(status_kb VmRSS "${pg[@]}"),
     "db_bytes_before": ${db0:-0}, "db_bytes_after": ${db1:-0},
+    # steady state: from the end of the warm-up to the end
+    "steady_wall_s": $t1 - $tm, "steady_cpu_cores": ($cpu1 - $cpum) / hz / ($t1 - $tm),
+    "steady_db_cpu_cores": ($pgcpu1 - $pgcpum) / hz / ($t1 - $tm),
+    "db_bytes_at_warmup_end": ${dbm:-0},
 }
 c = r["checkin"]
 n = r["devices"]
@@ -195,11 +210,15 @@ n = r["devices"]
 # a device polling every 60 s checks in 1,440 times a day
 r["server"]["db_bytes_per_checkin"] = (r["server"]["db_bytes_after"] - r["server"]["db_bytes_before"]) / max(r["checkins_total"], 1)
 r["server"]["db_bytes_per_device_day"] = r["server"]["db_bytes_per_checkin"] * 1440
+# steady state: growth after every device's first check-in, per check-in of the window
+r["server"]["steady_db_bytes_per_checkin"] = (r["server"]["db_bytes_after"] - r["server"]["db_bytes_at_warmup_end"]) / max(c["requests"], 1)
+r["server"]["steady_db_bytes_per_device_day"] = r["server"]["steady_db_bytes_per_checkin"] * 1440
 json.dump(r, open(sys.argv[2], "w"), indent=1)
 s = r["server"]
 print(f"{n} devices: {c['rate_per_s']:.1f}/s of {r['expected_rate_per_s']:.1f}/s, p50 {c['latency']['p50_ms']:.1f} ms, "
       f"p99 {c['latency']['p99_ms']:.1f} ms, errors {c['errors']}, server CPU {s['cpu_cores']*100:.0f} %, "
-      f"RSS {s['rss_kb']/1024:.0f} MB, db +{s['db_bytes_per_checkin']:.0f} B/check-in", file=sys.stderr)
+      f"RSS {s['rss_kb']/1024:.0f} MB, db +{s['db_bytes_per_checkin']:.0f} B/check-in "
+      f"(steady {s['steady_db_bytes_per_checkin']:.0f}), steady CPU {s['steady_cpu_cores']*100:.0f} %", file=sys.stderr)
 EOF
     local p99 errs
     p99=$(python3 -c "import json,sys; print(json.load(open(sys.argv[1]))['checkin']['latency']['p99_ms'])" "$D/step-$n.json")
