@@ -244,6 +244,8 @@ async fn enroll_all(
     let stats = Arc::new(Mutex::new(Stats::default()));
     let mut tokens: Vec<Option<String>> = vec![None; a.devices];
     let mut jobs = tokio::task::JoinSet::new();
+    // enrollments start while this loop still spawns them
+    let t0 = Instant::now();
     for (i, slot) in tokens.iter_mut().enumerate() {
         let id = device_id(&a.id_prefix, i);
         if let Some(t) = known.get(&id) {
@@ -283,7 +285,6 @@ async fn enroll_all(
             None
         });
     }
-    let t0 = Instant::now();
     let mut fresh = Vec::new();
     while let Some(r) = jobs.join_next().await {
         if let Some((i, id, token)) = r? {
