@@ -1,0 +1,308 @@
+//! The device endpoints: enroll, check in, post command results, upload files.
+
+use axum::body::Body;
+use axum::extract::{Path, Query, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use formats::fleet::{
+    check_id, check_short, CheckIn, CheckInResponse, Command, CommandKind, CommandOutcome,
+    CommandResult, DeviceStatus, EnrollRequest, EnrollResponse, UploadReceipt, PROTOCOL,
+};
+use futures_util::StreamExt;
+use serde::Deserialize;
+use tokio::io::AsyncWriteExt;
+
+use super::common::{device_auth, read_doc, AppState};
+use crate::db::{i64_of, CheckinRow, UploadRow};
+use crate::decide::{decide, DeviceFacts};
+use crate::error::{ApiError, ApiResult};
+use crate::util::{new_id, new_token, now_ms, rfc3339, same_secret, sha256_hex, state_digest};
+
+/// `POST /v1/enroll`.
+pub async fn enroll(State(st): State<AppState>, body: Body) -> ApiResult<Json<EnrollResponse>> {
+    let req: EnrollRequest = read_doc(body).await?;
+    let app = st
+        .db
+        .app(&req.app)
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("no app {:?} on this server", req.app)))?;
+    if let Some((other, _)) = st.db.device_app(&req.device_id).await? {
+        if other != req.app {
+            return Err(ApiError::Conflict(format!(
+                "device id {:?} is enrolled under another app",
+                req.device_id
+            )));
+        }
+    }
+    let status = match &app.enroll_secret_sha256 {
+        Some(want) => {
+            let given = req.secret.as_deref().unwrap_or("");
+            if given.is_empty() || !same_secret(&sha256_hex(given), want) {
+                return Err(ApiError::Denied {
+                    field: "secret".into(),
+                    reason: "wrong or missing enrollment secret".into(),
+                });
+            }
+            DeviceStatus::Active
+        }
+        None => DeviceStatus::Pending,
+    };
+    let token = new_token();
+    let status_str = match status {
+        DeviceStatus::Active => "active",
+        DeviceStatus::Pending => "pending",
+    };
+    st.db
+        .enroll(
+            &req.device_id,
+            &req.app,
+            &sha256_hex(&token),
+            status_str,
+            req.hostname.as_deref(),
+        )
+        .await?;
+    Ok(Json(EnrollResponse {
+        device_id: req.device_id,
+        token,
+        status,
+        poll_interval_secs: st.settings.poll_interval_secs,
+    }))
+}
+
+/// `POST /v1/checkin`: records the check-in, then answers with the directive and the
+/// pending commands, or `304` when the answer equals the device's `If-None-Match`.
+pub async fn checkin(
+    State(st): State<AppState>,
+    headers: HeaderMap,
+    body: Body,
+) -> ApiResult<Response> {
+    let dev = device_auth(&st, &headers).await?;
+    let c: CheckIn = read_doc(body).await?;
+    let now = now_ms();
+    let row = CheckinRow {
+        version: c.version.clone(),
+        tree_digest: c.tree_digest.clone(),
+        channel: c.channel.clone(),
+        attrs: serde_json::to_string(&c.attrs).unwrap_or_else(|_| "{}".into()),
+        free_disk: c.free_disk.map(i64_of),
+        os: c.os.clone(),
+        arch: c.arch.clone(),
+        hostname: c.hostname.clone(),
+        agent_version: c.agent_version.clone(),
+        state: c.state.as_ref().map(|s| {
+            (
+                serde_json::to_string(s).unwrap_or_default(),
+                state_digest(s),
+            )
+        }),
+        results: c.results.clone(),
+    };
+    let out = st.db.record_checkin(&dev, &row, now).await?;
+    let active = out.status == "active";
+    let directive = if active {
+        let releases = st.db.releases(&dev.app).await?;
+        let facts = DeviceFacts {
+            version: c
+                .version
+                .as_deref()
+                .and_then(|v| formats::Version::parse(v).ok()),
+            channel: c.channel.clone(),
+            attrs: c.attrs.clone(),
+        };
+        decide(&facts, &releases)
+    } else {
+        None
+    };
+    let commands = out
+        .commands
+        .iter()
+        .filter_map(|p| {
+            Some(Command {
+                id: p.id.clone(),
+                kind: CommandKind::parse(&p.kind)?,
+                args: serde_json::from_str(&p.args).unwrap_or(serde_json::json!({})),
+                expires_at: rfc3339(p.expires_ms),
+            })
+        })
+        .collect();
+    let resp = CheckInResponse {
+        protocol: PROTOCOL,
+        status: if active {
+            DeviceStatus::Active
+        } else {
+            DeviceStatus::Pending
+        },
+        directive,
+        commands,
+        poll_interval_secs: dev
+            .poll_interval_secs
+            .and_then(|s| u64::try_from(s).ok())
+            .unwrap_or(st.settings.poll_interval_secs),
+        acked_result_seq: out.acked_result_seq.and_then(|s| u64::try_from(s).ok()),
+        state_digest: out.state_digest,
+    };
+    let body = serde_json::to_vec(&resp).map_err(|e| ApiError::Internal(e.to_string()))?;
+    let etag = format!("\"{}\"", &blake3::hash(&body).to_hex()[..32]);
+    let etag_value =
+        HeaderValue::from_str(&etag).map_err(|e| ApiError::Internal(e.to_string()))?;
+    let matches = headers
+        .get(header::IF_NONE_MATCH)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.split(',').any(|t| t.trim() == etag));
+    if matches {
+        return Ok((StatusCode::NOT_MODIFIED, [(header::ETAG, etag_value)]).into_response());
+    }
+    Ok((
+        StatusCode::OK,
+        [
+            (header::ETAG, etag_value),
+            (
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            ),
+        ],
+        body,
+    )
+        .into_response())
+}
+
+/// `POST /v1/commands/{id}/result`: only the device the command was queued for may answer
+/// it; any other device gets 404, so command ids do not leak.
+pub async fn command_result(
+    State(st): State<AppState>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> ApiResult<Json<serde_json::Value>> {
+    let dev = device_auth(&st, &headers).await?;
+    check_id("id", &id)?;
+    let r: CommandResult = read_doc(body).await?;
+    let outcome = match r.outcome {
+        CommandOutcome::Ok => "ok",
+        CommandOutcome::Failed => "failed",
+        CommandOutcome::Rejected => "rejected",
+    };
+    let data = r.data.as_ref().map(|d| d.to_string());
+    if st
+        .db
+        .command_result(&id, &dev.id, outcome, r.message.as_deref(), data)
+        .await?
+    {
+        return Ok(Json(serde_json::json!({"id": id, "status": outcome})));
+    }
+    match st.db.command_for(&id, &dev.id).await? {
+        None => Err(ApiError::NotFound(format!("no command {id} for this device"))),
+        Some((_, status)) => Err(ApiError::Conflict(format!(
+            "command {id} already has a result ({status})"
+        ))),
+    }
+}
+
+/// Query of `PUT /v1/uploads`.
+#[derive(Debug, Deserialize)]
+pub struct UploadQuery {
+    /// The `upload-logs` command that asked for the file.
+    pub command: Option<String>,
+    /// Display name.
+    pub name: Option<String>,
+}
+
+/// `PUT /v1/uploads?command=ID&name=NAME`: streams the body to `DATA/uploads/`, capped and
+/// hashed on the way; over the cap nothing is kept.
+pub async fn upload(
+    State(st): State<AppState>,
+    query: Result<Query<UploadQuery>, axum::extract::rejection::QueryRejection>,
+    headers: HeaderMap,
+    body: Body,
+) -> ApiResult<Json<UploadReceipt>> {
+    let dev = device_auth(&st, &headers).await?;
+    let Query(q) = query.map_err(|e| ApiError::bad("query", e.body_text()))?;
+    let command = q
+        .command
+        .ok_or_else(|| ApiError::bad("command", "missing: uploads answer an upload-logs command"))?;
+    check_id("command", &command)?;
+    let name = q
+        .name
+        .ok_or_else(|| ApiError::bad("name", "missing"))?;
+    if name.is_empty() {
+        return Err(ApiError::bad("name", "must not be empty"));
+    }
+    check_short("name", &name)?;
+    match st.db.command_for(&command, &dev.id).await? {
+        Some((kind, status))
+            if kind == CommandKind::UploadLogs.as_str()
+                && (status == "pending" || status == "delivered") => {}
+        Some(_) => {
+            return Err(ApiError::Conflict(format!(
+                "command {command} is not an open upload-logs command"
+            )))
+        }
+        None => return Err(ApiError::NotFound(format!("no command {command} for this device"))),
+    }
+    let cap = st.settings.max_upload;
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > cap) {
+        return Err(ApiError::too_large("upload", cap));
+    }
+    let dir = st.uploads_dir();
+    tokio::fs::create_dir_all(&dir)
+        .await
+        .map_err(|e| ApiError::Internal(format!("{}: {e}", dir.display())))?;
+    let id = new_id();
+    let part = dir.join(format!(".{id}.part"));
+    let written = stream_to(&part, body, cap).await;
+    let (size, hash) = match written {
+        Ok(v) => v,
+        Err(e) => {
+            let _ = tokio::fs::remove_file(&part).await;
+            return Err(e);
+        }
+    };
+    let dest = dir.join(&id);
+    if let Err(e) = tokio::fs::rename(&part, &dest).await {
+        let _ = tokio::fs::remove_file(&part).await;
+        return Err(ApiError::Internal(format!("{}: {e}", dest.display())));
+    }
+    let row = UploadRow {
+        id: id.clone(),
+        device: dev.id.clone(),
+        command: Some(command),
+        name,
+        size: i64_of(size),
+        blake3: hash.clone(),
+        created_ms: now_ms(),
+    };
+    if let Err(e) = st.db.insert_upload(&row).await {
+        let _ = tokio::fs::remove_file(&dest).await;
+        return Err(e.into());
+    }
+    Ok(Json(UploadReceipt {
+        id,
+        size,
+        blake3: hash,
+    }))
+}
+
+/// Writes `body` to `path`, refusing the first byte past `cap`; returns size and BLAKE3.
+async fn stream_to(path: &std::path::Path, body: Body, cap: u64) -> ApiResult<(u64, String)> {
+    let io = |e: std::io::Error| ApiError::Internal(format!("{}: {e}", path.display()));
+    let mut file = tokio::fs::File::create(path).await.map_err(io)?;
+    let mut hasher = blake3::Hasher::new();
+    let mut size: u64 = 0;
+    let mut stream = body.into_data_stream();
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(|e| ApiError::bad("body", format!("upload interrupted: {e}")))?;
+        size += chunk.len() as u64;
+        if size > cap {
+            return Err(ApiError::too_large("upload", cap));
+        }
+        hasher.update(&chunk);
+        file.write_all(&chunk).await.map_err(io)?;
+    }
+    file.sync_all().await.map_err(io)?;
+    Ok((size, hasher.finalize().to_hex().to_string()))
+}

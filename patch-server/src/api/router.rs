@@ -1,0 +1,77 @@
+//! The routes and the bounds every request passes through, declared in one place: a global
+//! concurrency limit that sheds load (503 with `Retry-After`) instead of queueing, and the
+//! body bounds of each handler (`common::read_doc`, the upload cap).
+
+use axum::error_handling::HandleErrorLayer;
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post, put};
+use axum::{BoxError, Json, Router};
+use formats::fleet::ErrorBody;
+use tower::limit::GlobalConcurrencyLimitLayer;
+use tower::load_shed::LoadShedLayer;
+use tower::ServiceBuilder;
+
+use super::common::AppState;
+use super::{admin, device};
+use crate::error::RETRY_AFTER_SECS;
+
+async fn overloaded(e: BoxError) -> Response {
+    let (status, msg) = if e.is::<tower::load_shed::error::Overloaded>() {
+        (StatusCode::SERVICE_UNAVAILABLE, "server busy, try again later".to_string())
+    } else {
+        (StatusCode::INTERNAL_SERVER_ERROR, format!("internal error: {e}"))
+    };
+    let mut resp = (
+        status,
+        Json(ErrorBody {
+            error: msg,
+            field: None,
+        }),
+    )
+        .into_response();
+    if status == StatusCode::SERVICE_UNAVAILABLE {
+        resp.headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from(RETRY_AFTER_SECS));
+    }
+    resp
+}
+
+async fn not_found() -> Response {
+    (
+        StatusCode::NOT_FOUND,
+        Json(ErrorBody {
+            error: "no such endpoint".into(),
+            field: None,
+        }),
+    )
+        .into_response()
+}
+
+/// The whole API, with at most `max_concurrent` requests in progress; one more is answered
+/// 503 at once.
+pub fn router(state: AppState, max_concurrent: usize) -> Router {
+    Router::new()
+        .route("/v1/enroll", post(device::enroll))
+        .route("/v1/checkin", post(device::checkin))
+        .route("/v1/commands/{id}/result", post(device::command_result))
+        .route("/v1/uploads", put(device::upload))
+        .route("/v1/admin/apps", post(admin::add_app).get(admin::list_apps))
+        .route("/v1/admin/apps/{name}/refresh", post(admin::refresh_app))
+        .route("/v1/admin/devices", get(admin::list_devices))
+        .route("/v1/admin/devices/{id}", get(admin::show_device))
+        .route("/v1/admin/devices/{id}/approve", post(admin::approve))
+        .route("/v1/admin/devices/{id}/tags", post(admin::tags))
+        .route("/v1/admin/commands", post(admin::queue_command))
+        .route("/v1/admin/uploads", get(admin::list_uploads))
+        .route("/v1/admin/uploads/{id}", get(admin::get_upload))
+        .route("/v1/admin/tokens", post(admin::create_token))
+        .fallback(not_found)
+        .layer(
+            ServiceBuilder::new()
+                .layer(HandleErrorLayer::new(overloaded))
+                .layer(LoadShedLayer::new())
+                .layer(GlobalConcurrencyLimitLayer::new(max_concurrent.max(1))),
+        )
+        .with_state(state)
+}

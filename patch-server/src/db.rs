@@ -1,0 +1,1145 @@
+//! Storage: one schema (`migrations/`) on SQLite or PostgreSQL through sqlx's `Any` driver.
+//!
+//! Every query here is portable SQL (`$1` placeholders, which SQLite accepts too; `ON
+//! CONFLICT`; times as i64 unix milliseconds; ids made by the server). Whatever an instance
+//! needs from another instance is in the database; nothing else is shared.
+
+use std::borrow::Cow;
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use futures_util::future::BoxFuture;
+use serde::Serialize;
+use sqlx::any::{AnyPoolOptions, AnyRow};
+use sqlx::migrate::{Migration, MigrationSource, MigrationType, Migrator};
+use sqlx::{AnyPool, Executor, Row};
+
+use crate::decide::Release;
+
+/// Which database is behind the pool.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    /// An embedded SQLite file (WAL mode).
+    Sqlite,
+    /// A PostgreSQL server.
+    Postgres,
+}
+
+/// The schema's migrations, compiled in.
+#[derive(Debug)]
+struct Migrations;
+
+const MIGRATIONS: &[(i64, &str, &str)] = &[(1, "fleet", include_str!("../migrations/0001_fleet.sql"))];
+
+impl MigrationSource<'static> for Migrations {
+    fn resolve(
+        self,
+    ) -> BoxFuture<'static, Result<Vec<Migration>, sqlx::error::BoxDynError>> {
+        Box::pin(async {
+            Ok(MIGRATIONS
+                .iter()
+                .map(|(v, d, sql)| {
+                    Migration::new(
+                        *v,
+                        Cow::Borrowed(*d),
+                        MigrationType::Simple,
+                        Cow::Borrowed(*sql),
+                        false,
+                    )
+                })
+                .collect())
+        })
+    }
+}
+
+/// The database and the queries the server runs on it.
+#[derive(Clone, Debug)]
+pub struct Db {
+    pool: AnyPool,
+    backend: Backend,
+}
+
+/// A registered app.
+#[derive(Debug, Clone, Serialize)]
+pub struct App {
+    /// Name devices enroll under.
+    pub name: String,
+    /// Repository URL (or local path) the server reads releases from.
+    pub repo: String,
+    /// Pinned public key (TUF key JSON).
+    pub public_key: String,
+    /// SHA-256 of the enrollment secret; `None` when devices wait for approval.
+    #[serde(skip)]
+    pub enroll_secret_sha256: Option<String>,
+    /// Whether new devices wait for an administrator's approval.
+    pub approve: bool,
+    /// When it was registered (unix ms).
+    pub created_ms: i64,
+    /// Last successful refresh of its releases (unix ms).
+    pub releases_refreshed_ms: Option<i64>,
+    /// Error of the last refresh, if it failed.
+    pub releases_error: Option<String>,
+}
+
+/// The device a token belongs to, as a check-in needs it.
+#[derive(Debug, Clone)]
+pub struct DeviceAuth {
+    /// Device id.
+    pub id: String,
+    /// Its app.
+    pub app: String,
+    /// `active` or `pending`.
+    pub status: String,
+    /// Digest of the state document stored.
+    pub state_digest: Option<String>,
+    /// Poll interval chosen for this device, if any.
+    pub poll_interval_secs: Option<i64>,
+}
+
+/// Fields of a check-in written to the device row.
+#[derive(Debug, Clone, Default)]
+pub struct CheckinRow {
+    /// Installed version.
+    pub version: Option<String>,
+    /// Tree digest.
+    pub tree_digest: Option<String>,
+    /// Channel.
+    pub channel: Option<String>,
+    /// Attributes as JSON.
+    pub attrs: String,
+    /// Free disk bytes.
+    pub free_disk: Option<i64>,
+    /// OS.
+    pub os: Option<String>,
+    /// Architecture.
+    pub arch: Option<String>,
+    /// Host name.
+    pub hostname: Option<String>,
+    /// Agent version.
+    pub agent_version: Option<String>,
+    /// New state document (JSON) and its digest, when the device sent one.
+    pub state: Option<(String, String)>,
+    /// Update results, stored idempotently by `(device, seq)`.
+    pub results: Vec<formats::fleet::UpdateResult>,
+}
+
+/// A command as delivered to a device.
+#[derive(Debug, Clone)]
+pub struct PendingCommand {
+    /// Command id.
+    pub id: String,
+    /// Kind (kebab-case).
+    pub kind: String,
+    /// Arguments (JSON).
+    pub args: String,
+    /// Expiry (unix ms).
+    pub expires_ms: i64,
+}
+
+/// What [`Db::record_checkin`] returns.
+#[derive(Debug, Clone)]
+pub struct CheckinOutcome {
+    /// `active` or `pending`.
+    pub status: String,
+    /// Highest result seq stored for the device.
+    pub acked_result_seq: Option<i64>,
+    /// Commands to deliver (empty unless the device is active).
+    pub commands: Vec<PendingCommand>,
+    /// State digest now stored.
+    pub state_digest: Option<String>,
+}
+
+/// Filters of the inventory query.
+#[derive(Debug, Clone, Default)]
+pub struct DeviceFilter {
+    /// App name.
+    pub app: Option<String>,
+    /// Installed version.
+    pub version: Option<String>,
+    /// Channel.
+    pub channel: Option<String>,
+    /// Tag.
+    pub tag: Option<String>,
+    /// Last seen before this time (unix ms), or never.
+    pub silent_since_ms: Option<i64>,
+    /// Only devices whose last update result failed.
+    pub failed: bool,
+    /// Device ids after this one (paging).
+    pub after: Option<String>,
+    /// Page size.
+    pub limit: i64,
+}
+
+/// One row of the inventory.
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
+pub struct DeviceSummary {
+    /// Device id.
+    pub id: String,
+    /// App.
+    pub app: String,
+    /// `active` or `pending`.
+    pub status: String,
+    /// Installed version.
+    pub version: Option<String>,
+    /// Installed tree digest.
+    pub tree_digest: Option<String>,
+    /// Channel.
+    pub channel: Option<String>,
+    /// Attributes.
+    pub attrs: BTreeMap<String, String>,
+    /// Tags.
+    pub tags: Vec<String>,
+    /// Last check-in (unix ms).
+    pub last_seen_ms: Option<i64>,
+    /// Last check-in (RFC 3339).
+    pub last_seen: Option<String>,
+    /// Number of check-ins.
+    pub checkins: i64,
+    /// Host name.
+    pub hostname: Option<String>,
+    /// OS.
+    pub os: Option<String>,
+    /// Architecture.
+    pub arch: Option<String>,
+    /// Agent version.
+    pub agent_version: Option<String>,
+    /// Free disk bytes.
+    pub free_disk: Option<i64>,
+    /// The last update result (as the device sent it).
+    pub last_result: Option<serde_json::Value>,
+    /// Digest of the stored state document.
+    pub state_digest: Option<String>,
+}
+
+/// A stored upload's metadata.
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
+pub struct UploadRow {
+    /// Upload id (also its file name under `DATA/uploads/`).
+    pub id: String,
+    /// Device that sent it.
+    pub device: String,
+    /// Command that asked for it.
+    pub command: Option<String>,
+    /// Display name the device gave.
+    pub name: String,
+    /// Bytes.
+    pub size: i64,
+    /// BLAKE3, hex.
+    pub blake3: String,
+    /// When (unix ms).
+    pub created_ms: i64,
+}
+
+/// A command and how each targeted device answered.
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
+pub struct CommandView {
+    /// Command id.
+    pub id: String,
+    /// Kind.
+    pub kind: String,
+    /// Arguments.
+    pub args: serde_json::Value,
+    /// `pending`, `delivered`, `ok`, `failed`, `rejected` or `expired` (for this device).
+    pub status: String,
+    /// Queued (unix ms).
+    pub created_ms: i64,
+    /// Expires (unix ms).
+    pub expires_ms: i64,
+    /// Result message.
+    pub message: Option<String>,
+    /// Result data.
+    pub data: Option<serde_json::Value>,
+}
+
+fn json_or_null(s: Option<String>) -> Option<serde_json::Value> {
+    s.and_then(|s| serde_json::from_str(&s).ok())
+}
+
+fn app_from(r: &AnyRow) -> sqlx::Result<App> {
+    Ok(App {
+        name: r.try_get("name")?,
+        repo: r.try_get("repo")?,
+        public_key: r.try_get("public_key")?,
+        enroll_secret_sha256: r.try_get("enroll_secret_sha256")?,
+        approve: r.try_get::<i64, _>("approve")? != 0,
+        created_ms: r.try_get("created_ms")?,
+        releases_refreshed_ms: r.try_get("releases_refreshed_ms")?,
+        releases_error: r.try_get("releases_error")?,
+    })
+}
+
+const DEVICE_COLS: &str = "id, app, status, version, tree_digest, channel, attrs, last_seen_ms, \
+    checkins, hostname, os, arch, agent_version, free_disk, last_result, state_digest";
+
+fn summary_from(r: &AnyRow) -> sqlx::Result<DeviceSummary> {
+    let last_seen_ms: Option<i64> = r.try_get("last_seen_ms")?;
+    Ok(DeviceSummary {
+        id: r.try_get("id")?,
+        app: r.try_get("app")?,
+        status: r.try_get("status")?,
+        version: r.try_get("version")?,
+        tree_digest: r.try_get("tree_digest")?,
+        channel: r.try_get("channel")?,
+        attrs: r
+            .try_get::<Option<String>, _>("attrs")?
+            .and_then(|s| serde_json::from_str(&s).ok())
+            .unwrap_or_default(),
+        tags: Vec::new(),
+        last_seen_ms,
+        last_seen: last_seen_ms.map(crate::util::rfc3339),
+        checkins: r.try_get("checkins")?,
+        hostname: r.try_get("hostname")?,
+        os: r.try_get("os")?,
+        arch: r.try_get("arch")?,
+        agent_version: r.try_get("agent_version")?,
+        free_disk: r.try_get("free_disk")?,
+        last_result: json_or_null(r.try_get("last_result")?),
+        state_digest: r.try_get("state_digest")?,
+    })
+}
+
+fn upload_from(r: &AnyRow) -> sqlx::Result<UploadRow> {
+    Ok(UploadRow {
+        id: r.try_get("id")?,
+        device: r.try_get("device")?,
+        command: r.try_get("command")?,
+        name: r.try_get("name")?,
+        size: r.try_get("size")?,
+        blake3: r.try_get("blake3")?,
+        created_ms: r.try_get("created_ms")?,
+    })
+}
+
+/// Clamps an unsigned count into a BIGINT column.
+pub fn i64_of(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+impl Db {
+    /// Connects to `url` (`sqlite://PATH?mode=rwc` or `postgres://...`) and runs the
+    /// migrations. SQLite is switched to WAL mode.
+    pub async fn connect(url: &str, max_connections: u32) -> sqlx::Result<Db> {
+        sqlx::any::install_default_drivers();
+        let backend = if url.starts_with("sqlite:") {
+            Backend::Sqlite
+        } else {
+            Backend::Postgres
+        };
+        let mut opts = AnyPoolOptions::new()
+            .max_connections(max_connections)
+            .acquire_timeout(Duration::from_secs(10));
+        if backend == Backend::Sqlite {
+            opts = opts.after_connect(|conn, _meta| {
+                Box::pin(async move {
+                    // WAL: readers never block the writer; NORMAL sync is durable against a
+                    // killed process (only a power loss may lose the last commits).
+                    conn.execute("PRAGMA journal_mode = WAL").await?;
+                    conn.execute("PRAGMA synchronous = NORMAL").await?;
+                    conn.execute("PRAGMA busy_timeout = 10000").await?;
+                    conn.execute("PRAGMA foreign_keys = ON").await?;
+                    Ok(())
+                })
+            });
+        }
+        let pool = opts.connect(url).await?;
+        let migrator = Migrator::new(Migrations)
+            .await
+            .map_err(|e| sqlx::Error::Migrate(Box::new(e)))?;
+        migrator
+            .run(&pool)
+            .await
+            .map_err(|e| sqlx::Error::Migrate(Box::new(e)))?;
+        Ok(Db { pool, backend })
+    }
+
+    /// The URL of the SQLite database in a data directory.
+    pub fn sqlite_url(data: &std::path::Path) -> String {
+        format!("sqlite://{}?mode=rwc", data.join("fleet.db").display())
+    }
+
+    /// Which backend this is.
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
+
+    /// The pool, for queries not wrapped here (tests, retention).
+    pub fn pool(&self) -> &AnyPool {
+        &self.pool
+    }
+
+    // ---- admin tokens ----
+
+    /// Stores a new admin token's hash with `scope`.
+    pub async fn add_admin_token(&self, sha: &str, scope: &str, label: &str) -> sqlx::Result<()> {
+        sqlx::query("INSERT INTO admin_tokens (token_sha256, scope, label, created_ms) VALUES ($1, $2, $3, $4)")
+            .bind(sha)
+            .bind(scope)
+            .bind(label)
+            .bind(crate::util::now_ms())
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// Number of admin tokens.
+    pub async fn admin_token_count(&self) -> sqlx::Result<i64> {
+        sqlx::query("SELECT COUNT(*) AS n FROM admin_tokens")
+            .fetch_one(&self.pool)
+            .await?
+            .try_get("n")
+    }
+
+    /// Scope of the admin token with hash `sha`.
+    pub async fn admin_scope(&self, sha: &str) -> sqlx::Result<Option<String>> {
+        let row = sqlx::query("SELECT scope FROM admin_tokens WHERE token_sha256 = $1")
+            .bind(sha)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.map(|r| r.try_get("scope")).transpose()
+    }
+
+    /// Appends to the audit log.
+    pub async fn audit(&self, actor: &str, action: &str, target: &str, detail: &str) -> sqlx::Result<()> {
+        sqlx::query("INSERT INTO audit_log (id, at_ms, actor, action, target, detail) VALUES ($1, $2, $3, $4, $5, $6)")
+            .bind(crate::util::new_id())
+            .bind(crate::util::now_ms())
+            .bind(actor)
+            .bind(action)
+            .bind(target)
+            .bind(detail)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    // ---- apps and releases ----
+
+    /// Registers an app; `false` if the name is taken.
+    pub async fn insert_app(&self, app: &App) -> sqlx::Result<bool> {
+        let r = sqlx::query(
+            "INSERT INTO apps (name, repo, public_key, enroll_secret_sha256, approve, created_ms) \
+             VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (name) DO NOTHING",
+        )
+        .bind(&app.name)
+        .bind(&app.repo)
+        .bind(&app.public_key)
+        .bind(app.enroll_secret_sha256.clone())
+        .bind(i64::from(app.approve))
+        .bind(app.created_ms)
+        .execute(&self.pool)
+        .await?;
+        Ok(r.rows_affected() == 1)
+    }
+
+    /// One app.
+    pub async fn app(&self, name: &str) -> sqlx::Result<Option<App>> {
+        let row = sqlx::query("SELECT * FROM apps WHERE name = $1")
+            .bind(name)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref().map(app_from).transpose()
+    }
+
+    /// All apps, by name.
+    pub async fn apps(&self) -> sqlx::Result<Vec<App>> {
+        let rows = sqlx::query("SELECT * FROM apps ORDER BY name")
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(app_from).collect()
+    }
+
+    /// Replaces the releases cached for `app` with what its repository offers now.
+    pub async fn set_releases(&self, app: &str, releases: &[Release], now: i64) -> sqlx::Result<()> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("UPDATE apps SET releases_refreshed_ms = $1, releases_error = NULL WHERE name = $2")
+            .bind(now)
+            .bind(app)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query("DELETE FROM releases WHERE app = $1")
+            .bind(app)
+            .execute(&mut *tx)
+            .await?;
+        for r in releases {
+            sqlx::query(
+                "INSERT INTO releases (app, version, channel, targeting, seen_ms) VALUES ($1, $2, $3, $4, $5)",
+            )
+            .bind(app)
+            .bind(r.version.to_string())
+            .bind(&r.channel)
+            .bind(serde_json::to_string(&r.targeting).unwrap_or_default())
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await
+    }
+
+    /// Records why the last refresh of `app` failed (the cached releases stay).
+    pub async fn set_releases_error(&self, app: &str, error: &str) -> sqlx::Result<()> {
+        sqlx::query("UPDATE apps SET releases_error = $1 WHERE name = $2")
+            .bind(error)
+            .bind(app)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// The releases cached for `app`, in no particular order.
+    pub async fn releases(&self, app: &str) -> sqlx::Result<Vec<Release>> {
+        let rows = sqlx::query("SELECT version, channel, targeting FROM releases WHERE app = $1")
+            .bind(app)
+            .fetch_all(&self.pool)
+            .await?;
+        let mut out = Vec::new();
+        for r in rows {
+            let v: String = r.try_get("version")?;
+            let Ok(version) = formats::Version::parse(&v) else {
+                continue;
+            };
+            out.push(Release {
+                version,
+                channel: r.try_get("channel")?,
+                targeting: serde_json::from_str(&r.try_get::<String, _>("targeting")?)
+                    .unwrap_or_default(),
+            });
+        }
+        Ok(out)
+    }
+
+    // ---- devices ----
+
+    /// App a device id is enrolled under, if any.
+    pub async fn device_app(&self, id: &str) -> sqlx::Result<Option<(String, String)>> {
+        let row = sqlx::query("SELECT app, status FROM devices WHERE id = $1")
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.map(|r| Ok((r.try_get("app")?, r.try_get("status")?)))
+            .transpose()
+    }
+
+    /// Enrolls `id` (or rotates the token of a known id), with `status`: re-enrolling in
+    /// approval mode makes a device pending again, so knowing a device id is not enough to
+    /// take over its identity.
+    pub async fn enroll(
+        &self,
+        id: &str,
+        app: &str,
+        token_sha: &str,
+        status: &str,
+        hostname: Option<&str>,
+    ) -> sqlx::Result<()> {
+        sqlx::query(
+            "INSERT INTO devices (id, app, token_sha256, status, enrolled_ms, hostname) \
+             VALUES ($1, $2, $3, $4, $5, $6) \
+             ON CONFLICT (id) DO UPDATE SET token_sha256 = excluded.token_sha256, \
+             status = excluded.status, \
+             hostname = COALESCE(excluded.hostname, devices.hostname)",
+        )
+        .bind(id)
+        .bind(app)
+        .bind(token_sha)
+        .bind(status)
+        .bind(crate::util::now_ms())
+        .bind(hostname.map(str::to_string))
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// The device a token hash belongs to.
+    pub async fn device_by_token(&self, sha: &str) -> sqlx::Result<Option<DeviceAuth>> {
+        let row = sqlx::query(
+            "SELECT id, app, status, state_digest, poll_interval_secs FROM devices WHERE token_sha256 = $1",
+        )
+        .bind(sha)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.map(|r| {
+            Ok(DeviceAuth {
+                id: r.try_get("id")?,
+                app: r.try_get("app")?,
+                status: r.try_get("status")?,
+                state_digest: r.try_get("state_digest")?,
+                poll_interval_secs: r.try_get("poll_interval_secs")?,
+            })
+        })
+        .transpose()
+    }
+
+    /// Records a check-in in one transaction (device row, history, results) and returns the
+    /// commands to deliver. The transaction starts with a write, so SQLite takes its write
+    /// lock first and never fails to upgrade a read lock.
+    pub async fn record_checkin(
+        &self,
+        dev: &DeviceAuth,
+        c: &CheckinRow,
+        now: i64,
+    ) -> sqlx::Result<CheckinOutcome> {
+        let mut tx = self.pool.begin().await?;
+        let (state, state_digest) = match &c.state {
+            Some((s, d)) => (Some(s.clone()), Some(d.clone())),
+            None => (None, None),
+        };
+        sqlx::query(
+            "UPDATE devices SET last_seen_ms = $1, checkins = checkins + 1, version = $2, \
+             tree_digest = $3, channel = $4, attrs = $5, free_disk = $6, os = $7, arch = $8, \
+             hostname = COALESCE($9, hostname), agent_version = $10, \
+             state = COALESCE($11, state), state_digest = COALESCE($12, state_digest), \
+             state_ms = CASE WHEN $11 IS NULL THEN state_ms ELSE $1 END \
+             WHERE id = $13",
+        )
+        .bind(now)
+        .bind(c.version.clone())
+        .bind(c.tree_digest.clone())
+        .bind(c.channel.clone())
+        .bind(&c.attrs)
+        .bind(c.free_disk)
+        .bind(c.os.clone())
+        .bind(c.arch.clone())
+        .bind(c.hostname.clone())
+        .bind(c.agent_version.clone())
+        .bind(state)
+        .bind(state_digest)
+        .bind(&dev.id)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query(
+            "INSERT INTO checkins (id, device, at_ms, version, channel, free_disk) VALUES ($1, $2, $3, $4, $5, $6)",
+        )
+        .bind(crate::util::new_id())
+        .bind(&dev.id)
+        .bind(now)
+        .bind(c.version.clone())
+        .bind(c.channel.clone())
+        .bind(c.free_disk)
+        .execute(&mut *tx)
+        .await?;
+        for r in &c.results {
+            sqlx::query(
+                "INSERT INTO update_results (device, seq, finished_at, from_version, to_version, \
+                 method, bytes, seconds, ok, error_kind, error_message, started_by, received_ms) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13) \
+                 ON CONFLICT (device, seq) DO NOTHING",
+            )
+            .bind(&dev.id)
+            .bind(i64_of(r.seq))
+            .bind(&r.finished_at)
+            .bind(r.from.clone())
+            .bind(&r.to)
+            .bind(&r.method)
+            .bind(i64_of(r.bytes))
+            .bind(r.seconds)
+            .bind(i64::from(r.ok))
+            .bind(r.error_kind.clone())
+            .bind(r.error_message.clone())
+            .bind(r.started_by.clone())
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+        }
+        if let Some(last) = c.results.iter().max_by_key(|r| r.seq) {
+            sqlx::query(
+                "UPDATE devices SET last_result_seq = $1, last_result_ok = $2, last_result = $3 \
+                 WHERE id = $4 AND (last_result_seq IS NULL OR last_result_seq < $1)",
+            )
+            .bind(i64_of(last.seq))
+            .bind(i64::from(last.ok))
+            .bind(serde_json::to_string(last).unwrap_or_default())
+            .bind(&dev.id)
+            .execute(&mut *tx)
+            .await?;
+        }
+        let row = sqlx::query("SELECT status, last_result_seq, state_digest FROM devices WHERE id = $1")
+            .bind(&dev.id)
+            .fetch_one(&mut *tx)
+            .await?;
+        let status: String = row.try_get("status")?;
+        let acked_result_seq: Option<i64> = row.try_get("last_result_seq")?;
+        let state_digest: Option<String> = row.try_get("state_digest")?;
+        let mut commands = Vec::new();
+        if status == "active" {
+            let rows = sqlx::query(
+                "SELECT c.id, c.kind, c.args, c.expires_ms FROM command_deliveries d \
+                 JOIN commands c ON c.id = d.command \
+                 WHERE d.device = $1 AND d.status IN ('pending', 'delivered') AND c.expires_ms > $2 \
+                 ORDER BY c.created_ms, c.id LIMIT 100",
+            )
+            .bind(&dev.id)
+            .bind(now)
+            .fetch_all(&mut *tx)
+            .await?;
+            for r in rows {
+                commands.push(PendingCommand {
+                    id: r.try_get("id")?,
+                    kind: r.try_get("kind")?,
+                    args: r.try_get("args")?,
+                    expires_ms: r.try_get("expires_ms")?,
+                });
+            }
+            if !commands.is_empty() {
+                sqlx::query(
+                    "UPDATE command_deliveries SET status = 'delivered', delivered_ms = $1 \
+                     WHERE device = $2 AND status = 'pending'",
+                )
+                .bind(now)
+                .bind(&dev.id)
+                .execute(&mut *tx)
+                .await?;
+            }
+        }
+        tx.commit().await?;
+        Ok(CheckinOutcome {
+            status,
+            acked_result_seq,
+            commands,
+            state_digest,
+        })
+    }
+
+    /// Stores a command result posted by `device`. `Ok(false)`: no such command for this
+    /// device (or it already has a result).
+    pub async fn command_result(
+        &self,
+        command: &str,
+        device: &str,
+        outcome: &str,
+        message: Option<&str>,
+        data: Option<String>,
+    ) -> sqlx::Result<bool> {
+        let r = sqlx::query(
+            "UPDATE command_deliveries SET status = $1, result_ms = $2, message = $3, data = $4 \
+             WHERE command = $5 AND device = $6 AND status IN ('pending', 'delivered')",
+        )
+        .bind(outcome)
+        .bind(crate::util::now_ms())
+        .bind(message.map(str::to_string))
+        .bind(data)
+        .bind(command)
+        .bind(device)
+        .execute(&self.pool)
+        .await?;
+        Ok(r.rows_affected() == 1)
+    }
+
+    /// Whether `command` was queued for `device` (in any state), and its kind.
+    pub async fn command_for(&self, command: &str, device: &str) -> sqlx::Result<Option<(String, String)>> {
+        let row = sqlx::query(
+            "SELECT c.kind, d.status FROM command_deliveries d JOIN commands c ON c.id = d.command \
+             WHERE d.command = $1 AND d.device = $2",
+        )
+        .bind(command)
+        .bind(device)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.map(|r| Ok((r.try_get("kind")?, r.try_get("status")?)))
+            .transpose()
+    }
+
+    /// Approves a pending device; `false` if there is no such device.
+    pub async fn approve(&self, id: &str) -> sqlx::Result<bool> {
+        let r = sqlx::query("UPDATE devices SET status = 'active' WHERE id = $1")
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
+        Ok(r.rows_affected() == 1)
+    }
+
+    /// Adds and removes tags of a device; `false` if there is no such device.
+    pub async fn tag(&self, id: &str, add: &[String], remove: &[String]) -> sqlx::Result<bool> {
+        let mut tx = self.pool.begin().await?;
+        let exists = sqlx::query("UPDATE devices SET checkins = checkins WHERE id = $1")
+            .bind(id)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected()
+            == 1;
+        if !exists {
+            return Ok(false);
+        }
+        for t in add {
+            sqlx::query("INSERT INTO device_tags (device, tag) VALUES ($1, $2) ON CONFLICT (device, tag) DO NOTHING")
+                .bind(id)
+                .bind(t)
+                .execute(&mut *tx)
+                .await?;
+        }
+        for t in remove {
+            sqlx::query("DELETE FROM device_tags WHERE device = $1 AND tag = $2")
+                .bind(id)
+                .bind(t)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    async fn tags_of(&self, ids: &[String]) -> sqlx::Result<BTreeMap<String, Vec<String>>> {
+        let mut out: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        for chunk in ids.chunks(200) {
+            let marks: Vec<String> = (1..=chunk.len()).map(|i| format!("${i}")).collect();
+            let sql = format!(
+                "SELECT device, tag FROM device_tags WHERE device IN ({}) ORDER BY device, tag",
+                marks.join(", ")
+            );
+            let mut q = sqlx::query(&sql);
+            for id in chunk {
+                q = q.bind(id);
+            }
+            for r in q.fetch_all(&self.pool).await? {
+                out.entry(r.try_get("device")?)
+                    .or_default()
+                    .push(r.try_get("tag")?);
+            }
+        }
+        Ok(out)
+    }
+
+    /// The inventory, paged by device id.
+    pub async fn devices(&self, f: &DeviceFilter) -> sqlx::Result<Vec<DeviceSummary>> {
+        let mut conds: Vec<String> = Vec::new();
+        let mut args: Vec<String> = Vec::new();
+        let mut push = |cond: &str, v: &str, args: &mut Vec<String>| {
+            args.push(v.to_string());
+            conds.push(cond.replace('?', &format!("${}", args.len())));
+        };
+        if let Some(v) = &f.app {
+            push("app = ?", v, &mut args);
+        }
+        if let Some(v) = &f.version {
+            push("version = ?", v, &mut args);
+        }
+        if let Some(v) = &f.channel {
+            push("COALESCE(channel, 'stable') = ?", v, &mut args);
+        }
+        if let Some(v) = &f.tag {
+            push("id IN (SELECT device FROM device_tags WHERE tag = ?)", v, &mut args);
+        }
+        if let Some(v) = &f.after {
+            push("id > ?", v, &mut args);
+        }
+        if f.failed {
+            conds.push("last_result_ok = 0".into());
+        }
+        let mut n = args.len();
+        let silent = f.silent_since_ms.map(|ms| {
+            n += 1;
+            conds.push(format!("(last_seen_ms IS NULL OR last_seen_ms < ${n})"));
+            ms
+        });
+        let where_ = if conds.is_empty() {
+            String::new()
+        } else {
+            format!("WHERE {}", conds.join(" AND "))
+        };
+        let sql = format!(
+            "SELECT {DEVICE_COLS} FROM devices {where_} ORDER BY id LIMIT {}",
+            f.limit.clamp(1, 10_000)
+        );
+        let mut q = sqlx::query(&sql);
+        for a in &args {
+            q = q.bind(a);
+        }
+        if let Some(ms) = silent {
+            q = q.bind(ms);
+        }
+        let rows = q.fetch_all(&self.pool).await?;
+        let mut out: Vec<DeviceSummary> = rows.iter().map(summary_from).collect::<sqlx::Result<_>>()?;
+        let ids: Vec<String> = out.iter().map(|d| d.id.clone()).collect();
+        let mut tags = self.tags_of(&ids).await?;
+        for d in &mut out {
+            d.tags = tags.remove(&d.id).unwrap_or_default();
+        }
+        Ok(out)
+    }
+
+    /// One device's inventory row.
+    pub async fn device(&self, id: &str) -> sqlx::Result<Option<DeviceSummary>> {
+        let sql = format!("SELECT {DEVICE_COLS} FROM devices WHERE id = $1");
+        let Some(row) = sqlx::query(&sql).bind(id).fetch_optional(&self.pool).await? else {
+            return Ok(None);
+        };
+        let mut d = summary_from(&row)?;
+        d.tags = self.tags_of(&[d.id.clone()]).await?.remove(&d.id).unwrap_or_default();
+        Ok(Some(d))
+    }
+
+    /// One device's state document and when it was sent.
+    pub async fn device_state(&self, id: &str) -> sqlx::Result<(Option<serde_json::Value>, Option<i64>)> {
+        let row = sqlx::query("SELECT state, state_ms FROM devices WHERE id = $1")
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?;
+        match row {
+            Some(r) => Ok((json_or_null(r.try_get("state")?), r.try_get("state_ms")?)),
+            None => Ok((None, None)),
+        }
+    }
+
+    /// The newest `limit` check-ins of a device: `(at_ms, version, channel)`.
+    pub async fn checkin_history(&self, id: &str, limit: i64) -> sqlx::Result<Vec<(i64, Option<String>, Option<String>)>> {
+        let rows = sqlx::query(
+            "SELECT at_ms, version, channel FROM checkins WHERE device = $1 ORDER BY at_ms DESC LIMIT $2",
+        )
+        .bind(id)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| Ok((r.try_get("at_ms")?, r.try_get("version")?, r.try_get("channel")?)))
+            .collect()
+    }
+
+    /// Per-day summaries of pruned check-ins: `(day, count, last_version)`, newest first.
+    pub async fn checkin_days(&self, id: &str, limit: i64) -> sqlx::Result<Vec<(i64, i64, Option<String>)>> {
+        let rows = sqlx::query(
+            "SELECT day, count, last_version FROM checkin_days WHERE device = $1 ORDER BY day DESC LIMIT $2",
+        )
+        .bind(id)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| Ok((r.try_get("day")?, r.try_get("count")?, r.try_get("last_version")?)))
+            .collect()
+    }
+
+    /// The newest `limit` update results of a device, as JSON objects.
+    pub async fn update_results(&self, id: &str, limit: i64) -> sqlx::Result<Vec<serde_json::Value>> {
+        let rows = sqlx::query(
+            "SELECT seq, finished_at, from_version, to_version, method, bytes, seconds, ok, \
+             error_kind, error_message, started_by FROM update_results WHERE device = $1 \
+             ORDER BY seq DESC LIMIT $2",
+        )
+        .bind(id)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(serde_json::json!({
+                    "seq": r.try_get::<i64, _>("seq")?,
+                    "finished_at": r.try_get::<String, _>("finished_at")?,
+                    "from": r.try_get::<Option<String>, _>("from_version")?,
+                    "to": r.try_get::<String, _>("to_version")?,
+                    "method": r.try_get::<String, _>("method")?,
+                    "bytes": r.try_get::<i64, _>("bytes")?,
+                    "seconds": r.try_get::<f64, _>("seconds")?,
+                    "ok": r.try_get::<i64, _>("ok")? != 0,
+                    "error_kind": r.try_get::<Option<String>, _>("error_kind")?,
+                    "error_message": r.try_get::<Option<String>, _>("error_message")?,
+                    "started_by": r.try_get::<Option<String>, _>("started_by")?,
+                }))
+            })
+            .collect()
+    }
+
+    /// Commands queued for a device, newest first.
+    pub async fn device_commands(&self, id: &str, limit: i64) -> sqlx::Result<Vec<CommandView>> {
+        let rows = sqlx::query(
+            "SELECT c.id, c.kind, c.args, c.created_ms, c.expires_ms, d.status, d.message, d.data \
+             FROM command_deliveries d JOIN commands c ON c.id = d.command \
+             WHERE d.device = $1 ORDER BY c.created_ms DESC, c.id LIMIT $2",
+        )
+        .bind(id)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(CommandView {
+                    id: r.try_get("id")?,
+                    kind: r.try_get("kind")?,
+                    args: json_or_null(r.try_get("args")?).unwrap_or(serde_json::Value::Null),
+                    status: r.try_get("status")?,
+                    created_ms: r.try_get("created_ms")?,
+                    expires_ms: r.try_get("expires_ms")?,
+                    message: r.try_get("message")?,
+                    data: json_or_null(r.try_get("data")?),
+                })
+            })
+            .collect()
+    }
+
+    /// Queues a command for a device, every device with a tag, or every device of an app.
+    /// Returns the number of devices it targets.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn queue_command(
+        &self,
+        id: &str,
+        target_kind: &str,
+        target: &str,
+        kind: &str,
+        args: &str,
+        now: i64,
+        expires_ms: i64,
+        created_by: &str,
+    ) -> sqlx::Result<u64> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query(
+            "INSERT INTO commands (id, app, target_kind, target, kind, args, created_ms, expires_ms, created_by) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+        )
+        .bind(id)
+        .bind(if target_kind == "app" { Some(target.to_string()) } else { None })
+        .bind(target_kind)
+        .bind(target)
+        .bind(kind)
+        .bind(args)
+        .bind(now)
+        .bind(expires_ms)
+        .bind(created_by)
+        .execute(&mut *tx)
+        .await?;
+        let fill = match target_kind {
+            "device" => "SELECT $1, id, 'pending' FROM devices WHERE id = $2",
+            "tag" => "SELECT $1, device, 'pending' FROM device_tags WHERE tag = $2",
+            _ => "SELECT $1, id, 'pending' FROM devices WHERE app = $2",
+        };
+        let n = sqlx::query(&format!(
+            "INSERT INTO command_deliveries (command, device, status) {fill}"
+        ))
+        .bind(id)
+        .bind(target)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        tx.commit().await?;
+        Ok(n)
+    }
+
+    /// Marks deliveries of expired commands `expired`; returns how many.
+    pub async fn expire_commands(&self, now: i64) -> sqlx::Result<u64> {
+        let r = sqlx::query(
+            "UPDATE command_deliveries SET status = 'expired' WHERE status IN ('pending', 'delivered') \
+             AND command IN (SELECT id FROM commands WHERE expires_ms <= $1)",
+        )
+        .bind(now)
+        .execute(&self.pool)
+        .await?;
+        Ok(r.rows_affected())
+    }
+
+    // ---- uploads ----
+
+    /// Stores an upload's metadata.
+    pub async fn insert_upload(&self, u: &UploadRow) -> sqlx::Result<()> {
+        sqlx::query(
+            "INSERT INTO uploads (id, device, command, name, size, blake3, created_ms) VALUES ($1, $2, $3, $4, $5, $6, $7)",
+        )
+        .bind(&u.id)
+        .bind(&u.device)
+        .bind(u.command.clone())
+        .bind(&u.name)
+        .bind(u.size)
+        .bind(&u.blake3)
+        .bind(u.created_ms)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Uploads, of one device or all, newest first.
+    pub async fn uploads(&self, device: Option<&str>, limit: i64) -> sqlx::Result<Vec<UploadRow>> {
+        let rows = match device {
+            Some(d) => {
+                sqlx::query("SELECT * FROM uploads WHERE device = $1 ORDER BY created_ms DESC, id LIMIT $2")
+                    .bind(d)
+                    .bind(limit)
+                    .fetch_all(&self.pool)
+                    .await?
+            }
+            None => {
+                sqlx::query("SELECT * FROM uploads ORDER BY created_ms DESC, id LIMIT $1")
+                    .bind(limit)
+                    .fetch_all(&self.pool)
+                    .await?
+            }
+        };
+        rows.iter().map(upload_from).collect()
+    }
+
+    /// One upload's metadata.
+    pub async fn upload(&self, id: &str) -> sqlx::Result<Option<UploadRow>> {
+        let row = sqlx::query("SELECT * FROM uploads WHERE id = $1")
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref().map(upload_from).transpose()
+    }
+
+    // ---- retention ----
+
+    /// Folds check-ins older than `cutoff_ms` into per-device, per-day rows of
+    /// `checkin_days` and deletes them. Returns how many check-ins were pruned.
+    pub async fn prune_checkins(&self, cutoff_ms: i64) -> sqlx::Result<u64> {
+        let mut tx = self.pool.begin().await?;
+        // Start with a write (see record_checkin).
+        sqlx::query("UPDATE checkin_days SET count = count WHERE day < 0")
+            .execute(&mut *tx)
+            .await?;
+        let rows = sqlx::query(
+            "SELECT device, at_ms / 86400000 AS day, COUNT(*) AS n, MIN(at_ms) AS first_ms, \
+             MAX(at_ms) AS last_ms FROM checkins WHERE at_ms < $1 GROUP BY device, at_ms / 86400000",
+        )
+        .bind(cutoff_ms)
+        .fetch_all(&mut *tx)
+        .await?;
+        for r in &rows {
+            let device: String = r.try_get("device")?;
+            let day: i64 = r.try_get("day")?;
+            let n: i64 = r.try_get("n")?;
+            let first: i64 = r.try_get("first_ms")?;
+            let last: i64 = r.try_get("last_ms")?;
+            let last_version: Option<String> = sqlx::query(
+                "SELECT version FROM checkins WHERE device = $1 AND at_ms = $2 LIMIT 1",
+            )
+            .bind(&device)
+            .bind(last)
+            .fetch_optional(&mut *tx)
+            .await?
+            .map(|r| r.try_get("version"))
+            .transpose()?
+            .flatten();
+            sqlx::query(
+                "INSERT INTO checkin_days (device, day, count, first_ms, last_ms, last_version) \
+                 VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (device, day) DO UPDATE SET \
+                 count = checkin_days.count + excluded.count, \
+                 first_ms = CASE WHEN excluded.first_ms < checkin_days.first_ms THEN excluded.first_ms ELSE checkin_days.first_ms END, \
+                 last_version = CASE WHEN excluded.last_ms > checkin_days.last_ms THEN excluded.last_version ELSE checkin_days.last_version END, \
+                 last_ms = CASE WHEN excluded.last_ms > checkin_days.last_ms THEN excluded.last_ms ELSE checkin_days.last_ms END",
+            )
+            .bind(&device)
+            .bind(day)
+            .bind(n)
+            .bind(first)
+            .bind(last)
+            .bind(last_version)
+            .execute(&mut *tx)
+            .await?;
+        }
+        let r = sqlx::query("DELETE FROM checkins WHERE at_ms < $1")
+            .bind(cutoff_ms)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(r.rows_affected())
+    }
+
+    /// Number of rows in the check-in history (for tests and measurements).
+    pub async fn checkin_count(&self, device: &str) -> sqlx::Result<(i64, i64)> {
+        let a: i64 = sqlx::query("SELECT COUNT(*) AS n FROM checkins WHERE device = $1")
+            .bind(device)
+            .fetch_one(&self.pool)
+            .await?
+            .try_get("n")?;
+        let b: i64 = sqlx::query("SELECT COUNT(*) AS n FROM checkin_days WHERE device = $1")
+            .bind(device)
+            .fetch_one(&self.pool)
+            .await?
+            .try_get("n")?;
+        Ok((a, b))
+    }
+}

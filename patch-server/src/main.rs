@@ -1,0 +1,591 @@
+//! `patch-server`: serve the fleet API, or administer a server through its admin API.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use clap::{Args, Parser, Subcommand};
+use patch_server::client::Client;
+use serde_json::{json, Value};
+
+#[derive(Parser)]
+#[command(name = "patch-server", version, about = "The fleet server: check-ins, inventory, commands")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Args, Clone)]
+struct Store {
+    /// Data directory: uploads, trust state, admin.token, and the SQLite database
+    /// (DATA/fleet.db) unless --db is given.
+    #[arg(long)]
+    data: PathBuf,
+    /// Database URL (postgres://USER:PASS@HOST:PORT/DB); SQLite in DATA when absent.
+    #[arg(long, env = "PATCHKIT_DB")]
+    db: Option<String>,
+}
+
+#[derive(Args, Clone)]
+struct Remote {
+    /// Server URL.
+    #[arg(long, env = "PATCHKIT_SERVER")]
+    server: String,
+    /// File holding an admin token (else PATCHKIT_ADMIN_TOKEN).
+    #[arg(long)]
+    token_file: Option<PathBuf>,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run the server.
+    Serve {
+        #[command(flatten)]
+        store: Store,
+        /// Address to listen on (port 0: any free port; the bound address is printed).
+        #[arg(long, default_value = "127.0.0.1:8443")]
+        addr: SocketAddr,
+        /// Also write the bound URL to this file.
+        #[arg(long)]
+        addr_file: Option<PathBuf>,
+        /// Where the first admin token goes (default DATA/admin.token).
+        #[arg(long)]
+        admin_token_file: Option<PathBuf>,
+        /// TLS certificate chain (PEM); with --tls-key.
+        #[arg(long, requires = "tls_key")]
+        tls_cert: Option<PathBuf>,
+        /// TLS private key (PEM).
+        #[arg(long, requires = "tls_cert")]
+        tls_key: Option<PathBuf>,
+        /// Poll interval told to devices.
+        #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+        poll_interval: Duration,
+        /// Largest upload in bytes.
+        #[arg(long, default_value_t = formats::fleet::MAX_UPLOAD)]
+        max_upload: u64,
+        /// Requests in progress at once; one more gets 503 with Retry-After.
+        #[arg(long, default_value_t = 512)]
+        max_concurrent: usize,
+        /// Database connections.
+        #[arg(long, default_value_t = 16)]
+        db_connections: u32,
+        /// Check-in history older than this is summarised per day.
+        #[arg(long, default_value = "30d", value_parser = humantime::parse_duration)]
+        retain_history: Duration,
+        /// How often each app's repository is read again.
+        #[arg(long, default_value = "5m", value_parser = humantime::parse_duration)]
+        refresh_interval: Duration,
+        /// Default life of a command nobody picked up.
+        #[arg(long, default_value = "7d", value_parser = humantime::parse_duration)]
+        command_ttl: Duration,
+    },
+    /// Create an admin token directly in the database (offline) and print it.
+    Token {
+        #[command(subcommand)]
+        cmd: TokenCmd,
+    },
+    /// Manage apps.
+    App {
+        #[command(subcommand)]
+        cmd: AppCmd,
+    },
+    /// List apps and the releases their signed repositories offer.
+    Apps {
+        #[command(flatten)]
+        remote: Remote,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// The inventory.
+    Devices {
+        #[command(flatten)]
+        remote: Remote,
+        #[arg(long)]
+        app: Option<String>,
+        #[arg(long)]
+        version: Option<String>,
+        #[arg(long)]
+        channel: Option<String>,
+        #[arg(long)]
+        tag: Option<String>,
+        /// Not seen for at least this long (10m, 2h, 3d).
+        #[arg(long)]
+        silent_for: Option<String>,
+        /// Only devices whose last update failed.
+        #[arg(long)]
+        failed: bool,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// One device.
+    Device {
+        #[command(subcommand)]
+        cmd: DeviceCmd,
+    },
+    /// Add tags to a device.
+    Tag {
+        #[command(flatten)]
+        remote: Remote,
+        id: String,
+        #[arg(required = true)]
+        tags: Vec<String>,
+    },
+    /// Remove tags from a device.
+    Untag {
+        #[command(flatten)]
+        remote: Remote,
+        id: String,
+        #[arg(required = true)]
+        tags: Vec<String>,
+    },
+    /// Queue a command for a device, a tag or an app.
+    Command {
+        #[command(flatten)]
+        remote: Remote,
+        #[arg(long, group = "target")]
+        device: Option<String>,
+        #[arg(long, group = "target")]
+        tag: Option<String>,
+        #[arg(long, group = "target")]
+        app: Option<String>,
+        /// report-state, upload-logs, update-now, restart-app or set-interval.
+        kind: String,
+        /// Seconds, for set-interval.
+        #[arg(long)]
+        secs: Option<u64>,
+        /// Life of the command (server default 7 days).
+        #[arg(long, value_parser = humantime::parse_duration)]
+        expires_in: Option<Duration>,
+    },
+    /// List uploads of a device.
+    Uploads {
+        #[command(flatten)]
+        remote: Remote,
+        #[arg(long)]
+        device: Option<String>,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Fetch an uploaded file.
+    Upload {
+        #[command(subcommand)]
+        cmd: UploadCmd,
+    },
+}
+
+#[derive(Subcommand)]
+enum TokenCmd {
+    /// Create a token with a scope (read, ci, admin).
+    Create {
+        #[command(flatten)]
+        store: Store,
+        #[arg(long)]
+        scope: String,
+        #[arg(long)]
+        label: Option<String>,
+    },
+}
+
+#[derive(Subcommand)]
+enum AppCmd {
+    /// Register an app: its signed repository and release public key.
+    Add {
+        #[command(flatten)]
+        remote: Remote,
+        name: String,
+        #[arg(long)]
+        repo: String,
+        #[arg(long)]
+        public_key: PathBuf,
+        /// File holding the enrollment secret devices present.
+        #[arg(long, group = "enrollment", required = true)]
+        enroll_secret_file: Option<PathBuf>,
+        /// New devices wait for an administrator's approval instead.
+        #[arg(long, group = "enrollment")]
+        approve: bool,
+    },
+    /// Read an app's repository again now.
+    Refresh {
+        #[command(flatten)]
+        remote: Remote,
+        name: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum DeviceCmd {
+    /// State document, history of check-ins and update results, commands, uploads.
+    Show {
+        #[command(flatten)]
+        remote: Remote,
+        id: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Approve a pending device.
+    Approve {
+        #[command(flatten)]
+        remote: Remote,
+        id: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum UploadCmd {
+    /// Write an uploaded file to --out.
+    Get {
+        #[command(flatten)]
+        remote: Remote,
+        id: String,
+        #[arg(long)]
+        out: PathBuf,
+    },
+}
+
+fn client(r: &Remote) -> Result<Client> {
+    let token = match &r.token_file {
+        Some(f) => std::fs::read_to_string(f)
+            .with_context(|| format!("cannot read token file {}", f.display()))?,
+        None => std::env::var("PATCHKIT_ADMIN_TOKEN")
+            .context("no admin token: give --token-file or set PATCHKIT_ADMIN_TOKEN")?,
+    };
+    Ok(Client::new(&r.server, &token)?)
+}
+
+fn print_json(v: &Value) {
+    println!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
+}
+
+fn s<'a>(v: &'a Value, k: &str) -> &'a str {
+    v.get(k).and_then(Value::as_str).unwrap_or("-")
+}
+
+fn device_line(d: &Value) -> String {
+    let result = match d.get("last_result") {
+        Some(r) if !r.is_null() => {
+            if r.get("ok").and_then(Value::as_bool) == Some(true) {
+                format!("ok->{}", s(r, "to"))
+            } else {
+                format!("FAILED->{} ({})", s(r, "to"), s(r, "error_kind"))
+            }
+        }
+        _ => "-".into(),
+    };
+    let digest = s(d, "tree_digest");
+    format!(
+        "{:<34} {:<10} {:<8} {:<14} {:<8} {:<12} {:<21} {}",
+        s(d, "id"),
+        s(d, "app"),
+        s(d, "status"),
+        s(d, "version"),
+        s(d, "channel"),
+        &digest[..digest.len().min(12)],
+        s(d, "last_seen"),
+        result
+    )
+}
+
+fn run(cli: Cli) -> Result<()> {
+    match cli.cmd {
+        Cmd::Serve {
+            store,
+            addr,
+            addr_file,
+            admin_token_file,
+            tls_cert,
+            tls_key,
+            poll_interval,
+            max_upload,
+            max_concurrent,
+            db_connections,
+            retain_history,
+            refresh_interval,
+            command_ttl,
+        } => {
+            let opts = patch_server::server::ServeOptions {
+                data: store.data,
+                db_url: store.db,
+                addr,
+                addr_file,
+                admin_token_file,
+                tls: tls_cert.zip(tls_key),
+                poll_interval,
+                max_upload: max_upload.min(formats::fleet::MAX_UPLOAD),
+                max_concurrent,
+                db_connections,
+                retain_history,
+                refresh_interval,
+                command_ttl,
+            };
+            runtime()?.block_on(patch_server::server::serve(opts))
+        }
+        Cmd::Token {
+            cmd: TokenCmd::Create { store, scope, label },
+        } => {
+            if patch_server::api::common::Scope::parse(&scope).is_none() {
+                bail!("--scope must be read, ci or admin, not {scope:?}");
+            }
+            runtime()?.block_on(async {
+                let db =
+                    patch_server::server::open_db(&store.data, store.db.as_deref(), 2).await?;
+                let token = patch_server::util::new_token();
+                db.add_admin_token(
+                    &patch_server::util::sha256_hex(&token),
+                    &scope,
+                    label.as_deref().unwrap_or(""),
+                )
+                .await
+                .context("cannot store the token")?;
+                println!("{token}");
+                Ok(())
+            })
+        }
+        Cmd::App {
+            cmd:
+                AppCmd::Add {
+                    remote,
+                    name,
+                    repo,
+                    public_key,
+                    enroll_secret_file,
+                    approve,
+                },
+        } => {
+            let key: Value = serde_json::from_slice(
+                &std::fs::read(&public_key)
+                    .with_context(|| format!("cannot read {}", public_key.display()))?,
+            )
+            .with_context(|| format!("{} is not a key file", public_key.display()))?;
+            let secret = match &enroll_secret_file {
+                Some(f) => Some(
+                    std::fs::read_to_string(f)
+                        .with_context(|| format!("cannot read {}", f.display()))?
+                        .trim()
+                        .to_string(),
+                ),
+                None => None,
+            };
+            let repo = absolute_if_local(&repo);
+            let v = client(&remote)?.post(
+                "/v1/admin/apps",
+                &json!({"name": name, "repo": repo, "public_key": key,
+                        "enroll_secret": secret, "approve": approve}),
+            )?;
+            let n = v.get("releases").and_then(Value::as_array).map_or(0, Vec::len);
+            println!("app {name} added: {n} releases in {repo}");
+            Ok(())
+        }
+        Cmd::App {
+            cmd: AppCmd::Refresh { remote, name },
+        } => {
+            let v = client(&remote)?.post(&format!("/v1/admin/apps/{name}/refresh"), &json!({}))?;
+            print_json(&v);
+            Ok(())
+        }
+        Cmd::Apps { remote, json } => {
+            let v = client(&remote)?.get("/v1/admin/apps", &[])?;
+            if json {
+                print_json(&v);
+            } else {
+                for a in v.as_array().into_iter().flatten() {
+                    let rel: Vec<&str> = a["releases"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .filter_map(|r| r["version"].as_str())
+                        .collect();
+                    println!("{} {} releases: {}", s(a, "name"), s(a, "repo"), rel.join(" "));
+                }
+            }
+            Ok(())
+        }
+        Cmd::Devices {
+            remote,
+            app,
+            version,
+            channel,
+            tag,
+            silent_for,
+            failed,
+            json,
+        } => {
+            let c = client(&remote)?;
+            let mut q: Vec<(&str, String)> = Vec::new();
+            for (k, v) in [
+                ("app", app),
+                ("version", version),
+                ("channel", channel),
+                ("tag", tag),
+                ("silent_for", silent_for),
+            ] {
+                if let Some(v) = v {
+                    q.push((k, v));
+                }
+            }
+            if failed {
+                q.push(("failed", "true".into()));
+            }
+            let mut all = Vec::new();
+            let mut after: Option<String> = None;
+            loop {
+                let mut page_q = q.clone();
+                if let Some(a) = &after {
+                    page_q.push(("after", a.clone()));
+                }
+                let page = c.get("/v1/admin/devices", &page_q)?;
+                all.extend(page["devices"].as_array().cloned().unwrap_or_default());
+                match page["next_after"].as_str() {
+                    Some(a) => after = Some(a.to_string()),
+                    None => break,
+                }
+            }
+            if json {
+                print_json(&Value::Array(all));
+            } else {
+                println!(
+                    "{:<34} {:<10} {:<8} {:<14} {:<8} {:<12} {:<21} LAST RESULT",
+                    "ID", "APP", "STATUS", "VERSION", "CHANNEL", "DIGEST", "LAST SEEN"
+                );
+                for d in &all {
+                    println!("{}", device_line(d));
+                }
+                println!("{} devices", all.len());
+            }
+            Ok(())
+        }
+        Cmd::Device {
+            cmd: DeviceCmd::Show { remote, id, json },
+        } => {
+            let v = client(&remote)?.get(&format!("/v1/admin/devices/{id}"), &[])?;
+            if json {
+                print_json(&v);
+            } else {
+                println!("{}", device_line(&v["device"]));
+                println!("tags: {}", v["device"]["tags"]);
+                println!("attrs: {}", v["device"]["attrs"]);
+                println!("state: {}", v["state"]);
+                for r in v["results"].as_array().into_iter().flatten() {
+                    println!(
+                        "result #{} {} -> {} ok={} {}",
+                        r["seq"],
+                        s(r, "from"),
+                        s(r, "to"),
+                        r["ok"],
+                        s(r, "error_message")
+                    );
+                }
+                for c in v["commands"].as_array().into_iter().flatten() {
+                    println!("command {} {} {}", s(c, "id"), s(c, "kind"), s(c, "status"));
+                }
+                for u in v["uploads"].as_array().into_iter().flatten() {
+                    println!("upload {} {} {} bytes", s(u, "id"), s(u, "name"), u["size"]);
+                }
+            }
+            Ok(())
+        }
+        Cmd::Device {
+            cmd: DeviceCmd::Approve { remote, id },
+        } => {
+            client(&remote)?.post(&format!("/v1/admin/devices/{id}/approve"), &json!({}))?;
+            println!("device {id} approved");
+            Ok(())
+        }
+        Cmd::Tag { remote, id, tags } => {
+            let v = client(&remote)?
+                .post(&format!("/v1/admin/devices/{id}/tags"), &json!({"add": tags}))?;
+            println!("{id}: tags {}", v["tags"]);
+            Ok(())
+        }
+        Cmd::Untag { remote, id, tags } => {
+            let v = client(&remote)?
+                .post(&format!("/v1/admin/devices/{id}/tags"), &json!({"remove": tags}))?;
+            println!("{id}: tags {}", v["tags"]);
+            Ok(())
+        }
+        Cmd::Command {
+            remote,
+            device,
+            tag,
+            app,
+            kind,
+            secs,
+            expires_in,
+        } => {
+            if device.is_none() && tag.is_none() && app.is_none() {
+                bail!("give one of --device, --tag, --app");
+            }
+            let args = secs.map(|s| json!({"secs": s}));
+            let v = client(&remote)?.post(
+                "/v1/admin/commands",
+                &json!({"device": device, "tag": tag, "app": app, "kind": kind, "args": args,
+                        "expires_in_secs": expires_in.map(|d| d.as_secs().max(1))}),
+            )?;
+            println!("command {} queued for {} devices", s(&v, "id"), v["targets"]);
+            Ok(())
+        }
+        Cmd::Uploads {
+            remote,
+            device,
+            json,
+        } => {
+            let q: Vec<(&str, String)> = device.map(|d| ("device", d)).into_iter().collect();
+            let v = client(&remote)?.get("/v1/admin/uploads", &q)?;
+            if json {
+                print_json(&v);
+            } else {
+                for u in v.as_array().into_iter().flatten() {
+                    println!(
+                        "{} {} {} {} bytes blake3 {}",
+                        s(u, "id"),
+                        s(u, "device"),
+                        s(u, "name"),
+                        u["size"],
+                        s(u, "blake3")
+                    );
+                }
+            }
+            Ok(())
+        }
+        Cmd::Upload {
+            cmd: UploadCmd::Get { remote, id, out },
+        } => {
+            let n = client(&remote)?.download(&format!("/v1/admin/uploads/{id}"), &out)?;
+            println!("{n} bytes written to {}", out.display());
+            Ok(())
+        }
+    }
+}
+
+/// A local repository path made absolute (the server may run in another directory).
+fn absolute_if_local(repo: &str) -> String {
+    if repo.contains("://") {
+        return repo.to_string();
+    }
+    std::path::absolute(Path::new(repo))
+        .map(|p| p.display().to_string())
+        .unwrap_or_else(|_| repo.to_string())
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")
+}
+
+fn main() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("PATCHKIT_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+    if let Err(e) = run(Cli::parse()) {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}
