@@ -339,8 +339,12 @@ pub struct Agent {
     /// Set by `set-interval`.
     interval_override: Option<Duration>,
     failures: u32,
-    /// Releases refused or declined: not tried again.
-    refused: BTreeSet<String>,
+    /// Releases refused (absent, older): not tried again before the time (Unix seconds);
+    /// kept in `.patchkit/agent/refused.json` so that a restarted agent does not report the
+    /// same refusal again.
+    refused: BTreeMap<String, u64>,
+    /// Releases the app declined: not offered again while the agent runs.
+    declined: BTreeSet<String>,
     /// Releases whose update failed: attempts so far and when to try again.
     retry_at: BTreeMap<String, (u32, Instant)>,
     /// Commands carried out whose result was posted.
@@ -369,12 +373,52 @@ impl Agent {
             last: None,
             interval_override: None,
             failures: 0,
-            refused: BTreeSet::new(),
+            refused: BTreeMap::new(),
+            declined: BTreeSet::new(),
             retry_at: BTreeMap::new(),
             done_commands: BTreeSet::new(),
             recognised: None,
             cfg,
-        })
+        }
+        .with_saved_answer())
+    }
+
+    /// The last answer and its ETag kept by an earlier run (`.patchkit/agent/last.json`), so
+    /// that even the first check-in of a process (`--once` from cron) can be conditional.
+    fn with_saved_answer(mut self) -> Self {
+        if let Ok(bytes) = crate::state::read_state_file(&self.state.agent().join("refused.json")) {
+            if bytes.len() <= 64 << 10 {
+                self.refused = serde_json::from_slice(&bytes).unwrap_or_default();
+            }
+        }
+        let path = self.state.agent().join("last.json");
+        if let Ok(bytes) = crate::state::read_state_file(&path) {
+            if bytes.len() <= formats::fleet::MAX_BODY {
+                if let Ok(saved) = serde_json::from_slice::<SavedAnswer>(&bytes) {
+                    if saved.server == self.cfg.server
+                        && check_answer(&self.cfg.server, &saved.answer).is_ok()
+                    {
+                        self.last = Some((saved.answer, Some(saved.etag)));
+                    }
+                }
+            }
+        }
+        self
+    }
+
+    /// Keeps the answer in force and its ETag for the next run (best effort).
+    fn save_answer(&self) {
+        let Some((answer, Some(etag))) = &self.last else {
+            return;
+        };
+        let saved = SavedAnswer {
+            server: self.cfg.server.clone(),
+            etag: etag.clone(),
+            answer: answer.clone(),
+        };
+        if let Ok(bytes) = serde_json::to_vec(&saved) {
+            let _ = crate::state::atomic::write_file(&self.state.agent().join("last.json"), &bytes);
+        }
     }
 
     /// Sets the app's answer to offers ([`InstallPolicy::Ask`]). Without one, every offer is
@@ -656,6 +700,7 @@ impl Agent {
             CheckInAnswer::New(r, etag) => {
                 check_answer(&self.cfg.server, &r)?;
                 self.last = Some((*r.clone(), etag));
+                self.save_answer();
                 (*r, 200)
             }
         };
@@ -685,6 +730,32 @@ impl Agent {
                 let t = chrono::Local::now();
                 t.hour() * 60 + t.minute()
             }
+        }
+    }
+
+    /// Whether `version` was refused within the last [`REFUSAL_HOLD`].
+    fn is_refused(&self, version: &str) -> bool {
+        self.refused
+            .get(version)
+            .is_some_and(|until| unix_now() < *until)
+    }
+
+    /// Remembers a refusal of `version` for [`REFUSAL_HOLD`] (a release published after the
+    /// server named it, or metadata cached on the way, is looked at again later).
+    fn hold_refusal(&mut self, version: &str) {
+        let now = unix_now();
+        self.refused.retain(|_, until| *until > now);
+        self.refused
+            .insert(version.to_string(), now + REFUSAL_HOLD.as_secs());
+        while self.refused.len() > 64 {
+            let Some(k) = self.refused.keys().next().cloned() else {
+                break;
+            };
+            self.refused.remove(&k);
+        }
+        if let Ok(bytes) = serde_json::to_vec(&self.refused) {
+            let _ =
+                crate::state::atomic::write_file(&self.state.agent().join("refused.json"), &bytes);
         }
     }
 
@@ -730,27 +801,31 @@ impl Agent {
         if forced {
             self.retry_at.remove(&d.version);
         }
-        if self.refused.contains(&d.version) {
-            return Followed::Nothing;
-        }
         if let Some((_, at)) = self.retry_at.get(&d.version) {
             if Instant::now() < *at {
                 return Followed::Waiting("retrying after a failed attempt".into());
             }
         }
         if let Some(inst) = installed.as_ref().filter(|i| **i > want) {
+            let key = format!("{} below {inst}", d.version);
+            if !self.cfg.updater.allow_downgrade && self.is_refused(&key) {
+                return Followed::Nothing;
+            }
             if !self.cfg.updater.allow_downgrade {
                 let why = format!(
                     "the server named {want}, older than the installed {inst}; this device's policy does not allow downgrades"
                 );
                 self.report_refusal(Some(inst), &want, &why);
-                self.refused.insert(d.version.clone());
+                self.hold_refusal(&key);
                 self.emit(AgentEvent::Refused {
                     version: d.version.clone(),
                     reason: why.clone(),
                 });
                 return Followed::Refused(why);
             }
+        }
+        if self.is_refused(&d.version) || self.declined.contains(&d.version) {
+            return Followed::Nothing;
         }
         let mut cfg = self.cfg.updater.clone();
         cfg.target = Some(want.clone());
@@ -789,7 +864,7 @@ impl Agent {
                     Err(e @ crate::Error::Refused(_)) => {
                         let why = e.to_string();
                         self.report_refusal(installed.as_ref(), &want, &why);
-                        self.refused.insert(d.version.clone());
+                        self.hold_refusal(&d.version);
                         self.emit(AgentEvent::Refused {
                             version: d.version.clone(),
                             reason: why.clone(),
@@ -820,7 +895,7 @@ impl Agent {
                         return Followed::Waiting(why);
                     }
                     OfferDecision::Decline => {
-                        self.refused.insert(d.version.clone());
+                        self.declined.insert(d.version.clone());
                         self.emit(AgentEvent::Declined {
                             version: d.version.clone(),
                         });
@@ -856,7 +931,7 @@ impl Agent {
                 let kind = error_kind(&e);
                 let why = e.to_string();
                 if kind == "refused" {
-                    self.refused.insert(d.version.clone());
+                    self.hold_refusal(&d.version);
                     self.emit(AgentEvent::Refused {
                         version: d.version.clone(),
                         reason: why.clone(),
@@ -1030,6 +1105,25 @@ impl Agent {
             data: Some(serde_json::json!({"uploads": receipts, "skipped": skipped_json})),
         }
     }
+}
+
+/// How long a refused release is left alone before the agent looks at it again.
+pub const REFUSAL_HOLD: Duration = Duration::from_secs(3600);
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// The answer kept between runs.
+#[derive(serde::Deserialize, Serialize)]
+struct SavedAnswer {
+    /// The server it came from (another server's answer is not used).
+    server: String,
+    etag: String,
+    answer: CheckInResponse,
 }
 
 /// Rejects an answer that breaks the protocol (wrong version, bad ids) as a whole.

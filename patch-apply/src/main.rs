@@ -790,7 +790,10 @@ fn agent(a: AgentArgs, v: Verbosity) -> Result<()> {
     if a.once {
         let c = agent.run_once()?;
         if json {
-            println!("{}", serde_json::json!({"event": "cycle", "installed": c.installed, "directive": c.directive, "next_in_secs": c.next_in.as_secs_f64()}));
+            println!(
+                "{}",
+                serde_json::json!({"event": "cycle", "installed": c.installed, "directive": c.directive, "next_in_secs": c.next_in.as_secs_f64()})
+            );
         }
         return Ok(());
     }

@@ -94,7 +94,11 @@ impl Client {
         })
     }
 
-    fn json(&self, url: String, r: reqwest::blocking::Response) -> Result<serde_json::Value, ClientError> {
+    fn json(
+        &self,
+        url: String,
+        r: reqwest::blocking::Response,
+    ) -> Result<serde_json::Value, ClientError> {
         let bytes = r.bytes().map_err(|source| ClientError::Transport {
             url: url.clone(),
             source,
@@ -108,7 +112,11 @@ impl Client {
     }
 
     /// `GET path` with `query`, as JSON.
-    pub fn get(&self, path: &str, query: &[(&str, String)]) -> Result<serde_json::Value, ClientError> {
+    pub fn get(
+        &self,
+        path: &str,
+        query: &[(&str, String)],
+    ) -> Result<serde_json::Value, ClientError> {
         let url = self.url(path);
         let r = self
             .http
@@ -121,7 +129,11 @@ impl Client {
     }
 
     /// `POST path` with a JSON body, as JSON.
-    pub fn post(&self, path: &str, body: &serde_json::Value) -> Result<serde_json::Value, ClientError> {
+    pub fn post(
+        &self,
+        path: &str,
+        body: &serde_json::Value,
+    ) -> Result<serde_json::Value, ClientError> {
         let url = self.url(path);
         let r = self
             .http
@@ -148,10 +160,12 @@ impl Client {
             .filter(|d| !d.as_os_str().is_empty())
             .unwrap_or(Path::new("."));
         let mut tmp = tempfile::NamedTempFile::new_in(dir).map_err(io)?;
-        let n = r.copy_to(tmp.as_file_mut()).map_err(|source| ClientError::Transport {
-            url: self.url(path),
-            source,
-        })?;
+        let n = r
+            .copy_to(tmp.as_file_mut())
+            .map_err(|source| ClientError::Transport {
+                url: self.url(path),
+                source,
+            })?;
         tmp.as_file().sync_all().map_err(io)?;
         tmp.persist(out).map_err(|e| io(e.error))?;
         Ok(n)

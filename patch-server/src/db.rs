@@ -29,12 +29,11 @@ pub enum Backend {
 #[derive(Debug)]
 struct Migrations;
 
-const MIGRATIONS: &[(i64, &str, &str)] = &[(1, "fleet", include_str!("../migrations/0001_fleet.sql"))];
+const MIGRATIONS: &[(i64, &str, &str)] =
+    &[(1, "fleet", include_str!("../migrations/0001_fleet.sql"))];
 
 impl MigrationSource<'static> for Migrations {
-    fn resolve(
-        self,
-    ) -> BoxFuture<'static, Result<Vec<Migration>, sqlx::error::BoxDynError>> {
+    fn resolve(self) -> BoxFuture<'static, Result<Vec<Migration>, sqlx::error::BoxDynError>> {
         Box::pin(async {
             Ok(MIGRATIONS
                 .iter()
@@ -399,7 +398,13 @@ impl Db {
     }
 
     /// Appends to the audit log.
-    pub async fn audit(&self, actor: &str, action: &str, target: &str, detail: &str) -> sqlx::Result<()> {
+    pub async fn audit(
+        &self,
+        actor: &str,
+        action: &str,
+        target: &str,
+        detail: &str,
+    ) -> sqlx::Result<()> {
         sqlx::query("INSERT INTO audit_log (id, at_ms, actor, action, target, detail) VALUES ($1, $2, $3, $4, $5, $6)")
             .bind(crate::util::new_id())
             .bind(crate::util::now_ms())
@@ -449,13 +454,20 @@ impl Db {
     }
 
     /// Replaces the releases cached for `app` with what its repository offers now.
-    pub async fn set_releases(&self, app: &str, releases: &[Release], now: i64) -> sqlx::Result<()> {
+    pub async fn set_releases(
+        &self,
+        app: &str,
+        releases: &[Release],
+        now: i64,
+    ) -> sqlx::Result<()> {
         let mut tx = self.pool.begin().await?;
-        sqlx::query("UPDATE apps SET releases_refreshed_ms = $1, releases_error = NULL WHERE name = $2")
-            .bind(now)
-            .bind(app)
-            .execute(&mut *tx)
-            .await?;
+        sqlx::query(
+            "UPDATE apps SET releases_refreshed_ms = $1, releases_error = NULL WHERE name = $2",
+        )
+        .bind(now)
+        .bind(app)
+        .execute(&mut *tx)
+        .await?;
         sqlx::query("DELETE FROM releases WHERE app = $1")
             .bind(app)
             .execute(&mut *tx)
@@ -651,10 +663,11 @@ impl Db {
             .execute(&mut *tx)
             .await?;
         }
-        let row = sqlx::query("SELECT status, last_result_seq, state_digest FROM devices WHERE id = $1")
-            .bind(&dev.id)
-            .fetch_one(&mut *tx)
-            .await?;
+        let row =
+            sqlx::query("SELECT status, last_result_seq, state_digest FROM devices WHERE id = $1")
+                .bind(&dev.id)
+                .fetch_one(&mut *tx)
+                .await?;
         let status: String = row.try_get("status")?;
         let acked_result_seq: Option<i64> = row.try_get("last_result_seq")?;
         let state_digest: Option<String> = row.try_get("state_digest")?;
@@ -724,7 +737,11 @@ impl Db {
     }
 
     /// Whether `command` was queued for `device` (in any state), and its kind.
-    pub async fn command_for(&self, command: &str, device: &str) -> sqlx::Result<Option<(String, String)>> {
+    pub async fn command_for(
+        &self,
+        command: &str,
+        device: &str,
+    ) -> sqlx::Result<Option<(String, String)>> {
         let row = sqlx::query(
             "SELECT c.kind, d.status FROM command_deliveries d JOIN commands c ON c.id = d.command \
              WHERE d.command = $1 AND d.device = $2",
@@ -815,7 +832,11 @@ impl Db {
             push("COALESCE(channel, 'stable') = ?", v, &mut args);
         }
         if let Some(v) = &f.tag {
-            push("id IN (SELECT device FROM device_tags WHERE tag = ?)", v, &mut args);
+            push(
+                "id IN (SELECT device FROM device_tags WHERE tag = ?)",
+                v,
+                &mut args,
+            );
         }
         if let Some(v) = &f.after {
             push("id > ?", v, &mut args);
@@ -846,7 +867,8 @@ impl Db {
             q = q.bind(ms);
         }
         let rows = q.fetch_all(&self.pool).await?;
-        let mut out: Vec<DeviceSummary> = rows.iter().map(summary_from).collect::<sqlx::Result<_>>()?;
+        let mut out: Vec<DeviceSummary> =
+            rows.iter().map(summary_from).collect::<sqlx::Result<_>>()?;
         let ids: Vec<String> = out.iter().map(|d| d.id.clone()).collect();
         let mut tags = self.tags_of(&ids).await?;
         for d in &mut out {
@@ -858,16 +880,27 @@ impl Db {
     /// One device's inventory row.
     pub async fn device(&self, id: &str) -> sqlx::Result<Option<DeviceSummary>> {
         let sql = format!("SELECT {DEVICE_COLS} FROM devices WHERE id = $1");
-        let Some(row) = sqlx::query(&sql).bind(id).fetch_optional(&self.pool).await? else {
+        let Some(row) = sqlx::query(&sql)
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?
+        else {
             return Ok(None);
         };
         let mut d = summary_from(&row)?;
-        d.tags = self.tags_of(&[d.id.clone()]).await?.remove(&d.id).unwrap_or_default();
+        d.tags = self
+            .tags_of(&[d.id.clone()])
+            .await?
+            .remove(&d.id)
+            .unwrap_or_default();
         Ok(Some(d))
     }
 
     /// One device's state document and when it was sent.
-    pub async fn device_state(&self, id: &str) -> sqlx::Result<(Option<serde_json::Value>, Option<i64>)> {
+    pub async fn device_state(
+        &self,
+        id: &str,
+    ) -> sqlx::Result<(Option<serde_json::Value>, Option<i64>)> {
         let row = sqlx::query("SELECT state, state_ms FROM devices WHERE id = $1")
             .bind(id)
             .fetch_optional(&self.pool)
@@ -879,7 +912,11 @@ impl Db {
     }
 
     /// The newest `limit` check-ins of a device: `(at_ms, version, channel)`.
-    pub async fn checkin_history(&self, id: &str, limit: i64) -> sqlx::Result<Vec<(i64, Option<String>, Option<String>)>> {
+    pub async fn checkin_history(
+        &self,
+        id: &str,
+        limit: i64,
+    ) -> sqlx::Result<Vec<(i64, Option<String>, Option<String>)>> {
         let rows = sqlx::query(
             "SELECT at_ms, version, channel FROM checkins WHERE device = $1 ORDER BY at_ms DESC LIMIT $2",
         )
@@ -888,12 +925,22 @@ impl Db {
         .fetch_all(&self.pool)
         .await?;
         rows.iter()
-            .map(|r| Ok((r.try_get("at_ms")?, r.try_get("version")?, r.try_get("channel")?)))
+            .map(|r| {
+                Ok((
+                    r.try_get("at_ms")?,
+                    r.try_get("version")?,
+                    r.try_get("channel")?,
+                ))
+            })
             .collect()
     }
 
     /// Per-day summaries of pruned check-ins: `(day, count, last_version)`, newest first.
-    pub async fn checkin_days(&self, id: &str, limit: i64) -> sqlx::Result<Vec<(i64, i64, Option<String>)>> {
+    pub async fn checkin_days(
+        &self,
+        id: &str,
+        limit: i64,
+    ) -> sqlx::Result<Vec<(i64, i64, Option<String>)>> {
         let rows = sqlx::query(
             "SELECT day, count, last_version FROM checkin_days WHERE device = $1 ORDER BY day DESC LIMIT $2",
         )
@@ -902,12 +949,22 @@ impl Db {
         .fetch_all(&self.pool)
         .await?;
         rows.iter()
-            .map(|r| Ok((r.try_get("day")?, r.try_get("count")?, r.try_get("last_version")?)))
+            .map(|r| {
+                Ok((
+                    r.try_get("day")?,
+                    r.try_get("count")?,
+                    r.try_get("last_version")?,
+                ))
+            })
             .collect()
     }
 
     /// The newest `limit` update results of a device, as JSON objects.
-    pub async fn update_results(&self, id: &str, limit: i64) -> sqlx::Result<Vec<serde_json::Value>> {
+    pub async fn update_results(
+        &self,
+        id: &str,
+        limit: i64,
+    ) -> sqlx::Result<Vec<serde_json::Value>> {
         let rows = sqlx::query(
             "SELECT seq, finished_at, from_version, to_version, method, bytes, seconds, ok, \
              error_kind, error_message, started_by FROM update_results WHERE device = $1 \
@@ -1043,21 +1100,22 @@ impl Db {
 
     /// Uploads, of one device or all, newest first.
     pub async fn uploads(&self, device: Option<&str>, limit: i64) -> sqlx::Result<Vec<UploadRow>> {
-        let rows = match device {
-            Some(d) => {
-                sqlx::query("SELECT * FROM uploads WHERE device = $1 ORDER BY created_ms DESC, id LIMIT $2")
-                    .bind(d)
-                    .bind(limit)
-                    .fetch_all(&self.pool)
-                    .await?
-            }
-            None => {
-                sqlx::query("SELECT * FROM uploads ORDER BY created_ms DESC, id LIMIT $1")
-                    .bind(limit)
-                    .fetch_all(&self.pool)
-                    .await?
-            }
-        };
+        let rows =
+            match device {
+                Some(d) => sqlx::query(
+                    "SELECT * FROM uploads WHERE device = $1 ORDER BY created_ms DESC, id LIMIT $2",
+                )
+                .bind(d)
+                .bind(limit)
+                .fetch_all(&self.pool)
+                .await?,
+                None => {
+                    sqlx::query("SELECT * FROM uploads ORDER BY created_ms DESC, id LIMIT $1")
+                        .bind(limit)
+                        .fetch_all(&self.pool)
+                        .await?
+                }
+            };
         rows.iter().map(upload_from).collect()
     }
 

@@ -33,8 +33,7 @@ pub struct DeviceFacts {
 pub fn eligible(r: &Release, facts: &DeviceFacts) -> bool {
     let channel = facts.channel.as_deref().unwrap_or("stable");
     r.channel == channel
-        && r
-            .targeting
+        && r.targeting
             .iter()
             .all(|(k, v)| facts.attrs.get(k) == Some(v))
 }
@@ -96,7 +95,10 @@ mod tests {
         let cases: &[(DeviceFacts, Option<&str>)] = &[
             (dev(Some("1.0.0"), None, &[]), Some("1.1.0")),
             (dev(Some("1.0.0"), None, &[("region", "eu")]), Some("1.2.0")),
-            (dev(Some("1.0.0"), Some("stable"), &[("region", "us")]), Some("1.1.0")),
+            (
+                dev(Some("1.0.0"), Some("stable"), &[("region", "us")]),
+                Some("1.1.0"),
+            ),
             (dev(None, Some("beta"), &[]), Some("2.0.0-beta.1")),
             (dev(Some("1.1.0"), None, &[]), Some("1.1.0")),
             // Ahead of its channel: no downgrade by the channel rule.

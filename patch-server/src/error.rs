@@ -87,7 +87,9 @@ fn db_unavailable(e: &sqlx::Error) -> bool {
     match e {
         sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Io(_) => true,
         // SQLite's "database is locked" (SQLITE_BUSY) after the busy timeout.
-        sqlx::Error::Database(d) => d.message().contains("locked") || d.code().as_deref() == Some("5"),
+        sqlx::Error::Database(d) => {
+            d.message().contains("locked") || d.code().as_deref() == Some("5")
+        }
         _ => false,
     }
 }

@@ -10,7 +10,11 @@ use patch_server::client::Client;
 use serde_json::{json, Value};
 
 #[derive(Parser)]
-#[command(name = "patch-server", version, about = "The fleet server: check-ins, inventory, commands")]
+#[command(
+    name = "patch-server",
+    version,
+    about = "The fleet server: check-ins, inventory, commands"
+)]
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
@@ -324,14 +328,18 @@ fn run(cli: Cli) -> Result<()> {
             runtime()?.block_on(patch_server::server::serve(opts))
         }
         Cmd::Token {
-            cmd: TokenCmd::Create { store, scope, label },
+            cmd:
+                TokenCmd::Create {
+                    store,
+                    scope,
+                    label,
+                },
         } => {
             if patch_server::api::common::Scope::parse(&scope).is_none() {
                 bail!("--scope must be read, ci or admin, not {scope:?}");
             }
             runtime()?.block_on(async {
-                let db =
-                    patch_server::server::open_db(&store.data, store.db.as_deref(), 2).await?;
+                let db = patch_server::server::open_db(&store.data, store.db.as_deref(), 2).await?;
                 let token = patch_server::util::new_token();
                 db.add_admin_token(
                     &patch_server::util::sha256_hex(&token),
@@ -375,7 +383,10 @@ fn run(cli: Cli) -> Result<()> {
                 &json!({"name": name, "repo": repo, "public_key": key,
                         "enroll_secret": secret, "approve": approve}),
             )?;
-            let n = v.get("releases").and_then(Value::as_array).map_or(0, Vec::len);
+            let n = v
+                .get("releases")
+                .and_then(Value::as_array)
+                .map_or(0, Vec::len);
             println!("app {name} added: {n} releases in {repo}");
             Ok(())
         }
@@ -398,7 +409,12 @@ fn run(cli: Cli) -> Result<()> {
                         .flatten()
                         .filter_map(|r| r["version"].as_str())
                         .collect();
-                    println!("{} {} releases: {}", s(a, "name"), s(a, "repo"), rel.join(" "));
+                    println!(
+                        "{} {} releases: {}",
+                        s(a, "name"),
+                        s(a, "repo"),
+                        rel.join(" ")
+                    );
                 }
             }
             Ok(())
@@ -495,14 +511,18 @@ fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Cmd::Tag { remote, id, tags } => {
-            let v = client(&remote)?
-                .post(&format!("/v1/admin/devices/{id}/tags"), &json!({"add": tags}))?;
+            let v = client(&remote)?.post(
+                &format!("/v1/admin/devices/{id}/tags"),
+                &json!({"add": tags}),
+            )?;
             println!("{id}: tags {}", v["tags"]);
             Ok(())
         }
         Cmd::Untag { remote, id, tags } => {
-            let v = client(&remote)?
-                .post(&format!("/v1/admin/devices/{id}/tags"), &json!({"remove": tags}))?;
+            let v = client(&remote)?.post(
+                &format!("/v1/admin/devices/{id}/tags"),
+                &json!({"remove": tags}),
+            )?;
             println!("{id}: tags {}", v["tags"]);
             Ok(())
         }
@@ -524,7 +544,11 @@ fn run(cli: Cli) -> Result<()> {
                 &json!({"device": device, "tag": tag, "app": app, "kind": kind, "args": args,
                         "expires_in_secs": expires_in.map(|d| d.as_secs().max(1))}),
             )?;
-            println!("command {} queued for {} devices", s(&v, "id"), v["targets"]);
+            println!(
+                "command {} queued for {} devices",
+                s(&v, "id"),
+                v["targets"]
+            );
             Ok(())
         }
         Cmd::Uploads {

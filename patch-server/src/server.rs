@@ -92,10 +92,12 @@ pub async fn open_db(data: &Path, db_url: Option<&str>, conns: u32) -> Result<Db
             Db::sqlite_url(data)
         }
     };
-    Db::connect(&url, conns).await.map_err(|source| ServeError::Db {
-        url: redact(&url),
-        source,
-    })
+    Db::connect(&url, conns)
+        .await
+        .map_err(|source| ServeError::Db {
+            url: redact(&url),
+            source,
+        })
 }
 
 /// Writes `contents` to a new file readable only by its owner.

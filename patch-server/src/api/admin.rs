@@ -128,7 +128,11 @@ impl Validate for NewCommand {
         if targets.iter().filter(|t| t.is_some()).count() != 1 {
             return Err(bad("device", "give exactly one of device, tag and app"));
         }
-        for (f, v) in [("device", &self.device), ("tag", &self.tag), ("app", &self.app)] {
+        for (f, v) in [
+            ("device", &self.device),
+            ("tag", &self.tag),
+            ("app", &self.app),
+        ] {
             if let Some(v) = v {
                 check_id(f, v)?;
             }
@@ -154,10 +158,16 @@ impl Validate for NewCommand {
                 .and_then(|a| a.get("secs"))
                 .and_then(serde_json::Value::as_u64);
             if !secs.is_some_and(|s| (5..=86_400).contains(&s)) {
-                return Err(bad("args.secs", "set-interval needs secs between 5 and 86400"));
+                return Err(bad(
+                    "args.secs",
+                    "set-interval needs secs between 5 and 86400",
+                ));
             }
         }
-        if self.expires_in_secs.is_some_and(|s| s == 0 || s > 365 * 86_400) {
+        if self
+            .expires_in_secs
+            .is_some_and(|s| s == 0 || s > 365 * 86_400)
+        {
             return Err(bad("expires_in_secs", "must be 1 second to 365 days"));
         }
         Ok(())
@@ -242,10 +252,11 @@ pub async fn add_app(
     let dir = crate::releases::trust_dir(&st.settings.data, &req.name);
     let repo = req.repo.clone();
     let (key2, dir2) = (key.clone(), dir.clone());
-    let releases = tokio::task::spawn_blocking(move || crate::releases::offered(&repo, &key2, &dir2))
-        .await
-        .map_err(|e| ApiError::Internal(e.to_string()))?
-        .map_err(|e| ApiError::bad("repo", e))?;
+    let releases =
+        tokio::task::spawn_blocking(move || crate::releases::offered(&repo, &key2, &dir2))
+            .await
+            .map_err(|e| ApiError::Internal(e.to_string()))?
+            .map_err(|e| ApiError::bad("repo", e))?;
     let app = App {
         name: req.name.clone(),
         repo: req.repo.clone(),
@@ -454,7 +465,9 @@ pub async fn tags(
     let detail = serde_json::to_string(&change).unwrap_or_default();
     st.db.audit(&actor, "device.tags", &id, &detail).await?;
     let dev = st.db.device(&id).await?;
-    Ok(Json(serde_json::json!({"id": id, "tags": dev.map(|d| d.tags)})))
+    Ok(Json(
+        serde_json::json!({"id": id, "tags": dev.map(|d| d.tags)}),
+    ))
 }
 
 /// `POST /v1/admin/commands`: queues a command for a device, a tag or an app.
@@ -502,9 +515,16 @@ pub async fn queue_command(
         )
         .await?;
     st.db
-        .audit(&actor, "command.queue", &format!("{target_kind}:{target}"), &c.kind)
+        .audit(
+            &actor,
+            "command.queue",
+            &format!("{target_kind}:{target}"),
+            &c.kind,
+        )
         .await?;
-    Ok(Json(serde_json::json!({"id": id, "kind": c.kind, "targets": n})))
+    Ok(Json(
+        serde_json::json!({"id": id, "kind": c.kind, "targets": n}),
+    ))
 }
 
 /// Query of `GET /v1/admin/uploads`.
@@ -588,8 +608,14 @@ pub async fn create_token(
     let req: NewToken = read_doc(body).await?;
     let token = new_token();
     st.db
-        .add_admin_token(&sha256_hex(&token), &req.scope, req.label.as_deref().unwrap_or(""))
+        .add_admin_token(
+            &sha256_hex(&token),
+            &req.scope,
+            req.label.as_deref().unwrap_or(""),
+        )
         .await?;
     st.db.audit(&actor, "token.create", &req.scope, "").await?;
-    Ok(Json(serde_json::json!({"token": token, "scope": req.scope})))
+    Ok(Json(
+        serde_json::json!({"token": token, "scope": req.scope}),
+    ))
 }

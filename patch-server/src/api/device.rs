@@ -144,8 +144,7 @@ pub async fn checkin(
     };
     let body = serde_json::to_vec(&resp).map_err(|e| ApiError::Internal(e.to_string()))?;
     let etag = format!("\"{}\"", &blake3::hash(&body).to_hex()[..32]);
-    let etag_value =
-        HeaderValue::from_str(&etag).map_err(|e| ApiError::Internal(e.to_string()))?;
+    let etag_value = HeaderValue::from_str(&etag).map_err(|e| ApiError::Internal(e.to_string()))?;
     let matches = headers
         .get(header::IF_NONE_MATCH)
         .and_then(|v| v.to_str().ok())
@@ -192,7 +191,9 @@ pub async fn command_result(
         return Ok(Json(serde_json::json!({"id": id, "status": outcome})));
     }
     match st.db.command_for(&id, &dev.id).await? {
-        None => Err(ApiError::NotFound(format!("no command {id} for this device"))),
+        None => Err(ApiError::NotFound(format!(
+            "no command {id} for this device"
+        ))),
         Some((_, status)) => Err(ApiError::Conflict(format!(
             "command {id} already has a result ({status})"
         ))),
@@ -218,13 +219,11 @@ pub async fn upload(
 ) -> ApiResult<Json<UploadReceipt>> {
     let dev = device_auth(&st, &headers).await?;
     let Query(q) = query.map_err(|e| ApiError::bad("query", e.body_text()))?;
-    let command = q
-        .command
-        .ok_or_else(|| ApiError::bad("command", "missing: uploads answer an upload-logs command"))?;
+    let command = q.command.ok_or_else(|| {
+        ApiError::bad("command", "missing: uploads answer an upload-logs command")
+    })?;
     check_id("command", &command)?;
-    let name = q
-        .name
-        .ok_or_else(|| ApiError::bad("name", "missing"))?;
+    let name = q.name.ok_or_else(|| ApiError::bad("name", "missing"))?;
     if name.is_empty() {
         return Err(ApiError::bad("name", "must not be empty"));
     }
@@ -238,7 +237,11 @@ pub async fn upload(
                 "command {command} is not an open upload-logs command"
             )))
         }
-        None => return Err(ApiError::NotFound(format!("no command {command} for this device"))),
+        None => {
+            return Err(ApiError::NotFound(format!(
+                "no command {command} for this device"
+            )))
+        }
     }
     let cap = st.settings.max_upload;
     let declared = headers

@@ -18,9 +18,15 @@ use crate::error::RETRY_AFTER_SECS;
 
 async fn overloaded(e: BoxError) -> Response {
     let (status, msg) = if e.is::<tower::load_shed::error::Overloaded>() {
-        (StatusCode::SERVICE_UNAVAILABLE, "server busy, try again later".to_string())
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "server busy, try again later".to_string(),
+        )
     } else {
-        (StatusCode::INTERNAL_SERVER_ERROR, format!("internal error: {e}"))
+        (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("internal error: {e}"),
+        )
     };
     let mut resp = (
         status,
