@@ -839,8 +839,9 @@ impl Updater {
                 .format(&time::format_description::well_known::Rfc3339)
                 .unwrap_or_default();
             a.started_by = Some(self.config.started_by.clone());
-            // Only an attempt on an app dir that exists (and may have a state dir) is kept.
-            if self.config.app_dir.is_dir() {
+            // Kept only where the updater already has its state directory: a refused foreign
+            // directory stays untouched.
+            if self.state().root.is_dir() {
                 if let Err(e) = self.state().results().append(a) {
                     self.emit(Event::Warning {
                         message: format!("could not queue the update report: {e}"),
