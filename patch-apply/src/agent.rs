@@ -52,6 +52,8 @@ pub mod client;
 pub mod collect;
 pub mod identity;
 pub mod policy;
+#[cfg(unix)]
+pub mod supervise;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
@@ -319,6 +321,22 @@ enum Followed {
     Failed(String),
 }
 
+/// What the agent may do to the app it supervises ([`supervise::Supervisor`] implements it):
+/// a cold patch stops the app, updates and starts it again; a warm patch updates while it runs
+/// and tells it.
+pub trait AppControl: Send {
+    /// The running app's process id.
+    fn pid(&self) -> Option<u32>;
+    /// Stops the app (for a cold patch or a restart).
+    fn stop(&mut self) -> Result<(), String>;
+    /// Starts the app (after a cold patch or for a restart); returns its process id.
+    fn start(&mut self) -> Result<u32, String>;
+    /// Tells the running app its files changed (warm patch).
+    fn updated_in_place(&mut self);
+    /// What the supervisor reports in the state document (restarts, crashes).
+    fn status(&self) -> Option<serde_json::Value>;
+}
+
 type EventFn = dyn Fn(&AgentEvent) + Send + Sync;
 type OfferFn = dyn FnMut(&Offer) -> OfferDecision + Send;
 type RestartFn = dyn FnMut() -> Result<String, String> + Send;
@@ -330,6 +348,7 @@ pub struct Agent {
     events: Arc<EventFn>,
     offer: Option<Box<OfferFn>>,
     restart: Option<Box<RestartFn>>,
+    control: Option<Box<dyn AppControl>>,
     stop: StopHandle,
     client: FleetClient,
     store: IdentityStore,
@@ -369,6 +388,7 @@ impl Agent {
             events: Arc::new(events),
             offer: None,
             restart: None,
+            control: None,
             stop: StopHandle::default(),
             last: None,
             interval_override: None,
@@ -435,6 +455,14 @@ impl Agent {
         f: impl FnMut() -> Result<String, String> + Send + 'static,
     ) -> Self {
         self.restart = Some(Box::new(f));
+        self
+    }
+
+    /// Lets the agent stop, start and notify the app it supervises: cold patches stop and
+    /// restart it, warm patches notify it, `restart-app` restarts it, and its status goes into
+    /// the state document as `{"app": ..., "supervisor": ...}`.
+    pub fn with_app_control(mut self, c: impl AppControl + 'static) -> Self {
+        self.control = Some(Box::new(c));
         self
     }
 
@@ -656,6 +684,10 @@ impl Agent {
                 });
                 None
             }
+        };
+        let state = match self.control.as_ref().and_then(|c| c.status()) {
+            Some(sup) => Some(serde_json::json!({"app": state, "supervisor": sup})),
+            None => state,
         };
         let state_digest = state.as_ref().map(|s| {
             blake3::hash(&serde_json::to_vec(s).unwrap_or_default())
@@ -904,6 +936,21 @@ impl Agent {
                 }
             }
         }
+        // A supervised app: a cold patch stops it first, a warm one updates it while it runs.
+        let cold = self.control.is_some()
+            && Updater::new(cfg.clone(), |_| {})
+                .check()
+                .map(|c| c.restart_required)
+                .unwrap_or(true);
+        if let Some(c) = self.control.as_mut() {
+            if cold {
+                if let Err(e) = c.stop() {
+                    return Followed::Failed(format!("could not stop the app: {e}"));
+                }
+            } else {
+                cfg.allow_running_pid = c.pid();
+            }
+        }
         self.emit(AgentEvent::Installing {
             version: d.version.clone(),
         });
@@ -915,7 +962,19 @@ impl Agent {
                 });
             }
         });
-        match u.apply() {
+        let applied = u.apply();
+        if let Some(c) = self.control.as_mut() {
+            if cold {
+                if let Err(e) = c.start() {
+                    self.emit(AgentEvent::Warning {
+                        message: format!("could not start the app again: {e}"),
+                    });
+                }
+            } else if applied.is_ok() {
+                c.updated_in_place();
+            }
+        }
+        match applied {
             Ok(r) => {
                 self.recognised = None;
                 self.retry_at.remove(&d.version);
@@ -991,6 +1050,19 @@ impl Agent {
                         ),
                         None,
                     ),
+                }
+            }
+            CommandKind::RestartApp if self.control.is_some() => {
+                let r = self
+                    .control
+                    .as_mut()
+                    .map(|c| c.stop().and_then(|()| c.start()));
+                match r {
+                    Some(Ok(pid)) => {
+                        res(CommandOutcome::Ok, format!("restarted (pid {pid})"), None)
+                    }
+                    Some(Err(e)) => res(CommandOutcome::Failed, e, None),
+                    None => res(CommandOutcome::Failed, "no app".into(), None),
                 }
             }
             CommandKind::RestartApp => match self.restart.as_mut() {

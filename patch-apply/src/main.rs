@@ -170,8 +170,20 @@ struct AgentArgs {
     #[arg(long)]
     allow_downgrade: bool,
     /// One check-in cycle, then exit (non-zero if the server could not be reached).
-    #[arg(long)]
+    #[arg(long, conflicts_with = "supervise")]
     once: bool,
+    /// Run the app given after `--` as a child: restart it when it exits on its own (with a
+    /// growing delay; crashes are reported in the state document), stop it for cold patches
+    /// (SIGTERM, SIGKILL after --grace) and start it again, send it SIGHUP after warm patches,
+    /// and restart it on `restart-app`.
+    #[arg(long)]
+    supervise: bool,
+    /// How long a stop waits after SIGTERM before SIGKILL.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    grace: std::time::Duration,
+    /// With --supervise: the app's command and arguments, after `--`.
+    #[arg(last = true, value_name = "APP")]
+    app_cmd: Vec<String>,
 }
 
 #[derive(Subcommand)]
@@ -796,6 +808,14 @@ fn agent(a: AgentArgs, v: Verbosity) -> Result<()> {
             );
         }
         return Ok(());
+    }
+    if a.supervise {
+        if a.app_cmd.is_empty() {
+            bail!("--supervise needs the app's command after `--`");
+        }
+        return patch_apply::agent::supervise::Supervisor::new(a.app_cmd.clone(), a.grace)
+            .run(agent)
+            .map_err(anyhow::Error::msg);
     }
     // SIGTERM ends the process at once: every state file is written atomically, and an update
     // is journaled, so nothing is left half-done.

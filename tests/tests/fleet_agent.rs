@@ -498,3 +498,178 @@ fn report_state_and_set_interval_get_results_and_a_forgotten_token_re_enrolls() 
     );
     assert_same_tree(&app, &w.releases[0]);
 }
+
+/// Release trees of a tiny app: `app.sh` (code) writes `PID VERSION MESSAGE` to the status file
+/// it is given, at start and on SIGHUP; `version.txt` and `msg.txt` are resources. With `cold`,
+/// v2 changes `app.sh` too (a restart is needed); without, only the resources (a warm patch).
+fn supervised_world(cold: bool) -> (tempfile::TempDir, std::path::PathBuf, std::path::PathBuf) {
+    let d = tempfile::tempdir().expect("tempdir");
+    let keys = d.path().join("keys");
+    ok(cmd("patch-create").args(["keygen", "--out"]).arg(&keys));
+    let repo = d.path().join("repo");
+    for (i, msg) in [(1, "hello"), (2, "bye")] {
+        let tree = d.path().join(format!("v{i}"));
+        std::fs::create_dir_all(&tree).expect("tree");
+        let mut script = String::from(
+            "d=$(dirname \"$0\")\nreport() { echo \"$$ $(cat \"$d/version.txt\") $(cat \"$d/msg.txt\")\" > \"$1.tmp\"; mv \"$1.tmp\" \"$1\"; }\ntrap 'report \"$1\"' HUP\nreport \"$1\"\nwhile true; do sleep 0.1; done\n",
+        );
+        if cold && i == 2 {
+            script.push_str("# build 2\n");
+        }
+        std::fs::write(tree.join("app.sh"), script).expect("app");
+        std::fs::write(tree.join("version.txt"), i.to_string()).expect("version");
+        std::fs::write(tree.join("msg.txt"), msg).expect("msg");
+        ok(cmd("patch-create")
+            .args([
+                "release", "--name", "demo", "--level", "3", "--code", "*.sh",
+            ])
+            .arg("--repo")
+            .arg(&repo)
+            .arg("--root")
+            .arg(&tree)
+            .args(["--version", &format!("{i}.0.0"), "--key"])
+            .arg(keys.join("release.key")));
+    }
+    let app = d.path().join("app");
+    copy_tree(&d.path().join("v1"), &app);
+    (d, repo, keys.join("release.pub"))
+}
+
+/// `patch-apply agent --supervise` of the tiny app, reporting to `status`.
+fn supervise(
+    app: &Path,
+    repo: &Path,
+    public: &Path,
+    srv: &FleetServer,
+    status: &Path,
+) -> std::process::Child {
+    Command::new(bin("patch-apply"))
+        .arg("agent")
+        .arg("--app-dir")
+        .arg(app)
+        .arg("--repo")
+        .arg(repo)
+        .arg("--public-key")
+        .arg(public)
+        .arg("--server")
+        .arg(&srv.url)
+        .arg("--enroll-secret-file")
+        .arg(&srv.secret_file)
+        .args(["--supervise", "--grace", "2s", "--"])
+        .arg("sh")
+        .arg(app.join("app.sh"))
+        .arg(status)
+        .spawn()
+        .expect("agent")
+}
+
+fn wait_for(what: &str, secs: u64, mut f: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !f() {
+        assert!(
+            start.elapsed() < Duration::from_secs(secs),
+            "timed out waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn supervised_app_is_stopped_updated_and_restarted_by_a_cold_patch() {
+    let (d, repo, public) = supervised_world(true);
+    let app = d.path().join("app");
+    let status = d.path().join("status");
+    let srv = FleetServer::start(d.path(), "srv", "1s");
+    srv.add_app(&repo, &public);
+    let mut child = supervise(&app, &repo, &public, &srv, &status);
+    let read = || std::fs::read_to_string(&status).unwrap_or_default();
+    wait_for("the app to start", 30, || !read().is_empty());
+    let first: Vec<String> = read().split_whitespace().map(String::from).collect();
+    wait_for("the app at v2", 60, || {
+        read().split(' ').nth(1) == Some("2")
+    });
+    let after: Vec<String> = read().split_whitespace().map(String::from).collect();
+    assert_eq!(after[2], "bye");
+    assert_same_tree(&app, &d.path().join("v2"));
+    // A new process runs the new version; the old one (if it was seen at v1) is gone.
+    let pid: i32 = after[0].parse().expect("pid");
+    assert!(Path::new(&format!("/proc/{pid}")).exists());
+    if first[1] == "1" {
+        assert_ne!(first[0], after[0]);
+        assert!(!Path::new(&format!("/proc/{}", first[0])).exists());
+    }
+    wait_for("the server to see v2", 30, || {
+        srv.device(&device_id(&app))["device"]["version"] == "2.0.0"
+    });
+    let _ = child.kill();
+    let _ = child.wait();
+    let _ = Command::new("kill").arg(pid.to_string()).status();
+}
+
+#[test]
+fn a_warm_patch_updates_the_running_app_and_the_same_pid_reports_it() {
+    let (d, repo, public) = supervised_world(false);
+    let app = d.path().join("app");
+    let status = d.path().join("status");
+    let srv = FleetServer::start(d.path(), "srv", "1s");
+    srv.add_app(&repo, &public);
+    let mut child = supervise(&app, &repo, &public, &srv, &status);
+    let read = || std::fs::read_to_string(&status).unwrap_or_default();
+    wait_for("the app to start", 30, || !read().is_empty());
+    let first: Vec<String> = read().split_whitespace().map(String::from).collect();
+    wait_for("the app to report v2", 60, || {
+        read().split(' ').nth(1) == Some("2")
+    });
+    let after: Vec<String> = read().split_whitespace().map(String::from).collect();
+    assert_eq!(after[2], "bye");
+    assert_same_tree(&app, &d.path().join("v2"));
+    assert_eq!(first[0], after[0], "the same process, notified by SIGHUP");
+    let _ = child.kill();
+    let _ = child.wait();
+    let _ = Command::new("kill").arg(&after[0]).status();
+}
+
+#[test]
+fn a_crashing_supervised_app_is_restarted_with_backoff_and_the_crashes_reach_the_server() {
+    let (w, app) = World::with_app_at_v1();
+    let srv = FleetServer::start(w.dir.path(), "srv", "1s");
+    srv.add_app(&w.repo, &w.public);
+    let runs = w.path("runs");
+    let script = format!(
+        "echo run >> '{}'; n=$(wc -l < '{}'); if [ $n -le 3 ]; then exit 3; fi; sleep 30",
+        runs.display(),
+        runs.display()
+    );
+    let start = Instant::now();
+    let mut child = agent(&w, &app, &srv.url, &srv.secret_file)
+        .args(["--install", "window=02:00-02:01", "--supervise", "--"])
+        .args(["sh", "-c", &script])
+        .env("PATCHKIT_AGENT_LOCAL_TIME", "12:00")
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("agent");
+    let count = || {
+        std::fs::read_to_string(&runs)
+            .map(|s| s.lines().count())
+            .unwrap_or(0)
+    };
+    wait_for("the fourth start", 30, || count() >= 4);
+    // Restarted after 1, 2 and 4 s.
+    assert!(
+        start.elapsed() >= Duration::from_secs(6),
+        "{:?}",
+        start.elapsed()
+    );
+    wait_for("the crashes on the server", 30, || {
+        srv.device(&device_id(&app))["state"]["supervisor"]["crash_count"] == 3
+    });
+    let d = srv.device(&device_id(&app));
+    let crashes = d["state"]["supervisor"]["crashes"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(crashes.len(), 3, "{d:#}");
+    assert!(crashes.iter().all(|c| c["code"] == 3), "{d:#}");
+    let _ = child.kill();
+    let _ = child.wait();
+}
