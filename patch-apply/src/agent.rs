@@ -13,8 +13,9 @@
 //! Folder `agent/`: this file (the [`Agent`] loop, its configuration and events), `policy`
 //! (install policy, maintenance window, interval, jitter and backoff; pure), `identity` (device
 //! id and token in `.patchkit/agent/`), `client` (the protocol over HTTP, bounded answers,
-//! [`AgentError`]), `collect` (state document, log and crash files). Order inside: `policy`,
-//! `identity`, `collect` < `client` < this file. May use: everything in the crate; it sits on
+//! [`AgentError`]), `collect` (state document, log and crash files), `supervise` (runs the
+//! app as a child, an [`AppControl`]). Order inside: `policy`, `identity`, `collect` <
+//! `client` < this file < `supervise`. May use: everything in the crate; it sits on
 //! top of [`crate::updater`] and nothing in the crate uses it.
 //!
 //! # Example: an app running the agent in a thread and answering an offer
@@ -717,6 +718,10 @@ impl Agent {
     /// force; drops the update reports the server acknowledged.
     fn check_in(&mut self) -> Result<CheckInResponse, AgentError> {
         let body = self.checkin_body();
+        // What the server would refuse with 400 is refused here, naming the field (an attribute
+        // with a bad name would otherwise fail every check-in).
+        formats::fleet::Validate::validate(&body)
+            .map_err(|e| AgentError::Config(format!("check-in document: {e}")))?;
         let etag = self.last.as_ref().and_then(|(_, e)| e.clone());
         let answer = self.with_token(|cl, t| cl.checkin(t, &body, etag.as_deref()))?;
         let (resp, status) = match answer {

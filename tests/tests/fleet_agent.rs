@@ -673,3 +673,53 @@ fn a_crashing_supervised_app_is_restarted_with_backoff_and_the_crashes_reach_the
     let _ = child.kill();
     let _ = child.wait();
 }
+
+#[test]
+fn on_offer_hook_decides_and_update_now_overrides_the_window() {
+    let (w, app) = World::with_app_at_v1();
+    let srv = FleetServer::start(w.dir.path(), "srv", "60s");
+    srv.add_app(&w.repo, &w.public);
+    // The hook declines (exit 2): nothing installed.
+    let out = ok(agent(&w, &app, &srv.url, &srv.secret_file).args([
+        "--once",
+        "--install",
+        "ask",
+        "--on-offer",
+        "exit 2",
+    ]));
+    assert!(has_event(&events(&out), "declined"), "{out}");
+    assert_same_tree(&app, &w.releases[0]);
+    // The hook sees the offer and accepts (exit 0).
+    let out = ok(agent(&w, &app, &srv.url, &srv.secret_file).args([
+        "--once",
+        "--install",
+        "ask",
+        "--on-offer",
+        "test \"$PATCHKIT_OFFER_VERSION\" = 2.0.0 && test \"$PATCHKIT_OFFER_INSTALLED\" = 1.0.0 && test \"$PATCHKIT_OFFER_BYTES\" -gt 0",
+    ]));
+    assert!(has_event(&events(&out), "installed"), "{out}");
+    assert_same_tree(&app, &w.releases[1]);
+
+    // Back to v1; outside the window only update-now installs.
+    ok(cmd("patch-apply").args(["rollback", "--app-dir"]).arg(&app));
+    assert_same_tree(&app, &w.releases[0]);
+    let window = |c: &mut Command| {
+        c.args(["--once", "--install", "window=02:00-02:01"])
+            .env("PATCHKIT_AGENT_LOCAL_TIME", "12:00");
+    };
+    let mut c = agent(&w, &app, &srv.url, &srv.secret_file);
+    window(&mut c);
+    ok(&mut c);
+    assert_same_tree(&app, &w.releases[0]);
+    ok(&mut srv.admin(&["command", "--device", &device_id(&app), "update-now"]));
+    let mut c = agent(&w, &app, &srv.url, &srv.secret_file);
+    window(&mut c);
+    let out = ok(&mut c);
+    let ev = events(&out);
+    assert!(
+        ev.iter()
+            .any(|e| e["event"] == "command" && e["kind"] == "update-now" && e["outcome"] == "ok"),
+        "{out}"
+    );
+    assert_same_tree(&app, &w.releases[1]);
+}
