@@ -467,6 +467,12 @@ impl Agent {
         self
     }
 
+    /// Rolls back an update that was interrupted (a supervisor killed during a cold patch):
+    /// called before the supervised app starts, so that it never runs half-updated files.
+    pub fn recover(&self) -> Result<crate::report::Recovery, AgentError> {
+        Ok(Updater::new(self.cfg.updater.clone(), |_| {}).recover()?)
+    }
+
     /// A handle that stops [`Agent::run`].
     pub fn stop_handle(&self) -> StopHandle {
         self.stop.clone()

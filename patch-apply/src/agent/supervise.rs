@@ -69,11 +69,16 @@ impl Supervisor {
         }
     }
 
-    /// Starts the app, runs `agent` in a thread, and watches the app until `agent` is stopped:
+    /// Rolls back an interrupted update, starts the app, runs `agent` in a thread, and watches the app until `agent` is stopped:
     /// an exit nobody asked for is a crash, recorded and followed by a restart after a delay
     /// that doubles with each crash in a row (1 s up to 60 s; a run of a minute resets it).
     pub fn run(self, agent: Agent) -> Result<(), String> {
         let mut control = self.clone();
+        // Killed during a cold patch last time: the journal rolls the half-applied update back
+        // before the app runs (the agent installs it again at its next check-in).
+        if let Err(e) = agent.recover() {
+            eprintln!("agent: could not recover an interrupted update: {e}");
+        }
         control.start()?;
         let stop = agent.stop_handle();
         let agent = agent.with_app_control(self.clone());
