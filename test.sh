@@ -10,6 +10,11 @@ if ! python3 -c 'import tuf.ngclient' 2>/dev/null; then
   echo "== installing python-tuf (for the TUF interoperability test)"
   python3 -m pip install --quiet --disable-pip-version-check 'tuf>=5' || echo "warning: python-tuf unavailable; its test will be skipped"
 fi
+if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then
+  echo "== installing postgresql (the fleet tests start a throwaway cluster)"
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null
+fi
 echo "== cargo fmt --check"
 cargo fmt --all --check
 echo "== cargo clippy"

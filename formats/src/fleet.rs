@@ -69,6 +69,11 @@ pub fn parse<T: DeserializeOwned + Validate>(body: &[u8]) -> Result<T, FleetErro
     if body.len() > MAX_BODY {
         return Err(FleetError::large("body", MAX_BODY));
     }
+    // serde also reads a struct from a JSON array of its fields in order; the protocol has
+    // one encoding only.
+    if body.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+        return Err(FleetError::new("body", "must be a JSON object"));
+    }
     let doc: T = serde_json::from_slice(body).map_err(|e| {
         // serde_json names the unknown/missing field in its message; keep it.
         FleetError::new("body", format!("invalid JSON: {e}"))
@@ -558,6 +563,9 @@ mod tests {
 
         let e = parse::<EnrollRequest>(br#"{"app": "a/../b", "device_id": "d"}"#).unwrap_err();
         assert_eq!(e.field, "app");
+
+        let e = parse::<CheckIn>(br#"["1.0.0"]"#).unwrap_err();
+        assert_eq!((e.field.as_str(), e.too_large), ("body", false));
 
         let big = vec![b' '; MAX_BODY + 1];
         assert!(parse::<CheckIn>(&big).unwrap_err().too_large);

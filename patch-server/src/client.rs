@@ -48,15 +48,22 @@ pub struct Client {
 }
 
 impl Client {
-    /// A client of the server at `base` (`http://127.0.0.1:8443`) with an admin token.
-    pub fn new(base: &str, token: &str) -> Result<Client, ClientError> {
-        let http = reqwest::blocking::Client::builder()
-            .timeout(Duration::from_secs(300))
-            .build()
-            .map_err(|source| ClientError::Transport {
-                url: base.to_string(),
-                source,
-            })?;
+    /// A client of the server at `base` (`http://127.0.0.1:8443`) with an admin token,
+    /// trusting `ca_pem` (a PEM certificate) besides the system's roots for HTTPS.
+    pub fn new(base: &str, token: &str, ca_pem: Option<&[u8]>) -> Result<Client, ClientError> {
+        let mut b = reqwest::blocking::Client::builder().timeout(Duration::from_secs(300));
+        if let Some(pem) = ca_pem {
+            let cert =
+                reqwest::Certificate::from_pem(pem).map_err(|source| ClientError::Transport {
+                    url: base.to_string(),
+                    source,
+                })?;
+            b = b.add_root_certificate(cert);
+        }
+        let http = b.build().map_err(|source| ClientError::Transport {
+            url: base.to_string(),
+            source,
+        })?;
         Ok(Client {
             base: base.trim_end_matches('/').to_string(),
             token: token.trim().to_string(),

@@ -29,8 +29,14 @@ pub enum Backend {
 #[derive(Debug)]
 struct Migrations;
 
-const MIGRATIONS: &[(i64, &str, &str)] =
-    &[(1, "fleet", include_str!("../migrations/0001_fleet.sql"))];
+const MIGRATIONS: &[(i64, &str, &str)] = &[
+    (1, "fleet", include_str!("../migrations/0001_fleet.sql")),
+    (
+        2,
+        "history every",
+        include_str!("../migrations/0002_history_every.sql"),
+    ),
+];
 
 impl MigrationSource<'static> for Migrations {
     fn resolve(self) -> BoxFuture<'static, Result<Vec<Migration>, sqlx::error::BoxDynError>> {
@@ -93,6 +99,12 @@ pub struct DeviceAuth {
     pub state_digest: Option<String>,
     /// Poll interval chosen for this device, if any.
     pub poll_interval_secs: Option<i64>,
+    /// Version at the last check-in.
+    pub version: Option<String>,
+    /// Channel at the last check-in.
+    pub channel: Option<String>,
+    /// When the last history row was written (unix ms).
+    pub last_history_ms: Option<i64>,
 }
 
 /// Fields of a check-in written to the device row.
@@ -453,7 +465,8 @@ impl Db {
         rows.iter().map(app_from).collect()
     }
 
-    /// Replaces the releases cached for `app` with what its repository offers now.
+    /// Replaces the releases cached for `app` with what its repository offers now (instances
+    /// refreshing at once both succeed: the inserts are upserts).
     pub async fn set_releases(
         &self,
         app: &str,
@@ -474,7 +487,9 @@ impl Db {
             .await?;
         for r in releases {
             sqlx::query(
-                "INSERT INTO releases (app, version, channel, targeting, seen_ms) VALUES ($1, $2, $3, $4, $5)",
+                "INSERT INTO releases (app, version, channel, targeting, seen_ms) VALUES ($1, $2, $3, $4, $5) \
+                 ON CONFLICT (app, version) DO UPDATE SET channel = excluded.channel, \
+                 targeting = excluded.targeting, seen_ms = excluded.seen_ms",
             )
             .bind(app)
             .bind(r.version.to_string())
@@ -563,7 +578,8 @@ impl Db {
     /// The device a token hash belongs to.
     pub async fn device_by_token(&self, sha: &str) -> sqlx::Result<Option<DeviceAuth>> {
         let row = sqlx::query(
-            "SELECT id, app, status, state_digest, poll_interval_secs FROM devices WHERE token_sha256 = $1",
+            "SELECT id, app, status, state_digest, poll_interval_secs, version, channel, \
+             last_history_ms FROM devices WHERE token_sha256 = $1",
         )
         .bind(sha)
         .fetch_optional(&self.pool)
@@ -575,19 +591,23 @@ impl Db {
                 status: r.try_get("status")?,
                 state_digest: r.try_get("state_digest")?,
                 poll_interval_secs: r.try_get("poll_interval_secs")?,
+                version: r.try_get("version")?,
+                channel: r.try_get("channel")?,
+                last_history_ms: r.try_get("last_history_ms")?,
             })
         })
         .transpose()
     }
 
-    /// Records a check-in in one transaction (device row, history, results) and returns the
-    /// commands to deliver. The transaction starts with a write, so SQLite takes its write
-    /// lock first and never fails to upgrade a read lock.
+    /// Records a check-in in one transaction (device row, a history row when `history`,
+    /// results) and returns the commands to deliver. The transaction starts with a write, so
+    /// SQLite takes its write lock first and never fails to upgrade a read lock.
     pub async fn record_checkin(
         &self,
         dev: &DeviceAuth,
         c: &CheckinRow,
         now: i64,
+        history: bool,
     ) -> sqlx::Result<CheckinOutcome> {
         let mut tx = self.pool.begin().await?;
         let (state, state_digest) = match &c.state {
@@ -599,7 +619,8 @@ impl Db {
              tree_digest = $3, channel = $4, attrs = $5, free_disk = $6, os = $7, arch = $8, \
              hostname = COALESCE($9, hostname), agent_version = $10, \
              state = COALESCE($11, state), state_digest = COALESCE($12, state_digest), \
-             state_ms = CASE WHEN $11 IS NULL THEN state_ms ELSE $1 END \
+             state_ms = CASE WHEN $11 IS NULL THEN state_ms ELSE $1 END, \
+             last_history_ms = CASE WHEN $14 = 1 THEN $1 ELSE last_history_ms END \
              WHERE id = $13",
         )
         .bind(now)
@@ -615,19 +636,22 @@ impl Db {
         .bind(state)
         .bind(state_digest)
         .bind(&dev.id)
+        .bind(i64::from(history))
         .execute(&mut *tx)
         .await?;
-        sqlx::query(
-            "INSERT INTO checkins (id, device, at_ms, version, channel, free_disk) VALUES ($1, $2, $3, $4, $5, $6)",
-        )
-        .bind(crate::util::new_id())
-        .bind(&dev.id)
-        .bind(now)
-        .bind(c.version.clone())
-        .bind(c.channel.clone())
-        .bind(c.free_disk)
-        .execute(&mut *tx)
-        .await?;
+        if history {
+            sqlx::query(
+                "INSERT INTO checkins (id, device, at_ms, version, channel, free_disk) VALUES ($1, $2, $3, $4, $5, $6)",
+            )
+            .bind(crate::util::new_id())
+            .bind(&dev.id)
+            .bind(now)
+            .bind(c.version.clone())
+            .bind(c.channel.clone())
+            .bind(c.free_disk)
+            .execute(&mut *tx)
+            .await?;
+        }
         for r in &c.results {
             sqlx::query(
                 "INSERT INTO update_results (device, seq, finished_at, from_version, to_version, \
@@ -844,12 +868,11 @@ impl Db {
         if f.failed {
             conds.push("last_result_ok = 0".into());
         }
-        let mut n = args.len();
-        let silent = f.silent_since_ms.map(|ms| {
-            n += 1;
+        let silent = f.silent_since_ms;
+        if silent.is_some() {
+            let n = args.len() + 1;
             conds.push(format!("(last_seen_ms IS NULL OR last_seen_ms < ${n})"));
-            ms
-        });
+        }
         let where_ = if conds.is_empty() {
             String::new()
         } else {
@@ -1096,6 +1119,16 @@ impl Db {
         .execute(&self.pool)
         .await?;
         Ok(())
+    }
+
+    /// Number of uploads `device` made for `command`.
+    pub async fn upload_count(&self, command: &str, device: &str) -> sqlx::Result<i64> {
+        sqlx::query("SELECT COUNT(*) AS n FROM uploads WHERE command = $1 AND device = $2")
+            .bind(command)
+            .bind(device)
+            .fetch_one(&self.pool)
+            .await?
+            .try_get("n")
     }
 
     /// Uploads, of one device or all, newest first.

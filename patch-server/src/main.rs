@@ -39,6 +39,9 @@ struct Remote {
     /// File holding an admin token (else PATCHKIT_ADMIN_TOKEN).
     #[arg(long)]
     token_file: Option<PathBuf>,
+    /// A PEM certificate to trust for an HTTPS server (e.g. a self-signed one).
+    #[arg(long, env = "PATCHKIT_CA_CERT")]
+    ca_cert: Option<PathBuf>,
 }
 
 #[derive(Subcommand)]
@@ -83,11 +86,20 @@ enum Cmd {
         /// Default life of a command nobody picked up.
         #[arg(long, default_value = "7d", value_parser = humantime::parse_duration)]
         command_ttl: Duration,
+        /// Idle check-ins add a history row at most this often (a change of version or
+        /// channel always does); 0s records every check-in.
+        #[arg(long, default_value = "15m", value_parser = humantime::parse_duration)]
+        history_every: Duration,
     },
     /// Create an admin token directly in the database (offline) and print it.
     Token {
         #[command(subcommand)]
         cmd: TokenCmd,
+    },
+    /// Check-in history maintenance (offline, against --data/--db).
+    History {
+        #[command(subcommand)]
+        cmd: HistoryCmd,
     },
     /// Manage apps.
     App {
@@ -195,6 +207,18 @@ enum TokenCmd {
 }
 
 #[derive(Subcommand)]
+enum HistoryCmd {
+    /// Summarise per day and delete check-ins older than --older-than (what the server does
+    /// every minute with --retain-history).
+    Prune {
+        #[command(flatten)]
+        store: Store,
+        #[arg(long, value_parser = humantime::parse_duration)]
+        older_than: Duration,
+    },
+}
+
+#[derive(Subcommand)]
 enum AppCmd {
     /// Register an app: its signed repository and release public key.
     Add {
@@ -257,7 +281,13 @@ fn client(r: &Remote) -> Result<Client> {
         None => std::env::var("PATCHKIT_ADMIN_TOKEN")
             .context("no admin token: give --token-file or set PATCHKIT_ADMIN_TOKEN")?,
     };
-    Ok(Client::new(&r.server, &token)?)
+    let ca = match &r.ca_cert {
+        Some(f) => Some(
+            std::fs::read(f).with_context(|| format!("cannot read certificate {}", f.display()))?,
+        ),
+        None => None,
+    };
+    Ok(Client::new(&r.server, &token, ca.as_deref())?)
 }
 
 fn print_json(v: &Value) {
@@ -309,6 +339,7 @@ fn run(cli: Cli) -> Result<()> {
             retain_history,
             refresh_interval,
             command_ttl,
+            history_every,
         } => {
             let opts = patch_server::server::ServeOptions {
                 data: store.data,
@@ -324,6 +355,7 @@ fn run(cli: Cli) -> Result<()> {
                 retain_history,
                 refresh_interval,
                 command_ttl,
+                history_every,
             };
             runtime()?.block_on(patch_server::server::serve(opts))
         }
@@ -352,6 +384,16 @@ fn run(cli: Cli) -> Result<()> {
                 Ok(())
             })
         }
+        Cmd::History {
+            cmd: HistoryCmd::Prune { store, older_than },
+        } => runtime()?.block_on(async {
+            let db = patch_server::server::open_db(&store.data, store.db.as_deref(), 2).await?;
+            let n = patch_server::retention::prune(&db, older_than, patch_server::util::now_ms())
+                .await
+                .context("cannot prune the check-in history")?;
+            println!("{n} check-ins summarised");
+            Ok(())
+        }),
         Cmd::App {
             cmd:
                 AppCmd::Add {

@@ -38,6 +38,8 @@ pub struct ServeOptions {
     pub refresh_interval: Duration,
     /// Default life of a command.
     pub command_ttl: Duration,
+    /// Idle check-ins add a history row at most this often.
+    pub history_every: Duration,
 }
 
 /// Errors of starting the server.
@@ -180,6 +182,7 @@ pub async fn serve(o: ServeOptions) -> anyhow::Result<()> {
             poll_interval_secs: o.poll_interval.as_secs().max(1),
             max_upload: o.max_upload,
             command_ttl: o.command_ttl,
+            history_every: o.history_every,
         }),
     };
     spawn_background(db, o.data.clone(), o.refresh_interval, o.retain_history);

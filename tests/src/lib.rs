@@ -5,6 +5,8 @@
 //! runs before the tests in `.ci/run`; `cargo test --workspace` builds them too).
 
 pub mod agent_support;
+pub mod fleet;
+pub mod pg;
 pub mod tamper;
 
 use std::collections::BTreeMap;

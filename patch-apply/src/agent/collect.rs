@@ -103,7 +103,7 @@ pub fn run_bounded(cmd: &str, timeout: Duration, max: usize) -> Result<Vec<u8>, 
 }
 
 /// Most files one `upload-logs` considers.
-pub const MAX_FILES: usize = 200;
+pub const MAX_FILES: usize = 32;
 
 /// A file chosen for upload.
 #[derive(Clone, Debug, PartialEq, Eq)]

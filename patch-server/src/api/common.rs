@@ -24,6 +24,8 @@ pub struct Settings {
     pub max_upload: u64,
     /// Default life of a command nobody picked up.
     pub command_ttl: Duration,
+    /// Idle check-ins add a history row at most this often.
+    pub history_every: Duration,
 }
 
 /// State shared by every handler. Nothing in it is needed by another instance: durable state

@@ -14,7 +14,7 @@ use serde::Deserialize;
 use tokio::io::AsyncWriteExt;
 
 use super::common::{device_auth, read_doc, AppState};
-use crate::db::{i64_of, CheckinRow, UploadRow};
+use crate::db::{i64_of, CheckinRow, DeviceAuth, UploadRow};
 use crate::decide::{decide, DeviceFacts};
 use crate::error::{ApiError, ApiResult};
 use crate::util::{new_id, new_token, now_ms, rfc3339, same_secret, sha256_hex, state_digest};
@@ -98,7 +98,9 @@ pub async fn checkin(
         }),
         results: c.results.clone(),
     };
-    let out = st.db.record_checkin(&dev, &row, now).await?;
+    let every = i64::try_from(st.settings.history_every.as_millis()).unwrap_or(i64::MAX);
+    let history = keep_history(&dev, &c, now, every);
+    let out = st.db.record_checkin(&dev, &row, now, history).await?;
     let active = out.status == "active";
     let directive = if active {
         let releases = st.db.releases(&dev.app).await?;
@@ -166,6 +168,17 @@ pub async fn checkin(
         .into_response())
 }
 
+/// Whether a check-in gets its own history row: the first one, a change of version or
+/// channel, or `every_ms` since the last row. Idle check-ins in between only update the
+/// device row (last seen, counters), so the history grows with changes, not with polling.
+pub fn keep_history(dev: &DeviceAuth, c: &CheckIn, now: i64, every_ms: i64) -> bool {
+    let due = match dev.last_history_ms {
+        Some(last) => now.saturating_sub(last) >= every_ms,
+        None => true,
+    };
+    due || dev.version != c.version || dev.channel != c.channel
+}
+
 /// `POST /v1/commands/{id}/result`: only the device the command was queued for may answer
 /// it; any other device gets 404, so command ids do not leak.
 pub async fn command_result(
@@ -199,6 +212,9 @@ pub async fn command_result(
         ))),
     }
 }
+
+/// Most files one device may upload for one `upload-logs` command.
+pub const MAX_UPLOADS_PER_COMMAND: i64 = 32;
 
 /// Query of `PUT /v1/uploads`.
 #[derive(Debug, Deserialize)]
@@ -242,6 +258,15 @@ pub async fn upload(
                 "no command {command} for this device"
             )))
         }
+    }
+    if st.db.upload_count(&command, &dev.id).await? >= MAX_UPLOADS_PER_COMMAND {
+        return Err(ApiError::Invalid(formats::fleet::FleetError {
+            field: "command".into(),
+            reason: format!(
+                "more than the limit of {MAX_UPLOADS_PER_COMMAND} files for one command"
+            ),
+            too_large: true,
+        }));
     }
     let cap = st.settings.max_upload;
     let declared = headers
@@ -308,4 +333,43 @@ async fn stream_to(path: &std::path::Path, body: Body, cap: u64) -> ApiResult<(u
     }
     file.sync_all().await.map_err(io)?;
     Ok((size, hasher.finalize().to_hex().to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn history_rows_follow_changes_not_polling() {
+        let dev = |last: Option<i64>, v: &str| DeviceAuth {
+            id: "d".into(),
+            app: "a".into(),
+            status: "active".into(),
+            state_digest: None,
+            poll_interval_secs: None,
+            version: Some(v.into()),
+            channel: Some("stable".into()),
+            last_history_ms: last,
+        };
+        let c = |v: &str, ch: &str| CheckIn {
+            version: Some(v.into()),
+            channel: Some(ch.into()),
+            ..CheckIn::default()
+        };
+        let every = 900_000;
+        let cases = [
+            (dev(None, "1.0.0"), c("1.0.0", "stable"), 1_000, true),
+            (dev(Some(0), "1.0.0"), c("1.0.0", "stable"), 1_000, false),
+            (dev(Some(0), "1.0.0"), c("1.0.0", "stable"), 900_000, true),
+            (dev(Some(0), "1.0.0"), c("2.0.0", "stable"), 1_000, true),
+            (dev(Some(0), "1.0.0"), c("1.0.0", "beta"), 1_000, true),
+        ];
+        for (d, ci, now, want) in cases {
+            assert_eq!(
+                keep_history(&d, &ci, now, every),
+                want,
+                "{d:?} {ci:?} {now}"
+            );
+        }
+    }
 }

@@ -1,0 +1,876 @@
+//! `patch-server` end to end: the real binary on 127.0.0.1, simulated devices over real HTTP,
+//! the admin CLI, and a real signed repository made by `patch-create`. Every test runs against
+//! SQLite and against a throwaway PostgreSQL cluster (`e2e_tests::pg`).
+
+use std::io::Read;
+use std::time::Duration;
+
+use e2e_tests::fleet::{blake3_hex, checkin_body, post_raw, Backend, Device, Server};
+use e2e_tests::World;
+use serde_json::{json, Value};
+
+const SECRET: &str = "correct horse battery staple";
+
+/// A small signed repository with releases 1.0.0 and 2.0.0, and a beta 3.0.0-beta.1.
+fn world() -> World {
+    let w = World::with_sizes(3, 64 << 10, 32 << 10);
+    w.release(1, &[]);
+    w.release(2, &[]);
+    w
+}
+
+/// A server with the app `game` (enrollment secret) and `kiosk` (approval) registered.
+fn server_with_apps(w: &World, backend: &Backend, extra: &[&str]) -> Server {
+    let s = Server::start(&w.path("server"), backend, extra);
+    let secret = w.path("secret");
+    std::fs::write(&secret, SECRET).expect("secret");
+    let repo = w.repo.display().to_string();
+    let public = w.public.display().to_string();
+    let secret_s = secret.display().to_string();
+    let out = s.admin(&[
+        "app",
+        "add",
+        "game",
+        "--repo",
+        &repo,
+        "--public-key",
+        &public,
+        "--enroll-secret-file",
+        &secret_s,
+    ]);
+    assert!(out.contains("2 releases"), "{out}");
+    s.admin(&[
+        "app",
+        "add",
+        "kiosk",
+        "--repo",
+        &repo,
+        "--public-key",
+        &public,
+        "--approve",
+    ]);
+    s
+}
+
+fn result(seq: u64, from: &str, to: &str, ok: bool) -> Value {
+    let mut r = json!({"seq": seq, "finished_at": "2026-11-25T10:00:00Z", "from": from, "to": to,
+        "method": "incremental", "bytes": 1234, "seconds": 0.5, "ok": ok, "started_by": "agent"});
+    if !ok {
+        r["error_kind"] = json!("verify");
+        r["error_message"] = json!("hash mismatch in big.bin");
+    }
+    r
+}
+
+fn find<'a>(devices: &'a Value, id: &str) -> &'a Value {
+    devices
+        .as_array()
+        .expect("array")
+        .iter()
+        .find(|d| d["id"] == id)
+        .unwrap_or_else(|| panic!("device {id} not listed: {devices}"))
+}
+
+fn assert_alive(s: &mut Server) {
+    let log = std::fs::read_to_string(s.data.join("server.log")).unwrap_or_default();
+    assert!(!log.contains("panicked"), "server panicked: {log}");
+    let (st, _) = s.admin_raw("GET", "/v1/admin/apps", Some(&s.admin_token.clone()), None);
+    assert_eq!(st, 200, "server still answers");
+}
+
+fn enrollment_checkins_inventory(backend: &str) {
+    let backend = Backend::start(backend);
+    let w = world();
+    let s = server_with_apps(&w, &backend, &[]);
+
+    // Enrollment: a wrong or missing secret is refused, naming the field.
+    for bad in [Some("wrong secret, long enough"), None] {
+        let a = Device::try_enroll(&s.url, "game", "dev-x", bad);
+        assert_eq!(a.status, 401, "{:?}", a.body);
+        assert_eq!(a.body["field"], "secret");
+    }
+    assert_eq!(
+        Device::try_enroll(&s.url, "nope", "dev-x", Some(SECRET)).status,
+        404
+    );
+
+    // Several devices check in.
+    let mut a = Device::enroll(&s.url, "game", "dev-a", Some(SECRET));
+    let mut b = Device::enroll(&s.url, "game", "dev-b", Some(SECRET));
+    let mut c = Device::enroll(&s.url, "game", "dev-c", Some(SECRET));
+    let ra = a.checkin(&checkin_body("1.0.0", None));
+    assert_eq!(ra.status, 200, "{:?}", ra.body);
+    assert_eq!(ra.body["status"], "active");
+    assert_eq!(ra.body["directive"]["version"], "2.0.0", "{:?}", ra.body);
+    assert_eq!(ra.body["directive"]["reason"], "channel");
+    let mut body_b = checkin_body("2.0.0", None);
+    body_b["results"] = json!([result(1, "1.0.0", "2.0.0", true)]);
+    let rb = b.checkin(&body_b);
+    assert_eq!(rb.body["acked_result_seq"], 1, "{:?}", rb.body);
+    let mut body_c = checkin_body("1.0.0", None);
+    body_c["results"] = json!([result(7, "1.0.0", "2.0.0", false)]);
+    c.checkin(&body_c);
+    // A re-sent result is stored once.
+    c.etag = None;
+    assert_eq!(c.checkin(&body_c).body["acked_result_seq"], 7);
+
+    // `devices --json`: version, digest, last seen, last result of each device.
+    let devices = s.admin_json(&["devices"]);
+    assert_eq!(devices.as_array().map(Vec::len), Some(3), "{devices}");
+    let da = find(&devices, "dev-a");
+    assert_eq!(da["version"], "1.0.0");
+    assert_eq!(da["tree_digest"], blake3_hex(b"1.0.0"));
+    assert!(
+        da["last_seen"]
+            .as_str()
+            .is_some_and(|t| t.starts_with("20")),
+        "{da}"
+    );
+    assert!(da["last_result"].is_null());
+    let db_ = find(&devices, "dev-b");
+    assert_eq!(db_["version"], "2.0.0");
+    assert_eq!(db_["last_result"]["ok"], true);
+    let dc = find(&devices, "dev-c");
+    assert_eq!(dc["last_result"]["ok"], false);
+    assert_eq!(dc["last_result"]["error_kind"], "verify");
+    // Filters.
+    let failed = s.admin_json(&["devices", "--failed"]);
+    assert_eq!(failed.as_array().map(Vec::len), Some(1), "{failed}");
+    assert_eq!(failed[0]["id"], "dev-c");
+    let v2 = s.admin_json(&["devices", "--version", "2.0.0"]);
+    assert_eq!(v2.as_array().map(Vec::len), Some(1));
+    s.admin(&["tag", "dev-a", "lab", "eu"]);
+    let lab = s.admin_json(&["devices", "--tag", "lab"]);
+    assert_eq!(lab.as_array().map(Vec::len), Some(1));
+    assert_eq!(lab[0]["tags"], json!(["eu", "lab"]));
+    s.admin(&["untag", "dev-a", "lab"]);
+    assert_eq!(s.admin_json(&["devices", "--tag", "lab"]), json!([]));
+    assert_eq!(s.admin_json(&["devices", "--silent-for", "1h"]), json!([]));
+    let table = s.admin(&["devices", "--app", "game"]);
+    assert!(
+        table.contains("dev-c") && table.contains("FAILED->2.0.0"),
+        "{table}"
+    );
+    let show = s.admin_json(&["device", "show", "dev-c"]);
+    assert_eq!(show["results"].as_array().map(Vec::len), Some(1), "{show}");
+    assert_eq!(
+        show["results"][0]["error_message"],
+        "hash mismatch in big.bin"
+    );
+
+    // ETag: an idle check-in with If-None-Match gets 304 and no body, and is still recorded.
+    let before = s.admin_json(&["device", "show", "dev-a"])["device"]["checkins"]
+        .as_i64()
+        .expect("checkins");
+    let idle = a.checkin(&checkin_body("1.0.0", None));
+    assert_eq!(idle.status, 304, "{:?}", idle.body);
+    assert!(idle.body.is_null());
+    let after = s.admin_json(&["device", "show", "dev-a"])["device"]["checkins"]
+        .as_i64()
+        .expect("checkins");
+    assert_eq!(after, before + 1);
+    // An idle check-in updates the device row but adds no history row (--history-every 15m).
+    let history = s.admin_json(&["device", "show", "dev-a"])["checkins"].clone();
+    assert_eq!(history.as_array().map(Vec::len), Some(1), "{history}");
+
+    // Approval mode: pending until approved, nothing directed meanwhile.
+    let mut k = Device::enroll(&s.url, "kiosk", "kiosk-1", None);
+    let rk = k.checkin(&checkin_body("1.0.0", None));
+    assert_eq!(rk.body["status"], "pending");
+    assert!(rk.body["directive"].is_null());
+    assert_eq!(
+        s.admin_json(&["device", "show", "kiosk-1"])["device"]["status"],
+        "pending"
+    );
+    s.admin(&["device", "approve", "kiosk-1"]);
+    let rk = k.checkin(&checkin_body("1.0.0", None));
+    assert_eq!(rk.status, 200);
+    assert_eq!(rk.body["status"], "active");
+    assert_eq!(rk.body["directive"]["version"], "2.0.0");
+
+    // Re-enrolling rotates the token: the old one stops working.
+    let old = a.token.clone();
+    let a2 = Device::enroll(&s.url, "game", "dev-a", Some(SECRET));
+    assert_ne!(a2.token, old);
+    let r = post_raw(
+        &format!("{}/v1/checkin", s.url),
+        Some(&old),
+        checkin_body("1.0.0", None).to_string().into_bytes(),
+    );
+    assert_eq!(r.status, 401);
+    // A device id enrolled under one app cannot enroll under another.
+    assert_eq!(
+        Device::try_enroll(&s.url, "kiosk", "dev-a", None).status,
+        409
+    );
+
+    // A new release reaches the directive after a refresh, on its channel only, and only
+    // for devices whose attributes meet its targeting.
+    w.release(3, &["--channel", "beta", "--target", "region=eu"]);
+    s.admin(&["app", "refresh", "game"]);
+    let apps = s.admin_json(&["apps"]);
+    assert_eq!(
+        apps[0]["releases"].as_array().map(Vec::len),
+        Some(3),
+        "{apps}"
+    );
+    let mut a3 = Device::from_token(&s.url, "dev-a", &a2.token);
+    let ra = a3.checkin(&checkin_body("2.0.0", None));
+    assert_eq!(
+        ra.body["directive"]["version"], "2.0.0",
+        "stable stays on 2.0.0"
+    );
+    let mut beta = checkin_body("2.0.0", None);
+    beta["channel"] = json!("beta");
+    assert!(
+        a3.checkin(&beta).body["directive"].is_null(),
+        "the beta release targets region=eu only"
+    );
+    beta["attrs"] = json!({"region": "eu"});
+    assert_eq!(a3.checkin(&beta).body["directive"]["version"], "3.0.0");
+}
+
+fn commands_uploads_and_state(backend: &str) {
+    let backend = Backend::start(backend);
+    let w = world();
+    let s = server_with_apps(&w, &backend, &[]);
+    let mut a = Device::enroll(&s.url, "game", "dev-a", Some(SECRET));
+    let mut b = Device::enroll(&s.url, "game", "dev-b", Some(SECRET));
+    let state = json!({"players": 3, "map": "dust", "mods": ["a", "b"]});
+    let first = a.checkin(&checkin_body("1.0.0", Some(state.clone())));
+    assert_eq!(
+        first.body["state_digest"],
+        blake3_hex(state.to_string().as_bytes())
+    );
+    b.checkin(&checkin_body("1.0.0", None));
+
+    // upload-logs reaches the device at its next check-in; the file comes back identical.
+    let out = s.admin(&["command", "--device", "dev-a", "upload-logs"]);
+    assert!(out.contains("queued for 1 devices"), "{out}");
+    let r = a.checkin(&checkin_body("1.0.0", None));
+    assert_eq!(
+        r.status, 200,
+        "a queued command changes the answer, so no 304"
+    );
+    let cmds = r.body["commands"].as_array().expect("commands").clone();
+    assert_eq!(cmds.len(), 1, "{:?}", r.body);
+    assert_eq!(cmds[0]["kind"], "upload-logs");
+    let cmd_id = cmds[0]["id"].as_str().expect("id").to_string();
+    // dev-b got nothing.
+    b.etag = None;
+    assert_eq!(
+        b.checkin(&checkin_body("1.0.0", None)).body["commands"],
+        json!([])
+    );
+
+    let log: Vec<u8> = (0..300_000u32).map(|i| (i * 7 % 251) as u8).collect();
+    let receipt = a.upload(&cmd_id, "app.log", log.clone());
+    assert_eq!(receipt.status, 200, "{:?}", receipt.body);
+    assert_eq!(receipt.body["size"], log.len());
+    assert_eq!(receipt.body["blake3"], blake3_hex(&log));
+    let upload_id = receipt.body["id"].as_str().expect("id").to_string();
+    let done = a.result(
+        &cmd_id,
+        &json!({"outcome": "ok", "data": {"uploads": [receipt.body]}}),
+    );
+    assert_eq!(done.status, 200, "{:?}", done.body);
+    // No second result, and no upload for a finished command.
+    assert_eq!(a.result(&cmd_id, &json!({"outcome": "ok"})).status, 409);
+    assert_eq!(a.upload(&cmd_id, "late.log", vec![1, 2, 3]).status, 409);
+    let uploads = s.admin_json(&["uploads", "--device", "dev-a"]);
+    assert_eq!(uploads.as_array().map(Vec::len), Some(1), "{uploads}");
+    assert_eq!(uploads[0]["name"], "app.log");
+    let got = w.path("got.log");
+    s.admin(&[
+        "upload",
+        "get",
+        &upload_id,
+        "--out",
+        &got.display().to_string(),
+    ]);
+    assert_eq!(std::fs::read(&got).expect("downloaded"), log);
+    // The bytes are on disk under the server's own name, not in a row.
+    assert!(s.data.join("uploads").join(&upload_id).exists());
+
+    // report-state returns the state document.
+    s.admin(&["command", "--device", "dev-a", "report-state"]);
+    let r = a.checkin(&checkin_body("1.0.0", None));
+    let cmd = &r.body["commands"][0];
+    assert_eq!(cmd["kind"], "report-state");
+    let id = cmd["id"].as_str().expect("id");
+    assert_eq!(
+        a.result(id, &json!({"outcome": "ok", "data": state}))
+            .status,
+        200
+    );
+    let show = s.admin_json(&["device", "show", "dev-a"]);
+    assert_eq!(show["state"], state);
+    let c = show["commands"]
+        .as_array()
+        .expect("commands")
+        .iter()
+        .find(|c| c["id"] == id)
+        .expect("command listed");
+    assert_eq!(c["status"], "ok");
+    assert_eq!(c["data"], state);
+    // Once answered, a command is no longer delivered.
+    let r = a.checkin(&checkin_body("1.0.0", None));
+    assert!(r.status == 304 || r.body["commands"] == json!([]), "{r:?}");
+
+    // A command for a tag reaches every tagged device.
+    s.admin(&["tag", "dev-a", "canary"]);
+    s.admin(&["tag", "dev-b", "canary"]);
+    let out = s.admin(&["command", "--tag", "canary", "set-interval", "--secs", "30"]);
+    assert!(out.contains("queued for 2 devices"), "{out}");
+    for d in [&mut a, &mut b] {
+        let r = d.checkin(&checkin_body("1.0.0", None));
+        assert_eq!(r.body["commands"][0]["kind"], "set-interval", "{r:?}");
+        assert_eq!(r.body["commands"][0]["args"]["secs"], 30);
+    }
+    // A command that expires is no longer offered.
+    s.admin(&[
+        "command",
+        "--app",
+        "game",
+        "restart-app",
+        "--expires-in",
+        "1s",
+    ]);
+    std::thread::sleep(Duration::from_millis(1100));
+    let r = b.checkin(&checkin_body("1.0.0", None));
+    let kinds: Vec<&Value> = r.body["commands"]
+        .as_array()
+        .map(|c| c.iter().map(|c| &c["kind"]).collect())
+        .unwrap_or_default();
+    assert!(!kinds.contains(&&json!("restart-app")), "{r:?}");
+}
+
+fn security(backend: &str) {
+    let backend = Backend::start(backend);
+    let w = world();
+    let mut s = server_with_apps(&w, &backend, &["--max-upload", "100000"]);
+    let mut a = Device::enroll(&s.url, "game", "dev-a", Some(SECRET));
+    let mut b = Device::enroll(&s.url, "game", "dev-b", Some(SECRET));
+    a.checkin(&checkin_body("1.0.0", None));
+    b.checkin(&checkin_body("1.0.0", None));
+
+    // A device token cannot act for another device.
+    s.admin(&["command", "--device", "dev-a", "upload-logs"]);
+    let r = a.checkin(&checkin_body("1.0.0", None));
+    let cmd_a = r.body["commands"][0]["id"]
+        .as_str()
+        .expect("id")
+        .to_string();
+    let rb = b.checkin(&checkin_body("1.0.0", None));
+    assert!(
+        rb.status == 304 || rb.body["commands"] == json!([]),
+        "{rb:?}"
+    );
+    let forged = b.result(&cmd_a, &json!({"outcome": "ok", "data": {"stolen": true}}));
+    assert_eq!(forged.status, 404, "{:?}", forged.body);
+    assert_eq!(b.upload(&cmd_a, "x.log", vec![0; 10]).status, 404);
+    assert_eq!(s.admin_json(&["uploads", "--device", "dev-a"]), json!([]));
+    assert_eq!(s.admin_json(&["uploads", "--device", "dev-b"]), json!([]));
+    // Device tokens are not admin tokens, and vice versa.
+    assert_eq!(
+        s.admin_raw("GET", "/v1/admin/devices", Some(&a.token), None)
+            .0,
+        401
+    );
+    let r = post_raw(
+        &format!("{}/v1/checkin", s.url),
+        Some(&s.admin_token),
+        b"{}".to_vec(),
+    );
+    assert_eq!(r.status, 401);
+    assert_eq!(
+        post_raw(&format!("{}/v1/checkin", s.url), None, b"{}".to_vec()).status,
+        401
+    );
+
+    // The admin API refuses missing, wrong and read-only tokens for writes.
+    let tag = json!({"add": ["x"]});
+    let path = "/v1/admin/devices/dev-a/tags";
+    assert_eq!(s.admin_raw("POST", path, None, Some(tag.clone())).0, 401);
+    assert_eq!(
+        s.admin_raw(
+            "POST",
+            path,
+            Some("0".repeat(64).as_str()),
+            Some(tag.clone())
+        )
+        .0,
+        401
+    );
+    assert_eq!(s.admin_raw("GET", "/v1/admin/devices", None, None).0, 401);
+    let mut mk = e2e_tests::cmd("patch-server");
+    mk.args(["token", "create", "--scope", "read", "--data"])
+        .arg(&s.data)
+        .args(backend.db_args());
+    let read = e2e_tests::ok(&mut mk).trim().to_string();
+    assert_eq!(
+        s.admin_raw("GET", "/v1/admin/devices", Some(&read), None).0,
+        200
+    );
+    let (st, body) = s.admin_raw("POST", path, Some(&read), Some(tag.clone()));
+    assert_eq!(st, 403, "{body}");
+    let (st, _) = s.admin_raw(
+        "POST",
+        "/v1/admin/commands",
+        Some(&read),
+        Some(json!({"device": "dev-a", "kind": "restart-app"})),
+    );
+    assert_eq!(st, 403);
+    let (st, ci) = s.admin_raw(
+        "POST",
+        "/v1/admin/tokens",
+        Some(&s.admin_token.clone()),
+        Some(json!({"scope": "ci"})),
+    );
+    assert_eq!(st, 200);
+    let ci = ci["token"].as_str().expect("token").to_string();
+    assert_eq!(s.admin_raw("POST", path, Some(&ci), Some(tag)).0, 200);
+    assert_eq!(
+        s.admin_raw(
+            "POST",
+            "/v1/admin/tokens",
+            Some(&ci),
+            Some(json!({"scope": "admin"}))
+        )
+        .0,
+        403
+    );
+    // The CLI reports the refusal.
+    let out = e2e_tests::run(
+        s.cli()
+            .env("PATCHKIT_ADMIN_TOKEN", &read)
+            .args(["device", "approve", "dev-a"]),
+    );
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("403"));
+
+    // Oversized bodies: 413 naming the limit; malformed: 400 naming the field.
+    let url = format!("{}/v1/checkin", s.url);
+    let huge = vec![b' '; formats::fleet::MAX_BODY + 10];
+    let r = post_raw(&url, Some(&a.token), huge);
+    assert_eq!(r.status, 413, "{r:?}");
+    assert_eq!(r.body["field"], "body");
+    assert!(
+        r.body["error"].as_str().expect("error").contains("262144"),
+        "{r:?}"
+    );
+    let big_state = json!({"blob": "x".repeat(formats::fleet::MAX_STATE)});
+    let r = post_raw(
+        &url,
+        Some(&a.token),
+        checkin_body("1.0.0", Some(big_state))
+            .to_string()
+            .into_bytes(),
+    );
+    assert_eq!(
+        (r.status, r.body["field"].clone()),
+        (413, json!("state")),
+        "{r:?}"
+    );
+    assert!(r.body["error"].as_str().expect("error").contains("65536"));
+    for (body, field) in [
+        (json!({"version": "one point oh"}), "version"),
+        (json!({"tree_digest": "xyz"}), "tree_digest"),
+        (json!({"attrs": {"bad key!": "v"}}), "attrs.bad key!"),
+        (json!({"results": [{"seq": 1}]}), "body"),
+        (json!({"version": "1.0.0", "typo": 1}), "body"),
+    ] {
+        let r = post_raw(&url, Some(&a.token), body.to_string().into_bytes());
+        assert_eq!(r.status, 400, "{body}: {r:?}");
+        assert_eq!(r.body["field"], field, "{body}: {r:?}");
+    }
+    for raw in [
+        &b"not json"[..],
+        b"",
+        b"[]",
+        b"{\"version\": 1}",
+        &[0xff, 0xfe, 0x00],
+    ] {
+        let r = post_raw(&url, Some(&a.token), raw.to_vec());
+        assert_eq!(r.status, 400, "{raw:?}: {r:?}");
+    }
+    let r = post_raw(
+        &format!("{}/v1/enroll", s.url),
+        None,
+        json!({"app": "../etc", "device_id": "d"})
+            .to_string()
+            .into_bytes(),
+    );
+    assert_eq!((r.status, r.body["field"].clone()), (400, json!("app")));
+    let (st, body) = s.admin_raw(
+        "POST",
+        "/v1/admin/commands",
+        Some(&s.admin_token.clone()),
+        Some(json!({"device": "dev-a", "kind": "rm-rf"})),
+    );
+    assert_eq!((st, body["field"].clone()), (400, json!("kind")));
+
+    // An upload over the server's cap: 413 naming the limit, nothing kept.
+    let r = a.upload(&cmd_a, "big.log", vec![7; 150_000]);
+    assert_eq!(r.status, 413, "{r:?}");
+    assert!(
+        r.body["error"].as_str().expect("error").contains("100000"),
+        "{r:?}"
+    );
+    // Also when the size is not announced (a chunked, streamed body).
+    let streamed = reqwest::blocking::Client::new()
+        .put(format!("{}/v1/uploads", s.url))
+        .query(&[("command", cmd_a.as_str()), ("name", "big.log")])
+        .bearer_auth(&a.token)
+        .body(reqwest::blocking::Body::new(
+            std::io::repeat(1).take(150_000),
+        ))
+        .send()
+        .expect("upload");
+    assert_eq!(streamed.status().as_u16(), 413);
+    let left: Vec<_> = std::fs::read_dir(s.data.join("uploads"))
+        .expect("uploads dir")
+        .collect();
+    assert!(left.is_empty(), "nothing kept: {left:?}");
+    assert_eq!(s.admin_json(&["uploads", "--device", "dev-a"]), json!([]));
+    // At most 32 files for one command.
+    for i in 0..32 {
+        assert_eq!(
+            a.upload(&cmd_a, &format!("{i}.log"), vec![1; 10]).status,
+            200
+        );
+    }
+    let r = a.upload(&cmd_a, "33.log", vec![1; 10]);
+    assert_eq!(
+        (r.status, r.body["field"].clone()),
+        (413, json!("command")),
+        "{r:?}"
+    );
+    assert_alive(&mut s);
+}
+
+/// A reader that waits before giving its bytes: an upload that holds its request open.
+struct Slow(Option<Duration>, std::io::Take<std::io::Repeat>);
+
+impl Read for Slow {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        if let Some(d) = self.0.take() {
+            std::thread::sleep(d);
+        }
+        self.1.read(buf)
+    }
+}
+
+fn overload_answers_503(backend: &str) {
+    let backend = Backend::start(backend);
+    let w = world();
+    let s = server_with_apps(&w, &backend, &["--max-concurrent", "1"]);
+    let mut a = Device::enroll(&s.url, "game", "dev-a", Some(SECRET));
+    a.checkin(&checkin_body("1.0.0", None));
+    s.admin(&["command", "--device", "dev-a", "upload-logs"]);
+    let r = a.checkin(&checkin_body("1.0.0", None));
+    let cmd = r.body["commands"][0]["id"]
+        .as_str()
+        .expect("id")
+        .to_string();
+    let (url, token) = (s.url.clone(), a.token.clone());
+    let slow = std::thread::spawn(move || {
+        reqwest::blocking::Client::new()
+            .put(format!("{url}/v1/uploads"))
+            .query(&[("command", cmd.as_str()), ("name", "slow.log")])
+            .bearer_auth(&token)
+            .body(reqwest::blocking::Body::new(Slow(
+                Some(Duration::from_secs(3)),
+                std::io::repeat(1).take(1000),
+            )))
+            .send()
+            .expect("upload")
+            .status()
+            .as_u16()
+    });
+    std::thread::sleep(Duration::from_millis(800));
+    let r = reqwest::blocking::Client::new()
+        .post(format!("{}/v1/checkin", s.url))
+        .bearer_auth(&a.token)
+        .body(checkin_body("1.0.0", None).to_string())
+        .send()
+        .expect("checkin");
+    assert_eq!(r.status().as_u16(), 503);
+    let retry: u64 = r
+        .headers()
+        .get("retry-after")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok())
+        .expect("Retry-After");
+    assert!(retry >= 1);
+    assert_eq!(slow.join().expect("upload thread"), 200);
+    // Once the slow request is done, check-ins go through again.
+    a.etag = None;
+    assert_eq!(a.checkin(&checkin_body("1.0.0", None)).status, 200);
+}
+
+fn retention_summarises_history(backend: &str) {
+    let backend = Backend::start(backend);
+    let w = world();
+    let s = server_with_apps(&w, &backend, &["--history-every", "0s"]);
+    let mut a = Device::enroll(&s.url, "game", "dev-a", Some(SECRET));
+    for _ in 0..5 {
+        a.etag = None;
+        assert_eq!(a.checkin(&checkin_body("1.0.0", None)).status, 200);
+    }
+    assert_eq!(
+        s.admin_json(&["device", "show", "dev-a"])["checkins"]
+            .as_array()
+            .map(Vec::len),
+        Some(5)
+    );
+    std::thread::sleep(Duration::from_millis(50));
+    let mut prune = e2e_tests::cmd("patch-server");
+    prune
+        .args(["history", "prune", "--older-than", "10ms", "--data"])
+        .arg(&s.data)
+        .args(backend.db_args());
+    let out = e2e_tests::ok(&mut prune);
+    assert!(out.contains("5 check-ins summarised"), "{out}");
+    let show = s.admin_json(&["device", "show", "dev-a"]);
+    assert_eq!(show["checkins"], json!([]), "{show}");
+    assert_eq!(show["checkin_days"][0]["count"], 5, "{show}");
+    assert_eq!(show["checkin_days"][0]["last_version"], "1.0.0");
+    // The device row keeps its totals.
+    assert_eq!(show["device"]["checkins"], 5);
+    // Pruning again folds new check-ins into the same day.
+    a.etag = None;
+    a.checkin(&checkin_body("2.0.0", None));
+    std::thread::sleep(Duration::from_millis(50));
+    e2e_tests::ok(&mut prune);
+    let show = s.admin_json(&["device", "show", "dev-a"]);
+    assert_eq!(show["checkin_days"][0]["count"], 6, "{show}");
+    assert_eq!(show["checkin_days"][0]["last_version"], "2.0.0");
+}
+
+/// `kill -9` of the server while devices check in: every check-in that got a 200 is stored.
+fn kill9_keeps_acknowledged_checkins(backend: &str) {
+    let backend = Backend::start(backend);
+    let w = world();
+    let mut s = server_with_apps(&w, &backend, &["--history-every", "0s"]);
+    let devices: Vec<Device> = (0..6)
+        .map(|i| Device::enroll(&s.url, "game", &format!("dev-{i}"), Some(SECRET)))
+        .collect();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let workers: Vec<_> = devices
+        .into_iter()
+        .map(|d| {
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                let mut acked: Vec<u64> = Vec::new();
+                let mut n = 0u64;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    n += 1;
+                    let mut body = checkin_body("1.0.0", None);
+                    body["free_disk"] = json!(n); // a marker for this check-in
+                    let r = reqwest::blocking::Client::new()
+                        .post(format!("{}/v1/checkin", d.url))
+                        .bearer_auth(&d.token)
+                        .body(body.to_string())
+                        .timeout(Duration::from_secs(5))
+                        .send();
+                    match r {
+                        Ok(r) if r.status().as_u16() == 200 => acked.push(n),
+                        Ok(_) => {}
+                        Err(_) => break, // the server is gone
+                    }
+                }
+                (d.id.clone(), acked)
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(1500));
+    s.kill9();
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let acked: Vec<(String, Vec<u64>)> = workers
+        .into_iter()
+        .map(|t| t.join().expect("worker"))
+        .collect();
+    let total: usize = acked.iter().map(|(_, a)| a.len()).sum();
+    assert!(
+        total > 10,
+        "devices got too few answers before the kill ({total})"
+    );
+    // A new server on the same database sees every acknowledged check-in.
+    let s2 = Server::start_with_token(
+        &w.path("server"),
+        &backend,
+        &["--history-every", "0s"],
+        Some(&s.admin_token),
+    );
+    for (id, acks) in &acked {
+        let show = s2.admin_json(&["device", "show", id]);
+        let stored = show["device"]["checkins"].as_i64().expect("checkins");
+        assert!(
+            stored >= acks.len() as i64,
+            "{id}: {stored} stored, {} acknowledged",
+            acks.len()
+        );
+        if let Backend::Postgres(pg) = &backend {
+            let rows = pg.psql(&format!(
+                "SELECT free_disk FROM checkins WHERE device = '{id}' ORDER BY free_disk"
+            ));
+            let stored: std::collections::BTreeSet<u64> =
+                rows.lines().filter_map(|l| l.parse().ok()).collect();
+            for n in acks {
+                assert!(
+                    stored.contains(n),
+                    "{id}: acknowledged check-in #{n} is not in the database"
+                );
+            }
+        }
+    }
+}
+
+/// Many devices checking in at once, each with results: every check-in is answered 200 (no
+/// "database is locked", no lost update), and every result is stored once.
+fn concurrent_checkins_all_succeed(backend: &str) {
+    let backend = Backend::start(backend);
+    let w = world();
+    let s = server_with_apps(&w, &backend, &["--history-every", "0s"]);
+    let workers: Vec<_> = (0..8)
+        .map(|i| {
+            let mut d = Device::enroll(&s.url, "game", &format!("dev-{i}"), Some(SECRET));
+            std::thread::spawn(move || {
+                for n in 1..=25u64 {
+                    let mut body = checkin_body("1.0.0", Some(json!({"n": n})));
+                    body["results"] = json!([result(n, "1.0.0", "2.0.0", n % 5 != 0)]);
+                    d.etag = None;
+                    let r = d.checkin(&body);
+                    assert_eq!(r.status, 200, "{}: check-in {n}: {:?}", d.id, r.body);
+                    assert_eq!(r.body["acked_result_seq"], n);
+                }
+                d.id.clone()
+            })
+        })
+        .collect();
+    for t in workers {
+        let id = t.join().expect("a device thread failed");
+        let show = s.admin_json(&["device", "show", &id]);
+        assert_eq!(show["device"]["checkins"], 25, "{id}");
+        assert_eq!(show["checkins"].as_array().map(Vec::len), Some(25), "{id}");
+        assert_eq!(show["state"], json!({"n": 25}));
+        assert_eq!(show["device"]["last_result"]["seq"], 25);
+        assert_eq!(show["device"]["last_result"]["ok"], false);
+    }
+    assert_eq!(
+        s.admin_json(&["devices", "--failed"])
+            .as_array()
+            .map(Vec::len),
+        Some(8)
+    );
+}
+
+macro_rules! on_both_backends {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite {
+            $(#[test] fn $name() { super::$name("sqlite") })*
+        }
+        mod postgres {
+            $(#[test] fn $name() { super::$name("postgres") })*
+        }
+    };
+}
+
+on_both_backends!(
+    enrollment_checkins_inventory,
+    commands_uploads_and_state,
+    security,
+    overload_answers_503,
+    retention_summarises_history,
+    kill9_keeps_acknowledged_checkins,
+    concurrent_checkins_all_succeed,
+);
+
+/// Two `patch-server` processes on one PostgreSQL database: what one records the other sees.
+#[test]
+fn two_servers_share_one_postgres() {
+    let backend = Backend::start("postgres");
+    let w = world();
+    let s1 = server_with_apps(&w, &backend, &[]);
+    let s2 = Server::start_with_token(&w.path("server2"), &backend, &[], Some(&s1.admin_token));
+    assert!(
+        !w.path("server2").join("admin.token").exists(),
+        "the database already had an admin token"
+    );
+    let mut a = Device::enroll(&s1.url, "game", "dev-a", Some(SECRET));
+    assert_eq!(a.checkin(&checkin_body("1.0.0", None)).status, 200);
+    let devices = s2.admin_json(&["devices"]);
+    assert_eq!(find(&devices, "dev-a")["version"], "1.0.0");
+    // The device may switch instances: its token works on the other one too.
+    a.url = s2.url.clone();
+    a.etag = None;
+    let mut body = checkin_body("2.0.0", None);
+    body["results"] = json!([result(1, "1.0.0", "2.0.0", true)]);
+    let r = a.checkin(&body);
+    assert_eq!(r.status, 200);
+    assert_eq!(r.body["directive"]["version"], "2.0.0");
+    let seen = s1.admin_json(&["device", "show", "dev-a"]);
+    assert_eq!(seen["device"]["version"], "2.0.0");
+    assert_eq!(seen["device"]["checkins"], 2);
+    // Commands queued through one instance are delivered through the other.
+    s1.admin(&["command", "--device", "dev-a", "report-state"]);
+    let r = a.checkin(&checkin_body("2.0.0", None));
+    assert_eq!(r.body["commands"][0]["kind"], "report-state");
+}
+
+/// HTTPS served by the server itself (rustls): devices and the CLI over TLS.
+#[test]
+fn serves_https_with_rustls() {
+    let backend = Backend::start("sqlite");
+    let w = world();
+    let (cert, key) = (w.path("cert.pem"), w.path("key.pem"));
+    e2e_tests::ok(
+        std::process::Command::new("openssl")
+            .args([
+                "req",
+                "-x509",
+                "-newkey",
+                "ec",
+                "-pkeyopt",
+                "ec_paramgen_curve:prime256v1",
+            ])
+            .args(["-nodes", "-days", "2", "-subj", "/CN=localhost"])
+            .args(["-addext", "subjectAltName=IP:127.0.0.1"])
+            .args(["-addext", "basicConstraints=critical,CA:FALSE"])
+            .arg("-keyout")
+            .arg(&key)
+            .arg("-out")
+            .arg(&cert),
+    );
+    let s = Server::start(
+        &w.path("server"),
+        &backend,
+        &[
+            "--tls-cert",
+            &cert.display().to_string(),
+            "--tls-key",
+            &key.display().to_string(),
+        ],
+    );
+    assert!(s.url.starts_with("https://127.0.0.1:"), "{}", s.url);
+    let pem = std::fs::read(&cert).expect("cert");
+    let http = reqwest::blocking::Client::builder()
+        .add_root_certificate(reqwest::Certificate::from_pem(&pem).expect("pem"))
+        .build()
+        .expect("client");
+    let r = http
+        .get(format!("{}/v1/admin/devices", s.url))
+        .bearer_auth(&s.admin_token)
+        .send()
+        .expect("https request");
+    assert_eq!(r.status().as_u16(), 200);
+    // Plain HTTP to the TLS port gets no answer.
+    let plain = s.url.replace("https://", "http://");
+    assert!(reqwest::blocking::get(format!("{plain}/v1/admin/devices"))
+        .map(|r| r.status().as_u16() != 200)
+        .unwrap_or(true));
+    // The CLI trusts the certificate it is given.
+    let out = s.admin(&["devices", "--ca-cert", &cert.display().to_string()]);
+    assert!(out.contains("0 devices"), "{out}");
+}
