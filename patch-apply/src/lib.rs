@@ -52,7 +52,9 @@
 //! assert!(!log.lock().unwrap().is_empty());
 //! ```
 // The stages, each using only those before it: error, report, events, state, fetch, trust, inspect,
-// plan, stage, commit; `updater` is the public façade over them (ARCHITECTURE.md).
+// plan, stage, commit; `updater` is the public façade over them; `agent` (the fleet agent) sits on
+// top of `updater` (ARCHITECTURE.md).
+pub mod agent;
 pub mod commit;
 pub mod error;
 pub mod events;

@@ -111,6 +111,79 @@ enum Cmd {
         #[command(subcommand)]
         cmd: TrustCmd,
     },
+    /// Run the fleet agent: enroll with a patch-server, check in, report every update attempt,
+    /// carry out commands, and install the release the server names (only if the verified
+    /// repository offers it, and never a downgrade unless --allow-downgrade).
+    Agent(Box<AgentArgs>),
+}
+
+#[derive(Args)]
+struct AgentArgs {
+    #[command(flatten)]
+    common: Common,
+    /// The fleet server's URL.
+    #[arg(long)]
+    server: String,
+    /// The app's name on the server [default: the repository's].
+    #[arg(long)]
+    app: Option<String>,
+    /// File holding the app's enrollment secret.
+    #[arg(long, value_name = "FILE")]
+    enroll_secret_file: Option<PathBuf>,
+    /// Poll interval until the server names one (60s, 5m).
+    #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+    interval: std::time::Duration,
+    /// Longest wait between check-ins while the server is unreachable.
+    #[arg(long, default_value = "10m", value_parser = humantime::parse_duration)]
+    max_backoff: std::time::Duration,
+    /// First wait after a failed check-in (doubled for each further failure).
+    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+    backoff: std::time::Duration,
+    /// A targeting attribute KEY=VALUE sent to the server (repeatable; also --target).
+    #[arg(long = "attr")]
+    attrs: Vec<String>,
+    /// A shell command whose output (JSON) is the app's state document (10 s, 64 KiB at most).
+    #[arg(long, conflicts_with = "state_file")]
+    state_cmd: Option<String>,
+    /// A file holding the app's state document (JSON).
+    #[arg(long)]
+    state_file: Option<PathBuf>,
+    /// Log files `upload-logs` sends (a glob; repeatable).
+    #[arg(long = "logs", value_name = "GLOB")]
+    logs: Vec<String>,
+    /// A directory of crash files `upload-logs` sends.
+    #[arg(long)]
+    crash_dir: Option<PathBuf>,
+    /// Most bytes one `upload-logs` sends.
+    #[arg(long, default_value_t = 16 << 20)]
+    upload_cap: u64,
+    /// When to install the release the server names: now, window=HH:MM-HH:MM (local time), or
+    /// ask (runs --on-offer).
+    #[arg(long, default_value = "now")]
+    install: String,
+    /// With --install ask: a shell command that decides on an offer (environment:
+    /// PATCHKIT_OFFER_VERSION, PATCHKIT_OFFER_INSTALLED, PATCHKIT_OFFER_BYTES,
+    /// PATCHKIT_OFFER_RESTART). Exit 0 accepts, 2 declines, anything else defers.
+    #[arg(long, value_name = "CMD")]
+    on_offer: Option<String>,
+    /// Allow installing a release older than the installed one when the server names it.
+    #[arg(long)]
+    allow_downgrade: bool,
+    /// One check-in cycle, then exit (non-zero if the server could not be reached).
+    #[arg(long, conflicts_with = "supervise")]
+    once: bool,
+    /// Run the app given after `--` as a child: restart it when it exits on its own (with a
+    /// growing delay; crashes are reported in the state document), stop it for cold patches
+    /// (SIGTERM, SIGKILL after --grace) and start it again, send it SIGHUP after warm patches,
+    /// and restart it on `restart-app`.
+    #[arg(long)]
+    supervise: bool,
+    /// How long a stop waits after SIGTERM before SIGKILL.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    grace: std::time::Duration,
+    /// With --supervise: the app's command and arguments, after `--`.
+    #[arg(last = true, value_name = "APP")]
+    app_cmd: Vec<String>,
 }
 
 #[derive(Subcommand)]
@@ -473,6 +546,7 @@ fn run() -> Result<()> {
             relaunch,
         } => {
             let mut cfg = config(&common)?;
+            cfg.started_by = "cli".into();
             cfg.allow_downgrade = allow_downgrade;
             cfg.check_running = !ignore_running;
             cfg.adopt = adopt;
@@ -636,6 +710,166 @@ fn run() -> Result<()> {
             Ok(())
         }
         Cmd::Trust { cmd } => trust(cmd, verbosity),
+        Cmd::Agent(a) => agent(*a, verbosity),
+    }
+}
+
+/// `patch-apply agent`.
+fn agent(a: AgentArgs, v: Verbosity) -> Result<()> {
+    use patch_apply::agent::{
+        Agent, AgentConfig, AgentEvent, InstallPolicy, OfferDecision, StateSource,
+    };
+    let mut cfg = config(&a.common)?;
+    for t in &a.attrs {
+        let (k, val) = t
+            .split_once('=')
+            .with_context(|| format!("--attr {t:?} is not KEY=VALUE"))?;
+        cfg.attrs.insert(k.to_string(), val.to_string());
+    }
+    cfg.allow_downgrade = a.allow_downgrade;
+    let mut ac = AgentConfig::new(a.server.clone(), cfg);
+    ac.app = a.app.clone();
+    if let Some(f) = &a.enroll_secret_file {
+        ac.enroll_secret = Some(
+            std::fs::read_to_string(f)
+                .with_context(|| format!("cannot read {}", f.display()))?
+                .trim()
+                .to_string(),
+        );
+    }
+    ac.interval = a.interval;
+    ac.backoff_initial = a.backoff;
+    ac.backoff_cap = a.max_backoff;
+    ac.install = InstallPolicy::parse(&a.install).map_err(anyhow::Error::msg)?;
+    ac.state = match (&a.state_cmd, &a.state_file) {
+        (Some(c), _) => StateSource::Command(c.clone()),
+        (None, Some(f)) => StateSource::File(f.clone()),
+        (None, None) => StateSource::None,
+    };
+    ac.logs = a.logs.clone();
+    ac.crash_dir = a.crash_dir.clone();
+    ac.upload_cap = a.upload_cap;
+    // Tests (and people trying a window) set the local time of day: HH:MM.
+    if let Ok(t) = std::env::var("PATCHKIT_AGENT_LOCAL_TIME") {
+        let m = patch_apply::agent::policy::parse_hhmm(&t)
+            .map_err(|e| anyhow::anyhow!("PATCHKIT_AGENT_LOCAL_TIME: {e}"))?;
+        ac.local_time = Some(Arc::new(move || m));
+    }
+    if matches!(ac.install, InstallPolicy::Ask) && a.on_offer.is_none() {
+        bail!("--install ask needs --on-offer CMD");
+    }
+    let json = a.common.json;
+    let printer = move |e: &AgentEvent| {
+        if json {
+            if let Ok(s) = serde_json::to_string(e) {
+                println!("{s}");
+            }
+            return;
+        }
+        if v == Verbosity::Quiet {
+            return;
+        }
+        let quiet_kind = matches!(e, AgentEvent::CheckedIn { .. });
+        if quiet_kind && v != Verbosity::Verbose {
+            return;
+        }
+        eprintln!("agent: {}", describe_agent_event(e));
+    };
+    let mut agent = Agent::new(ac, printer)?;
+    if let Some(cmd) = a.on_offer.clone() {
+        agent = agent.on_offer(move |o| {
+            let st = std::process::Command::new("sh")
+                .arg("-c")
+                .arg(&cmd)
+                .env("PATCHKIT_OFFER_VERSION", &o.version)
+                .env(
+                    "PATCHKIT_OFFER_INSTALLED",
+                    o.installed.clone().unwrap_or_default(),
+                )
+                .env("PATCHKIT_OFFER_BYTES", o.download_bytes.to_string())
+                .env(
+                    "PATCHKIT_OFFER_RESTART",
+                    if o.restart_required { "1" } else { "0" },
+                )
+                .status();
+            match st.map(|s| s.code()) {
+                Ok(Some(0)) => OfferDecision::Accept,
+                Ok(Some(2)) => OfferDecision::Decline,
+                _ => OfferDecision::Defer,
+            }
+        });
+    }
+    if a.once {
+        let c = agent.run_once()?;
+        if json {
+            println!(
+                "{}",
+                serde_json::json!({"event": "cycle", "installed": c.installed, "directive": c.directive, "next_in_secs": c.next_in.as_secs_f64()})
+            );
+        }
+        return Ok(());
+    }
+    if a.supervise {
+        if a.app_cmd.is_empty() {
+            bail!("--supervise needs the app's command after `--`");
+        }
+        return patch_apply::agent::supervise::Supervisor::new(a.app_cmd.clone(), a.grace)
+            .run(agent)
+            .map_err(anyhow::Error::msg);
+    }
+    // SIGTERM ends the process at once: every state file is written atomically, and an update
+    // is journaled, so nothing is left half-done.
+    agent.run();
+    Ok(())
+}
+
+/// One line for a person.
+fn describe_agent_event(e: &patch_apply::agent::AgentEvent) -> String {
+    use patch_apply::agent::AgentEvent as E;
+    match e {
+        E::Enrolled { device_id, status } => format!("enrolled as {device_id} ({status})"),
+        E::CheckedIn {
+            http_status,
+            directive,
+            commands,
+            ..
+        } => format!(
+            "checked in (HTTP {http_status}); release named: {}; {commands} command(s)",
+            directive.as_deref().unwrap_or("none")
+        ),
+        E::Unreachable {
+            error,
+            retry_in_secs,
+            ..
+        } => format!("{error}; next try in {retry_in_secs:.1} s"),
+        E::Installing { version } => format!("installing {version}"),
+        E::Installed {
+            version,
+            method,
+            bytes,
+            ..
+        } => format!("installed {version} by {method} ({bytes} bytes downloaded)"),
+        E::UpdateFailed {
+            version,
+            kind,
+            error,
+        } => format!("update to {version} failed ({kind}): {error}"),
+        E::Refused { version, reason } => format!("refused {version}: {reason}"),
+        E::Waiting { version, reason } => format!("{version} waits: {reason}"),
+        E::Declined { version } => format!("the offer of {version} was declined"),
+        E::Command {
+            id,
+            kind,
+            outcome,
+            message,
+        } => format!(
+            "command {kind} ({id}): {outcome}{}",
+            message
+                .as_deref()
+                .map(|m| format!(": {m}"))
+                .unwrap_or_default()
+        ),
+        E::Warning { message } => format!("warning: {message}"),
     }
 }
 

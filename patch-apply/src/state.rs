@@ -2,10 +2,12 @@
 //! trusted metadata, the download cache, staging, the journal and backups, and the lock.
 //! Nothing else is ever added to an app directory.
 //!
-//! Folder `state/`: this file and [`atomic`], the one place that writes files atomically.
+//! Folder `state/`: this file, [`atomic`] (the one place that writes files atomically) and
+//! [`results`] (the bounded queue of update attempts a fleet agent reports).
 //! May use: `error`. Every stage may use it.
 
 pub mod atomic;
+pub mod results;
 
 use std::path::{Path, PathBuf};
 
@@ -62,6 +64,16 @@ impl StateDir {
     /// The lock file.
     pub fn lock_file(&self) -> PathBuf {
         self.root.join(names::LOCK_FILE)
+    }
+
+    /// The queue of update attempts not yet reported to a fleet server.
+    pub fn results(&self) -> results::ResultsQueue {
+        results::ResultsQueue::in_state_dir(&self.root)
+    }
+
+    /// The fleet agent's own directory (identity, token).
+    pub fn agent(&self) -> PathBuf {
+        self.root.join("agent")
     }
 
     /// The lock a running `self-patcher` holds.

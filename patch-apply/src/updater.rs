@@ -70,6 +70,14 @@ pub struct Config {
     /// (`--adopt`). Without it such a directory is refused untouched; with it, what is there is
     /// kept, or moved to the quarantine where a release file needs its place, never deleted.
     pub adopt: bool,
+    /// Aim at this release instead of the newest one for this client (a fleet server's
+    /// directive). It must be a release of the verified repository, else the update is refused
+    /// ([`Error::Refused`]); the downgrade rule still applies.
+    pub target: Option<Version>,
+    /// Who starts the updates, as reported to a fleet server: `library` (default), `cli`,
+    /// `agent`. Every [`Updater::apply`] appends its attempt to the app dir's results queue
+    /// ([`crate::state::results`]) unless this is empty.
+    pub started_by: String,
 }
 
 impl Config {
@@ -89,6 +97,8 @@ impl Config {
             now: None,
             http: crate::http::HttpOptions::default(),
             adopt: false,
+            target: None,
+            started_by: "library".into(),
         }
     }
 }
@@ -100,8 +110,11 @@ pub struct CheckReport {
     pub app: Option<String>,
     /// Installed version, if recognised.
     pub installed: Option<String>,
-    /// Newest version this client may install.
+    /// Newest version this client may install (or the release [`Config::target`] names).
     pub latest: Option<String>,
+    /// BLAKE3 tree digest of the installed files, when they are exactly a release.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub installed_tree: Option<String>,
     /// Newest version in the repository, if this client may not install it.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub newest_not_for_this_client: Option<String>,
@@ -316,21 +329,33 @@ impl Updater {
             }
         }
         let newest = view.newest().cloned();
-        let target = view
-            .latest_for(&cfg.channel, &cfg.attrs)
-            .cloned()
-            .ok_or_else(|| {
+        let wanted = match &cfg.target {
+            // Only what the verified targets metadata lists can be a target.
+            Some(v) => Some(view.find(v).cloned().ok_or_else(|| {
                 Error::Refused(format!(
-                    "{}: no release for channel {:?} and targets {:?}{}",
+                    "{}: release {v} is not in the repository (its signed metadata lists {})",
                     transport.describe(),
-                    cfg.channel,
-                    cfg.attrs,
-                    newest
-                        .as_ref()
-                        .map(|n| format!(" (newest release {} is not for this client)", n.version))
-                        .unwrap_or_default()
+                    view.releases
+                        .iter()
+                        .map(|r| r.version.to_string())
+                        .collect::<Vec<_>>()
+                        .join(", ")
                 ))
-            })?;
+            })?),
+            None => view.latest_for(&cfg.channel, &cfg.attrs).cloned(),
+        };
+        let target = wanted.ok_or_else(|| {
+            Error::Refused(format!(
+                "{}: no release for channel {:?} and targets {:?}{}",
+                transport.describe(),
+                cfg.channel,
+                cfg.attrs,
+                newest
+                    .as_ref()
+                    .map(|n| format!(" (newest release {} is not for this client)", n.version))
+                    .unwrap_or_default()
+            ))
+        })?;
         let newest_other = newest
             .filter(|n| n.version != target.version)
             .map(|n| n.version.to_string());
@@ -731,6 +756,7 @@ impl Updater {
                 .map(|i| i.app.clone())
                 .or_else(|| s.manifest.as_ref().map(|m| m.app.clone())),
             installed: s.installed.as_ref().map(|v| v.to_string()),
+            installed_tree: s.installed_tree.map(|d| d.to_hex()),
             latest: Some(s.target.version.to_string()),
             newest_not_for_this_client: s.newest_other.clone(),
             up_to_date: s.up_to_date,
@@ -778,7 +804,7 @@ impl Updater {
     /// Recovers from an interrupted update if needed, then updates the app dir to the newest
     /// release for this client. On error the app dir is left at the version it had.
     pub fn apply(&self) -> Result<ApplyReport> {
-        Ok(self.apply_inner(None)?.into_report())
+        Ok(self.apply_recorded(None)?.into_report())
     }
 
     /// Like [`Updater::apply`], for an app updating itself while it runs. A warm patch (no
@@ -787,10 +813,72 @@ impl Updater {
     /// ([`ApplyOutcome::HandedOver`]): the app must exit so that it can be replaced and
     /// relaunched. The process `h.wait_pid` may run from the app dir meanwhile.
     pub fn apply_with_handover(&self, h: &HandOver) -> Result<ApplyOutcome> {
-        self.apply_inner(Some(h))
+        self.apply_recorded(Some(h))
     }
 
-    fn apply_inner(&self, hand_over: Option<&HandOver>) -> Result<ApplyOutcome> {
+    /// [`Updater::apply_inner`], with the attempt appended to the results queue: an update
+    /// that changed something (or tried to) is recorded with its outcome; an install already
+    /// up to date is not an attempt. A hand-over is recorded by nobody here: its outcome is
+    /// known once `self-patcher` finished, and the next check-in reports the version.
+    fn apply_recorded(&self, h: Option<&HandOver>) -> Result<ApplyOutcome> {
+        let started = std::time::Instant::now();
+        let mut aim = Aim::default();
+        let r = self.apply_inner(h, &mut aim);
+        let attempt = match &r {
+            Ok(ApplyOutcome::InPlace { report }) if report.method != "none" => {
+                Some(formats::fleet::UpdateResult {
+                    seq: 0,
+                    finished_at: String::new(),
+                    from: report.from.clone(),
+                    to: report.to.clone(),
+                    method: report.method.clone(),
+                    bytes: report.downloaded_bytes,
+                    seconds: 0.0,
+                    ok: true,
+                    error_kind: None,
+                    error_message: None,
+                    started_by: None,
+                })
+            }
+            Ok(_) => None,
+            Err(e) => aim
+                .to
+                .clone()
+                .or_else(|| self.config.target.clone())
+                .map(|to| formats::fleet::UpdateResult {
+                    seq: 0,
+                    finished_at: String::new(),
+                    from: aim.from.as_ref().map(|v| v.to_string()),
+                    to: to.to_string(),
+                    method: aim.method.unwrap_or("none").to_string(),
+                    bytes: aim.bytes,
+                    seconds: 0.0,
+                    ok: false,
+                    error_kind: Some(error_kind(e).to_string()),
+                    error_message: Some(clip(&e.to_string(), formats::fleet::MAX_TEXT)),
+                    started_by: None,
+                }),
+        };
+        if let (Some(mut a), false) = (attempt, self.config.started_by.is_empty()) {
+            a.seconds = started.elapsed().as_secs_f64();
+            a.finished_at = formats::time_util::now()
+                .format(&time::format_description::well_known::Rfc3339)
+                .unwrap_or_default();
+            a.started_by = Some(self.config.started_by.clone());
+            // Kept only where the updater already has its state directory: a refused foreign
+            // directory stays untouched.
+            if self.state().root.is_dir() {
+                if let Err(e) = self.state().results().append(a) {
+                    self.emit(Event::Warning {
+                        message: format!("could not queue the update report: {e}"),
+                    });
+                }
+            }
+        }
+        r
+    }
+
+    fn apply_inner(&self, hand_over: Option<&HandOver>, aim: &mut Aim) -> Result<ApplyOutcome> {
         let cfg = &self.config;
         let state = self.state();
         crate::state::check_app_dir(&cfg.app_dir)?;
@@ -803,6 +891,7 @@ impl Updater {
         let mut early = None;
         if !state.root.exists() && !cfg.adopt && dir_has_entries(&cfg.app_dir) {
             let s = self.session(ManifestNeed::Always)?;
+            aim.to = Some(s.target.version.clone());
             if let Some(why) = &s.refused {
                 return Err(Error::Refused(why.clone()));
             }
@@ -827,6 +916,8 @@ impl Updater {
             Some(s) if state.load_record().is_none() && !state.journal().exists() => s,
             _ => self.session(ManifestNeed::Always)?,
         };
+        aim.to = Some(s.target.version.clone());
+        aim.from = s.installed.clone();
         if let (Some(why), false) = (&s.refused, cfg.adopt) {
             return Err(Error::Refused(why.clone()));
         }
@@ -932,7 +1023,10 @@ impl Updater {
         let cold = hand_over.is_some() && s.restart_required;
         let mut result = None;
         for m in methods {
-            match self.run_method(&state, &s, m, &downloaded, cold) {
+            aim.method = Some(m.name());
+            let r = self.run_method(&state, &s, m, &downloaded, cold);
+            aim.bytes = downloaded.load(std::sync::atomic::Ordering::Relaxed);
+            match r {
                 Ok(r) => {
                     result = Some(r);
                     done = Some(m);
@@ -1281,6 +1375,42 @@ pub fn rollback_warnings(r: &commit::RollbackReport) -> Vec<String> {
     }
     out.extend(r.notes.iter().cloned());
     out
+}
+
+/// What an apply aimed at, as far as it got: filled in while it runs, for its report.
+#[derive(Default)]
+struct Aim {
+    from: Option<Version>,
+    to: Option<Version>,
+    method: Option<&'static str>,
+    bytes: u64,
+}
+
+/// A stable word for the kind of an update error, as reported to a fleet server
+/// ([`formats::fleet::UpdateResult::error_kind`]).
+pub fn error_kind(e: &Error) -> &'static str {
+    match e {
+        Error::Format(_) | Error::BadArtifact { .. } | Error::Verify { .. } => "verify",
+        Error::StuckTrust { .. } => "trust",
+        Error::Io { .. } => "disk",
+        Error::Fetch { .. } | Error::NotFound { .. } => "network",
+        Error::Precondition(_) => "precondition",
+        Error::Refused(_) => "refused",
+        Error::AllMethodsFailed(_) => "failed",
+        Error::BadLocation { .. } => "config",
+    }
+}
+
+/// `s` cut to at most `max` bytes at a character boundary.
+pub(crate) fn clip(s: &str, max: usize) -> String {
+    if s.len() <= max {
+        return s.to_string();
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    s[..end].to_string()
 }
 
 /// What one method did (or, handed over, would do).

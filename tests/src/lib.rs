@@ -4,6 +4,7 @@
 //! The binaries are the ones cargo built for the workspace (`cargo build --workspace --bins`
 //! runs before the tests in `.ci/run`; `cargo test --workspace` builds them too).
 
+pub mod agent_support;
 pub mod fleet;
 pub mod pg;
 pub mod tamper;

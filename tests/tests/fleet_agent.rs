@@ -1,0 +1,725 @@
+//! The fleet agent (`patch-apply agent`, `patch_apply::agent`) against the real `patch-server`
+//! on 127.0.0.1, and against a scripted server where the point is a server that lies or
+//! breaks. Real repositories built by `patch-create`, real app dirs, real processes.
+
+use std::path::Path;
+use std::process::Command;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use e2e_tests::agent_support::*;
+use e2e_tests::*;
+use patch_apply::agent::{Agent, AgentConfig, AgentEvent, InstallPolicy, OfferDecision};
+use serde_json::Value;
+
+/// `patch-apply agent --json` for `app`, with the world's repository and key.
+fn agent(w: &World, app: &Path, server: &str, secret: &Path) -> Command {
+    let mut c = w.apply_cmd("agent", app);
+    c.arg("--server")
+        .arg(server)
+        .arg("--enroll-secret-file")
+        .arg(secret)
+        .arg("--json");
+    c
+}
+
+/// The JSON event lines of an agent's stdout.
+fn events(stdout: &str) -> Vec<Value> {
+    stdout
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect()
+}
+
+fn has_event(ev: &[Value], kind: &str) -> bool {
+    ev.iter().any(|e| e["event"] == kind)
+}
+
+fn device_id(app: &Path) -> String {
+    std::fs::read_to_string(app.join(".patchkit/agent/device_id"))
+        .expect("device id")
+        .trim()
+        .to_string()
+}
+
+fn queued(app: &Path) -> Value {
+    std::fs::read(app.join(".patchkit/results.json"))
+        .map(|b| serde_json::from_slice(&b).expect("queue JSON"))
+        .unwrap_or(Value::Null)
+}
+
+/// A library agent for `app` against `server`.
+fn lib_config(w: &World, app: &Path, server: &str) -> AgentConfig {
+    let key = formats::keys::PublicKey::from_json(
+        "release.pub",
+        &std::fs::read(&w.public).expect("public key"),
+    )
+    .expect("key");
+    let mut cfg = AgentConfig::new(
+        server,
+        patch_apply::Config::new(app, w.repo.to_str().expect("utf-8 path"), key),
+    );
+    cfg.enroll_secret = Some(SECRET.into());
+    cfg
+}
+
+/// Collects an agent's events.
+fn recorder() -> (
+    Arc<Mutex<Vec<AgentEvent>>>,
+    impl Fn(&AgentEvent) + Send + Sync + 'static,
+) {
+    let log = Arc::new(Mutex::new(Vec::new()));
+    let sink = Arc::clone(&log);
+    (log, move |e: &AgentEvent| {
+        sink.lock().expect("log").push(e.clone())
+    })
+}
+
+#[test]
+fn an_agent_enrolls_is_told_to_move_to_v2_installs_it_and_the_server_shows_it() {
+    let (w, app) = World::with_app_at_v1();
+    let srv = FleetServer::start(w.dir.path(), "srv", "60s");
+    srv.add_app(&w.repo, &w.public);
+
+    let out = ok(agent(&w, &app, &srv.url, &srv.secret_file).arg("--once"));
+    let ev = events(&out);
+    assert!(has_event(&ev, "enrolled"), "{out}");
+    assert!(
+        ev.iter()
+            .any(|e| e["event"] == "installed" && e["version"] == "2.0.0"),
+        "{out}"
+    );
+    assert_same_tree(&app, &w.releases[1]);
+
+    // Identity kept in .patchkit/agent, the token private.
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let m = std::fs::metadata(app.join(".patchkit/agent/token")).expect("token");
+        assert_eq!(m.permissions().mode() & 0o777, 0o600);
+    }
+    let id = device_id(&app);
+    assert_eq!(id.len(), 32);
+
+    // The server shows v2, its tree digest, and the result of the update.
+    let d = srv.device(&id);
+    assert_eq!(d["device"]["version"], "2.0.0", "{d:#}");
+    assert_eq!(d["device"]["tree_digest"].as_str().map(str::len), Some(64));
+    let r = &d["device"]["last_result"];
+    assert_eq!(
+        (&r["from"], &r["to"], &r["ok"], &r["started_by"]),
+        (
+            &Value::from("1.0.0"),
+            &Value::from("2.0.0"),
+            &Value::from(true),
+            &Value::from("agent")
+        ),
+        "{d:#}"
+    );
+    assert!(r["bytes"].as_u64().unwrap_or(0) > 0, "{d:#}");
+    // The server acknowledged it: nothing left in the queue.
+    assert_eq!(queued(&app)["entries"], serde_json::json!([]));
+
+    // An idle check-in, even from a new process, is conditional: 304, no body.
+    let out = ok(agent(&w, &app, &srv.url, &srv.secret_file).arg("--once"));
+    let ev = events(&out);
+    assert!(
+        ev.iter()
+            .any(|e| e["event"] == "checked_in" && e["http_status"] == 304),
+        "{out}"
+    );
+    assert!(!has_event(&ev, "installing"), "{out}");
+    assert!(!has_event(&ev, "enrolled"), "{out}");
+}
+
+#[test]
+fn cli_updates_made_while_the_server_is_down_are_reported_later_in_order() {
+    let (w, app) = World::with_app_at_v1();
+    // Two attempts from the CLI: apply, roll back, apply again.
+    ok(&mut w.apply_cmd("apply", &app));
+    ok(cmd("patch-apply").args(["rollback", "--app-dir"]).arg(&app));
+    ok(&mut w.apply_cmd("apply", &app));
+    let q = queued(&app);
+    assert_eq!(q["entries"].as_array().map(Vec::len), Some(2), "{q:#}");
+
+    // Nobody listens on this port: the agent says so and exits non-zero; the reports stay.
+    let dead = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let dead_url = format!("http://{}", dead.local_addr().expect("addr"));
+    drop(dead);
+    let secret = w.path("secret");
+    std::fs::write(&secret, SECRET).expect("secret");
+    let err = fails(agent(&w, &app, &dead_url, &secret).arg("--once"));
+    assert!(err.contains("unreachable"), "{err}");
+    assert_eq!(queued(&app)["entries"].as_array().map(Vec::len), Some(2));
+
+    let srv = FleetServer::start(w.dir.path(), "srv", "60s");
+    srv.add_app(&w.repo, &w.public);
+    ok(agent(&w, &app, &srv.url, &srv.secret_file).arg("--once"));
+    let d = srv.device(&device_id(&app));
+    let results = d["results"].as_array().expect("results");
+    let mut seqs: Vec<u64> = results.iter().filter_map(|r| r["seq"].as_u64()).collect();
+    seqs.sort();
+    assert_eq!(seqs, [1, 2], "{d:#}");
+    for r in results {
+        assert_eq!(r["started_by"], "cli", "{r}");
+        assert_eq!(r["to"], "2.0.0", "{r}");
+        assert_eq!(r["ok"], true, "{r}");
+    }
+    assert_eq!(queued(&app)["entries"], serde_json::json!([]));
+}
+
+/// A scripted server that names `version` in every check-in answer.
+fn lying(version: &'static str) -> FakeServer {
+    FakeServer::start(move |r| match r.path.as_str() {
+        "/v1/enroll" => enroll_answer(r),
+        "/v1/checkin" => checkin_answer(Some(version)),
+        _ => (404, vec![], b"{\"error\": \"no\"}".to_vec()),
+    })
+}
+
+/// The update results the agent sent in its check-ins.
+fn sent_results(s: &FakeServer) -> Vec<Value> {
+    s.requests("/v1/checkin")
+        .iter()
+        .flat_map(|r| r.json()["results"].as_array().cloned().unwrap_or_default())
+        .collect()
+}
+
+#[test]
+fn a_version_absent_from_the_repository_is_refused_reported_and_nothing_installed() {
+    let (w, app) = World::with_app_at_v1();
+    let s = lying("9.9.9");
+    let secret = w.path("secret");
+    std::fs::write(&secret, SECRET).expect("secret");
+    let out = ok(agent(&w, &app, &s.url, &secret).arg("--once"));
+    assert!(has_event(&events(&out), "refused"), "{out}");
+    assert_same_tree(&app, &w.releases[0]);
+    let sent = sent_results(&s);
+    let r = sent
+        .iter()
+        .find(|r| r["to"] == "9.9.9")
+        .unwrap_or_else(|| panic!("no report of 9.9.9 in {sent:?}"));
+    assert_eq!(
+        (&r["ok"], &r["error_kind"]),
+        (&Value::from(false), &Value::from("refused"))
+    );
+    assert!(
+        r["error_message"]
+            .as_str()
+            .unwrap_or("")
+            .contains("not in the repository"),
+        "{r}"
+    );
+    // Refused once: the next cycle neither tries again nor reports it twice.
+    let out = ok(agent(&w, &app, &s.url, &secret).arg("--once"));
+    assert!(!has_event(&events(&out), "installing"), "{out}");
+}
+
+#[test]
+fn an_older_version_is_refused_unless_the_device_allows_downgrades() {
+    let w = World::new(2);
+    w.release_all(2);
+    let app = w.path("app");
+    copy_tree(&w.releases[1], &app);
+    let s = lying("1.0.0");
+    let secret = w.path("secret");
+    std::fs::write(&secret, SECRET).expect("secret");
+    let out = ok(agent(&w, &app, &s.url, &secret).arg("--once"));
+    assert!(has_event(&events(&out), "refused"), "{out}");
+    assert_same_tree(&app, &w.releases[1]);
+    let sent = sent_results(&s);
+    let r = sent
+        .iter()
+        .find(|r| r["to"] == "1.0.0")
+        .unwrap_or_else(|| panic!("no report of 1.0.0 in {sent:?}"));
+    assert_eq!(
+        (&r["ok"], &r["error_kind"]),
+        (&Value::from(false), &Value::from("refused"))
+    );
+    assert_eq!(r["from"], "2.0.0");
+
+    // The device's own policy may allow it.
+    let out = ok(agent(&w, &app, &s.url, &secret).args(["--once", "--allow-downgrade"]));
+    assert!(has_event(&events(&out), "installed"), "{out}");
+    assert_same_tree(&app, &w.releases[0]);
+}
+
+#[test]
+fn garbage_answers_cost_a_log_line_and_a_growing_backoff_never_a_panic() {
+    let (w, app) = World::with_app_at_v1();
+    let s = FakeServer::start(|r| match r.path.as_str() {
+        "/v1/enroll" => enroll_answer(r),
+        _ => (200, vec![], b"<html>surprise</html>".to_vec()),
+    });
+    let mut cfg = lib_config(&w, &app, &s.url);
+    cfg.backoff_initial = Duration::from_millis(100);
+    cfg.backoff_cap = Duration::from_millis(800);
+    let (log, sink) = recorder();
+    let agent = Agent::new(cfg, sink).expect("agent");
+    let stop = agent.stop_handle();
+    let t = std::thread::spawn(move || agent.run());
+    std::thread::sleep(Duration::from_millis(2500));
+    let asked = Instant::now();
+    stop.stop();
+    t.join().expect("the agent thread does not panic");
+    assert!(asked.elapsed() < Duration::from_secs(2), "stop is prompt");
+
+    let waits: Vec<f64> = log
+        .lock()
+        .expect("log")
+        .iter()
+        .filter_map(|e| match e {
+            AgentEvent::Unreachable {
+                error,
+                retry_in_secs,
+                ..
+            } => {
+                assert!(error.contains("bad answer"), "{error}");
+                Some(*retry_in_secs)
+            }
+            _ => None,
+        })
+        .collect();
+    // 0.1, 0.2, 0.4, 0.8 (capped) ... with 10 % jitter: a handful of tries, not a flood.
+    assert!((3..=9).contains(&waits.len()), "{waits:?}");
+    assert!(waits[0] < 0.12 && waits[2] > 0.35, "{waits:?}");
+    assert!(waits.iter().all(|w| *w <= 0.8), "{waits:?}");
+    assert_same_tree(&app, &w.releases[0]);
+}
+
+#[test]
+fn retry_after_of_a_503_is_honoured() {
+    let (w, app) = World::with_app_at_v1();
+    let s = FakeServer::start(|r| match r.path.as_str() {
+        "/v1/enroll" => enroll_answer(r),
+        _ => (
+            503,
+            vec![("Retry-After".into(), "3".into())],
+            b"{\"error\": \"overloaded\"}".to_vec(),
+        ),
+    });
+    let mut cfg = lib_config(&w, &app, &s.url);
+    cfg.backoff_initial = Duration::from_millis(100);
+    let (log, sink) = recorder();
+    let agent = Agent::new(cfg, sink).expect("agent");
+    let stop = agent.stop_handle();
+    let t = std::thread::spawn(move || agent.run());
+    std::thread::sleep(Duration::from_millis(2000));
+    stop.stop();
+    t.join().expect("no panic");
+    assert_eq!(s.requests("/v1/checkin").len(), 1, "waited for Retry-After");
+    let log = log.lock().expect("log");
+    let wait = log.iter().find_map(|e| match e {
+        AgentEvent::Unreachable { retry_in_secs, .. } => Some(*retry_in_secs),
+        _ => None,
+    });
+    assert!(wait.is_some_and(|w| w >= 3.0), "{log:?}");
+}
+
+#[test]
+fn a_maintenance_window_keeps_the_commit_outside_and_lets_it_in_inside() {
+    let (w, app) = World::with_app_at_v1();
+    let srv = FleetServer::start(w.dir.path(), "srv", "60s");
+    srv.add_app(&w.repo, &w.public);
+    let out = ok(agent(&w, &app, &srv.url, &srv.secret_file)
+        .args(["--once", "--install", "window=02:00-05:00"])
+        .env("PATCHKIT_AGENT_LOCAL_TIME", "01:30"));
+    let ev = events(&out);
+    assert!(
+        ev.iter().any(|e| e["event"] == "waiting"
+            && e["reason"]
+                .as_str()
+                .unwrap_or("")
+                .contains("opens in 30 min")),
+        "{out}"
+    );
+    assert_same_tree(&app, &w.releases[0]);
+
+    let out = ok(agent(&w, &app, &srv.url, &srv.secret_file)
+        .args(["--once", "--install", "window=02:00-05:00"])
+        .env("PATCHKIT_AGENT_LOCAL_TIME", "03:00"));
+    assert!(has_event(&events(&out), "installed"), "{out}");
+    assert_same_tree(&app, &w.releases[1]);
+    assert_eq!(srv.device(&device_id(&app))["device"]["version"], "2.0.0");
+}
+
+#[test]
+fn ask_through_the_library_defer_then_accept() {
+    let (w, app) = World::with_app_at_v1();
+    let srv = FleetServer::start(w.dir.path(), "srv", "60s");
+    srv.add_app(&w.repo, &w.public);
+    let mut cfg = lib_config(&w, &app, &srv.url);
+    cfg.install = InstallPolicy::Ask;
+    let offers = Arc::new(Mutex::new(Vec::new()));
+    let seen = Arc::clone(&offers);
+    let (_log, sink) = recorder();
+    let mut agent = Agent::new(cfg, sink).expect("agent").on_offer(move |o| {
+        let mut s = seen.lock().expect("offers");
+        s.push(o.clone());
+        if s.len() == 1 {
+            OfferDecision::Defer
+        } else {
+            OfferDecision::Accept
+        }
+    });
+    let c = agent.run_once().expect("first cycle");
+    assert_eq!(c.installed, None);
+    assert_same_tree(&app, &w.releases[0]);
+    {
+        let o = offers.lock().expect("offers");
+        assert_eq!(o.len(), 1);
+        assert_eq!(o[0].version, "2.0.0");
+        assert_eq!(o[0].installed.as_deref(), Some("1.0.0"));
+        assert!(o[0].download_bytes > 0);
+    }
+    let c = agent.run_once().expect("second cycle");
+    assert_eq!(c.installed.as_deref(), Some("2.0.0"));
+    assert_same_tree(&app, &w.releases[1]);
+    assert_eq!(offers.lock().expect("offers").len(), 2);
+    let d = srv.device(&device_id(&app));
+    assert_eq!(d["device"]["version"], "2.0.0");
+    assert_eq!(d["device"]["last_result"]["started_by"], "agent");
+}
+
+#[test]
+fn upload_logs_skips_a_symlink_to_etc_shadow_and_a_1gb_file_and_says_so() {
+    let (w, app) = World::with_app_at_v1();
+    let srv = FleetServer::start(w.dir.path(), "srv", "60s");
+    srv.add_app(&w.repo, &w.public);
+    let logs = w.path("logs");
+    std::fs::create_dir(&logs).expect("logs");
+    std::fs::write(logs.join("app.log"), "started\nplayers: 3\n").expect("log");
+    let big = std::fs::File::create(logs.join("huge.log")).expect("big");
+    big.set_len(1 << 30).expect("1 GB, sparse");
+    std::os::unix::fs::symlink("/etc/shadow", logs.join("shadow.log")).expect("link");
+    let glob = format!("{}/*.log", logs.display());
+    let run = || {
+        ok(agent(&w, &app, &srv.url, &srv.secret_file)
+            .args([
+                "--once",
+                "--install",
+                "window=02:00-02:01",
+                "--logs",
+                &glob,
+                "--upload-cap",
+                "1048576",
+            ])
+            .env("PATCHKIT_AGENT_LOCAL_TIME", "12:00"))
+    };
+    run();
+    let id = device_id(&app);
+    ok(&mut srv.admin(&["command", "--device", &id, "upload-logs"]));
+    let out = run();
+    let ev = events(&out);
+    let c = ev
+        .iter()
+        .find(|e| e["event"] == "command" && e["kind"] == "upload-logs")
+        .unwrap_or_else(|| panic!("no upload-logs in {out}"));
+    assert_eq!(c["outcome"], "ok", "{c}");
+    let msg = c["message"].as_str().unwrap_or("");
+    assert!(
+        msg.contains("shadow.log") && msg.contains("symbolic link"),
+        "{msg}"
+    );
+    assert!(
+        msg.contains("huge.log") && msg.contains("too large"),
+        "{msg}"
+    );
+
+    let d = srv.device(&id);
+    let cmd_row = d["commands"]
+        .as_array()
+        .and_then(|c| c.iter().find(|c| c["kind"] == "upload-logs"))
+        .cloned()
+        .unwrap_or(Value::Null);
+    assert_eq!(cmd_row["status"], "ok", "{d:#}");
+    let uploads = cmd_row["data"]["uploads"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(uploads.len(), 1, "{cmd_row:#}");
+    assert_eq!(uploads[0]["size"], 19);
+    // Byte-identical on the server.
+    let got = w.path("got.log");
+    let got_s = got.to_str().expect("utf-8");
+    let id0 = uploads[0]["id"].as_str().expect("id");
+    ok(&mut srv.admin(&["upload", "get", id0, "--out", got_s]));
+    assert_eq!(
+        std::fs::read(&got).expect("download"),
+        std::fs::read(logs.join("app.log")).expect("log")
+    );
+}
+
+#[test]
+fn report_state_and_set_interval_get_results_and_a_forgotten_token_re_enrolls() {
+    let (w, app) = World::with_app_at_v1();
+    let srv = FleetServer::start(w.dir.path(), "srv", "60s");
+    srv.add_app(&w.repo, &w.public);
+    let state = w.path("state.json");
+    std::fs::write(&state, r#"{"players": 3, "map": "dust"}"#).expect("state");
+    ok(agent(&w, &app, &srv.url, &srv.secret_file)
+        .args(["--once", "--install", "window=02:00-02:01"])
+        .env("PATCHKIT_AGENT_LOCAL_TIME", "12:00"));
+    let id = device_id(&app);
+    ok(&mut srv.admin(&["command", "--device", &id, "report-state"]));
+    ok(&mut srv.admin(&["command", "--device", &id, "set-interval", "--secs", "5"]));
+    ok(&mut srv.admin(&["command", "--device", &id, "restart-app"]));
+
+    // The server forgot this device's token (here: the device holds one it never issued).
+    std::fs::write(app.join(".patchkit/agent/token"), "0".repeat(64)).expect("token");
+    let out = ok(agent(&w, &app, &srv.url, &srv.secret_file)
+        .args(["--once", "--install", "window=02:00-02:01", "--state-file"])
+        .arg(&state)
+        .env("PATCHKIT_AGENT_LOCAL_TIME", "12:00"));
+    let ev = events(&out);
+    assert!(has_event(&ev, "enrolled"), "enrolled again: {out}");
+    assert_eq!(device_id(&app), id, "same device id");
+
+    let d = srv.device(&id);
+    let by_kind = |k: &str| {
+        d["commands"]
+            .as_array()
+            .and_then(|c| c.iter().find(|c| c["kind"] == k))
+            .cloned()
+            .unwrap_or(Value::Null)
+    };
+    let rs = by_kind("report-state");
+    assert_eq!(rs["status"], "ok", "{d:#}");
+    assert_eq!(rs["data"], serde_json::json!({"players": 3, "map": "dust"}));
+    assert_eq!(by_kind("set-interval")["status"], "ok", "{d:#}");
+    // Not supervising: restart-app is rejected, with the reason.
+    let ra = by_kind("restart-app");
+    assert_eq!(ra["status"], "rejected", "{d:#}");
+    assert!(ra["message"].as_str().unwrap_or("").contains("supervise"));
+    // The state document went along with the check-in too.
+    assert_eq!(
+        d["device"]["state_digest"].as_str().map(str::len),
+        Some(64),
+        "{d:#}"
+    );
+    assert_same_tree(&app, &w.releases[0]);
+}
+
+/// Release trees of a tiny app: `app.sh` (code) writes `PID VERSION MESSAGE` to the status file
+/// it is given, at start and on SIGHUP; `version.txt` and `msg.txt` are resources. With `cold`,
+/// v2 changes `app.sh` too (a restart is needed); without, only the resources (a warm patch).
+fn supervised_world(cold: bool) -> (tempfile::TempDir, std::path::PathBuf, std::path::PathBuf) {
+    let d = tempfile::tempdir().expect("tempdir");
+    let keys = d.path().join("keys");
+    ok(cmd("patch-create").args(["keygen", "--out"]).arg(&keys));
+    let repo = d.path().join("repo");
+    for (i, msg) in [(1, "hello"), (2, "bye")] {
+        let tree = d.path().join(format!("v{i}"));
+        std::fs::create_dir_all(&tree).expect("tree");
+        let mut script = String::from(
+            "d=$(dirname \"$0\")\nreport() { echo \"$$ $(cat \"$d/version.txt\") $(cat \"$d/msg.txt\")\" > \"$1.tmp\"; mv \"$1.tmp\" \"$1\"; }\ntrap 'report \"$1\"' HUP\nreport \"$1\"\nwhile true; do sleep 0.1; done\n",
+        );
+        if cold && i == 2 {
+            script.push_str("# build 2\n");
+        }
+        std::fs::write(tree.join("app.sh"), script).expect("app");
+        std::fs::write(tree.join("version.txt"), i.to_string()).expect("version");
+        std::fs::write(tree.join("msg.txt"), msg).expect("msg");
+        ok(cmd("patch-create")
+            .args([
+                "release", "--name", "demo", "--level", "3", "--code", "*.sh",
+            ])
+            .arg("--repo")
+            .arg(&repo)
+            .arg("--root")
+            .arg(&tree)
+            .args(["--version", &format!("{i}.0.0"), "--key"])
+            .arg(keys.join("release.key")));
+    }
+    let app = d.path().join("app");
+    copy_tree(&d.path().join("v1"), &app);
+    (d, repo, keys.join("release.pub"))
+}
+
+/// `patch-apply agent --supervise` of the tiny app, reporting to `status`.
+fn supervise(
+    app: &Path,
+    repo: &Path,
+    public: &Path,
+    srv: &FleetServer,
+    status: &Path,
+) -> std::process::Child {
+    Command::new(bin("patch-apply"))
+        .arg("agent")
+        .arg("--app-dir")
+        .arg(app)
+        .arg("--repo")
+        .arg(repo)
+        .arg("--public-key")
+        .arg(public)
+        .arg("--server")
+        .arg(&srv.url)
+        .arg("--enroll-secret-file")
+        .arg(&srv.secret_file)
+        .args(["--supervise", "--grace", "2s", "--"])
+        .arg("sh")
+        .arg(app.join("app.sh"))
+        .arg(status)
+        .spawn()
+        .expect("agent")
+}
+
+fn wait_for(what: &str, secs: u64, mut f: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !f() {
+        assert!(
+            start.elapsed() < Duration::from_secs(secs),
+            "timed out waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn supervised_app_is_stopped_updated_and_restarted_by_a_cold_patch() {
+    let (d, repo, public) = supervised_world(true);
+    let app = d.path().join("app");
+    let status = d.path().join("status");
+    let srv = FleetServer::start(d.path(), "srv", "1s");
+    srv.add_app(&repo, &public);
+    let mut child = supervise(&app, &repo, &public, &srv, &status);
+    let read = || std::fs::read_to_string(&status).unwrap_or_default();
+    wait_for("the app to start", 30, || !read().is_empty());
+    let first: Vec<String> = read().split_whitespace().map(String::from).collect();
+    wait_for("the app at v2", 60, || {
+        read().split(' ').nth(1) == Some("2")
+    });
+    let after: Vec<String> = read().split_whitespace().map(String::from).collect();
+    assert_eq!(after[2], "bye");
+    assert_same_tree(&app, &d.path().join("v2"));
+    // A new process runs the new version; the old one (if it was seen at v1) is gone.
+    let pid: i32 = after[0].parse().expect("pid");
+    assert!(Path::new(&format!("/proc/{pid}")).exists());
+    if first[1] == "1" {
+        assert_ne!(first[0], after[0]);
+        assert!(!Path::new(&format!("/proc/{}", first[0])).exists());
+    }
+    wait_for("the server to see v2", 30, || {
+        srv.device(&device_id(&app))["device"]["version"] == "2.0.0"
+    });
+    let _ = child.kill();
+    let _ = child.wait();
+    let _ = Command::new("kill").arg(pid.to_string()).status();
+}
+
+#[test]
+fn a_warm_patch_updates_the_running_app_and_the_same_pid_reports_it() {
+    let (d, repo, public) = supervised_world(false);
+    let app = d.path().join("app");
+    let status = d.path().join("status");
+    let srv = FleetServer::start(d.path(), "srv", "1s");
+    srv.add_app(&repo, &public);
+    let mut child = supervise(&app, &repo, &public, &srv, &status);
+    let read = || std::fs::read_to_string(&status).unwrap_or_default();
+    wait_for("the app to start", 30, || !read().is_empty());
+    let first: Vec<String> = read().split_whitespace().map(String::from).collect();
+    wait_for("the app to report v2", 60, || {
+        read().split(' ').nth(1) == Some("2")
+    });
+    let after: Vec<String> = read().split_whitespace().map(String::from).collect();
+    assert_eq!(after[2], "bye");
+    assert_same_tree(&app, &d.path().join("v2"));
+    assert_eq!(first[0], after[0], "the same process, notified by SIGHUP");
+    let _ = child.kill();
+    let _ = child.wait();
+    let _ = Command::new("kill").arg(&after[0]).status();
+}
+
+#[test]
+fn a_crashing_supervised_app_is_restarted_with_backoff_and_the_crashes_reach_the_server() {
+    let (w, app) = World::with_app_at_v1();
+    let srv = FleetServer::start(w.dir.path(), "srv", "1s");
+    srv.add_app(&w.repo, &w.public);
+    let runs = w.path("runs");
+    let script = format!(
+        "echo run >> '{}'; n=$(wc -l < '{}'); if [ $n -le 3 ]; then exit 3; fi; sleep 30",
+        runs.display(),
+        runs.display()
+    );
+    let start = Instant::now();
+    let mut child = agent(&w, &app, &srv.url, &srv.secret_file)
+        .args(["--install", "window=02:00-02:01", "--supervise", "--"])
+        .args(["sh", "-c", &script])
+        .env("PATCHKIT_AGENT_LOCAL_TIME", "12:00")
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("agent");
+    let count = || {
+        std::fs::read_to_string(&runs)
+            .map(|s| s.lines().count())
+            .unwrap_or(0)
+    };
+    wait_for("the fourth start", 30, || count() >= 4);
+    // Restarted after 1, 2 and 4 s.
+    assert!(
+        start.elapsed() >= Duration::from_secs(6),
+        "{:?}",
+        start.elapsed()
+    );
+    wait_for("the crashes on the server", 30, || {
+        srv.device(&device_id(&app))["state"]["supervisor"]["crash_count"] == 3
+    });
+    let d = srv.device(&device_id(&app));
+    let crashes = d["state"]["supervisor"]["crashes"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(crashes.len(), 3, "{d:#}");
+    assert!(crashes.iter().all(|c| c["code"] == 3), "{d:#}");
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+#[test]
+fn on_offer_hook_decides_and_update_now_overrides_the_window() {
+    let (w, app) = World::with_app_at_v1();
+    let srv = FleetServer::start(w.dir.path(), "srv", "60s");
+    srv.add_app(&w.repo, &w.public);
+    // The hook declines (exit 2): nothing installed.
+    let out = ok(agent(&w, &app, &srv.url, &srv.secret_file).args([
+        "--once",
+        "--install",
+        "ask",
+        "--on-offer",
+        "exit 2",
+    ]));
+    assert!(has_event(&events(&out), "declined"), "{out}");
+    assert_same_tree(&app, &w.releases[0]);
+    // The hook sees the offer and accepts (exit 0).
+    let out = ok(agent(&w, &app, &srv.url, &srv.secret_file).args([
+        "--once",
+        "--install",
+        "ask",
+        "--on-offer",
+        "test \"$PATCHKIT_OFFER_VERSION\" = 2.0.0 && test \"$PATCHKIT_OFFER_INSTALLED\" = 1.0.0 && test \"$PATCHKIT_OFFER_BYTES\" -gt 0",
+    ]));
+    assert!(has_event(&events(&out), "installed"), "{out}");
+    assert_same_tree(&app, &w.releases[1]);
+
+    // Back to v1; outside the window only update-now installs.
+    ok(cmd("patch-apply").args(["rollback", "--app-dir"]).arg(&app));
+    assert_same_tree(&app, &w.releases[0]);
+    let window = |c: &mut Command| {
+        c.args(["--once", "--install", "window=02:00-02:01"])
+            .env("PATCHKIT_AGENT_LOCAL_TIME", "12:00");
+    };
+    let mut c = agent(&w, &app, &srv.url, &srv.secret_file);
+    window(&mut c);
+    ok(&mut c);
+    assert_same_tree(&app, &w.releases[0]);
+    ok(&mut srv.admin(&["command", "--device", &device_id(&app), "update-now"]));
+    let mut c = agent(&w, &app, &srv.url, &srv.secret_file);
+    window(&mut c);
+    let out = ok(&mut c);
+    let ev = events(&out);
+    assert!(
+        ev.iter()
+            .any(|e| e["event"] == "command" && e["kind"] == "update-now" && e["outcome"] == "ok"),
+        "{out}"
+    );
+    assert_same_tree(&app, &w.releases[1]);
+}
