@@ -4,10 +4,10 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 echo "== building (release profile)"
-cargo build --release -q -p patch-create -p patch-apply -p fixtures
+cargo build --release -q -p patch-create -p patch-apply -p patch-server -p self-patcher -p fixtures
 B=${CARGO_TARGET_DIR:-target}/release
 W=$(mktemp -d "${TMPDIR:-/tmp}/patchkit-demo.XXXXXX")
-trap 'kill ${SERVER:-} 2>/dev/null || true; rm -rf "$W"' EXIT
+trap 'kill ${SERVER:-} ${FLEET:-} 2>/dev/null || true; rm -rf "$W"' EXIT
 
 echo "== generating releases 1.0.0, 2.0.0, 3.0.0 (seeded fixtures) in $W/rel"
 $B/fixtures-gen sequence --out "$W/rel" --versions 3 --small >/dev/null
@@ -46,3 +46,22 @@ if diff -r --no-dereference -x .patchkit -x '*.log' "$W/app" "$W/rel/v3"; then
   echo "   the app dir is byte-identical to 3.0.0 (user-owned *.log files kept)"
 fi
 $B/patch-apply check --app-dir "$W/app" --repo "$REPO" --public-key "$W/keys/release.pub"
+
+echo "== the fleet: patch-server, and three installed copies checking in with their agents"
+mkdir -p "$W/fleet"
+$B/patch-server serve --data "$W/fleet" --addr 127.0.0.1:0 --addr-file "$W/fleet/url" >"$W/fleet/server.log" 2>&1 &
+FLEET=$!
+for _ in $(seq 100); do [[ -s "$W/fleet/url" ]] && break; sleep 0.1; done
+URL=$(cat "$W/fleet/url")
+export PATCHKIT_SERVER="$URL"
+ADMIN=(--server "$URL" --token-file "$W/fleet/admin.token")
+head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n' > "$W/fleet/enroll.secret"
+$B/patch-server app add demo "${ADMIN[@]}" --repo "$REPO" --public-key "$W/keys/release.pub" \
+  --enroll-secret-file "$W/fleet/enroll.secret"
+cp -a "$W/rel/v1" "$W/device-a"; cp -a "$W/rel/v2" "$W/device-b"
+for d in app device-a device-b; do
+  $B/patch-apply agent --once --server "$URL" --app-dir "$W/$d" --repo "$REPO" \
+    --public-key "$W/keys/release.pub" --enroll-secret-file "$W/fleet/enroll.secret" --attr "name=$d" -q
+done
+echo "== what runs where (patch-server devices)"
+$B/patch-server devices "${ADMIN[@]}"

@@ -148,7 +148,8 @@ pub struct Offer {
     pub restart_required: bool,
     /// The method the update would use.
     pub method: String,
-    /// Release notes, when the repository has them (this repository format has none yet).
+    /// Release notes of the offered release, when the release engineer wrote some
+    /// (`patch-create release --notes`).
     pub notes: Option<String>,
 }
 
@@ -854,7 +855,13 @@ impl Agent {
             if !self.cfg.updater.allow_downgrade && self.is_refused(&key) {
                 return Followed::Nothing;
             }
-            if !self.cfg.updater.allow_downgrade {
+            // The one downgrade the device's policy never needs to allow: away from a release
+            // the release engineer yanked in signed metadata (the updater checks it again).
+            let yanked = !self.cfg.updater.allow_downgrade
+                && Updater::new(self.cfg.updater.clone(), |_| {})
+                    .check()
+                    .is_ok_and(|c| c.installed_yanked.is_some());
+            if !self.cfg.updater.allow_downgrade && !yanked {
                 let why = format!(
                     "the server named {want}, older than the installed {inst}; this device's policy does not allow downgrades"
                 );
@@ -902,7 +909,7 @@ impl Agent {
                         download_bytes: c.download_bytes,
                         restart_required: c.restart_required,
                         method: c.method.clone(),
-                        notes: None,
+                        notes: c.notes.clone(),
                     },
                     Err(e @ crate::Error::Refused(_)) => {
                         let why = e.to_string();

@@ -331,17 +331,28 @@ impl Updater {
         let newest = view.newest().cloned();
         let wanted = match &cfg.target {
             // Only what the verified targets metadata lists can be a target.
-            Some(v) => Some(view.find(v).cloned().ok_or_else(|| {
-                Error::Refused(format!(
-                    "{}: release {v} is not in the repository (its signed metadata lists {})",
-                    transport.describe(),
-                    view.releases
-                        .iter()
-                        .map(|r| r.version.to_string())
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                ))
-            })?),
+            Some(v) => {
+                let found = view.find(v).cloned().ok_or_else(|| {
+                    Error::Refused(format!(
+                        "{}: release {v} is not in the repository (its signed metadata lists {})",
+                        transport.describe(),
+                        view.releases
+                            .iter()
+                            .map(|r| r.version.to_string())
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ))
+                })?;
+                // A signed yank outranks whoever named the release.
+                if let Some(y) = &found.custom.yanked {
+                    return Err(Error::Refused(format!(
+                        "{}: release {v} was yanked by the release engineer ({})",
+                        transport.describe(),
+                        y.reason
+                    )));
+                }
+                Some(found)
+            }
             None => view.latest_for(&cfg.channel, &cfg.attrs).cloned(),
         };
         let target = wanted.ok_or_else(|| {

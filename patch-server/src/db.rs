@@ -36,6 +36,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "history every",
         include_str!("../migrations/0002_history_every.sql"),
     ),
+    (
+        3,
+        "release yank",
+        include_str!("../migrations/0003_release_yank.sql"),
+    ),
 ];
 
 impl MigrationSource<'static> for Migrations {
@@ -487,15 +492,17 @@ impl Db {
             .await?;
         for r in releases {
             sqlx::query(
-                "INSERT INTO releases (app, version, channel, targeting, seen_ms) VALUES ($1, $2, $3, $4, $5) \
+                "INSERT INTO releases (app, version, channel, targeting, seen_ms, yanked) \
+                 VALUES ($1, $2, $3, $4, $5, $6) \
                  ON CONFLICT (app, version) DO UPDATE SET channel = excluded.channel, \
-                 targeting = excluded.targeting, seen_ms = excluded.seen_ms",
+                 targeting = excluded.targeting, seen_ms = excluded.seen_ms, yanked = excluded.yanked",
             )
             .bind(app)
             .bind(r.version.to_string())
             .bind(&r.channel)
             .bind(serde_json::to_string(&r.targeting).unwrap_or_default())
             .bind(now)
+            .bind(r.yanked.clone())
             .execute(&mut *tx)
             .await?;
         }
@@ -514,10 +521,11 @@ impl Db {
 
     /// The releases cached for `app`, in no particular order.
     pub async fn releases(&self, app: &str) -> sqlx::Result<Vec<Release>> {
-        let rows = sqlx::query("SELECT version, channel, targeting FROM releases WHERE app = $1")
-            .bind(app)
-            .fetch_all(&self.pool)
-            .await?;
+        let rows =
+            sqlx::query("SELECT version, channel, targeting, yanked FROM releases WHERE app = $1")
+                .bind(app)
+                .fetch_all(&self.pool)
+                .await?;
         let mut out = Vec::new();
         for r in rows {
             let v: String = r.try_get("version")?;
@@ -529,6 +537,7 @@ impl Db {
                 channel: r.try_get("channel")?,
                 targeting: serde_json::from_str(&r.try_get::<String, _>("targeting")?)
                     .unwrap_or_default(),
+                yanked: r.try_get("yanked")?,
             });
         }
         Ok(out)

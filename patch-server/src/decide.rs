@@ -16,6 +16,8 @@ pub struct Release {
     pub channel: String,
     /// Targeting constraints: every key must be among the device's attributes with this value.
     pub targeting: BTreeMap<String, String>,
+    /// Why the release engineer yanked it in signed metadata, if they did.
+    pub yanked: Option<String>,
 }
 
 /// What [`decide`] needs to know about a device.
@@ -32,7 +34,8 @@ pub struct DeviceFacts {
 /// Whether a device with `facts` may be directed to `r` by the channel rule.
 pub fn eligible(r: &Release, facts: &DeviceFacts) -> bool {
     let channel = facts.channel.as_deref().unwrap_or("stable");
-    r.channel == channel
+    r.yanked.is_none()
+        && r.channel == channel
         && r.targeting
             .iter()
             .all(|(k, v)| facts.attrs.get(k) == Some(v))
@@ -41,14 +44,22 @@ pub fn eligible(r: &Release, facts: &DeviceFacts) -> bool {
 /// The release a device should be on, or `None` (stay where you are).
 ///
 /// Channel rule: the newest release on the device's channel whose targeting the device's
-/// attributes meet. A device already ahead of that release gets no directive (the channel rule
-/// never asks for a downgrade). `releases` may come in any order.
+/// attributes meet and that is not yanked. A device already ahead of that release gets no
+/// directive (the channel rule never asks for a downgrade), unless the release it runs was
+/// yanked in signed metadata: then it is directed to that release although it is older, and
+/// the device accepts because the yank is signed, not because the server asked.
+/// `releases` may come in any order.
 pub fn decide(facts: &DeviceFacts, releases: &[Release]) -> Option<Directive> {
     let best = releases
         .iter()
         .filter(|r| eligible(r, facts))
         .max_by(|a, b| a.version.cmp(&b.version))?;
-    if facts.version.as_ref().is_some_and(|v| v > &best.version) {
+    let runs_yanked = facts.version.as_ref().is_some_and(|v| {
+        releases
+            .iter()
+            .any(|r| &r.version == v && r.yanked.is_some())
+    });
+    if !runs_yanked && facts.version.as_ref().is_some_and(|v| v > &best.version) {
         return None;
     }
     Some(Directive {
@@ -70,6 +81,7 @@ mod tests {
                 .iter()
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect(),
+            yanked: None,
         }
     }
 
@@ -110,5 +122,22 @@ mod tests {
             assert_eq!(got.as_deref(), *want, "{facts:?}");
         }
         assert_eq!(decide(&dev(None, None, &[]), &[]), None);
+    }
+
+    #[test]
+    fn a_yanked_release_is_never_named_and_its_devices_move_back() {
+        let mut releases = vec![
+            rel("1.0.0", "stable", &[]),
+            rel("1.1.0", "stable", &[]),
+            rel("1.2.0", "stable", &[]),
+        ];
+        releases[2].yanked = Some("corrupts saves".into());
+        let name = |v: Option<&str>| decide(&dev(v, None, &[]), &releases).map(|d| d.version);
+        assert_eq!(name(Some("1.0.0")).as_deref(), Some("1.1.0"));
+        assert_eq!(name(Some("1.1.0")).as_deref(), Some("1.1.0"));
+        // Running the yanked release: back to the newest that is not yanked.
+        assert_eq!(name(Some("1.2.0")).as_deref(), Some("1.1.0"));
+        // Ahead of every release and not on a yanked one: nothing.
+        assert_eq!(name(Some("2.0.0")), None);
     }
 }

@@ -46,6 +46,7 @@ pub fn offered(repo: &str, key: &PublicKey, trust: &Path) -> Result<Vec<Release>
             version: r.version.clone(),
             channel: r.custom.channel.clone().unwrap_or_else(|| "stable".into()),
             targeting: r.custom.targeting.clone(),
+            yanked: r.custom.yanked.as_ref().map(|y| y.reason.clone()),
         })
         .collect())
 }

@@ -723,3 +723,40 @@ fn on_offer_hook_decides_and_update_now_overrides_the_window() {
     );
     assert_same_tree(&app, &w.releases[1]);
 }
+
+/// A signed yank through the fleet: the server stops naming the yanked release, names the
+/// newest one that is not yanked to a device running it although it is older, and the agent
+/// installs it without `--allow-downgrade` because the yank is signed.
+#[test]
+fn a_yanked_release_is_left_through_the_fleet_without_allowing_downgrades() {
+    let w = World::new(3);
+    w.release_all(3);
+    let app = w.path("app");
+    copy_tree(&w.releases[0], &app);
+    let srv = FleetServer::start(w.dir.path(), "srv", "60s");
+    srv.add_app(&w.repo, &w.public);
+    ok(agent(&w, &app, &srv.url, &srv.secret_file).arg("--once"));
+    assert_same_tree(&app, &w.releases[2]);
+
+    ok(cmd("patch-create")
+        .args(["yank", "--repo"])
+        .arg(&w.repo)
+        .args(["--version", "3.0.0", "--reason", "bad build", "--key"])
+        .arg(&w.key));
+    ok(&mut srv.admin(&["app", "refresh", "demo"]));
+    let out = ok(agent(&w, &app, &srv.url, &srv.secret_file).arg("--once"));
+    let ev = events(&out);
+    assert!(
+        ev.iter()
+            .any(|e| e["event"] == "installed" && e["version"] == "2.0.0"),
+        "{out}"
+    );
+    assert_same_tree(&app, &w.releases[1]);
+    let d = srv.device(&device_id(&app));
+    assert_eq!(d["device"]["version"], "2.0.0", "{d:#}");
+
+    // The updater, asked on its own, agrees: 2.0.0 is where this client belongs.
+    let c = ok(w.apply_cmd("check", &app).arg("--json"));
+    assert_eq!(last_json(&c)["latest"], "2.0.0", "{c}");
+    assert_eq!(last_json(&c)["up_to_date"], true, "{c}");
+}
