@@ -4,6 +4,7 @@
 //! remove a yank.
 
 use std::path::Path;
+use std::process::Command;
 
 use e2e_tests::*;
 
@@ -231,41 +232,25 @@ fn release_notes_and_links_are_signed_and_bounded() {
 
     // Bad input is refused before anything is written, naming what is wrong.
     std::fs::write(&notes, "x".repeat(20_000)).expect("write");
-    let err = fails(
-        cmd("patch-create")
-            .args(["release", "--name", "demo", "--version", "2.0.0", "--repo"])
-            .arg(&w.repo)
-            .arg("--root")
-            .arg(&w.releases[0])
-            .arg("--key")
-            .arg(&w.key)
-            .arg("--notes")
-            .arg(&notes),
-    );
+    let err = release_2_fails(&w, |c| c.arg("--notes").arg(&notes));
     assert!(err.contains("release notes"), "{err}");
-    let err = fails(
-        cmd("patch-create")
-            .args(["release", "--name", "demo", "--version", "2.0.0", "--repo"])
-            .arg(&w.repo)
-            .arg("--root")
-            .arg(&w.releases[0])
-            .arg("--key")
-            .arg(&w.key)
-            .args(["--link", "javascript:alert(1)"]),
-    );
+    let err = release_2_fails(&w, |c| c.args(["--link", "javascript:alert(1)"]));
     assert!(err.contains("javascript:alert(1)"), "{err}");
-    let err = fails(
-        cmd("patch-create")
-            .args(["release", "--name", "demo", "--version", "2.0.0", "--repo"])
-            .arg(&w.repo)
-            .arg("--root")
-            .arg(&w.releases[0])
-            .arg("--key")
-            .arg(&w.key)
-            .arg("--notes")
-            .arg(w.path("missing.md")),
-    );
+    let err = release_2_fails(&w, |c| c.arg("--notes").arg(w.path("missing.md")));
     assert!(err.contains("missing.md"), "{err}");
+}
+
+/// `patch-create release` of release 1's tree as 2.0.0 with the arguments `extra` adds; it must
+/// fail. Returns its stderr.
+fn release_2_fails(w: &World, extra: impl FnOnce(&mut Command) -> &mut Command) -> String {
+    let mut c = cmd("patch-create");
+    c.args(["release", "--name", "demo", "--version", "2.0.0", "--repo"])
+        .arg(&w.repo)
+        .arg("--root")
+        .arg(&w.releases[0])
+        .arg("--key")
+        .arg(&w.key);
+    fails(extra(&mut c))
 }
 
 fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
