@@ -227,25 +227,144 @@ fn hash_with_buffer<R: Read>(r: &mut R, buf_len: usize) -> std::io::Result<Pin> 
     })
 }
 
-/// Incremental checker for a byte stream that must match a pin (and optionally a SHA-256):
-/// refuses the first byte past the signed size, so an endless stream is cut off.
+/// What a downloaded byte stream must be: its exact length and the digests it must have. Our
+/// artifacts carry a BLAKE3 [`Pin`] (and the SHA-256 TUF lists); a plain TUF target, which no
+/// pin of ours covers, is checked by the hashes its targets metadata lists (`sha256`,
+/// `sha512`). At least one digest is always present.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Expected {
+    /// Length in bytes.
+    pub size: u64,
+    /// BLAKE3 (our pin), when there is one.
+    pub blake3: Option<Blake3>,
+    /// SHA-256, when the artifact is a TUF target listing one.
+    pub sha256: Option<Sha256>,
+    /// SHA-512, when the artifact is a TUF target listing one.
+    pub sha512: Option<[u8; 64]>,
+}
+
+impl Expected {
+    /// Our artifact: `pin`, and the SHA-256 its TUF entry lists when there is one.
+    pub fn pinned(pin: Pin, sha256: Option<Sha256>) -> Self {
+        Expected {
+            size: pin.size,
+            blake3: Some(pin.blake3),
+            sha256,
+            sha512: None,
+        }
+    }
+
+    /// A plain TUF target: `size` and the `hashes` its metadata lists (algorithm name to hex).
+    /// An unknown algorithm or a malformed digest is refused, like [`check_tuf_hashes`] does,
+    /// and so is an empty list; `what` names the target in errors.
+    pub fn of_tuf(
+        what: &str,
+        size: u64,
+        hashes: &std::collections::BTreeMap<String, String>,
+    ) -> Result<Self> {
+        if hashes.is_empty() {
+            return Err(Error::invalid(what, "lists no hashes"));
+        }
+        let mut out = Expected {
+            size,
+            blake3: None,
+            sha256: None,
+            sha512: None,
+        };
+        for (algorithm, digest) in hashes {
+            let bad =
+                |e: String| Error::invalid(what, format!("{algorithm} digest {digest:?}: {e}"));
+            let digest = digest.to_ascii_lowercase();
+            match algorithm.as_str() {
+                "sha256" => out.sha256 = Some(digest.parse().map_err(|e: Error| bad(e.to_string()))?),
+                "sha512" => {
+                    let mut b = [0u8; 64];
+                    hex::decode_to_slice(&digest, &mut b).map_err(|e| bad(e.to_string()))?;
+                    out.sha512 = Some(b);
+                }
+                _ => {
+                    return Err(Error::invalid(
+                        what,
+                        format!("uses hash algorithm {algorithm:?}, which this client cannot check (sha256 and sha512 are supported)"),
+                    ))
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// The BLAKE3 pin, for our own artifacts.
+    pub fn pin(&self) -> Option<Pin> {
+        self.blake3.map(|blake3| Pin {
+            size: self.size,
+            blake3,
+        })
+    }
+
+    /// A file name for the artifact in a download cache: its strongest digest in hex
+    /// (the BLAKE3 alone for our artifacts, as before).
+    pub fn cache_name(&self) -> String {
+        match (&self.blake3, &self.sha512, &self.sha256) {
+            (Some(b), _, _) => b.to_hex(),
+            (None, Some(s), _) => format!("sha512-{}", hex::encode(s)),
+            (None, None, Some(s)) => format!("sha256-{}", s.to_hex()),
+            (None, None, None) => format!("size-{}", self.size),
+        }
+    }
+
+    /// Whether the file at `path` is exactly this artifact (read with a bounded buffer).
+    pub fn matches_file(&self, path: &Path) -> bool {
+        if let Some(pin) = self.pin() {
+            return pin_file(path).ok() == Some(pin);
+        }
+        let Ok(mut f) = std::fs::File::open(path) else {
+            return false;
+        };
+        let mut check = StreamCheck::new(path.display().to_string(), self);
+        let mut buf = vec![0u8; PIN_CHUNK];
+        loop {
+            match read_full(&mut f, &mut buf) {
+                Ok(0) => break,
+                Ok(n) => {
+                    if check.update(&buf[..n]).is_err() {
+                        return false;
+                    }
+                }
+                Err(_) => return false,
+            }
+        }
+        check.finish().is_ok()
+    }
+}
+
+impl From<Pin> for Expected {
+    fn from(pin: Pin) -> Self {
+        Expected::pinned(pin, None)
+    }
+}
+
+/// Incremental checker for a byte stream that must be an [`Expected`] artifact: refuses the
+/// first byte past the signed size, so an endless stream is cut off, and checks every digest
+/// the expectation names at the end.
 pub struct StreamCheck {
     what: String,
-    expected: Pin,
+    size: u64,
+    blake3: Option<(Blake3, blake3::Hasher)>,
     sha256: Option<(Sha256, sha2::Sha256)>,
-    blake3: blake3::Hasher,
+    sha512: Option<([u8; 64], sha2::Sha512)>,
     seen: u64,
 }
 
 impl StreamCheck {
     /// A checker for `expected`; `what` names the artifact in errors.
-    pub fn new(what: impl Into<String>, expected: Pin, sha256: Option<Sha256>) -> Self {
+    pub fn new(what: impl Into<String>, expected: &Expected) -> Self {
         use sha2::Digest;
         StreamCheck {
             what: what.into(),
-            expected,
-            sha256: sha256.map(|s| (s, sha2::Sha256::new())),
-            blake3: blake3::Hasher::new(),
+            size: expected.size,
+            blake3: expected.blake3.map(|b| (b, blake3::Hasher::new())),
+            sha256: expected.sha256.map(|s| (s, sha2::Sha256::new())),
+            sha512: expected.sha512.map(|s| (s, sha2::Sha512::new())),
             seen: 0,
         }
     }
@@ -254,15 +373,20 @@ impl StreamCheck {
     pub fn update(&mut self, data: &[u8]) -> Result<()> {
         use sha2::Digest;
         self.seen += data.len() as u64;
-        if self.seen > self.expected.size {
+        if self.seen > self.size {
             return Err(Error::TooLarge {
                 what: self.what.clone(),
-                limit: self.expected.size,
+                limit: self.size,
                 actual: self.seen,
             });
         }
-        self.blake3.update(data);
+        if let Some((_, h)) = &mut self.blake3 {
+            h.update(data);
+        }
         if let Some((_, h)) = &mut self.sha256 {
+            h.update(data);
+        }
+        if let Some((_, h)) = &mut self.sha512 {
             h.update(data);
         }
         Ok(())
@@ -276,31 +400,38 @@ impl StreamCheck {
     /// Checks the final length and digests.
     pub fn finish(self) -> Result<()> {
         use sha2::Digest;
-        if self.seen != self.expected.size {
+        if self.seen != self.size {
             return Err(Error::LengthMismatch {
                 what: self.what,
-                expected: self.expected.size,
+                expected: self.size,
                 actual: self.seen,
             });
         }
-        let actual = Blake3(*self.blake3.finalize().as_bytes());
-        if actual != self.expected.blake3 {
-            return Err(Error::HashMismatch {
-                what: self.what,
-                algorithm: "blake3",
-                expected: self.expected.blake3.to_hex(),
-                actual: actual.to_hex(),
-            });
+        let what = &self.what;
+        let mismatch = |algorithm: &'static str, expected: String, actual: String| {
+            Err(Error::HashMismatch {
+                what: what.clone(),
+                algorithm,
+                expected,
+                actual,
+            })
+        };
+        if let Some((expected, h)) = self.blake3 {
+            let actual = Blake3(*h.finalize().as_bytes());
+            if actual != expected {
+                return mismatch("blake3", expected.to_hex(), actual.to_hex());
+            }
         }
         if let Some((expected, h)) = self.sha256 {
             let actual = Sha256(h.finalize().into());
             if actual != expected {
-                return Err(Error::HashMismatch {
-                    what: self.what,
-                    algorithm: "sha256",
-                    expected: expected.to_hex(),
-                    actual: actual.to_hex(),
-                });
+                return mismatch("sha256", expected.to_hex(), actual.to_hex());
+            }
+        }
+        if let Some((expected, h)) = self.sha512 {
+            let actual: [u8; 64] = h.finalize().into();
+            if actual != expected {
+                return mismatch("sha512", hex::encode(expected), hex::encode(actual));
             }
         }
         Ok(())
@@ -339,17 +470,53 @@ mod tests {
     #[test]
     fn stream_check_refuses_extra_and_missing_bytes() {
         let pin = Pin::of(b"hello");
-        let mut c = StreamCheck::new("x", pin, Some(Sha256::of(b"hello")));
+        let both = Expected::pinned(pin, Some(Sha256::of(b"hello")));
+        let mut c = StreamCheck::new("x", &both);
         c.update(b"hel").unwrap();
         c.update(b"lo").unwrap();
         c.finish().unwrap();
-        let mut c = StreamCheck::new("x", pin, None);
+        let mut c = StreamCheck::new("x", &pin.into());
         assert!(c.update(b"hello!").is_err());
-        let mut c = StreamCheck::new("x", pin, None);
+        let mut c = StreamCheck::new("x", &pin.into());
         c.update(b"hell").unwrap();
         assert!(c.finish().is_err());
-        let mut c = StreamCheck::new("x", pin, Some(Sha256::of(b"other")));
+        let mut c = StreamCheck::new("x", &Expected::pinned(pin, Some(Sha256::of(b"other"))));
         c.update(b"hello").unwrap();
         assert!(c.finish().is_err());
+    }
+
+    #[test]
+    fn plain_tuf_targets_are_checked_by_their_listed_hashes() {
+        use sha2::Digest;
+        let data = b"a plain TUF target";
+        let mut hashes = std::collections::BTreeMap::new();
+        hashes.insert(
+            "sha512".to_string(),
+            hex::encode(sha2::Sha512::digest(data)),
+        );
+        let only512 = Expected::of_tuf("t", data.len() as u64, &hashes).unwrap();
+        assert_eq!(only512.pin(), None);
+        assert!(only512.cache_name().starts_with("sha512-"));
+        let mut c = StreamCheck::new("t", &only512);
+        c.update(data).unwrap();
+        c.finish().unwrap();
+        let mut c = StreamCheck::new("t", &only512);
+        c.update(b"a plain TUF targeT").unwrap();
+        let e = c.finish().unwrap_err().to_string();
+        assert!(e.contains("sha512"), "{e}");
+        // Upper-case hex is accepted (python-tuf compares case-insensitively too).
+        hashes.insert("sha256".into(), Sha256::of(data).to_hex().to_uppercase());
+        let both = Expected::of_tuf("t", data.len() as u64, &hashes).unwrap();
+        assert_eq!(both.sha256, Some(Sha256::of(data)));
+        hashes.insert("md5".into(), "00".into());
+        let e = Expected::of_tuf("t", 1, &hashes).unwrap_err().to_string();
+        assert!(e.contains("md5"), "{e}");
+        let e = Expected::of_tuf("t", 1, &Default::default())
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("no hashes"), "{e}");
+        let mut bad = std::collections::BTreeMap::new();
+        bad.insert("sha256".to_string(), "xyz".to_string());
+        assert!(Expected::of_tuf("t", 1, &bad).is_err());
     }
 }

@@ -250,6 +250,12 @@ impl TargetFile {
         check_tuf_hashes(what, bytes, &self.hashes)
     }
 
+    /// What the target's bytes must be by its TUF entry alone (length and listed hashes), for
+    /// a streaming, resumable download of a plain TUF target; `what` names it in errors.
+    pub fn expected(&self, what: &str) -> Result<crate::hash::Expected> {
+        crate::hash::Expected::of_tuf(what, self.length, &self.hashes)
+    }
+
     /// Our custom data.
     pub fn patchkit(&self, name: &str) -> Result<TargetCustom> {
         let v = self

@@ -127,10 +127,7 @@ pub fn stage_repair(ctx: &StageCtx, manifest: &ReleaseManifest, current: &Tree) 
                 })?;
                 ctx.fetch(
                     &layout::blob_path(&pin.blake3),
-                    &Expected {
-                        pin: repair,
-                        sha256: None,
-                    },
+                    &Expected::pinned(repair, None),
                     total,
                     &done,
                 )

@@ -59,7 +59,7 @@ pub fn read_state(src: &StateSource) -> Result<Option<serde_json::Value>, String
 }
 
 /// Runs `sh -c cmd`, keeping at most `max + 1` bytes of its standard output; kills it after
-/// `timeout`. A failing exit status is an error.
+/// `timeout`. Output over `max` bytes and a failing exit status are errors.
 pub fn run_bounded(cmd: &str, timeout: Duration, max: usize) -> Result<Vec<u8>, String> {
     let mut child = Command::new("sh")
         .arg("-c")
@@ -96,6 +96,11 @@ pub fn run_bounded(cmd: &str, timeout: Duration, max: usize) -> Result<Vec<u8>, 
         .recv_timeout(Duration::from_secs(1))
         .map_err(|_| format!("{cmd:?}: output still open after it exited"))?
         .map_err(|e| format!("{cmd:?}: {e}"))?;
+    // Over the bound, the reader closed the pipe and the command may have died of SIGPIPE:
+    // the bound is the cause worth reporting, not that exit status.
+    if out.len() > max {
+        return Err(format!("{cmd:?} wrote more than the limit of {max} bytes"));
+    }
     if !status.success() {
         return Err(format!("{cmd:?} failed ({status})"));
     }

@@ -195,11 +195,12 @@ fn main() -> Result<()> {
                     anyhow!("target {name:?} is not listed by any trusted role")
                 })?;
                 let dest = target_dir.join(role_file_name(name));
-                if let Ok(have) = std::fs::read(&dest) {
-                    if target.check(name, &have).is_ok() {
-                        eprintln!("tuf-client: {name} already downloaded");
-                        continue;
-                    }
+                // Length and every listed hash, checked while streaming (the same resumable,
+                // bounded download as every other artifact; never more than `length` bytes).
+                let expected = target.expected(name)?;
+                if expected.matches_file(&dest) {
+                    eprintln!("tuf-client: {name} already downloaded");
+                    continue;
                 }
                 let remote = if set.root().root().consistent_snapshot {
                     let digest = target
@@ -214,15 +215,19 @@ fn main() -> Result<()> {
                 } else {
                     name.clone()
                 };
-                let bytes = repo
-                    .get_small(&format!("targets/{remote}"), target.length)?
-                    .ok_or_else(|| anyhow!("target {name:?} not found at {remote}"))?;
-                target.check(name, &bytes)?;
-                let mut tmp = tempfile::Builder::new()
-                    .prefix(".part-")
-                    .tempfile_in(target_dir)?;
-                std::io::Write::write_all(&mut tmp, &bytes)?;
-                tmp.persist(&dest)?;
+                let part = target_dir.join(format!(".{}.part", expected.cache_name()));
+                if let Err(e) =
+                    repo.download(&format!("targets/{remote}"), &expected, &part, &|_| {})
+                {
+                    // Nothing unverified is left in the target directory.
+                    let _ = std::fs::remove_file(&part);
+                    return Err(
+                        anyhow::Error::new(e).context(format!("target {name:?} from {remote}"))
+                    );
+                }
+                std::fs::rename(&part, &dest).with_context(|| {
+                    format!("cannot move {} to {}", part.display(), dest.display())
+                })?;
                 eprintln!("tuf-client: downloaded {name}");
             }
             Ok(())

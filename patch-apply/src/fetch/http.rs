@@ -395,12 +395,12 @@ impl HttpTransport {
         received: &mut u64,
     ) -> std::result::Result<(), Failure> {
         let fatal = Failure::Fatal;
-        let size = expected.pin.size;
+        let size = expected.size;
         let mut part = PartialFile::open(dest, expected, url).map_err(fatal)?;
         if part.offset == size {
             let check = std::mem::replace(
                 &mut part.check,
-                formats::hash::StreamCheck::new(url, expected.pin, expected.sha256),
+                formats::hash::StreamCheck::new(url, expected),
             );
             if check.finish().is_ok() {
                 return part.file.sync_all().at(dest).map_err(fatal);

@@ -12,19 +12,12 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, Ordering};
 
 use formats::hash::StreamCheck;
-use formats::{Pin, Sha256};
 
 use crate::error::{Error, IoContext, Result};
 use crate::events::{Event, EventHook};
 
-/// What a downloaded artifact must be.
-#[derive(Clone, Debug)]
-pub struct Expected {
-    /// Size and BLAKE3.
-    pub pin: Pin,
-    /// SHA-256, when the artifact is a TUF target.
-    pub sha256: Option<Sha256>,
-}
+/// What a downloaded artifact must be (size and digests): [`formats::hash::Expected`].
+pub use formats::hash::Expected;
 
 /// How many downloads run at once when a transport does not say.
 pub const DEFAULT_PARALLEL: usize = 4;
@@ -79,8 +72,8 @@ impl PartialFile {
                 .truncate(false),
         )?;
         let len = file.metadata().at(dest)?.len();
-        let mut check = StreamCheck::new(what, expected.pin, expected.sha256);
-        if len > expected.pin.size {
+        let mut check = StreamCheck::new(what, expected);
+        if len > expected.size {
             file.set_len(0).at(dest)?;
         } else if len > 0 {
             let mut buf = vec![0u8; 1 << 20];
@@ -105,7 +98,7 @@ impl PartialFile {
     pub fn restart(&mut self, dest: &Path, expected: &Expected, what: &str) -> Result<()> {
         self.file.set_len(0).at(dest)?;
         self.file.seek(SeekFrom::Start(0)).at(dest)?;
-        self.check = StreamCheck::new(what, expected.pin, expected.sha256);
+        self.check = StreamCheck::new(what, expected);
         self.offset = 0;
         Ok(())
     }
@@ -114,14 +107,14 @@ impl PartialFile {
 /// Bytes of `expected` already in `cache` (a finished file or a partial one), for progress
 /// reports before a download resumes.
 pub fn kept_bytes(cache: &Path, expected: &Expected) -> u64 {
-    let name = expected.pin.blake3.to_hex();
+    let name = expected.cache_name();
     if let Ok(m) = fs::metadata(cache.join(&name)) {
-        if m.len() == expected.pin.size {
+        if m.len() == expected.size {
             return m.len();
         }
     }
     match fs::metadata(cache.join(format!("{name}.part"))) {
-        Ok(m) if m.len() <= expected.pin.size => m.len(),
+        Ok(m) if m.len() <= expected.size => m.len(),
         _ => 0,
     }
 }
@@ -382,10 +375,10 @@ pub fn fetch_to_cache(
     progress: &(dyn Fn(u64) + Sync),
 ) -> Result<PathBuf> {
     fs::create_dir_all(cache).at(cache)?;
-    let name = expected.pin.blake3.to_hex();
+    let name = expected.cache_name();
     let done = cache.join(&name);
     if done.exists() {
-        if formats::hash::pin_file(&done).ok() == Some(expected.pin) {
+        if expected.matches_file(&done) {
             return Ok(done);
         }
         fs::remove_file(&done).at(&done)?;
@@ -399,12 +392,10 @@ pub fn fetch_to_cache(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use formats::{Pin, Sha256};
 
     fn expected(data: &[u8]) -> Expected {
-        Expected {
-            pin: Pin::of(data),
-            sha256: Some(Sha256::of(data)),
-        }
+        Expected::pinned(Pin::of(data), Some(Sha256::of(data)))
     }
 
     #[test]
@@ -417,7 +408,7 @@ mod tests {
         let cache = d.path().join("cache");
         fs::create_dir_all(&cache).expect("test setup");
         let exp = expected(&data);
-        let part = cache.join(format!("{}.part", exp.pin.blake3.to_hex()));
+        let part = cache.join(format!("{}.part", exp.cache_name()));
         fs::write(&part, &data[..60_000]).expect("test setup");
         assert_eq!(kept_bytes(&cache, &exp), 60_000);
         let got = std::sync::atomic::AtomicU64::new(0);

@@ -153,10 +153,7 @@ pub fn eligible(r: &ReleaseRef, channel: &str, attrs: &BTreeMap<String, String>)
 
 /// What a target must be when downloaded.
 pub fn expected(name: &str, t: &TargetFile) -> Result<Expected> {
-    Ok(Expected {
-        pin: t.pin(name)?,
-        sha256: Some(t.sha256()?),
-    })
+    Ok(Expected::pinned(t.pin(name)?, Some(t.sha256()?)))
 }
 
 /// The repository path of a target (hash-prefixed).

@@ -31,7 +31,7 @@ impl<W: Write> CheckedWriter<W> {
     pub fn new(inner: W, what: &str, expected: Pin) -> Self {
         CheckedWriter {
             inner,
-            check: StreamCheck::new(what, expected, None),
+            check: StreamCheck::new(what, &expected.into()),
         }
     }
 

@@ -258,7 +258,7 @@ pub fn compress_file_into<W: Write>(path: &Path, pin: Pin, level: i32, out: W) -
         enc.window_log(window_log).map_err(zerr)?;
     }
     cap_tables(&mut enc, level, window_log)?;
-    let mut check = formats::hash::StreamCheck::new(path.display().to_string(), pin, None);
+    let mut check = formats::hash::StreamCheck::new(path.display().to_string(), &pin.into());
     check.update(&buf[..first])?;
     enc.write_all(&buf[..first]).map_err(zerr)?;
     loop {
