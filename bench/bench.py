@@ -24,6 +24,7 @@ import argparse
 import fnmatch
 import json
 import os
+import resource
 import shutil
 import signal
 import statistics
@@ -67,10 +68,11 @@ def log(msg):
 
 # ------------------------------------------------------------------------------------ helpers
 def run_timed(cmd, timeout=TIMEOUT, cwd=None):
-    """Run cmd under `/usr/bin/time -v`; return dict(rc, wall_s, rss_kb, out, err)."""
+    """Run cmd under `/usr/bin/time -v`; return dict(rc, wall_s, cpu_s, rss_kb, out, err)."""
     tf = tempfile.NamedTemporaryFile(prefix="bench-time-", delete=False)
     tf.close()
     full = ["/usr/bin/time", "-v", "-o", tf.name] + [str(c) for c in cmd]
+    r0 = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.perf_counter()
     try:
         p = subprocess.Popen(full, stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=cwd,
@@ -87,6 +89,9 @@ def run_timed(cmd, timeout=TIMEOUT, cwd=None):
         rc = 124
         err = (err or b"") + f"\n[bench] timed out after {timeout} s".encode()
     wall = time.perf_counter() - t0
+    r1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    # User + system CPU of the command (and of /usr/bin/time, the same small cost for every run).
+    cpu = (r1.ru_utime - r0.ru_utime) + (r1.ru_stime - r0.ru_stime)
     rss = 0
     try:
         with open(tf.name, errors="replace") as f:
@@ -100,7 +105,7 @@ def run_timed(cmd, timeout=TIMEOUT, cwd=None):
                     rc = 128 + int(line.rsplit(" ", 1)[1])
     finally:
         os.unlink(tf.name)
-    return {"rc": rc, "wall_s": wall, "rss_kb": rss,
+    return {"rc": rc, "wall_s": wall, "cpu_s": cpu, "rss_kb": rss,
             "out": out.decode(errors="replace"), "err": err.decode(errors="replace")}
 
 

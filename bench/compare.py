@@ -159,8 +159,9 @@ def idle_compare(bins):
         for rep in range(IDLE_REPS):
             for side in (SIDES if rep % 2 == 0 else SIDES[::-1]):
                 r = must(run_timed(setups[side][0]), f"{side} idle check")
-                times[side].append((r["wall_s"], r["rss_kb"]))
-        return {s: {"wall_s": med([t for t, _ in v]), "rss_kb": max(k for _, k in v), "runs": v}
+                times[side].append((r["wall_s"], r["rss_kb"], r["cpu_s"]))
+        return {s: {"wall_s": med([t for t, _, _ in v]), "cpu_s": med([c for _, _, c in v]),
+                    "rss_kb": max(k for _, k, _ in v), "runs": v}
                 for s, v in times.items()}
     finally:
         for argv_srv in setups.values():
@@ -204,7 +205,9 @@ def table(results, idle, reps):
         o, n = idle["old"], idle["new"]
         md += ["", f"Idle `patch-apply check` over HTTP (app at the newest of 3 small releases), "
                f"median of {IDLE_REPS} interleaved runs: old {o['wall_s'] * 1000:.1f} ms / new "
-               f"{n['wall_s'] * 1000:.1f} ms (× {ratio(n['wall_s'], o['wall_s'])}); peak RSS "
+               f"{n['wall_s'] * 1000:.1f} ms (× {ratio(n['wall_s'], o['wall_s'])}); user+system CPU: "
+               f"old {o['cpu_s'] * 1000:.1f} ms / new {n['cpu_s'] * 1000:.1f} ms "
+               f"(× {ratio(n['cpu_s'], o['cpu_s'])}); peak RSS "
                f"{o['rss_kb'] / 1024:.1f} / {n['rss_kb'] / 1024:.1f} MB."]
     return md
 
