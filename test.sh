@@ -31,7 +31,8 @@ cargo build --workspace --bins -q
 echo "== tests"
 log="${TMPDIR:-/tmp}/patchkit-test.log"
 set +e
-cargo test --workspace --no-fail-fast -q 2>&1 | tee "$log" | grep -Ev '^(running [0-9]+ tests?|)$'
+# Test binaries run side by side (.ci/run-tests.py; TEST_JOBS, default 3), then the doc-tests.
+python3 .ci/run-tests.py 2>&1 | tee "$log" | grep -Ev '^(running [0-9]+ tests?|)$'
 status=${PIPESTATUS[0]}
 set -e
 echo "== TUF conformance suite (../shared/tuf-conformance)"

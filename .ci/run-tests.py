@@ -1,0 +1,110 @@
+#!/usr/bin/env python3
+"""Runs the workspace's test binaries side by side instead of one after another.
+
+`cargo test` runs test binaries sequentially; most of ours spend their time waiting on real
+servers, agents, browsers and timeouts, so two or three at once use the machine better. This
+builds every test binary once (`cargo test --workspace --no-run`), runs them from a pool (the
+slowest first, from the durations of the previous run kept in target/test-durations.json),
+each in its package directory with CARGO_MANIFEST_DIR set as cargo would, prints each binary's
+summary as it finishes (its whole output when it fails), then runs the doc-tests.
+
+Usage: .ci/run-tests.py [--jobs N]   (TEST_JOBS, default 3). Exit status 1 if anything failed.
+Standard library only.
+"""
+import argparse
+import concurrent.futures
+import json
+import os
+import subprocess
+import sys
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def target_dir():
+    meta = subprocess.run(["cargo", "metadata", "--format-version", "1", "--no-deps"], cwd=ROOT,
+                          check=True, capture_output=True, text=True).stdout
+    return json.loads(meta)["target_directory"]
+
+
+def test_binaries():
+    """(name, executable, package dir) of every test binary, building them first."""
+    p = subprocess.run(["cargo", "test", "--workspace", "--no-run", "--message-format=json", "-q"],
+                       cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    if p.returncode != 0:
+        sys.exit("error: building the test binaries failed (see above)")
+    out = []
+    for line in p.stdout.splitlines():
+        try:
+            m = json.loads(line)
+        except ValueError:
+            continue
+        if m.get("reason") != "compiler-artifact" or not m.get("executable"):
+            continue
+        if not m.get("profile", {}).get("test"):
+            continue
+        pkg = os.path.dirname(m["manifest_path"])
+        kind = m["target"]["kind"][0]
+        name = f"{os.path.basename(pkg)}::{m['target']['name']}" + ("" if kind == "test" else f" ({kind})")
+        out.append((name, m["executable"], pkg))
+    return out
+
+
+def run_one(name, exe, pkg):
+    env = dict(os.environ, CARGO_MANIFEST_DIR=pkg)
+    t0 = time.monotonic()
+    p = subprocess.run([exe], cwd=pkg, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                       text=True, errors="replace")
+    return name, p.returncode, p.stdout, time.monotonic() - t0
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--jobs", type=int, default=int(os.environ.get("TEST_JOBS", "3")))
+    a = ap.parse_args()
+    durations_file = os.path.join(target_dir(), "test-durations.json")
+    try:
+        with open(durations_file) as f:
+            known = json.load(f)
+    except (OSError, ValueError):
+        known = {}
+    bins = test_binaries()
+    # Slowest first (unknown ones count as slow), so the pool does not end on one long binary.
+    bins.sort(key=lambda b: -known.get(b[0], 1e9))
+    failed = []
+    durations = {}
+    t0 = time.monotonic()
+    with concurrent.futures.ThreadPoolExecutor(max_workers=max(1, a.jobs)) as pool:
+        futures = [pool.submit(run_one, *b) for b in bins]
+        for fut in concurrent.futures.as_completed(futures):
+            name, rc, out, secs = fut.result()
+            durations[name] = round(secs, 2)
+            results = [l for l in out.splitlines() if l.startswith("test result:")]
+            print(f"== {name} ({secs:.1f} s)")
+            if rc != 0:
+                failed.append(name)
+                print(out)
+            else:
+                for l in results:
+                    print(l)
+            sys.stdout.flush()
+    print(f"== {len(bins)} test binaries in {time.monotonic() - t0:.0f} s, {a.jobs} at a time")
+    try:
+        with open(durations_file, "w") as f:
+            json.dump(durations, f, indent=1, sort_keys=True)
+    except OSError:
+        pass
+    print("== doc-tests")
+    sys.stdout.flush()
+    d = subprocess.run(["cargo", "test", "--workspace", "--doc", "-q"], cwd=ROOT)
+    if d.returncode != 0:
+        failed.append("doc-tests")
+    if failed:
+        print("FAILED: " + ", ".join(failed))
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
