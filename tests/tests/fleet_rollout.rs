@@ -574,3 +574,157 @@ fn push_to_a_tag_and_a_pin_win_and_bad_requests_name_the_field() {
     let pushes: Value = serde_json::from_str(&pushes).expect("JSON");
     assert_eq!(pushes[0]["target"], "canary", "{pushes:#}");
 }
+
+/// Schedule, rate cap and yank against one backend, with protocol-level devices (real HTTP,
+/// the real server and CLI) so the timing is exact.
+fn schedule_rate_cap_and_yank(backend: &str) {
+    use e2e_tests::fleet::{checkin_body, Backend, Device, Server};
+    let backend = Backend::start(backend);
+    let w = World::with_sizes(2, 64 << 10, 32 << 10);
+    w.release_all(2);
+    let s = Server::start(&w.path("server"), &backend, &["--poll-interval", "1s"]);
+    let secret = w.path("secret");
+    std::fs::write(&secret, SECRET).expect("secret");
+    let (repo, public) = (w.repo.display().to_string(), w.public.display().to_string());
+    let secret_s = secret.display().to_string();
+    s.admin(&[
+        "app",
+        "add",
+        "demo",
+        "--repo",
+        &repo,
+        "--public-key",
+        &public,
+        "--enroll-secret-file",
+        &secret_s,
+    ]);
+    let v = s.admin_json(&[
+        "rollout",
+        "start",
+        "--app",
+        "demo",
+        "--version",
+        "2.0.0",
+        "--percent",
+        "0",
+        "--schedule",
+        "50,100@2s",
+        "--max-per-period",
+        "2",
+        "--period",
+        "1h",
+        "--min-devices",
+        "100",
+    ]);
+    let rid = v["id"].as_str().expect("id").to_string();
+    let inside = ids_in(&rid, 0, 5000, 3, &[]);
+    let outside = ids_in(&rid, 5000, 10_000, 1, &[]);
+    let mut devs: Vec<Device> = inside
+        .iter()
+        .chain(&outside)
+        .map(|id| Device::enroll(&s.url, "demo", id, Some(SECRET)))
+        .collect();
+    let directive = |d: &mut Device| {
+        d.etag = None; // a full answer each time, not 304
+        let a = d.checkin(&checkin_body("1.0.0", None));
+        assert_eq!(a.status, 200, "{:?}", a.body);
+        a.body["directive"].clone()
+    };
+    // 0 %: v2 is held back, everyone is told to stay on v1.
+    for d in &mut devs {
+        assert_eq!(directive(d)["version"], "1.0.0");
+    }
+    let status = |s: &Server| {
+        s.admin_json(&["rollout", "status", "--app", "demo"])
+            .as_array()
+            .and_then(|a| a.first().cloned())
+            .expect("one rollout")
+    };
+    let wait_for = |what: &dyn Fn(&Value) -> bool| {
+        let t0 = Instant::now();
+        loop {
+            let r = status(&s);
+            if what(&r) {
+                return r;
+            }
+            assert!(t0.elapsed() < Duration::from_secs(20), "{r:#}");
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    };
+    // The schedule raises it to 50 % after 2 s, by itself.
+    wait_for(&|r| r["percent"] == 50);
+    // Rate cap 2 per hour: the first two selected devices are offered v2, the third waits.
+    for d in devs.iter_mut().take(2) {
+        let got = directive(d);
+        assert_eq!(
+            (&got["version"], &got["reason"], &got["rollout"]),
+            (&json!("2.0.0"), &json!("rollout"), &json!(rid)),
+            "{got}"
+        );
+    }
+    assert_eq!(directive(&mut devs[2])["version"], "1.0.0");
+    // One offered before keeps its offer although the cap is reached.
+    assert_eq!(directive(&mut devs[0])["version"], "2.0.0");
+    let r = wait_for(&|r| r["percent"] == 100);
+    assert_eq!(r["offered"], 2, "{r:#}");
+    assert_eq!(directive(&mut devs[3])["version"], "1.0.0");
+    // A success is counted once, from the result the device reports.
+    let mut body = checkin_body("2.0.0", None);
+    body["results"] = json!([{"seq": 1, "finished_at": "2026-11-25T10:00:00Z", "from": "1.0.0",
+        "to": "2.0.0", "method": "incremental", "bytes": 10, "seconds": 0.1, "ok": true}]);
+    assert_eq!(devs[0].checkin(&body).status, 200);
+    // Sent again (as after a lost answer): not counted twice.
+    devs[0].etag = None;
+    assert_eq!(devs[0].checkin(&body).status, 200);
+    let r = status(&s);
+    assert_eq!(
+        (&r["succeeded"], &r["pending"]),
+        (&json!(1), &json!(1)),
+        "{r:#}"
+    );
+
+    // Yanking v2 in signed metadata halts the rollout (reason shown) and nothing names it.
+    ok(cmd("patch-create")
+        .args(["yank", "--repo"])
+        .arg(&w.repo)
+        .args(["--version", "2.0.0", "--reason", "corrupts saves", "--key"])
+        .arg(&w.key));
+    s.admin(&["app", "refresh", "demo"]);
+    let r = wait_for(&|r| r["state"] == "halted");
+    assert!(
+        r["halt_reason"]
+            .as_str()
+            .unwrap_or("")
+            .contains("yanked: corrupts saves"),
+        "{r:#}"
+    );
+    assert_eq!(directive(&mut devs[1])["version"], "1.0.0");
+    let out = run(s.cli().args(["rollout", "resume", "--id", &rid]));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("yanked"), "{err}");
+    let out = run(s.cli().args([
+        "pin",
+        "--app",
+        "demo",
+        "--version",
+        "2.0.0",
+        "--device",
+        &inside[0],
+    ]));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("yanked"), "{err}");
+}
+
+mod sqlite {
+    #[test]
+    fn schedule_rate_cap_and_yank() {
+        super::schedule_rate_cap_and_yank("sqlite")
+    }
+}
+
+mod postgres {
+    #[test]
+    fn schedule_rate_cap_and_yank() {
+        super::schedule_rate_cap_and_yank("postgres")
+    }
+}
