@@ -338,13 +338,11 @@ pub async fn status(db: &Db, id: &str, now: i64) -> ApiResult<RolloutView> {
     Ok(get(db, id).await?.into())
 }
 
-/// Rollouts of an app (or all), newest first, with progress; active ones are evaluated first.
-pub async fn list(db: &Db, app: Option<&str>, now: i64) -> ApiResult<Vec<RolloutView>> {
+/// Rollouts of an app (or all), newest first, with progress as the background task
+/// ([`tick`], every second) and the check-ins left it: listing changes nothing.
+pub async fn list(db: &Db, app: Option<&str>) -> ApiResult<Vec<RolloutView>> {
     if let Some(a) = app {
         check_id("app", a)?;
-    }
-    for r in db.rollouts(app, true).await? {
-        evaluate(db, &r, &db.releases(&r.app).await?, now).await?;
     }
     Ok(db
         .rollouts(app, false)
@@ -640,7 +638,7 @@ pub async fn evaluate(db: &Db, r: &RolloutRow, releases: &[Release], now: i64) -
                 match next_step(&steps_of(r.schedule.as_deref()), cur) {
                     Some(p) => {
                         if db
-                            .set_rollout_percent(&r.id, i64::from(p), Some(later), now)
+                            .advance_schedule(&r.id, next, i64::from(p), Some(later), now)
                             .await?
                         {
                             db.audit(
@@ -653,7 +651,8 @@ pub async fn evaluate(db: &Db, r: &RolloutRow, releases: &[Release], now: i64) -
                         }
                     }
                     None => {
-                        db.set_rollout_percent(&r.id, r.percent, None, now).await?;
+                        db.advance_schedule(&r.id, next, r.percent, None, now)
+                            .await?;
                     }
                 }
             }

@@ -815,9 +815,7 @@ pub async fn list_rollouts(
 ) -> ApiResult<Json<Vec<crate::rollout::RolloutView>>> {
     admin_auth(&st, &headers, Scope::Read).await?;
     let Query(q) = q.map_err(query_err)?;
-    Ok(Json(
-        crate::rollout::list(&st.db, q.app.as_deref(), now_ms()).await?,
-    ))
+    Ok(Json(crate::rollout::list(&st.db, q.app.as_deref()).await?))
 }
 
 /// `GET /v1/admin/rollouts/{id}`: one rollout and its participants.

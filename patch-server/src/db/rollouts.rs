@@ -257,6 +257,30 @@ impl Db {
         Ok(r.rows_affected() == 1)
     }
 
+    /// Takes one schedule step: sets `percent` and the next step's time, only if the rollout
+    /// is running and its next step is still `due_ms` (so of several instances one does it).
+    pub async fn advance_schedule(
+        &self,
+        id: &str,
+        due_ms: i64,
+        percent: i64,
+        next_ms: Option<i64>,
+        now: i64,
+    ) -> sqlx::Result<bool> {
+        let r = sqlx::query(
+            "UPDATE rollouts SET percent = $1, schedule_next_ms = $2, updated_ms = $3 \
+             WHERE id = $4 AND state = 'running' AND schedule_next_ms = $5",
+        )
+        .bind(percent)
+        .bind(next_ms)
+        .bind(now)
+        .bind(id)
+        .bind(due_ms)
+        .execute(&self.pool)
+        .await?;
+        Ok(r.rows_affected() == 1)
+    }
+
     /// Moves a rollout from one of the states `from` to `to` with `reason`; `false` when it
     /// was in none of them (so of several instances exactly one does it).
     pub async fn set_rollout_state(
