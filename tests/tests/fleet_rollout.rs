@@ -161,6 +161,19 @@ impl Drop for Locked {
     }
 }
 
+/// The audit log of a server on SQLite, one `actor action target` line per entry, read
+/// straight from its database file.
+fn audit_log(srv: &FleetServer) -> String {
+    ok(Command::new("python3")
+        .arg("-c")
+        .arg(
+            "import sqlite3,sys; c=sqlite3.connect(sys.argv[1]); \
+             print('\\n'.join(a+' '+b+' '+t for a,b,t in c.execute( \
+             'SELECT actor, action, target FROM audit_log ORDER BY at_ms, rowid')))",
+        )
+        .arg(srv.data.join("fleet.db")))
+}
+
 #[test]
 fn a_rollout_offers_exactly_the_hashed_devices_raising_only_adds_and_failures_halt_it() {
     let w = world();
@@ -268,6 +281,12 @@ fn a_rollout_offers_exactly_the_hashed_devices_raising_only_adds_and_failures_ha
     assert!(
         reason.contains("3/9") && reason.contains("25.0%"),
         "{reason}"
+    );
+    let log = audit_log(&srv);
+    assert!(
+        log.lines()
+            .any(|l| l.starts_with("server rollout.halt") && l.contains(&rid)),
+        "{log}"
     );
     let text = ok(&mut srv.admin(&["rollout", "status", "--app", "demo"]));
     assert!(text.contains("halted") && text.contains("3/9"), "{text}");
@@ -418,7 +437,16 @@ fn push_to_a_tag_and_a_pin_win_and_bad_requests_name_the_field() {
     ]));
     let pins = ok(&mut srv.admin(&["pins", "--app", "demo", "--json"]));
     assert!(pins.contains(&ids[4]), "{pins}");
+    // Halted by hand with a reason, resumed, then finished.
+    let out = ok(&mut srv.admin(&["rollout", "halt", "--app", "demo", "--reason", "looks bad"]));
+    assert!(out.contains("halted") && out.contains("looks bad"), "{out}");
+    let err = fails(&mut srv.admin(&["rollout", "halt", "--id", &rid]));
+    assert!(err.contains("409"), "{err}");
+    let out = ok(&mut srv.admin(&["rollout", "resume", "--id", &rid]));
+    assert!(out.contains("running"), "{out}");
     ok(&mut srv.admin(&["rollout", "finish", "--id", &rid]));
+    let err = fails(&mut srv.admin(&["rollout", "set", "--app", "demo", "10"]));
+    assert!(err.contains("no running or halted rollout"), "{err}");
     once_all(&w, &srv, &apps);
     assert_eq!(on_v2(&w, &all), sorted(ids[..4].to_vec()));
     assert!(at(&w, &all[4].1, 0));
@@ -574,6 +602,24 @@ fn push_to_a_tag_and_a_pin_win_and_bad_requests_name_the_field() {
         .expect("body");
     let pushes: Value = serde_json::from_str(&pushes).expect("JSON");
     assert_eq!(pushes[0]["target"], "canary", "{pushes:#}");
+
+    // Every action is in the audit log, with its actor (read straight from the SQLite file).
+    let out = audit_log(&srv);
+    for action in [
+        "rollout.start",
+        "push demo/tag:canary",
+        "pin.set demo/device:",
+        "rollout.halt",
+        "rollout.resume",
+        "rollout.finish",
+        "pin.remove demo/device:",
+    ] {
+        assert!(
+            out.lines()
+                .any(|l| l.starts_with("admin:") && l.contains(action)),
+            "{action} not in the audit log:\n{out}"
+        );
+    }
 }
 
 /// Schedule, rate cap and yank against one backend, with protocol-level devices (real HTTP,
