@@ -425,7 +425,7 @@ fn push_to_a_tag_and_a_pin_win_and_bad_requests_name_the_field() {
     assert_eq!(on_v2(&w, &all), sorted(ids[..2].to_vec()));
 
     // Pin one device at v1, then finish the rollout: v2 is the channel default, the rest move,
-    // the pinned device stays; unpinned, it moves too.
+    // the pinned devices stay; unpinned, they move too.
     ok(&mut srv.admin(&[
         "pin",
         "--app",
@@ -435,8 +435,19 @@ fn push_to_a_tag_and_a_pin_win_and_bad_requests_name_the_field() {
         "--device",
         &ids[4],
     ]));
+    // And a tag: every device with it is held too.
+    ok(&mut srv.admin(&["tag", &ids[3], "frozen"]));
+    ok(&mut srv.admin(&[
+        "pin",
+        "--app",
+        "demo",
+        "--version",
+        "1.0.0",
+        "--tag",
+        "frozen",
+    ]));
     let pins = ok(&mut srv.admin(&["pins", "--app", "demo", "--json"]));
-    assert!(pins.contains(&ids[4]), "{pins}");
+    assert!(pins.contains(&ids[4]) && pins.contains("frozen"), "{pins}");
     // Halted by hand with a reason, resumed, then finished.
     let out = ok(&mut srv.admin(&["rollout", "halt", "--app", "demo", "--reason", "looks bad"]));
     assert!(out.contains("halted") && out.contains("looks bad"), "{out}");
@@ -448,11 +459,14 @@ fn push_to_a_tag_and_a_pin_win_and_bad_requests_name_the_field() {
     let err = fails(&mut srv.admin(&["rollout", "set", "--app", "demo", "10"]));
     assert!(err.contains("no running or halted rollout"), "{err}");
     once_all(&w, &srv, &apps);
-    assert_eq!(on_v2(&w, &all), sorted(ids[..4].to_vec()));
-    assert!(at(&w, &all[4].1, 0));
+    assert_eq!(on_v2(&w, &all), sorted(ids[..3].to_vec()));
+    assert!(at(&w, &all[3].1, 0) && at(&w, &all[4].1, 0));
     ok(&mut srv.admin(&["unpin", "--app", "demo", "--device", &ids[4]]));
-    once_all(&w, &srv, &[&all[4].1]);
-    assert!(at(&w, &all[4].1, 1));
+    ok(&mut srv.admin(&["unpin", "--app", "demo", "--tag", "frozen"]));
+    let err = fails(&mut srv.admin(&["unpin", "--app", "demo", "--tag", "frozen"]));
+    assert!(err.contains("404"), "{err}");
+    once_all(&w, &srv, &[&all[3].1, &all[4].1]);
+    assert!(at(&w, &all[3].1, 1) && at(&w, &all[4].1, 1));
 
     // Clear errors: an unknown version is named with the known ones; bounds name the field.
     let err = fails(&mut srv.admin(&[
