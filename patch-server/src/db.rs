@@ -16,6 +16,9 @@ use sqlx::{AnyPool, Executor, Row};
 
 use crate::decide::Release;
 
+pub mod rollouts;
+pub use rollouts::{Participation, PinRow, PushRow, RolloutRow};
+
 /// Which database is behind the pool.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Backend {
@@ -40,6 +43,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         3,
         "release yank",
         include_str!("../migrations/0003_release_yank.sql"),
+    ),
+    (
+        4,
+        "rollouts",
+        include_str!("../migrations/0004_rollouts.sql"),
     ),
 ];
 

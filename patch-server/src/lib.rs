@@ -29,5 +29,6 @@ pub mod decide;
 pub mod error;
 pub mod releases;
 pub mod retention;
+pub mod rollout;
 pub mod server;
 pub mod util;

@@ -191,6 +191,171 @@ enum Cmd {
         #[command(subcommand)]
         cmd: UploadCmd,
     },
+    /// Direct devices to a release now: one device, a tag, or every device of the app (a
+    /// one-off move for devices on an older release; a pin still wins).
+    Push {
+        #[command(flatten)]
+        remote: Remote,
+        #[arg(long)]
+        app: String,
+        #[arg(long)]
+        version: String,
+        #[command(flatten)]
+        target: PushTarget,
+    },
+    /// Hold a device, or every device with a tag, at a release (wins over pushes, rollouts
+    /// and the channel).
+    Pin {
+        #[command(flatten)]
+        remote: Remote,
+        #[arg(long)]
+        app: String,
+        #[arg(long)]
+        version: String,
+        #[command(flatten)]
+        target: PinTarget,
+    },
+    /// Remove the pin of a device or a tag.
+    Unpin {
+        #[command(flatten)]
+        remote: Remote,
+        #[arg(long)]
+        app: String,
+        #[command(flatten)]
+        target: PinTarget,
+    },
+    /// List pins.
+    Pins {
+        #[command(flatten)]
+        remote: Remote,
+        #[arg(long)]
+        app: Option<String>,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Staged rollouts: start, set, halt, resume, finish, status.
+    Rollout {
+        #[command(subcommand)]
+        cmd: RolloutCmd,
+    },
+}
+
+#[derive(Args)]
+#[group(required = true, multiple = false)]
+struct PushTarget {
+    /// One device.
+    #[arg(long)]
+    device: Option<String>,
+    /// Every device with this tag.
+    #[arg(long)]
+    tag: Option<String>,
+    /// Every device of the app.
+    #[arg(long)]
+    all: bool,
+}
+
+#[derive(Args)]
+#[group(required = true, multiple = false)]
+struct PinTarget {
+    /// One device.
+    #[arg(long)]
+    device: Option<String>,
+    /// Every device with this tag.
+    #[arg(long)]
+    tag: Option<String>,
+}
+
+#[derive(Args)]
+#[group(required = true, multiple = false)]
+struct WhichRollout {
+    /// The app's only running or halted rollout.
+    #[arg(long)]
+    app: Option<String>,
+    /// A rollout by id.
+    #[arg(long)]
+    id: Option<String>,
+}
+
+#[derive(Subcommand)]
+enum RolloutCmd {
+    /// Start offering a release to a percentage of the eligible devices.
+    Start {
+        #[command(flatten)]
+        remote: Remote,
+        #[arg(long)]
+        app: String,
+        #[arg(long)]
+        version: String,
+        /// Percentage of eligible devices (0..=100).
+        #[arg(long)]
+        percent: u32,
+        /// Halt when failed / finished exceeds this fraction.
+        #[arg(long, default_value_t = patch_server::rollout::DEFAULT_MAX_FAILURE_RATE)]
+        max_failure_rate: f64,
+        /// ... once this many devices finished.
+        #[arg(long, default_value_t = patch_server::rollout::DEFAULT_MIN_DEVICES)]
+        min_devices: u64,
+        /// A device offered the release without success for this long counts as failed.
+        #[arg(long, default_value = "2h", value_parser = humantime::parse_duration)]
+        timeout: Duration,
+        /// Raise the percentage along a list every interval: 5,25,50,100@1d.
+        #[arg(long)]
+        schedule: Option<String>,
+        /// Rate cap: at most N devices newly offered per --period.
+        #[arg(long)]
+        max_per_period: Option<u64>,
+        /// The rate cap's period.
+        #[arg(long, requires = "max_per_period", value_parser = humantime::parse_duration)]
+        period: Option<Duration>,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Set the percentage.
+    Set {
+        #[command(flatten)]
+        remote: Remote,
+        #[command(flatten)]
+        which: WhichRollout,
+        /// New percentage (0..=100).
+        percent: u32,
+    },
+    /// Stop offering the release (devices already on it stay).
+    Halt {
+        #[command(flatten)]
+        remote: Remote,
+        #[command(flatten)]
+        which: WhichRollout,
+        #[arg(long)]
+        reason: Option<String>,
+    },
+    /// Offer the release again after a halt.
+    Resume {
+        #[command(flatten)]
+        remote: Remote,
+        #[command(flatten)]
+        which: WhichRollout,
+    },
+    /// End the rollout: its release becomes an ordinary channel release.
+    Finish {
+        #[command(flatten)]
+        remote: Remote,
+        #[command(flatten)]
+        which: WhichRollout,
+    },
+    /// Rollouts with their progress (of one app, or one rollout with its devices).
+    Status {
+        #[command(flatten)]
+        remote: Remote,
+        #[arg(long)]
+        app: Option<String>,
+        #[arg(long, conflicts_with = "app")]
+        id: Option<String>,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -321,6 +486,54 @@ fn device_line(d: &Value) -> String {
         s(d, "last_seen"),
         result
     )
+}
+
+fn rollout_line(r: &Value) -> String {
+    let n = |k: &str| r.get(k).and_then(Value::as_i64).unwrap_or(0);
+    format!(
+        "{} {} {} {:<8} {:>3}% offered {} ok {} failed {} (timed out {}) pending {}{}",
+        s(r, "id"),
+        s(r, "app"),
+        s(r, "version"),
+        s(r, "state"),
+        n("percent"),
+        n("offered"),
+        n("succeeded"),
+        n("failed"),
+        n("timed_out"),
+        n("pending"),
+        r.get("halt_reason")
+            .and_then(Value::as_str)
+            .map(|h| format!(" reason: {h}"))
+            .unwrap_or_default()
+    )
+}
+
+/// The id of the rollout `which` names (`--app`: its only running or halted rollout).
+fn rollout_id(c: &Client, which: &WhichRollout) -> Result<String> {
+    if let Some(id) = &which.id {
+        return Ok(id.clone());
+    }
+    let app = which.app.clone().unwrap_or_default();
+    let v = c.get("/v1/admin/rollouts", &[("app", app.clone())])?;
+    let active: Vec<&Value> = v
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|r| matches!(r["state"].as_str(), Some("running" | "halted")))
+        .collect();
+    match active.as_slice() {
+        [] => bail!("app {app} has no running or halted rollout"),
+        [one] => Ok(s(one, "id").to_string()),
+        many => bail!(
+            "app {app} has {} unfinished rollouts ({}); give --id",
+            many.len(),
+            many.iter()
+                .map(|r| format!("{} {}", s(r, "id"), s(r, "version")))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    }
 }
 
 fn run(cli: Cli) -> Result<()> {
@@ -621,6 +834,180 @@ fn run(cli: Cli) -> Result<()> {
         } => {
             let n = client(&remote)?.download(&format!("/v1/admin/uploads/{id}"), &out)?;
             println!("{n} bytes written to {}", out.display());
+            Ok(())
+        }
+        Cmd::Push {
+            remote,
+            app,
+            version,
+            target,
+        } => {
+            let v = client(&remote)?.post(
+                "/v1/admin/pushes",
+                &json!({"app": app, "version": version, "device": target.device,
+                        "tag": target.tag, "all": target.all}),
+            )?;
+            println!(
+                "pushed {app} {} to {} {}",
+                s(&v, "version"),
+                s(&v, "target_kind"),
+                s(&v, "target")
+            );
+            Ok(())
+        }
+        Cmd::Pin {
+            remote,
+            app,
+            version,
+            target,
+        } => {
+            let v = client(&remote)?.post(
+                "/v1/admin/pins",
+                &json!({"app": app, "version": version, "device": target.device,
+                        "tag": target.tag}),
+            )?;
+            println!(
+                "pinned {} {} of {app} at {}",
+                s(&v, "target_kind"),
+                s(&v, "target"),
+                s(&v, "version")
+            );
+            Ok(())
+        }
+        Cmd::Unpin {
+            remote,
+            app,
+            target,
+        } => {
+            client(&remote)?.post(
+                "/v1/admin/pins/remove",
+                &json!({"app": app, "device": target.device, "tag": target.tag}),
+            )?;
+            println!("pin removed");
+            Ok(())
+        }
+        Cmd::Pins { remote, app, json } => {
+            let q: Vec<(&str, String)> = app.map(|a| ("app", a)).into_iter().collect();
+            let v = client(&remote)?.get("/v1/admin/pins", &q)?;
+            if json {
+                print_json(&v);
+            } else {
+                for p in v.as_array().into_iter().flatten() {
+                    println!(
+                        "{} {} {} at {}",
+                        s(p, "app"),
+                        s(p, "target_kind"),
+                        s(p, "target"),
+                        s(p, "version")
+                    );
+                }
+            }
+            Ok(())
+        }
+        Cmd::Rollout { cmd } => rollout(cmd),
+    }
+}
+
+fn rollout(cmd: RolloutCmd) -> Result<()> {
+    match cmd {
+        RolloutCmd::Start {
+            remote,
+            app,
+            version,
+            percent,
+            max_failure_rate,
+            min_devices,
+            timeout,
+            schedule,
+            max_per_period,
+            period,
+            json,
+        } => {
+            let v = client(&remote)?.post(
+                "/v1/admin/rollouts",
+                &json!({"app": app, "version": version, "percent": percent,
+                        "max_failure_rate": max_failure_rate, "min_devices": min_devices,
+                        "timeout_secs": timeout.as_secs().max(1), "schedule": schedule,
+                        "max_per_period": max_per_period,
+                        "period_secs": period.map(|p| p.as_secs().max(1))}),
+            )?;
+            if json {
+                print_json(&v);
+            } else {
+                println!("rollout started: {}", rollout_line(&v));
+            }
+            Ok(())
+        }
+        RolloutCmd::Set {
+            remote,
+            which,
+            percent,
+        } => {
+            let c = client(&remote)?;
+            let id = rollout_id(&c, &which)?;
+            let v = c.post(
+                &format!("/v1/admin/rollouts/{id}/percent"),
+                &json!({ "percent": percent }),
+            )?;
+            println!("{}", rollout_line(&v));
+            Ok(())
+        }
+        RolloutCmd::Halt {
+            remote,
+            which,
+            reason,
+        } => {
+            let c = client(&remote)?;
+            let id = rollout_id(&c, &which)?;
+            let v = c.post(
+                &format!("/v1/admin/rollouts/{id}/halt"),
+                &json!({ "reason": reason }),
+            )?;
+            println!("{}", rollout_line(&v));
+            Ok(())
+        }
+        RolloutCmd::Resume { remote, which } => {
+            let c = client(&remote)?;
+            let id = rollout_id(&c, &which)?;
+            let v = c.post(&format!("/v1/admin/rollouts/{id}/resume"), &json!({}))?;
+            println!("{}", rollout_line(&v));
+            Ok(())
+        }
+        RolloutCmd::Finish { remote, which } => {
+            let c = client(&remote)?;
+            let id = rollout_id(&c, &which)?;
+            let v = c.post(&format!("/v1/admin/rollouts/{id}/finish"), &json!({}))?;
+            println!("{}", rollout_line(&v));
+            Ok(())
+        }
+        RolloutCmd::Status {
+            remote,
+            app,
+            id,
+            json,
+        } => {
+            let c = client(&remote)?;
+            if let Some(id) = id {
+                let v = c.get(&format!("/v1/admin/rollouts/{id}"), &[])?;
+                if json {
+                    print_json(&v);
+                } else {
+                    println!("{}", rollout_line(&v["rollout"]));
+                    for d in v["devices"].as_array().into_iter().flatten() {
+                        println!("  {} {}", s(d, "device"), s(d, "result"));
+                    }
+                }
+                return Ok(());
+            }
+            let q: Vec<(&str, String)> = app.map(|a| ("app", a)).into_iter().collect();
+            let v = c.get("/v1/admin/rollouts", &q)?;
+            if json {
+                print_json(&v);
+            } else {
+                for r in v.as_array().into_iter().flatten() {
+                    println!("{}", rollout_line(r));
+                }
+            }
             Ok(())
         }
     }

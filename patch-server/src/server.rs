@@ -1,5 +1,6 @@
 //! Running the server: open the database, make the first admin token, start the background
-//! tasks (release refresh, command expiry, history retention), and serve HTTP or HTTPS.
+//! tasks (release refresh, rollout evaluation, command expiry, history retention), and serve
+//! HTTP or HTTPS.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -137,9 +138,21 @@ pub async fn first_admin_token(db: &Db, file: &Path) -> Result<Option<PathBuf>, 
     Ok(Some(file.to_path_buf()))
 }
 
-/// Spawns the periodic tasks: release refresh, command expiry, history retention.
+/// Spawns the periodic tasks: release refresh, rollout evaluation (timeouts, schedule,
+/// halts), command expiry, history retention.
 pub fn spawn_background(db: Db, data: PathBuf, refresh: Duration, retain: Duration) {
     let (db2, data2) = (db.clone(), data);
+    let db3 = db.clone();
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(crate::rollout::TICK);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            if let Err(e) = crate::rollout::tick(&db3, crate::util::now_ms()).await {
+                tracing::warn!("rollout evaluation: {e}");
+            }
+        }
+    });
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(refresh.max(Duration::from_secs(1)));
         tick.tick().await; // apps were refreshed when added

@@ -1,5 +1,6 @@
 //! The admin API (`/v1/admin/...`): bearer admin tokens with scopes `read` (GET only), `ci`
-//! (apps, devices, commands) and `admin` (also tokens). The `patch-server` CLI is its client.
+//! (apps, devices, commands) and `admin` (also tokens, rollouts, pins, pushes). The
+//! `patch-server` CLI is its client.
 
 use std::time::Duration;
 
@@ -618,4 +619,333 @@ pub async fn create_token(
     Ok(Json(
         serde_json::json!({"token": token, "scope": req.scope}),
     ))
+}
+
+// ---- rollouts, pins, pushes (Fleet 3): scope `admin` to change, `read` to see ----
+
+/// `POST /v1/admin/rollouts`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewRollout {
+    /// App.
+    pub app: String,
+    /// Release (one of the app's verified, not yanked releases).
+    pub version: String,
+    /// First percentage, 0..=100.
+    pub percent: u32,
+    /// Halt when failed / finished exceeds this fraction (default 0.05).
+    #[serde(default)]
+    pub max_failure_rate: Option<f64>,
+    /// ... once this many devices finished (default 20).
+    #[serde(default)]
+    pub min_devices: Option<u64>,
+    /// A device offered the release and not successful within this many seconds counts as
+    /// failed (default 7200).
+    #[serde(default)]
+    pub timeout_secs: Option<u64>,
+    /// `5,25,50,100@1d`: raise along the list every interval while running.
+    #[serde(default)]
+    pub schedule: Option<String>,
+    /// Rate cap: at most this many devices newly offered per `period_secs`.
+    #[serde(default)]
+    pub max_per_period: Option<u64>,
+    /// The rate cap's period (default 3600 with `max_per_period`).
+    #[serde(default)]
+    pub period_secs: Option<u64>,
+}
+
+impl Validate for NewRollout {
+    fn validate(&self) -> Result<(), FleetError> {
+        check_id("app", &self.app)?;
+        check_short("version", &self.version)?;
+        if self.percent > 100 {
+            return Err(bad("percent", "must be within 0..=100"));
+        }
+        if let Some(s) = &self.schedule {
+            check_short("schedule", s)?;
+        }
+        if self.period_secs.is_some() && self.max_per_period.is_none() {
+            return Err(bad("period_secs", "only with max_per_period"));
+        }
+        Ok(())
+    }
+}
+
+/// `POST /v1/admin/rollouts/{id}/percent`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PercentChange {
+    /// New percentage, 0..=100.
+    pub percent: u32,
+}
+
+impl Validate for PercentChange {
+    fn validate(&self) -> Result<(), FleetError> {
+        if self.percent > 100 {
+            return Err(bad("percent", "must be within 0..=100"));
+        }
+        Ok(())
+    }
+}
+
+/// `POST /v1/admin/rollouts/{id}/halt`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HaltRequest {
+    /// Why (shown in status and the audit log).
+    #[serde(default)]
+    pub reason: Option<String>,
+}
+
+impl Validate for HaltRequest {
+    fn validate(&self) -> Result<(), FleetError> {
+        if let Some(r) = &self.reason {
+            check_short("reason", r)?;
+        }
+        Ok(())
+    }
+}
+
+/// `POST /v1/admin/pins`, `POST /v1/admin/pins/remove`, `POST /v1/admin/pushes`: exactly one
+/// of `device`, `tag` and `all` (`all` for pushes only); `version` except for removal.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TargetedRelease {
+    /// App.
+    pub app: String,
+    /// Release.
+    #[serde(default)]
+    pub version: Option<String>,
+    /// One device.
+    #[serde(default)]
+    pub device: Option<String>,
+    /// Every device with this tag.
+    #[serde(default)]
+    pub tag: Option<String>,
+    /// Every device of the app.
+    #[serde(default)]
+    pub all: bool,
+}
+
+impl Validate for TargetedRelease {
+    fn validate(&self) -> Result<(), FleetError> {
+        check_id("app", &self.app)?;
+        if let Some(v) = &self.version {
+            check_short("version", v)?;
+        }
+        let n = usize::from(self.device.is_some())
+            + usize::from(self.tag.is_some())
+            + usize::from(self.all);
+        if n != 1 {
+            return Err(bad("device", "give exactly one of device, tag and all"));
+        }
+        if let Some(d) = &self.device {
+            check_id("device", d)?;
+        }
+        if let Some(t) = &self.tag {
+            check_id("tag", t)?;
+        }
+        Ok(())
+    }
+}
+
+impl TargetedRelease {
+    fn target(&self) -> crate::rollout::Target {
+        use crate::rollout::Target;
+        match (&self.device, &self.tag) {
+            (Some(d), _) => Target::Device(d.clone()),
+            (_, Some(t)) => Target::Tag(t.clone()),
+            _ => Target::All,
+        }
+    }
+
+    fn version(&self) -> ApiResult<&str> {
+        self.version
+            .as_deref()
+            .ok_or_else(|| ApiError::bad("version", "missing"))
+    }
+}
+
+/// Query of the rollout, pin and push listings.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct AppQuery {
+    app: Option<String>,
+}
+
+/// `POST /v1/admin/rollouts`: starts a rollout.
+pub async fn start_rollout(
+    State(st): State<AppState>,
+    headers: HeaderMap,
+    body: Body,
+) -> ApiResult<Json<crate::rollout::RolloutView>> {
+    let actor = admin_auth(&st, &headers, Scope::Admin).await?;
+    let r: NewRollout = read_doc(body).await?;
+    let schedule = match &r.schedule {
+        Some(s) => {
+            Some(crate::rollout::Schedule::parse(s).map_err(|e| ApiError::bad("schedule", e))?)
+        }
+        None => None,
+    };
+    let req = crate::rollout::StartRollout {
+        app: r.app.clone(),
+        version: r.version.clone(),
+        percent: r.percent,
+        max_failure_rate: r
+            .max_failure_rate
+            .unwrap_or(crate::rollout::DEFAULT_MAX_FAILURE_RATE),
+        min_devices: r.min_devices.unwrap_or(crate::rollout::DEFAULT_MIN_DEVICES),
+        timeout: r
+            .timeout_secs
+            .map_or(crate::rollout::DEFAULT_TIMEOUT, Duration::from_secs),
+        schedule,
+        rate_cap: r
+            .max_per_period
+            .map(|n| (n, Duration::from_secs(r.period_secs.unwrap_or(3600)))),
+    };
+    Ok(Json(
+        crate::rollout::start(&st.db, &actor, &req, now_ms()).await?,
+    ))
+}
+
+/// `GET /v1/admin/rollouts?app=`: rollouts with progress, newest first.
+pub async fn list_rollouts(
+    State(st): State<AppState>,
+    headers: HeaderMap,
+    q: Result<Query<AppQuery>, axum::extract::rejection::QueryRejection>,
+) -> ApiResult<Json<Vec<crate::rollout::RolloutView>>> {
+    admin_auth(&st, &headers, Scope::Read).await?;
+    let Query(q) = q.map_err(query_err)?;
+    Ok(Json(crate::rollout::list(&st.db, q.app.as_deref()).await?))
+}
+
+/// `GET /v1/admin/rollouts/{id}`: one rollout and its participants.
+pub async fn show_rollout(
+    State(st): State<AppState>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> ApiResult<Json<serde_json::Value>> {
+    admin_auth(&st, &headers, Scope::Read).await?;
+    let view = crate::rollout::status(&st.db, &id, now_ms()).await?;
+    let devices = st.db.participants(&id, 10_000).await?;
+    Ok(Json(
+        serde_json::json!({"rollout": view, "devices": devices}),
+    ))
+}
+
+/// `POST /v1/admin/rollouts/{id}/percent`.
+pub async fn set_rollout_percent(
+    State(st): State<AppState>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> ApiResult<Json<crate::rollout::RolloutView>> {
+    let actor = admin_auth(&st, &headers, Scope::Admin).await?;
+    let p: PercentChange = read_doc(body).await?;
+    Ok(Json(
+        crate::rollout::set_percent(&st.db, &actor, &id, p.percent, now_ms()).await?,
+    ))
+}
+
+/// `POST /v1/admin/rollouts/{id}/halt`.
+pub async fn halt_rollout(
+    State(st): State<AppState>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> ApiResult<Json<crate::rollout::RolloutView>> {
+    let actor = admin_auth(&st, &headers, Scope::Admin).await?;
+    let h: HaltRequest = read_doc(body).await?;
+    Ok(Json(
+        crate::rollout::halt(&st.db, &actor, &id, h.reason.as_deref(), now_ms()).await?,
+    ))
+}
+
+/// `POST /v1/admin/rollouts/{id}/resume`.
+pub async fn resume_rollout(
+    State(st): State<AppState>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> ApiResult<Json<crate::rollout::RolloutView>> {
+    let actor = admin_auth(&st, &headers, Scope::Admin).await?;
+    Ok(Json(
+        crate::rollout::resume(&st.db, &actor, &id, now_ms()).await?,
+    ))
+}
+
+/// `POST /v1/admin/rollouts/{id}/finish`.
+pub async fn finish_rollout(
+    State(st): State<AppState>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> ApiResult<Json<crate::rollout::RolloutView>> {
+    let actor = admin_auth(&st, &headers, Scope::Admin).await?;
+    Ok(Json(
+        crate::rollout::finish(&st.db, &actor, &id, now_ms()).await?,
+    ))
+}
+
+/// `POST /v1/admin/pins`: pins a device or tag at a release.
+pub async fn set_pin(
+    State(st): State<AppState>,
+    headers: HeaderMap,
+    body: Body,
+) -> ApiResult<Json<crate::db::PinRow>> {
+    let actor = admin_auth(&st, &headers, Scope::Admin).await?;
+    let p: TargetedRelease = read_doc(body).await?;
+    Ok(Json(
+        crate::rollout::pin(&st.db, &actor, &p.app, &p.target(), p.version()?, now_ms()).await?,
+    ))
+}
+
+/// `POST /v1/admin/pins/remove`: removes the pin of a device or tag.
+pub async fn remove_pin(
+    State(st): State<AppState>,
+    headers: HeaderMap,
+    body: Body,
+) -> ApiResult<Json<serde_json::Value>> {
+    let actor = admin_auth(&st, &headers, Scope::Admin).await?;
+    let p: TargetedRelease = read_doc(body).await?;
+    crate::rollout::unpin(&st.db, &actor, &p.app, &p.target()).await?;
+    Ok(Json(serde_json::json!({"removed": true})))
+}
+
+/// `GET /v1/admin/pins?app=`.
+pub async fn list_pins(
+    State(st): State<AppState>,
+    headers: HeaderMap,
+    q: Result<Query<AppQuery>, axum::extract::rejection::QueryRejection>,
+) -> ApiResult<Json<Vec<crate::db::PinRow>>> {
+    admin_auth(&st, &headers, Scope::Read).await?;
+    let Query(q) = q.map_err(query_err)?;
+    if let Some(a) = &q.app {
+        check_id("app", a)?;
+    }
+    Ok(Json(st.db.pins(q.app.as_deref()).await?))
+}
+
+/// `POST /v1/admin/pushes`: pushes a release to a device, a tag or the whole app.
+pub async fn create_push(
+    State(st): State<AppState>,
+    headers: HeaderMap,
+    body: Body,
+) -> ApiResult<Json<crate::db::PushRow>> {
+    let actor = admin_auth(&st, &headers, Scope::Admin).await?;
+    let p: TargetedRelease = read_doc(body).await?;
+    Ok(Json(
+        crate::rollout::push(&st.db, &actor, &p.app, &p.target(), p.version()?, now_ms()).await?,
+    ))
+}
+
+/// `GET /v1/admin/pushes?app=`.
+pub async fn list_pushes(
+    State(st): State<AppState>,
+    headers: HeaderMap,
+    q: Result<Query<AppQuery>, axum::extract::rejection::QueryRejection>,
+) -> ApiResult<Json<Vec<crate::db::PushRow>>> {
+    admin_auth(&st, &headers, Scope::Read).await?;
+    let Query(q) = q.map_err(query_err)?;
+    if let Some(a) = &q.app {
+        check_id("app", a)?;
+    }
+    Ok(Json(st.db.pushes(q.app.as_deref()).await?))
 }

@@ -15,7 +15,6 @@ use tokio::io::AsyncWriteExt;
 
 use super::common::{device_auth, read_doc, AppState};
 use crate::db::{i64_of, CheckinRow, DeviceAuth, UploadRow};
-use crate::decide::{decide, DeviceFacts};
 use crate::error::{ApiError, ApiResult};
 use crate::util::{new_id, new_token, now_ms, rfc3339, same_secret, sha256_hex, state_digest};
 
@@ -104,15 +103,7 @@ pub async fn checkin(
     let active = out.status == "active";
     let directive = if active {
         let releases = st.db.releases(&dev.app).await?;
-        let facts = DeviceFacts {
-            version: c
-                .version
-                .as_deref()
-                .and_then(|v| formats::Version::parse(v).ok()),
-            channel: c.channel.clone(),
-            attrs: c.attrs.clone(),
-        };
-        decide(&facts, &releases)
+        crate::rollout::directive_for_checkin(&st.db, &dev, &c, &releases, now).await?
     } else {
         None
     };

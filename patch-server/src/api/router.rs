@@ -72,6 +72,30 @@ pub fn router(state: AppState, max_concurrent: usize) -> Router {
         .route("/v1/admin/uploads", get(admin::list_uploads))
         .route("/v1/admin/uploads/{id}", get(admin::get_upload))
         .route("/v1/admin/tokens", post(admin::create_token))
+        .route(
+            "/v1/admin/rollouts",
+            post(admin::start_rollout).get(admin::list_rollouts),
+        )
+        .route("/v1/admin/rollouts/{id}", get(admin::show_rollout))
+        .route(
+            "/v1/admin/rollouts/{id}/percent",
+            post(admin::set_rollout_percent),
+        )
+        .route("/v1/admin/rollouts/{id}/halt", post(admin::halt_rollout))
+        .route(
+            "/v1/admin/rollouts/{id}/resume",
+            post(admin::resume_rollout),
+        )
+        .route(
+            "/v1/admin/rollouts/{id}/finish",
+            post(admin::finish_rollout),
+        )
+        .route("/v1/admin/pins", post(admin::set_pin).get(admin::list_pins))
+        .route("/v1/admin/pins/remove", post(admin::remove_pin))
+        .route(
+            "/v1/admin/pushes",
+            post(admin::create_push).get(admin::list_pushes),
+        )
         .fallback(not_found)
         .layer(
             ServiceBuilder::new()
