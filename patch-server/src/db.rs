@@ -41,6 +41,7 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "release yank",
         include_str!("../migrations/0003_release_yank.sql"),
     ),
+    (5, "alerts", include_str!("../migrations/0005_alerts.sql")),
 ];
 
 impl MigrationSource<'static> for Migrations {

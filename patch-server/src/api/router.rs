@@ -5,7 +5,7 @@
 use axum::error_handling::HandleErrorLayer;
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post, put};
+use axum::routing::{delete, get, post, put};
 use axum::{BoxError, Json, Router};
 use formats::fleet::ErrorBody;
 use tower::limit::GlobalConcurrencyLimitLayer;
@@ -72,6 +72,15 @@ pub fn router(state: AppState, max_concurrent: usize) -> Router {
         .route("/v1/admin/uploads", get(admin::list_uploads))
         .route("/v1/admin/uploads/{id}", get(admin::get_upload))
         .route("/v1/admin/tokens", post(admin::create_token))
+        .route("/v1/admin/alerts", get(admin::list_alerts))
+        .route(
+            "/v1/admin/alert-destinations",
+            get(admin::list_destinations).post(admin::add_destination),
+        )
+        .route(
+            "/v1/admin/alert-destinations/{id}",
+            delete(admin::remove_destination),
+        )
         .fallback(not_found)
         .layer(
             ServiceBuilder::new()
