@@ -196,20 +196,14 @@ pub fn checkin_changes(f: &CheckinFacts<'_>, open: &BTreeSet<String>) -> Vec<Cha
     let device_condition =
         |make: fn(String, String) -> Condition| make(f.app.to_string(), f.device.to_string());
     let mut out = Vec::new();
-    match f.new_results.iter().max_by_key(|r| r.seq) {
-        Some(r) if !r.ok => {
-            if !open.contains(&failed) {
-                out.push(Change::Raise {
-                    condition: device_condition(|app, device| Condition::FailedUpdate {
-                        app,
-                        device,
-                    }),
-                    detail: failure_detail(r),
-                });
-            }
-        }
-        Some(_) if open.contains(&failed) => out.push(Change::Clear { key: failed }),
-        None if f.up_to_date && open.contains(&failed) => out.push(Change::Clear { key: failed }),
+    let failed_open = open.contains(&failed);
+    match (f.new_results.iter().max_by_key(|r| r.seq), failed_open) {
+        (Some(r), false) if !r.ok => out.push(Change::Raise {
+            condition: device_condition(|app, device| Condition::FailedUpdate { app, device }),
+            detail: failure_detail(r),
+        }),
+        (Some(r), true) if r.ok => out.push(Change::Clear { key: failed }),
+        (None, true) if f.up_to_date => out.push(Change::Clear { key: failed }),
         _ => {}
     }
     if open.contains(&silent) {
