@@ -585,7 +585,8 @@ mod tests {
         assert_eq!(open[0].key, "rollout-halted:r1");
         assert_eq!(open[0].detail, "failure rate 0.2 > 0.05");
         assert_eq!(open[0].deliveries.len(), 2);
-        assert_eq!(open[0].deliveries[1].target, "http://127.0.0.1:9/...");
+        let hook = open[0].deliveries.iter().find(|d| d.kind == "webhook");
+        assert_eq!(hook.unwrap().target, "http://127.0.0.1:9/...");
         assert!(clear(&db, "rollout-halted:r1", 20).await.unwrap());
         assert!(!clear(&db, "rollout-halted:r1", 21).await.unwrap());
         let mut got = deliveries(&db).await;
