@@ -458,6 +458,7 @@ fn run(cli: Cli) -> Result<()> {
                     });
             let alerts = patch_server::alerts::AlertOptions {
                 silent_after,
+                retain: retain_history,
                 delivery: patch_server::alerts::DeliveryOptions {
                     smtp,
                     retry_base: alert_retry_base.max(Duration::from_millis(100)),

@@ -96,6 +96,8 @@ pub struct AlertOptions {
     pub silent_after: u32,
     /// How often the outbox is polled.
     pub tick: Duration,
+    /// Resolved alerts older than this are deleted with their notifications.
+    pub retain: Duration,
     /// Delivery.
     pub delivery: DeliveryOptions,
 }
@@ -105,6 +107,7 @@ impl Default for AlertOptions {
         AlertOptions {
             silent_after: 3,
             tick: Duration::from_secs(1),
+            retain: Duration::from_secs(30 * 86_400),
             delivery: DeliveryOptions::default(),
         }
     }
@@ -376,21 +379,27 @@ pub async fn deliver_due(db: &Db, n: &Notifier, now: i64) -> sqlx::Result<usize>
     Ok(jobs.len())
 }
 
-/// Starts the alert engine's background tasks: the silent-device sweep (every poll interval,
-/// at most every 30 s) and the outbox delivery (every `tick`). Every instance runs both;
+/// Starts the alert engine's background tasks: the silent-device sweep and the retention of
+/// resolved alerts (every poll interval, at most every 30 s) and the outbox delivery (every
+/// `tick`). Every instance runs both;
 /// the database keeps them from doing anything twice.
 pub fn spawn(db: Db, o: AlertOptions, default_poll_secs: u64) -> Result<(), AlertError> {
     let notifier = Notifier::new(o.delivery.clone())?;
     let db2 = db.clone();
     let silent_after = o.silent_after;
+    let retain_ms = i64::try_from(o.retain.as_millis()).unwrap_or(i64::MAX);
     tokio::spawn(async move {
         let every = Duration::from_secs(default_poll_secs.clamp(1, 30));
         let mut tick = tokio::time::interval(every);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tick.tick().await;
-            if let Err(e) = sweep_silent(&db2, silent_after, default_poll_secs, now_ms()).await {
+            let now = now_ms();
+            if let Err(e) = sweep_silent(&db2, silent_after, default_poll_secs, now).await {
                 tracing::warn!("silent-device sweep: {e}");
+            }
+            if let Err(e) = super::store::prune(&db2, now.saturating_sub(retain_ms)).await {
+                tracing::warn!("alert retention: {e}");
             }
         }
     });

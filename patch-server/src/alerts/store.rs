@@ -224,6 +224,26 @@ pub async fn sweep_silent(
     Ok(opened)
 }
 
+/// Deletes alerts resolved before `cutoff_ms` with their notifications (open alerts and
+/// their notifications are kept however old). Returns how many alerts were deleted.
+pub async fn prune(db: &Db, cutoff_ms: i64) -> sqlx::Result<u64> {
+    let mut tx = db.pool().begin().await?;
+    sqlx::query(
+        "DELETE FROM alert_deliveries WHERE alert IN \
+         (SELECT id FROM alerts WHERE resolved_ms IS NOT NULL AND resolved_ms < $1)",
+    )
+    .bind(cutoff_ms)
+    .execute(&mut *tx)
+    .await?;
+    let n = sqlx::query("DELETE FROM alerts WHERE resolved_ms IS NOT NULL AND resolved_ms < $1")
+        .bind(cutoff_ms)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+    tx.commit().await?;
+    Ok(n)
+}
+
 // ---- destinations ----
 
 /// A place notifications go (the webhook secret is never shown).
@@ -618,5 +638,19 @@ mod tests {
         assert_eq!(every.len(), 2);
         assert_eq!(every[1].state, "resolved");
         assert_eq!(every[1].resolved_ms, Some(20));
+        // Pruning drops the resolved alert and its notifications, never the open one.
+        assert_eq!(prune(&db, 1_000).await.unwrap(), 1);
+        let left = list(
+            &db,
+            &AlertFilter {
+                limit: 10,
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+        assert_eq!(left.len(), 1);
+        assert_eq!(left[0].state, "open");
+        assert_eq!(deliveries(&db).await.len(), 2);
     }
 }
