@@ -17,8 +17,8 @@ use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
 use sha2::Sha256;
 use sqlx::Row;
 
+use super::condition::{cut, AlertEvent};
 use super::store::sweep_silent;
-use super::AlertEvent;
 use crate::db::Db;
 use crate::util::{new_id, now_ms, rfc3339};
 
@@ -215,12 +215,25 @@ fn without_url(e: reqwest::Error) -> reqwest::Error {
     e.without_url()
 }
 
+/// A URL with its password replaced by `***`, for messages.
+fn redact_password(url: &str) -> String {
+    match reqwest::Url::parse(url) {
+        Ok(mut u) => {
+            if u.password().is_some() {
+                let _ = u.set_password(Some("***"));
+            }
+            u.to_string()
+        }
+        Err(_) => "(not a URL)".into(),
+    }
+}
+
 fn smtp_transport(
     c: &SmtpConfig,
     timeout: Duration,
 ) -> Result<(AsyncSmtpTransport<Tokio1Executor>, Mailbox), AlertError> {
     let bad_url = |reason: String| AlertError::SmtpUrl {
-        url: crate::server::redact(&c.url),
+        url: redact_password(&c.url),
         reason,
     };
     let from: Mailbox = c.from.parse().map_err(|e| AlertError::SmtpFrom {
@@ -368,7 +381,7 @@ pub async fn deliver_due(db: &Db, n: &Notifier, now: i64) -> sqlx::Result<usize>
                 .bind(i64::from(attempts))
                 .bind(next)
                 .bind(failed.then_some(done_at))
-                .bind(super::cut(&e, 1024))
+                .bind(cut(&e, 1024))
                 .bind(&j.id)
                 .bind(&claim)
                 .execute(db.pool())

@@ -14,7 +14,9 @@ use serde::{Deserialize, Serialize};
 use sqlx::any::AnyRow;
 use sqlx::Row;
 
-use super::{checkin_changes, cut, device_keys, Change, CheckinFacts, Condition, MAX_DETAIL};
+use super::condition::{
+    checkin_changes, cut, device_keys, Change, CheckinFacts, Condition, MAX_DETAIL,
+};
 use crate::db::Db;
 use crate::util::{new_id, rfc3339};
 
