@@ -10,6 +10,10 @@ if ! python3 -c 'import tuf.ngclient' 2>/dev/null; then
   echo "== installing python-tuf (for the TUF interoperability test)"
   python3 -m pip install --quiet --disable-pip-version-check 'tuf>=5' || echo "warning: python-tuf unavailable; its test will be skipped"
 fi
+if ! python3 -c 'import aiosmtpd' 2>/dev/null; then
+  echo "== installing aiosmtpd (the SMTP server of the alert tests)"
+  python3 -m pip install --quiet --disable-pip-version-check 'aiosmtpd>=1.4' || echo "warning: aiosmtpd unavailable; the alert tests will fail"
+fi
 # Debian packages the tests start or call: a throwaway PostgreSQL cluster (fleet tests),
 # openssl (a self-signed certificate for the TLS test), faketime (TUF conformance suite).
 need=()

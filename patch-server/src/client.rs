@@ -153,6 +153,14 @@ impl Client {
         self.json(url, r)
     }
 
+    /// `DELETE path`, as JSON.
+    pub fn delete(&self, path: &str) -> Result<serde_json::Value, ClientError> {
+        let url = self.url(path);
+        let r = self.http.delete(&url).bearer_auth(&self.token).send();
+        let r = self.finish(url.clone(), r)?;
+        self.json(url, r)
+    }
+
     /// `GET path` into the file `out` (written beside it, then renamed); returns its size.
     pub fn download(&self, path: &str, out: &Path) -> Result<u64, ClientError> {
         let url = self.url(path);

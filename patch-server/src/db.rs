@@ -49,6 +49,7 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "rollouts",
         include_str!("../migrations/0004_rollouts.sql"),
     ),
+    (5, "alerts", include_str!("../migrations/0005_alerts.sql")),
 ];
 
 impl MigrationSource<'static> for Migrations {

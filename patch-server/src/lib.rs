@@ -22,6 +22,7 @@
 //! # Ok(()) }
 //! ```
 
+pub mod alerts;
 pub mod api;
 pub mod client;
 pub mod db;

@@ -90,6 +90,28 @@ enum Cmd {
         /// channel always does); 0s records every check-in.
         #[arg(long, default_value = "15m", value_parser = humantime::parse_duration)]
         history_every: Duration,
+        /// A device is silent (alert) after this many of its poll intervals without a check-in.
+        #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=1000))]
+        silent_after: u32,
+        /// SMTP server for e-mail alerts: smtp://HOST:PORT (plain, local relay),
+        /// smtp://HOST:587?tls=required (STARTTLS) or smtps://HOST:465 (TLS); the password
+        /// comes from PATCHKIT_SMTP_PASSWORD.
+        #[arg(long, requires = "smtp_from")]
+        smtp_url: Option<String>,
+        /// From address of e-mail alerts.
+        #[arg(long, requires = "smtp_url")]
+        smtp_from: Option<String>,
+        /// Delay before an alert notification is retried; doubled after each failure.
+        #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+        alert_retry_base: Duration,
+        /// Attempts before an alert notification is marked failed (also after 24 h).
+        #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..=100))]
+        alert_max_attempts: u32,
+    },
+    /// Alerts and where they are sent.
+    Alerts {
+        #[command(subcommand)]
+        cmd: AlertsCmd,
     },
     /// Create an admin token directly in the database (offline) and print it.
     Token {
@@ -428,6 +450,86 @@ enum DeviceCmd {
 }
 
 #[derive(Subcommand)]
+enum AlertsCmd {
+    /// Open and recent alerts with the delivery state of their notifications.
+    List {
+        #[command(flatten)]
+        remote: Remote,
+        /// Only open alerts.
+        #[arg(long)]
+        open: bool,
+        #[arg(long)]
+        app: Option<String>,
+        #[arg(long)]
+        device: Option<String>,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Where alerts are sent.
+    Destinations {
+        #[command(flatten)]
+        remote: Remote,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Webhook destinations (JSON POST signed with HMAC-SHA256).
+    Webhook {
+        #[command(subcommand)]
+        cmd: WebhookCmd,
+    },
+    /// E-mail destinations (through serve --smtp-url).
+    Email {
+        #[command(subcommand)]
+        cmd: EmailCmd,
+    },
+}
+
+#[derive(Subcommand)]
+enum WebhookCmd {
+    /// Send alerts to a URL.
+    Add {
+        #[command(flatten)]
+        remote: Remote,
+        #[arg(long)]
+        url: String,
+        /// File holding the HMAC secret (16 to 512 bytes).
+        #[arg(long)]
+        secret_file: PathBuf,
+        /// Only alerts of this app.
+        #[arg(long)]
+        app: Option<String>,
+    },
+    /// Stop sending to a webhook destination.
+    Remove {
+        #[command(flatten)]
+        remote: Remote,
+        id: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum EmailCmd {
+    /// Send alerts to an address.
+    Add {
+        #[command(flatten)]
+        remote: Remote,
+        #[arg(long)]
+        to: String,
+        /// Only alerts of this app.
+        #[arg(long)]
+        app: Option<String>,
+    },
+    /// Stop sending to an e-mail destination.
+    Remove {
+        #[command(flatten)]
+        remote: Remote,
+        id: String,
+    },
+}
+
+#[derive(Subcommand)]
 enum UploadCmd {
     /// Write an uploaded file to --out.
     Get {
@@ -553,7 +655,31 @@ fn run(cli: Cli) -> Result<()> {
             refresh_interval,
             command_ttl,
             history_every,
+            silent_after,
+            smtp_url,
+            smtp_from,
+            alert_retry_base,
+            alert_max_attempts,
         } => {
+            let smtp =
+                smtp_url
+                    .zip(smtp_from)
+                    .map(|(url, from)| patch_server::alerts::SmtpConfig {
+                        url,
+                        from,
+                        password: std::env::var("PATCHKIT_SMTP_PASSWORD").ok(),
+                    });
+            let alerts = patch_server::alerts::AlertOptions {
+                silent_after,
+                retain: retain_history,
+                delivery: patch_server::alerts::DeliveryOptions {
+                    smtp,
+                    retry_base: alert_retry_base.max(Duration::from_millis(100)),
+                    max_attempts: alert_max_attempts,
+                    ..Default::default()
+                },
+                ..Default::default()
+            };
             let opts = patch_server::server::ServeOptions {
                 data: store.data,
                 db_url: store.db,
@@ -569,6 +695,7 @@ fn run(cli: Cli) -> Result<()> {
                 refresh_interval,
                 command_ttl,
                 history_every,
+                alerts,
             };
             runtime()?.block_on(patch_server::server::serve(opts))
         }
@@ -829,6 +956,7 @@ fn run(cli: Cli) -> Result<()> {
             }
             Ok(())
         }
+        Cmd::Alerts { cmd } => alerts_cmd(cmd),
         Cmd::Upload {
             cmd: UploadCmd::Get { remote, id, out },
         } => {
@@ -1008,6 +1136,121 @@ fn rollout(cmd: RolloutCmd) -> Result<()> {
                     println!("{}", rollout_line(r));
                 }
             }
+            Ok(())
+        }
+    }
+}
+
+fn alerts_cmd(cmd: AlertsCmd) -> Result<()> {
+    match cmd {
+        AlertsCmd::List {
+            remote,
+            open,
+            app,
+            device,
+            json,
+        } => {
+            let mut q: Vec<(&str, String)> = vec![("limit", "1000".into())];
+            if open {
+                q.push(("open", "true".into()));
+            }
+            for (k, v) in [("app", app), ("device", device)] {
+                if let Some(v) = v {
+                    q.push((k, v));
+                }
+            }
+            let v = client(&remote)?.get("/v1/admin/alerts", &q)?;
+            if json {
+                print_json(&v);
+                return Ok(());
+            }
+            println!(
+                "{:<32} {:<9} {:<40} {:<21} {:<21} NOTIFICATIONS",
+                "ID", "STATE", "KEY", "OPENED", "RESOLVED"
+            );
+            for a in v.as_array().into_iter().flatten() {
+                let notes: Vec<String> = a["deliveries"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .map(|d| {
+                        format!(
+                            "{} {} {} ({} attempts)",
+                            s(d, "event"),
+                            s(d, "kind"),
+                            s(d, "status"),
+                            d["attempts"]
+                        )
+                    })
+                    .collect();
+                println!(
+                    "{:<32} {:<9} {:<40} {:<21} {:<21} {}",
+                    s(a, "id"),
+                    s(a, "state"),
+                    s(a, "key"),
+                    s(a, "opened_at"),
+                    s(a, "resolved_at"),
+                    notes.join("; ")
+                );
+                println!("    {}", s(a, "detail"));
+            }
+            Ok(())
+        }
+        AlertsCmd::Destinations { remote, json } => {
+            let v = client(&remote)?.get("/v1/admin/alert-destinations", &[])?;
+            if json {
+                print_json(&v);
+            } else {
+                for d in v.as_array().into_iter().flatten() {
+                    println!(
+                        "{} {} {} app={}",
+                        s(d, "id"),
+                        s(d, "kind"),
+                        s(d, "target"),
+                        d["app"].as_str().unwrap_or("*")
+                    );
+                }
+            }
+            Ok(())
+        }
+        AlertsCmd::Webhook {
+            cmd:
+                WebhookCmd::Add {
+                    remote,
+                    url,
+                    secret_file,
+                    app,
+                },
+        } => {
+            let secret = std::fs::read_to_string(&secret_file)
+                .with_context(|| format!("cannot read {}", secret_file.display()))?
+                .trim()
+                .to_string();
+            let v = client(&remote)?.post(
+                "/v1/admin/alert-destinations",
+                &json!({"kind": "webhook", "url": url, "secret": secret, "app": app}),
+            )?;
+            println!("webhook {} added: {}", s(&v, "id"), s(&v, "target"));
+            Ok(())
+        }
+        AlertsCmd::Email {
+            cmd: EmailCmd::Add { remote, to, app },
+        } => {
+            let v = client(&remote)?.post(
+                "/v1/admin/alert-destinations",
+                &json!({"kind": "email", "to": to, "app": app}),
+            )?;
+            println!("e-mail {} added: {}", s(&v, "id"), s(&v, "target"));
+            Ok(())
+        }
+        AlertsCmd::Webhook {
+            cmd: WebhookCmd::Remove { remote, id },
+        }
+        | AlertsCmd::Email {
+            cmd: EmailCmd::Remove { remote, id },
+        } => {
+            client(&remote)?.delete(&format!("/v1/admin/alert-destinations/{id}"))?;
+            println!("destination {id} removed");
             Ok(())
         }
     }

@@ -1,6 +1,6 @@
 //! Running the server: open the database, make the first admin token, start the background
-//! tasks (release refresh, rollout evaluation, command expiry, history retention), and serve
-//! HTTP or HTTPS.
+//! tasks (release refresh, rollout evaluation, command expiry, history retention, alerts), and
+//! serve HTTP or HTTPS.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -41,6 +41,8 @@ pub struct ServeOptions {
     pub command_ttl: Duration,
     /// Idle check-ins add a history row at most this often.
     pub history_every: Duration,
+    /// The alert engine: silent-device threshold, SMTP, retries.
+    pub alerts: crate::alerts::AlertOptions,
 }
 
 /// Errors of starting the server.
@@ -198,6 +200,11 @@ pub async fn serve(o: ServeOptions) -> anyhow::Result<()> {
             history_every: o.history_every,
         }),
     };
+    crate::alerts::spawn(
+        db.clone(),
+        o.alerts.clone(),
+        o.poll_interval.as_secs().max(1),
+    )?;
     spawn_background(db, o.data.clone(), o.refresh_interval, o.retain_history);
     let app = crate::api::router::router(state, o.max_concurrent);
     let listener = std::net::TcpListener::bind(o.addr)

@@ -949,3 +949,200 @@ pub async fn list_pushes(
     }
     Ok(Json(st.db.pushes(q.app.as_deref()).await?))
 }
+
+// ---- alerts ----
+
+/// Longest webhook URL accepted, in bytes.
+pub const MAX_WEBHOOK_URL: usize = 2048;
+
+/// `POST /v1/admin/alert-destinations`: a webhook (`url`, `secret`) or an e-mail address
+/// (`to`), for every app or one (`app`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewDestination {
+    /// `webhook` or `email`.
+    pub kind: String,
+    /// Webhook URL (`http` or `https`).
+    #[serde(default)]
+    pub url: Option<String>,
+    /// Webhook HMAC secret, 16 to 512 bytes.
+    #[serde(default)]
+    pub secret: Option<String>,
+    /// E-mail address.
+    #[serde(default)]
+    pub to: Option<String>,
+    /// Only alerts of this app.
+    #[serde(default)]
+    pub app: Option<String>,
+}
+
+impl NewDestination {
+    /// The destination's target: the URL or the address.
+    pub fn target(&self) -> &str {
+        self.url.as_deref().or(self.to.as_deref()).unwrap_or("")
+    }
+}
+
+impl Validate for NewDestination {
+    fn validate(&self) -> Result<(), FleetError> {
+        if let Some(a) = &self.app {
+            check_id("app", a)?;
+        }
+        match self.kind.as_str() {
+            "webhook" => {
+                if self.to.is_some() {
+                    return Err(bad("to", "only for kind email"));
+                }
+                let url = self
+                    .url
+                    .as_deref()
+                    .ok_or_else(|| bad("url", "missing: a webhook needs a URL"))?;
+                if url.len() > MAX_WEBHOOK_URL {
+                    return Err(FleetError {
+                        field: "url".into(),
+                        reason: format!("longer than the limit of {MAX_WEBHOOK_URL} bytes"),
+                        too_large: true,
+                    });
+                }
+                let u =
+                    reqwest::Url::parse(url).map_err(|e| bad("url", &format!("not a URL: {e}")))?;
+                if !matches!(u.scheme(), "http" | "https") || u.host_str().is_none() {
+                    return Err(bad("url", "must be an http:// or https:// URL with a host"));
+                }
+                let secret = self
+                    .secret
+                    .as_deref()
+                    .ok_or_else(|| bad("secret", "missing: webhooks are signed with it"))?;
+                if !(16..=512).contains(&secret.len()) {
+                    return Err(bad("secret", "must be 16 to 512 bytes"));
+                }
+                Ok(())
+            }
+            "email" => {
+                if self.url.is_some() || self.secret.is_some() {
+                    return Err(bad("url", "url and secret are only for kind webhook"));
+                }
+                let to = self
+                    .to
+                    .as_deref()
+                    .ok_or_else(|| bad("to", "missing: an e-mail destination needs an address"))?;
+                if to.len() > 254 {
+                    return Err(FleetError {
+                        field: "to".into(),
+                        reason: "longer than the limit of 254 bytes".into(),
+                        too_large: true,
+                    });
+                }
+                to.parse::<lettre::Address>()
+                    .map_err(|e| bad("to", &format!("not an e-mail address: {e}")))?;
+                Ok(())
+            }
+            _ => Err(bad("kind", "must be webhook or email")),
+        }
+    }
+}
+
+/// `POST /v1/admin/alert-destinations` (admin scope; audited).
+pub async fn add_destination(
+    State(st): State<AppState>,
+    headers: HeaderMap,
+    body: Body,
+) -> ApiResult<Json<crate::alerts::Destination>> {
+    let actor = admin_auth(&st, &headers, Scope::Admin).await?;
+    let req: NewDestination = read_doc(body).await?;
+    if let Some(a) = &req.app {
+        if st.db.app(a).await?.is_none() {
+            return Err(ApiError::bad("app", format!("no app {a} on this server")));
+        }
+    }
+    let now = now_ms();
+    let id = crate::alerts::add_destination(
+        &st.db,
+        &req.kind,
+        req.target(),
+        req.secret.as_deref(),
+        req.app.as_deref(),
+        &actor,
+        now,
+    )
+    .await?;
+    let shown = crate::alerts::store::redact_target(&req.kind, req.target());
+    let detail = format!(
+        "{} {shown} app={}",
+        req.kind,
+        req.app.as_deref().unwrap_or("*")
+    );
+    st.db
+        .audit(&actor, "alert.destination.add", &id, &detail)
+        .await?;
+    Ok(Json(crate::alerts::Destination {
+        id,
+        kind: req.kind.clone(),
+        target: req.target().to_string(),
+        app: req.app.clone(),
+        created_ms: now,
+        created_by: actor,
+    }))
+}
+
+/// `GET /v1/admin/alert-destinations` (admin scope: webhook URLs may hold secrets).
+pub async fn list_destinations(
+    State(st): State<AppState>,
+    headers: HeaderMap,
+) -> ApiResult<Json<Vec<crate::alerts::Destination>>> {
+    admin_auth(&st, &headers, Scope::Admin).await?;
+    Ok(Json(crate::alerts::destinations(&st.db).await?))
+}
+
+/// `DELETE /v1/admin/alert-destinations/{id}` (admin scope; audited): its pending
+/// notifications are marked failed.
+pub async fn remove_destination(
+    State(st): State<AppState>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> ApiResult<Json<serde_json::Value>> {
+    let actor = admin_auth(&st, &headers, Scope::Admin).await?;
+    check_id("id", &id)?;
+    if !crate::alerts::remove_destination(&st.db, &id, now_ms()).await? {
+        return Err(ApiError::NotFound(format!("no alert destination {id}")));
+    }
+    st.db
+        .audit(&actor, "alert.destination.remove", &id, "")
+        .await?;
+    Ok(Json(serde_json::json!({"id": id, "removed": true})))
+}
+
+/// Query of `GET /v1/admin/alerts`.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct AlertsQuery {
+    open: Option<bool>,
+    app: Option<String>,
+    device: Option<String>,
+    limit: Option<i64>,
+}
+
+/// `GET /v1/admin/alerts?open=true&app=A&device=D&limit=N`: open and recent alerts, newest
+/// first, with each notification's delivery state.
+pub async fn list_alerts(
+    State(st): State<AppState>,
+    headers: HeaderMap,
+    q: Result<Query<AlertsQuery>, axum::extract::rejection::QueryRejection>,
+) -> ApiResult<Json<Vec<crate::alerts::AlertView>>> {
+    admin_auth(&st, &headers, Scope::Read).await?;
+    let Query(q) = q.map_err(query_err)?;
+    for (f, v) in [("app", &q.app), ("device", &q.device)] {
+        if let Some(v) = v {
+            check_id(f, v)?;
+        }
+    }
+    if q.limit.is_some_and(|l| !(1..=1000).contains(&l)) {
+        return Err(ApiError::bad("limit", "must be 1 to 1000"));
+    }
+    let f = crate::alerts::AlertFilter {
+        open_only: q.open.unwrap_or(false),
+        app: q.app,
+        device: q.device,
+        limit: q.limit.unwrap_or(100),
+    };
+    Ok(Json(crate::alerts::list(&st.db, &f).await?))
+}

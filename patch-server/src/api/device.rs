@@ -78,7 +78,16 @@ pub async fn checkin(
 ) -> ApiResult<Response> {
     let dev = device_auth(&st, &headers).await?;
     let c: CheckIn = read_doc(body).await?;
+    if let Some(state) = &c.state {
+        crate::alerts::check_problem(state)?;
+    }
     let now = now_ms();
+    // Alerts look only at results stored by this check-in, not at ones sent again.
+    let prev_seq = if c.results.is_empty() {
+        None
+    } else {
+        crate::alerts::store::last_result_seq(&st.db, &dev.id).await?
+    };
     let row = CheckinRow {
         version: c.version.clone(),
         tree_digest: c.tree_digest.clone(),
@@ -107,6 +116,29 @@ pub async fn checkin(
     } else {
         None
     };
+    if active {
+        let new_results: Vec<_> = c
+            .results
+            .iter()
+            .filter(|r| match prev_seq {
+                Some(p) => i64_of(r.seq) > p,
+                None => true,
+            })
+            .cloned()
+            .collect();
+        let facts = crate::alerts::CheckinFacts {
+            app: &dev.app,
+            device: &dev.id,
+            new_results: &new_results,
+            state: c.state.as_ref(),
+            up_to_date: directive.is_none(),
+        };
+        // The check-in is stored; an alert that cannot be written now is logged, not
+        // turned into an error the device would retry.
+        if let Err(e) = crate::alerts::store::on_checkin(&st.db, &facts, now).await {
+            tracing::warn!("alerts of device {}: {e}", dev.id);
+        }
+    }
     let commands = out
         .commands
         .iter()

@@ -5,7 +5,7 @@
 use axum::error_handling::HandleErrorLayer;
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post, put};
+use axum::routing::{delete, get, post, put};
 use axum::{BoxError, Json, Router};
 use formats::fleet::ErrorBody;
 use tower::limit::GlobalConcurrencyLimitLayer;
@@ -95,6 +95,15 @@ pub fn router(state: AppState, max_concurrent: usize) -> Router {
         .route(
             "/v1/admin/pushes",
             post(admin::create_push).get(admin::list_pushes),
+        )
+        .route("/v1/admin/alerts", get(admin::list_alerts))
+        .route(
+            "/v1/admin/alert-destinations",
+            get(admin::list_destinations).post(admin::add_destination),
+        )
+        .route(
+            "/v1/admin/alert-destinations/{id}",
+            delete(admin::remove_destination),
         )
         .fallback(not_found)
         .layer(
