@@ -41,6 +41,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "release yank",
         include_str!("../migrations/0003_release_yank.sql"),
     ),
+    (
+        6,
+        "dashboard",
+        include_str!("../migrations/0006_dashboard.sql"),
+    ),
 ];
 
 impl MigrationSource<'static> for Migrations {

@@ -90,6 +90,18 @@ enum Cmd {
         /// channel always does); 0s records every check-in.
         #[arg(long, default_value = "15m", value_parser = humantime::parse_duration)]
         history_every: Duration,
+        /// The dashboard shows a device as silent after this many poll intervals (its own or
+        /// --poll-interval) without a check-in.
+        #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=1000))]
+        silent_after: u32,
+        /// Life of a dashboard login session.
+        #[arg(long, default_value = "12h", value_parser = humantime::parse_duration)]
+        session_ttl: Duration,
+    },
+    /// Dashboard accounts (offline, against --data/--db).
+    User {
+        #[command(subcommand)]
+        cmd: UserCmd,
     },
     /// Create an admin token directly in the database (offline) and print it.
     Token {
@@ -204,6 +216,120 @@ enum TokenCmd {
         #[arg(long)]
         label: Option<String>,
     },
+}
+
+#[derive(Subcommand)]
+enum UserCmd {
+    /// Add an account; the password is read from --password-file or standard input (never
+    /// from the command line).
+    Add {
+        #[command(flatten)]
+        store: Store,
+        #[arg(long)]
+        name: String,
+        /// admin (acts) or viewer (reads only).
+        #[arg(long)]
+        role: String,
+        /// File whose first line is the password.
+        #[arg(long)]
+        password_file: Option<PathBuf>,
+    },
+    /// List accounts.
+    List {
+        #[command(flatten)]
+        store: Store,
+    },
+    /// Remove an account and end its sessions.
+    Remove {
+        #[command(flatten)]
+        store: Store,
+        #[arg(long)]
+        name: String,
+    },
+}
+
+/// The password of `user add`: the first line of the file, or of standard input.
+fn read_password(file: Option<&Path>) -> Result<String> {
+    let text = match file {
+        Some(f) => std::fs::read_to_string(f)
+            .with_context(|| format!("cannot read password file {}", f.display()))?,
+        None => {
+            let mut line = String::new();
+            std::io::stdin()
+                .read_line(&mut line)
+                .context("cannot read the password from standard input")?;
+            line
+        }
+    };
+    let pw = text.lines().next().unwrap_or("").to_string();
+    if pw.chars().count() < 8 {
+        bail!("the password must have at least 8 characters");
+    }
+    if pw.len() > patch_server::web::auth::MAX_PASSWORD {
+        bail!(
+            "the password must have at most {} bytes",
+            patch_server::web::auth::MAX_PASSWORD
+        );
+    }
+    Ok(pw)
+}
+
+fn user_cmd(cmd: UserCmd) -> Result<()> {
+    use patch_server::web::store::Role;
+    runtime()?.block_on(async {
+        match cmd {
+            UserCmd::Add {
+                store,
+                name,
+                role,
+                password_file,
+            } => {
+                formats::fleet::check_id("name", &name).map_err(|e| anyhow::anyhow!("--{e}"))?;
+                let role = Role::parse(&role)
+                    .with_context(|| format!("--role must be admin or viewer, not {role:?}"))?;
+                let pw = read_password(password_file.as_deref())?;
+                let hash = patch_server::web::auth::hash_password(&pw)?;
+                let db = patch_server::server::open_db(&store.data, store.db.as_deref(), 2).await?;
+                if !db
+                    .add_user(&name, &hash, role)
+                    .await
+                    .context("cannot store the account")?
+                {
+                    bail!("user {name} exists");
+                }
+                db.audit("cli", "user.add", &name, role.as_str())
+                    .await
+                    .context("cannot write the audit log")?;
+                println!("user {name} added ({})", role.as_str());
+            }
+            UserCmd::List { store } => {
+                let db = patch_server::server::open_db(&store.data, store.db.as_deref(), 2).await?;
+                for u in db.users().await.context("cannot list accounts")? {
+                    println!(
+                        "{:<24} {:<7} {}",
+                        u.name,
+                        u.role.as_str(),
+                        patch_server::util::rfc3339(u.created_ms)
+                    );
+                }
+            }
+            UserCmd::Remove { store, name } => {
+                let db = patch_server::server::open_db(&store.data, store.db.as_deref(), 2).await?;
+                if !db
+                    .remove_user(&name)
+                    .await
+                    .context("cannot remove the account")?
+                {
+                    bail!("no user {name}");
+                }
+                db.audit("cli", "user.remove", &name, "")
+                    .await
+                    .context("cannot write the audit log")?;
+                println!("user {name} removed");
+            }
+        }
+        Ok(())
+    })
 }
 
 #[derive(Subcommand)]
@@ -340,6 +466,8 @@ fn run(cli: Cli) -> Result<()> {
             refresh_interval,
             command_ttl,
             history_every,
+            silent_after,
+            session_ttl,
         } => {
             let opts = patch_server::server::ServeOptions {
                 data: store.data,
@@ -356,6 +484,8 @@ fn run(cli: Cli) -> Result<()> {
                 refresh_interval,
                 command_ttl,
                 history_every,
+                silent_after,
+                session_ttl,
             };
             runtime()?.block_on(patch_server::server::serve(opts))
         }
@@ -384,6 +514,7 @@ fn run(cli: Cli) -> Result<()> {
                 Ok(())
             })
         }
+        Cmd::User { cmd } => user_cmd(cmd),
         Cmd::History {
             cmd: HistoryCmd::Prune { store, older_than },
         } => runtime()?.block_on(async {

@@ -40,6 +40,10 @@ pub struct ServeOptions {
     pub command_ttl: Duration,
     /// Idle check-ins add a history row at most this often.
     pub history_every: Duration,
+    /// The dashboard calls a device silent after this many poll intervals without a check-in.
+    pub silent_after: u32,
+    /// Life of a dashboard session.
+    pub session_ttl: Duration,
 }
 
 /// Errors of starting the server.
@@ -186,7 +190,13 @@ pub async fn serve(o: ServeOptions) -> anyhow::Result<()> {
         }),
     };
     spawn_background(db, o.data.clone(), o.refresh_interval, o.retain_history);
-    let app = crate::api::router::router(state, o.max_concurrent);
+    let web = crate::web::WebOptions {
+        silent_after: o.silent_after.max(1),
+        // The session cookie is marked Secure whenever the server itself speaks TLS.
+        secure_cookies: o.tls.is_some(),
+        session_ttl: o.session_ttl,
+    };
+    let app = crate::api::router::router_with(state, o.max_concurrent, web);
     let listener = std::net::TcpListener::bind(o.addr)
         .with_context(|| format!("cannot listen on {}", o.addr))?;
     listener.set_nonblocking(true)?;
@@ -213,13 +223,13 @@ pub async fn serve(o: ServeOptions) -> anyhow::Result<()> {
                 })?;
             axum_server::from_tcp_rustls(listener, cfg)
                 .handle(handle)
-                .serve(app.into_make_service())
+                .serve(app.into_make_service_with_connect_info::<SocketAddr>())
                 .await?;
         }
         None => {
             axum_server::from_tcp(listener)
                 .handle(handle)
-                .serve(app.into_make_service())
+                .serve(app.into_make_service_with_connect_info::<SocketAddr>())
                 .await?;
         }
     }

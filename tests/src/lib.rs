@@ -5,6 +5,7 @@
 //! runs before the tests in `.ci/run`; `cargo test --workspace` builds them too).
 
 pub mod agent_support;
+pub mod browser;
 pub mod fleet;
 pub mod pg;
 pub mod tamper;

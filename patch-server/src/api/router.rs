@@ -54,10 +54,16 @@ async fn not_found() -> Response {
         .into_response()
 }
 
-/// The whole API, with at most `max_concurrent` requests in progress; one more is answered
-/// 503 at once.
+/// The whole API and the dashboard with its default settings, with at most `max_concurrent`
+/// requests in progress; one more is answered 503 at once.
 pub fn router(state: AppState, max_concurrent: usize) -> Router {
+    router_with(state, max_concurrent, crate::web::WebOptions::default())
+}
+
+/// [`router`] with the dashboard's settings.
+pub fn router_with(state: AppState, max_concurrent: usize, web: crate::web::WebOptions) -> Router {
     Router::new()
+        .merge(crate::web::router(state.clone(), web))
         .route("/v1/enroll", post(device::enroll))
         .route("/v1/checkin", post(device::checkin))
         .route("/v1/commands/{id}/result", post(device::command_result))
