@@ -8,7 +8,7 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use e2e_tests::browser::Browser;
-use e2e_tests::fleet::{checkin_body, Device, Server};
+use e2e_tests::fleet::{checkin_body, Backend, Device, Server};
 use e2e_tests::{cmd, ok, World};
 use serde_json::json;
 
@@ -44,11 +44,12 @@ fn world() -> World {
     w
 }
 
-fn add_user(s: &Server, name: &str, role: &str, password: &str) {
+fn add_user(s: &Server, backend: &Backend, name: &str, role: &str, password: &str) {
     use std::io::Write;
     let mut child = cmd("patch-server")
         .args(["user", "add", "--data"])
         .arg(&s.data)
+        .args(backend.db_args())
         .args(["--name", name, "--role", role])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -96,8 +97,11 @@ fn login(b: &Browser, url: &str, name: &str, password: &str) {
     b.click("#login");
 }
 
-fn shot(b: &Browser, name: &str) {
-    if std::env::var("PATCHKIT_SCREENSHOTS").as_deref() == Ok("1") {
+/// Saves `docs/screenshots/NAME.png` when asked to (from the SQLite run only).
+fn shot(b: &Browser, backend: &Backend, name: &str) {
+    if std::env::var("PATCHKIT_SCREENSHOTS").as_deref() == Ok("1")
+        && matches!(backend, Backend::Sqlite)
+    {
         let p = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
             .join("../docs/screenshots")
             .join(format!("{name}.png"));
@@ -106,11 +110,20 @@ fn shot(b: &Browser, name: &str) {
 }
 
 #[test]
-fn dashboard_in_a_real_browser() {
+fn dashboard_in_a_real_browser_sqlite() {
+    dashboard_in_a_real_browser(&Backend::start("sqlite"));
+}
+
+#[test]
+fn dashboard_in_a_real_browser_postgres() {
+    dashboard_in_a_real_browser(&Backend::start("postgres"));
+}
+
+fn dashboard_in_a_real_browser(backend: &Backend) {
     let w = world();
     let s = Server::start(
         &w.path("server"),
-        &e2e_tests::fleet::Backend::Sqlite,
+        backend,
         &["--poll-interval", "60s", "--silent-after", "3"],
     );
     let url = s.url.clone();
@@ -127,18 +140,23 @@ fn dashboard_in_a_real_browser() {
         "--enroll-secret-file",
         &secret.display().to_string(),
     ]);
-    add_user(&s, "alice", "admin", ALICE_PW);
+    add_user(&s, backend, "alice", "admin", ALICE_PW);
     let bob_pw = w.path("bob.pw");
     std::fs::write(&bob_pw, format!("{BOB_PW}\n")).expect("pw file");
     ok(cmd("patch-server")
         .args(["user", "add", "--data"])
         .arg(&s.data)
+        .args(backend.db_args())
         .args(["--name", "bob", "--role", "viewer", "--password-file"])
         .arg(&bob_pw));
     let users = ok(cmd("patch-server")
         .args(["user", "list", "--data"])
-        .arg(&s.data));
-    assert!(users.contains("alice") && users.contains("viewer"), "{users}");
+        .arg(&s.data)
+        .args(backend.db_args()));
+    assert!(
+        users.contains("alice") && users.contains("viewer"),
+        "{users}"
+    );
 
     // The fleet: a healthy device, one whose update failed, one that never checked in
     // (silent), and a hostile one.
@@ -167,8 +185,12 @@ fn dashboard_in_a_real_browser() {
     assert!(b.url().ends_with("/ui"), "{}", b.url());
     assert_eq!(b.text("#app-game .n-failed"), "1");
     assert_eq!(b.text("#app-game .n-silent"), "1");
-    assert_eq!(b.count("#app-game svg.chart rect.bar"), 3, "2.0.0, 1.0.0, none");
-    shot(&b, "overview");
+    assert_eq!(
+        b.count("#app-game svg.chart rect.bar"),
+        3,
+        "2.0.0, 1.0.0, none"
+    );
+    shot(&b, backend, "overview");
 
     // The devices table: the failed and the silent device are red.
     b.goto(&format!("{url}/ui/devices"));
@@ -184,7 +206,7 @@ fn dashboard_in_a_real_browser() {
         b.css("tr[data-id='dev-good'] td", "color"),
         "rgba(179, 38, 30, 1)"
     );
-    shot(&b, "devices");
+    shot(&b, backend, "devices");
 
     // Filter: failed only, then by id text; sort by version descending.
     b.select("#f-status", "failed");
@@ -197,7 +219,10 @@ fn dashboard_in_a_real_browser() {
     let first = b.attr("#devices tbody tr", "data-id").unwrap_or_default();
     assert!(first == "dev-evil" || first == "dev-good", "{first}");
     b.goto(&format!("{url}/ui/devices?status=bogus"));
-    assert!(b.text("#error").contains("status"), "bad filters name the field");
+    assert!(
+        b.text("#error").contains("status"),
+        "bad filters name the field"
+    );
 
     // A hostile host name and state document are shown as text and never run.
     b.goto(&format!("{url}/ui/devices/dev-evil"));
@@ -231,7 +256,7 @@ fn dashboard_in_a_real_browser() {
     b.goto(&format!("{url}/ui/devices/dev-good"));
     assert!(b.text("#upload-list").contains("app.log"));
     assert!(b.text("#command-list").contains("ok"));
-    shot(&b, "device");
+    shot(&b, backend, "device");
     let href = b.attr("#upload-list a.download", "href").expect("link");
     let session = b.cookie("patchkit_session").expect("session cookie");
     let r = http()
@@ -255,14 +280,16 @@ fn dashboard_in_a_real_browser() {
         .text("#release-3\\.0\\.0 .yank")
         .contains("corrupts saves on Windows (#123)"));
     assert_eq!(b.count("#release-2\\.0\\.0.yanked"), 0);
-    assert!(b.text("#release-2\\.0\\.0 .notes").contains("<b>not bold</b>"));
+    assert!(b
+        .text("#release-2\\.0\\.0 .notes")
+        .contains("<b>not bold</b>"));
     assert_eq!(
         b.attr("#release-2\\.0\\.0 .links a", "href").as_deref(),
         Some("https://tracker.example/issues/42")
     );
     assert!(b.text("#release-2\\.0\\.0 .changes").contains("From 1.0.0"));
     assert!(b.text("#release-2\\.0\\.0 h2").contains("2 devices"));
-    shot(&b, "releases");
+    shot(&b, backend, "releases");
 
     // CSRF: the same form posted without the token, or with a wrong one, is refused.
     let dev_url = format!("{url}/ui/devices/dev-good/commands");
@@ -283,13 +310,20 @@ fn dashboard_in_a_real_browser() {
         &[("kind", "set-interval"), ("secs", "1"), ("csrf", &csrf)],
     );
     assert_eq!(st, 400, "bad values are refused naming the field");
-    let (st, _) = post_form(&dev_url, &session, &[("kind", "report-state"), ("csrf", &csrf)]);
+    let (st, _) = post_form(
+        &dev_url,
+        &session,
+        &[("kind", "report-state"), ("csrf", &csrf)],
+    );
     assert_eq!(st, 303, "with the token the same form is accepted");
 
     // The audit log names the user.
     b.goto(&format!("{url}/ui/audit"));
     let audit = b.text("#audit");
-    assert!(audit.contains("user:alice") && audit.contains("command.queue"), "{audit}");
+    assert!(
+        audit.contains("user:alice") && audit.contains("command.queue"),
+        "{audit}"
+    );
 
     // Log out; the old session cookie is dead.
     b.click("form.logout button");
@@ -310,7 +344,11 @@ fn dashboard_in_a_real_browser() {
     let bob_csrf = b
         .attr("form.logout input[name=csrf]", "value")
         .expect("csrf");
-    let (st, text) = post_form(&dev_url, &bob, &[("kind", "report-state"), ("csrf", &bob_csrf)]);
+    let (st, text) = post_form(
+        &dev_url,
+        &bob,
+        &[("kind", "report-state"), ("csrf", &bob_csrf)],
+    );
     assert_eq!(st, 403, "{text}");
     assert!(text.contains("viewer"), "{text}");
 

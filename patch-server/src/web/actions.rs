@@ -5,9 +5,9 @@
 
 use axum::extract::rejection::FormRejection;
 use axum::extract::{Path, State};
-use axum::Form;
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Redirect, Response};
+use axum::Form;
 use formats::fleet::{check_id, Validate};
 use serde::Deserialize;
 
@@ -42,7 +42,9 @@ pub async fn login(
             Redirect::to("/ui"),
         )
             .into_response()),
-        LoginOutcome::Denied => login_failed(StatusCode::UNAUTHORIZED, "wrong user name or password"),
+        LoginOutcome::Denied => {
+            login_failed(StatusCode::UNAUTHORIZED, "wrong user name or password")
+        }
         LoginOutcome::Throttled => login_failed(
             StatusCode::TOO_MANY_REQUESTS,
             &format!(
@@ -130,7 +132,12 @@ pub async fn queue_command(
         .await?;
     st.app
         .db
-        .audit(&s.actor(), "command.queue", &format!("device:{id}"), &c.kind)
+        .audit(
+            &s.actor(),
+            "command.queue",
+            &format!("device:{id}"),
+            &c.kind,
+        )
         .await?;
     Ok(Redirect::to(&format!("/ui/devices/{id}#commands")).into_response())
 }

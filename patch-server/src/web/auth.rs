@@ -145,10 +145,7 @@ impl FromRequestParts<WebState> for Session {
 }
 
 /// Reads a bounded urlencoded body and checks its `csrf` field against the session's token.
-async fn checked_form<T: DeserializeOwned>(
-    req: Request,
-    st: &WebState,
-) -> WebResult<(Session, T)> {
+async fn checked_form<T: DeserializeOwned>(req: Request, st: &WebState) -> WebResult<(Session, T)> {
     let (mut parts, body) = req.into_parts();
     let session = Session::from_request_parts(&mut parts, st).await?;
     let bytes = axum::body::to_bytes(body, MAX_FORM)

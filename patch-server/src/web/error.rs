@@ -124,9 +124,7 @@ impl IntoResponse for WebError {
             reason: status.canonical_reason().unwrap_or("error"),
             message: self.to_string(),
         };
-        let body = page
-            .render()
-            .unwrap_or_else(|_| "error".to_string());
+        let body = page.render().unwrap_or_else(|_| "error".to_string());
         let mut resp = (status, Html(body)).into_response();
         if status == StatusCode::SERVICE_UNAVAILABLE {
             resp.headers_mut().insert(

@@ -130,7 +130,9 @@ pub async fn overview(State(st): State<WebState>, s: Session) -> WebResult<Respo
             silent: c.silent,
             updating: c.updating,
             pending: c.pending,
-            chart_height: u32::try_from(bars.len()).unwrap_or(0).saturating_mul(BAR_STEP),
+            chart_height: u32::try_from(bars.len())
+                .unwrap_or(0)
+                .saturating_mul(BAR_STEP),
             bars,
             link_failed: status_link(StatusFilter::Failed),
             link_silent: status_link(StatusFilter::Silent),
@@ -288,7 +290,10 @@ pub async fn devices(
         ("version", version.clone().unwrap_or_default()),
         ("channel", channel.clone().unwrap_or_default()),
         ("tag", tag.clone().unwrap_or_default()),
-        ("status", status.map(|f| f.as_str().to_string()).unwrap_or_default()),
+        (
+            "status",
+            status.map(|f| f.as_str().to_string()).unwrap_or_default(),
+        ),
         ("q", text.clone().unwrap_or_default()),
     ];
     let headers = [
@@ -300,7 +305,16 @@ pub async fn devices(
         ("Last seen", SortKey::LastSeen),
     ]
     .into_iter()
-    .map(|(label, k)| SortHeader::new("/ui/devices", &filters, label, k.as_str(), sort.as_str(), desc))
+    .map(|(label, k)| {
+        SortHeader::new(
+            "/ui/devices",
+            &filters,
+            label,
+            k.as_str(),
+            sort.as_str(),
+            desc,
+        )
+    })
     .collect();
     let mut paging_params = filters.clone();
     if sort != SortKey::Id {
@@ -309,7 +323,14 @@ pub async fn devices(
     if desc {
         paging_params.push(("dir", "desc".into()));
     }
-    let apps = st.app.db.apps().await?.into_iter().map(|a| a.name).collect();
+    let apps = st
+        .app
+        .db
+        .apps()
+        .await?
+        .into_iter()
+        .map(|a| a.name)
+        .collect();
     render(&DevicesPage {
         layout: Layout::new(&s, "Devices", "/ui/devices"),
         f_app: app.unwrap_or_default(),
@@ -424,16 +445,24 @@ pub async fn device(
     let facts = vec![
         ("App", d.app.clone()),
         ("Status", d.status.clone()),
-        ("Version", d.version.clone().unwrap_or_else(|| "none".into())),
+        (
+            "Version",
+            d.version.clone().unwrap_or_else(|| "none".into()),
+        ),
         ("Tree digest", d.tree_digest.clone().unwrap_or_default()),
-        ("Channel", d.channel.clone().unwrap_or_else(|| "stable".into())),
+        (
+            "Channel",
+            d.channel.clone().unwrap_or_else(|| "stable".into()),
+        ),
         ("Host", d.hostname.clone().unwrap_or_default()),
         ("OS", d.os.clone().unwrap_or_default()),
         ("Architecture", d.arch.clone().unwrap_or_default()),
         ("Agent", d.agent_version.clone().unwrap_or_default()),
         (
             "Free disk",
-            d.free_disk.map(|b| format!("{b} bytes")).unwrap_or_default(),
+            d.free_disk
+                .map(|b| format!("{b} bytes"))
+                .unwrap_or_default(),
         ),
         ("Last seen", when(d.last_seen_ms)),
         ("Check-ins", d.checkins.to_string()),

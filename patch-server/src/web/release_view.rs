@@ -145,7 +145,11 @@ pub fn changes(prev: Option<&ReleaseManifest>, cur: &ReleaseManifest) -> Changes
 
 /// Reads the verified repository of an app and describes its newest [`MAX_DETAILED`]
 /// releases, newest first.
-pub fn describe(repo: &str, key: &PublicKey, trust_dir: &Path) -> Result<Vec<ReleaseDetail>, String> {
+pub fn describe(
+    repo: &str,
+    key: &PublicKey,
+    trust_dir: &Path,
+) -> Result<Vec<ReleaseDetail>, String> {
     let transport = patch_apply::fetch::open(repo).map_err(|e| e.to_string())?;
     std::fs::create_dir_all(trust_dir).map_err(|e| format!("{}: {e}", trust_dir.display()))?;
     let stored = StoredTrust::load(trust_dir).map_err(|e| e.to_string())?;

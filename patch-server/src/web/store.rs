@@ -294,8 +294,9 @@ fn device_where(q: &DeviceQuery, s: Silence) -> Where {
     }
     if let Some(v) = &q.tag {
         let p = w.bind(Arg::Text(v.clone()));
-        w.conds
-            .push(format!("id IN (SELECT device FROM device_tags WHERE tag = {p})"));
+        w.conds.push(format!(
+            "id IN (SELECT device FROM device_tags WHERE tag = {p})"
+        ));
     }
     if let Some(t) = &q.text {
         let escaped = t
@@ -509,13 +510,15 @@ impl Db {
             .bind(prune_before_ms)
             .execute(self.pool())
             .await?;
-        sqlx::query("INSERT INTO login_failures (id, user_name, ip, at_ms) VALUES ($1, $2, $3, $4)")
-            .bind(crate::util::new_id())
-            .bind(user)
-            .bind(ip)
-            .bind(now)
-            .execute(self.pool())
-            .await?;
+        sqlx::query(
+            "INSERT INTO login_failures (id, user_name, ip, at_ms) VALUES ($1, $2, $3, $4)",
+        )
+        .bind(crate::util::new_id())
+        .bind(user)
+        .bind(ip)
+        .bind(now)
+        .execute(self.pool())
+        .await?;
         Ok(())
     }
 
@@ -560,7 +563,8 @@ impl Db {
         let dir = if q.desc { "DESC" } else { "ASC" };
         let order = match q.sort {
             SortKey::Id => format!("id {dir}"),
-            k => format!("{} {dir}, id {dir}", k.column()),
+            // NULLS LAST on both backends (their defaults differ).
+            k => format!("{} {dir} NULLS LAST, id {dir}", k.column()),
         };
         let sql = format!(
             "SELECT id, app, status, version, channel, hostname, last_seen_ms, last_result_ok, \
@@ -589,7 +593,7 @@ impl Db {
                     channel: r.try_get("channel")?,
                     hostname: r.try_get("hostname")?,
                     failed: r.try_get::<Option<i64>, _>("last_result_ok")? == Some(0),
-                    silent: last_seen_ms.map_or(true, |t| t < s.now_ms.saturating_sub(window)),
+                    silent: last_seen_ms.is_none_or(|t| t < s.now_ms.saturating_sub(window)),
                     updating_to: directed.filter(|d| version.as_deref() != Some(d.as_str())),
                     version,
                     last_seen_ms,

@@ -67,7 +67,13 @@ pub struct Paging {
 
 impl Paging {
     /// Paging of `total` rows, linking pages with `params` plus `page`.
-    pub fn new(base: &str, params: &[(&str, String)], page: u64, per_page: u64, total: i64) -> Self {
+    pub fn new(
+        base: &str,
+        params: &[(&str, String)],
+        page: u64,
+        per_page: u64,
+        total: i64,
+    ) -> Self {
         let total = u64::try_from(total).unwrap_or(0);
         let link = |p: u64| {
             let mut ps = params.to_vec();
@@ -150,7 +156,11 @@ mod tests {
     fn links_keep_filters_and_drop_empty_ones() {
         let u = url_with(
             "/ui/devices",
-            &[("app", "game".into()), ("tag", String::new()), ("q", "a b&c".into())],
+            &[
+                ("app", "game".into()),
+                ("tag", String::new()),
+                ("q", "a b&c".into()),
+            ],
         );
         assert_eq!(u, "/ui/devices?app=game&q=a+b%26c");
         assert_eq!(url_with("/ui/devices", &[]), "/ui/devices");
