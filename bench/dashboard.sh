@@ -19,7 +19,7 @@ printf 'bench password\n' | "$BIN" user add --data "$DATA" --name bench --role v
 DB=$DATA/fleet.db
 now=$(($(date +%s) * 1000))
 echo "seeding $N devices into $DB"
-sqlite3 "$DB" <<SQL
+sqlite3 "$DB" >/dev/null <<SQL
 PRAGMA journal_mode = WAL;
 INSERT INTO apps (name, repo, public_key, approve, created_ms) VALUES ('game', '/nonexistent', '{}', 0, $now);
 WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < $N)
