@@ -196,7 +196,8 @@ pub async fn serve(o: ServeOptions) -> anyhow::Result<()> {
         secure_cookies: o.tls.is_some(),
         session_ttl: o.session_ttl,
     };
-    let app = crate::api::router::router_with(state, o.max_concurrent, web);
+    let dashboard = crate::web::router(state.clone(), web);
+    let app = crate::api::router::router_with(state, o.max_concurrent, dashboard);
     let listener = std::net::TcpListener::bind(o.addr)
         .with_context(|| format!("cannot listen on {}", o.addr))?;
     listener.set_nonblocking(true)?;

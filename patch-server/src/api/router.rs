@@ -54,16 +54,17 @@ async fn not_found() -> Response {
         .into_response()
 }
 
-/// The whole API and the dashboard with its default settings, with at most `max_concurrent`
-/// requests in progress; one more is answered 503 at once.
+/// The whole API, with at most `max_concurrent` requests in progress; one more is answered
+/// 503 at once.
 pub fn router(state: AppState, max_concurrent: usize) -> Router {
-    router_with(state, max_concurrent, crate::web::WebOptions::default())
+    router_with(state, max_concurrent, Router::new())
 }
 
-/// [`router`] with the dashboard's settings.
-pub fn router_with(state: AppState, max_concurrent: usize, web: crate::web::WebOptions) -> Router {
+/// [`router`] plus the routes of `extra` (the dashboard, `crate::web::router`, merged by
+/// `server`), under the same bounds.
+pub fn router_with(state: AppState, max_concurrent: usize, extra: Router<AppState>) -> Router {
     Router::new()
-        .merge(crate::web::router(state.clone(), web))
+        .merge(extra)
         .route("/v1/enroll", post(device::enroll))
         .route("/v1/checkin", post(device::checkin))
         .route("/v1/commands/{id}/result", post(device::command_result))
