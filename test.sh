@@ -20,6 +20,7 @@ need=()
 ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || need+=(postgresql)
 command -v openssl >/dev/null || need+=(openssl)
 command -v faketime >/dev/null || need+=(faketime)
+command -v chromedriver >/dev/null || need+=(chromium chromium-driver) # dashboard browser test
 if ((${#need[@]})); then
   echo "== installing ${need[*]}"
   apt-get update -qq

@@ -50,6 +50,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         include_str!("../migrations/0004_rollouts.sql"),
     ),
     (5, "alerts", include_str!("../migrations/0005_alerts.sql")),
+    (
+        6,
+        "dashboard",
+        include_str!("../migrations/0006_dashboard.sql"),
+    ),
 ];
 
 impl MigrationSource<'static> for Migrations {

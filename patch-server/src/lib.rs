@@ -9,6 +9,9 @@
 //! updater's verified code ([`releases`]) and never holds a release key, so a compromised
 //! server can at most withhold updates or pick among signed releases.
 //!
+//! People use the web dashboard under `/ui/` ([`web`]): server-rendered pages, accounts with
+//! roles, database sessions and CSRF-checked forms.
+//!
 //! Storage is one schema on SQLite (embedded default) or PostgreSQL (several instances) via
 //! sqlx ([`db`]); everything durable is in the database, uploaded bytes on disk.
 //!
@@ -33,3 +36,4 @@ pub mod retention;
 pub mod rollout;
 pub mod server;
 pub mod util;
+pub mod web;

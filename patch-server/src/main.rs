@@ -90,7 +90,8 @@ enum Cmd {
         /// channel always does); 0s records every check-in.
         #[arg(long, default_value = "15m", value_parser = humantime::parse_duration)]
         history_every: Duration,
-        /// A device is silent (alert) after this many of its poll intervals without a check-in.
+        /// A device is silent after this many of its poll intervals (its own or --poll-interval)
+        /// without a check-in: an alert, and red on the dashboard.
         #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=1000))]
         silent_after: u32,
         /// SMTP server for e-mail alerts: smtp://HOST:PORT (plain, local relay),
@@ -107,11 +108,19 @@ enum Cmd {
         /// Attempts before an alert notification is marked failed (also after 24 h).
         #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..=100))]
         alert_max_attempts: u32,
+        /// Life of a dashboard login session.
+        #[arg(long, default_value = "12h", value_parser = humantime::parse_duration)]
+        session_ttl: Duration,
     },
     /// Alerts and where they are sent.
     Alerts {
         #[command(subcommand)]
         cmd: AlertsCmd,
+    },
+    /// Dashboard accounts (offline, against --data/--db).
+    User {
+        #[command(subcommand)]
+        cmd: UserCmd,
     },
     /// Create an admin token directly in the database (offline) and print it.
     Token {
@@ -394,6 +403,120 @@ enum TokenCmd {
 }
 
 #[derive(Subcommand)]
+enum UserCmd {
+    /// Add an account; the password is read from --password-file or standard input (never
+    /// from the command line).
+    Add {
+        #[command(flatten)]
+        store: Store,
+        #[arg(long)]
+        name: String,
+        /// admin (acts) or viewer (reads only).
+        #[arg(long)]
+        role: String,
+        /// File whose first line is the password.
+        #[arg(long)]
+        password_file: Option<PathBuf>,
+    },
+    /// List accounts.
+    List {
+        #[command(flatten)]
+        store: Store,
+    },
+    /// Remove an account and end its sessions.
+    Remove {
+        #[command(flatten)]
+        store: Store,
+        #[arg(long)]
+        name: String,
+    },
+}
+
+/// The password of `user add`: the first line of the file, or of standard input.
+fn read_password(file: Option<&Path>) -> Result<String> {
+    let text = match file {
+        Some(f) => std::fs::read_to_string(f)
+            .with_context(|| format!("cannot read password file {}", f.display()))?,
+        None => {
+            let mut line = String::new();
+            std::io::stdin()
+                .read_line(&mut line)
+                .context("cannot read the password from standard input")?;
+            line
+        }
+    };
+    let pw = text.lines().next().unwrap_or("").to_string();
+    if pw.chars().count() < 8 {
+        bail!("the password must have at least 8 characters");
+    }
+    if pw.len() > patch_server::web::auth::MAX_PASSWORD {
+        bail!(
+            "the password must have at most {} bytes",
+            patch_server::web::auth::MAX_PASSWORD
+        );
+    }
+    Ok(pw)
+}
+
+fn user_cmd(cmd: UserCmd) -> Result<()> {
+    use patch_server::web::store::Role;
+    runtime()?.block_on(async {
+        match cmd {
+            UserCmd::Add {
+                store,
+                name,
+                role,
+                password_file,
+            } => {
+                formats::fleet::check_id("name", &name).map_err(|e| anyhow::anyhow!("--{e}"))?;
+                let role = Role::parse(&role)
+                    .with_context(|| format!("--role must be admin or viewer, not {role:?}"))?;
+                let pw = read_password(password_file.as_deref())?;
+                let hash = patch_server::web::auth::hash_password(&pw)?;
+                let db = patch_server::server::open_db(&store.data, store.db.as_deref(), 2).await?;
+                if !db
+                    .add_user(&name, &hash, role)
+                    .await
+                    .context("cannot store the account")?
+                {
+                    bail!("user {name} exists");
+                }
+                db.audit("cli", "user.add", &name, role.as_str())
+                    .await
+                    .context("cannot write the audit log")?;
+                println!("user {name} added ({})", role.as_str());
+            }
+            UserCmd::List { store } => {
+                let db = patch_server::server::open_db(&store.data, store.db.as_deref(), 2).await?;
+                for u in db.users().await.context("cannot list accounts")? {
+                    println!(
+                        "{:<24} {:<7} {}",
+                        u.name,
+                        u.role.as_str(),
+                        patch_server::util::rfc3339(u.created_ms)
+                    );
+                }
+            }
+            UserCmd::Remove { store, name } => {
+                let db = patch_server::server::open_db(&store.data, store.db.as_deref(), 2).await?;
+                if !db
+                    .remove_user(&name)
+                    .await
+                    .context("cannot remove the account")?
+                {
+                    bail!("no user {name}");
+                }
+                db.audit("cli", "user.remove", &name, "")
+                    .await
+                    .context("cannot write the audit log")?;
+                println!("user {name} removed");
+            }
+        }
+        Ok(())
+    })
+}
+
+#[derive(Subcommand)]
 enum HistoryCmd {
     /// Summarise per day and delete check-ins older than --older-than (what the server does
     /// every minute with --retain-history).
@@ -660,6 +783,7 @@ fn run(cli: Cli) -> Result<()> {
             smtp_from,
             alert_retry_base,
             alert_max_attempts,
+            session_ttl,
         } => {
             let smtp =
                 smtp_url
@@ -696,6 +820,8 @@ fn run(cli: Cli) -> Result<()> {
                 command_ttl,
                 history_every,
                 alerts,
+                silent_after,
+                session_ttl,
             };
             runtime()?.block_on(patch_server::server::serve(opts))
         }
@@ -724,6 +850,7 @@ fn run(cli: Cli) -> Result<()> {
                 Ok(())
             })
         }
+        Cmd::User { cmd } => user_cmd(cmd),
         Cmd::History {
             cmd: HistoryCmd::Prune { store, older_than },
         } => runtime()?.block_on(async {

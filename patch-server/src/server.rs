@@ -43,6 +43,10 @@ pub struct ServeOptions {
     pub history_every: Duration,
     /// The alert engine: silent-device threshold, SMTP, retries.
     pub alerts: crate::alerts::AlertOptions,
+    /// The dashboard calls a device silent after this many poll intervals without a check-in.
+    pub silent_after: u32,
+    /// Life of a dashboard session.
+    pub session_ttl: Duration,
 }
 
 /// Errors of starting the server.
@@ -206,7 +210,14 @@ pub async fn serve(o: ServeOptions) -> anyhow::Result<()> {
         o.poll_interval.as_secs().max(1),
     )?;
     spawn_background(db, o.data.clone(), o.refresh_interval, o.retain_history);
-    let app = crate::api::router::router(state, o.max_concurrent);
+    let web = crate::web::WebOptions {
+        silent_after: o.silent_after.max(1),
+        // The session cookie is marked Secure whenever the server itself speaks TLS.
+        secure_cookies: o.tls.is_some(),
+        session_ttl: o.session_ttl,
+    };
+    let dashboard = crate::web::router(state.clone(), web);
+    let app = crate::api::router::router_with(state, o.max_concurrent, dashboard);
     let listener = std::net::TcpListener::bind(o.addr)
         .with_context(|| format!("cannot listen on {}", o.addr))?;
     listener.set_nonblocking(true)?;
@@ -233,13 +244,13 @@ pub async fn serve(o: ServeOptions) -> anyhow::Result<()> {
                 })?;
             axum_server::from_tcp_rustls(listener, cfg)
                 .handle(handle)
-                .serve(app.into_make_service())
+                .serve(app.into_make_service_with_connect_info::<SocketAddr>())
                 .await?;
         }
         None => {
             axum_server::from_tcp(listener)
                 .handle(handle)
-                .serve(app.into_make_service())
+                .serve(app.into_make_service_with_connect_info::<SocketAddr>())
                 .await?;
         }
     }

@@ -6,6 +6,7 @@
 
 pub mod agent_support;
 pub mod alerts_support;
+pub mod browser;
 pub mod fleet;
 pub mod pg;
 pub mod tamper;

@@ -581,7 +581,7 @@ pub async fn get_upload(
 }
 
 /// A file as a stream of chunks.
-fn tokio_util_free_stream(
+pub(crate) fn tokio_util_free_stream(
     file: tokio::fs::File,
 ) -> impl futures_util::Stream<Item = std::io::Result<Vec<u8>>> {
     use tokio::io::AsyncReadExt;

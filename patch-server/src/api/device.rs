@@ -116,6 +116,10 @@ pub async fn checkin(
     } else {
         None
     };
+    // What the dashboard calls "updating": directed to a version not reached yet.
+    st.db
+        .set_directed(&dev.id, directive.as_ref().map(|d| d.version.as_str()))
+        .await?;
     if active {
         let new_results: Vec<_> = c
             .results

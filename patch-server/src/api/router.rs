@@ -57,7 +57,14 @@ async fn not_found() -> Response {
 /// The whole API, with at most `max_concurrent` requests in progress; one more is answered
 /// 503 at once.
 pub fn router(state: AppState, max_concurrent: usize) -> Router {
+    router_with(state, max_concurrent, Router::new())
+}
+
+/// [`router`] plus the routes of `extra` (the dashboard, `crate::web::router`, merged by
+/// `server`), under the same bounds.
+pub fn router_with(state: AppState, max_concurrent: usize, extra: Router<AppState>) -> Router {
     Router::new()
+        .merge(extra)
         .route("/v1/enroll", post(device::enroll))
         .route("/v1/checkin", post(device::checkin))
         .route("/v1/commands/{id}/result", post(device::command_result))

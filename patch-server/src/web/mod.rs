@@ -1,0 +1,198 @@
+//! The web dashboard under `/ui/`: server-rendered HTML from the same binary, for people.
+//!
+//! - [`auth`]: accounts (argon2), database sessions, CSRF, login throttling, and the two form
+//!   extractors every POST goes through ([`auth::ActForm`] checks session, CSRF and the
+//!   `admin` role; a viewer gets 403).
+//! - [`pages`]: the read-only pages (overview, devices, device, releases, audit log).
+//! - [`actions`]: the POST handlers; each writes the audit log with the user's name.
+//! - [`table`]: filters, sortable headers and paging shared by the table pages.
+//! - [`store`]: the dashboard's queries.
+//! - [`release_view`]: what each release changed, read from the signed manifests.
+//!
+//! Templates live in `patch-server/templates/` and are compiled in by askama with HTML
+//! auto-escaping; every page extends `base.html` (nav, user, logout form). There is no
+//! JavaScript: the Content-Security-Policy forbids scripts, so an injected `<script>` could
+//! not run even if escaping failed. To add a page: a template extending `base.html`, a
+//! handler building [`Layout`] with [`Layout::new`], a route in [`router`], a line in [`NAV`].
+
+pub mod actions;
+pub mod auth;
+pub mod error;
+pub mod pages;
+pub mod release_view;
+pub mod store;
+pub mod table;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::http::{header, HeaderValue};
+use axum::response::{IntoResponse, Redirect, Response};
+use axum::routing::{get, post};
+use axum::Router;
+
+use crate::api::common::AppState;
+use auth::Session;
+
+/// Settings of the dashboard.
+#[derive(Debug, Clone)]
+pub struct WebOptions {
+    /// A device is "silent" when not seen for longer than this many poll intervals.
+    pub silent_after: u32,
+    /// Mark the session cookie `Secure` (the server speaks TLS).
+    pub secure_cookies: bool,
+    /// Life of a session.
+    pub session_ttl: Duration,
+}
+
+impl Default for WebOptions {
+    fn default() -> Self {
+        WebOptions {
+            silent_after: 3,
+            secure_cookies: false,
+            session_ttl: Duration::from_secs(12 * 3600),
+        }
+    }
+}
+
+/// State of the dashboard handlers: the API's state plus the dashboard settings.
+#[derive(Debug, Clone)]
+pub struct WebState {
+    /// Database and server settings.
+    pub app: AppState,
+    /// Dashboard settings.
+    pub opts: Arc<WebOptions>,
+}
+
+impl WebState {
+    /// How "silent" is computed now.
+    pub fn silence(&self) -> store::Silence {
+        store::Silence {
+            now_ms: crate::util::now_ms(),
+            intervals: i64::from(self.opts.silent_after.max(1)),
+            default_poll_secs: i64::try_from(self.app.settings.poll_interval_secs)
+                .unwrap_or(i64::MAX),
+        }
+    }
+}
+
+/// The navigation bar: `(label, link)`; a new page adds its line here.
+pub const NAV: &[(&str, &str)] = &[
+    ("Overview", "/ui"),
+    ("Devices", "/ui/devices"),
+    ("Releases", "/ui/releases"),
+    ("Audit log", "/ui/audit"),
+];
+
+/// One entry of the nav bar.
+#[derive(Debug, Clone)]
+pub struct NavItem {
+    /// Label.
+    pub label: &'static str,
+    /// Link.
+    pub href: &'static str,
+    /// Whether it is the page shown.
+    pub current: bool,
+}
+
+/// What `base.html` needs: the title, the nav, the user and the CSRF token of the logout
+/// form (and of every other form on the page).
+#[derive(Debug, Clone)]
+pub struct Layout {
+    /// Page title.
+    pub title: String,
+    /// The nav entries.
+    pub nav: Vec<NavItem>,
+    /// Who is logged in.
+    pub user: String,
+    /// Their role name.
+    pub role: &'static str,
+    /// Whether forms that act are shown.
+    pub can_act: bool,
+    /// CSRF token for every form.
+    pub csrf: String,
+}
+
+impl Layout {
+    /// The layout of a page titled `title` under nav entry `current` for session `s`.
+    pub fn new(s: &Session, title: impl Into<String>, current: &'static str) -> Self {
+        Layout {
+            title: title.into(),
+            nav: NAV
+                .iter()
+                .map(|(label, href)| NavItem {
+                    label,
+                    href,
+                    current: *href == current,
+                })
+                .collect(),
+            user: s.user.clone(),
+            role: s.role.as_str(),
+            can_act: s.is_admin(),
+            csrf: s.csrf.clone(),
+        }
+    }
+}
+
+/// The dashboard's one stylesheet.
+pub const STYLE_CSS: &str = include_str!("../../static/style.css");
+
+async fn style() -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, "text/css; charset=utf-8"),
+            (header::CACHE_CONTROL, "public, max-age=3600"),
+        ],
+        STYLE_CSS,
+    )
+        .into_response()
+}
+
+/// Headers on every dashboard answer: no scripts at all, no framing, no sniffing, no
+/// caching of pages (they hold the CSRF token).
+async fn security_headers(mut resp: Response) -> Response {
+    let h = resp.headers_mut();
+    h.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(
+            "default-src 'none'; style-src 'self'; img-src 'self'; form-action 'self'; \
+             frame-ancestors 'none'; base-uri 'none'",
+        ),
+    );
+    h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+    h.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    h.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("same-origin"),
+    );
+    if !h.contains_key(header::CACHE_CONTROL) {
+        h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    }
+    resp
+}
+
+/// The `/ui` routes, ready to merge into the API router.
+pub fn router<S>(app: AppState, opts: WebOptions) -> Router<S> {
+    let st = WebState {
+        app,
+        opts: Arc::new(opts),
+    };
+    Router::new()
+        .route("/ui", get(pages::overview))
+        .route("/ui/", get(|| async { Redirect::to("/ui") }))
+        .route("/ui/static/style.css", get(style))
+        .route("/ui/login", get(pages::login_page).post(actions::login))
+        .route("/ui/logout", post(actions::logout))
+        .route("/ui/devices", get(pages::devices))
+        .route("/ui/devices/{id}", get(pages::device))
+        .route("/ui/devices/{id}/commands", post(actions::queue_command))
+        .route("/ui/uploads/{id}", get(pages::upload))
+        .route("/ui/releases", get(pages::releases_index))
+        .route("/ui/apps/{app}/releases", get(pages::releases))
+        .route("/ui/audit", get(pages::audit))
+        .layer(axum::middleware::map_response(security_headers))
+        .with_state(st)
+}
