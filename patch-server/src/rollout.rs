@@ -420,6 +420,7 @@ pub async fn halt(
         return Err(ApiError::Conflict(format!("rollout {id} is {}", r.state)));
     }
     db.audit(actor, "rollout.halt", id, &why).await?;
+    alert_halted(db, &r, &why, now).await;
     Ok(get(db, id).await?.into())
 }
 
@@ -455,6 +456,7 @@ pub async fn resume(db: &Db, actor: &str, id: &str, now: i64) -> ApiResult<Rollo
         &format!("{} {}", r.app, r.version),
     )
     .await?;
+    alert_cleared(db, id, now).await;
     Ok(get(db, id).await?.into())
 }
 
@@ -483,6 +485,7 @@ pub async fn finish(db: &Db, actor: &str, id: &str, now: i64) -> ApiResult<Rollo
         &format!("{} {}", r.app, r.version),
     )
     .await?;
+    alert_cleared(db, id, now).await;
     Ok(get(db, id).await?.into())
 }
 
@@ -587,8 +590,30 @@ async fn auto_halt(db: &Db, r: &RolloutRow, why: &str, now: i64) -> sqlx::Result
     {
         tracing::warn!("rollout {} of {} {} halted: {why}", r.id, r.app, r.version);
         db.audit(SERVER_ACTOR, "rollout.halt", &r.id, why).await?;
+        alert_halted(db, r, why, now).await;
     }
     Ok(())
+}
+
+/// Opens the `rollout-halted` alert of `r` (one while it stays halted, whoever halted it). An
+/// alert that cannot be written is logged: the halt stands either way.
+async fn alert_halted(db: &Db, r: &RolloutRow, why: &str, now: i64) {
+    let condition = crate::alerts::Condition::RolloutHalted {
+        app: r.app.clone(),
+        rollout: r.id.clone(),
+    };
+    let detail = format!("{} {} at {}%: {why}", r.app, r.version, r.percent);
+    if let Err(e) = crate::alerts::raise(db, &condition, &detail, now).await {
+        tracing::warn!("alert for the halt of rollout {}: {e}", r.id);
+    }
+}
+
+/// Resolves the `rollout-halted` alert of rollout `id`, if one is open (it resumed or finished).
+async fn alert_cleared(db: &Db, id: &str, now: i64) {
+    let key = crate::alerts::key_of("rollout-halted", id);
+    if let Err(e) = crate::alerts::clear(db, &key, now).await {
+        tracing::warn!("resolving the halt alert of rollout {id}: {e}");
+    }
 }
 
 /// Halts a running rollout whose failures are past its threshold (reloads its counters).

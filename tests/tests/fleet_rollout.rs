@@ -290,6 +290,21 @@ fn a_rollout_offers_exactly_the_hashed_devices_raising_only_adds_and_failures_ha
     );
     let text = ok(&mut srv.admin(&["rollout", "status", "--app", "demo"]));
     assert!(text.contains("halted") && text.contains("3/9"), "{text}");
+    // The automatic halt opened one rollout-halted alert, with the reason as its detail.
+    let alerts: serde_json::Value =
+        serde_json::from_str(&ok(&mut srv.admin(&["alerts", "list", "--open", "--json"])))
+            .expect("alerts list --json");
+    let halted: Vec<_> = alerts
+        .as_array()
+        .expect("alerts array")
+        .iter()
+        .filter(|a| a["condition"] == "rollout-halted" && a["rollout"] == rid.as_str())
+        .collect();
+    assert_eq!(halted.len(), 1, "{alerts:#}");
+    assert!(
+        halted[0]["detail"].as_str().unwrap_or("").contains("3/9"),
+        "{alerts:#}"
+    );
 
     // The pinned device, selected by 50 %, stays on v1 (pin > rollout) and was never offered.
     let outs = once_all(&w, &srv, &[app_of(&pinned)]);
@@ -455,6 +470,24 @@ fn push_to_a_tag_and_a_pin_win_and_bad_requests_name_the_field() {
     assert!(err.contains("409"), "{err}");
     let out = ok(&mut srv.admin(&["rollout", "resume", "--id", &rid]));
     assert!(out.contains("running"), "{out}");
+    // The hand-made halt opened an alert; resuming resolved it.
+    let alerts = ok(&mut srv.admin(&["alerts", "list", "--json"]));
+    let alerts: serde_json::Value = serde_json::from_str(&alerts).expect("alerts list --json");
+    let mine: Vec<_> = alerts
+        .as_array()
+        .expect("alerts array")
+        .iter()
+        .filter(|a| a["condition"] == "rollout-halted" && a["rollout"] == rid.as_str())
+        .collect();
+    assert_eq!(mine.len(), 1, "{alerts:#}");
+    assert_eq!(mine[0]["state"], "resolved", "{alerts:#}");
+    assert!(
+        mine[0]["detail"]
+            .as_str()
+            .unwrap_or("")
+            .contains("looks bad"),
+        "{alerts:#}"
+    );
     ok(&mut srv.admin(&["rollout", "finish", "--id", &rid]));
     let err = fails(&mut srv.admin(&["rollout", "set", "--app", "demo", "10"]));
     assert!(err.contains("no running or halted rollout"), "{err}");
