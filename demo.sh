@@ -65,3 +65,9 @@ for d in app device-a device-b; do
 done
 echo "== what runs where (patch-server devices)"
 $B/patch-server devices "${ADMIN[@]}"
+echo "== the dashboard"
+head -c 12 /dev/urandom | od -An -tx1 | tr -d ' \n' > "$W/fleet/demo.password"
+$B/patch-server user add --data "$W/fleet" --name demo --role admin --password-file "$W/fleet/demo.password"
+echo "   $URL/ui/ (user demo, password $(cat "$W/fleet/demo.password")): devices, releases,"
+echo "   rollouts, alerts and the audit log. DEMO_KEEP=1 ./demo.sh keeps it running until Ctrl-C."
+if [[ "${DEMO_KEEP:-}" == 1 ]]; then wait "$FLEET"; fi
