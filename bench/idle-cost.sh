@@ -9,19 +9,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 OLD=$(cd "$1" && pwd) NEW=$(cd "$2" && pwd)
 for t in valgrind strace; do command -v $t >/dev/null || { echo "needs $t" >&2; exit 1; }; done
-W=$(mktemp -d "${TMPDIR:-/tmp}/patchkit-idlecost.XXXXXX")
-trap 'kill ${SERVER:-} 2>/dev/null || true; rm -rf "$W"' EXIT
-cd "$W"
-"$NEW/fixtures-gen" sequence --out rel --versions 3 --small >/dev/null
-"$NEW/patch-create" -q keygen --out keys >/dev/null
-for v in 1 2 3; do
-  "$NEW/patch-create" -q release --repo repo --root "rel/v$v" --version "$v.0.0" \
-    --key keys/release.key --name idle >/dev/null
-done
-PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-"$NEW/patch-create" serve --repo repo --addr "127.0.0.1:$PORT" >serve.log 2>&1 &
-SERVER=$!
-for _ in $(seq 50); do (echo >"/dev/tcp/127.0.0.1/$PORT") 2>/dev/null && break; sleep 0.1; done
+source bench/idle-repo.sh
+idle_repo "$NEW"
 for side in old new; do
   B=$OLD; [[ $side == new ]] && B=$NEW
   cp -a rel/v3 "app-$side" && mkdir "app-$side/.patchkit"

@@ -29,6 +29,19 @@ pub const MAX_RESULTS: usize = 32;
 /// Largest single upload (a log or crash file), in bytes.
 pub const MAX_UPLOAD: u64 = 64 * 1024 * 1024;
 
+/// `s` cut to at most `max` bytes at a character boundary (for free text sent to or kept by the
+/// server within a field's bound).
+pub fn clip(s: &str, max: usize) -> String {
+    if s.len() <= max {
+        return s.to_string();
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    s[..end].to_string()
+}
+
 /// A protocol document that breaks a rule, with the field that broke it.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{field}: {reason}")]

@@ -70,7 +70,8 @@ use serde::Serialize;
 
 use crate::events::Event;
 use crate::state::StateDir;
-use crate::updater::{clip, error_kind, Config, Updater};
+use crate::updater::{error_kind, Config, Updater};
+use formats::fleet::clip;
 
 pub use client::{AgentError, CheckInAnswer, FleetClient};
 pub use collect::StateSource;

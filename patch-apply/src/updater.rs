@@ -866,7 +866,10 @@ impl Updater {
                     seconds: 0.0,
                     ok: false,
                     error_kind: Some(error_kind(e).to_string()),
-                    error_message: Some(clip(&e.to_string(), formats::fleet::MAX_TEXT)),
+                    error_message: Some(formats::fleet::clip(
+                        &e.to_string(),
+                        formats::fleet::MAX_TEXT,
+                    )),
                     started_by: None,
                 }),
         };
@@ -1410,18 +1413,6 @@ pub fn error_kind(e: &Error) -> &'static str {
         Error::AllMethodsFailed(_) => "failed",
         Error::BadLocation { .. } => "config",
     }
-}
-
-/// `s` cut to at most `max` bytes at a character boundary.
-pub(crate) fn clip(s: &str, max: usize) -> String {
-    if s.len() <= max {
-        return s.to_string();
-    }
-    let mut end = max;
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    s[..end].to_string()
 }
 
 /// What one method did (or, handed over, would do).

@@ -238,7 +238,7 @@ fn check(url: &str, r: reqwest::Result<Response>) -> Result<Response, AgentError
             None => b.error,
         })
         .unwrap_or_else(|_| status.canonical_reason().unwrap_or("error").to_string());
-    let message = crate::updater::clip(&message, 1024);
+    let message = formats::fleet::clip(&message, 1024);
     if status.as_u16() == 401 {
         return Err(AgentError::Unauthorized {
             url: url.to_string(),

@@ -237,16 +237,7 @@ pub fn failure_detail(r: &UpdateResult) -> String {
 }
 
 /// `s` cut to at most `max` bytes at a character boundary.
-pub fn cut(s: &str, max: usize) -> String {
-    if s.len() <= max {
-        return s.to_string();
-    }
-    let mut end = max;
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    s[..end].to_string()
-}
+pub use formats::fleet::clip as cut;
 
 /// An alert event as a webhook receives it (the JSON body) and an e-mail describes it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
