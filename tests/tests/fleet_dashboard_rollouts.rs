@@ -77,6 +77,21 @@ fn shot(b: &Browser, name: &str) {
     }
 }
 
+/// Submits a form by clicking `css` and waits until the answer's page is shown (the click
+/// returns before the navigation ends).
+fn submit(b: &Browser, css: &str) {
+    b.eval("document.documentElement.dataset.old = '1'; return 0;");
+    b.click(css);
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    while b
+        .eval("return document.readyState === 'complete' && !document.documentElement.dataset.old;")
+        != json!(true)
+    {
+        assert!(std::time::Instant::now() < deadline, "no page after {css}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 /// The rollouts of `game` as `rollout status --json` prints them.
 fn status(s: &Server) -> Vec<Value> {
     let v = s.admin_json(&["rollout", "status", "--app", "game"]);
@@ -161,7 +176,8 @@ fn rollouts_pins_and_alerts_in_a_real_browser() {
     b.fill("#start-percent", "10");
     b.fill("#start-min-devices", "5");
     b.fill("#start-timeout", "10m");
-    b.click("#start-rollout");
+    submit(&b, "#start-rollout");
+    assert_eq!(b.count("#message"), 0, "started: {}", b.text("main"));
     let row = "#rollout-list tr[data-version='2.0.0']";
     assert_eq!(b.text(&format!("{row} .percent")), "10%");
     assert_eq!(b.text(&format!("{row} .state")), "running");
@@ -183,34 +199,37 @@ fn rollouts_pins_and_alerts_in_a_real_browser() {
     // Starting the same release again is refused with a message on the page, not a 500.
     b.select("#start-version", "2.0.0");
     b.fill("#start-percent", "10");
-    b.click("#start-rollout");
+    submit(&b, "#start-rollout");
     assert!(
         b.text("#message").contains("resume, set or finish it"),
         "{}",
         b.text("#message")
     );
-    // A bad percentage names the field.
-    b.goto(&format!("{url}/ui/apps/game/rollouts"));
-    b.fill(&format!("{row} .set-percent"), "150");
-    b.click(&format!("{row} button.set"));
-    assert!(
-        b.text("#message").contains("percent"),
-        "{}",
-        b.text("#message")
+    // A bad percentage (the browser's own check bypassed) names the field.
+    let session = b.cookie("patchkit_session").expect("session cookie");
+    let csrf = b
+        .attr("form.logout input[name=csrf]", "value")
+        .expect("csrf field");
+    let (st, text) = post_form(
+        &format!("{url}/ui/apps/game/rollouts/{id}/percent"),
+        &session,
+        &[("percent", "150"), ("csrf", &csrf)],
     );
+    assert_eq!(st, 400, "{text}");
+    assert!(text.contains("percent: must be"), "{text}");
     assert_eq!(status(&s)[0]["percent"], 10);
 
     // Raise it to 50 %, then halt it with a reason: the reason is on the page, in red.
     b.goto(&format!("{url}/ui/apps/game/rollouts"));
     b.fill(&format!("{row} .set-percent"), "50");
-    b.click(&format!("{row} button.set"));
+    submit(&b, &format!("{row} button.set"));
     assert_eq!(b.text(&format!("{row} .percent")), "50%");
     assert_eq!(status(&s)[0]["percent"], 50);
     b.fill(
         &format!("{row} .halt-reason-input"),
         "crash reports from beta",
     );
-    b.click(&format!("{row} button.halt"));
+    submit(&b, &format!("{row} button.halt"));
     let reason = b.text(&format!("{row} .halt-reason"));
     assert!(
         reason.contains("crash reports from beta") && reason.contains("user:alice"),
@@ -233,22 +252,22 @@ fn rollouts_pins_and_alerts_in_a_real_browser() {
     assert_eq!(b.text("#pin-state"), "Not pinned.");
     assert_eq!(b.count("#unpin-form"), 0);
     b.select("#pin-version", "1.0.0");
-    b.click("#pin-button");
+    submit(&b, "#pin-button");
     assert!(b.url().contains("/ui/devices/dev-good"), "{}", b.url());
     assert_eq!(b.text("#pin-state .pinned-version"), "1.0.0");
     assert!(b.text("#pin-state").contains("user:alice"));
     let pins = s.admin_json(&["pins", "--app", "game"]);
     assert!(pins.to_string().contains("dev-good"), "{pins:#}");
-    b.click("#unpin-button");
+    submit(&b, "#unpin-button");
     assert_eq!(b.text("#pin-state"), "Not pinned.");
     let pins = s.admin_json(&["pins", "--app", "game"]);
     assert!(!pins.to_string().contains("dev-good"), "{pins:#}");
 
     // Resume, then finish, from the page.
     b.goto(&format!("{url}/ui/apps/game/rollouts"));
-    b.click(&format!("{row} button.resume"));
+    submit(&b, &format!("{row} button.resume"));
     assert_eq!(b.text(&format!("{row} .state")), "running");
-    b.click(&format!("{row} button.finish"));
+    submit(&b, &format!("{row} button.finish"));
     assert!(b.text(&format!("{row} .state")).starts_with("finished"));
     assert_eq!(
         b.count(&format!("{row} button.set")),
@@ -274,7 +293,6 @@ fn rollouts_pins_and_alerts_in_a_real_browser() {
     assert!(audit.contains("user:alice"), "{audit}");
 
     // CSRF: the new actions refuse a form without the token.
-    let session = b.cookie("patchkit_session").expect("session cookie");
     let base = format!("{url}/ui/apps/game/rollouts");
     for (path, form) in [
         (base.clone(), vec![("version", "2.0.0"), ("percent", "5")]),
