@@ -8,6 +8,8 @@
 //! - [`table`]: filters, sortable headers and paging shared by the table pages.
 //! - [`store`]: the dashboard's queries.
 //! - [`release_view`]: what each release changed, read from the signed manifests.
+//! - [`rollouts`]: the rollouts page, the device page's pin forms and the alerts page; every
+//!   action goes through the [`crate::rollout`] service with the user as actor.
 //!
 //! Templates live in `patch-server/templates/` and are compiled in by askama with HTML
 //! auto-escaping; every page extends `base.html` (nav, user, logout form). There is no
@@ -20,6 +22,7 @@ pub mod auth;
 pub mod error;
 pub mod pages;
 pub mod release_view;
+pub mod rollouts;
 pub mod store;
 pub mod table;
 
@@ -81,6 +84,8 @@ pub const NAV: &[(&str, &str)] = &[
     ("Overview", "/ui"),
     ("Devices", "/ui/devices"),
     ("Releases", "/ui/releases"),
+    ("Rollouts", "/ui/rollouts"),
+    ("Alerts", "/ui/alerts"),
     ("Audit log", "/ui/audit"),
 ];
 
@@ -193,6 +198,27 @@ pub fn router<S>(app: AppState, opts: WebOptions) -> Router<S> {
         .route("/ui/releases", get(pages::releases_index))
         .route("/ui/apps/{app}/releases", get(pages::releases))
         .route("/ui/audit", get(pages::audit))
+        .route("/ui/rollouts", get(rollouts::index))
+        .route(
+            "/ui/apps/{app}/rollouts",
+            get(rollouts::rollouts).post(rollouts::start),
+        )
+        .route(
+            "/ui/apps/{app}/rollouts/{id}/percent",
+            post(rollouts::set_percent),
+        )
+        .route("/ui/apps/{app}/rollouts/{id}/halt", post(rollouts::halt))
+        .route(
+            "/ui/apps/{app}/rollouts/{id}/resume",
+            post(rollouts::resume),
+        )
+        .route(
+            "/ui/apps/{app}/rollouts/{id}/finish",
+            post(rollouts::finish),
+        )
+        .route("/ui/devices/{id}/pin", post(rollouts::pin))
+        .route("/ui/devices/{id}/unpin", post(rollouts::unpin))
+        .route("/ui/alerts", get(rollouts::alerts))
         .layer(axum::middleware::map_response(security_headers))
         .with_state(st)
 }

@@ -83,6 +83,8 @@ struct OverviewPage {
     layout: Layout,
     apps: Vec<AppOverview>,
     silent_after: u32,
+    /// Open alerts (up to [`super::rollouts::ALERTS_SHOWN`]).
+    open_alerts: usize,
 }
 
 /// Bar height and gap in the chart, in SVG units.
@@ -146,6 +148,7 @@ pub async fn overview(State(st): State<WebState>, s: Session) -> WebResult<Respo
     }
     render(&OverviewPage {
         layout: Layout::new(&s, "Overview", "/ui"),
+        open_alerts: super::rollouts::open_alerts(&st).await?,
         apps,
         silent_after: st.opts.silent_after,
     })
@@ -396,6 +399,7 @@ struct DevicePage {
     uploads: Vec<UploadLine>,
     kinds: Vec<&'static str>,
     action: String,
+    pin: super::rollouts::PinInfo,
 }
 
 fn js(v: &serde_json::Value, k: &str) -> String {
@@ -559,6 +563,7 @@ pub async fn device(
             "set-interval",
         ],
         action: format!("/ui/devices/{id}/commands"),
+        pin: super::rollouts::pin_info(&st, &d.app, &id).await?,
         id,
     })
 }
