@@ -11,7 +11,7 @@ use axum::Form;
 use formats::fleet::{check_id, Validate};
 use serde::Deserialize;
 
-use super::auth::{self, ActForm, ClientIp, LoginOutcome, SessionForm, MAX_PASSWORD};
+use super::auth::{self, ActForm, ClientIp, Empty, LoginOutcome, SessionForm, MAX_PASSWORD};
 use super::error::{WebError, WebResult};
 use super::pages::login_failed;
 use super::WebState;
@@ -55,10 +55,6 @@ pub async fn login(
         ),
     }
 }
-
-/// The logout form (only its CSRF token).
-#[derive(Debug, Deserialize)]
-pub struct Empty {}
 
 /// `POST /ui/logout`.
 pub async fn logout(

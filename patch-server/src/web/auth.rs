@@ -289,3 +289,8 @@ impl axum::extract::OptionalFromRequestParts<WebState> for Session {
         }
     }
 }
+
+/// A form with no field of its own (only the CSRF token the extractors check): logout, halt
+/// without a reason, resume, finish, unpin.
+#[derive(Debug, serde::Deserialize)]
+pub struct Empty {}

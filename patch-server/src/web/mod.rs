@@ -100,6 +100,11 @@ pub struct NavItem {
     pub current: bool,
 }
 
+/// Renders a template into a response (every page handler ends here).
+pub fn render<T: askama::Template>(t: &T) -> error::WebResult<Response> {
+    Ok(axum::response::Html(t.render()?).into_response())
+}
+
 /// What `base.html` needs: the title, the nav, the user and the CSRF token of the logout
 /// form (and of every other form on the page).
 #[derive(Debug, Clone)]

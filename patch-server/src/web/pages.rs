@@ -5,7 +5,7 @@ use askama::Template;
 use axum::body::Body;
 use axum::extract::{Path, Query, State};
 use axum::http::{header, HeaderValue, StatusCode};
-use axum::response::{Html, IntoResponse, Redirect, Response};
+use axum::response::{IntoResponse, Redirect, Response};
 use formats::fleet::check_id;
 use serde::Deserialize;
 
@@ -14,12 +14,7 @@ use super::error::{WebError, WebResult};
 use super::release_view::{self, ReleaseDetail};
 use super::store::{DeviceQuery, DeviceRow, SortKey, StatusFilter};
 use super::table::{page_number, param, url_with, when, Paging, SortHeader};
-use super::{Layout, WebState};
-
-/// Renders a template into a response.
-pub fn render<T: Template>(t: &T) -> WebResult<Response> {
-    Ok(Html(t.render()?).into_response())
-}
+use super::{render, Layout, WebState};
 
 // ---- login ----
 

@@ -11,12 +11,10 @@ use axum::response::{Html, IntoResponse, Redirect, Response};
 use formats::fleet::check_id;
 use serde::Deserialize;
 
-use super::actions::Empty;
-use super::auth::{ActForm, Session};
+use super::auth::{ActForm, Empty, Session};
 use super::error::{WebError, WebResult};
-use super::pages::render;
 use super::table::when;
-use super::{Layout, WebState};
+use super::{render, Layout, WebState};
 use crate::alerts::{AlertFilter, AlertView};
 use crate::error::ApiError;
 use crate::rollout::{self, RolloutView, StartRollout, Target};
