@@ -537,7 +537,14 @@ fn two_servers_on_one_postgres_send_each_alert_once() {
     wait_for(20, "silence resolved", || {
         hook.events("silent:dev-pg", "resolved").len() == 1
     });
-    std::thread::sleep(Duration::from_secs(2));
+    // Time for a duplicate to show up, with the device checking in meanwhile (idle for two
+    // intervals it would rightly be silent again).
+    for _ in 0..4 {
+        std::thread::sleep(Duration::from_millis(500));
+        via_a.etag = None;
+        let a = via_a.checkin(&checkin_body("2.0.0", None));
+        assert_eq!(a.status, 200, "{:?}", a.body);
+    }
     let hooks = hook.hooks();
     let mut seen: Vec<String> = hooks
         .iter()
