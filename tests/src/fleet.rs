@@ -330,3 +330,30 @@ pub fn checkin_body(version: &str, state: Option<Value>) -> Value {
 pub fn blake3_hex(bytes: &[u8]) -> String {
     blake3::hash(bytes).to_hex().to_string()
 }
+
+/// Adds a dashboard account with `patch-server user add`, the password on standard input.
+pub fn add_user(s: &Server, backend: &Backend, name: &str, role: &str, password: &str) {
+    use std::io::Write;
+    let mut child = crate::cmd("patch-server")
+        .args(["user", "add", "--data"])
+        .arg(&s.data)
+        .args(backend.db_args())
+        .args(["--name", name, "--role", role])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("user add starts");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(format!("{password}\n").as_bytes())
+        .expect("password on stdin");
+    let out = child.wait_with_output().expect("user add runs");
+    assert!(
+        out.status.success(),
+        "user add: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

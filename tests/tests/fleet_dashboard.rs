@@ -4,11 +4,10 @@
 //!
 //! With `PATCHKIT_SCREENSHOTS=1` the test also saves `docs/screenshots/*.png`.
 
-use std::process::Stdio;
 use std::time::Duration;
 
 use e2e_tests::browser::Browser;
-use e2e_tests::fleet::{checkin_body, Backend, Device, Server};
+use e2e_tests::fleet::{add_user, checkin_body, Backend, Device, Server};
 use e2e_tests::{cmd, ok, World};
 use serde_json::json;
 
@@ -42,32 +41,6 @@ fn world() -> World {
         .arg(&w.key)
         .args(["--reason", "corrupts saves on Windows (#123)"]));
     w
-}
-
-fn add_user(s: &Server, backend: &Backend, name: &str, role: &str, password: &str) {
-    use std::io::Write;
-    let mut child = cmd("patch-server")
-        .args(["user", "add", "--data"])
-        .arg(&s.data)
-        .args(backend.db_args())
-        .args(["--name", name, "--role", role])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("user add starts");
-    child
-        .stdin
-        .take()
-        .expect("stdin")
-        .write_all(format!("{password}\n").as_bytes())
-        .expect("password on stdin");
-    let out = child.wait_with_output().expect("user add runs");
-    assert!(
-        out.status.success(),
-        "user add: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
 }
 
 fn http() -> reqwest::blocking::Client {
