@@ -105,6 +105,38 @@ pub fn render<T: askama::Template>(t: &T) -> error::WebResult<Response> {
     Ok(axum::response::Html(t.render()?).into_response())
 }
 
+/// The page listing the apps, each linking to its `/ui/apps/{app}/{section}` page (the index of
+/// the releases and of the rollouts pages).
+#[derive(askama::Template)]
+#[template(path = "releases_index.html")]
+struct AppsIndex {
+    layout: Layout,
+    apps: Vec<(String, String)>,
+}
+
+/// Renders [`AppsIndex`] for `section` (`releases`, `rollouts`) under the nav entry `title`
+/// at `path`.
+async fn apps_index(
+    st: &WebState,
+    s: &Session,
+    title: &'static str,
+    path: &'static str,
+    section: &str,
+) -> error::WebResult<Response> {
+    let apps = st
+        .app
+        .db
+        .apps()
+        .await?
+        .into_iter()
+        .map(|a| (format!("/ui/apps/{}/{section}", a.name), a.name))
+        .collect();
+    render(&AppsIndex {
+        layout: Layout::new(s, title, path),
+        apps,
+    })
+}
+
 /// What `base.html` needs: the title, the nav, the user and the CSRF token of the logout
 /// form (and of every other form on the page).
 #[derive(Debug, Clone)]

@@ -618,27 +618,9 @@ pub async fn upload(
 
 // ---- releases ----
 
-#[derive(Template)]
-#[template(path = "releases_index.html")]
-struct ReleasesIndex {
-    layout: Layout,
-    apps: Vec<(String, String)>,
-}
-
 /// `GET /ui/releases`: the apps, each linking to its releases page.
 pub async fn releases_index(State(st): State<WebState>, s: Session) -> WebResult<Response> {
-    let apps = st
-        .app
-        .db
-        .apps()
-        .await?
-        .into_iter()
-        .map(|a| (format!("/ui/apps/{}/releases", a.name), a.name))
-        .collect();
-    render(&ReleasesIndex {
-        layout: Layout::new(&s, "Releases", "/ui/releases"),
-        apps,
-    })
+    super::apps_index(&st, &s, "Releases", "/ui/releases", "releases").await
 }
 
 struct ReleaseLine {

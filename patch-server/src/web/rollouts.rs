@@ -49,27 +49,9 @@ struct RolloutsPage {
     start_action: String,
 }
 
-#[derive(Template)]
-#[template(path = "releases_index.html")]
-struct RolloutsIndex {
-    layout: Layout,
-    apps: Vec<(String, String)>,
-}
-
 /// `GET /ui/rollouts`: the apps, each linking to its rollouts page.
 pub async fn index(State(st): State<WebState>, s: Session) -> WebResult<Response> {
-    let apps = st
-        .app
-        .db
-        .apps()
-        .await?
-        .into_iter()
-        .map(|a| (format!("/ui/apps/{}/rollouts", a.name), a.name))
-        .collect();
-    render(&RolloutsIndex {
-        layout: Layout::new(&s, "Rollouts", "/ui/rollouts"),
-        apps,
-    })
+    super::apps_index(&st, &s, "Rollouts", "/ui/rollouts", "rollouts").await
 }
 
 /// The app's releases a rollout or a pin may name (not yanked), newest first.
