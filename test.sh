@@ -21,10 +21,18 @@ ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || need+=(postgresql)
 command -v openssl >/dev/null || need+=(openssl)
 command -v faketime >/dev/null || need+=(faketime)
 command -v chromedriver >/dev/null || need+=(chromium chromium-driver) # dashboard browser test
+command -v nginx >/dev/null || [[ -x /usr/sbin/nginx ]] || need+=(nginx) # caching proxy (CDN test)
 if ((${#need[@]})); then
   echo "== installing ${need[*]}"
   apt-get update -qq
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
+fi
+# Garage, a real S3-compatible object store (publish tests). Built from crates.io once per
+# machine (about 15 minutes on 2 cores, the slow part of a first run), then kept in ~/.cargo/bin.
+export PATH="$HOME/.cargo/bin:$PATH"
+if ! command -v garage >/dev/null; then
+  echo "== installing garage (cargo install; first run only, ~15 min)"
+  cargo install garage --locked --quiet --no-default-features --features bundled-libs,sqlite
 fi
 echo "== cargo fmt --check"
 cargo fmt --all --check

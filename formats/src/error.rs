@@ -154,3 +154,44 @@ impl Error {
         }
     }
 }
+
+/// An error and its causes on one line, `outer: cause: cause`, leaving out a cause whose text
+/// the message before it already ends with (error types that print their source *and* return it
+/// from `source()` would otherwise say it twice). The one place the binaries turn an error
+/// chain into the line they print.
+pub fn chain_text(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = e.to_string();
+    let mut next = e.source();
+    while let Some(cause) = next {
+        let c = cause.to_string();
+        if !text.ends_with(&c) {
+            text.push_str(": ");
+            text.push_str(&c);
+        }
+        next = cause.source();
+    }
+    text
+}
+
+#[cfg(test)]
+mod chain_tests {
+    use super::chain_text;
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("{path}: {source}")]
+    struct Outer {
+        path: String,
+        source: std::io::Error,
+    }
+
+    #[test]
+    fn a_cause_already_printed_is_not_repeated() {
+        let e = Outer {
+            path: "release.key".into(),
+            source: std::io::Error::new(std::io::ErrorKind::AlreadyExists, "exists"),
+        };
+        assert_eq!(chain_text(&e), "release.key: exists");
+        let io = std::io::Error::other(e);
+        assert_eq!(chain_text(&io), "release.key: exists");
+    }
+}

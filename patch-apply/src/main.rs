@@ -666,7 +666,7 @@ fn run() -> Result<()> {
             if json {
                 println!("{}", serde_json::to_string(&r)?);
             } else {
-                println!("{r:?}");
+                println!("{r}");
             }
             Ok(())
         }
@@ -976,13 +976,5 @@ fn main() -> ExitCode {
 /// already ends with (an I/O error names its file and then its OS error, which is also its
 /// cause: printed once, not as "not a directory: not a directory").
 fn error_text(e: &anyhow::Error) -> String {
-    let mut text = e.to_string();
-    for cause in e.chain().skip(1) {
-        let c = cause.to_string();
-        if !text.ends_with(&c) {
-            text.push_str(": ");
-            text.push_str(&c);
-        }
-    }
-    text
+    formats::error::chain_text(e.as_ref())
 }

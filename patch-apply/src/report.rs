@@ -127,3 +127,36 @@ pub enum Recovery {
         kept: Vec<KeptFile>,
     },
 }
+
+impl std::fmt::Display for Recovery {
+    /// One sentence for people (`patch-apply recover` prints it; `--json` gives the fields).
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let kept = |f: &mut std::fmt::Formatter<'_>, kept: &[KeptFile]| match kept.len() {
+            0 => Ok(()),
+            n => write!(f, "; {n} changed file(s) kept in the quarantine"),
+        };
+        match self {
+            Recovery::Clean => write!(f, "nothing to recover: no update was interrupted"),
+            Recovery::RolledBack { from, to, kept: k } => {
+                write!(
+                    f,
+                    "rolled back the interrupted update to {to}; the app is at {}",
+                    from.as_deref().unwrap_or("its previous state")
+                )?;
+                kept(f, k)
+            }
+            Recovery::FinishedRollback {
+                restored,
+                undone,
+                kept: k,
+            } => {
+                write!(
+                    f,
+                    "finished the interrupted rollback of {undone}; the app is at {}",
+                    restored.as_deref().unwrap_or("its previous state")
+                )?;
+                kept(f, k)
+            }
+        }
+    }
+}

@@ -771,7 +771,7 @@ fn main() -> ExitCode {
     match run() {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", formats::error::chain_text(e.as_ref()));
             ExitCode::FAILURE
         }
     }

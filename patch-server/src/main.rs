@@ -1408,7 +1408,7 @@ fn main() {
         .with_writer(std::io::stderr)
         .init();
     if let Err(e) = run(Cli::parse()) {
-        eprintln!("error: {e:#}");
+        eprintln!("error: {}", formats::error::chain_text(e.as_ref()));
         std::process::exit(1);
     }
 }
