@@ -258,7 +258,7 @@ fn pruned_objects_stay_through_the_grace_period_and_go_after_it() {
     // The first-seen times live in the destination, so a rerun continues the same grace.
     let state = get(&format!("{url}/.patchkit-publish.json"));
     assert_eq!(state.status(), 200);
-    let state: serde_json::Value = state.json().unwrap();
+    let state: serde_json::Value = serde_json::from_slice(&state.bytes().unwrap()).unwrap();
     assert!(state["missing_since"][&v1_installer].is_string(), "{state}");
     let r = publish_json(g.publish_cmd(&w.repo, "p").args(grace));
     assert_eq!(
@@ -331,7 +331,7 @@ fn publish_to_a_directory_skips_what_is_there_and_refuses_mismatched_objects() {
         "{err}"
     );
     assert_eq!(std::fs::read(&obj).unwrap(), bytes);
-    let out = ok(publish().arg("--replace-mismatched"));
+    let out = ok(publish().args(["--replace-mismatched", "--json"]));
     assert!(out.contains("\"uploaded\":1"), "{out}");
     assert_eq!(tree_state(&dest), expected);
 
