@@ -50,14 +50,15 @@ release() {
 for v in $(seq "$N"); do release "$v"; done
 
 publish() {
-  local t0 t1 out
+  local t0 t1
   t0=$(date +%s.%N)
-  out=$("$B/patch-create" -q publish --repo repo --to s3://bench/app --endpoint "http://127.0.0.1:$S3" \
-    --region garage --json)
+  "$B/patch-create" -q publish --repo repo --to s3://bench/app --endpoint "http://127.0.0.1:$S3" \
+    --region garage --json >publish.json
   t1=$(date +%s.%N)
-  python3 - "$1" "$t0" "$t1" "$out" <<'PY'
+  python3 - "$1" "$t0" "$t1" publish.json <<'PY'
 import json, sys
-what, t0, t1, r = sys.argv[1], float(sys.argv[2]), float(sys.argv[3]), json.loads(sys.argv[4])
+what, t0, t1 = sys.argv[1], float(sys.argv[2]), float(sys.argv[3])
+r = json.load(open(sys.argv[4]))
 print(f"{what}: {t1 - t0:.2f} s, uploaded {r['uploaded']} objects / {r['uploaded_bytes']} bytes, "
       f"skipped {r['skipped']} objects / {r['skipped_bytes']} bytes, deleted {r['deleted']}")
 PY
