@@ -47,6 +47,22 @@ pub enum Error {
         /// libsais's error.
         source: libsais::LibsaisError,
     },
+    /// Publishing refused or failed at an object of the destination (`publish`).
+    #[error("{what}: {reason}")]
+    Publish {
+        /// The destination URL, with the object's key when one is at fault.
+        what: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// An object store call failed (`publish`).
+    #[error("{what}: {source}")]
+    Store {
+        /// The operation and the object's URL.
+        what: String,
+        /// The store client's error.
+        source: object_store::Error,
+    },
     /// `verify` found problems; each names the artifact.
     #[error("verification failed with {} problem(s):\n  {}", .0.len(), .0.join("\n  "))]
     VerifyFailed(Vec<String>),

@@ -2,6 +2,7 @@
 pub mod diff;
 pub mod error;
 pub mod progress;
+pub mod publish;
 pub mod release;
 pub mod repo;
 pub mod serve;

@@ -129,6 +129,10 @@ enum Cmd {
         #[arg(long, default_value = "127.0.0.1:8080")]
         addr: String,
     },
+    /// Copy a repository to object storage or a directory (docs/hosting.md): only what the
+    /// destination lacks, in an order clients always see as consistent (timestamp.json last);
+    /// objects the repository no longer has are deleted after a grace period.
+    Publish(PublishArgs),
     /// Check every signature, hash and patch of a repository and print a size report.
     Verify {
         /// The repository directory.
@@ -546,6 +550,123 @@ fn release(a: ReleaseArgs) -> Result<()> {
 }
 
 #[derive(clap::Args)]
+struct PublishArgs {
+    /// The repository directory.
+    #[arg(long)]
+    repo: PathBuf,
+    /// Destination: s3://BUCKET/PREFIX, gs://BUCKET/PREFIX, az://CONTAINER/PREFIX or
+    /// file:///DIR. Credentials from the environment (AWS_ACCESS_KEY_ID, ..., or
+    /// ~/.aws/credentials; GOOGLE_SERVICE_ACCOUNT; AZURE_STORAGE_ACCOUNT_NAME, ...).
+    #[arg(long)]
+    to: String,
+    /// S3 endpoint of an S3-compatible store (e.g. http://127.0.0.1:3900).
+    #[arg(long)]
+    endpoint: Option<String>,
+    /// S3 region (default: AWS_REGION, else us-east-1; Garage: garage).
+    #[arg(long)]
+    region: Option<String>,
+    /// Path-style S3 requests (ENDPOINT/BUCKET/KEY): the default.
+    #[arg(long, conflicts_with = "virtual_hosted")]
+    path_style: bool,
+    /// Virtual-hosted-style S3 requests (BUCKET.ENDPOINT/KEY).
+    #[arg(long)]
+    virtual_hosted: bool,
+    /// How long objects the repository no longer has stay in the destination (e.g. 7d, 2s):
+    /// clients in the middle of an update may still fetch them.
+    #[arg(long, default_value = "7d")]
+    prune_grace: String,
+    /// Uploads at once.
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=64))]
+    concurrency: u16,
+    /// List what would change and change nothing.
+    #[arg(long)]
+    dry_run: bool,
+    /// Replace objects under immutable names that hold other bytes (normally an error).
+    #[arg(long)]
+    replace_mismatched: bool,
+    /// Print one JSON object (uploaded, skipped, deleted, pending deletes, bytes, changes).
+    #[arg(long)]
+    json: bool,
+}
+
+/// Test hook, not a user setting: sleep this many milliseconds after each object, so that the
+/// end-to-end tests can kill a publish between two given objects.
+const PUBLISH_PAUSE_ENV: &str = "PATCHKIT_PUBLISH_TEST_PAUSE_MS";
+
+fn publish(a: PublishArgs) -> Result<()> {
+    use patch_create::publish::{Op, PublishEvent, PublishOptions};
+    let prune_grace = formats::time_util::parse_duration(&a.prune_grace)
+        .with_context(|| format!("--prune-grace {}", a.prune_grace))?;
+    let pause = std::env::var(PUBLISH_PAUSE_ENV)
+        .ok()
+        .and_then(|v| v.parse::<u64>().ok())
+        .map(std::time::Duration::from_millis);
+    let opts = PublishOptions {
+        repo: a.repo,
+        destination: patch_create::publish::DestinationSpec {
+            url: a.to,
+            endpoint: a.endpoint,
+            region: a.region,
+            virtual_hosted: a.virtual_hosted,
+        },
+        prune_grace,
+        dry_run: a.dry_run,
+        concurrency: usize::from(a.concurrency),
+        replace_mismatched: a.replace_mismatched,
+        now: formats::time_util::now(),
+    };
+    let on_event = |e: &PublishEvent<'_>| {
+        match e {
+            PublishEvent::Uploaded { key, bytes } => detail!("uploaded {key} ({bytes} bytes)"),
+            PublishEvent::Deleted { key } => detail!("deleted {key}"),
+        }
+        if let Some(p) = pause {
+            std::thread::sleep(p);
+        }
+    };
+    let p = progress();
+    let report = patch_create::publish::publish(&opts, p.as_ref(), &on_event)?;
+    for w in &report.warnings {
+        info!("warning: {w}");
+    }
+    if a.json {
+        println!("{}", serde_json::to_string(&report)?);
+        return Ok(());
+    }
+    let would = if report.dry_run { "would " } else { "" };
+    for c in &report.changes {
+        match c.op {
+            Op::Upload if report.dry_run => info!(
+                "would upload {} ({} bytes, {})",
+                c.key,
+                c.bytes.unwrap_or(0),
+                c.reason.unwrap_or("new")
+            ),
+            Op::Delete if report.dry_run => info!("would delete {}", c.key),
+            Op::Keep => detail!(
+                "keeping {} (missing since {}) until {}",
+                c.key,
+                c.missing_since.as_deref().unwrap_or("?"),
+                c.delete_after.as_deref().unwrap_or("?")
+            ),
+            _ => {}
+        }
+    }
+    info!(
+        "{}: {would}upload {} object(s), {} bytes; {} already there ({} bytes); {would}delete {}; \
+         {} pruned object(s) kept through the grace period",
+        report.destination,
+        report.uploaded,
+        report.uploaded_bytes,
+        report.skipped,
+        report.skipped_bytes,
+        report.deleted,
+        report.pending_deletes
+    );
+    Ok(())
+}
+
+#[derive(clap::Args)]
 struct MaintenanceArgs {
     /// The repository directory.
     #[arg(long)]
@@ -702,6 +823,7 @@ fn run() -> Result<()> {
             })?;
             Ok(())
         }
+        Cmd::Publish(a) => publish(a),
         Cmd::Keys(k) => keys_cmd(k),
         Cmd::Resign {
             repo,

@@ -8,6 +8,7 @@ pub mod agent_support;
 pub mod alerts_support;
 pub mod browser;
 pub mod fleet;
+pub mod garage;
 pub mod pg;
 pub mod tamper;
 
