@@ -28,10 +28,11 @@ if ((${#need[@]})); then
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
 fi
 # Garage, a real S3-compatible object store (publish tests). Built from crates.io once per
-# machine (about 15 minutes on 2 cores, the slow part of a first run), then kept in ~/.cargo/bin.
+# machine, then kept in ~/.cargo/bin: the slow part of a first run (53 minutes measured on a
+# 2-core machine busy with other builds; docs/hosting.md).
 export PATH="$HOME/.cargo/bin:$PATH"
 if ! command -v garage >/dev/null; then
-  echo "== installing garage (cargo install; first run only, ~15 min)"
+  echo "== installing garage (cargo install; first run on a machine only, up to an hour)"
   cargo install garage --locked --quiet --no-default-features --features bundled-libs,sqlite
 fi
 echo "== cargo fmt --check"
