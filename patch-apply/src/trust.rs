@@ -13,7 +13,7 @@ use formats::tuf::{role_file_name, TargetFile, TargetsMetadata, TrustedRoot, Tru
 use time::OffsetDateTime;
 
 use crate::error::{Error, IoContext, Result};
-use crate::transport::{Conditional, Transport, Validators};
+use crate::transport::{missing_or_other_bytes, not_as_signed, Conditional, Transport, Validators};
 
 /// Metadata trusted on an earlier run.
 #[derive(Clone, Debug, Default)]
@@ -346,29 +346,20 @@ fn refresh_timestamp(
 }
 
 /// Explains a metadata file that a newer signed role pins but that the repository does not
-/// serve, or serves with other bytes: in a correctly published repository this happens only
-/// while it is being updated (a client came between the uploads) or behind a cache that still
-/// holds older files. Nothing of it was trusted; a later run succeeds once the files agree.
+/// serve, or serves with other bytes ([`not_as_signed`]); other errors pass unchanged.
 fn in_flux(e: Error, t: &dyn Transport, file: &str, pinned_by: &str) -> Error {
-    use formats::Error as F;
-    let url = format!("{}/{}", t.describe(), md(file));
     let what = match &e {
-        Error::NotFound { .. } => "not found".to_string(),
-        Error::Format(
-            f @ (F::LengthMismatch { .. } | F::HashMismatch { .. } | F::TooLarge { .. }),
-        ) => f.to_string(),
-        Error::Format(f @ F::Invalid { reason, .. }) if reason.contains("mix-and-match") => {
+        Error::Format(f @ formats::Error::Invalid { reason, .. })
+            if reason.contains("mix-and-match") =>
+        {
             f.to_string()
         }
-        _ => return e,
+        other => match missing_or_other_bytes(other) {
+            Some(w) => w,
+            None => return e,
+        },
     };
-    Error::Fetch {
-        url,
-        reason: format!(
-            "{what}, although the trusted {pinned_by} pins it: the repository is being updated \
-             or a cache in front of it serves stale files; try again later"
-        ),
-    }
+    not_as_signed(format!("{}/{}", t.describe(), md(file)), &what, pinned_by)
 }
 
 /// Delegated targets metadata verified in this process, by role name (so that a role visited

@@ -303,48 +303,59 @@ fn stale_cached_timestamp_means_no_update_yet_never_a_broken_app() {
     }
 }
 
-/// (b) The edge has the new `timestamp.json` before the files it pins: first the origin has
-/// only the new timestamp (a publisher between uploads), then the edge keeps its cached 404
-/// for the new snapshot after the origin has everything. The client gets a clear "try again"
-/// error naming the file, its app dir stays at release 1, and once the edge serves the new
-/// snapshot the same client (same stored trust) updates to release 2.
+/// (b) The edge has the new `timestamp.json` before the files it pins, as a publisher uploads
+/// them: first the origin has only the new timestamp; then the new metadata but not the new
+/// artifacts, while the edge still remembers its 404 for the new snapshot; then everything. At
+/// each step the client gets a clear "try again" error naming the file and its app dir stays at
+/// release 1; at the end the same client (same stored trust) updates to release 2.
 #[test]
-fn new_timestamp_before_its_snapshot_is_a_clear_try_again_and_trust_recovers() {
+fn new_timestamp_before_the_files_it_pins_is_a_clear_try_again_and_trust_recovers() {
     let w = small_world(2, 1);
     let next = two_repos(&w);
     let origin = Origin::start(&w, &w.repo);
+    // The edge remembers a 404 for 3 s; `settle` waits until it asks the origin again.
     let edge = Edge::start(
         &w,
         "edge",
         &origin,
         &EdgeConfig {
             timestamp_ttl: "1s",
-            missing_ttl: "5s",
+            missing_ttl: "3s",
             extra: String::new(),
         },
     );
+    let settle = |since: Instant| {
+        std::thread::sleep(Duration::from_secs(4).saturating_sub(since.elapsed()));
+    };
     let app = app_at(&w, "app", 1);
-
-    // Only the new timestamp reached the origin.
-    let ts = Path::new("metadata/timestamp.json");
-    sync_repo(&next, &w.repo, &|p| p != ts);
-    let try_again = |app: &Path| {
-        let err = fails(&mut client(&w, "apply", app, &edge.url));
-        assert!(err.contains(".snapshot.json"), "{err}");
+    let try_again = |file: &str| {
+        let err = fails(&mut client(&w, "apply", &app, &edge.url));
+        assert!(err.contains(file), "error does not name {file}: {err}");
         assert!(err.contains("try again"), "not a try-again error: {err}");
         assert!(
             err.contains("being updated") && err.contains("stale"),
             "error does not say why: {err}"
         );
-        assert_same_tree(app, &w.releases[0]);
+        assert_same_tree(&app, &w.releases[0]);
     };
-    try_again(&app);
-    // Everything else arrives, but the edge remembers the 404 for a few seconds.
-    sync_repo(&next, &w.repo, &|p| p == ts);
-    let started = Instant::now();
-    try_again(&app);
-    // Once the edge asks the origin again, the same client updates.
-    std::thread::sleep(Duration::from_secs(6).saturating_sub(started.elapsed()));
+    let ts = Path::new("metadata/timestamp.json");
+    let is_new_artifact =
+        |p: &Path| (p.starts_with("targets") || p.starts_with("blobs")) && !w.repo.join(p).exists();
+
+    // Only the new timestamp reached the origin.
+    sync_repo(&next, &w.repo, &|p| p != ts);
+    let first_404 = Instant::now();
+    try_again(".snapshot.json");
+    // The new metadata arrives (not the artifacts); the edge still has its 404.
+    sync_repo(&next, &w.repo, &|p| p == ts || is_new_artifact(p));
+    try_again(".snapshot.json");
+    // The edge asks again: snapshot and targets are there, the manifest is not.
+    settle(first_404);
+    let second_404 = Instant::now();
+    try_again("manifest.json");
+    // Everything arrives; once the edge asks again, the same client updates.
+    sync_repo(&next, &w.repo, &|_| false);
+    settle(second_404);
     ok(&mut client(&w, "apply", &app, &edge.url));
     assert_same_tree(&app, &w.releases[1]);
     // And the stored trust is that of release 2: an idle check needs nothing new.

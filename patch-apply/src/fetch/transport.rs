@@ -92,6 +92,34 @@ pub enum Conditional {
     Missing,
 }
 
+/// The error for a file that trusted metadata (`pinned_by`) lists but that the repository at
+/// `url` does not serve as signed (`what`: not found, another length or hash). With a correctly
+/// published repository this happens only while it is being updated (a client between the
+/// uploads) or behind a cache that still holds older files, so the error says so: nothing of it
+/// was trusted, and a later run succeeds once the files agree.
+pub fn not_as_signed(url: String, what: &str, pinned_by: &str) -> Error {
+    Error::Fetch {
+        url,
+        reason: format!(
+            "{what}, although the trusted {pinned_by} lists it: the repository is being updated \
+             or a cache in front of it serves stale files; try again later"
+        ),
+    }
+}
+
+/// Whether `e` says a file was missing or had other bytes than signed (see
+/// [`not_as_signed`]); its text when so.
+pub fn missing_or_other_bytes(e: &Error) -> Option<String> {
+    use formats::Error as F;
+    match e {
+        Error::NotFound { .. } => Some("not found".into()),
+        Error::Format(
+            f @ (F::LengthMismatch { .. } | F::HashMismatch { .. } | F::TooLarge { .. }),
+        ) => Some(f.to_string()),
+        _ => None,
+    }
+}
+
 /// A way to read files of a repository.
 pub trait Transport: Send + Sync {
     /// Reads `path` (relative to the repository base) into memory. `Ok(None)` when the
@@ -427,15 +455,23 @@ impl Transport for Mirrors {
         progress: &(dyn Fn(u64) + Sync),
     ) -> Result<()> {
         let mut errors = Vec::new();
+        let mut missing = Vec::new();
         let order = self.order();
         for (k, &i) in order.iter().enumerate() {
             match self.list[i].download(path, expected, dest, progress) {
                 Ok(()) => return Ok(()),
                 Err(e) => {
                     self.skipped(i, order.get(k + 1).copied(), &e);
+                    if let Error::NotFound { url } = &e {
+                        missing.push(url.clone());
+                    }
                     errors.push(e.to_string());
                 }
             }
+        }
+        if !missing.is_empty() && missing.len() == errors.len() {
+            // Every download is of a file signed metadata lists (its size and hash).
+            return Err(not_as_signed(missing.join(", "), "not found", "metadata"));
         }
         Err(Error::Fetch {
             url: path.to_string(),

@@ -11,7 +11,7 @@ use formats::tuf::{TargetCustom, TargetFile, TargetKind, TargetsMetadata};
 use formats::Version;
 
 use crate::error::{Error, Result};
-use crate::transport::{Expected, Transport};
+use crate::transport::{missing_or_other_bytes, not_as_signed, Expected, Transport};
 
 /// One release listed in the repository.
 #[derive(Clone, Debug)]
@@ -164,15 +164,18 @@ pub fn target_path(name: &str, t: &TargetFile) -> Result<String> {
 }
 
 /// Fetches a small target into memory and checks its length and hashes.
+/// A target that is missing or has other bytes is [`not_as_signed`] ("try again").
 pub fn fetch_small(tr: &dyn Transport, name: &str, t: &TargetFile) -> Result<Vec<u8>> {
     let path = target_path(name, t)?;
-    let bytes = tr
-        .get_small(&path, t.length)?
-        .ok_or_else(|| Error::NotFound {
-            url: format!("{}/{path}", tr.describe()),
-        })?;
-    check_small(&format!("{}/{path}", tr.describe()), name, t, &bytes)?;
-    Ok(bytes)
+    let url = format!("{}/{path}", tr.describe());
+    let fetched = tr
+        .get_small(&path, t.length)
+        .and_then(|b| b.ok_or_else(|| Error::NotFound { url: url.clone() }))
+        .and_then(|b| check_small(&url, name, t, &b).map(|()| b));
+    fetched.map_err(|e| match missing_or_other_bytes(&e) {
+        Some(what) => not_as_signed(url.clone(), &what, "targets metadata"),
+        None => e,
+    })
 }
 
 /// Checks `bytes` (named `what` in errors) against the length, BLAKE3 pin and SHA-256 of
