@@ -27,6 +27,42 @@ pub const BLOBS_DIR: &str = "blobs";
 /// Target name of the repository settings file.
 pub const REPOSITORY_TARGET: &str = "repository.json";
 
+/// `Cache-Control` of content-addressed and versioned repository files (docs/format.md §9.1).
+pub const IMMUTABLE_CACHE: &str = "public, max-age=31536000, immutable";
+/// `Cache-Control` of files replaced in place (`timestamp.json`, `root.json`) and of anything
+/// not in the layout.
+pub const MUTABLE_CACHE: &str = "no-cache";
+
+/// `N.ROLE.json` → `ROLE` when `N` is a version number (a versioned metadata file name).
+pub fn versioned_role(name: &str) -> Option<&str> {
+    let (n, rest) = name.split_once('.')?;
+    if n.is_empty() || !n.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    rest.strip_suffix(".json")
+}
+
+/// Whether the repository-relative `path` always holds the same bytes: content-addressed files
+/// (`targets/`, `blobs/`) and versioned metadata (`metadata/N.ROLE.json`). Everything else
+/// (`timestamp.json`, `root.json`) is replaced in place. A leading `/` is ignored, so a URL
+/// path works too.
+pub fn is_immutable(path: &str) -> bool {
+    let path = path.trim_start_matches('/');
+    match path.strip_prefix("metadata/").filter(|n| !n.contains('/')) {
+        Some(name) => versioned_role(name).is_some(),
+        None => path.starts_with("targets/") || path.starts_with("blobs/"),
+    }
+}
+
+/// The `Cache-Control` a server or object store gives `path` (see [`is_immutable`]).
+pub fn cache_control(path: &str) -> &'static str {
+    if is_immutable(path) {
+        IMMUTABLE_CACHE
+    } else {
+        MUTABLE_CACHE
+    }
+}
+
 /// `metadata/N.root.json`.
 pub fn root_file(version: u64) -> String {
     format!("{METADATA_DIR}/{version}.root.json")

@@ -76,8 +76,9 @@ pub enum Error {
     #[error(
         "{repo}: {refusal}: {app_dir} already trusts newer metadata signed by this key (stored in \
          {trust_dir}); refused because a rollback attack looks like this, but so does a \
-         re-created repository or another app's repository signed with the same key; if you \
-         trust this repository, forget the stored trust with \
+         re-created repository, another app's repository signed with the same key, or a cache \
+         in front of the repository that still serves older metadata (then it passes once the \
+         cache has the new files: try again later); if you trust this repository, forget the stored trust with \
          `patch-apply trust reset --app-dir {app_dir}` and run again",
         app_dir = app_dir.display(),
         trust_dir = trust_dir.display()

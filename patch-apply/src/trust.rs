@@ -13,7 +13,7 @@ use formats::tuf::{role_file_name, TargetFile, TargetsMetadata, TrustedRoot, Tru
 use time::OffsetDateTime;
 
 use crate::error::{Error, IoContext, Result};
-use crate::transport::Transport;
+use crate::transport::{missing_or_other_bytes, not_as_signed, Conditional, Transport, Validators};
 
 /// Metadata trusted on an earlier run.
 #[derive(Clone, Debug, Default)]
@@ -26,6 +26,10 @@ pub struct StoredTrust {
     pub snapshot: Option<Vec<u8>>,
     /// Last trusted top-level targets (reused while snapshot pins its version).
     pub targets: Option<Vec<u8>>,
+    /// The HTTP validators of the trusted timestamp (`timestamp.http.json`, a
+    /// [`Validators`] document): sent with the next request for `timestamp.json` so that an
+    /// unchanged one costs a `304` without a body.
+    pub timestamp_http: Option<Vec<u8>>,
     /// The key ids of the pinned keys the stored metadata was trusted under (a JSON array of
     /// strings, `anchor.json`).
     pub anchor: Option<Vec<u8>>,
@@ -50,6 +54,7 @@ impl StoredTrust {
             timestamp: read("timestamp.json")?,
             snapshot: read("snapshot.json")?,
             targets: read("targets.json")?,
+            timestamp_http: read(TIMESTAMP_HTTP)?,
             anchor: read("anchor.json")?,
             dir: Some(dir.to_path_buf()),
         })
@@ -86,6 +91,18 @@ impl StoredTrust {
         }
     }
 
+    /// Removes `name` from the directory this was loaded from, if it is there (best effort,
+    /// like [`StoredTrust::keep`]).
+    fn forget(&self, name: &str) {
+        let Some(dir) = &self.dir else { return };
+        let p = dir.join(name);
+        match std::fs::remove_file(&p) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => tracing::warn!("cannot remove {}: {e}", p.display()),
+        }
+    }
+
     /// Saves into `dir` atomically, file by file.
     pub fn save(&self, dir: &Path) -> Result<()> {
         self.save_changes(dir, &StoredTrust::default())
@@ -99,6 +116,12 @@ impl StoredTrust {
             ("timestamp.json", &self.timestamp, &on_disk.timestamp),
             ("snapshot.json", &self.snapshot, &on_disk.snapshot),
             ("targets.json", &self.targets, &on_disk.targets),
+            // After the timestamp it describes, never before.
+            (
+                TIMESTAMP_HTTP,
+                &self.timestamp_http,
+                &on_disk.timestamp_http,
+            ),
             ("anchor.json", &self.anchor, &on_disk.anchor),
         ]
         .into_iter()
@@ -114,6 +137,9 @@ impl StoredTrust {
         crate::atomic::write_files(dir, &changed)
     }
 }
+
+/// The file of the trust directory that holds the HTTP validators of the trusted timestamp.
+const TIMESTAMP_HTTP: &str = "timestamp.http.json";
 
 fn md(name: &str) -> String {
     format!("{}/{name}", layout::METADATA_DIR)
@@ -208,15 +234,7 @@ pub fn refresh(
     }
     let mut set = TrustedSet::new(root, now, limits.clone())?;
     set.remember_previous(trusted.timestamp.as_deref(), trusted.snapshot.as_deref());
-    let offered = get_required(t, &md("timestamp.json"), limits.max_small_metadata)?;
-    set.update_timestamp(&offered)?;
-    let ts = match (&trusted.timestamp, set.kept_old_timestamp()) {
-        (Some(old), true) => old.clone(),
-        _ => {
-            stored.keep("timestamp.json", &offered, stored.timestamp.as_deref());
-            offered
-        }
-    };
+    let (ts, timestamp_http) = refresh_timestamp(t, &mut set, stored, trusted, limits)?;
     let snap = match trusted
         .snapshot
         .as_ref()
@@ -225,8 +243,10 @@ pub fn refresh(
         Some(b) => b.clone(),
         None => {
             let snap_name = set.snapshot_file_name()?;
-            let snap = get_required(t, &md(&snap_name), set.snapshot_max_len())?;
-            set.update_snapshot(&snap)?;
+            let snap = get_required(t, &md(&snap_name), set.snapshot_max_len())
+                .map_err(|e| in_flux(e, t, &snap_name, "timestamp.json"))?;
+            set.update_snapshot(&snap)
+                .map_err(|e| in_flux(e.into(), t, &snap_name, "timestamp.json"))?;
             stored.keep("snapshot.json", &snap, stored.snapshot.as_deref());
             snap
         }
@@ -243,8 +263,10 @@ pub fn refresh(
                 .length
                 .unwrap_or(limits.max_large_metadata)
                 .min(limits.max_large_metadata);
-            let targets = get_required(t, &md(&t_name), max)?;
-            set.update_targets(&targets)?;
+            let targets = get_required(t, &md(&t_name), max)
+                .map_err(|e| in_flux(e, t, &t_name, "snapshot.json"))?;
+            set.update_targets(&targets)
+                .map_err(|e| in_flux(e.into(), t, &t_name, "snapshot.json"))?;
             stored.keep("targets.json", &targets, stored.targets.as_deref());
             targets
         }
@@ -254,10 +276,90 @@ pub fn refresh(
         timestamp: Some(ts),
         snapshot: Some(snap),
         targets: Some(targets),
+        timestamp_http,
         anchor,
         dir: stored.dir.clone(),
     };
     Ok((set, new_stored))
+}
+
+/// Loads the timestamp (spec 5.4) with a conditional request when the trusted one has
+/// validators: a `304` means the server still has the trusted timestamp, which is checked again
+/// (so an expired one still fails as expired). Returns the trusted timestamp's bytes and
+/// validators, and stores both (the validators after the timestamp they describe).
+fn refresh_timestamp(
+    t: &dyn Transport,
+    set: &mut TrustedSet,
+    stored: &StoredTrust,
+    trusted: &StoredTrust,
+    limits: &Limits,
+) -> Result<(Vec<u8>, Option<Vec<u8>>)> {
+    let name = md("timestamp.json");
+    let url = || format!("{}/{name}", t.describe());
+    let max = limits.max_small_metadata;
+    let known = trusted
+        .timestamp
+        .as_ref()
+        .and(trusted.timestamp_http.as_deref())
+        .and_then(Validators::from_json);
+    let mut answer = t.get_if_changed(&name, max, known.as_ref())?;
+    if answer == Conditional::NotModified {
+        let old = trusted.timestamp.as_ref().ok_or_else(|| Error::Fetch {
+            url: url(),
+            reason: "server answered 304 Not Modified, but no trusted timestamp.json is stored"
+                .into(),
+        })?;
+        match set.update_timestamp(old) {
+            Ok(_) => return Ok((old.clone(), trusted.timestamp_http.clone())),
+            Err(e @ formats::Error::Expired { .. }) => return Err(e.into()),
+            // The stored copy no longer verifies (e.g. the timestamp keys were rotated): ask
+            // for the file itself.
+            Err(_) => answer = t.get_if_changed(&name, max, None)?,
+        }
+    }
+    let (offered, validators) = match answer {
+        Conditional::Fetched(b, v) => (b, v),
+        Conditional::Missing => return Err(Error::NotFound { url: url() }),
+        Conditional::NotModified => {
+            return Err(Error::Fetch {
+                url: url(),
+                reason: "server answered 304 Not Modified to a request without validators".into(),
+            })
+        }
+    };
+    set.update_timestamp(&offered)?;
+    let ts = match (&trusted.timestamp, set.kept_old_timestamp()) {
+        (Some(old), true) => old.clone(),
+        _ => {
+            stored.keep("timestamp.json", &offered, stored.timestamp.as_deref());
+            offered
+        }
+    };
+    // The server's copy was accepted (newer, or of the trusted version): a 304 to these
+    // validators means the same again.
+    let http = validators.map(|v| v.to_json());
+    match &http {
+        Some(v) => stored.keep(TIMESTAMP_HTTP, v, stored.timestamp_http.as_deref()),
+        None => stored.forget(TIMESTAMP_HTTP),
+    }
+    Ok((ts, http))
+}
+
+/// Explains a metadata file that a newer signed role pins but that the repository does not
+/// serve, or serves with other bytes ([`not_as_signed`]); other errors pass unchanged.
+fn in_flux(e: Error, t: &dyn Transport, file: &str, pinned_by: &str) -> Error {
+    let what = match &e {
+        Error::Format(f @ formats::Error::Invalid { reason, .. })
+            if reason.contains("mix-and-match") =>
+        {
+            f.to_string()
+        }
+        other => match missing_or_other_bytes(other) {
+            Some(w) => w,
+            None => return e,
+        },
+    };
+    not_as_signed(format!("{}/{}", t.describe(), md(file)), &what, pinned_by)
 }
 
 /// Delegated targets metadata verified in this process, by role name (so that a role visited

@@ -306,7 +306,7 @@ impl Updater {
             .targets()
             .ok_or_else(|| Error::Precondition("targets not loaded".into()))?;
         let view = RepoView::from_targets(targets)?;
-        let info = repo_view::fetch_info(&transport, &view)?;
+        let info = repo_view::fetch_info_kept(&transport, &view, &state.trust())?;
         if let Some(i) = &info {
             let mut more = Vec::new();
             for m in &i.mirrors {

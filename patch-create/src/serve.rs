@@ -1,8 +1,11 @@
 //! `patch-create serve`: a small static file server for a repository directory, for local
 //! testing and demos. It answers `GET` and `HEAD` with `Content-Length`, single `Range`
-//! requests with `206` (or `416` when unsatisfiable), and refuses any path that could leave
-//! the repository (`..`, backslashes, NUL, symlinks pointing outside). One thread per
-//! connection, a bounded number of connections, and `Connection: close` after each answer.
+//! requests with `206` (or `416` when unsatisfiable), conditional requests (`If-None-Match`
+//! against a strong `ETag`, else `If-Modified-Since` against `Last-Modified`) with `304`, and
+//! refuses any path that could leave the repository (`..`, backslashes, NUL, symlinks pointing
+//! outside). Every answer carries a `Date` and the `Cache-Control` of docs/format.md §9
+//! ([`cache_control`]). One thread per connection, a bounded number of connections, and
+//! `Connection: close` after each answer.
 //!
 //! It is no production server: put the repository on a static host or CDN for that.
 
@@ -105,6 +108,8 @@ struct Head {
     method: String,
     target: String,
     range: Option<String>,
+    if_none_match: Option<String>,
+    if_modified_since: Option<String>,
 }
 
 fn read_head(r: &mut impl BufRead) -> io::Result<Option<Head>> {
@@ -136,17 +141,75 @@ fn read_head(r: &mut impl BufRead) -> io::Result<Option<Head>> {
     let (Some(method), Some(target)) = (parts.next(), parts.next()) else {
         return Ok(None);
     };
-    let range = lines[1..].iter().find_map(|l| {
-        let (k, v) = l.split_once(':')?;
-        k.trim()
-            .eq_ignore_ascii_case("range")
-            .then(|| v.trim().to_string())
-    });
+    let header = |name: &str| {
+        lines[1..].iter().find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            k.trim()
+                .eq_ignore_ascii_case(name)
+                .then(|| v.trim().to_string())
+        })
+    };
     Ok(Some(Head {
         method: method.to_string(),
         target: target.to_string(),
-        range,
+        range: header("range"),
+        if_none_match: header("if-none-match"),
+        if_modified_since: header("if-modified-since"),
     }))
+}
+
+/// The `Cache-Control` for a repository path (docs/format.md §9): versioned metadata
+/// (`metadata/N.NAME.json`), targets (hash-prefixed) and blobs (named by their content) never
+/// change, so caches may keep them for a year without asking again; everything else
+/// (`timestamp.json`, `root.json`, files that are not there yet) must be revalidated.
+pub fn cache_control(path: &str) -> &'static str {
+    formats::layout::cache_control(path)
+}
+
+/// The strong entity tag of a file: its size, modification time (nanoseconds) and inode
+/// number. The repository is changed only by writing new files and renaming them into place,
+/// so a file with other content always has another inode or time.
+pub fn entity_tag(m: &std::fs::Metadata) -> String {
+    let mtime = m
+        .modified()
+        .ok()
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    #[cfg(unix)]
+    let ino = std::os::unix::fs::MetadataExt::ino(m);
+    #[cfg(not(unix))]
+    let ino = 0u64;
+    format!("\"{:x}-{mtime:x}-{ino:x}\"", m.len())
+}
+
+/// Whether a conditional `GET`/`HEAD` may be answered `304 Not Modified` (RFC 9110 §13.2.2):
+/// `If-None-Match` decides when present (weak comparison, `*` matches any file); otherwise
+/// `If-Modified-Since` when the file was not modified after that date (whole seconds).
+pub fn not_modified(
+    if_none_match: Option<&str>,
+    if_modified_since: Option<&str>,
+    etag: &str,
+    modified: Option<std::time::SystemTime>,
+) -> bool {
+    let opaque = |t: &str| t.trim().trim_start_matches("W/").to_string();
+    if let Some(list) = if_none_match {
+        return list
+            .split(',')
+            .any(|t| t.trim() == "*" || opaque(t) == opaque(etag));
+    }
+    let (Some(since), Some(modified)) = (
+        if_modified_since.and_then(|d| httpdate::parse_http_date(d).ok()),
+        modified,
+    ) else {
+        return false;
+    };
+    let secs = |t: std::time::SystemTime| {
+        t.duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0)
+    };
+    secs(modified) <= secs(since)
 }
 
 /// Decodes `%XX` escapes; `None` for a malformed escape or non-UTF-8 result.
@@ -255,10 +318,11 @@ fn handle(stream: TcpStream, root: &Path) -> Option<RequestLog> {
         status: 200,
         bytes: 0,
     };
+    let date = httpdate::fmt_http_date(std::time::SystemTime::now());
     let simple = |out: &mut TcpStream, status: &str, extra: &str| {
         let _ = write!(
             out,
-            "HTTP/1.1 {status}\r\nContent-Length: 0\r\n{extra}Connection: close\r\n\r\n"
+            "HTTP/1.1 {status}\r\nDate: {date}\r\nContent-Length: 0\r\n{extra}Connection: close\r\n\r\n"
         );
     };
     let head_only = match head.method.as_str() {
@@ -273,17 +337,42 @@ fn handle(stream: TcpStream, root: &Path) -> Option<RequestLog> {
     let file = resolve(root, &head.target).and_then(|p| {
         let f = std::fs::File::open(&p).ok()?;
         let m = f.metadata().ok()?;
-        m.is_file().then_some((p, f, m.len()))
+        m.is_file().then_some((p, f, m))
     });
-    let Some((path, mut f, len)) = file else {
+    let Some((path, mut f, meta)) = file else {
         entry.status = 404;
-        simple(&mut out, "404 Not Found", "");
+        // A file that is not there yet may appear at any moment (a new root, a release being
+        // published): a cache must not remember its absence.
+        simple(&mut out, "404 Not Found", "Cache-Control: no-cache\r\n");
         return Some(entry);
     };
-    let cache = match path.file_name().and_then(|n| n.to_str()) {
-        Some("timestamp.json") | Some("root.json") => "Cache-Control: no-cache\r\n",
-        _ => "",
-    };
+    let len = meta.len();
+    let etag = entity_tag(&meta);
+    let modified = meta.modified().ok();
+    let url_path = head.target.split(['?', '#']).next().unwrap_or("");
+    let mut cache = format!(
+        "Cache-Control: {}\r\nETag: {etag}\r\n",
+        cache_control(url_path)
+    );
+    if let Some(m) = modified {
+        cache.push_str(&format!(
+            "Last-Modified: {}\r\n",
+            httpdate::fmt_http_date(m)
+        ));
+    }
+    if not_modified(
+        head.if_none_match.as_deref(),
+        head.if_modified_since.as_deref(),
+        &etag,
+        modified,
+    ) {
+        entry.status = 304;
+        let _ = write!(
+            out,
+            "HTTP/1.1 304 Not Modified\r\nDate: {date}\r\n{cache}Connection: close\r\n\r\n"
+        );
+        return Some(entry);
+    }
     let (status, start, count, range_hdr) = match parse_range(head.range.as_deref(), len) {
         Ok(None) => ("200 OK", 0, len, String::new()),
         Ok(Some((a, b))) => (
@@ -308,7 +397,7 @@ fn handle(stream: TcpStream, root: &Path) -> Option<RequestLog> {
         206
     };
     let header = format!(
-        "HTTP/1.1 {status}\r\nContent-Length: {count}\r\nContent-Type: {}\r\nAccept-Ranges: bytes\r\n{range_hdr}{cache}Connection: close\r\n\r\n",
+        "HTTP/1.1 {status}\r\nDate: {date}\r\nContent-Length: {count}\r\nContent-Type: {}\r\nAccept-Ranges: bytes\r\n{range_hdr}{cache}Connection: close\r\n\r\n",
         content_type(&path)
     );
     if out.write_all(header.as_bytes()).is_err() || head_only {
@@ -337,6 +426,53 @@ mod tests {
         assert_eq!(parse_range(Some("bytes=0-1,4-5"), 10), Ok(None));
         assert_eq!(parse_range(Some("bytes=5-2"), 10), Ok(None));
         assert_eq!(parse_range(Some("items=1-2"), 10), Ok(None));
+    }
+
+    #[test]
+    fn cache_control_by_path() {
+        let immutable = "public, max-age=31536000, immutable";
+        for (path, want) in [
+            ("/metadata/timestamp.json", "no-cache"),
+            ("/metadata/root.json", "no-cache"),
+            ("/metadata/2.root.json", immutable),
+            ("/metadata/12.snapshot.json", immutable),
+            ("/metadata/3.targets.json", immutable),
+            ("/metadata/4.bins-0f.json", immutable),
+            ("/metadata/x.targets.json", "no-cache"),
+            ("/metadata/.json", "no-cache"),
+            ("/targets/1.0.0/ab.manifest.json", immutable),
+            ("/blobs/ab/abcd.zst", immutable),
+            ("/other.txt", "no-cache"),
+            ("/", "no-cache"),
+        ] {
+            assert_eq!(cache_control(path), want, "{path}");
+        }
+    }
+
+    #[test]
+    fn conditional_requests() {
+        let t0 = std::time::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+        let at = |secs: u64| httpdate::fmt_http_date(t0 + Duration::from_secs(secs));
+        let etag = "\"a-b-c\"";
+        let cases: &[(Option<&str>, Option<String>, bool)] = &[
+            (None, None, false),
+            (Some("\"a-b-c\""), None, true),
+            (Some("W/\"a-b-c\""), None, true),
+            (Some("\"x\", \"a-b-c\""), None, true),
+            (Some("*"), None, true),
+            (Some("\"other\""), None, false),
+            // If-None-Match decides when present, whatever the date says.
+            (Some("\"other\""), Some(at(10)), false),
+            (None, Some(at(0)), true),
+            (None, Some(at(10)), true),
+            (None, Some(at(0).replace("2023", "2022")), false),
+            (None, Some("yesterday".into()), false),
+        ];
+        for (inm, ims, want) in cases {
+            let got = not_modified(*inm, ims.as_deref(), etag, Some(t0));
+            assert_eq!(got, *want, "{inm:?} {ims:?}");
+        }
+        assert!(!not_modified(None, Some(&at(0)), etag, None));
     }
 
     #[test]

@@ -25,11 +25,16 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use reqwest::blocking::{Client, Response};
-use reqwest::header::{HeaderMap, CACHE_CONTROL, CONTENT_RANGE, CONTENT_TYPE, RANGE, RETRY_AFTER};
+use reqwest::header::{
+    HeaderMap, CACHE_CONTROL, CONTENT_RANGE, CONTENT_TYPE, DATE, ETAG, IF_MODIFIED_SINCE,
+    IF_NONE_MATCH, LAST_MODIFIED, RANGE, RETRY_AFTER,
+};
 
 use crate::error::{Error, IoContext, Result};
 use crate::events::{Event, EventHook};
-use crate::transport::{Expected, PartialFile, Transport, DEFAULT_PARALLEL};
+use crate::transport::{
+    Conditional, Expected, PartialFile, Transport, Validators, DEFAULT_PARALLEL,
+};
 
 /// Network settings: timeouts, retries, and how many downloads run at once.
 #[derive(Clone, Debug, PartialEq)]
@@ -190,6 +195,25 @@ fn content_range(h: &HeaderMap) -> Option<(u64, Option<u64>)> {
     Some((start.trim().parse().ok()?, total))
 }
 
+/// The validators of an answer from `url`: its `ETag`, and its `Last-Modified` only when it is
+/// at least one second before the answer's `Date` (RFC 9110 §8.8.2.2: otherwise the file may
+/// have changed again within that second, and a date could not tell the two copies apart).
+fn validators_of(url: &str, h: &HeaderMap) -> Option<Validators> {
+    let text = |name| {
+        h.get(name)
+            .and_then(|v: &reqwest::header::HeaderValue| v.to_str().ok())
+    };
+    let last_modified = text(LAST_MODIFIED).filter(|lm| {
+        let date = text(DATE).and_then(|d| httpdate::parse_http_date(d).ok());
+        let modified = httpdate::parse_http_date(lm).ok();
+        match (date, modified) {
+            (Some(d), Some(m)) => d.duration_since(m).is_ok_and(|gap| gap.as_secs() >= 1),
+            _ => false,
+        }
+    });
+    Validators::new(url, text(ETAG), last_modified)
+}
+
 /// Statuses worth a retry: the server may answer differently soon.
 fn retryable(status: u16) -> bool {
     matches!(status, 408 | 425 | 429 | 500..=599)
@@ -327,26 +351,48 @@ impl HttpTransport {
         }
     }
 
+    /// One attempt at reading a small file; `known` (validators for this very URL) makes it a
+    /// conditional request.
     fn attempt_small(
         &self,
         url: &str,
         path: &str,
         max_len: u64,
-    ) -> std::result::Result<Option<Vec<u8>>, Failure> {
+        known: Option<&Validators>,
+    ) -> std::result::Result<Conditional, Failure> {
         let mut req = self.client.get(url);
         if path.ends_with("timestamp.json") || path.ends_with("root.json") {
             // The files that change in place (or appear): never a stale cached copy.
             req = req.header(CACHE_CONTROL, "no-cache");
         }
+        if let Some(v) = known {
+            if let Some(etag) = &v.etag {
+                req = req.header(IF_NONE_MATCH, etag.as_str());
+            }
+            if let Some(lm) = &v.last_modified {
+                req = req.header(IF_MODIFIED_SINCE, lm.as_str());
+            }
+        }
         let resp = req
             .send()
             .map_err(|e| Failure::Retry(fetch_err(url, describe(&e.without_url())), None))?;
         self.answered(url, &resp, 0);
+        if resp.status().as_u16() == 304 {
+            return match known {
+                Some(_) => Ok(Conditional::NotModified),
+                None => Err(Failure::Fatal(fetch_err(
+                    url,
+                    "server answered 304 Not Modified to a request without validators \
+                     (If-None-Match or If-Modified-Since)",
+                ))),
+            };
+        }
         match check_status(url, &resp) {
-            Err(Failure::Fatal(Error::NotFound { .. })) => return Ok(None),
+            Err(Failure::Fatal(Error::NotFound { .. })) => return Ok(Conditional::Missing),
             Err(f) => return Err(f),
             Ok(()) => {}
         }
+        let validators = validators_of(url, resp.headers());
         if let Some(len) = resp.content_length() {
             if len > max_len {
                 return Err(Failure::Fatal(Error::Format(formats::Error::TooLarge {
@@ -370,7 +416,7 @@ impl HttpTransport {
                 actual: buf.len() as u64,
             })));
         }
-        Ok(Some(buf))
+        Ok(Conditional::Fetched(buf, validators))
     }
 
     /// One attempt at downloading `url` into `dest`; returns the outcome and the bytes received.
@@ -543,8 +589,30 @@ impl HttpTransport {
 
 impl Transport for HttpTransport {
     fn get_small(&self, path: &str, max_len: u64) -> Result<Option<Vec<u8>>> {
+        match self.get_if_changed(path, max_len, None)? {
+            Conditional::Fetched(b, _) => Ok(Some(b)),
+            Conditional::Missing => Ok(None),
+            // Refused in `attempt_small` without validators; never reached.
+            Conditional::NotModified => Err(fetch_err(
+                &self.url(path)?,
+                "server answered 304 Not Modified to a request without validators",
+            )),
+        }
+    }
+
+    /// Sends `known`'s `ETag` as `If-None-Match` and its `Last-Modified` as
+    /// `If-Modified-Since` when they came from this same URL; validators of another URL (another
+    /// mirror) are not sent. A `304` is [`Conditional::NotModified`] only when validators were
+    /// sent, and an error naming the URL otherwise.
+    fn get_if_changed(
+        &self,
+        path: &str,
+        max_len: u64,
+        known: Option<&Validators>,
+    ) -> Result<Conditional> {
         let url = self.url(path)?;
-        self.with_retries(&url, || (self.attempt_small(&url, path, max_len), 0))
+        let known = known.filter(|v| v.url == url);
+        self.with_retries(&url, || (self.attempt_small(&url, path, max_len, known), 0))
     }
 
     fn download(
@@ -609,6 +677,102 @@ mod tests {
             encode_path("targets/1.0.0+b1/a b"),
             "targets/1.0.0+b1/a%20b"
         );
+    }
+
+    #[test]
+    fn last_modified_is_a_validator_only_a_second_before_the_date() {
+        let url = "http://h/metadata/timestamp.json";
+        let headers = |pairs: &[(reqwest::header::HeaderName, &str)]| {
+            let mut h = HeaderMap::new();
+            for (k, v) in pairs {
+                h.insert(k.clone(), v.parse().expect("test setup"));
+            }
+            h
+        };
+        let lm = "Tue, 14 Nov 2023 22:13:20 GMT";
+        let h = headers(&[
+            (ETAG, "\"e1\""),
+            (LAST_MODIFIED, lm),
+            (DATE, "Tue, 14 Nov 2023 22:13:21 GMT"),
+        ]);
+        let v = validators_of(url, &h).expect("validators");
+        assert_eq!(v.etag.as_deref(), Some("\"e1\""));
+        assert_eq!(v.last_modified.as_deref(), Some(lm));
+        // Same second (or no Date): the date cannot tell two versions apart.
+        let h = headers(&[(LAST_MODIFIED, lm), (DATE, lm)]);
+        assert_eq!(validators_of(url, &h), None);
+        assert_eq!(validators_of(url, &headers(&[(LAST_MODIFIED, lm)])), None);
+        // An overlong ETag is not kept.
+        let long = format!("\"{}\"", "a".repeat(300));
+        assert_eq!(validators_of(url, &headers(&[(ETAG, &long)])), None);
+        let v = Validators::new(url, Some("\"e\""), None).expect("validators");
+        assert_eq!(Validators::from_json(&v.to_json()), Some(v));
+        assert_eq!(Validators::from_json(b"{\"url\":\"x\"}"), None);
+        assert_eq!(Validators::from_json(b"not json"), None);
+    }
+
+    /// A server that answers every request with `answer` and records the request heads.
+    fn fixed_server(answer: &'static str) -> (String, std::sync::mpsc::Receiver<String>) {
+        use std::io::BufRead;
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("test setup");
+        let addr = listener.local_addr().expect("test setup");
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for s in listener.incoming().flatten() {
+                let mut r = std::io::BufReader::new(s.try_clone().expect("test setup"));
+                let mut head = String::new();
+                loop {
+                    let mut l = String::new();
+                    if r.read_line(&mut l).unwrap_or(0) == 0 || l.trim().is_empty() {
+                        break;
+                    }
+                    head.push_str(&l);
+                }
+                let _ = tx.send(head);
+                let mut s = s;
+                let _ = s.write_all(answer.as_bytes());
+            }
+        });
+        (format!("http://{addr}"), rx)
+    }
+
+    #[test]
+    fn a_304_counts_only_as_an_answer_to_validators_sent() {
+        let (base, heads) = fixed_server("HTTP/1.1 304 Not Modified\r\nConnection: close\r\n\r\n");
+        let opts = HttpOptions {
+            retries: 0,
+            ..HttpOptions::default()
+        };
+        let t = HttpTransport::new(&base, opts).expect("test setup");
+        let name = "metadata/timestamp.json";
+        let url = format!("{base}/{name}");
+        let e = t.get_small(name, 1000).expect_err("304 without validators");
+        assert!(e.to_string().contains(&url), "{e}");
+        assert!(e.to_string().contains("without validators"), "{e}");
+        let head = heads.recv().expect("a request").to_ascii_lowercase();
+        assert!(!head.contains("if-none-match"), "{head}");
+        let v = Validators::new(&url, Some("\"e1\""), Some("Tue, 14 Nov 2023 22:13:20 GMT"))
+            .expect("validators");
+        assert_eq!(
+            t.get_if_changed(name, 1000, Some(&v)).expect("304"),
+            Conditional::NotModified
+        );
+        let head = heads.recv().expect("a request").to_ascii_lowercase();
+        assert!(head.contains("if-none-match: \"e1\""), "{head}");
+        assert!(
+            head.contains("if-modified-since: tue, 14 nov 2023"),
+            "{head}"
+        );
+        // Validators of another URL (another mirror) are not sent, so a 304 is an error.
+        let other = Validators::new(
+            "http://elsewhere/metadata/timestamp.json",
+            Some("\"e1\""),
+            None,
+        );
+        let e = t
+            .get_if_changed(name, 1000, other.as_ref())
+            .expect_err("not sent");
+        assert!(e.to_string().contains("without validators"), "{e}");
     }
 
     #[test]

@@ -22,11 +22,126 @@ pub use formats::hash::Expected;
 /// How many downloads run at once when a transport does not say.
 pub const DEFAULT_PARALLEL: usize = 4;
 
+/// Longest `ETag` or `Last-Modified` value kept as a validator; longer ones are not kept.
+pub const MAX_VALIDATOR_LEN: usize = 256;
+
+/// What a server said about a mutable file (`timestamp.json`) when it sent it, so that the
+/// next request can ask for it only if it changed (`If-None-Match`, `If-Modified-Since`;
+/// docs/format.md §9): the URL it came from and its `ETag` and `Last-Modified` values. They
+/// are sent again only to that same URL.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Validators {
+    /// The URL the file was fetched from.
+    pub url: String,
+    /// Its `ETag` (strong or weak, as sent, quotes included).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub etag: Option<String>,
+    /// Its `Last-Modified` (an HTTP date).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_modified: Option<String>,
+}
+
+impl Validators {
+    /// Validators for `url` from the answer's header values; a value that is longer than
+    /// [`MAX_VALIDATOR_LEN`] or not visible ASCII is dropped. `None` when nothing is left.
+    pub fn new(url: &str, etag: Option<&str>, last_modified: Option<&str>) -> Option<Self> {
+        let usable = |v: Option<&str>| {
+            v.map(str::trim)
+                .filter(|v| {
+                    !v.is_empty()
+                        && v.len() <= MAX_VALIDATOR_LEN
+                        && v.bytes().all(|b| (0x20..0x7f).contains(&b))
+                })
+                .map(str::to_string)
+        };
+        let (etag, last_modified) = (usable(etag), usable(last_modified));
+        (etag.is_some() || last_modified.is_some()).then(|| Validators {
+            url: url.to_string(),
+            etag,
+            last_modified,
+        })
+    }
+
+    /// Reads validators stored by [`Validators::to_json`]; `None` for anything unusable
+    /// (they are only a hint: without them the file is simply fetched whole).
+    pub fn from_json(bytes: &[u8]) -> Option<Self> {
+        if bytes.len() > 4 * MAX_VALIDATOR_LEN + 8192 {
+            return None;
+        }
+        let v: Validators = serde_json::from_slice(bytes).ok()?;
+        let again = Validators::new(&v.url, v.etag.as_deref(), v.last_modified.as_deref())?;
+        (again == v).then_some(v)
+    }
+
+    /// The JSON form kept in the state directory.
+    pub fn to_json(&self) -> Vec<u8> {
+        serde_json::to_vec(self).unwrap_or_default()
+    }
+}
+
+/// The answer to [`Transport::get_if_changed`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Conditional {
+    /// The file, and what to send next time to ask whether it changed (`None` when the
+    /// server gave no validators).
+    Fetched(Vec<u8>, Option<Validators>),
+    /// HTTP 304: the file is still the one the validators sent describe.
+    NotModified,
+    /// The repository does not have the file.
+    Missing,
+}
+
+/// The error for a file that trusted metadata (`pinned_by`) lists but that the repository at
+/// `url` does not serve as signed (`what`: not found, another length or hash). With a correctly
+/// published repository this happens only while it is being updated (a client between the
+/// uploads) or behind a cache that still holds older files, so the error says so: nothing of it
+/// was trusted, and a later run succeeds once the files agree.
+pub fn not_as_signed(url: String, what: &str, pinned_by: &str) -> Error {
+    Error::Fetch {
+        url,
+        reason: format!(
+            "{what}, although the trusted {pinned_by} lists it: the repository is being updated \
+             or a cache in front of it serves stale files; try again later"
+        ),
+    }
+}
+
+/// Whether `e` says a file was missing or had other bytes than signed (see
+/// [`not_as_signed`]); its text when so.
+pub fn missing_or_other_bytes(e: &Error) -> Option<String> {
+    use formats::Error as F;
+    match e {
+        Error::NotFound { .. } => Some("not found".into()),
+        Error::Format(
+            f @ (F::LengthMismatch { .. } | F::HashMismatch { .. } | F::TooLarge { .. }),
+        ) => Some(f.to_string()),
+        _ => None,
+    }
+}
+
 /// A way to read files of a repository.
 pub trait Transport: Send + Sync {
     /// Reads `path` (relative to the repository base) into memory. `Ok(None)` when the
     /// repository does not have it; an error when it has more than `max_len` bytes.
     fn get_small(&self, path: &str, max_len: u64) -> Result<Option<Vec<u8>>>;
+
+    /// Like [`Transport::get_small`], for a file that changes in place: `known` are the
+    /// validators of the copy the caller holds, sent (where the transport can) so that an
+    /// unchanged file costs a `304` without a body ([`Conditional::NotModified`]). Transports
+    /// without validators (local directories) always read the file.
+    fn get_if_changed(
+        &self,
+        path: &str,
+        max_len: u64,
+        known: Option<&Validators>,
+    ) -> Result<Conditional> {
+        let _ = known;
+        Ok(match self.get_small(path, max_len)? {
+            Some(b) => Conditional::Fetched(b, None),
+            None => Conditional::Missing,
+        })
+    }
 
     /// Downloads `path` into `dest`, which may already hold a prefix of it from an interrupted
     /// download (transports that can resume continue after it). On success `dest` holds exactly
@@ -283,12 +398,13 @@ impl Mirrors {
     }
 }
 
-impl Transport for Mirrors {
-    fn get_small(&self, path: &str, max_len: u64) -> Result<Option<Vec<u8>>> {
+impl Mirrors {
+    /// Runs `read` on each mirror in turn until one answers; the errors of all when none does.
+    fn first_answer<T>(&self, path: &str, read: impl Fn(&dyn Transport) -> Result<T>) -> Result<T> {
         let mut errors = Vec::new();
         let order = self.order();
         for (k, &i) in order.iter().enumerate() {
-            match self.list[i].get_small(path, max_len) {
+            match read(self.list[i].as_ref()) {
                 Ok(v) => return Ok(v),
                 Err(e) => {
                     self.skipped(i, order.get(k + 1).copied(), &e);
@@ -314,6 +430,22 @@ impl Transport for Mirrors {
             reason: "no repository configured".into(),
         }))
     }
+}
+
+impl Transport for Mirrors {
+    fn get_small(&self, path: &str, max_len: u64) -> Result<Option<Vec<u8>>> {
+        self.first_answer(path, |t| t.get_small(path, max_len))
+    }
+
+    /// Each mirror gets `known`; only the one the validators came from sends them.
+    fn get_if_changed(
+        &self,
+        path: &str,
+        max_len: u64,
+        known: Option<&Validators>,
+    ) -> Result<Conditional> {
+        self.first_answer(path, |t| t.get_if_changed(path, max_len, known))
+    }
 
     fn download(
         &self,
@@ -323,15 +455,23 @@ impl Transport for Mirrors {
         progress: &(dyn Fn(u64) + Sync),
     ) -> Result<()> {
         let mut errors = Vec::new();
+        let mut missing = Vec::new();
         let order = self.order();
         for (k, &i) in order.iter().enumerate() {
             match self.list[i].download(path, expected, dest, progress) {
                 Ok(()) => return Ok(()),
                 Err(e) => {
                     self.skipped(i, order.get(k + 1).copied(), &e);
+                    if let Error::NotFound { url } = &e {
+                        missing.push(url.clone());
+                    }
                     errors.push(e.to_string());
                 }
             }
+        }
+        if !missing.is_empty() && missing.len() == errors.len() {
+            // Every download is of a file signed metadata lists (its size and hash).
+            return Err(not_as_signed(missing.join(", "), "not found", "metadata"));
         }
         Err(Error::Fetch {
             url: path.to_string(),

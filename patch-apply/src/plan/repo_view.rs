@@ -1,6 +1,8 @@
 //! What a verified targets metadata offers: releases, patches, installers, settings.
 
 use std::collections::BTreeMap;
+use std::io::Read;
+use std::path::Path;
 
 use formats::layout::{self, RepositoryInfo, REPOSITORY_TARGET};
 use formats::limits::Limits;
@@ -9,7 +11,7 @@ use formats::tuf::{TargetCustom, TargetFile, TargetKind, TargetsMetadata};
 use formats::Version;
 
 use crate::error::{Error, Result};
-use crate::transport::{Expected, Transport};
+use crate::transport::{missing_or_other_bytes, not_as_signed, Expected, Transport};
 
 /// One release listed in the repository.
 #[derive(Clone, Debug)]
@@ -162,25 +164,48 @@ pub fn target_path(name: &str, t: &TargetFile) -> Result<String> {
 }
 
 /// Fetches a small target into memory and checks its length and hashes.
+/// A target that is missing or has other bytes is [`not_as_signed`] ("try again").
 pub fn fetch_small(tr: &dyn Transport, name: &str, t: &TargetFile) -> Result<Vec<u8>> {
     let path = target_path(name, t)?;
-    let bytes = tr
-        .get_small(&path, t.length)?
-        .ok_or_else(|| Error::NotFound {
-            url: format!("{}/{path}", tr.describe()),
-        })?;
-    let what = format!("{}/{path}", tr.describe());
-    t.pin(name)?.check(&what, &bytes)?;
-    let sha = formats::Sha256::of(&bytes);
+    let url = format!("{}/{path}", tr.describe());
+    let fetched = tr
+        .get_small(&path, t.length)
+        .and_then(|b| b.ok_or_else(|| Error::NotFound { url: url.clone() }))
+        .and_then(|b| check_small(&url, name, t, &b).map(|()| b));
+    fetched.map_err(|e| match missing_or_other_bytes(&e) {
+        Some(what) => not_as_signed(url.clone(), &what, "targets metadata"),
+        None => e,
+    })
+}
+
+/// Checks `bytes` (named `what` in errors) against the length, BLAKE3 pin and SHA-256 of
+/// target `name`.
+fn check_small(what: &str, name: &str, t: &TargetFile, bytes: &[u8]) -> Result<()> {
+    t.pin(name)?.check(what, bytes)?;
+    let sha = formats::Sha256::of(bytes);
     if sha != t.sha256()? {
         return Err(Error::Format(formats::Error::HashMismatch {
-            what,
+            what: what.to_string(),
             algorithm: "sha256",
             expected: t.sha256()?.to_hex(),
             actual: sha.to_hex(),
         }));
     }
-    Ok(bytes)
+    Ok(())
+}
+
+/// The copy of small target `name` kept in `dir` (file `name`), if it is there and matches
+/// the target's signed length and hashes; nothing past the signed length is read.
+fn kept_small(dir: &Path, name: &str, t: &TargetFile) -> Option<Vec<u8>> {
+    let p = dir.join(name);
+    let f = crate::state::open_state_file(&p, std::fs::OpenOptions::new().read(true)).ok()?;
+    let mut bytes = Vec::new();
+    f.take(t.length.saturating_add(1))
+        .read_to_end(&mut bytes)
+        .ok()?;
+    check_small(&p.display().to_string(), name, t, &bytes)
+        .ok()
+        .map(|()| bytes)
 }
 
 /// Fetches and parses a release manifest, checking it names the expected app and version.
@@ -215,5 +240,33 @@ pub fn fetch_info(tr: &dyn Transport, view: &RepoView) -> Result<Option<Reposito
         return Ok(None);
     };
     let bytes = fetch_small(tr, REPOSITORY_TARGET, t)?;
+    Ok(Some(RepositoryInfo::from_json(REPOSITORY_TARGET, &bytes)?))
+}
+
+/// Like [`fetch_info`], without a request while `keep_dir/repository.json` (the copy verified
+/// on an earlier run) still matches the length and hashes the verified targets pin: a
+/// repository whose settings did not change costs nothing. A fetched copy is kept there once
+/// verified (when `keep_dir` exists; best effort). The kept copy is checked against the pin on
+/// every use, so one that does not match it is never used (docs/format.md §7.3).
+pub fn fetch_info_kept(
+    tr: &dyn Transport,
+    view: &RepoView,
+    keep_dir: &Path,
+) -> Result<Option<RepositoryInfo>> {
+    let Some(t) = &view.info_target else {
+        return Ok(None);
+    };
+    let bytes = match kept_small(keep_dir, REPOSITORY_TARGET, t) {
+        Some(b) => b,
+        None => {
+            let b = fetch_small(tr, REPOSITORY_TARGET, t)?;
+            if keep_dir.is_dir() {
+                if let Err(e) = crate::atomic::write_files(keep_dir, &[(REPOSITORY_TARGET, &b)]) {
+                    tracing::warn!("cannot keep {REPOSITORY_TARGET}: {e}");
+                }
+            }
+            b
+        }
+    };
     Ok(Some(RepositoryInfo::from_json(REPOSITORY_TARGET, &bytes)?))
 }

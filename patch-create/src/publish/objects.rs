@@ -8,14 +8,14 @@ use std::collections::{BTreeMap, BTreeSet};
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
+pub use formats::layout::{
+    cache_control, is_immutable, versioned_role, IMMUTABLE_CACHE, MUTABLE_CACHE,
+};
+
 /// Name of the publisher's state object at the root of the destination prefix.
 pub const STATE_OBJECT: &str = ".patchkit-publish.json";
 /// `format` of the state object.
 pub const STATE_FORMAT: &str = "patchkit-publish-state-1";
-/// `Cache-Control` of content-addressed and versioned objects.
-pub const IMMUTABLE_CACHE: &str = "public, max-age=31536000, immutable";
-/// `Cache-Control` of objects replaced in place (`timestamp.json`, `root.json`, the state).
-pub const MUTABLE_CACHE: &str = "no-cache";
 
 /// The stages of an upload, in the order they run: everything of one stage is in the
 /// destination before anything of the next is written, so that a client reading at any moment
@@ -54,15 +54,6 @@ fn metadata_name(key: &str) -> Option<&str> {
     key.strip_prefix("metadata/").filter(|n| !n.contains('/'))
 }
 
-/// `N.ROLE.json` → `ROLE` when `N` is a version number.
-fn versioned_role(name: &str) -> Option<&str> {
-    let (n, rest) = name.split_once('.')?;
-    if n.is_empty() || !n.bytes().all(|b| b.is_ascii_digit()) {
-        return None;
-    }
-    rest.strip_suffix(".json")
-}
-
 /// In which stage `key` is uploaded.
 pub fn stage_of(key: &str) -> Stage {
     let Some(name) = metadata_name(key) else {
@@ -74,25 +65,6 @@ pub fn stage_of(key: &str) -> Stage {
         Some(_) => Stage::TargetsMetadata,
         None if name == "timestamp.json" => Stage::Timestamp,
         None => Stage::Unversioned,
-    }
-}
-
-/// Whether the name of `key` always holds the same bytes: content-addressed artifacts
-/// (`targets/`, `blobs/`) and versioned metadata. Everything else (`timestamp.json`,
-/// `root.json`) is replaced in place and compared by content.
-pub fn is_immutable(key: &str) -> bool {
-    match metadata_name(key) {
-        Some(name) => versioned_role(name).is_some(),
-        None => key.starts_with("targets/") || key.starts_with("blobs/"),
-    }
-}
-
-/// The `Cache-Control` an object is stored with.
-pub fn cache_control(key: &str) -> &'static str {
-    if is_immutable(key) {
-        IMMUTABLE_CACHE
-    } else {
-        MUTABLE_CACHE
     }
 }
 
