@@ -20,8 +20,26 @@ fn md(repo: &Path, name: &str) -> std::path::PathBuf {
     repo.join(layout::METADATA_DIR).join(name)
 }
 
-/// The current (timestamp, snapshot, targets) of `repo`, unverified.
+/// The current (timestamp, snapshot, targets) of `repo`, unverified; the targets are
+/// top-level targets with the targets of every delegated role added (docs/format.md §7.2).
 pub fn current(repo: &Path) -> (TimestampMetadata, SnapshotMetadata, TargetsMetadata) {
+    let (ts, s, mut t) = current_top(repo);
+    let l = Limits::default();
+    for role in t.delegations.iter().flat_map(|d| d.roles.iter().flatten()) {
+        let v = s.meta[&format!("{}.json", role.name)].version;
+        let b = std::fs::read(md(repo, &format!("{v}.{}.json", role.name))).expect("role");
+        let doc = tuf::parse_unverified::<TargetsMetadata>("d", &b, &l)
+            .expect("delegated")
+            .signed;
+        for (name, f) in doc.targets {
+            t.targets.entry(name).or_insert(f);
+        }
+    }
+    (ts, s, t)
+}
+
+/// The current (timestamp, snapshot, top-level targets) of `repo`, unverified.
+pub fn current_top(repo: &Path) -> (TimestampMetadata, SnapshotMetadata, TargetsMetadata) {
     let l = Limits::default();
     let ts_b = std::fs::read(md(repo, "timestamp.json")).expect("timestamp");
     let ts = tuf::parse_unverified::<TimestampMetadata>("ts", &ts_b, &l)
@@ -41,9 +59,12 @@ pub fn current(repo: &Path) -> (TimestampMetadata, SnapshotMetadata, TargetsMeta
 }
 
 /// Signs `targets` (after `edit`) as the next targets version, then a new snapshot and
-/// timestamp, with `keys`, keeping the current expiry.
+/// timestamp, with `keys`, keeping the current expiry. The new top-level targets list every
+/// target itself and delegates nothing (the form written before delegations, which clients
+/// still read); the snapshot keeps listing the delegated roles, as clients require.
 pub fn resign_targets(repo: &Path, keys: &[&KeyPair], edit: impl FnOnce(&mut TargetsMetadata)) {
     let (ts, s, mut t) = current(repo);
+    t.delegations = None;
     edit(&mut t);
     t.version += 1;
     let t_bytes = Signed::sign(t.clone(), keys)
@@ -52,7 +73,10 @@ pub fn resign_targets(repo: &Path, keys: &[&KeyPair], edit: impl FnOnce(&mut Tar
         .expect("bytes");
     std::fs::write(md(repo, &format!("{}.targets.json", t.version)), &t_bytes).expect("write");
     let exp = formats::time_util::parse_tuf(&s.expires).expect("expires");
-    let snap = SnapshotMetadata::new(s.version + 1, exp, t.version, &t_bytes);
+    let mut snap = SnapshotMetadata::new(s.version + 1, exp, t.version, &t_bytes);
+    for (name, m) in &s.meta {
+        snap.meta.entry(name.clone()).or_insert_with(|| m.clone());
+    }
     let s_bytes = Signed::sign(snap, keys)
         .expect("sign")
         .to_canonical_bytes()
