@@ -7,7 +7,7 @@ use std::path::Path;
 use formats::keys::KeyPair;
 use formats::layout;
 use formats::limits::Limits;
-use formats::tuf::{self, Signed, SnapshotMetadata, TargetsMetadata, TimestampMetadata};
+use formats::tuf::{self, MetaFile, Signed, SnapshotMetadata, TargetsMetadata, TimestampMetadata};
 use formats::{Blake3, Sha256};
 
 /// Reads a secret key file.
@@ -93,6 +93,52 @@ pub fn resign_targets(repo: &Path, keys: &[&KeyPair], edit: impl FnOnce(&mut Tar
         .to_canonical_bytes()
         .expect("bytes");
     std::fs::write(md(repo, "timestamp.json"), ts_bytes).expect("write");
+}
+
+/// An attacker without the targets key: replaces role `name` by a copy edited by `edit`
+/// (signatures kept, version raised) and pins it in a new snapshot and timestamp signed with
+/// `key` (which holds the snapshot and timestamp roles).
+pub fn forge_delegated(
+    repo: &Path,
+    key: &Path,
+    name: &str,
+    edit: impl FnOnce(&mut serde_json::Value),
+) {
+    let key = load_key(key);
+    let l = Limits::default();
+    let ts_b = std::fs::read(md(repo, "timestamp.json")).expect("forge");
+    let ts = tuf::parse_unverified::<TimestampMetadata>("ts", &ts_b, &l)
+        .expect("forge")
+        .signed;
+    let mut snap = current_top(repo).1;
+    let v = snap.meta[&format!("{name}.json")].version;
+    let mut doc: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(md(repo, &format!("{v}.{name}.json"))).expect("forge"),
+    )
+    .expect("forge");
+    edit(&mut doc["signed"]);
+    doc["signed"]["version"] = serde_json::json!(v + 1);
+    let bytes = serde_json::to_vec_pretty(&doc).expect("forge");
+    std::fs::write(md(repo, &format!("{}.{name}.json", v + 1)), &bytes).expect("forge");
+    snap.meta
+        .insert(format!("{name}.json"), MetaFile::pin_of(v + 1, &bytes));
+    snap.version += 1;
+    let s_bytes = Signed::sign(snap.clone(), &[&key])
+        .expect("forge")
+        .to_canonical_bytes()
+        .expect("forge");
+    std::fs::write(
+        md(repo, &format!("{}.snapshot.json", snap.version)),
+        &s_bytes,
+    )
+    .expect("forge");
+    let exp = formats::time_util::parse_tuf(&ts.expires).expect("forge");
+    let new_ts = TimestampMetadata::new(ts.version + 1, exp, snap.version, &s_bytes);
+    let t_bytes = Signed::sign(new_ts, &[&key])
+        .expect("forge")
+        .to_canonical_bytes()
+        .expect("forge");
+    std::fs::write(md(repo, "timestamp.json"), t_bytes).expect("forge");
 }
 
 /// Replaces target `name` by `bytes` (stored under its new hash-prefixed name) with correct

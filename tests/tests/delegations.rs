@@ -13,7 +13,7 @@ use std::process::{Child, Command, Stdio};
 
 use e2e_tests::*;
 use formats::limits::Limits;
-use formats::tuf::{self, MetaFile, Signed, SnapshotMetadata, TargetsMetadata, TimestampMetadata};
+use formats::tuf::{self, SnapshotMetadata, TargetsMetadata, TimestampMetadata};
 
 /// `recent` holds 2 releases, an archive chunk 3 (`patch-create` reads these variables).
 const SIZES: [(&str, &str); 2] = [
@@ -155,46 +155,6 @@ fn releases_in(repo: &Path, name: &str) -> Vec<String> {
         .keys()
         .filter_map(|t| t.strip_suffix("/manifest.json").map(str::to_string))
         .collect()
-}
-
-/// An attacker without the targets key: replaces role `name` by a copy edited by `edit`
-/// (signatures kept, version raised) and pins it in a new snapshot and timestamp signed with
-/// `key` (which holds the snapshot and timestamp roles).
-fn forge_role(repo: &Path, key: &Path, name: &str, edit: impl FnOnce(&mut serde_json::Value)) {
-    let key = tamper::load_key(key);
-    let l = Limits::default();
-    let ts_b = std::fs::read(md(repo, "timestamp.json")).unwrap();
-    let ts = tuf::parse_unverified::<TimestampMetadata>("ts", &ts_b, &l)
-        .unwrap()
-        .signed;
-    let mut snap = snapshot(repo);
-    let v = snap.meta[&format!("{name}.json")].version;
-    let mut doc: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(md(repo, &format!("{v}.{name}.json"))).unwrap())
-            .unwrap();
-    edit(&mut doc["signed"]);
-    doc["signed"]["version"] = serde_json::json!(v + 1);
-    let bytes = serde_json::to_vec_pretty(&doc).unwrap();
-    std::fs::write(md(repo, &format!("{}.{name}.json", v + 1)), &bytes).unwrap();
-    snap.meta
-        .insert(format!("{name}.json"), MetaFile::pin_of(v + 1, &bytes));
-    snap.version += 1;
-    let s_bytes = Signed::sign(snap.clone(), &[&key])
-        .unwrap()
-        .to_canonical_bytes()
-        .unwrap();
-    std::fs::write(
-        md(repo, &format!("{}.snapshot.json", snap.version)),
-        &s_bytes,
-    )
-    .unwrap();
-    let exp = formats::time_util::parse_tuf(&ts.expires).unwrap();
-    let new_ts = TimestampMetadata::new(ts.version + 1, exp, snap.version, &s_bytes);
-    let t_bytes = Signed::sign(new_ts, &[&key])
-        .unwrap()
-        .to_canonical_bytes()
-        .unwrap();
-    std::fs::write(md(repo, "timestamp.json"), t_bytes).unwrap();
 }
 
 #[test]
@@ -347,7 +307,7 @@ fn tampered_recent_and_archive_roles_are_refused_and_the_app_is_unchanged() {
     };
 
     // recent: one changed length, its signatures kept; snapshot and timestamp re-signed.
-    forge_role(&w.repo, &w.key, "recent", |s| {
+    tamper::forge_delegated(&w.repo, &w.key, "recent", |s| {
         s["targets"]["6.0.0/manifest.json"]["length"] = serde_json::json!(1);
     });
     let at5 = w.path("at5");
@@ -363,7 +323,7 @@ fn tampered_recent_and_archive_roles_are_refused_and_the_app_is_unchanged() {
     reset();
 
     // An archive chunk, which only an old install reads.
-    forge_role(&w.repo, &w.key, "archive-0001", |s| {
+    tamper::forge_delegated(&w.repo, &w.key, "archive-0001", |s| {
         s["targets"]
             .as_object_mut()
             .unwrap()
@@ -395,7 +355,7 @@ fn tampered_recent_and_archive_roles_are_refused_and_the_app_is_unchanged() {
     reset();
 
     // `patch-create verify` finds a forged chunk too.
-    forge_role(&w.repo, &w.key, "archive-0002", |s| {
+    tamper::forge_delegated(&w.repo, &w.key, "archive-0002", |s| {
         s["expires"] = serde_json::json!("2099-01-01T00:00:00Z");
     });
     let out = run(create()
