@@ -1,12 +1,16 @@
 #!/usr/bin/env python3
 """python-tuf (ngclient) against patchkit repositories served over HTTP on 127.0.0.1.
 
-Usage: tuf_interop.py --root ROOT_JSON --good DIR --old DIR --expired DIR TARGET...
+Usage: tuf_interop.py --root ROOT_JSON --good DIR --old DIR --expired DIR
+                      [--forged DIR:TARGET]... TARGET...
 
 It must accept the good repository (refresh, get_targetinfo and download_target of each
-TARGET) and refuse tampered ones: a flipped target byte, modified targets metadata, expired
-metadata, and a rollback to older (validly signed) metadata. Prints one line per check and
-exits non-zero on the first failure.
+TARGET, which may live in top-level targets or in a delegated role: `recent` or an archive
+chunk) and refuse tampered ones: a flipped target byte, modified targets metadata, a flipped
+byte in each delegated role's metadata, expired metadata, a rollback to older (validly signed)
+metadata, and each --forged repository, where the delegated role that lists TARGET was changed
+with its signatures kept and re-pinned by a validly signed snapshot. Prints one line per check
+and exits non-zero on the first failure.
 """
 
 import argparse
@@ -80,6 +84,7 @@ def main():
     ap.add_argument("--good", required=True)
     ap.add_argument("--old", required=True)
     ap.add_argument("--expired", required=True)
+    ap.add_argument("--forged", action="append", default=[])
     ap.add_argument("targets", nargs="+")
     a = ap.parse_args()
     with open(a.root, "rb") as f:
@@ -152,6 +157,58 @@ def main():
             exceptions.DownloadError,
         )
         srv.shutdown()
+
+        # 4b. A flipped byte in each delegated role's newest metadata (pinned by snapshot).
+        roles = sorted(
+            {f.split(".", 1)[1] for f in os.listdir(os.path.join(a.good, "metadata"))
+             if f.split(".")[0].isdigit() and not f.endswith((".root.json", ".snapshot.json", ".targets.json"))}
+        )
+        if not roles:
+            raise AssertionError("the good repository has no delegated roles")
+        for role in roles:
+            flipped = os.path.join(work, f"flipped-{role}")
+            shutil.copytree(a.good, flipped, symlinks=True)
+            md = os.path.join(flipped, "metadata")
+            newest = max(
+                (f for f in os.listdir(md) if f.split(".", 1)[1:] == [role]),
+                key=lambda f: int(f.split(".")[0]),
+            )
+            p = os.path.join(md, newest)
+            with open(p, "rb") as f:
+                data = bytearray(f.read())
+            data[len(data) // 2] ^= 1
+            with open(p, "wb") as f:
+                f.write(data)
+            srv, base = serve(flipped)
+            meta, dl = client(work, f"flipped-{role}", root_bytes)
+            up = updater(meta, dl, base, root_bytes)
+            up.refresh()
+
+            def lookup_all(up=up):
+                for t in a.targets:
+                    up.get_targetinfo(t)
+
+            expect_refused(
+                f"flipped byte in delegated role {role}",
+                lookup_all,
+                exceptions.RepositoryError,
+                exceptions.DownloadError,
+            )
+            srv.shutdown()
+
+        # 4c. Forged delegated roles: content changed, signatures kept, snapshot re-signed.
+        for spec in a.forged:
+            d, _, target = spec.rpartition(":")
+            srv, base = serve(d)
+            meta, dl = client(work, "forged-" + os.path.basename(d), root_bytes)
+            up = updater(meta, dl, base, root_bytes)
+            up.refresh()
+            expect_refused(
+                f"forged delegated role listing {target}",
+                lambda up=up, target=target: up.get_targetinfo(target),
+                exceptions.UnsignedMetadataError,
+            )
+            srv.shutdown()
 
         # 5. Expired metadata.
         srv, base = serve(a.expired)

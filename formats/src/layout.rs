@@ -5,6 +5,8 @@
 //! REPO/metadata/root.json            copy of the newest root, for humans and tools
 //! REPO/metadata/N.targets.json       targets metadata, version N
 //! REPO/metadata/N.snapshot.json      snapshot metadata, version N
+//! REPO/metadata/N.recent.json        delegated role `recent` (newest releases), version N
+//! REPO/metadata/N.archive-NNNN.json  archive chunk NNNN (older releases), version N
 //! REPO/metadata/timestamp.json       the only file ever replaced; written last
 //! REPO/targets/DIR/SHA256.NAME       a TUF target DIR/NAME (hash-prefixed, immutable)
 //! REPO/blobs/AB/BLAKE3.zst           repair file of content BLAKE3 (pinned by manifests)
@@ -61,6 +63,36 @@ pub fn cache_control(path: &str) -> &'static str {
     } else {
         MUTABLE_CACHE
     }
+}
+
+/// The delegated targets role holding every target of the newest releases (docs/format.md
+/// §7.2).
+pub const RECENT_ROLE: &str = "recent";
+/// The prefix of the archive chunk roles (`archive-0001`, `archive-0002`, ...).
+pub const ARCHIVE_ROLE_PREFIX: &str = "archive-";
+/// How many of the newest releases `recent` holds by default.
+pub const DEFAULT_RECENT_RELEASES: usize = 4;
+/// How many releases one archive chunk holds by default.
+pub const DEFAULT_ARCHIVE_CHUNK: usize = 100;
+
+/// The name of archive chunk `n` (1, 2, ...): `archive-0001`.
+pub fn archive_role(n: u32) -> String {
+    format!("{ARCHIVE_ROLE_PREFIX}{n:04}")
+}
+
+/// The number of an archive chunk role name (`archive-0012` → 12), `None` for other names.
+pub fn archive_number(name: &str) -> Option<u32> {
+    let digits = name.strip_prefix(ARCHIVE_ROLE_PREFIX)?;
+    if digits.len() < 4 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    digits.parse().ok().filter(|n| *n > 0)
+}
+
+/// `metadata/V.NAME.json`: version `V` of delegated targets role `NAME` (consistent
+/// snapshots; the names this format writes need no escaping).
+pub fn delegated_file(name: &str, version: u64) -> String {
+    format!("{METADATA_DIR}/{version}.{name}.json")
 }
 
 /// `metadata/N.root.json`.
@@ -165,5 +197,18 @@ mod tests {
             format!("targets/{s}.repository.json")
         );
         assert!(blob_path(&Blake3::of(b"x")).starts_with("blobs/"));
+        assert_eq!(archive_role(3), "archive-0003");
+        assert_eq!(archive_number("archive-0003"), Some(3));
+        assert_eq!(archive_number("archive-12345"), Some(12345));
+        for bad in [
+            "archive-",
+            "archive-12",
+            "archive-0000",
+            "archive-00x1",
+            "recent",
+        ] {
+            assert_eq!(archive_number(bad), None, "{bad}");
+        }
+        assert_eq!(delegated_file("recent", 7), "metadata/7.recent.json");
     }
 }

@@ -618,6 +618,13 @@ impl TimestampMetadata {
     }
 }
 
+impl MetaFile {
+    /// The pin of metadata `bytes` of `version`: version, length and SHA-256.
+    pub fn pin_of(version: u64, bytes: &[u8]) -> MetaFile {
+        meta_pin(version, bytes)
+    }
+}
+
 fn meta_pin(version: u64, bytes: &[u8]) -> MetaFile {
     MetaFile {
         version,
@@ -1304,6 +1311,37 @@ pub fn verify_role<T: Metadata>(
 ) -> Result<Signed<T>> {
     let (typed, canonical, sigs) = parse_and_count::<T>(what, bytes, limits)?;
     require_threshold(what, root, T::ROLE, &canonical, &sigs)?;
+    Ok(Signed {
+        signatures: sigs,
+        signed: typed,
+    })
+}
+
+/// Verifies the signatures of delegated targets role `name` against the keys and threshold
+/// `delegations` names for it (signatures only: no pin, version or expiry check; for the
+/// release engineer's tooling, which reads its own repository). Clients use
+/// [`TrustedSet::verify_delegated`].
+pub fn verify_delegated_role(
+    what: &str,
+    bytes: &[u8],
+    name: &str,
+    delegations: &Delegations,
+    limits: &Limits,
+) -> Result<Signed<TargetsMetadata>> {
+    let role = delegations
+        .role(name)
+        .ok_or_else(|| Error::invalid(what, format!("role {name:?} is not delegated")))?;
+    let (typed, canonical, sigs) = parse_and_count::<TargetsMetadata>(what, bytes, limits)?;
+    require_keys_threshold(
+        what,
+        name,
+        &delegations.keys,
+        &role.keyids,
+        role.threshold,
+        &canonical,
+        &sigs,
+    )?;
+    check_targets_size(what, &typed, limits)?;
     Ok(Signed {
         signatures: sigs,
         signed: typed,

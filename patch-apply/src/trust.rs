@@ -425,6 +425,83 @@ pub fn find_target(
     Ok(None)
 }
 
+/// How much of the delegated targets [`release_targets`] loads.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Listing {
+    /// Top-level targets and the delegated role `recent` (the newest releases,
+    /// docs/format.md §7.2): enough for an install on one of them.
+    Recent,
+    /// Every role top-level targets delegates to: every release of the repository.
+    All,
+}
+
+/// The most delegated roles [`release_targets`] follows (an archive chunk holds 100
+/// releases by default).
+pub const MAX_LISTED_ROLES: usize = 4096;
+
+/// Targets a client plans with: what the verified top-level targets and the delegated roles
+/// loaded so far list.
+#[derive(Clone, Debug)]
+pub struct ReleaseTargets {
+    /// Top-level targets with the targets of the delegated roles added (`version`, `expires`
+    /// and `delegations` are top-level's).
+    pub targets: TargetsMetadata,
+    /// Whether every role was loaded: `false` when some delegated role was left out.
+    pub complete: bool,
+}
+
+/// The targets of the repository for planning (docs/format.md §7.3): the verified top-level
+/// targets plus, for [`Listing::Recent`], the delegated role `recent`, for [`Listing::All`]
+/// every role top-level targets delegates to (first level, in its search order). Each role is
+/// verified against its delegation ([`TrustedSet::verify_delegated`]), taken from `cache` or
+/// `stored` while the snapshot pins its version and else fetched and stored as soon as it is
+/// verified. A role adds only targets its delegation trusts it for and that no role before it
+/// in the search order listed. A repository that delegates nothing (all targets in top-level,
+/// as written before delegations) is complete at once.
+pub fn release_targets(
+    t: &dyn Transport,
+    set: &TrustedSet,
+    stored: &StoredTrust,
+    cache: &mut DelegatedCache,
+    listing: Listing,
+    limits: &Limits,
+) -> Result<ReleaseTargets> {
+    let top = set
+        .targets()
+        .ok_or_else(|| Error::Precondition("targets not loaded".into()))?;
+    let mut all = top.clone();
+    let mut complete = true;
+    let roles: Vec<_> = top
+        .delegations
+        .as_ref()
+        .and_then(|d| d.roles.as_ref())
+        .map(|r| r.iter().collect())
+        .unwrap_or_default();
+    if roles.len() > MAX_LISTED_ROLES {
+        return Err(Error::Refused(format!(
+            "{}: targets metadata delegates to {} roles, more than {MAX_LISTED_ROLES}",
+            t.describe(),
+            roles.len()
+        )));
+    }
+    for role in roles {
+        if listing == Listing::Recent && role.name != layout::RECENT_ROLE {
+            complete = false;
+            continue;
+        }
+        let doc = load_delegated(t, set, stored, cache, &role.name, top, limits)?;
+        for (name, f) in doc.targets {
+            if role.is_trusted_for(&name) && !all.targets.contains_key(&name) {
+                all.targets.insert(name, f);
+            }
+        }
+    }
+    Ok(ReleaseTargets {
+        targets: all,
+        complete,
+    })
+}
+
 fn load_delegated(
     t: &dyn Transport,
     set: &TrustedSet,
@@ -450,8 +527,11 @@ fn load_delegated(
         .length
         .unwrap_or(limits.max_large_metadata)
         .min(limits.max_large_metadata);
-    let bytes = get_required(t, &md(&file), max)?;
-    let doc = set.verify_delegated(role, delegator, &bytes)?;
+    let bytes =
+        get_required(t, &md(&file), max).map_err(|e| in_flux(e, t, &file, "snapshot.json"))?;
+    let doc = set
+        .verify_delegated(role, delegator, &bytes)
+        .map_err(|e| in_flux(e.into(), t, &file, "snapshot.json"))?;
     stored.keep(
         &format!("{}.json", role_file_name(role)),
         &bytes,

@@ -302,10 +302,18 @@ impl Updater {
             trust::refresh(&transport, &cfg.public_keys, &stored, now, &cfg.limits).map_err(
                 |e| trust::explain_stuck(e, &transport.describe(), &cfg.app_dir, &state.trust()),
             )?;
-        let targets = set
-            .targets()
-            .ok_or_else(|| Error::Precondition("targets not loaded".into()))?;
-        let view = RepoView::from_targets(targets)?;
+        // The newest releases first; the archive only when the install or the request needs
+        // an older one (docs/format.md §7.3).
+        let mut role_cache = trust::DelegatedCache::new();
+        let mut listed = trust::release_targets(
+            &transport,
+            &set,
+            &stored,
+            &mut role_cache,
+            trust::Listing::Recent,
+            &cfg.limits,
+        )?;
+        let mut view = RepoView::from_targets(&listed.targets)?;
         let info = repo_view::fetch_info_kept(&transport, &view, &state.trust())?;
         if let Some(i) = &info {
             let mut more = Vec::new();
@@ -327,6 +335,24 @@ impl Updater {
                     r.app
                 )));
             }
+        }
+        if !listed.complete
+            && view.needs_older(
+                record.as_ref().map(|r| &r.version),
+                cfg.target.as_ref(),
+                &cfg.channel,
+                &cfg.attrs,
+            )
+        {
+            listed = trust::release_targets(
+                &transport,
+                &set,
+                &stored,
+                &mut role_cache,
+                trust::Listing::All,
+                &cfg.limits,
+            )?;
+            view = RepoView::from_targets(&listed.targets)?;
         }
         let newest = view.newest().cloned();
         let wanted = match &cfg.target {
@@ -387,19 +413,35 @@ impl Updater {
         // Recognise the installed version from the files.
         let mut digests: BTreeMap<Vec<String>, Blake3> = BTreeMap::new();
         let mut matches = Vec::new();
-        for r in &view.releases {
-            let d = match digests.get(&r.custom.ignore) {
-                Some(d) => *d,
-                None => {
-                    let pats = PathPatterns::new(&r.custom.ignore)?;
-                    let d = scan.digest(&pats);
-                    digests.insert(r.custom.ignore.clone(), d);
-                    d
+        loop {
+            for r in &view.releases {
+                let d = match digests.get(&r.custom.ignore) {
+                    Some(d) => *d,
+                    None => {
+                        let pats = PathPatterns::new(&r.custom.ignore)?;
+                        let d = scan.digest(&pats);
+                        digests.insert(r.custom.ignore.clone(), d);
+                        d
+                    }
+                };
+                if Some(d) == r.custom.tree {
+                    matches.push((r.version.clone(), d));
                 }
-            };
-            if Some(d) == r.custom.tree {
-                matches.push((r.version.clone(), d));
             }
+            // Files of no release among the newest: they may be an older one's.
+            let has_files = !(scan.entries.is_empty() && scan.foreign.is_empty());
+            if listed.complete || !matches.is_empty() || !has_files {
+                break;
+            }
+            listed = trust::release_targets(
+                &transport,
+                &set,
+                &stored,
+                &mut role_cache,
+                trust::Listing::All,
+                &cfg.limits,
+            )?;
+            view = RepoView::from_targets(&listed.targets)?;
         }
         let recorded = record.as_ref().map(|r| r.version.clone());
         let found = matches

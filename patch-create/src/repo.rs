@@ -4,18 +4,25 @@
 //! client may be reading), then the new targets and snapshot metadata, and `timestamp.json`
 //! last, atomically: a crash at any point leaves the previous repository state intact.
 //!
-//! Folder `repo/`: this file (open, lock, write, the root chain), key and role administration
-//! ([`keys_admin`]), key files ([`keyfile`]), garbage collection ([`gc`]) and the signed
-//! repository settings ([`maintenance`]). May use: `error` (and `patch_apply`'s atomic
-//! writes). The children use this file; this file uses none of them.
+//! Targets are split between top-level `targets`, the delegated role `recent` and the archive
+//! chunks (docs/format.md §7.2): [`Repo::targets`] is every target of the repository, as one
+//! document, and [`Repo::commit`] computes the split ([`roles`]) and writes the roles that
+//! changed, so writers never deal with roles.
+//!
+//! Folder `repo/`: this file (open, lock, write, the root chain), the role split ([`roles`]),
+//! key and role administration ([`keys_admin`]), key files ([`keyfile`]), garbage collection
+//! ([`gc`]) and the signed repository settings ([`maintenance`]). May use: `error` (and
+//! `patch_apply`'s atomic writes). The children use this file; this file uses none of them
+//! but [`roles`], which uses nothing of the crate.
 
 pub mod gc;
 pub mod keyfile;
 pub mod keys_admin;
 pub mod maintenance;
+pub mod roles;
 pub mod yank;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fs::File;
 use std::path::{Path, PathBuf};
 
@@ -24,8 +31,8 @@ use formats::layout::{self, RepositoryInfo, METADATA_DIR, REPOSITORY_FORMAT, REP
 use formats::limits::Limits;
 use formats::manifest::ReleaseManifest;
 use formats::tuf::{
-    self, Role, RootMetadata, Signed, SnapshotMetadata, TargetCustom, TargetFile, TargetKind,
-    TargetsMetadata, TimestampMetadata,
+    self, DelegatedRole, Delegations, MetaFile, Role, RootMetadata, Signed, SnapshotMetadata,
+    TargetCustom, TargetFile, TargetKind, TargetsMetadata, TimestampMetadata,
 };
 use formats::{Blake3, Sha256, Version};
 use patch_apply::atomic;
@@ -39,8 +46,18 @@ pub struct Repo {
     pub path: PathBuf,
     /// The newest root.
     pub root: RootMetadata,
-    /// Current targets metadata (empty for a new repository).
+    /// Every target of the repository, whichever role lists it, as one document (empty for a
+    /// new repository): `version`, `expires` and `delegations` are the top-level role's.
+    /// Writers change a copy and hand it to [`Repo::commit`].
     pub targets: TargetsMetadata,
+    /// The delegated targets roles as they are in the repository, by name (empty for a
+    /// repository written before delegations, until its next commit).
+    pub delegated: BTreeMap<String, DelegatedState>,
+    /// The top-level targets as signed (without the delegated roles' targets); `None` for a
+    /// repository without targets yet.
+    top_level: Option<TargetsMetadata>,
+    /// What the current snapshot pins, by file name (`targets.json`, `recent.json`, ...).
+    snapshot_meta: BTreeMap<String, MetaFile>,
     /// Current snapshot version (0 for a new repository).
     pub snapshot_version: u64,
     /// Current timestamp version (0 for a new repository).
@@ -48,6 +65,15 @@ pub struct Repo {
     /// Whether the repository did not exist before.
     pub is_new: bool,
     _lock: Option<File>,
+}
+
+/// One delegated targets role as the repository holds it.
+#[derive(Clone, Debug)]
+pub struct DelegatedState {
+    /// The verified document.
+    pub signed: TargetsMetadata,
+    /// The file's bytes (`metadata/V.NAME.json`).
+    pub bytes: Vec<u8>,
 }
 
 fn repo_err(path: &Path, reason: impl Into<String>) -> Error {
@@ -291,6 +317,9 @@ impl Repo {
                     path: path.to_path_buf(),
                     root,
                     targets: TargetsMetadata::new(0, expires),
+                    delegated: BTreeMap::new(),
+                    top_level: None,
+                    snapshot_meta: BTreeMap::new(),
                     snapshot_version: 0,
                     timestamp_version: 0,
                     is_new: false,
@@ -318,6 +347,9 @@ impl Repo {
                 path: path.to_path_buf(),
                 root,
                 targets: TargetsMetadata::new(0, expires),
+                delegated: BTreeMap::new(),
+                top_level: None,
+                snapshot_meta: BTreeMap::new(),
                 snapshot_version: 0,
                 timestamp_version: 0,
                 is_new: true,
@@ -367,11 +399,15 @@ impl Repo {
             .version;
         let t_name = format!("metadata/{t_v}.targets.json");
         let t_bytes = read_limited(&path.join(&t_name), limits.max_large_metadata)?;
-        let targets = verify_any::<TargetsMetadata>(&t_name, &t_bytes, &roots, &limits)?;
+        let top = verify_any::<TargetsMetadata>(&t_name, &t_bytes, &roots, &limits)?;
+        let (targets, delegated) = load_delegated(path, &top, &snap, &limits)?;
         Ok(Repo {
             path: path.to_path_buf(),
             root,
             targets,
+            delegated,
+            top_level: Some(top),
+            snapshot_meta: snap.meta.clone(),
             snapshot_version: snap.version,
             timestamp_version: ts.version,
             is_new: false,
@@ -485,16 +521,42 @@ impl Repo {
         ))
     }
 
-    /// Signs and writes new targets, snapshot and timestamp metadata (and, for a new repository,
-    /// `1.root.json`). `timestamp.json` is replaced last.
+    /// Signs and writes the targets roles that changed, then new snapshot and timestamp
+    /// metadata (and, for a new repository, `1.root.json`). `targets` lists every target of
+    /// the repository; which role lists which is [`roles::split`]'s decision (docs/format.md
+    /// §7.2). A role whose targets and delegation are unchanged keeps its file unless it
+    /// expires before halfway to `expires`. `timestamp.json` is replaced last.
     pub fn commit(
         &mut self,
-        mut targets: TargetsMetadata,
+        targets: TargetsMetadata,
         keys: &[&KeyPair],
         expires: OffsetDateTime,
     ) -> Result<()> {
+        self.commit_roles(targets, keys, expires, false)
+    }
+
+    /// [`Repo::commit`] that signs every targets role anew, changed or not (`resign`).
+    pub fn commit_resigning_all(
+        &mut self,
+        targets: TargetsMetadata,
+        keys: &[&KeyPair],
+        expires: OffsetDateTime,
+    ) -> Result<()> {
+        self.commit_roles(targets, keys, expires, true)
+    }
+
+    fn commit_roles(
+        &mut self,
+        targets: TargetsMetadata,
+        keys: &[&KeyPair],
+        expires: OffsetDateTime,
+        resign_all: bool,
+    ) -> Result<()> {
         let md = self.path.join(layout::METADATA_DIR);
         std::fs::create_dir_all(&md).at(&md)?;
+        let target_signers = signers(&self.root, Role::Targets, keys, &self.path)?;
+        let snapshot_signers = signers(&self.root, Role::Snapshot, keys, &self.path)?;
+        let timestamp_signers = signers(&self.root, Role::Timestamp, keys, &self.path)?;
         if self.is_new {
             let root = Signed::sign(
                 self.root.clone(),
@@ -504,35 +566,145 @@ impl Repo {
             atomic::write_file(&self.path.join(layout::root_file(1)), &bytes)?;
             atomic::write_file(&md.join("root.json"), &bytes)?;
         }
-        targets.version = self.targets.version + 1;
-        targets.expires = formats::time_util::format_tuf(expires);
-        let t_signed = Signed::sign(
-            targets.clone(),
-            &signers(&self.root, Role::Targets, keys, &self.path)?,
-        )?;
-        let t_bytes = t_signed.to_canonical_bytes()?;
-        atomic::write_file(
-            &md.join(format!("{}.targets.json", targets.version)),
-            &t_bytes,
-        )?;
+        let now = formats::time_util::now();
+        // An unchanged role is kept while it has at least half of the new period left.
+        let keep_until = now + (expires - now) / 2;
+        let fresh_enough = |e: &str| {
+            formats::time_util::parse_tuf(e).is_ok_and(|t| t >= keep_until) && !resign_all
+        };
+        let mut previous: BTreeMap<u32, BTreeSet<Version>> = BTreeMap::new();
+        for (name, d) in &self.delegated {
+            if let Some(n) = layout::archive_number(name) {
+                previous.insert(
+                    n,
+                    d.signed
+                        .targets
+                        .iter()
+                        .filter_map(|(t, f)| roles::release_of(t, f))
+                        .collect(),
+                );
+            }
+        }
+        let split = roles::split(&targets.targets, &previous, roles::RoleSizes::from_env());
+        let delegations = self.delegations_for(&split)?;
+        let old_delegations = self.top_level.as_ref().and_then(|t| t.delegations.as_ref());
+        let mut role_docs: Vec<(String, BTreeMap<String, TargetFile>)> =
+            vec![(layout::RECENT_ROLE.to_string(), split.recent)];
+        for (n, map) in split.archives {
+            role_docs.push((layout::archive_role(n), map));
+        }
+        let mut new_delegated: BTreeMap<String, DelegatedState> = BTreeMap::new();
+        let mut merged = split.top.clone();
+        for (name, map) in role_docs {
+            for (t, f) in &map {
+                merged.entry(t.clone()).or_insert_with(|| f.clone());
+            }
+            let old = self.delegated.get(&name);
+            let same_delegation = old_delegations.is_some_and(|od| {
+                od.role(&name) == delegations.role(&name) && od.keys == delegations.keys
+            });
+            if let Some(old) = old.filter(|o| {
+                o.signed.targets == map && same_delegation && fresh_enough(&o.signed.expires)
+            }) {
+                new_delegated.insert(name, old.clone());
+                continue;
+            }
+            // Above every version clients may have trusted, even of a role the current
+            // top-level targets no longer delegate to.
+            let listed = self
+                .snapshot_meta
+                .get(&format!("{name}.json"))
+                .map_or(0, |m| m.version);
+            let prev = old.map_or(0, |o| o.signed.version).max(listed);
+            let mut doc = TargetsMetadata::new(prev + 1, expires);
+            doc.targets = map;
+            let bytes = Signed::sign(doc.clone(), &target_signers)?.to_canonical_bytes()?;
+            atomic::write_file(
+                &self.path.join(layout::delegated_file(&name, doc.version)),
+                &bytes,
+            )?;
+            new_delegated.insert(name, DelegatedState { signed: doc, bytes });
+        }
+        let old_top = self.top_level.as_ref();
+        let (top, t_bytes, t_written) = match old_top.filter(|o| {
+            o.targets == split.top
+                && o.delegations.as_ref() == Some(&delegations)
+                && fresh_enough(&o.expires)
+        }) {
+            Some(o) => {
+                let name = format!("{}.targets.json", o.version);
+                let bytes = read_limited(&md.join(&name), Limits::default().max_large_metadata)?;
+                (o.clone(), bytes, false)
+            }
+            None => {
+                let mut top = TargetsMetadata::new(self.targets.version + 1, expires);
+                top.targets = split.top;
+                top.delegations = Some(delegations);
+                let bytes = Signed::sign(top.clone(), &target_signers)?.to_canonical_bytes()?;
+                (top, bytes, true)
+            }
+        };
+        if t_written {
+            atomic::write_file(&md.join(format!("{}.targets.json", top.version)), &t_bytes)?;
+        }
         let snap_v = self.snapshot_version + 1;
-        let snap = SnapshotMetadata::new(snap_v, expires, targets.version, &t_bytes);
-        let s_bytes = Signed::sign(
-            snap,
-            &signers(&self.root, Role::Snapshot, keys, &self.path)?,
-        )?
-        .to_canonical_bytes()?;
+        let mut snap = SnapshotMetadata::new(snap_v, expires, top.version, &t_bytes);
+        for (name, d) in &new_delegated {
+            snap.meta.insert(
+                format!("{name}.json"),
+                MetaFile::pin_of(d.signed.version, &d.bytes),
+            );
+        }
+        // A file the current snapshot lists stays listed (clients refuse a snapshot that drops
+        // one), pinned as it is.
+        for (name, m) in &self.snapshot_meta {
+            snap.meta.entry(name.clone()).or_insert_with(|| m.clone());
+        }
+        let s_bytes = Signed::sign(snap.clone(), &snapshot_signers)?.to_canonical_bytes()?;
         atomic::write_file(&md.join(format!("{snap_v}.snapshot.json")), &s_bytes)?;
         let ts_v = self.timestamp_version + 1;
         let ts = TimestampMetadata::new(ts_v, expires, snap_v, &s_bytes);
-        let ts_bytes = Signed::sign(ts, &signers(&self.root, Role::Timestamp, keys, &self.path)?)?
-            .to_canonical_bytes()?;
+        let ts_bytes = Signed::sign(ts, &timestamp_signers)?.to_canonical_bytes()?;
         atomic::write_file(&md.join("timestamp.json"), &ts_bytes)?;
-        self.targets = targets;
+        let mut all = top.clone();
+        all.targets = merged;
+        self.targets = all;
+        self.top_level = Some(top);
+        self.delegated = new_delegated;
+        self.snapshot_meta = snap.meta;
         self.snapshot_version = snap_v;
         self.timestamp_version = ts_v;
         self.is_new = false;
         Ok(())
+    }
+
+    /// The top-level delegations for `split`: `recent`, then the archive chunks newest first,
+    /// each non-terminating, trusted for every `DIR/NAME` target and signed by the targets
+    /// role's keys and threshold.
+    fn delegations_for(&self, split: &roles::RoleSplit) -> Result<Delegations> {
+        let rk = self.root.role_keys(Role::Targets)?;
+        let keys = rk
+            .keyids
+            .iter()
+            .filter_map(|id| self.root.keys.get(id).map(|k| (id.clone(), k.clone())))
+            .collect();
+        let role = |name: String| DelegatedRole {
+            name,
+            keyids: rk.keyids.clone(),
+            threshold: rk.threshold,
+            terminating: false,
+            paths: Some(vec![DELEGATED_PATHS.to_string()]),
+            path_hash_prefixes: None,
+        };
+        let mut list = vec![role(layout::RECENT_ROLE.to_string())];
+        for (n, _) in split.archives.iter().rev() {
+            list.push(role(layout::archive_role(*n)));
+        }
+        Ok(Delegations {
+            keys,
+            roles: Some(list),
+            succinct_roles: None,
+        })
     }
 
     /// Checks, before any work, that `keys` can sign every role a release touches.
@@ -566,6 +738,74 @@ impl Repo {
             mirrors: Vec::new(),
         }
     }
+}
+
+/// The path pattern of every delegation this writer makes: `DIR/NAME`, the form of every
+/// release target (TUF patterns match one path segment per `*`, so `*` alone would match only
+/// `repository.json`, which stays in top-level targets).
+pub const DELEGATED_PATHS: &str = "*/*";
+
+/// Loads the delegated roles `top` delegates to (first level only, in its search order) as
+/// pinned by `snap`, verifying each against the keys and threshold of its delegation, and
+/// returns every target (the first role in search order that lists a target and is trusted
+/// for it wins; top-level first) with the roles by name.
+fn load_delegated(
+    path: &Path,
+    top: &TargetsMetadata,
+    snap: &SnapshotMetadata,
+    limits: &Limits,
+) -> Result<(TargetsMetadata, BTreeMap<String, DelegatedState>)> {
+    let mut all = top.clone();
+    let mut out = BTreeMap::new();
+    let Some(d) = &top.delegations else {
+        return Ok((all, out));
+    };
+    for role in d.roles.iter().flatten() {
+        let pin = snap
+            .meta
+            .get(&format!("{}.json", role.name))
+            .ok_or_else(|| {
+                repo_err(
+                    path,
+                    format!("snapshot does not list delegated role {}", role.name),
+                )
+            })?;
+        let rel = format!(
+            "{}/{}.{}.json",
+            METADATA_DIR,
+            pin.version,
+            tuf::role_file_name(&role.name)
+        );
+        let bytes = read_limited(&path.join(&rel), limits.max_large_metadata)?;
+        if let Some(sha) = pin.hashes.as_ref().and_then(|h| h.get("sha256")) {
+            let actual = Sha256::of(&bytes).to_hex();
+            if &actual != sha {
+                return Err(Error::Format(formats::Error::HashMismatch {
+                    what: rel,
+                    algorithm: "sha256",
+                    expected: sha.clone(),
+                    actual,
+                }));
+            }
+        }
+        let doc = tuf::verify_delegated_role(&rel, &bytes, &role.name, d, limits)?.signed;
+        if doc.version != pin.version {
+            return Err(repo_err(
+                path,
+                format!(
+                    "{rel} has version {}, snapshot pins {}",
+                    doc.version, pin.version
+                ),
+            ));
+        }
+        for (name, t) in &doc.targets {
+            if role.is_trusted_for(name) && !all.targets.contains_key(name) {
+                all.targets.insert(name.clone(), t.clone());
+            }
+        }
+        out.insert(role.name.clone(), DelegatedState { signed: doc, bytes });
+    }
+    Ok((all, out))
 }
 
 /// Verifies a role's document under the first of `roots` it verifies under (newest first);

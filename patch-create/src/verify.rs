@@ -220,6 +220,20 @@ impl VerifyReport {
     }
 }
 
+/// Whether `name` is a file of a delegated role this format writes: `V.recent.json` or
+/// `V.archive-NNNN.json`.
+fn is_delegated_file(name: &str) -> bool {
+    let Some((v, rest)) = name.split_once('.') else {
+        return false;
+    };
+    let Some(role) = rest.strip_suffix(".json") else {
+        return false;
+    };
+    !v.is_empty()
+        && v.bytes().all(|b| b.is_ascii_digit())
+        && (role == layout::RECENT_ROLE || layout::archive_number(role).is_some())
+}
+
 fn pct(a: u64, b: u64) -> f64 {
     if b == 0 {
         0.0
@@ -283,6 +297,27 @@ pub fn verify(repo: &Path, key: &PublicKey) -> Result<VerifyReport> {
         expiry.push(RoleExpiry::of(
             "targets", t.version, &t.expires, &file, now,
         )?);
+    }
+    // Every delegated role, verified the way a client verifies it.
+    let mut role_cache = trust::DelegatedCache::new();
+    let listed = trust::release_targets(
+        &tr,
+        &set,
+        &StoredTrust::default(),
+        &mut role_cache,
+        trust::Listing::All,
+        &limits,
+    );
+    if let (Some(top), Ok(_)) = (set.targets(), &listed) {
+        for (name, bytes) in &role_cache {
+            if let Ok(doc) = set.verify_delegated(name, top, bytes) {
+                let file = set
+                    .delegated_file(name)
+                    .map(|(n, _)| md_dir.join(n))
+                    .unwrap_or_default();
+                expiry.push(RoleExpiry::of(name, doc.version, &doc.expires, &file, now)?);
+            }
+        }
     }
     if let Some(sn) = set.snapshot() {
         let file = set
@@ -348,6 +383,11 @@ pub fn verify(repo: &Path, key: &PublicKey) -> Result<VerifyReport> {
             })
         } else if name.ends_with(".root.json") || name == "root.json" {
             true
+        } else if is_delegated_file(&name) {
+            // Delegated roles are signed by the targets role's keys (docs/format.md §7.2).
+            any_root(&|r| {
+                ok(tuf::verify_role::<TargetsMetadata>(&name, &bytes, r, &limits).map(|_| ()))
+            })
         } else {
             problems.push(format!("metadata/{name}: unexpected file"));
             true
@@ -360,10 +400,16 @@ pub fn verify(repo: &Path, key: &PublicKey) -> Result<VerifyReport> {
         referenced.insert(format!("{}/{name}", layout::METADATA_DIR));
         *checked.entry("metadata files".into()).or_default() += 1;
     }
-    let targets = set.targets().cloned().ok_or_else(|| Error::Repo {
-        path: repo.to_path_buf(),
-        reason: "targets missing".into(),
-    })?;
+    let targets = match listed {
+        Ok(l) => l.targets,
+        Err(e) => {
+            problems.push(format!("metadata (delegated targets roles): {e}"));
+            set.targets().cloned().ok_or_else(|| Error::Repo {
+                path: repo.to_path_buf(),
+                reason: "targets missing".into(),
+            })?
+        }
+    };
     let view = RepoView::from_targets(&targets)?;
     // Every target's bytes.
     for (name, t) in &targets.targets {

@@ -35,10 +35,17 @@ pub fn offered(repo: &str, key: &PublicKey, trust: &Path) -> Result<Vec<Release>
     new_stored
         .save_changes(trust, &stored)
         .map_err(|e| e.to_string())?;
-    let targets = set
-        .targets()
-        .ok_or_else(|| "the repository's targets metadata did not load".to_string())?;
-    let view = RepoView::from_targets(targets).map_err(|e| e.to_string())?;
+    // Every release, whichever delegated role lists it (docs/format.md §7.2).
+    let listed = trust::release_targets(
+        transport.as_ref(),
+        &set,
+        &stored,
+        &mut trust::DelegatedCache::new(),
+        trust::Listing::All,
+        &Limits::default(),
+    )
+    .map_err(|e| e.to_string())?;
+    let view = RepoView::from_targets(&listed.targets).map_err(|e| e.to_string())?;
     Ok(view
         .releases
         .iter()

@@ -7,7 +7,7 @@ use std::path::Path;
 use formats::keys::KeyPair;
 use formats::layout;
 use formats::limits::Limits;
-use formats::tuf::{self, Signed, SnapshotMetadata, TargetsMetadata, TimestampMetadata};
+use formats::tuf::{self, MetaFile, Signed, SnapshotMetadata, TargetsMetadata, TimestampMetadata};
 use formats::{Blake3, Sha256};
 
 /// Reads a secret key file.
@@ -20,8 +20,26 @@ fn md(repo: &Path, name: &str) -> std::path::PathBuf {
     repo.join(layout::METADATA_DIR).join(name)
 }
 
-/// The current (timestamp, snapshot, targets) of `repo`, unverified.
+/// The current (timestamp, snapshot, targets) of `repo`, unverified; the targets are
+/// top-level targets with the targets of every delegated role added (docs/format.md §7.2).
 pub fn current(repo: &Path) -> (TimestampMetadata, SnapshotMetadata, TargetsMetadata) {
+    let (ts, s, mut t) = current_top(repo);
+    let l = Limits::default();
+    for role in t.delegations.iter().flat_map(|d| d.roles.iter().flatten()) {
+        let v = s.meta[&format!("{}.json", role.name)].version;
+        let b = std::fs::read(md(repo, &format!("{v}.{}.json", role.name))).expect("role");
+        let doc = tuf::parse_unverified::<TargetsMetadata>("d", &b, &l)
+            .expect("delegated")
+            .signed;
+        for (name, f) in doc.targets {
+            t.targets.entry(name).or_insert(f);
+        }
+    }
+    (ts, s, t)
+}
+
+/// The current (timestamp, snapshot, top-level targets) of `repo`, unverified.
+pub fn current_top(repo: &Path) -> (TimestampMetadata, SnapshotMetadata, TargetsMetadata) {
     let l = Limits::default();
     let ts_b = std::fs::read(md(repo, "timestamp.json")).expect("timestamp");
     let ts = tuf::parse_unverified::<TimestampMetadata>("ts", &ts_b, &l)
@@ -41,9 +59,12 @@ pub fn current(repo: &Path) -> (TimestampMetadata, SnapshotMetadata, TargetsMeta
 }
 
 /// Signs `targets` (after `edit`) as the next targets version, then a new snapshot and
-/// timestamp, with `keys`, keeping the current expiry.
+/// timestamp, with `keys`, keeping the current expiry. The new top-level targets list every
+/// target itself and delegates nothing (the form written before delegations, which clients
+/// still read); the snapshot keeps listing the delegated roles, as clients require.
 pub fn resign_targets(repo: &Path, keys: &[&KeyPair], edit: impl FnOnce(&mut TargetsMetadata)) {
     let (ts, s, mut t) = current(repo);
+    t.delegations = None;
     edit(&mut t);
     t.version += 1;
     let t_bytes = Signed::sign(t.clone(), keys)
@@ -52,7 +73,10 @@ pub fn resign_targets(repo: &Path, keys: &[&KeyPair], edit: impl FnOnce(&mut Tar
         .expect("bytes");
     std::fs::write(md(repo, &format!("{}.targets.json", t.version)), &t_bytes).expect("write");
     let exp = formats::time_util::parse_tuf(&s.expires).expect("expires");
-    let snap = SnapshotMetadata::new(s.version + 1, exp, t.version, &t_bytes);
+    let mut snap = SnapshotMetadata::new(s.version + 1, exp, t.version, &t_bytes);
+    for (name, m) in &s.meta {
+        snap.meta.entry(name.clone()).or_insert_with(|| m.clone());
+    }
     let s_bytes = Signed::sign(snap, keys)
         .expect("sign")
         .to_canonical_bytes()
@@ -69,6 +93,52 @@ pub fn resign_targets(repo: &Path, keys: &[&KeyPair], edit: impl FnOnce(&mut Tar
         .to_canonical_bytes()
         .expect("bytes");
     std::fs::write(md(repo, "timestamp.json"), ts_bytes).expect("write");
+}
+
+/// An attacker without the targets key: replaces role `name` by a copy edited by `edit`
+/// (signatures kept, version raised) and pins it in a new snapshot and timestamp signed with
+/// `key` (which holds the snapshot and timestamp roles).
+pub fn forge_delegated(
+    repo: &Path,
+    key: &Path,
+    name: &str,
+    edit: impl FnOnce(&mut serde_json::Value),
+) {
+    let key = load_key(key);
+    let l = Limits::default();
+    let ts_b = std::fs::read(md(repo, "timestamp.json")).expect("forge");
+    let ts = tuf::parse_unverified::<TimestampMetadata>("ts", &ts_b, &l)
+        .expect("forge")
+        .signed;
+    let mut snap = current_top(repo).1;
+    let v = snap.meta[&format!("{name}.json")].version;
+    let mut doc: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(md(repo, &format!("{v}.{name}.json"))).expect("forge"),
+    )
+    .expect("forge");
+    edit(&mut doc["signed"]);
+    doc["signed"]["version"] = serde_json::json!(v + 1);
+    let bytes = serde_json::to_vec_pretty(&doc).expect("forge");
+    std::fs::write(md(repo, &format!("{}.{name}.json", v + 1)), &bytes).expect("forge");
+    snap.meta
+        .insert(format!("{name}.json"), MetaFile::pin_of(v + 1, &bytes));
+    snap.version += 1;
+    let s_bytes = Signed::sign(snap.clone(), &[&key])
+        .expect("forge")
+        .to_canonical_bytes()
+        .expect("forge");
+    std::fs::write(
+        md(repo, &format!("{}.snapshot.json", snap.version)),
+        &s_bytes,
+    )
+    .expect("forge");
+    let exp = formats::time_util::parse_tuf(&ts.expires).expect("forge");
+    let new_ts = TimestampMetadata::new(ts.version + 1, exp, snap.version, &s_bytes);
+    let t_bytes = Signed::sign(new_ts, &[&key])
+        .expect("forge")
+        .to_canonical_bytes()
+        .expect("forge");
+    std::fs::write(md(repo, "timestamp.json"), t_bytes).expect("forge");
 }
 
 /// Replaces target `name` by `bytes` (stored under its new hash-prefixed name) with correct

@@ -65,10 +65,11 @@ fn artifact_not_in_signed_metadata_is_refused() {
 #[test]
 fn mix_and_match_of_metadata_from_two_releases_is_refused() {
     let (w, app) = world_at_v1();
-    // Serve release 1's targets metadata under release 2's name: snapshot pins it by hash.
+    // Serve release 1's targets metadata (the delegated role `recent`, which lists the
+    // releases) under release 2's name: snapshot pins it by hash.
     let md = w.repo.join("metadata");
-    std::fs::copy(md.join("1.targets.json"), md.join("2.targets.json")).unwrap();
-    refused(&w, &app, &[], "2.targets.json");
+    std::fs::copy(md.join("1.recent.json"), md.join("2.recent.json")).unwrap();
+    refused(&w, &app, &[], "2.recent.json");
 }
 
 #[test]

@@ -131,9 +131,10 @@ fn a_yank_cannot_be_forged_or_removed_without_the_key() {
         })
         .collect();
 
-    // Forge: add a yank to the current targets document by hand. A client that has not
-    // trusted this targets version yet fetches it and refuses it.
-    let targets_path = newest(&meta, "targets.json");
+    // Forge: add a yank to the current targets document that lists the release (the
+    // delegated role `recent`) by hand. A client that has not trusted this version yet
+    // fetches it and refuses it.
+    let targets_path = newest(&meta, "recent.json");
     let mut doc: serde_json::Value =
         serde_json::from_slice(&std::fs::read(&targets_path).expect("targets")).expect("json");
     let t = &mut doc["signed"]["targets"]["2.0.0/manifest.json"]["custom"];

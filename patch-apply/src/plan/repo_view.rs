@@ -137,6 +137,21 @@ impl RepoView {
             .find(|r| r.custom.yanked.is_none())
     }
 
+    /// Whether a view of the newest releases only (docs/format.md §7.3) is not enough: the
+    /// install record's release `recorded` or the requested release `wanted` is not among
+    /// them, or none of them is one this client may install.
+    pub fn needs_older(
+        &self,
+        recorded: Option<&Version>,
+        wanted: Option<&Version>,
+        channel: &str,
+        attrs: &BTreeMap<String, String>,
+    ) -> bool {
+        recorded.is_some_and(|v| self.find(v).is_none())
+            || wanted.is_some_and(|v| self.find(v).is_none())
+            || self.latest_for(channel, attrs).is_none()
+    }
+
     /// The signed yank of release `v`, if it was withdrawn.
     pub fn yank_of(&self, v: &Version) -> Option<&formats::tuf::Yank> {
         self.find(v).and_then(|r| r.custom.yanked.as_ref())

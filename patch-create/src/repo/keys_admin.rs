@@ -279,7 +279,8 @@ pub struct ResignReport {
     pub expires: String,
 }
 
-/// Signs the current targets again as new targets, snapshot and timestamp versions expiring at
+/// Signs the current targets again (top-level and every delegated role) as new targets,
+/// snapshot and timestamp versions expiring at
 /// `expires` (extends expiry without a release; also needed after release keys change).
 pub fn resign(repo: &Path, keys: &[&KeyPair], expires: OffsetDateTime) -> Result<ResignReport> {
     let first = keys
@@ -294,7 +295,7 @@ pub fn resign(repo: &Path, keys: &[&KeyPair], expires: OffsetDateTime) -> Result
     let mut r = Repo::open_or_new(repo, first, expires)?;
     r.check_keys(keys)?;
     let targets = r.targets.clone();
-    r.commit(targets, keys, expires)?;
+    r.commit_resigning_all(targets, keys, expires)?;
     Ok(ResignReport {
         targets_version: r.targets.version,
         snapshot_version: r.snapshot_version,

@@ -165,10 +165,17 @@ pub fn describe(
     new_stored
         .save_changes(trust_dir, &stored)
         .map_err(|e| e.to_string())?;
-    let targets = set
-        .targets()
-        .ok_or_else(|| "the repository's targets metadata did not load".to_string())?;
-    let view = RepoView::from_targets(targets).map_err(|e| e.to_string())?;
+    // Every release, whichever delegated role lists it (docs/format.md §7.2).
+    let listed = trust::release_targets(
+        transport.as_ref(),
+        &set,
+        &stored,
+        &mut trust::DelegatedCache::new(),
+        trust::Listing::All,
+        &limits,
+    )
+    .map_err(|e| e.to_string())?;
+    let view = RepoView::from_targets(&listed.targets).map_err(|e| e.to_string())?;
     let n = view.releases.len();
     let first = n.saturating_sub(MAX_DETAILED + 1);
     // Oldest first, so each release is compared with the one before it.
