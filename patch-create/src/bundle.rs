@@ -88,14 +88,20 @@ fn md(name: &str) -> String {
     format!("{METADATA_DIR}/{name}")
 }
 
-/// Every targets role the snapshot lists, verified through the delegations that reach it:
-/// (metadata file name, bytes, document). Roles listed but not delegated by anyone reached are
-/// still copied (a client that follows them finds them), without their targets.
-fn targets_roles(
-    t: &DirTransport,
-    set: &TrustedSet,
-    limits: &Limits,
-) -> Result<Vec<(String, Vec<u8>, Option<TargetsMetadata>)>> {
+/// One targets metadata file to copy.
+struct RoleFile {
+    /// Its name in `metadata/`.
+    file: String,
+    /// Its bytes.
+    bytes: Vec<u8>,
+    /// The verified document, when a delegation reached it.
+    doc: Option<TargetsMetadata>,
+}
+
+/// Every targets role the snapshot lists, verified through the delegations that reach it.
+/// Roles listed but not delegated by anyone reached are still copied (a client that follows
+/// them finds them), without their targets.
+fn targets_roles(t: &DirTransport, set: &TrustedSet, limits: &Limits) -> Result<Vec<RoleFile>> {
     let snapshot = set
         .snapshot()
         .ok_or_else(|| repo_err(Path::new(&t.describe()), "snapshot not loaded"))?;
@@ -110,11 +116,11 @@ fn targets_roles(
         t.get_small(&md(file), max)?
             .ok_or_else(|| repo_err(Path::new(&t.describe()), format!("{} is missing", md(file))))
     };
-    let mut out = vec![(
-        top_file.clone(),
-        get(&top_file, top_pin.length)?,
-        Some(top.clone()),
-    )];
+    let mut out = vec![RoleFile {
+        file: top_file.clone(),
+        bytes: get(&top_file, top_pin.length)?,
+        doc: Some(top.clone()),
+    }];
     let mut done: BTreeSet<String> = BTreeSet::from(["targets".to_string()]);
     // Breadth first from the top-level role.
     let mut queue: Vec<TargetsMetadata> = vec![top.clone()];
@@ -133,7 +139,11 @@ fn targets_roles(
             let doc = set.verify_delegated(&role.name, &delegator, &bytes)?;
             done.insert(role.name.clone());
             queue.push(doc.clone());
-            out.push((file, bytes, Some(doc)));
+            out.push(RoleFile {
+                file,
+                bytes,
+                doc: Some(doc),
+            });
         }
     }
     for name in snapshot.meta.keys() {
@@ -144,7 +154,11 @@ fn targets_roles(
             continue;
         }
         let (file, pin) = set.delegated_file(role)?;
-        out.push((file.clone(), get(&file, pin.length)?, None));
+        out.push(RoleFile {
+            bytes: get(&file, pin.length)?,
+            file,
+            doc: None,
+        });
     }
     Ok(out)
 }
@@ -215,8 +229,8 @@ pub fn bundle(o: &BundleOptions) -> Result<BundleSummary> {
         .targets()
         .cloned()
         .ok_or_else(|| repo_err(&o.repo, "targets not loaded"))?;
-    for (_, _, doc) in roles.iter().skip(1) {
-        for (name, target) in doc.iter().flat_map(|d| &d.targets) {
+    for role in roles.iter().skip(1) {
+        for (name, target) in role.doc.iter().flat_map(|d| &d.targets) {
             merged
                 .targets
                 .entry(name.clone())
@@ -346,8 +360,8 @@ pub fn bundle(o: &BundleOptions) -> Result<BundleSummary> {
         .ok_or_else(|| repo_err(&o.repo, format!("{} is missing", md(&snap_name))))?;
     metadata.push((md("timestamp.json"), ts));
     metadata.push((md(&snap_name), snap));
-    for (file, bytes, _) in roles {
-        metadata.push((md(&file), bytes));
+    for role in roles {
+        metadata.push((md(&role.file), role.bytes));
     }
     // The earliest expiry: when devices stop accepting the bundle (without the override).
     let mut expiries = vec![set.root().root().expires.clone()];

@@ -232,11 +232,11 @@ fn a_resealed_tampered_bundle_is_refused_by_the_signed_metadata() {
         let i = d.len() / 2;
         d[i] ^= 0x01;
     };
-    let cases: [(&str, &dyn Fn(&str) -> bool); 4] = [
-        ("timestamp", &|n| n == "metadata/timestamp.json"),
-        ("snapshot", &|n| n.ends_with(".snapshot.json")),
-        ("targets", &|n| n.ends_with(".targets.json")),
-        ("manifest", &|n| {
+    let cases: [(&str, EntryPick); 4] = [
+        ("timestamp", |n| n == "metadata/timestamp.json"),
+        ("snapshot", |n| n.ends_with(".snapshot.json")),
+        ("targets", |n| n.ends_with(".targets.json")),
+        ("manifest", |n| {
             n.contains("3.0.0/") && n.ends_with("manifest.json")
         }),
     ];
@@ -292,6 +292,9 @@ fn a_resealed_tampered_bundle_is_refused_by_the_signed_metadata() {
     ok(&mut apply_bundle(&w, &app2, &bad));
     assert_same_tree(&app2, &w.releases[2]);
 }
+
+/// Chooses bundle entries by name.
+type EntryPick = fn(&str) -> bool;
 
 /// Seconds until `t` (TUF time), at least 0.
 fn secs_until(t: &str) -> f64 {
