@@ -181,8 +181,9 @@ pub struct Updater {
     events: Arc<EventSink>,
 }
 
-/// How many of the newest releases an install without exact match or record is compared with.
-const RECOGNISE_NEWEST: usize = 5;
+/// How many of the newest releases an install without exact match or record is compared with
+/// (their manifests are fetched; an offline bundle carries them).
+pub const RECOGNISE_NEWEST: usize = 5;
 
 /// The first few names in `dir`, for messages.
 fn first_entries(dir: &std::path::Path) -> String {

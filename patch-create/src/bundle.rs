@@ -6,9 +6,10 @@
 //! snapshot lists (top-level and delegated, whatever their names), the repository settings,
 //! the manifests of the versions involved, and for each `--from` version what the client's
 //! planner needs to reach the newest release: the patches of the cheapest chain
-//! ([`patch_apply::plan::cheapest_chain`]) and the repair files of the files that chain
-//! changes (used when a patch fails or repair is cheaper); without a chain, whichever of the
-//! repair files and the installer the client would pick (the cheaper).
+//! ([`patch_apply::plan::cheapest_chain`]); without a chain, whichever of the repair files of
+//! the changed files and the installer the client would pick (the cheaper). With
+//! `--with-repair-files` also the repair file of every file of the release (for installs whose
+//! files were modified, and as a fallback when a patch fails).
 //!
 //! May use: `error` (and `patch_apply`'s trust, plan and bundle writer).
 
@@ -42,6 +43,8 @@ pub struct BundleOptions {
     pub out: PathBuf,
     /// Root public keys to check the repository against (default: its own first root).
     pub public_keys: Vec<PublicKey>,
+    /// Also the repair file of every file of the target release.
+    pub with_repair_files: bool,
 }
 
 /// How one `--from` version reaches the target.
@@ -258,6 +261,15 @@ pub fn bundle(o: &BundleOptions) -> Result<BundleSummary> {
         Ok(tf.length)
     };
     add_target(&to_ref.manifest_name, &to_ref.manifest)?;
+    // The manifests a client compares an install with when its files match no release exactly.
+    for r in view
+        .releases
+        .iter()
+        .rev()
+        .take(patch_apply::updater::RECOGNISE_NEWEST)
+    {
+        add_target(&r.manifest_name, &r.manifest)?;
+    }
     if let Some(info) = &view.info_target {
         add_target(REPOSITORY_TARGET, info)?;
     }
@@ -297,10 +309,8 @@ pub fn bundle(o: &BundleOptions) -> Result<BundleSummary> {
                     let e = &view.patches[i];
                     add_target(&e.name, &e.target)?;
                 }
-                // Also the repair files of what the chain changes, where the release has them:
-                // a patch that fails falls back to them, and the client may find them cheaper.
-                let extra: u64 = repair.iter().flatten().map(|(_, s)| *s).sum();
-                blobs.extend(repair.into_iter().flatten());
+                // (With `with_repair_files`, the release's repair files are added below.)
+                let extra = 0;
                 BundlePath {
                     from: from.to_string(),
                     method: "incremental".into(),
@@ -336,6 +346,13 @@ pub fn bundle(o: &BundleOptions) -> Result<BundleSummary> {
             }
         };
         paths.push(path);
+    }
+    if o.with_repair_files {
+        for e in &to_manifest.entries {
+            if let (Some(pin), Some(r)) = (e.node.file_pin(), e.repair) {
+                blobs.insert(pin.blake3, r.size);
+            }
+        }
     }
     for (content, size) in &blobs {
         artifacts.insert(layout::blob_path(content), *size);

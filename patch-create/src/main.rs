@@ -566,6 +566,11 @@ struct BundleArgs {
     /// Root public key file(s) to check the repository against [default: its own first root].
     #[arg(long = "public-key")]
     public_keys: Vec<PathBuf>,
+    /// Also carry the repair file of every file of the release, so that installs whose files
+    /// were modified can be updated too, and a failed patch falls back to them (about the size
+    /// of the installer).
+    #[arg(long)]
+    with_repair_files: bool,
     /// Print one JSON object.
     #[arg(long)]
     json: bool,
@@ -587,6 +592,7 @@ fn bundle(a: BundleArgs) -> Result<()> {
         to,
         out: a.out.clone(),
         public_keys: load_publics(&a.public_keys)?,
+        with_repair_files: a.with_repair_files,
     })?;
     if a.json {
         println!("{}", serde_json::to_string(&s)?);

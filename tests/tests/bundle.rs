@@ -160,6 +160,35 @@ fn one_bundle_serves_several_starting_versions() {
         ok(&mut apply_bundle(&w, &app, &b));
         assert_same_tree(&app, &w.releases[2]);
     }
+    // An install whose files were modified needs the repair files: refused without them,
+    // updated with --with-repair-files.
+    let edited = w.path("app-edited");
+    copy_tree(&w.releases[0], &edited);
+    let newest = tree_state(&w.releases[2]);
+    let victim = tree_state(&edited)
+        .into_iter()
+        .find(|(k, v)| {
+            v.starts_with("file") && newest.get(k).is_some_and(|n| n.starts_with("file"))
+        })
+        .map(|(k, _)| k)
+        .expect("a file in both releases");
+    std::fs::write(edited.join(&victim), b"edited by the user").expect("edit");
+    let before = tree_state(&edited);
+    fails(&mut apply_bundle(&w, &edited, &b));
+    assert_eq!(tree_state(&edited), before);
+    drop(_away);
+    let full = w.path("full.bundle");
+    let mut c = cmd("patch-create");
+    c.args(["bundle", "--json", "--with-repair-files", "--repo"])
+        .arg(&w.repo)
+        .args(["--from", "1.0.0", "--out"])
+        .arg(&full);
+    let fs = last_json(&ok(&mut c));
+    assert!(fs["size"].as_u64() > s["size"].as_u64(), "{fs} vs {s}");
+    let _away = RepoAway::new(&w);
+    ok(&mut apply_bundle(&w, &edited, &full));
+    assert_same_tree(&edited, &w.releases[2]);
+
     // check --bundle says what apply would do, also offline.
     let app = w.path("app-check");
     copy_tree(&w.releases[0], &app);

@@ -479,10 +479,12 @@ pub struct BundleWriter {
 impl BundleWriter {
     /// Starts a bundle that will be `out`, with `index` as its first entry.
     pub fn create(out: &Path, index: &BundleIndex) -> Result<Self> {
-        let dir = match out.parent() {
-            Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-            _ => PathBuf::from("."),
+        // A bare file name is in the current directory (which is synced after the rename).
+        let out = match out.parent() {
+            Some(p) if !p.as_os_str().is_empty() => out.to_path_buf(),
+            _ => Path::new(".").join(out),
         };
+        let dir = out.parent().map(Path::to_path_buf).unwrap_or_default();
         let tmp = tempfile::Builder::new()
             .prefix(".bundle-tmp-")
             .tempfile_in(&dir)
@@ -493,11 +495,7 @@ impl BundleWriter {
             hasher: blake3::Hasher::new(),
         });
         tar.mode(tar::HeaderMode::Deterministic);
-        let mut w = BundleWriter {
-            out: out.to_path_buf(),
-            tmp,
-            tar,
-        };
+        let mut w = BundleWriter { out, tmp, tar };
         let bytes = serde_json::to_vec_pretty(index)
             .map_err(|e| Error::Precondition(format!("bundle index: {e}")))?;
         w.append(INDEX_NAME, bytes.len() as u64, bytes.as_slice())?;
@@ -548,6 +546,13 @@ impl BundleWriter {
             .inner
             .into_inner()
             .map_err(|e| Error::io(&tmp, e.into_error()))?;
+        // Not secret: readable like any download (the temporary file was made 0600).
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            file.set_permissions(std::fs::Permissions::from_mode(0o644))
+                .at(&tmp)?;
+        }
         file.sync_all().at(&tmp)?;
         let size = file.metadata().at(&tmp)?.len();
         drop(file);
