@@ -32,6 +32,8 @@ paths = "; ".join(f"{p['from']}: {p['method']} {p['bytes']} B" for p in s["paths
 print(f"bundle from {sys.argv[1]}: {s['size']} bytes, {s['files']} files ({paths})")
 PY
 done
+"$BIN/patch-create" bundle --repo repo --from 1.0.0 --with-repair-files --out full.bundle --json >summary.json
+python3 -c "import json; s=json.load(open('summary.json')); print(f\"bundle from 1.0.0 --with-repair-files: {s['size']} bytes, {s['files']} files\")"
 cp -a rel/v1 app
 start=$(date +%s.%N)
 "$BIN/patch-apply" -q apply --app-dir app --bundle b-1.0.0.bundle --public-key keys/release.pub >/dev/null
