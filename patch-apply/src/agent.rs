@@ -13,9 +13,9 @@
 //! Folder `agent/`: this file (the [`Agent`] loop, its configuration and events), `policy`
 //! (install policy, maintenance window, interval, jitter and backoff; pure), `identity` (device
 //! id and token in `.patchkit/agent/`), `client` (the protocol over HTTP, bounded answers,
-//! [`AgentError`]), `collect` (state document, log and crash files), `supervise` (runs the
-//! app as a child, an [`AppControl`]). Order inside: `policy`, `identity`, `collect` <
-//! `client` < this file < `supervise`. May use: everything in the crate; it sits on
+//! [`AgentError`]), `collect` (state document, log and crash files), `watch` (offline bundles
+//! dropped in a directory), `supervise` (runs the app as a child, an [`AppControl`]). Order
+//! inside: `policy`, `identity`, `collect` < `client` < this file < `watch`, `supervise`. May use: everything in the crate; it sits on
 //! top of [`crate::updater`] and nothing in the crate uses it.
 //!
 //! # Example: an app running the agent in a thread and answering an offer
@@ -55,6 +55,7 @@ pub mod identity;
 pub mod policy;
 #[cfg(unix)]
 pub mod supervise;
+pub mod watch;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
@@ -81,7 +82,8 @@ pub use policy::{InstallPolicy, Minute, Window};
 /// How the agent runs.
 #[derive(Clone)]
 pub struct AgentConfig {
-    /// The fleet server (`https://fleet.example.com`).
+    /// The fleet server (`https://fleet.example.com`); empty for an agent without one, which
+    /// only applies the bundles dropped in [`AgentConfig::watch_dir`].
     pub server: String,
     /// How to update the app: app dir, repository, pinned keys, channel, attributes,
     /// `allow_downgrade`. [`Config::target`] is set by the agent for each directive.
@@ -111,6 +113,9 @@ pub struct AgentConfig {
     /// The local time of day in minutes, for the maintenance window (tests move it); the
     /// system's local time when `None`.
     pub local_time: Option<Arc<dyn Fn() -> Minute + Send + Sync>>,
+    /// A directory where offline bundles (`*.bundle`) are dropped: looked at every poll
+    /// ([`watch`]); [`Config::allow_expired_bundle`] of `updater` applies to them.
+    pub watch_dir: Option<PathBuf>,
 }
 
 impl AgentConfig {
@@ -132,6 +137,7 @@ impl AgentConfig {
             upload_cap: 16 << 20,
             request_timeout: Duration::from_secs(30),
             local_time: None,
+            watch_dir: None,
         }
     }
 }
@@ -353,7 +359,8 @@ pub struct Agent {
     restart: Option<Box<RestartFn>>,
     control: Option<Box<dyn AppControl>>,
     stop: StopHandle,
-    client: FleetClient,
+    /// `None` without a fleet server.
+    client: Option<FleetClient>,
     store: IdentityStore,
     state: StateDir,
     /// The last full answer and its ETag.
@@ -373,6 +380,10 @@ pub struct Agent {
     done_commands: BTreeSet<String>,
     /// The installed version recognised from the files, when there is no install record.
     recognised: Option<(Option<Version>, Option<String>)>,
+    /// Bundles of the watch directory put away (or that could not be): not looked at again.
+    watch_done: BTreeSet<PathBuf>,
+    /// Bundles of the watch directory that failed for a passing reason: attempts so far.
+    watch_transient: BTreeMap<PathBuf, u32>,
 }
 
 impl Agent {
@@ -381,7 +392,16 @@ impl Agent {
         cfg: AgentConfig,
         events: impl Fn(&AgentEvent) + Send + Sync + 'static,
     ) -> Result<Self, AgentError> {
-        let client = FleetClient::new(&cfg.server, cfg.request_timeout)?;
+        let client = if cfg.server.is_empty() {
+            if cfg.watch_dir.is_none() {
+                return Err(AgentError::Config(
+                    "no fleet server and no watch directory: nothing to do".into(),
+                ));
+            }
+            None
+        } else {
+            Some(FleetClient::new(&cfg.server, cfg.request_timeout)?)
+        };
         let app_dir = crate::state::resolve_app_dir(&cfg.updater.app_dir);
         let state = StateDir::of(&app_dir);
         Ok(Agent {
@@ -401,6 +421,8 @@ impl Agent {
             retry_at: BTreeMap::new(),
             done_commands: BTreeSet::new(),
             recognised: None,
+            watch_done: BTreeSet::new(),
+            watch_transient: BTreeMap::new(),
             cfg,
         }
         .with_saved_answer())
@@ -525,9 +547,18 @@ impl Agent {
     /// One cycle: check in, carry out the commands, follow the directive, and check in again
     /// at once when something happened worth reporting.
     pub fn run_once(&mut self) -> Result<Cycle, AgentError> {
+        // Bundles first: they need no server, and their reports go with this check-in.
+        let mut installed = self.watch_cycle();
+        if self.client.is_none() {
+            self.failures = 0;
+            return Ok(Cycle {
+                next_in: policy::jittered(self.interval(), policy::random_unit()),
+                installed,
+                directive: None,
+            });
+        }
         let resp = self.check_in()?;
         self.failures = 0;
-        let mut installed = None;
         let mut report_now = false;
         for c in &resp.commands {
             if self.done_commands.contains(&c.id) {
@@ -594,6 +625,13 @@ impl Agent {
         )
     }
 
+    /// The fleet server's client.
+    fn client(&self) -> Result<&FleetClient, AgentError> {
+        self.client
+            .as_ref()
+            .ok_or_else(|| AgentError::Config("no fleet server configured".into()))
+    }
+
     /// The device id and token, enrolling first when there is no token.
     fn credentials(&mut self) -> Result<(String, String), AgentError> {
         let id = self.store.load_or_create()?;
@@ -601,7 +639,7 @@ impl Agent {
             return Ok((id.device_id, t));
         }
         let app = self.app_name()?;
-        let resp = self.client.enroll(&EnrollRequest {
+        let resp = self.client()?.enroll(&EnrollRequest {
             app,
             device_id: id.device_id.clone(),
             secret: self
@@ -628,7 +666,7 @@ impl Agent {
         f: impl Fn(&FleetClient, &str) -> Result<T, AgentError>,
     ) -> Result<T, AgentError> {
         let (_, token) = self.credentials()?;
-        match f(&self.client, &token) {
+        match f(self.client()?, &token) {
             Err(AgentError::Unauthorized { message, .. }) => {
                 self.emit(AgentEvent::Warning {
                     message: format!(
@@ -638,7 +676,7 @@ impl Agent {
                 self.store.forget_token()?;
                 self.last = None;
                 let (_, token) = self.credentials()?;
-                f(&self.client, &token)
+                f(self.client()?, &token)
             }
             r => r,
         }

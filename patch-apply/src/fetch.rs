@@ -1,10 +1,11 @@
 //! Fetching repository files: the [`transport::Transport`] trait, local directories, mirrors
 //! and resumable `.part` files ([`transport`]), and the HTTP(S) transport with its retries,
-//! timeouts and Range resume ([`http`]).
+//! timeouts and Range resume ([`http`]), and offline bundles read in place ([`bundle`]).
 //!
 //! May use: `error`, `events`, `state`. Nothing here knows what a file means: every download
 //! is bounded by and checked against the size and hash the caller took from signed metadata.
 
+pub mod bundle;
 pub mod http;
 pub mod transport;
 
@@ -26,6 +27,7 @@ pub fn open_with(url: &str, http: &HttpOptions) -> Result<Box<dyn Transport>> {
     match Location::parse(url)? {
         Location::Http(u) => http::open_with(u, http),
         Location::Dir(p) => Ok(Box::new(DirTransport::new(p))),
+        Location::Bundle(p) => Ok(Box::new(bundle::BundleTransport::open(&p)?)),
     }
 }
 
@@ -36,6 +38,8 @@ pub enum Location<'a> {
     Http(&'a str),
     /// A local directory (a path, or the path of a `file://` URL).
     Dir(PathBuf),
+    /// An offline bundle: a path (or `file://` URL) naming a regular file (docs/format.md §10).
+    Bundle(PathBuf),
 }
 
 impl<'a> Location<'a> {
@@ -62,7 +66,7 @@ impl<'a> Location<'a> {
                 return match scheme.to_ascii_lowercase().as_str() {
                     "http" | "https" => Ok(Location::Http(s)),
                     "file" if rest.is_empty() => Err(bad("file:// URL without a path".into())),
-                    "file" => Ok(Location::Dir(PathBuf::from(rest))),
+                    "file" => Ok(Location::local(PathBuf::from(rest))),
                     other => Err(bad(format!(
                         "URL scheme {other}:// is not supported; use http://, https://, file:// or a local directory"
                     ))),
@@ -74,7 +78,21 @@ impl<'a> Location<'a> {
                 "a host and port without a scheme; did you mean http://{s}?"
             )));
         }
-        Ok(Location::Dir(PathBuf::from(s)))
+        Ok(Location::local(PathBuf::from(s)))
+    }
+
+    /// A local path: a bundle when it names a regular file, else a directory.
+    fn local(p: PathBuf) -> Location<'a> {
+        if p.is_file() {
+            Location::Bundle(p)
+        } else {
+            Location::Dir(p)
+        }
+    }
+
+    /// Whether this is an offline bundle.
+    pub fn is_bundle(&self) -> bool {
+        matches!(self, Location::Bundle(_))
     }
 }
 
@@ -146,5 +164,13 @@ mod tests {
         );
         let e = Location::parse("ftp://x/y").expect_err("refused");
         assert!(e.to_string().contains("ftp://"), "{e}");
+        // A regular file is an offline bundle, as a path or a file:// URL.
+        let d = tempfile::tempdir().expect("test setup");
+        let f = d.path().join("x.bundle");
+        std::fs::write(&f, b"").expect("test setup");
+        let fs = f.display().to_string();
+        assert_eq!(Location::parse(&fs).ok(), Some(Location::Bundle(f.clone())));
+        let url = format!("file://{fs}");
+        assert_eq!(Location::parse(&url).ok(), Some(Location::Bundle(f)));
     }
 }

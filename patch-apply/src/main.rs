@@ -121,9 +121,15 @@ enum Cmd {
 struct AgentArgs {
     #[command(flatten)]
     common: Common,
-    /// The fleet server's URL.
-    #[arg(long)]
-    server: String,
+    /// The fleet server's URL (optional with --watch-dir: an agent for machines without one).
+    #[arg(long, required_unless_present = "watch_dir")]
+    server: Option<String>,
+    /// A directory to look in at every poll for offline bundles (`*.bundle`, from
+    /// `patch-create bundle`): the newest usable one is applied, then each is moved to
+    /// DIR/applied/ or DIR/rejected/ (with NAME.reason). Write bundles there under another name
+    /// and rename them, or copy them in whole: a file still changing is left for the next poll.
+    #[arg(long, value_name = "DIR")]
+    watch_dir: Option<PathBuf>,
     /// The app's name on the server [default: the repository's].
     #[arg(long)]
     app: Option<String>,
@@ -213,9 +219,19 @@ struct Common {
     /// The app directory.
     #[arg(long)]
     app_dir: PathBuf,
-    /// Repository path or URL; repeat for mirrors (first preferred).
-    #[arg(long = "repo", required = true)]
+    /// Repository path or URL; repeat for mirrors (first preferred). Required unless --bundle
+    /// (or, for the agent, --watch-dir) is given.
+    #[arg(long = "repo")]
     repos: Vec<String>,
+    /// An offline bundle (`patch-create bundle`) to use instead of a repository: verified with
+    /// the same signed-metadata checks, nothing fetched from the network.
+    #[arg(long, value_name = "FILE", conflicts_with = "repos")]
+    bundle: Option<PathBuf>,
+    /// With --bundle (or the agent's --watch-dir): accept metadata that has expired by now if
+    /// it was valid when the bundle was made, for machines offline for longer than the
+    /// metadata lives. Rollback protection still holds; see docs/security.md.
+    #[arg(long)]
+    allow_expired_bundle: bool,
     /// Pinned root public key file(s).
     #[arg(long = "public-key", required = true)]
     public_keys: Vec<PathBuf>,
@@ -258,6 +274,14 @@ struct NetArgs {
     min_speed_secs: f64,
 }
 
+/// `check` and `apply` need a repository or a bundle.
+fn need_repo(c: &Common) -> Result<()> {
+    if c.repos.is_empty() && c.bundle.is_none() {
+        bail!("give the repository (--repo PATH_OR_URL) or an offline bundle (--bundle FILE)");
+    }
+    Ok(())
+}
+
 fn secs(name: &str, v: f64) -> Result<std::time::Duration> {
     std::time::Duration::try_from_secs_f64(v)
         .with_context(|| format!("--{name} {v} is not a duration in seconds"))
@@ -288,8 +312,26 @@ fn config(c: &Common) -> Result<Config> {
             .with_context(|| format!("--target {t:?} is not KEY=VALUE"))?;
         attrs.insert(k.to_string(), v.to_string());
     }
-    let mut cfg = Config::new(&c.app_dir, c.repos[0].clone(), keys.remove(0));
-    cfg.repos = c.repos.clone();
+    let repos = match &c.bundle {
+        Some(b) => {
+            if !b.is_file() {
+                bail!("--bundle {}: not a file", b.display());
+            }
+            vec![b.display().to_string()]
+        }
+        None => c.repos.clone(),
+    };
+    let mut cfg = Config::new(&c.app_dir, String::new(), keys.remove(0));
+    cfg.repos = repos;
+    cfg.allow_expired_bundle = c.allow_expired_bundle;
+    if c.allow_expired_bundle
+        && c.bundle.is_none()
+        && c.repos
+            .iter()
+            .any(|r| patch_apply::fetch::Location::parse(r).is_ok_and(|l| !l.is_bundle()))
+    {
+        bail!("--allow-expired-bundle applies to offline bundles only (--bundle or --watch-dir), not to --repo");
+    }
     cfg.public_keys.extend(keys);
     cfg.channel = c.channel.clone();
     cfg.attrs = attrs;
@@ -475,6 +517,7 @@ fn run() -> Result<()> {
     };
     match cli.cmd {
         Cmd::Check(c) => {
+            need_repo(&c)?;
             let u = Updater::new(config(&c)?, stderr_printer(verbosity));
             let r = u.check()?;
             if let (false, Some(m)) = (c.json, &r.maintenance) {
@@ -545,6 +588,7 @@ fn run() -> Result<()> {
             notify,
             relaunch,
         } => {
+            need_repo(&common)?;
             let mut cfg = config(&common)?;
             cfg.started_by = "cli".into();
             cfg.allow_downgrade = allow_downgrade;
@@ -719,6 +763,12 @@ fn agent(a: AgentArgs, v: Verbosity) -> Result<()> {
     use patch_apply::agent::{
         Agent, AgentConfig, AgentEvent, InstallPolicy, OfferDecision, StateSource,
     };
+    if a.common.bundle.is_some() {
+        bail!("the agent takes bundles from --watch-dir, not --bundle");
+    }
+    if a.common.repos.is_empty() && a.server.is_some() {
+        bail!("--repo is required with --server (the releases the server names come from it)");
+    }
     let mut cfg = config(&a.common)?;
     for t in &a.attrs {
         let (k, val) = t
@@ -727,8 +777,9 @@ fn agent(a: AgentArgs, v: Verbosity) -> Result<()> {
         cfg.attrs.insert(k.to_string(), val.to_string());
     }
     cfg.allow_downgrade = a.allow_downgrade;
-    let mut ac = AgentConfig::new(a.server.clone(), cfg);
+    let mut ac = AgentConfig::new(a.server.clone().unwrap_or_default(), cfg);
     ac.app = a.app.clone();
+    ac.watch_dir = a.watch_dir.clone();
     if let Some(f) = &a.enroll_secret_file {
         ac.enroll_secret = Some(
             std::fs::read_to_string(f)

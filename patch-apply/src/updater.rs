@@ -78,6 +78,10 @@ pub struct Config {
     /// `agent`. Every [`Updater::apply`] appends its attempt to the app dir's results queue
     /// ([`crate::state::results`]) unless this is empty.
     pub started_by: String,
+    /// For an offline bundle among `repos`: accept metadata that has expired by now if it was
+    /// valid when the bundle was made (docs/security.md, "Offline bundles and expiry"). Every
+    /// other check, rollback protection included, stays.
+    pub allow_expired_bundle: bool,
 }
 
 impl Config {
@@ -99,6 +103,7 @@ impl Config {
             adopt: false,
             target: None,
             started_by: "library".into(),
+            allow_expired_bundle: false,
         }
     }
 }
@@ -176,8 +181,9 @@ pub struct Updater {
     events: Arc<EventSink>,
 }
 
-/// How many of the newest releases an install without exact match or record is compared with.
-const RECOGNISE_NEWEST: usize = 5;
+/// How many of the newest releases an install without exact match or record is compared with
+/// (their manifests are fetched; an offline bundle carries them).
+pub const RECOGNISE_NEWEST: usize = 5;
 
 /// The first few names in `dir`, for messages.
 fn first_entries(dir: &std::path::Path) -> String {
@@ -290,12 +296,54 @@ impl Updater {
             .with_events(self.config.http.events.clone()))
     }
 
+    /// Whether the repository is an offline bundle: then nothing is fetched from the network
+    /// (the mirrors the signed settings list are not added).
+    fn offline(&self) -> bool {
+        self.config
+            .repos
+            .iter()
+            .any(|r| crate::fetch::Location::parse(r).is_ok_and(|l| l.is_bundle()))
+    }
+
+    /// The time metadata is checked against: now, or with [`Config::allow_expired_bundle`]
+    /// the time the bundle says it was made, if earlier (expiry only moves one way, so this
+    /// accepts what was valid then and refuses what had expired already).
+    fn verification_time(&self, t: &Mirrors) -> OffsetDateTime {
+        let now = self.config.now.unwrap_or_else(formats::time_util::now);
+        if !self.config.allow_expired_bundle {
+            return now;
+        }
+        let made = self
+            .config
+            .repos
+            .iter()
+            .find_map(|r| match crate::fetch::Location::parse(r) {
+                Ok(crate::fetch::Location::Bundle(p)) => crate::fetch::bundle::read_index(&p)
+                    .and_then(|i| i.created_at())
+                    .ok(),
+                _ => None,
+            });
+        match made {
+            Some(m) if m < now => {
+                self.emit(Event::Warning {
+                    message: format!(
+                        "{}: checking expiry as of {} (when the bundle was made), as allowed for offline bundles",
+                        t.describe(),
+                        formats::time_util::format_tuf(m)
+                    ),
+                });
+                m
+            }
+            _ => now,
+        }
+    }
+
     fn session(&self, need: ManifestNeed) -> Result<Session> {
         let cfg = &self.config;
-        let now = cfg.now.unwrap_or_else(formats::time_util::now);
         let state = self.state();
         crate::state::check_app_dir(&cfg.app_dir)?;
         let mut transport = self.transport()?;
+        let now = self.verification_time(&transport);
         self.emit(Event::Phase { phase: "refresh" });
         let stored = StoredTrust::load(&state.trust())?;
         let (set, new_stored) =
@@ -315,7 +363,7 @@ impl Updater {
         )?;
         let mut view = RepoView::from_targets(&listed.targets)?;
         let info = repo_view::fetch_info_kept(&transport, &view, &state.trust())?;
-        if let Some(i) = &info {
+        if let Some(i) = info.as_ref().filter(|_| !self.offline()) {
             let mut more = Vec::new();
             for m in &i.mirrors {
                 if let Ok(t) = crate::fetch::open_with(m, &cfg.http) {

@@ -1,4 +1,5 @@
 //! Writes and extends patch repositories from release trees.
+pub mod bundle;
 pub mod diff;
 pub mod error;
 pub mod progress;

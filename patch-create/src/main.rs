@@ -133,6 +133,10 @@ enum Cmd {
     /// destination lacks, in an order clients always see as consistent (timestamp.json last);
     /// objects the repository no longer has are deleted after a grace period.
     Publish(PublishArgs),
+    /// Write an offline bundle: one file with the signed metadata and exactly the artifacts
+    /// that take installs of the --from versions to the newest release, for `patch-apply apply
+    /// --bundle` or an agent's --watch-dir on machines without network.
+    Bundle(BundleArgs),
     /// Check every signature, hash and patch of a repository and print a size report.
     Verify {
         /// The repository directory.
@@ -589,6 +593,33 @@ struct PublishArgs {
     json: bool,
 }
 
+#[derive(clap::Args)]
+struct BundleArgs {
+    /// The repository directory.
+    #[arg(long)]
+    repo: PathBuf,
+    /// A version installs start from (repeat for several).
+    #[arg(long = "from", required = true)]
+    from: Vec<String>,
+    /// The release to reach [default: the newest release that is not yanked].
+    #[arg(long)]
+    to: Option<String>,
+    /// The bundle file to write (replaced atomically).
+    #[arg(long)]
+    out: PathBuf,
+    /// Root public key file(s) to check the repository against [default: its own first root].
+    #[arg(long = "public-key")]
+    public_keys: Vec<PathBuf>,
+    /// Also carry the repair file of every file of the release, so that installs whose files
+    /// were modified can be updated too, and a failed patch falls back to them (about the size
+    /// of the installer).
+    #[arg(long)]
+    with_repair_files: bool,
+    /// Print one JSON object.
+    #[arg(long)]
+    json: bool,
+}
+
 /// Test hook, not a user setting: sleep this many milliseconds after each object, so that the
 /// end-to-end tests can kill a publish between two given objects.
 const PUBLISH_PAUSE_ENV: &str = "PATCHKIT_PUBLISH_TEST_PAUSE_MS";
@@ -663,6 +694,52 @@ fn publish(a: PublishArgs) -> Result<()> {
         report.deleted,
         report.pending_deletes
     );
+    Ok(())
+}
+
+fn bundle(a: BundleArgs) -> Result<()> {
+    let from = a
+        .from
+        .iter()
+        .map(|v| formats::Version::parse(v).with_context(|| format!("--from {v:?}")))
+        .collect::<Result<Vec<_>>>()?;
+    let to =
+        a.to.as_deref()
+            .map(|v| formats::Version::parse(v).with_context(|| format!("--to {v:?}")))
+            .transpose()?;
+    let s = patch_create::bundle::bundle(&patch_create::bundle::BundleOptions {
+        repo: a.repo.clone(),
+        from,
+        to,
+        out: a.out.clone(),
+        public_keys: load_publics(&a.public_keys)?,
+        with_repair_files: a.with_repair_files,
+    })?;
+    if a.json {
+        println!("{}", serde_json::to_string(&s)?);
+        return Ok(());
+    }
+    info!(
+        "wrote {} ({} bytes, {} files): to {}, metadata valid until {}",
+        s.out.display(),
+        s.size,
+        s.files,
+        s.to,
+        s.expires
+    );
+    for p in &s.paths {
+        info!(
+            "  from {}: {}{} ({} bytes)",
+            p.from,
+            p.method,
+            if p.chain.is_empty() {
+                String::new()
+            } else {
+                format!(" via {}", p.chain.join(" -> "))
+            },
+            p.bytes
+        );
+    }
     Ok(())
 }
 
@@ -780,6 +857,7 @@ fn run() -> Result<()> {
         Cmd::Release(a) => release(*a),
         Cmd::Maintenance(a) => maintenance(a),
         Cmd::Yank(a) => yank(a),
+        Cmd::Bundle(a) => bundle(a),
         Cmd::Mirrors {
             repo,
             keys,
