@@ -189,6 +189,53 @@ pub fn pin_reader<R: Read>(r: &mut R) -> std::io::Result<Pin> {
     hash_with_buffer(r, PIN_CHUNK)
 }
 
+/// A writer that passes bytes on to `inner` and hashes exactly the bytes `inner` took: the
+/// [`Pin`] of everything written, without reading it again.
+pub struct PinningWriter<W: std::io::Write> {
+    inner: W,
+    hasher: blake3::Hasher,
+}
+
+impl<W: std::io::Write> PinningWriter<W> {
+    /// Wraps `inner`.
+    pub fn new(inner: W) -> Self {
+        PinningWriter {
+            inner,
+            hasher: blake3::Hasher::new(),
+        }
+    }
+
+    /// The pin (size and BLAKE3) of what was written so far.
+    pub fn pin(&self) -> Pin {
+        Pin {
+            size: self.hasher.count(),
+            blake3: Blake3(*self.hasher.finalize().as_bytes()),
+        }
+    }
+
+    /// The wrapped writer.
+    pub fn get_mut(&mut self) -> &mut W {
+        &mut self.inner
+    }
+
+    /// The wrapped writer, giving up the hash.
+    pub fn into_inner(self) -> W {
+        self.inner
+    }
+}
+
+impl<W: std::io::Write> std::io::Write for PinningWriter<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.hasher.update(&buf[..n]);
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
+}
+
 /// Reads from `r` until `buf` is full or the input ends (retrying interrupted reads); the
 /// number of bytes read.
 pub fn read_full<R: Read + ?Sized>(r: &mut R, buf: &mut [u8]) -> std::io::Result<usize> {

@@ -993,45 +993,14 @@ impl Agent {
                 }
             }
         }
-        // A supervised app: a cold patch stops it first, a warm one updates it while it runs.
-        let cold = self.control.is_some()
-            && Updater::new(cfg.clone(), |_| {})
-                .check()
-                .map(|c| c.restart_required)
-                .unwrap_or(true);
-        if let Some(c) = self.control.as_mut() {
-            if cold {
-                if let Err(e) = c.stop() {
-                    return Followed::Failed(format!("could not stop the app: {e}"));
-                }
-            } else {
-                cfg.allow_running_pid = c.pid();
-            }
-        }
+        let cold = match self.prepare_app(&mut cfg) {
+            Ok(cold) => cold,
+            Err(why) => return Followed::Failed(why),
+        };
         self.emit(AgentEvent::Installing {
             version: d.version.clone(),
         });
-        let events = Arc::clone(&self.events);
-        let u = Updater::new(cfg, move |e| {
-            if let Event::Warning { message } = e {
-                events(&AgentEvent::Warning {
-                    message: message.clone(),
-                });
-            }
-        });
-        let applied = u.apply();
-        if let Some(c) = self.control.as_mut() {
-            if cold {
-                if let Err(e) = c.start() {
-                    self.emit(AgentEvent::Warning {
-                        message: format!("could not start the app again: {e}"),
-                    });
-                }
-            } else if applied.is_ok() {
-                c.updated_in_place();
-            }
-        }
-        match applied {
+        match self.run_update(cfg, cold) {
             Ok(r) => {
                 self.recognised = None;
                 self.retry_at.remove(&d.version);
@@ -1069,6 +1038,53 @@ impl Agent {
                 Followed::Failed(why)
             }
         }
+    }
+
+    /// Readies a supervised app for the update `cfg` describes: a cold patch (one that replaces
+    /// files the running app holds) stops it first, a warm one lets the update replace files
+    /// of the running process. `Ok(true)` for a cold patch; `Err` says why the app could not be
+    /// stopped. Without a supervised app, `Ok(false)` and nothing happens.
+    fn prepare_app(&mut self, cfg: &mut Config) -> Result<bool, String> {
+        let cold = self.control.is_some()
+            && Updater::new(cfg.clone(), |_| {})
+                .check()
+                .map(|c| c.restart_required)
+                .unwrap_or(true);
+        if let Some(c) = self.control.as_mut() {
+            if cold {
+                c.stop()
+                    .map_err(|e| format!("could not stop the app: {e}"))?;
+            } else {
+                cfg.allow_running_pid = c.pid();
+            }
+        }
+        Ok(cold)
+    }
+
+    /// Runs one update, the updater's warnings forwarded as agent events, then starts the
+    /// supervised app again after a cold patch or tells it its files changed after a warm one.
+    fn run_update(&mut self, cfg: Config, cold: bool) -> crate::Result<crate::report::ApplyReport> {
+        let events = Arc::clone(&self.events);
+        let applied = Updater::new(cfg, move |e| {
+            if let Event::Warning { message } = e {
+                events(&AgentEvent::Warning {
+                    message: message.clone(),
+                });
+            }
+        })
+        .apply();
+        if let Some(c) = self.control.as_mut() {
+            if cold {
+                if let Err(e) = c.start() {
+                    self.emit(AgentEvent::Warning {
+                        message: format!("could not start the app again: {e}"),
+                    });
+                }
+            } else if applied.is_ok() {
+                c.updated_in_place();
+            }
+        }
+        applied
     }
 
     /// Carries out one command.

@@ -11,16 +11,14 @@
 //! Uses [`super::Agent`] and [`super::AgentEvent`] only; the agent does not use this file.
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use formats::fleet::{clip, UpdateResult, MAX_TEXT};
 use formats::Version;
 
 use super::{Agent, AgentEvent};
-use crate::events::Event;
 use crate::fetch::bundle::{read_index, BundleIndex, EXTENSION};
-use crate::updater::{error_kind, Updater};
+use crate::updater::error_kind;
 
 /// A file modified less than this long ago may still be being copied: left for the next poll.
 pub const SETTLE: Duration = Duration::from_secs(2);
@@ -194,47 +192,20 @@ impl Agent {
             if cfg.allow_running_pid.is_none() {
                 cfg.allow_running_pid = Some(std::process::id());
             }
-            let cold = self.control.is_some()
-                && Updater::new(cfg.clone(), |_| {})
-                    .check()
-                    .map(|c| c.restart_required)
-                    .unwrap_or(true);
-            if let Some(c) = self.control.as_mut() {
-                if cold {
-                    if let Err(e) = c.stop() {
-                        self.emit(AgentEvent::Warning {
-                            message: format!("could not stop the app for {}: {e}", file.display()),
-                        });
-                        continue;
-                    }
-                } else {
-                    cfg.allow_running_pid = c.pid();
+            let cold = match self.prepare_app(&mut cfg) {
+                Ok(cold) => cold,
+                Err(why) => {
+                    self.emit(AgentEvent::Warning {
+                        message: format!("{why} (bundle {})", file.display()),
+                    });
+                    continue;
                 }
-            }
+            };
             self.emit(AgentEvent::Installing {
                 version: index.to.clone(),
             });
-            let events = Arc::clone(&self.events);
             let queued = self.state.results().load().next_seq;
-            let applied = Updater::new(cfg, move |e| {
-                if let Event::Warning { message } = e {
-                    events(&AgentEvent::Warning {
-                        message: message.clone(),
-                    });
-                }
-            })
-            .apply();
-            if let Some(c) = self.control.as_mut() {
-                if cold {
-                    if let Err(e) = c.start() {
-                        self.emit(AgentEvent::Warning {
-                            message: format!("could not start the app again: {e}"),
-                        });
-                    }
-                } else if applied.is_ok() {
-                    c.updated_in_place();
-                }
-            }
+            let applied = self.run_update(cfg, cold);
             match applied {
                 Ok(r) => {
                     self.recognised = None;

@@ -24,6 +24,7 @@ use std::io::{BufWriter, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
+use formats::hash::PinningWriter;
 use formats::layout::{BLOBS_DIR, METADATA_DIR, TARGETS_DIR};
 use formats::{RelPath, Version};
 use serde::{Deserialize, Serialize};
@@ -450,30 +451,12 @@ fn entry_header(name: &str, size: u64) -> Result<tar::Header> {
     Ok(h)
 }
 
-/// Counts and hashes what passes through.
-struct Sealing<W> {
-    inner: W,
-    hasher: blake3::Hasher,
-}
-
-impl<W: Write> Write for Sealing<W> {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        let n = self.inner.write(buf)?;
-        self.hasher.update(&buf[..n]);
-        Ok(n)
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        self.inner.flush()
-    }
-}
-
 /// Writes a bundle: the index, then repository files, then the seal; the file appears at its
 /// destination only when complete (temporary file in the same directory, fsync, rename).
 pub struct BundleWriter {
     out: PathBuf,
     tmp: tempfile::TempPath,
-    tar: tar::Builder<Sealing<BufWriter<File>>>,
+    tar: tar::Builder<PinningWriter<BufWriter<File>>>,
 }
 
 impl BundleWriter {
@@ -490,10 +473,7 @@ impl BundleWriter {
             .tempfile_in(&dir)
             .at(&dir)?;
         let (file, tmp) = tmp.into_parts();
-        let mut tar = tar::Builder::new(Sealing {
-            inner: BufWriter::new(file),
-            hasher: blake3::Hasher::new(),
-        });
+        let mut tar = tar::Builder::new(PinningWriter::new(BufWriter::new(file)));
         tar.mode(tar::HeaderMode::Deterministic);
         let mut w = BundleWriter { out, tmp, tar };
         let bytes = serde_json::to_vec_pretty(index)
@@ -535,15 +515,15 @@ impl BundleWriter {
     /// Seals the bundle and moves it into place; returns its size in bytes.
     pub fn finish(mut self) -> Result<u64> {
         let tmp = self.tmp.to_path_buf();
-        let digest = self.tar.get_ref().hasher.finalize();
-        let seal = format!("{}\n", digest.to_hex());
+        let digest = self.tar.get_ref().pin().blake3;
+        let seal = format!("{digest}\n");
         let mut h = entry_header(SEAL_NAME, seal.len() as u64)?;
         self.tar
             .append_data(&mut h, SEAL_NAME, seal.as_bytes())
             .map_err(|e| Error::io(&tmp, e))?;
         let sealing = self.tar.into_inner().map_err(|e| Error::io(&tmp, e))?;
         let file = sealing
-            .inner
+            .into_inner()
             .into_inner()
             .map_err(|e| Error::io(&tmp, e.into_error()))?;
         // Not secret: readable like any download (the temporary file was made 0600).

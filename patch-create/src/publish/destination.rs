@@ -122,6 +122,18 @@ fn shared_credentials() -> Result<Option<(String, String, Option<String>)>> {
     Ok(parse_shared_credentials(&text, &profile))
 }
 
+impl Destination {
+    /// A cloud object store (which keeps `Cache-Control` and `Content-Type`) under `prefix`.
+    fn remote(store: Arc<dyn ObjectStore>, prefix: &str, url: String) -> Destination {
+        Destination {
+            store: with_prefix(store, prefix),
+            url,
+            stores_headers: true,
+            local_dir: None,
+        }
+    }
+}
+
 fn with_prefix(store: Arc<dyn ObjectStore>, prefix: &str) -> Arc<dyn ObjectStore> {
     if prefix.is_empty() {
         store
@@ -168,12 +180,7 @@ pub fn open(spec: &DestinationSpec, create_dir: bool) -> Result<Destination> {
                     .with_allow_http(e.starts_with("http://"));
             }
             let store = b.build().map_err(|e| store_err(&url, e))?;
-            Ok(Destination {
-                store: with_prefix(Arc::new(store), &prefix),
-                url,
-                stores_headers: true,
-                local_dir: None,
-            })
+            Ok(Destination::remote(Arc::new(store), &prefix, url))
         }
         "gs" => {
             let (bucket, prefix) = bucket_and_prefix(&parsed)?;
@@ -181,12 +188,7 @@ pub fn open(spec: &DestinationSpec, create_dir: bool) -> Result<Destination> {
                 .with_bucket_name(bucket)
                 .build()
                 .map_err(|e| store_err(&url, e))?;
-            Ok(Destination {
-                store: with_prefix(Arc::new(store), &prefix),
-                url,
-                stores_headers: true,
-                local_dir: None,
-            })
+            Ok(Destination::remote(Arc::new(store), &prefix, url))
         }
         "az" | "azure" => {
             let (container, prefix) = bucket_and_prefix(&parsed)?;
@@ -194,12 +196,7 @@ pub fn open(spec: &DestinationSpec, create_dir: bool) -> Result<Destination> {
                 .with_container_name(container)
                 .build()
                 .map_err(|e| store_err(&url, e))?;
-            Ok(Destination {
-                store: with_prefix(Arc::new(store), &prefix),
-                url,
-                stores_headers: true,
-                local_dir: None,
-            })
+            Ok(Destination::remote(Arc::new(store), &prefix, url))
         }
         "file" => {
             let dir = parsed

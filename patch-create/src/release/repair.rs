@@ -5,6 +5,7 @@ use std::io::{BufWriter, Write};
 use std::path::Path;
 
 use formats::container::ArtifactKind;
+use formats::hash::PinningWriter;
 use formats::Pin;
 
 use crate::error::{IoContext, Result};
@@ -17,18 +18,12 @@ pub fn write_repair_file(src: &Path, pin: Pin, dest: &Path, level: i32) -> Resul
     let dir = dest.parent().unwrap_or(Path::new("."));
     std::fs::create_dir_all(dir).at(dir)?;
     let tmp = tempfile::NamedTempFile::new_in(dir).at(dir)?;
-    let mut out = HashingWriter {
-        inner: BufWriter::new(tmp.as_file()),
-        hasher: blake3::Hasher::new(),
-    };
+    let mut out = PinningWriter::new(BufWriter::new(tmp.as_file()));
     out.write_all(&formats::container::header(ArtifactKind::Repair))
         .at(dest)?;
     let mut out = crate::encode::compress_file_into(src, pin, level, out)?;
-    let repair = Pin {
-        size: out.hasher.count(),
-        blake3: formats::Blake3(*out.hasher.finalize().as_bytes()),
-    };
-    out.inner.flush().at(dest)?;
+    let repair = out.pin();
+    out.get_mut().flush().at(dest)?;
     drop(out);
     tmp.as_file().sync_all().at(dest)?;
     let tmp = tmp.into_temp_path();
@@ -36,21 +31,4 @@ pub fn write_repair_file(src: &Path, pin: Pin, dest: &Path, level: i32) -> Resul
     // Renamed: nothing left to delete.
     let _ = tmp.keep();
     Ok(repair)
-}
-
-/// Hashes what it writes.
-struct HashingWriter<W: Write> {
-    inner: W,
-    hasher: blake3::Hasher,
-}
-
-impl<W: Write> Write for HashingWriter<W> {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        let n = self.inner.write(buf)?;
-        self.hasher.update(&buf[..n]);
-        Ok(n)
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        self.inner.flush()
-    }
 }
