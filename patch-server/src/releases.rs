@@ -18,34 +18,46 @@ pub fn trust_dir(data: &Path, app: &str) -> PathBuf {
     data.join("trust").join(app)
 }
 
-/// Refreshes the verified metadata of `repo` and lists its releases. Blocking (network and
-/// disk); call it from a blocking thread.
-pub fn offered(repo: &str, key: &PublicKey, trust: &Path) -> Result<Vec<Release>, String> {
+/// Refreshes the verified metadata of `repo` under `key` (trust state in `trust`) and returns
+/// every release it offers, whichever delegated role lists it (docs/format.md §7.2), with the
+/// transport it was read through. Blocking (network and disk).
+pub fn verified_view(
+    repo: &str,
+    key: &PublicKey,
+    trust: &Path,
+) -> Result<(Box<dyn patch_apply::transport::Transport>, RepoView), String> {
     let transport = patch_apply::fetch::open(repo).map_err(|e| e.to_string())?;
     std::fs::create_dir_all(trust).map_err(|e| format!("{}: {e}", trust.display()))?;
     let stored = StoredTrust::load(trust).map_err(|e| e.to_string())?;
+    let limits = Limits::default();
     let (set, new_stored) = trust::refresh(
         transport.as_ref(),
         std::slice::from_ref(key),
         &stored,
         formats::time_util::now(),
-        &Limits::default(),
+        &limits,
     )
     .map_err(|e| e.to_string())?;
     new_stored
         .save_changes(trust, &stored)
         .map_err(|e| e.to_string())?;
-    // Every release, whichever delegated role lists it (docs/format.md §7.2).
     let listed = trust::release_targets(
         transport.as_ref(),
         &set,
         &stored,
         &mut trust::DelegatedCache::new(),
         trust::Listing::All,
-        &Limits::default(),
+        &limits,
     )
     .map_err(|e| e.to_string())?;
     let view = RepoView::from_targets(&listed.targets).map_err(|e| e.to_string())?;
+    Ok((transport, view))
+}
+
+/// Refreshes the verified metadata of `repo` and lists its releases. Blocking (network and
+/// disk); call it from a blocking thread.
+pub fn offered(repo: &str, key: &PublicKey, trust: &Path) -> Result<Vec<Release>, String> {
+    let (_, view) = verified_view(repo, key, trust)?;
     Ok(view
         .releases
         .iter()

@@ -9,8 +9,7 @@ use std::path::Path;
 use formats::keys::PublicKey;
 use formats::limits::Limits;
 use formats::manifest::{Node, ReleaseManifest};
-use patch_apply::repo_view::{self, RepoView};
-use patch_apply::trust::{self, StoredTrust};
+use patch_apply::repo_view;
 
 /// Releases shown on the page (newest first); older ones are listed without details.
 pub const MAX_DETAILED: usize = 20;
@@ -150,32 +149,8 @@ pub fn describe(
     key: &PublicKey,
     trust_dir: &Path,
 ) -> Result<Vec<ReleaseDetail>, String> {
-    let transport = patch_apply::fetch::open(repo).map_err(|e| e.to_string())?;
-    std::fs::create_dir_all(trust_dir).map_err(|e| format!("{}: {e}", trust_dir.display()))?;
-    let stored = StoredTrust::load(trust_dir).map_err(|e| e.to_string())?;
+    let (transport, view) = crate::releases::verified_view(repo, key, trust_dir)?;
     let limits = Limits::default();
-    let (set, new_stored) = trust::refresh(
-        transport.as_ref(),
-        std::slice::from_ref(key),
-        &stored,
-        formats::time_util::now(),
-        &limits,
-    )
-    .map_err(|e| e.to_string())?;
-    new_stored
-        .save_changes(trust_dir, &stored)
-        .map_err(|e| e.to_string())?;
-    // Every release, whichever delegated role lists it (docs/format.md §7.2).
-    let listed = trust::release_targets(
-        transport.as_ref(),
-        &set,
-        &stored,
-        &mut trust::DelegatedCache::new(),
-        trust::Listing::All,
-        &limits,
-    )
-    .map_err(|e| e.to_string())?;
-    let view = RepoView::from_targets(&listed.targets).map_err(|e| e.to_string())?;
     let n = view.releases.len();
     let first = n.saturating_sub(MAX_DETAILED + 1);
     // Oldest first, so each release is compared with the one before it.
