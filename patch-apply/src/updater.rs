@@ -384,6 +384,20 @@ impl Updater {
                 )));
             }
         }
+        // Every role, when the newest releases do not suffice (below).
+        let load_all =
+            |cache: &mut trust::DelegatedCache| -> Result<(trust::ReleaseTargets, RepoView)> {
+                let all = trust::release_targets(
+                    &transport,
+                    &set,
+                    &stored,
+                    cache,
+                    trust::Listing::All,
+                    &cfg.limits,
+                )?;
+                let view = RepoView::from_targets(&all.targets)?;
+                Ok((all, view))
+            };
         if !listed.complete
             && view.needs_older(
                 record.as_ref().map(|r| &r.version),
@@ -392,15 +406,7 @@ impl Updater {
                 &cfg.attrs,
             )
         {
-            listed = trust::release_targets(
-                &transport,
-                &set,
-                &stored,
-                &mut role_cache,
-                trust::Listing::All,
-                &cfg.limits,
-            )?;
-            view = RepoView::from_targets(&listed.targets)?;
+            (listed, view) = load_all(&mut role_cache)?;
         }
         let newest = view.newest().cloned();
         let wanted = match &cfg.target {
@@ -481,15 +487,7 @@ impl Updater {
             if listed.complete || !matches.is_empty() || !has_files {
                 break;
             }
-            listed = trust::release_targets(
-                &transport,
-                &set,
-                &stored,
-                &mut role_cache,
-                trust::Listing::All,
-                &cfg.limits,
-            )?;
-            view = RepoView::from_targets(&listed.targets)?;
+            (listed, view) = load_all(&mut role_cache)?;
         }
         let recorded = record.as_ref().map(|r| r.version.clone());
         let found = matches

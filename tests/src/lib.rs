@@ -282,3 +282,54 @@ pub fn read_test_request(s: &std::net::TcpStream) -> Option<TestRequest> {
     let path = first.split_whitespace().nth(1).unwrap_or("/").to_string();
     Some(TestRequest { path, range })
 }
+
+/// A `patch-create serve` of a repository on a free loopback port, killed on drop.
+pub struct ServedRepo {
+    child: std::process::Child,
+    /// `http://127.0.0.1:PORT`, without a trailing slash.
+    pub url: String,
+}
+
+impl ServedRepo {
+    /// Starts `patch-create serve --addr 127.0.0.1:0 --quiet --repo REPO` and waits for the
+    /// address it prints.
+    pub fn start(repo: &Path) -> ServedRepo {
+        use std::io::BufRead;
+        let mut child = cmd("patch-create")
+            .args(["serve", "--addr", "127.0.0.1:0", "--quiet", "--repo"])
+            .arg(repo)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("serve starts");
+        let mut line = String::new();
+        std::io::BufReader::new(child.stderr.take().expect("stderr"))
+            .read_line(&mut line)
+            .expect("serve prints its address");
+        let url = line
+            .trim()
+            .rsplit(' ')
+            .next()
+            .expect("url")
+            .trim_end_matches('/')
+            .to_string();
+        assert!(url.starts_with("http://127.0.0.1:"), "{line}");
+        ServedRepo { child, url }
+    }
+
+    /// The port it listens on.
+    pub fn port(&self) -> u16 {
+        self.url
+            .rsplit(':')
+            .next()
+            .and_then(|p| p.parse().ok())
+            .expect("port in the served URL")
+    }
+}
+
+impl Drop for ServedRepo {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

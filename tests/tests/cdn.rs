@@ -11,51 +11,23 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use e2e_tests::pg::free_port;
-use e2e_tests::{assert_same_tree, copy_tree, fails, ok, run, World};
+use e2e_tests::{assert_same_tree, copy_tree, fails, ok, run, ServedRepo, World};
 
 const CONFIG: &str = include_str!("../nginx-cdn.conf.in");
 
 /// `patch-create serve` on a free port; killed on drop.
 struct Origin {
-    child: Child,
+    _served: ServedRepo,
     port: u16,
 }
 
 impl Origin {
-    fn start(w: &World, repo: &Path) -> Origin {
-        let log = w.path(&format!("serve-{}.log", std::process::id()));
-        let log_file = std::fs::File::create(&log).expect("serve log");
-        let child = e2e_tests::cmd("patch-create")
-            .args(["-q", "serve", "--addr", "127.0.0.1:0", "--repo"])
-            .arg(repo)
-            .stdout(Stdio::null())
-            .stderr(log_file)
-            .spawn()
-            .expect("patch-create serve starts");
-        let start = Instant::now();
-        let port = loop {
-            let text = std::fs::read_to_string(&log).unwrap_or_default();
-            let port = text
-                .split_once(" at http://127.0.0.1:")
-                .and_then(|(_, rest)| rest.split('/').next())
-                .and_then(|p| p.parse::<u16>().ok());
-            if let Some(p) = port {
-                break p;
-            }
-            assert!(
-                start.elapsed() < Duration::from_secs(20),
-                "patch-create serve did not start: {text}"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        };
-        Origin { child, port }
-    }
-}
-
-impl Drop for Origin {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+    fn start(repo: &Path) -> Origin {
+        let served = ServedRepo::start(repo);
+        Origin {
+            port: served.port(),
+            _served: served,
+        }
     }
 }
 
@@ -254,7 +226,7 @@ fn two_repos(w: &World) -> PathBuf {
 #[test]
 fn stale_cached_timestamp_means_no_update_yet_never_a_broken_app() {
     let w = small_world(2, 1);
-    let origin = Origin::start(&w, &w.repo);
+    let origin = Origin::start(&w.repo);
     let slow_edge = EdgeConfig {
         timestamp_ttl: "1h",
         missing_ttl: "1h",
@@ -312,7 +284,7 @@ fn stale_cached_timestamp_means_no_update_yet_never_a_broken_app() {
 fn new_timestamp_before_the_files_it_pins_is_a_clear_try_again_and_trust_recovers() {
     let w = small_world(2, 1);
     let next = two_repos(&w);
-    let origin = Origin::start(&w, &w.repo);
+    let origin = Origin::start(&w.repo);
     // The edge remembers a 404 for 3 s; `settle` waits until it asks the origin again.
     let edge = Edge::start(
         &w,
@@ -387,7 +359,7 @@ fn old_snapshot_served_under_the_new_name_is_a_clear_try_again() {
         .find(|n| !versions(&w.repo).contains(n))
         .expect("a new snapshot");
     sync_repo(&next, &w.repo, &|_| false);
-    let origin = Origin::start(&w, &w.repo);
+    let origin = Origin::start(&w.repo);
     let wrong = EdgeConfig {
         timestamp_ttl: "1s",
         missing_ttl: "1s",
@@ -424,7 +396,7 @@ fn old_snapshot_served_under_the_new_name_is_a_clear_try_again() {
 #[test]
 fn idle_check_through_the_edge_is_a_304_without_body() {
     let w = small_world(1, 1);
-    let origin = Origin::start(&w, &w.repo);
+    let origin = Origin::start(&w.repo);
     let edge = Edge::start(
         &w,
         "edge",
@@ -474,7 +446,7 @@ fn idle_check_through_the_edge_is_a_304_without_body() {
 fn idle_check_against_serve_is_a_304_and_expiry_still_counts() {
     let w = World::with_sizes(1, 96 << 10, 32 << 10);
     w.release(1, &["--expires", "6s", "--expires-short-ok"]);
-    let origin = Origin::start(&w, &w.repo);
+    let origin = Origin::start(&w.repo);
     let url = format!("http://127.0.0.1:{}", origin.port);
     let app = app_at(&w, "app", 1);
     let started = Instant::now();

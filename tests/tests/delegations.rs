@@ -7,9 +7,8 @@
 //! delegations is converted by its next release.
 #![allow(clippy::unwrap_used)] // Tests: a panic is a failure with its message.
 
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 
 use e2e_tests::*;
 use formats::limits::Limits;
@@ -44,42 +43,6 @@ fn release(w: &World, i: usize) {
         .arg(&w.releases[i - 1])
         .args(["--version", &format!("{i}.0.0"), "--key"])
         .arg(&w.key));
-}
-
-/// `patch-create serve` of a repository, killed on drop.
-struct Served {
-    child: Child,
-    url: String,
-}
-
-impl Drop for Served {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn serve(repo: &Path) -> Served {
-    let mut child = cmd("patch-create")
-        .args(["serve", "--addr", "127.0.0.1:0", "--quiet", "--repo"])
-        .arg(repo)
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("serve starts");
-    let mut line = String::new();
-    BufReader::new(child.stderr.take().expect("stderr"))
-        .read_line(&mut line)
-        .expect("serve prints its address");
-    let url = line
-        .trim()
-        .rsplit(' ')
-        .next()
-        .expect("url")
-        .trim_end_matches('/')
-        .to_string();
-    assert!(url.starts_with("http://127.0.0.1:"), "{line}");
-    Served { child, url }
 }
 
 /// `patch-apply -v SUB` against `repo` (a directory or URL); returns (status ok, stdout,
@@ -203,7 +166,7 @@ fn an_update_from_the_previous_release_reads_no_archive_and_an_old_install_does(
     assert_eq!(role(&w.repo, "targets").0, top_v);
     assert_eq!(role(&w.repo, "archive-0001").0, a1_v);
 
-    let srv = serve(&w.repo);
+    let srv = ServedRepo::start(&w.repo);
     let (done, _, log) = apply_v(&w, "apply", &at6, &srv.url, &[]);
     assert!(done, "{log}");
     assert_same_tree(&at6, &w.releases[6]);

@@ -3,7 +3,7 @@
 //! lengths, HTML pages, stalls, a killed client). Each case ends byte-identical to the new
 //! version, or with a clear error naming the URL and the app dir unchanged.
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::Write;
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -367,27 +367,8 @@ fn assert_failed_cleanly(
 #[test]
 fn update_through_patch_create_serve_and_maintenance_mode() {
     let (w, app) = World::with_app_at_v1();
-    let mut serve = KillOnDrop(
-        cmd("patch-create")
-            .args(["serve", "--addr", "127.0.0.1:0", "--quiet", "--repo"])
-            .arg(&w.repo)
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("serve starts"),
-    );
-    let mut line = String::new();
-    BufReader::new(serve.0.stderr.take().expect("stderr"))
-        .read_line(&mut line)
-        .expect("serve prints its address");
-    let url = line
-        .trim()
-        .rsplit(' ')
-        .next()
-        .expect("url")
-        .trim_end_matches('/')
-        .to_string();
-    assert!(url.starts_with("http://127.0.0.1:"), "{line}");
+    let serve = ServedRepo::start(&w.repo);
+    let url = serve.url.clone();
 
     // Maintenance: reported by check, refused by apply, app unchanged.
     ok(cmd("patch-create")
