@@ -7,7 +7,7 @@ Standard library only.
   bench.py [--corpus DIR [PAIR...]] [--large SIZE] [--many-files N]
 
 Per corpus pair (DIR/<pair>/old -> DIR/<pair>/new), in the same run:
-  * peers: ../shared/bench/bench-peers.sh on that pair (per changed file; added files counted as
+  * peers: bench/peers/bench-peers.sh on that pair (per changed file; added files counted as
     zstd -19 --long=27 for every peer), its TSVs parsed from WORK/peers/;
   * ours: keygen, release 1.0.0 (old), release 1.0.1 (new; timed), copy old to an app dir,
     patch-apply --method incremental (timed), app dir compared with new.
@@ -35,7 +35,7 @@ import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
-SHARED = os.path.normpath(os.path.join(ROOT, "..", "shared", "bench"))
+SHARED = os.path.join(HERE, "peers")
 WORK = os.path.abspath(os.environ.get("WORK", os.path.join(HERE, "work")))
 TOOLS_DIR = os.path.abspath(os.environ.get("TOOLS_DIR", os.path.join(HERE, "tools")))
 REPS = max(1, int(os.environ.get("REPS", "3")))
@@ -506,7 +506,7 @@ def pair_section(pair, corpus, peers, ours):
     notes = [f"Medians of {REPS} runs (warm page cache); peak RSS = max over runs; `x best` = ratio to the best "
              "peer in that column (ours excluded)."]
     if peers:
-        notes.append("Peers: run per changed file by ../shared/bench/bench-peers.sh (files with the same path and "
+        notes.append("Peers: run per changed file by bench/peers/bench-peers.sh (files with the same path and "
                      "different content, plus digit-only renames, e.g. *-1.13.2.dist-info -> *-1.13.3...); "
                      "added files are counted for every peer as `zstd -19 --long=27` of each file (same bytes for "
                      "every peer, not timed); removed/unchanged files cost 0. Peer times cover the diff/apply of "
@@ -762,7 +762,7 @@ def main():
             with open(os.path.join(WORK, "peers.md"), "w") as f:
                 subprocess.call([sys.executable, os.path.join(SHARED, "report-peers.py"), os.path.join(WORK, "peers")],
                                 stdout=f)
-            md.append(f"(Detailed peer tables from ../shared/bench/report-peers.py: {WORK}/peers.md.)\n")
+            md.append(f"(Detailed peer tables from bench/peers/report-peers.py: {WORK}/peers.md.)\n")
 
     if a.large:
         log(f"large {a.large}")

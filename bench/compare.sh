@@ -5,7 +5,7 @@
 # Usage: bench/compare.sh OLD_BIN_DIR NEW_BIN_DIR [CORPUS_DIR [PAIR...]]
 #   *_BIN_DIR   dirs holding patch-create, patch-apply and fixtures-gen of each build (release)
 #   CORPUS_DIR  pairs as CORPUS_DIR/<pair>/{old,new} (default bench/corpus; fetched with
-#               ../shared/bench/fetch-corpus.sh when missing)
+#               bench/peers/fetch-corpus.sh when missing)
 # Runs, for both builds: bench/idle-check.sh (requests and body bytes of an idle check), then
 # bench/compare.py --idle (idle check wall time, and per pair release 1.0.0, release 1.0.1 and
 # apply --method incremental, interleaved, medians of REPS). Peers are not run (they do not
@@ -29,11 +29,7 @@ missing=0
 for p in "$@"; do [ -d "$CORPUS/$p/old" ] && [ -d "$CORPUS/$p/new" ] || missing=1; done
 if [ $missing = 1 ]; then
   echo "[$(date +%H:%M:%S)] fetching corpus into $CORPUS (log $WORK/logs/fetch-corpus.log)" >&2
-  fetch=""
-  for d in "$BENCH/../../shared/bench" "$BENCH/../../../shared/bench"; do
-    [ -f "$d/fetch-corpus.sh" ] && fetch=$d/fetch-corpus.sh && break
-  done
-  [ -n "$fetch" ] || { echo "compare.sh: no $CORPUS and no ../shared/bench/fetch-corpus.sh next to the repo" >&2; exit 2; }
+  fetch=$BENCH/peers/fetch-corpus.sh
   bash "$fetch" "$CORPUS" "$@" > "$WORK/logs/fetch-corpus.log" 2>&1
 fi
 for side in old new; do

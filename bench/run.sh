@@ -2,7 +2,7 @@
 # Benchmark of issue 8: our patch-create/patch-apply against binary-diff peers on real release pairs.
 #
 # Usage: bench/run.sh [--large SIZE] [--many-files N] [CORPUS_DIR [PAIR...]]
-#   CORPUS_DIR      pairs as CORPUS_DIR/<pair>/{old,new}; fetched with ../shared/bench/fetch-corpus.sh
+#   CORPUS_DIR      pairs as CORPUS_DIR/<pair>/{old,new}; fetched with bench/peers/fetch-corpus.sh
 #                   when missing (typescript esbuild-linux sympy numpy). Default bench/corpus, used
 #                   when no synthetic flag is given; with only --large/--many-files no pair is run.
 #   --large SIZE    synthetic one-file tree (fixtures-gen large-pair, e.g. 512M, 8G; 200 edits)
@@ -24,7 +24,7 @@ set -uo pipefail
 
 BENCH=$(cd "$(dirname "$0")" && pwd)
 ROOT=$(cd "$BENCH/.." && pwd)
-SHARED=$(cd "$ROOT/../shared/bench" 2>/dev/null && pwd) || { echo "run.sh: ../shared/bench not found next to the repo" >&2; exit 2; }
+SHARED=$BENCH/peers
 export WORK=${WORK:-$BENCH/work} TOOLS_DIR=${TOOLS_DIR:-$BENCH/tools}
 mkdir -p "$WORK/logs"
 log() { echo "[$(date +%H:%M:%S)] $*" >&2; }
@@ -60,11 +60,8 @@ if [ "${SKIP_SETUP:-0}" != 1 ]; then
   fi
   if [ -n "$missing" ]; then
     log "setting up peers (missing:$missing) -> $TOOLS_DIR (log $WORK/logs/setup-peers.log)"
-    lock="$SHARED/rsdiff-bench/Cargo.lock"; had_lock=0; [ -e "$lock" ] && had_lock=1
     bash "$SHARED/setup-peers.sh" "$TOOLS_DIR" > "$WORK/logs/setup-peers.log" 2>&1 \
       || log "setup-peers.sh failed (see the log); continuing with what is installed"
-    # cargo writes a lock file next to the shared manifest; leave shared/ as it was
-    [ $had_lock = 1 ] || rm -f "$lock" 2>/dev/null
     APT_UPDATED=1
   fi
   # setup-peers.sh does not install `time` if it stopped early; make sure of the basics
