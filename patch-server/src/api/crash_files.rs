@@ -5,18 +5,37 @@
 //! command and its display name is the agent's (`crash-ID/NAME`). At most
 //! [`MAX_CRASH_UPLOADS_PER_HOUR`] per device in any hour.
 //!
-//! Uses `device` (the shared storing) and `common`; nothing else uses it but `device::upload`.
+//! `PUT /v1/uploads` is routed here ([`upload_any`]); an upload with a command goes on to
+//! `device::upload`. Uses `device` (the shared storing) and `common`; only `router` uses it.
 
 use axum::body::Body;
+use axum::extract::{Query, State};
 use axum::http::HeaderMap;
 use axum::Json;
 use formats::fleet::{check_id, check_short, UploadReceipt, MAX_CRASH_UPLOADS_PER_HOUR};
 
-use super::common::AppState;
+use super::common::{device_auth, AppState};
 use super::device::{store_upload, UploadQuery};
 use crate::db::DeviceAuth;
 use crate::error::{ApiError, ApiResult};
 use crate::util::now_ms;
+
+/// `PUT /v1/uploads`: a crash file with `crash=ID`, else an `upload-logs` upload
+/// (`device::upload`).
+pub async fn upload_any(
+    State(st): State<AppState>,
+    query: Result<Query<UploadQuery>, axum::extract::rejection::QueryRejection>,
+    headers: HeaderMap,
+    body: Body,
+) -> ApiResult<Json<UploadReceipt>> {
+    match query {
+        Ok(Query(q)) if q.crash.is_some() => {
+            let dev = device_auth(&st, &headers).await?;
+            upload(&st, &dev, q, &headers, body).await
+        }
+        query => super::device::upload(State(st), query, headers, body).await,
+    }
+}
 
 /// Checks a crash upload of `dev` (`q.crash` set) and stores it.
 pub async fn upload(

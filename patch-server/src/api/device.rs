@@ -248,15 +248,15 @@ pub const MAX_UPLOADS_PER_COMMAND: i64 = 32;
 pub struct UploadQuery {
     /// The `upload-logs` command that asked for the file.
     pub command: Option<String>,
-    /// Or the crash report the file belongs to (`crash_files`).
+    /// Or the crash report the file belongs to (handled by `crash_files`).
     pub crash: Option<String>,
     /// Display name.
     pub name: Option<String>,
 }
 
 /// `PUT /v1/uploads?command=ID&name=NAME`: streams the body to `DATA/uploads/`, capped and
-/// hashed on the way; over the cap nothing is kept. With `crash=ID` instead of `command`, a
-/// file of a crash report ([`super::crash_files`]).
+/// hashed on the way; over the cap nothing is kept. (`crash=ID` instead of `command` is
+/// `crash_files`', which routes the other uploads here.)
 pub async fn upload(
     State(st): State<AppState>,
     query: Result<Query<UploadQuery>, axum::extract::rejection::QueryRejection>,
@@ -265,9 +265,6 @@ pub async fn upload(
 ) -> ApiResult<Json<UploadReceipt>> {
     let dev = device_auth(&st, &headers).await?;
     let Query(q) = query.map_err(|e| ApiError::bad("query", e.body_text()))?;
-    if q.crash.is_some() {
-        return super::crash_files::upload(&st, &dev, q, &headers, body).await;
-    }
     let command = q.command.ok_or_else(|| {
         ApiError::bad("command", "missing: uploads answer an upload-logs command")
     })?;
