@@ -358,6 +358,9 @@ pub trait AppControl: Send {
     }
     /// Records how the upload of a crash file went: the server's upload id, or why not.
     fn crash_uploaded(&mut self, _upload: &CrashUpload, _result: Result<String, String>) {}
+    /// Keeps a crash file whose upload failed for a passing reason (server unreachable or
+    /// overloaded) for the next check-in.
+    fn crash_upload_later(&mut self, _upload: CrashUpload) {}
 }
 
 /// A file attached to a crash report, waiting to be uploaded ([`AppControl::take_crash_uploads`]).
@@ -369,7 +372,13 @@ pub struct CrashUpload {
     pub name: String,
     /// The file as listed when the crash was recorded.
     pub file: collect::Candidate,
+    /// Uploads tried so far that failed for a passing reason.
+    pub attempts: u32,
 }
+
+/// Most tries of a crash file's upload that fail for a passing reason before the crash report
+/// says it was not uploaded.
+pub const CRASH_UPLOAD_TRIES: u32 = 5;
 
 type EventFn = dyn Fn(&AgentEvent) + Send + Sync;
 type OfferFn = dyn FnMut(&Offer) -> OfferDecision + Send;
@@ -1277,10 +1286,16 @@ impl Agent {
             return false;
         };
         let pending = control.take_crash_uploads();
-        for u in &pending {
+        let mut down = false;
+        for mut u in pending.iter().cloned() {
+            if down {
+                // The server is unreachable: the rest waits for the next check-in.
+                control.crash_upload_later(u);
+                continue;
+            }
             let name = clip(&format!("crash-{}/{}", u.crash, u.name), MAX_SHORT);
             let sent = collect::open_candidate(&u.file)
-                .map_err(|e| format!("{}: {e}", u.file.path.display()))
+                .map_err(|e| (false, format!("{}: {e}", u.file.path.display())))
                 .and_then(|reader| {
                     let first = Mutex::new(Some(reader));
                     self.with_token(|cl, t| {
@@ -1292,14 +1307,35 @@ impl Agent {
                         cl.upload_crash_file(t, &u.crash, &name, r, u.file.size)
                     })
                     .map(|r| r.id)
-                    .map_err(|e| clip(&e.to_string(), MAX_TEXT))
+                    .map_err(|e| {
+                        let passing = matches!(
+                            e,
+                            AgentError::Unreachable { .. }
+                                | AgentError::Status {
+                                    status: 429 | 500..,
+                                    ..
+                                }
+                        );
+                        (passing, clip(&e.to_string(), MAX_TEXT))
+                    })
                 });
-            if let Err(e) = &sent {
-                self.emit(AgentEvent::Warning {
-                    message: format!("crash file {}: {e}", u.name),
-                });
+            match sent {
+                Err((true, e)) if u.attempts + 1 < CRASH_UPLOAD_TRIES => {
+                    self.emit(AgentEvent::Warning {
+                        message: format!("crash file {} (tried again later): {e}", u.name),
+                    });
+                    u.attempts += 1;
+                    down = true;
+                    control.crash_upload_later(u);
+                }
+                Err((_, e)) => {
+                    self.emit(AgentEvent::Warning {
+                        message: format!("crash file {}: {e}", u.name),
+                    });
+                    control.crash_uploaded(&u, Err(e));
+                }
+                Ok(id) => control.crash_uploaded(&u, Ok(id)),
             }
-            control.crash_uploaded(u, sent);
         }
         self.control = Some(control);
         !pending.is_empty()

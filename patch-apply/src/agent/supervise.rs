@@ -225,6 +225,7 @@ fn record_crash(g: &mut Inner, pid: u32, status: std::process::ExitStatus) -> Cr
                         crash: c.id.clone(),
                         name,
                         file: f,
+                        attempts: 0,
                     });
                 }
                 Err(e) => c.skipped.push(format!("{name}: {e}")),
@@ -413,6 +414,14 @@ impl AppControl for Supervisor {
         match result {
             Ok(id) => f.upload = Some(id),
             Err(e) => f.error = Some(e),
+        }
+    }
+
+    fn crash_upload_later(&mut self, upload: CrashUpload) {
+        let mut g = self.lock();
+        g.pending.push_back(upload);
+        while g.pending.len() > MAX_PENDING_UPLOADS {
+            g.pending.pop_front();
         }
     }
 
