@@ -512,6 +512,30 @@ pub struct UploadReceipt {
     pub blake3: String,
 }
 
+/// Most crash files one device may upload in an hour (`PUT /v1/uploads?crash=ID`); more are
+/// refused with 413 and listed in the crash report without an upload id.
+pub const MAX_CRASH_UPLOADS_PER_HOUR: usize = 32;
+
+/// A file attached to a crash report (`state.supervisor.crashes[].files` of the state
+/// document): one that appeared or changed in the agent's crash directory while the crashed
+/// process ran.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CrashFile {
+    /// Its path relative to the crash directory.
+    pub name: String,
+    /// Its size in bytes when the crash was recorded.
+    pub size: u64,
+    /// BLAKE3 of its bytes when the crash was recorded, hex.
+    pub blake3: String,
+    /// The server's upload id once uploaded (`PUT /v1/uploads?crash=ID&name=NAME`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upload: Option<String>,
+    /// Why it was not uploaded (the server refused it, an older server without crash uploads,
+    /// the file changed since the crash).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
 /// Error body of every 4xx/5xx answer, device and admin API alike.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ErrorBody {

@@ -236,6 +236,14 @@ pub enum AgentEvent {
         /// Why.
         reason: String,
     },
+    /// The named release was downloaded (and staged to check it) ahead of its maintenance
+    /// window; only the commit waits for the window.
+    Prefetched {
+        /// The release.
+        version: String,
+        /// Bytes downloaded now.
+        bytes: u64,
+    },
     /// The named release waits (maintenance window closed, offer deferred).
     Waiting {
         /// The release.
@@ -344,7 +352,33 @@ pub trait AppControl: Send {
     fn updated_in_place(&mut self);
     /// What the supervisor reports in the state document (restarts, crashes).
     fn status(&self) -> Option<serde_json::Value>;
+    /// Takes the crash files waiting to be uploaded (none by default).
+    fn take_crash_uploads(&mut self) -> Vec<CrashUpload> {
+        Vec::new()
+    }
+    /// Records how the upload of a crash file went: the server's upload id, or why not.
+    fn crash_uploaded(&mut self, _upload: &CrashUpload, _result: Result<String, String>) {}
+    /// Keeps a crash file whose upload failed for a passing reason (server unreachable or
+    /// overloaded) for the next check-in.
+    fn crash_upload_later(&mut self, _upload: CrashUpload) {}
 }
+
+/// A file attached to a crash report, waiting to be uploaded ([`AppControl::take_crash_uploads`]).
+#[derive(Clone, Debug)]
+pub struct CrashUpload {
+    /// The crash report's id.
+    pub crash: String,
+    /// The file's name in the report (relative to the crash directory).
+    pub name: String,
+    /// The file as listed when the crash was recorded.
+    pub file: collect::Candidate,
+    /// Uploads tried so far that failed for a passing reason.
+    pub attempts: u32,
+}
+
+/// Most tries of a crash file's upload that fail for a passing reason before the crash report
+/// says it was not uploaded.
+pub const CRASH_UPLOAD_TRIES: u32 = 5;
 
 type EventFn = dyn Fn(&AgentEvent) + Send + Sync;
 type OfferFn = dyn FnMut(&Offer) -> OfferDecision + Send;
@@ -376,6 +410,9 @@ pub struct Agent {
     declined: BTreeSet<String>,
     /// Releases whose update failed: attempts so far and when to try again.
     retry_at: BTreeMap<String, (u32, Instant)>,
+    /// Releases downloaded ahead of the maintenance window (or when to try again after a
+    /// failed download).
+    prefetched: BTreeMap<String, Option<Instant>>,
     /// Commands carried out whose result was posted.
     done_commands: BTreeSet<String>,
     /// The installed version recognised from the files, when there is no install record.
@@ -419,6 +456,7 @@ impl Agent {
             refused: BTreeMap::new(),
             declined: BTreeSet::new(),
             retry_at: BTreeMap::new(),
+            prefetched: BTreeMap::new(),
             done_commands: BTreeSet::new(),
             recognised: None,
             watch_done: BTreeSet::new(),
@@ -559,7 +597,7 @@ impl Agent {
         }
         let resp = self.check_in()?;
         self.failures = 0;
-        let mut report_now = false;
+        let mut report_now = self.upload_crash_files();
         for c in &resp.commands {
             if self.done_commands.contains(&c.id) {
                 continue;
@@ -720,8 +758,26 @@ impl Agent {
         }
     }
 
+    /// Settles an update handed over to `self-patcher` once its outcome shows in the state
+    /// directory: the attempt joins the queue with its real outcome.
+    fn settle_hand_over(&mut self) {
+        let state = self.state.clone();
+        let r = self
+            .state
+            .results()
+            .settle_hand_over(|a| crate::selfpatch::hand_over_outcome(&state, &a.to));
+        match r {
+            Ok(Some(_)) => self.recognised = None,
+            Ok(None) => {}
+            Err(e) => self.emit(AgentEvent::Warning {
+                message: format!("update reports: {e}"),
+            }),
+        }
+    }
+
     /// The check-in document.
     fn checkin_body(&mut self) -> CheckIn {
+        self.settle_hand_over();
         let (version, tree) = self.installed();
         let state = match collect::read_state(&self.cfg.state) {
             Ok(s) => s,
@@ -928,6 +984,7 @@ impl Agent {
             InstallPolicy::Window(w) => {
                 let m = self.minute_now();
                 if !forced && !w.contains(m) {
+                    self.prefetch(&d.version, &cfg);
                     let why = format!(
                         "maintenance window {w} opens in {} min",
                         w.minutes_until_open(m)
@@ -1040,6 +1097,48 @@ impl Agent {
         }
     }
 
+    /// Downloads `version` ahead of the maintenance window ([`Updater::prefetch`]: into the
+    /// download cache, staged to check it, the app dir untouched), once per release; a failed
+    /// download is tried again after [`PREFETCH_RETRY`].
+    fn prefetch(&mut self, version: &str, cfg: &Config) {
+        match self.prefetched.get(version) {
+            Some(None) => return,
+            Some(Some(at)) if Instant::now() < *at => return,
+            _ => {}
+        }
+        let events = Arc::clone(&self.events);
+        let r = Updater::new(cfg.clone(), move |e| {
+            if let Event::Warning { message } = e {
+                events(&AgentEvent::Warning {
+                    message: message.clone(),
+                });
+            }
+        })
+        .prefetch();
+        match r {
+            Ok(r) => {
+                self.prefetched.insert(version.to_string(), None);
+                self.emit(AgentEvent::Prefetched {
+                    version: version.to_string(),
+                    bytes: r.downloaded_bytes,
+                });
+            }
+            Err(e) => {
+                self.prefetched
+                    .insert(version.to_string(), Some(Instant::now() + PREFETCH_RETRY));
+                self.emit(AgentEvent::Warning {
+                    message: format!("downloading {version} ahead of the window: {e}"),
+                });
+            }
+        }
+        while self.prefetched.len() > 16 {
+            let Some(k) = self.prefetched.keys().next().cloned() else {
+                break;
+            };
+            self.prefetched.remove(&k);
+        }
+    }
+
     /// Readies a supervised app for the update `cfg` describes: a cold patch (one that replaces
     /// files the running app holds) stops it first, a warm one lets the update replace files
     /// of the running process. `Ok(true)` for a cold patch; `Err` says why the app could not be
@@ -1054,6 +1153,7 @@ impl Agent {
             if cold {
                 c.stop()
                     .map_err(|e| format!("could not stop the app: {e}"))?;
+                self_patcher::testhook::pause("agent-app-stopped");
             } else {
                 cfg.allow_running_pid = c.pid();
             }
@@ -1179,6 +1279,68 @@ impl Agent {
         }
     }
 
+    /// Uploads the files of the supervised app's crashes (`PUT /v1/uploads?crash=ID`) and
+    /// notes each upload id (or why not) in the crash report; true when there were any.
+    fn upload_crash_files(&mut self) -> bool {
+        let Some(mut control) = self.control.take() else {
+            return false;
+        };
+        let pending = control.take_crash_uploads();
+        let mut down = false;
+        for mut u in pending.iter().cloned() {
+            if down {
+                // The server is unreachable: the rest waits for the next check-in.
+                control.crash_upload_later(u);
+                continue;
+            }
+            let name = clip(&format!("crash-{}/{}", u.crash, u.name), MAX_SHORT);
+            let sent = collect::open_candidate(&u.file)
+                .map_err(|e| (false, format!("{}: {e}", u.file.path.display())))
+                .and_then(|reader| {
+                    let first = Mutex::new(Some(reader));
+                    self.with_token(|cl, t| {
+                        let r = match first.lock().ok().and_then(|mut g| g.take()) {
+                            Some(r) => r,
+                            None => collect::open_candidate(&u.file)
+                                .map_err(|e| AgentError::Config(e.to_string()))?,
+                        };
+                        cl.upload_crash_file(t, &u.crash, &name, r, u.file.size)
+                    })
+                    .map(|r| r.id)
+                    .map_err(|e| {
+                        let passing = matches!(
+                            e,
+                            AgentError::Unreachable { .. }
+                                | AgentError::Status {
+                                    status: 429 | 500..,
+                                    ..
+                                }
+                        );
+                        (passing, clip(&e.to_string(), MAX_TEXT))
+                    })
+                });
+            match sent {
+                Err((true, e)) if u.attempts + 1 < CRASH_UPLOAD_TRIES => {
+                    self.emit(AgentEvent::Warning {
+                        message: format!("crash file {} (tried again later): {e}", u.name),
+                    });
+                    u.attempts += 1;
+                    down = true;
+                    control.crash_upload_later(u);
+                }
+                Err((_, e)) => {
+                    self.emit(AgentEvent::Warning {
+                        message: format!("crash file {}: {e}", u.name),
+                    });
+                    control.crash_uploaded(&u, Err(e));
+                }
+                Ok(id) => control.crash_uploaded(&u, Ok(id)),
+            }
+        }
+        self.control = Some(control);
+        !pending.is_empty()
+    }
+
     /// `upload-logs`: sends the selected files, newest first, and says what was skipped.
     fn upload_logs(&mut self, command: &str) -> CommandResult {
         if self.cfg.logs.is_empty() && self.cfg.crash_dir.is_none() {
@@ -1251,6 +1413,9 @@ impl Agent {
         }
     }
 }
+
+/// How long after a failed download ahead of the window the agent tries again.
+pub const PREFETCH_RETRY: Duration = Duration::from_secs(600);
 
 /// How long a refused release is left alone before the agent looks at it again.
 pub const REFUSAL_HOLD: Duration = Duration::from_secs(3600);

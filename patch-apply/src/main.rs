@@ -906,6 +906,9 @@ fn describe_agent_event(e: &patch_apply::agent::AgentEvent) -> String {
             error,
         } => format!("update to {version} failed ({kind}): {error}"),
         E::Refused { version, reason } => format!("refused {version}: {reason}"),
+        E::Prefetched { version, bytes } => {
+            format!("downloaded {version} ahead of the window ({bytes} bytes)")
+        }
         E::Waiting { version, reason } => format!("{version} waits: {reason}"),
         E::Declined { version } => format!("the offer of {version} was declined"),
         E::Command {

@@ -179,6 +179,8 @@ pub struct CheckReport {
 pub struct Updater {
     config: Config,
     events: Arc<EventSink>,
+    /// [`Updater::prefetch`]: stage (filling the download cache) and stop before the commit.
+    prefetch: bool,
 }
 
 /// How many of the newest releases an install without exact match or record is compared with
@@ -272,7 +274,11 @@ impl Updater {
             // Retries and mirror changes below the updater report to the same receiver.
             config.http.events = crate::events::EventHook::new(Arc::clone(&events));
         }
-        Updater { config, events }
+        Updater {
+            config,
+            events,
+            prefetch: false,
+        }
     }
 
     fn emit(&self, e: Event) {
@@ -915,15 +921,48 @@ impl Updater {
         self.apply_recorded(Some(h))
     }
 
+    /// Downloads and verifies what updating to the target needs, into the download cache
+    /// (`.patchkit/cache/`), and stages it to check it decodes, without changing the app dir
+    /// (the app may run; nothing is recorded as an attempt). A later [`Updater::apply`] of the
+    /// same release reuses the cached artifacts and downloads nothing more. Returns the report
+    /// of the staging (its `downloaded_bytes` are the bytes fetched now; `method` `none` when
+    /// the app is up to date).
+    pub fn prefetch(&self) -> Result<ApplyReport> {
+        let u = Updater {
+            config: Config {
+                check_running: false,
+                ..self.config.clone()
+            },
+            events: Arc::clone(&self.events),
+            prefetch: true,
+        };
+        Ok(u.apply_inner(None, &mut Aim::default())?.into_report())
+    }
+
     /// [`Updater::apply_inner`], with the attempt appended to the results queue: an update
     /// that changed something (or tried to) is recorded with its outcome; an install already
-    /// up to date is not an attempt. A hand-over is recorded by nobody here: its outcome is
-    /// known once `self-patcher` finished, and the next check-in reports the version.
+    /// up to date is not an attempt. A hand-over is kept aside
+    /// ([`crate::state::results::ResultsQueue::hand_over`]) until its outcome is known: the
+    /// agent settles it ([`crate::selfpatch::hand_over_outcome`]) once `self-patcher` is done.
     fn apply_recorded(&self, h: Option<&HandOver>) -> Result<ApplyOutcome> {
         let started = std::time::Instant::now();
         let mut aim = Aim::default();
         let r = self.apply_inner(h, &mut aim);
+        let handed_over = matches!(r, Ok(ApplyOutcome::HandedOver { .. }));
         let attempt = match &r {
+            Ok(ApplyOutcome::HandedOver { report, .. }) => Some(formats::fleet::UpdateResult {
+                seq: 0,
+                finished_at: String::new(),
+                from: report.from.clone(),
+                to: report.to.clone(),
+                method: report.method.clone(),
+                bytes: report.downloaded_bytes,
+                seconds: 0.0,
+                ok: true,
+                error_kind: None,
+                error_message: None,
+                started_by: None,
+            }),
             Ok(ApplyOutcome::InPlace { report }) if report.method != "none" => {
                 Some(formats::fleet::UpdateResult {
                     seq: 0,
@@ -970,7 +1009,12 @@ impl Updater {
             // Kept only where the updater already has its state directory: a refused foreign
             // directory stays untouched.
             if self.state().root.is_dir() {
-                if let Err(e) = self.state().results().append(a) {
+                let queued = if handed_over {
+                    self.state().results().hand_over(a)
+                } else {
+                    self.state().results().append(a).map(|_| ())
+                };
+                if let Err(e) = queued {
                     self.emit(Event::Warning {
                         message: format!("could not queue the update report: {e}"),
                     });
@@ -1122,7 +1166,7 @@ impl Updater {
         let mut fallbacks = Vec::new();
         let mut done = None;
         // A cold patch for a running app is only staged here; self-patcher commits it.
-        let cold = hand_over.is_some() && s.restart_required;
+        let cold = (hand_over.is_some() && s.restart_required) || self.prefetch;
         let mut result = None;
         for m in methods {
             aim.method = Some(m.name());
@@ -1147,6 +1191,30 @@ impl Updater {
             Some(r) => (r.quarantined.clone(), r.deleted.clone(), r.repaired.clone()),
             None => (vec![], vec![], vec![]),
         };
+        if self.prefetch {
+            // Staged and verified: the cache keeps the artifacts for the commit later.
+            let _ = std::fs::remove_dir_all(state.staging());
+            let Some(m) = done else {
+                return Err(Error::AllMethodsFailed(fallbacks.join("; ")));
+            };
+            return Ok(ApplyOutcome::InPlace {
+                report: ApplyReport {
+                    from,
+                    to: s.target.version.to_string(),
+                    method: m.name().into(),
+                    downloaded_bytes: downloaded.load(std::sync::atomic::Ordering::Relaxed),
+                    fallbacks,
+                    repaired_after: vec![],
+                    restart_required: s.restart_required,
+                    recovered,
+                    from_state: s.install_state.clone(),
+                    quarantined: vec![],
+                    deleted: vec![],
+                    kept,
+                    repaired: vec![],
+                },
+            });
+        }
         if let (Some(h), Some(m), Some(actions)) = (hand_over, done, result.and_then(|r| r.actions))
         {
             self.emit(Event::Phase { phase: "hand_over" });

@@ -28,7 +28,8 @@ pub mod error;
 pub mod fsio;
 pub mod lock;
 pub mod runner;
-mod testhook;
+#[doc(hidden)]
+pub mod testhook;
 pub mod txn;
 
 pub use error::{Error, Result};

@@ -4,7 +4,8 @@
 //! Inert unless the environment sets `PATCHKIT_TEST_PAUSE` to a point's name. At that point the
 //! process prints `test pause: NAME` to stderr and waits until the file named by
 //! `PATCHKIT_TEST_RESUME` exists (without it: until it is killed, at most 10 minutes).
-//! No program or user sets these variables; they exist for `tests/tests/*.rs` only.
+//! No program or user sets these variables; they exist for `tests/tests/*.rs` only. Public
+//! (hidden) so that `patch-apply` shares the one mechanism.
 
 use std::path::PathBuf;
 use std::sync::OnceLock;
@@ -20,12 +21,12 @@ fn config() -> &'static Option<(String, Option<PathBuf>)> {
 }
 
 /// Whether any pause point is set (cheap; lets callers skip building point names).
-pub(crate) fn active() -> bool {
+pub fn active() -> bool {
     config().is_some()
 }
 
 /// Pauses here if the environment names `point`.
-pub(crate) fn pause(point: &str) {
+pub fn pause(point: &str) {
     let Some((want, resume)) = config() else {
         return;
     };

@@ -298,6 +298,9 @@ fn run_inner(
     for (i, a) in journal.actions.iter().enumerate().skip(start) {
         let mut here = BTreeSet::new();
         do_action(paths, i, a, resuming && i == start, &mut here)?;
+        if crate::testhook::active() {
+            crate::testhook::pause(&format!("commit-step-{}", i + 1));
+        }
         if mode == Mode::Resumable {
             sync_existing(&here)?;
             write_progress(paths, i + 1)?;

@@ -332,12 +332,30 @@ fn a_maintenance_window_keeps_the_commit_outside_and_lets_it_in_inside() {
                 .contains("opens in 30 min")),
         "{out}"
     );
+    // Downloaded (and staged to check it) before the window opens; the app dir unchanged.
+    let fetched = ev
+        .iter()
+        .find(|e| e["event"] == "prefetched")
+        .and_then(|e| e["bytes"].as_u64());
+    assert!(fetched.is_some_and(|b| b > 0), "{out}");
     assert_same_tree(&app, &w.releases[0]);
+    assert!(
+        !app.join(".patchkit/journal.json").exists(),
+        "nothing committed"
+    );
 
     let out = ok(agent(&w, &app, &srv.url, &srv.secret_file)
         .args(["--once", "--install", "window=02:00-05:00"])
         .env("PATCHKIT_AGENT_LOCAL_TIME", "03:00"));
-    assert!(has_event(&events(&out), "installed"), "{out}");
+    let ev = events(&out);
+    let installed = ev
+        .iter()
+        .find(|e| e["event"] == "installed")
+        .cloned()
+        .unwrap_or(Value::Null);
+    // Inside the window only the commit is left: no artifact is downloaded again.
+    assert_eq!(installed["bytes"], 0, "{out}");
+    assert!(!has_event(&ev, "prefetched"), "{out}");
     assert_same_tree(&app, &w.releases[1]);
     assert_eq!(srv.device(&device_id(&app))["device"]["version"], "2.0.0");
 }
@@ -543,8 +561,21 @@ fn supervise(
     srv: &FleetServer,
     status: &Path,
 ) -> std::process::Child {
-    Command::new(bin("patch-apply"))
-        .arg("agent")
+    supervise_cmd(app, repo, public, srv, status)
+        .spawn()
+        .expect("agent")
+}
+
+/// The command [`supervise`] runs.
+fn supervise_cmd(
+    app: &Path,
+    repo: &Path,
+    public: &Path,
+    srv: &FleetServer,
+    status: &Path,
+) -> Command {
+    let mut c = Command::new(bin("patch-apply"));
+    c.arg("agent")
         .arg("--app-dir")
         .arg(app)
         .arg("--repo")
@@ -558,9 +589,8 @@ fn supervise(
         .args(["--supervise", "--grace", "2s", "--"])
         .arg("sh")
         .arg(app.join("app.sh"))
-        .arg(status)
-        .spawn()
-        .expect("agent")
+        .arg(status);
+    c
 }
 
 fn wait_for(what: &str, secs: u64, mut f: impl FnMut() -> bool) {
@@ -759,4 +789,321 @@ fn a_yanked_release_is_left_through_the_fleet_without_allowing_downgrades() {
     let c = ok(w.apply_cmd("check", &app).arg("--json"));
     assert_eq!(last_json(&c)["latest"], "2.0.0", "{c}");
     assert_eq!(last_json(&c)["up_to_date"], true, "{c}");
+}
+
+/// Whether process `pid` runs (not a zombie).
+fn alive(pid: &str) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| {
+            s.rsplit_once(')')
+                .map(|(_, r)| !r.trim_start().starts_with(['Z', 'X']))
+        })
+        .unwrap_or(false)
+}
+
+/// Starts the supervisor paused at test point `point`, waits until it is there, and returns
+/// it (still paused).
+fn supervise_until(c: &mut Command, point: &str) -> std::process::Child {
+    let mut child = c
+        .env("PATCHKIT_TEST_PAUSE", point)
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("agent");
+    let stderr = child.stderr.take().expect("stderr");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+        {
+            eprintln!("agent: {line}");
+            let _ = tx.send(line);
+        }
+    });
+    let want = format!("test pause: {point}");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(l) if l.contains(&want) => return child,
+            Ok(_) => {}
+            Err(_) => {
+                let _ = child.kill();
+                panic!("the agent never reached the pause point {point}");
+            }
+        }
+    }
+}
+
+/// A supervisor SIGKILLed at `point` of a cold patch, then started again: the app ends at
+/// v2, byte-identical, running as a new process that reports v2; then a supervisor SIGKILLed
+/// while the app runs leaves an orphan that the next supervisor stops before starting its own.
+fn killed_supervisor_during_a_cold_patch_carries_on(point: &str) {
+    let (d, repo, public) = supervised_world(true);
+    let app = d.path().join("app");
+    let v1 = d.path().join("v1");
+    let v2 = d.path().join("v2");
+    let status = d.path().join("status");
+    let srv = FleetServer::start(d.path(), "srv", "1s");
+    srv.add_app(&repo, &public);
+    let read = || std::fs::read_to_string(&status).unwrap_or_default();
+    let fields = || -> Vec<String> { read().split_whitespace().map(String::from).collect() };
+
+    let mut first = supervise_until(
+        &mut supervise_cmd(&app, &repo, &public, &srv, &status),
+        point,
+    );
+    // The app ran at v1 and was stopped for the cold patch.
+    let old = fields();
+    assert_eq!(old.get(1).map(String::as_str), Some("1"), "{old:?}");
+    assert!(!alive(&old[0]), "the app is stopped before the commit");
+    let mid = tree_state(&app);
+    if point.starts_with("commit-step") {
+        assert!(
+            mid != tree_state(&v1) && mid != tree_state(&v2),
+            "paused in the middle of the commit: some files new, some old"
+        );
+    } else {
+        assert_eq!(mid, tree_state(&v1), "nothing committed yet");
+    }
+    first.kill().expect("SIGKILL");
+    first.wait().expect("reaped");
+
+    let mut second = supervise(&app, &repo, &public, &srv, &status);
+    wait_for("the app at v2 after the restart", 60, || {
+        read().split(' ').nth(1) == Some("2")
+    });
+    assert_same_tree(&app, &v2);
+    let now = fields();
+    assert_eq!(now[2], "bye");
+    assert_ne!(now[0], old[0]);
+    assert!(alive(&now[0]), "the new app process runs");
+    assert!(
+        !app.join(".patchkit/journal.json").exists() || {
+            let j: Value = serde_json::from_slice(
+                &std::fs::read(app.join(".patchkit/journal.json")).expect("journal"),
+            )
+            .expect("journal JSON");
+            j["state"] != "committing"
+        }
+    );
+    wait_for("the server to see v2", 30, || {
+        srv.device(&device_id(&app))["device"]["version"] == "2.0.0"
+    });
+
+    // SIGKILL while the app runs: the app runs on, unsupervised, until the next supervisor
+    // stops it and starts its own.
+    second.kill().expect("SIGKILL");
+    second.wait().expect("reaped");
+    let orphan = now[0].clone();
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(alive(&orphan), "an orphan is left (nothing could stop it)");
+    std::fs::remove_file(&status).expect("status");
+    let mut third = supervise(&app, &repo, &public, &srv, &status);
+    wait_for("the next supervisor's app", 30, || !read().is_empty());
+    let last = fields();
+    assert!(!alive(&orphan), "the orphan was stopped");
+    assert_ne!(last[0], orphan);
+    assert_eq!(last[1], "2");
+    assert!(alive(&last[0]));
+    assert_same_tree(&app, &v2);
+    let _ = third.kill();
+    let _ = third.wait();
+    let _ = Command::new("kill").arg(&last[0]).status();
+}
+
+#[test]
+fn supervisor_sigkilled_while_the_app_is_stopped_for_a_cold_patch_carries_on() {
+    killed_supervisor_during_a_cold_patch_carries_on("agent-app-stopped");
+}
+
+#[test]
+fn supervisor_sigkilled_in_the_middle_of_a_cold_commit_carries_on() {
+    killed_supervisor_during_a_cold_patch_carries_on("commit-step-1");
+}
+
+#[test]
+fn a_crash_report_carries_the_crash_files_and_the_server_keeps_them_byte_identical() {
+    let (w, app) = World::with_app_at_v1();
+    let srv = FleetServer::start(w.dir.path(), "srv", "1s");
+    srv.add_app(&w.repo, &w.public);
+    let crashes = w.path("crashes");
+    std::fs::create_dir_all(&crashes).expect("crash dir");
+    // Written before the app ran: not this crash's.
+    std::fs::write(crashes.join("old.core"), b"an earlier crash").expect("old");
+    std::os::unix::fs::symlink("/etc/shadow", crashes.join("shadow")).expect("link");
+    std::thread::sleep(Duration::from_millis(50));
+    let runs = w.path("runs");
+    // First run: writes a core-like file (64 KiB of varied bytes) and dies of SIGABRT.
+    let script = format!(
+        "echo run >> '{runs}'; n=$(wc -l < '{runs}'); if [ $n -le 1 ]; then \
+         head -c 65536 /dev/urandom > '{dir}/core.$$'; kill -ABRT $$; fi; sleep 30",
+        runs = runs.display(),
+        dir = crashes.display()
+    );
+    let mut child = agent(&w, &app, &srv.url, &srv.secret_file)
+        .arg("--crash-dir")
+        .arg(&crashes)
+        .args(["--install", "window=02:00-02:01", "--supervise", "--"])
+        .args(["sh", "-c", &script])
+        .env("PATCHKIT_AGENT_LOCAL_TIME", "12:00")
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("agent");
+    let id = {
+        wait_for("the agent's device id", 30, || {
+            app.join(".patchkit/agent/device_id").exists()
+        });
+        device_id(&app)
+    };
+    let crash = || srv.device(&id)["state"]["supervisor"]["crashes"][0].clone();
+    wait_for("the crash file's upload on the server", 40, || {
+        crash()["files"][0]["upload"].is_string()
+    });
+    let c = crash();
+    assert_eq!(c["signal"], 6, "{c:#}");
+    let files = c["files"].as_array().cloned().unwrap_or_default();
+    assert_eq!(files.len(), 1, "only the file of this run: {c:#}");
+    let f = &files[0];
+    let name = f["name"].as_str().expect("name").to_string();
+    assert!(name.starts_with("core."), "{c:#}");
+    let local = std::fs::read(crashes.join(&name)).expect("core file");
+    assert_eq!(f["size"], local.len());
+    assert_eq!(f["blake3"], e2e_tests::fleet::blake3_hex(&local));
+    assert!(
+        c["skipped"].to_string().contains("symbolic link"),
+        "the link is listed as skipped, not followed: {c:#}"
+    );
+    // The server lists it among the device's uploads, and gives it back byte-identical.
+    let upload = f["upload"].as_str().expect("upload id");
+    let listed: Value =
+        serde_json::from_str(&ok(&mut srv.admin(&["uploads", "--device", &id, "--json"])))
+            .expect("uploads JSON");
+    let row = listed
+        .as_array()
+        .and_then(|l| l.iter().find(|u| u["id"] == upload))
+        .cloned()
+        .unwrap_or(Value::Null);
+    assert_eq!(row["size"], local.len(), "{listed:#}");
+    assert!(row["command"].is_null(), "{row:#}");
+    assert!(
+        row["name"].as_str().unwrap_or("").ends_with(&name),
+        "{row:#}"
+    );
+    let got = w.path("got.core");
+    ok(&mut srv.admin(&[
+        "upload",
+        "get",
+        upload,
+        "--out",
+        got.to_str().expect("utf-8"),
+    ]));
+    assert_eq!(std::fs::read(&got).expect("download"), local);
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+/// `patch-apply apply --hand-over` of the tiny app's cold patch, `self-patcher` waiting for
+/// `pid` at most `timeout` seconds.
+fn hand_over(app: &Path, repo: &Path, public: &Path, pid: u32, timeout: u32) -> String {
+    ok(Command::new(bin("patch-apply"))
+        .arg("apply")
+        .arg("--app-dir")
+        .arg(app)
+        .arg("--repo")
+        .arg(repo)
+        .arg("--public-key")
+        .arg(public)
+        .args(["--hand-over", "--wait-pid", &pid.to_string()])
+        .args(["--wait-timeout", &timeout.to_string()]))
+}
+
+/// The device's update results on the server that go to `to`.
+fn results_to(srv: &FleetServer, app: &Path, to: &str) -> Vec<Value> {
+    srv.device(&device_id(app))["results"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|r| r["to"] == to)
+        .collect()
+}
+
+#[test]
+fn a_hand_over_to_self_patcher_is_reported_with_its_real_outcome_once_it_ends() {
+    let (d, repo, public) = supervised_world(true);
+    let srv = FleetServer::start(d.path(), "srv", "60s");
+    srv.add_app(&repo, &public);
+    // The agent only reports here: the window keeps it from installing by itself.
+    let check_in = |app: &Path| {
+        ok(Command::new(bin("patch-apply"))
+            .arg("agent")
+            .arg("--app-dir")
+            .arg(app)
+            .arg("--repo")
+            .arg(&repo)
+            .arg("--public-key")
+            .arg(&public)
+            .arg("--server")
+            .arg(&srv.url)
+            .arg("--enroll-secret-file")
+            .arg(&srv.secret_file)
+            .args(["--once", "--json", "--install", "window=02:00-02:01"])
+            .env("PATCHKIT_AGENT_LOCAL_TIME", "12:00"))
+    };
+
+    // Success: handed over while the "app" runs, settled after self-patcher installed it.
+    let app = d.path().join("app");
+    let mut running = Command::new("sleep").arg("600").spawn().expect("sleep");
+    hand_over(&app, &repo, &public, running.id(), 60);
+    assert!(
+        app.join(".patchkit/self-patch.json").exists(),
+        "handed over"
+    );
+    check_in(&app);
+    assert!(
+        results_to(&srv, &app, "2.0.0").is_empty(),
+        "not settled while pending"
+    );
+    let _ = running.kill();
+    let _ = running.wait();
+    wait_for("self-patcher to install 2.0.0", 30, || {
+        !app.join(".patchkit/self-patch.json").exists()
+    });
+    assert_same_tree(&app, &d.path().join("v2"));
+    check_in(&app);
+    let r = results_to(&srv, &app, "2.0.0");
+    assert_eq!(r.len(), 1, "{r:#?}");
+    assert_eq!(r[0]["ok"], true, "{r:#?}");
+    assert_eq!(r[0]["from"], "1.0.0", "{r:#?}");
+    assert_eq!(r[0]["started_by"], "cli", "{r:#?}");
+    assert!(r[0]["bytes"].as_u64().is_some_and(|b| b > 0), "{r:#?}");
+
+    // Failure: self-patcher gives up waiting for an app that does not exit.
+    let app2 = d.path().join("app2");
+    copy_tree(&d.path().join("v1"), &app2);
+    let mut stuck = Command::new("sleep").arg("600").spawn().expect("sleep");
+    hand_over(&app2, &repo, &public, stuck.id(), 1);
+    wait_for("self-patcher to give up", 30, || {
+        app2.join(".patchkit")
+            .join(formats::self_plan::TIMED_OUT_FILE)
+            .exists()
+    });
+    check_in(&app2);
+    let r = results_to(&srv, &app2, "2.0.0");
+    assert_eq!(r.len(), 1, "{r:#?}");
+    assert_eq!(r[0]["ok"], false, "{r:#?}");
+    assert_eq!(r[0]["error_kind"], "precondition", "{r:#?}");
+    assert!(
+        r[0]["error_message"]
+            .as_str()
+            .unwrap_or("")
+            .contains("gave up waiting"),
+        "{r:#?}"
+    );
+    assert_same_tree(&app2, &d.path().join("v1"));
+    let _ = stuck.kill();
+    let _ = stuck.wait();
 }

@@ -208,6 +208,30 @@ impl FleetClient {
         let r = check(&url, r)?;
         parse(&url, r)
     }
+
+    /// `PUT /v1/uploads?crash=ID&name=NAME`: uploads a file attached to the crash report
+    /// `crash` (at most `len` bytes of `body`). A server older than crash uploads answers 400
+    /// (`field: "command"`).
+    pub fn upload_crash_file(
+        &self,
+        token: &str,
+        crash: &str,
+        name: &str,
+        body: impl Read + Send + 'static,
+        len: u64,
+    ) -> Result<UploadReceipt, AgentError> {
+        let url = self.url("/v1/uploads");
+        let r = self
+            .http
+            .put(&url)
+            .query(&[("crash", crash), ("name", name)])
+            .header(AUTHORIZATION, format!("Bearer {token}"))
+            .header(CONTENT_TYPE, "application/octet-stream")
+            .body(Body::sized(body, len))
+            .send();
+        let r = check(&url, r)?;
+        parse(&url, r)
+    }
 }
 
 /// A request body as JSON.

@@ -154,11 +154,33 @@ pub fn select_files(globs: &[String], crash_dir: Option<&Path>, cap: u64) -> Sel
     if let Some(d) = crash_dir {
         walk(d, 8, &mut found, &mut sel, |_| true);
     }
+    keep_newest(found, &mut sel, MAX_FILES, cap);
+    sel
+}
+
+/// Most crash files attached to one crash report.
+pub const MAX_CRASH_FILES: usize = 8;
+
+/// The regular files of `crash_dir` written since `since` (a crash's files: they appeared or
+/// changed while the crashed process ran), newest first, at most [`MAX_CRASH_FILES`] and `cap`
+/// bytes in total; symbolic links are listed as skipped, never followed.
+pub fn select_crash_files(crash_dir: &Path, since: SystemTime, cap: u64) -> Selection {
+    let mut sel = Selection::default();
+    let mut found: Vec<Candidate> = Vec::new();
+    walk(crash_dir, 8, &mut found, &mut sel, |_| true);
+    found.retain(|c| c.modified >= since);
+    keep_newest(found, &mut sel, MAX_CRASH_FILES, cap);
+    sel
+}
+
+/// Moves the newest of `found` into `sel.files`, at most `max_files` and `cap` bytes in total;
+/// the others go to `sel.skipped` with the reason.
+fn keep_newest(mut found: Vec<Candidate>, sel: &mut Selection, max_files: usize, cap: u64) {
     found.sort_by(|a, b| b.modified.cmp(&a.modified).then(a.path.cmp(&b.path)));
     found.dedup_by(|a, b| a.path == b.path);
     let mut left = cap;
     for c in found {
-        if sel.files.len() >= MAX_FILES {
+        if sel.files.len() >= max_files {
             sel.skipped
                 .push((c.path.display().to_string(), "too many files".into()));
         } else if c.size > left.min(MAX_UPLOAD) {
@@ -174,7 +196,6 @@ pub fn select_files(globs: &[String], crash_dir: Option<&Path>, cap: u64) -> Sel
             sel.files.push(c);
         }
     }
-    sel
 }
 
 /// The directory to walk for a glob (its part before the first wildcard), the glob itself,

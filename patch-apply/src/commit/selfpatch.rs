@@ -214,6 +214,53 @@ pub(crate) fn check_pending(state: &StateDir) -> Result<Option<String>> {
     )))
 }
 
+/// How an update to `to` handed over to `self-patcher` ended, read from the state directory
+/// alone: `None` while it is under way (its plan waits or runs), `Some(Ok)` when the install
+/// record names `to` and the plan is gone, else `Some(Err((kind, message)))`: the
+/// `self-patcher` gave up waiting for the app (`precondition`), its commit failed and was
+/// rolled back (`disk`), or the plan was dropped before it ran (`precondition`).
+pub fn hand_over_outcome(
+    state: &StateDir,
+    to: &str,
+) -> Option<std::result::Result<(), (String, String)>> {
+    let fail = |kind: &str, m: String| Some(Err((kind.to_string(), m)));
+    if state.self_patch_plan().exists() {
+        if state.root.join(TIMED_OUT_FILE).exists() {
+            return fail(
+                "precondition",
+                format!(
+                    "self-patcher gave up waiting for the app to exit; the update to {to} was not applied"
+                ),
+            );
+        }
+        let journal = crate::state::read_state_file(&state.journal())
+            .ok()
+            .and_then(|b| serde_json::from_slice::<formats::txn::Journal>(&b).ok());
+        if journal.is_some_and(|j| {
+            j.to.to_string() == to && j.state == formats::txn::TxnState::RolledBack
+        }) {
+            return fail(
+                "disk",
+                format!(
+                    "self-patcher could not move the update to {to} into place and rolled it back (see {})",
+                    state.root.join("self-patcher.log").display()
+                ),
+            );
+        }
+        return None;
+    }
+    match state.load_record() {
+        Some(r) if r.version.to_string() == to => Some(Ok(())),
+        r => fail(
+            "precondition",
+            format!(
+                "the update to {to} handed over to self-patcher was dropped before it was applied (installed: {})",
+                r.map_or_else(|| "nothing".to_string(), |r| r.version.to_string())
+            ),
+        ),
+    }
+}
+
 fn remove_if_present(p: &Path) -> Result<()> {
     match std::fs::remove_file(p) {
         Ok(()) => Ok(()),

@@ -19,6 +19,9 @@ use crate::error::Result;
 /// Most attempts kept while the server is unreachable; older ones are dropped first.
 pub const MAX_QUEUED: usize = 256;
 
+/// The attempt handed over to `self-patcher`, until its outcome is known.
+pub const HAND_OVER_FILE: &str = "handover-attempt.json";
+
 /// Largest queue file read, in bytes (bigger is treated as corrupt).
 const MAX_FILE: u64 = 4 << 20;
 
@@ -113,6 +116,58 @@ impl ResultsQueue {
         }
         self.locked(|q| q.entries.retain(|e| e.seq > seq))?;
         Ok(())
+    }
+
+    /// The attempt handed over to `self-patcher` whose outcome is not known yet
+    /// (`.patchkit/handover-attempt.json`).
+    fn hand_over_file(&self) -> PathBuf {
+        self.file.with_file_name(HAND_OVER_FILE)
+    }
+
+    /// Keeps `r` (an update handed over to `self-patcher`, `ok` as far as it went) until
+    /// [`ResultsQueue::settle_hand_over`] learns how it ended. A later hand-over replaces an
+    /// unsettled one (the next updater dropped or finished the earlier plan before it).
+    pub fn hand_over(&self, r: UpdateResult) -> Result<()> {
+        let bytes =
+            serde_json::to_vec(&r).map_err(|e| crate::error::Error::Precondition(e.to_string()))?;
+        self.locked(|_| ())?;
+        crate::state::atomic::write_file(&self.hand_over_file(), &bytes)
+    }
+
+    /// Settles the attempt kept by [`ResultsQueue::hand_over`]: `outcome` says, from the
+    /// state directory, whether it succeeded (`Some(Ok)`), failed (`Some(Err((kind,
+    /// message)))`) or is still under way (`None`). A settled attempt is appended to the queue
+    /// with its outcome and forgotten; returns its sequence number.
+    pub fn settle_hand_over(
+        &self,
+        outcome: impl FnOnce(&UpdateResult) -> Option<std::result::Result<(), (String, String)>>,
+    ) -> Result<Option<u64>> {
+        let file = self.hand_over_file();
+        let Ok(bytes) = crate::state::read_state_file(&file) else {
+            return Ok(None);
+        };
+        let Ok(mut r) = serde_json::from_slice::<UpdateResult>(&bytes) else {
+            // Unreadable: nothing to report from it.
+            let _ = std::fs::remove_file(&file);
+            return Ok(None);
+        };
+        let Some(o) = outcome(&r) else {
+            return Ok(None);
+        };
+        r.finished_at = formats::time_util::now()
+            .format(&time::format_description::well_known::Rfc3339)
+            .unwrap_or_default();
+        match o {
+            Ok(()) => r.ok = true,
+            Err((kind, message)) => {
+                r.ok = false;
+                r.error_kind = Some(kind);
+                r.error_message = Some(formats::fleet::clip(&message, formats::fleet::MAX_TEXT));
+            }
+        }
+        let seq = self.append(r)?;
+        std::fs::remove_file(&file).map_err(|e| crate::error::Error::io(&file, e))?;
+        Ok(Some(seq))
     }
 
     /// The oldest `n` unacknowledged entries.

@@ -248,12 +248,15 @@ pub const MAX_UPLOADS_PER_COMMAND: i64 = 32;
 pub struct UploadQuery {
     /// The `upload-logs` command that asked for the file.
     pub command: Option<String>,
+    /// Or the crash report the file belongs to (handled by `crash_files`).
+    pub crash: Option<String>,
     /// Display name.
     pub name: Option<String>,
 }
 
 /// `PUT /v1/uploads?command=ID&name=NAME`: streams the body to `DATA/uploads/`, capped and
-/// hashed on the way; over the cap nothing is kept.
+/// hashed on the way; over the cap nothing is kept. (`crash=ID` instead of `command` is
+/// `crash_files`', which routes the other uploads here.)
 pub async fn upload(
     State(st): State<AppState>,
     query: Result<Query<UploadQuery>, axum::extract::rejection::QueryRejection>,
@@ -295,6 +298,19 @@ pub async fn upload(
             too_large: true,
         }));
     }
+    store_upload(&st, &dev, Some(command), name, &headers, body).await
+}
+
+/// Stores an upload of `dev` (tied to `command`, or to nothing for a crash file) whose
+/// request was checked: streams it to `DATA/uploads/` under the upload cap and records it.
+pub(super) async fn store_upload(
+    st: &AppState,
+    dev: &DeviceAuth,
+    command: Option<String>,
+    name: String,
+    headers: &HeaderMap,
+    body: Body,
+) -> ApiResult<Json<UploadReceipt>> {
     let cap = st.settings.max_upload;
     let declared = headers
         .get(header::CONTENT_LENGTH)
@@ -325,7 +341,7 @@ pub async fn upload(
     let row = UploadRow {
         id: id.clone(),
         device: dev.id.clone(),
-        command: Some(command),
+        command,
         name,
         size: i64_of(size),
         blake3: hash.clone(),

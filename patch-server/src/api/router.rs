@@ -13,7 +13,7 @@ use tower::load_shed::LoadShedLayer;
 use tower::ServiceBuilder;
 
 use super::common::AppState;
-use super::{admin, device};
+use super::{admin, crash_files, device};
 use crate::error::RETRY_AFTER_SECS;
 
 async fn overloaded(e: BoxError) -> Response {
@@ -68,7 +68,7 @@ pub fn router_with(state: AppState, max_concurrent: usize, extra: Router<AppStat
         .route("/v1/enroll", post(device::enroll))
         .route("/v1/checkin", post(device::checkin))
         .route("/v1/commands/{id}/result", post(device::command_result))
-        .route("/v1/uploads", put(device::upload))
+        .route("/v1/uploads", put(crash_files::upload_any))
         .route("/v1/admin/apps", post(admin::add_app).get(admin::list_apps))
         .route("/v1/admin/apps/{name}/refresh", post(admin::refresh_app))
         .route("/v1/admin/devices", get(admin::list_devices))
