@@ -99,7 +99,7 @@ mod tests {
         let _ = arch;
         exe_filter::check_ranges("me", &ranges, me.len() as u64).unwrap();
         let covered: u64 = ranges.iter().map(|r| r[1]).sum();
-        assert!(covered > me.len() as u64 / 10, "{ranges:?}");
+        assert!(covered > 64 << 10, "{ranges:?}");
     }
 
     #[test]
