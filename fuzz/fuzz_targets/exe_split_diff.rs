@@ -35,7 +35,7 @@ fuzz_target!(|data: &[u8]| {
         "fuzz",
         &m,
         member.len() as u64,
-        (&old, Pin::of(&old_bytes)),
+        (old.as_path(), Pin::of(&old_bytes)),
         &filter,
         &out,
         1024,
