@@ -38,6 +38,7 @@
 
 pub mod container;
 pub mod error;
+pub mod exe_filter;
 pub mod fleet;
 pub mod hash;
 pub mod keys;

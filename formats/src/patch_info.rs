@@ -3,13 +3,16 @@
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
+use crate::exe_filter::ExeFilter;
 use crate::hash::{Blake3, Pin};
 use crate::limits::Limits;
 use crate::relpath::RelPath;
 use crate::version::Version;
 
-/// The `format` value of patch infos this build writes and reads.
+/// The `format` value of patch infos without an `exe-split-diff` op (read by every client).
 pub const PATCH_INFO_FORMAT: &str = "patchkit-patch-2";
+/// The `format` value of patch infos with at least one `exe-split-diff` op.
+pub const PATCH_INFO_FORMAT_EXE: &str = "patchkit-patch-3";
 /// Name of the patch info member, always the first member of a patch archive.
 pub const PATCH_INFO_MEMBER: &str = "patch-info.json";
 /// Name of the second and last member: the ops' bytes, concatenated in op order.
@@ -54,6 +57,17 @@ pub enum Encoding {
         /// The zstd window log the stream needs.
         window_log: u32,
     },
+    /// A split diff between `source` and the new file, both run through the branch filter
+    /// `filter` (docs/format.md §6.2.5): the client filters the old file, applies the diff and
+    /// runs the filter backwards on the result.
+    ExeSplitDiff {
+        /// The old file the diff applies to.
+        source: RelPath,
+        /// Length of its bytes in the data member.
+        member_size: u64,
+        /// Architecture, operand span and code ranges of both files.
+        filter: ExeFilter,
+    },
 }
 
 impl Encoding {
@@ -63,7 +77,8 @@ impl Encoding {
             Encoding::Copy { source }
             | Encoding::Bidiff { source, .. }
             | Encoding::SplitDiff { source, .. }
-            | Encoding::ZstdRef { source, .. } => Some(source),
+            | Encoding::ZstdRef { source, .. }
+            | Encoding::ExeSplitDiff { source, .. } => Some(source),
             Encoding::Full { .. } => None,
         }
     }
@@ -75,7 +90,8 @@ impl Encoding {
             Encoding::Full { member_size }
             | Encoding::Bidiff { member_size, .. }
             | Encoding::SplitDiff { member_size, .. }
-            | Encoding::ZstdRef { member_size, .. } => Some(*member_size),
+            | Encoding::ZstdRef { member_size, .. }
+            | Encoding::ExeSplitDiff { member_size, .. } => Some(*member_size),
         }
     }
 
@@ -87,6 +103,7 @@ impl Encoding {
             Encoding::Bidiff { .. } => "bidiff",
             Encoding::SplitDiff { .. } => "split-diff",
             Encoding::ZstdRef { .. } => "zstd-ref",
+            Encoding::ExeSplitDiff { .. } => "exe-split-diff",
         }
     }
 }
@@ -124,6 +141,20 @@ pub struct PatchInfo {
     pub ops: Vec<PatchOp>,
     /// Old paths (files, links, directories) that are not in the new release.
     pub deletes: Vec<RelPath>,
+}
+
+/// The `format` a patch info with these ops has: [`PATCH_INFO_FORMAT_EXE`] when one of them is
+/// `exe-split-diff`, else [`PATCH_INFO_FORMAT`], so that patches without one stay readable by
+/// clients that predate the encoding.
+pub fn format_for(ops: &[PatchOp]) -> &'static str {
+    if ops
+        .iter()
+        .any(|op| matches!(op.encoding, Encoding::ExeSplitDiff { .. }))
+    {
+        PATCH_INFO_FORMAT_EXE
+    } else {
+        PATCH_INFO_FORMAT
+    }
 }
 
 impl PatchInfo {
@@ -184,10 +215,19 @@ impl PatchInfo {
 
     /// Checks format, counts, sizes, and that every op has a unique path.
     pub fn validate(&self, what: &str, limits: &Limits) -> Result<()> {
-        if self.format != PATCH_INFO_FORMAT {
+        if self.format != PATCH_INFO_FORMAT && self.format != PATCH_INFO_FORMAT_EXE {
             return Err(Error::invalid(
                 what,
                 format!("unknown format {:?}", self.format),
+            ));
+        }
+        if self.format != format_for(&self.ops) {
+            return Err(Error::invalid(
+                what,
+                format!(
+                    "format {:?} does not match its ops (exe-split-diff ops need {PATCH_INFO_FORMAT_EXE:?} and only they)",
+                    self.format
+                ),
             ));
         }
         if self.ops.len() + self.deletes.len() > limits.max_entries {
@@ -221,6 +261,9 @@ impl PatchInfo {
                         actual: size,
                     });
                 }
+            }
+            if let Encoding::ExeSplitDiff { filter, .. } = &op.encoding {
+                filter.validate(&format!("{what}: {}", op.path), op.new.size)?;
             }
             if let Encoding::ZstdRef { window_log, .. } = op.encoding {
                 if !(10..=31).contains(&window_log) {
@@ -275,5 +318,97 @@ mod tests {
         let mut dup = p.clone();
         dup.ops[1].path = dup.ops[0].path.clone();
         assert!(dup.validate("p", &Limits::default()).is_err());
+    }
+
+    fn exe_patch(filter: ExeFilter) -> PatchInfo {
+        let ops = vec![PatchOp {
+            path: RelPath::new("bin/app").unwrap(),
+            new: Pin {
+                size: 1000,
+                blake3: Blake3::of(b"n"),
+            },
+            encoding: Encoding::ExeSplitDiff {
+                source: RelPath::new("bin/app").unwrap(),
+                member_size: 10,
+                filter,
+            },
+        }];
+        PatchInfo {
+            format: format_for(&ops).into(),
+            app: "demo".into(),
+            from: Version::parse("1.0.0").unwrap(),
+            to: Version::parse("2.0.0").unwrap(),
+            from_tree: Blake3::of(b"a"),
+            to_tree: Blake3::of(b"b"),
+            ops,
+            deletes: vec![],
+        }
+    }
+
+    #[test]
+    fn exe_split_diff_needs_format_3_and_sane_ranges() {
+        use crate::exe_filter::Arch;
+        let good = ExeFilter {
+            arch: Arch::X86_64,
+            span_log: 24,
+            old_code: vec![[64, 500], [600, 10]],
+            new_code: vec![[64, 936]],
+        };
+        let p = exe_patch(good.clone());
+        assert_eq!(p.format, PATCH_INFO_FORMAT_EXE);
+        let bytes = p.to_json().unwrap();
+        let text = String::from_utf8(bytes.clone()).unwrap();
+        assert!(text.contains(r#""encoding":"exe-split-diff""#), "{text}");
+        assert_eq!(
+            PatchInfo::from_json("p", &bytes, &Limits::default()).unwrap(),
+            p
+        );
+        // A patch-2 info cannot carry the encoding.
+        let mut old_format = p.clone();
+        old_format.format = PATCH_INFO_FORMAT.into();
+        let e = old_format
+            .validate("p", &Limits::default())
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("exe-split-diff"), "{e}");
+        // Ranges past the new file, overlapping ranges and a wild span are refused.
+        for bad in [
+            ExeFilter {
+                new_code: vec![[64, 937]],
+                ..good.clone()
+            },
+            ExeFilter {
+                old_code: vec![[0, 10], [5, 10]],
+                ..good.clone()
+            },
+            ExeFilter {
+                span_log: 31,
+                ..good.clone()
+            },
+        ] {
+            let e = exe_patch(bad)
+                .validate("p", &Limits::default())
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains("bin/app"), "{e}");
+        }
+    }
+
+    #[test]
+    fn unknown_encoding_is_refused_by_name() {
+        // What a client that predates an encoding says: the tag is named.
+        let p = exe_patch(ExeFilter {
+            arch: crate::exe_filter::Arch::Aarch64,
+            span_log: 16,
+            old_code: vec![],
+            new_code: vec![],
+        });
+        let text = String::from_utf8(p.to_json().unwrap())
+            .unwrap()
+            .replace("exe-split-diff", "exe-split-diff-9");
+        let e = PatchInfo::from_json("p", text.as_bytes(), &Limits::default())
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("exe-split-diff-9"), "{e}");
     }
 }

@@ -8,6 +8,7 @@
 
 pub mod compress;
 pub mod encode;
+pub mod exe;
 pub mod pack;
 pub mod sa_scan;
 pub mod split_pack;

@@ -11,7 +11,7 @@ pub mod verify;
 
 // The modules' paths before they were grouped, kept so that code written against them
 // (examples, tests, benchmarks) still compiles.
-pub use diff::{encode, pack, sa_scan, split_pack, window};
+pub use diff::{encode, exe, pack, sa_scan, split_pack, window};
 pub use release::{content, repair};
 pub use repo::{gc, keyfile, keys_admin, maintenance, yank};
 

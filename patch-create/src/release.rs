@@ -14,7 +14,7 @@ use std::time::Instant;
 use formats::keys::KeyPair;
 use formats::layout::{self, REPOSITORY_TARGET};
 use formats::manifest::{Entry, Node, ReleaseManifest, MANIFEST_FORMAT};
-use formats::patch_info::{Encoding, PatchInfo, PatchOp, PATCH_INFO_FORMAT};
+use formats::patch_info::{format_for, Encoding, PatchInfo, PatchOp};
 use formats::patterns::PathPatterns;
 use formats::tuf::{TargetCustom, TargetKind};
 use formats::{Blake3, Pin, RelPath, Version};
@@ -833,6 +833,11 @@ pub fn build_patch(
                         member_size: size,
                         window_log,
                     },
+                    Chosen::ExeSplitDiff(filter) => Encoding::ExeSplitDiff {
+                        source: o.path.clone(),
+                        member_size: size,
+                        filter,
+                    },
                 };
                 (
                     PatchOp {
@@ -864,7 +869,7 @@ pub fn build_patch(
         }
     }
     let info = PatchInfo {
-        format: PATCH_INFO_FORMAT.into(),
+        format: format_for(&ops).into(),
         app: new.app.clone(),
         from: old.version.clone(),
         to: new.version.clone(),

@@ -10,6 +10,7 @@ use std::fs::File;
 use std::io::{BufReader, BufWriter, Read, Seek, SeekFrom, Write};
 use std::path::Path;
 
+use formats::exe_filter::{self, Direction, ExeFilter, Filter};
 use formats::hash::StreamCheck;
 use formats::limits::Limits;
 use formats::patch_info::{Encoding, PatchOp};
@@ -219,6 +220,24 @@ fn produce_unchecked(
             let src = need_source()?;
             let m = need_member()?;
             apply_split(&file_what, m, *member_size, src, op.new.size, &mut w)?;
+        }
+        Encoding::ExeSplitDiff {
+            member_size,
+            filter,
+            ..
+        } => {
+            let (src, pin) = need_source_pin()?;
+            let m = need_member()?;
+            apply_exe_split(
+                &file_what,
+                m,
+                *member_size,
+                (src, pin),
+                filter,
+                out,
+                op.new.size,
+                &mut w,
+            )?;
         }
         Encoding::ZstdRef { window_log, .. } => {
             let (src, pin) = need_source_pin()?;
@@ -641,6 +660,131 @@ pub fn apply_split<W: Write>(
     })
 }
 
+/// Applies an `exe-split-diff` member (docs/format.md §6.2.5): the old file `source` is run
+/// through the branch filter into a temporary file beside `out` (deleted on return), the split
+/// diff is applied to that, and its output runs through the filter backwards into `w`. Memory:
+/// that of [`apply_split`] plus one 1 MiB buffer; the old file's code ranges come from the
+/// signed patch info and are checked against its signed size before anything is read.
+#[allow(clippy::too_many_arguments)] // One call site; the arguments are the op's parts.
+pub fn apply_exe_split<W: Write>(
+    what: &str,
+    member: &Path,
+    member_size: u64,
+    (source, pin): (&Path, Pin),
+    filter: &ExeFilter,
+    out: &Path,
+    new_size: u64,
+    w: &mut W,
+) -> Result<()> {
+    filter.validate(what, new_size)?;
+    exe_filter::check_ranges(&format!("{what}: old_code"), &filter.old_code, pin.size)?;
+    let dir = out.parent().unwrap_or(Path::new("."));
+    let tmp = tempfile::Builder::new()
+        .prefix(".exe-old-")
+        .tempfile_in(dir)
+        .at(dir)?;
+    {
+        let mut src = File::open(source)
+            .at(source)?
+            .take(pin.size.saturating_add(1));
+        let mut dst = BufWriter::with_capacity(1 << 16, tmp.as_file());
+        let mut f = Filter::new(
+            filter.arch,
+            filter.span_log,
+            &filter.old_code,
+            Direction::Encode,
+        );
+        let mut buf = vec![0u8; 1 << 20];
+        let (mut filled, mut at) = (0usize, 0u64);
+        loop {
+            let n = src.read(&mut buf[filled..]).at(source)?;
+            filled += n;
+            let last = n == 0;
+            if at + filled as u64 > pin.size {
+                break;
+            }
+            let done = f.run(&mut buf[..filled], at, last);
+            dst.write_all(&buf[..done]).at(tmp.path())?;
+            buf.copy_within(done..filled, 0);
+            filled -= done;
+            at += done as u64;
+            if last {
+                break;
+            }
+        }
+        if at != pin.size || filled != 0 {
+            return Err(Error::Verify {
+                path: what.to_string(),
+                reason: format!(
+                    "source {} is not the version this patch was built for (size)",
+                    source.display()
+                ),
+            });
+        }
+        dst.flush().at(tmp.path())?;
+    }
+    let mut unfilter = Unfilter {
+        filter: Filter::new(
+            filter.arch,
+            filter.span_log,
+            &filter.new_code,
+            Direction::Decode,
+        ),
+        pending: Vec::with_capacity(1 << 17),
+        at: 0,
+        inner: w,
+    };
+    apply_split(
+        what,
+        member,
+        member_size,
+        tmp.path(),
+        new_size,
+        &mut unfilter,
+    )?;
+    unfilter
+        .finish()
+        .map_err(|e| Error::bad(what, e.to_string()))?;
+    tmp.close().at(dir)
+}
+
+/// A writer that runs the branch filter backwards on what is written through it: bytes are
+/// held until the filter has decided on them (a few bytes of lookahead past each write).
+struct Unfilter<'a, W: Write> {
+    filter: Filter,
+    pending: Vec<u8>,
+    at: u64,
+    inner: &'a mut W,
+}
+
+impl<W: Write> Unfilter<'_, W> {
+    fn push(&mut self, last: bool) -> std::io::Result<()> {
+        let done = self.filter.run(&mut self.pending, self.at, last);
+        self.inner.write_all(&self.pending[..done])?;
+        self.pending.drain(..done);
+        self.at += done as u64;
+        Ok(())
+    }
+
+    /// Writes the last bytes.
+    fn finish(mut self) -> std::io::Result<()> {
+        self.push(true)
+    }
+}
+
+impl<W: Write> Write for Unfilter<'_, W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.pending.extend_from_slice(buf);
+        if self.pending.len() >= 1 << 16 {
+            self.push(false)?;
+        }
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
+}
+
 /// Reads exactly `buf.len()` bytes of `f` at `offset`.
 #[cfg(unix)]
 fn read_exact_at(f: &File, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
@@ -672,6 +816,51 @@ impl<R: Read> Read for CountingReader<'_, R> {
 #[allow(clippy::unwrap_used)] // Tests: a panic is a failure with its message.
 mod tests {
     use super::*;
+
+    #[test]
+    fn exe_split_diff_ranges_past_the_old_file_are_refused_before_reading() {
+        let dir = tempfile::tempdir().unwrap();
+        let (m, old, out) = (
+            dir.path().join("m"),
+            dir.path().join("old"),
+            dir.path().join("o"),
+        );
+        std::fs::write(&m, [0u8; 3]).unwrap();
+        std::fs::write(&old, [0xE8u8; 100]).unwrap();
+        let filter = ExeFilter {
+            arch: exe_filter::Arch::X86_64,
+            span_log: 16,
+            old_code: vec![[50, 51]],
+            new_code: vec![],
+        };
+        let mut w = Vec::new();
+        let pin = Pin::of(&[0xE8u8; 100]);
+        let e = apply_exe_split("p: bin/app", &m, 3, (&old, pin), &filter, &out, 10, &mut w)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("bin/app: old_code") && e.contains("past the end"),
+            "{e}"
+        );
+        // A source shorter than its pin is named as the wrong version.
+        let short = ExeFilter {
+            old_code: vec![[0, 10]],
+            ..filter
+        };
+        std::fs::write(&old, [0xE8u8; 60]).unwrap();
+        let e = apply_exe_split("p: bin/app", &m, 3, (&old, pin), &short, &out, 10, &mut w)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("not the version"), "{e}");
+        assert!(w.is_empty());
+        // No temporary file is left behind.
+        let names: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name())
+            .collect();
+        assert_eq!(names.len(), 2, "{names:?}");
+    }
 
     /// The pair stream of `diff`: (zero run, value) for every non-zero byte; trailing zeros
     /// are implicit.

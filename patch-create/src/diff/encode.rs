@@ -8,6 +8,7 @@ use std::fs::File;
 use std::io::{BufWriter, Read, Write};
 use std::path::Path;
 
+use formats::exe_filter::ExeFilter;
 use formats::Pin;
 
 use crate::diff::compress::zerr;
@@ -50,6 +51,8 @@ pub struct EncodeOptions {
     /// `full` members of files larger than this are written to temporary files instead of
     /// being held in memory until the patch is written.
     pub spool_above: u64,
+    /// Also try the `exe-split-diff` candidate on pairs of executables ([`crate::exe`]).
+    pub try_exe: bool,
 }
 
 impl Default for EncodeOptions {
@@ -61,6 +64,7 @@ impl Default for EncodeOptions {
             memory_budget: None,
             force_windows: None,
             spool_above: SPOOL_ABOVE,
+            try_exe: true,
         }
     }
 }
@@ -105,6 +109,8 @@ pub enum Chosen {
     Bidiff,
     /// Split diff: control, diff and extra streams each zstd-compressed (docs/encodings.md).
     SplitDiff,
+    /// Split diff of both files after the branch filter (docs/format.md §6.2.5).
+    ExeSplitDiff(ExeFilter),
     /// zstd with the old file as reference prefix, needing this window log.
     ZstdRef {
         /// Window log the decoder must allow.
@@ -211,9 +217,41 @@ pub fn encode_change(old: &[u8], new: &[u8], opts: &EncodeOptions) -> Result<Enc
     Ok(best)
 }
 
+/// [`encode_change`], then, when both files are executables of one instruction set (and
+/// `opts.try_exe`), the `exe-split-diff` candidate: the buffers are filtered in place (they are
+/// consumed), so the candidate costs a second diff but no extra memory.
+pub fn encode_change_owned(
+    mut old: Vec<u8>,
+    mut new: Vec<u8>,
+    opts: &EncodeOptions,
+) -> Result<Encoded> {
+    let best = encode_change(&old, &new, opts)?;
+    if !opts.try_exe || old.is_empty() || new.is_empty() {
+        return Ok(best);
+    }
+    let Some(filter) = crate::exe::filter_for(&old, &new) else {
+        return Ok(best);
+    };
+    crate::exe::encode_pair(&filter, &mut old, &mut new);
+    let sd = split_diff(&old, &new, opts)?;
+    Ok(if sd.len() < best.bytes.len() {
+        Encoded {
+            chosen: Chosen::ExeSplitDiff(filter),
+            bytes: sd,
+        }
+    } else {
+        best
+    })
+}
+
 /// Encodes `new` against `old` as `chosen` (tests and tools).
 pub fn encode_as(old: &[u8], new: &[u8], chosen: &Chosen, opts: &EncodeOptions) -> Result<Vec<u8>> {
     match chosen {
+        Chosen::ExeSplitDiff(filter) => {
+            let (mut old, mut new) = (old.to_vec(), new.to_vec());
+            crate::exe::encode_pair(filter, &mut old, &mut new);
+            split_diff(&old, &new, opts)
+        }
         Chosen::Bidiff => compress(&bidiff_raw(old, new)?, opts.level),
         Chosen::SplitDiff => split_diff(old, new, opts),
         Chosen::ZstdRef { .. } => Ok(compress_with_ref(old, new, opts.level)?.0),
@@ -301,7 +339,8 @@ pub fn compress_file_member(path: &Path, pin: Pin, opts: &EncodeOptions) -> Resu
 
 /// Encodes the file `new` (pinned `new_pin`) against the file `old` (pinned `old_pin`),
 /// returning the smallest candidate, within the memory budget of `opts`: pairs whose
-/// single-window diff fits are read whole and go through [`encode_change`]; larger ones are
+/// single-window diff fits are read whole and go through [`encode_change_owned`] (executables
+/// also try `exe-split-diff`); larger ones are
 /// diffed in windows read from disk ([`split_diff_windowed`]) and fall back to the whole new
 /// file, compressed as it is read, when the diff is poor. Both files are checked against their
 /// pins (the windowed mode hashes them with a bounded buffer before diffing). Diffs of one
@@ -327,7 +366,7 @@ pub fn encode_files(
                 Ok(bytes)
             };
             let (old_bytes, new_bytes) = rayon::join(|| read(old, old_pin), || read(new, new_pin));
-            let e = encode_change(&old_bytes?, &new_bytes?, opts)?;
+            let e = encode_change_owned(old_bytes?, new_bytes?, opts)?;
             Ok(EncodedMember {
                 chosen: e.chosen,
                 member: Member::Bytes(e.bytes),

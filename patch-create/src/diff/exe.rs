@@ -1,0 +1,112 @@
+//! The `exe-split-diff` candidate (docs/format.md §6.2.5): executables are recognised with the
+//! `object` crate (parsing only; a file that does not parse is simply not an executable), their
+//! code sections become the filter's ranges, and both files are diffed after the branch filter
+//! of [`formats::exe_filter`] made their relative operands absolute.
+
+use formats::exe_filter::{self, Arch, CodeRange, Direction, ExeFilter, MAX_RANGES};
+use object::{Architecture, Object, ObjectSection, SectionKind};
+
+/// The instruction set and code ranges of an executable or library in `bytes`, or `None` when
+/// it is not an ELF, PE or Mach-O file for x86-64 or AArch64 with code sections. Ranges are
+/// sorted and merged; more than [`MAX_RANGES`] are joined into one covering all of them.
+pub fn code_ranges(bytes: &[u8]) -> Option<(Arch, Vec<CodeRange>)> {
+    let file = object::File::parse(bytes).ok()?;
+    let arch = match file.architecture() {
+        Architecture::X86_64 => Arch::X86_64,
+        Architecture::Aarch64 => Arch::Aarch64,
+        _ => return None,
+    };
+    let size = bytes.len() as u64;
+    let mut ranges: Vec<CodeRange> = file
+        .sections()
+        .filter(|s| s.kind() == SectionKind::Text)
+        .filter_map(|s| s.file_range())
+        .filter(|&(start, len)| len > 0 && start.checked_add(len).is_some_and(|e| e <= size))
+        .map(|(start, len)| [start, len])
+        .collect();
+    ranges.sort_unstable();
+    let mut merged: Vec<CodeRange> = Vec::with_capacity(ranges.len());
+    for [start, len] in ranges {
+        match merged.last_mut() {
+            Some(last) if start <= last[0] + last[1] => {
+                last[1] = last[1].max(start + len - last[0]);
+            }
+            _ => merged.push([start, len]),
+        }
+    }
+    if merged.len() > MAX_RANGES {
+        let (first, last) = (merged[0], merged[merged.len() - 1]);
+        merged = vec![[first[0], last[0] + last[1] - first[0]]];
+    }
+    (!merged.is_empty()).then_some((arch, merged))
+}
+
+/// The operand span of a pair: the smallest log within the format's bounds whose span covers
+/// the larger file (no branch inside one file reaches further).
+pub fn span_log(old_len: usize, new_len: usize) -> u8 {
+    let n = old_len.max(new_len).max(1) as u64;
+    let log = 64 - (n - 1).leading_zeros();
+    log.clamp(
+        u32::from(exe_filter::MIN_SPAN_LOG),
+        u32::from(exe_filter::MAX_SPAN_LOG),
+    ) as u8
+}
+
+/// The filter of the pair `old` → `new` when both are executables of the same instruction set.
+pub fn filter_for(old: &[u8], new: &[u8]) -> Option<ExeFilter> {
+    let (old_arch, old_code) = code_ranges(old)?;
+    let (new_arch, new_code) = code_ranges(new)?;
+    (old_arch == new_arch).then(|| ExeFilter {
+        arch: old_arch,
+        span_log: span_log(old.len(), new.len()),
+        old_code,
+        new_code,
+    })
+}
+
+/// Runs `filter` forwards over `old` and `new` in place (the creator's side).
+pub fn encode_pair(filter: &ExeFilter, old: &mut [u8], new: &mut [u8]) {
+    let (a, s) = (filter.arch, filter.span_log);
+    rayon::join(
+        || exe_filter::apply(old, a, s, &filter.old_code, Direction::Encode),
+        || exe_filter::apply(new, a, s, &filter.new_code, Direction::Encode),
+    );
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)] // Tests: a panic is a failure with its message.
+mod tests {
+    use super::*;
+
+    #[test]
+    fn not_executables_are_not_recognised() {
+        assert!(code_ranges(b"").is_none());
+        assert!(code_ranges(b"\x7fELF garbage that is not a header").is_none());
+        assert!(code_ranges(&[0u8; 4096]).is_none());
+        let mut truncated = std::fs::read(std::env::current_exe().unwrap()).unwrap();
+        truncated.truncate(200);
+        assert!(code_ranges(&truncated).is_none());
+    }
+
+    #[test]
+    fn this_test_binary_is_recognised() {
+        let me = std::fs::read(std::env::current_exe().unwrap()).unwrap();
+        let (arch, ranges) = code_ranges(&me).unwrap();
+        #[cfg(target_arch = "x86_64")]
+        assert_eq!(arch, Arch::X86_64);
+        #[cfg(target_arch = "aarch64")]
+        assert_eq!(arch, Arch::Aarch64);
+        let _ = arch;
+        exe_filter::check_ranges("me", &ranges, me.len() as u64).unwrap();
+        let covered: u64 = ranges.iter().map(|r| r[1]).sum();
+        assert!(covered > 64 << 10, "{ranges:?}");
+    }
+
+    #[test]
+    fn span_covers_the_larger_file() {
+        assert_eq!(span_log(10, 20), 16);
+        assert_eq!(span_log(33_772_288, 33_378_784), 26);
+        assert_eq!(span_log(1 << 25, 1), 25);
+        assert_eq!(span_log(usize::MAX, 0), 30);
+    }
+}
