@@ -118,6 +118,12 @@ pub fn relaunch(r: &Relaunch) -> Result<u32> {
         use std::os::unix::process::CommandExt;
         c.process_group(0);
     }
+    #[cfg(windows)]
+    {
+        use std::os::windows::process::CommandExt;
+        // CREATE_NEW_PROCESS_GROUP: a Ctrl-C to self-patcher's console does not reach the app.
+        c.creation_flags(0x0000_0200);
+    }
     let child = c.spawn().at(Path::new(&r.program))?;
     Ok(child.id())
 }
