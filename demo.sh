@@ -4,7 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 echo "== building (release profile)"
-cargo build --release -q -p patch-create -p patch-apply -p patch-server -p self-patcher -p fixtures
+cargo build --release -q -p patchkit-create -p patchkit-apply -p patch-server -p patchkit-self-patcher -p fixtures
 B=${CARGO_TARGET_DIR:-target}/release
 W=$(mktemp -d "${TMPDIR:-/tmp}/patchkit-demo.XXXXXX")
 trap 'kill ${SERVER:-} ${FLEET:-} 2>/dev/null || true; rm -rf "$W"' EXIT

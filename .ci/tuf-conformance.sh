@@ -57,7 +57,7 @@ fi
 
 echo "== building tuf-client"
 cd "$repo_root"
-cargo build -q -p patch-apply --bin tuf-client
+cargo build -q -p patchkit-apply --bin tuf-client
 target_dir="$(cargo metadata --format-version 1 --no-deps | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')"
 client="$target_dir/debug/tuf-client"
 # The suite reads expected failures from "<entrypoint>.xfails".

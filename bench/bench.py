@@ -271,7 +271,7 @@ def ours_unavailable():
         return why
     for b in (PATCH_CREATE, PATCH_APPLY):
         if not os.access(b, os.X_OK):
-            return f"{b} not found (cargo build --release -p patch-create -p patch-apply)"
+            return f"{b} not found (cargo build --release -p patchkit-create -p patchkit-apply)"
     return None
 
 

@@ -13,7 +13,7 @@
 # Env: REPS=3, IDLE_REPS=9, WORK=bench/work. Output: stdout and WORK/compare.{md,json}.
 # Build the two dirs e.g. with:
 #   git worktree add --detach /tmp/old REV && (cd /tmp/old && CARGO_TARGET_DIR=/tmp/t-old \
-#     cargo build --release -p patch-create -p patch-apply -p fixtures)
+#     cargo build --release -p patchkit-create -p patchkit-apply -p fixtures)
 set -euo pipefail
 [ $# -ge 2 ] || { sed -n '2,16p' "$0"; exit 2; }
 BENCH=$(cd "$(dirname "$0")" && pwd)

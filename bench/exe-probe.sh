@@ -7,7 +7,7 @@ ROOT=$(cd "$(dirname "$0")/.." && pwd)
 CORPUS=${1:-$ROOT/bench/corpus}
 PROFILE=${PROFILE:-release}
 flag=(); [ "$PROFILE" = release ] && flag=(--release)
-(cd "$ROOT" && cargo build "${flag[@]}" -p patch-create --example exe_probe) >&2
+(cd "$ROOT" && cargo build "${flag[@]}" -p patchkit-create --example exe_probe) >&2
 args=()
 [ -d "$CORPUS/esbuild-linux" ] && args+=("$CORPUS/esbuild-linux/old/bin/esbuild" "$CORPUS/esbuild-linux/new/bin/esbuild")
 [ -d "$CORPUS/uv" ] && args+=("$CORPUS"/uv/old/uv-*.data/scripts/uv "$CORPUS"/uv/new/uv-*.data/scripts/uv)

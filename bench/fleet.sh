@@ -39,8 +39,8 @@ log() { echo "[$(date +%H:%M:%S)] $*" >&2; }
 # ---------------------------------------------------------------- binaries
 BIN=${BIN:-${CARGO_TARGET_DIR:-$ROOT/target}/release}
 if [ "${SKIP_BUILD:-0}" != 1 ]; then
-  log "cargo build --release -p patch-server -p fleet-load -p patch-create -p fixtures (log $F/cargo-build.log)"
-  (cd "$ROOT" && cargo build --release -p patch-server -p fleet-load -p patch-create -p fixtures) \
+  log "cargo build --release -p patch-server -p fleet-load -p patchkit-create -p fixtures (log $F/cargo-build.log)"
+  (cd "$ROOT" && cargo build --release -p patch-server -p fleet-load -p patchkit-create -p fixtures) \
     > "$F/cargo-build.log" 2>&1 || { tail -20 "$F/cargo-build.log" >&2; exit 1; }
 fi
 for b in patch-server fleet-load patch-create fixtures-gen; do

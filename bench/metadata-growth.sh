@@ -8,7 +8,7 @@
 # targets metadata would have as one top-level targets.json (the sum of the newest version of
 # every targets role).
 # Usage: bench/metadata-growth.sh [BIN_DIR] [N...]   (default: target/debug; 10 100 1000)
-# Builds nothing: run `cargo build -p patch-create -p patch-apply --bins` first.
+# Builds nothing: run `cargo build -p patchkit-create -p patchkit-apply --bins` first.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 B=$(cd "${1:-target/debug}" && pwd)

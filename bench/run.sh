@@ -74,7 +74,7 @@ fi
 
 # ---------------------------------------------------------------- our binaries
 if [ "${OURS:-1}" != 0 ] && [ "${SKIP_BUILD:-0}" != 1 ]; then
-  pkgs=(-p patch-create -p patch-apply); [ -n "$LARGE$MANY" ] && pkgs+=(-p fixtures)
+  pkgs=(-p patchkit-create -p patchkit-apply); [ -n "$LARGE$MANY" ] && pkgs+=(-p fixtures)
   log "cargo build --release ${pkgs[*]} (log $WORK/logs/cargo-build.log)"
   if ! (cd "$ROOT" && cargo build --release "${pkgs[@]}") > "$WORK/logs/cargo-build.log" 2>&1; then
     why=$(grep -m1 -E '^error' "$WORK/logs/cargo-build.log" || tail -1 "$WORK/logs/cargo-build.log")

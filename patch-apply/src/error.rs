@@ -70,6 +70,10 @@ pub enum Error {
         /// Why it is refused, and what was probably meant.
         reason: String,
     },
+    /// The app cancelled the update through its [`crate::Cancel`] token; the app dir keeps
+    /// the version it had and downloads stay in the cache for the next attempt.
+    #[error("the update was cancelled; the app dir keeps the version it had")]
+    Cancelled,
     /// The repository offers older metadata than the app dir already trusts: a rollback attack,
     /// or a repository that was re-created, or another app's repository signed with the same
     /// key. Refused; the way out is a deliberate [`crate::trust::reset`].

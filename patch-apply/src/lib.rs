@@ -9,6 +9,34 @@
 //! [`Event`]s. Call [`Updater::recover`] at start-up: it rolls back an update that was
 //! interrupted (power loss, kill).
 //!
+//! # The API blocks; calling it from async code
+//!
+//! Every [`Updater`] method blocks the calling thread until it is done (network, hashing,
+//! disk). Each runs its work on a thread of its own, so calling it from inside a tokio runtime
+//! (`#[tokio::main]`, Tauri, axum) does not panic; but it still blocks the thread it is called
+//! on, so an async app moves the call off its executor:
+//!
+//! ```no_run
+//! # async fn demo(updater: std::sync::Arc<patch_apply::Updater>) -> Result<(), Box<dyn std::error::Error>> {
+//! let u = std::sync::Arc::clone(&updater);
+//! let report = tokio::task::spawn_blocking(move || u.apply()).await??;
+//! println!("now at {}", report.to);
+//! # Ok(()) }
+//! ```
+//!
+//! **Progress** arrives through the event callback given to [`Updater::new`]:
+//! [`Event::Phase`] when a phase starts (`refresh`, `scan`, `plan`, `download`, `apply`,
+//! `commit`, `verify`...) and [`Event::Progress`] with `done`/`total` (bytes for `download`,
+//! files for the other phases). The callback runs on the updater's threads: keep it short and
+//! send the numbers to the UI thread.
+//!
+//! **Cancelling**: put a [`Cancel`] in [`Config::cancel`] and keep a clone; [`Cancel::cancel`]
+//! (from any thread, e.g. a Cancel button) stops `check` or `apply` at the next safe point
+//! (between download chunks, between files, before the commit) with [`Error::Cancelled`]. The
+//! app dir then keeps its old version, and a later `apply` (after [`Cancel::reset`]) resumes the
+//! downloads kept in the cache. Once the commit has started it is finished, so that the app is
+//! never left between versions.
+//!
 //! # Example: an app that updates itself
 //!
 //! ```
@@ -55,6 +83,7 @@
 // plan, stage, commit; `updater` is the public façade over them; `agent` (the fleet agent) sits on
 // top of `updater` (ARCHITECTURE.md).
 pub mod agent;
+pub mod cancel;
 pub mod commit;
 pub mod error;
 pub mod events;
@@ -76,6 +105,7 @@ pub use plan::repo_view;
 pub use stage::{archive, decode, writeback};
 pub use state::atomic;
 
+pub use cancel::Cancel;
 pub use error::{Error, Result};
 pub use events::Event;
 pub use plan::Method;

@@ -79,10 +79,20 @@ enum Cmd {
             requires = "hand_over"
         )]
         wait_timeout: u64,
-        /// Run CMD (through `sh -c`) once an update is in place without a hand-over, e.g.
-        /// `kill -HUP 1234` to make a running app reload its resources after a warm patch.
-        #[arg(long, value_name = "CMD")]
-        notify: Option<String>,
+        /// Run PROGRAM once an update is in place without a hand-over, e.g. `--notify kill
+        /// --notify-arg -HUP --notify-arg 1234` to make a running app reload its resources
+        /// after a warm patch. No shell is involved: PROGRAM gets exactly the `--notify-arg`
+        /// values as its arguments, on every platform.
+        #[arg(long, value_name = "PROGRAM")]
+        notify: Option<PathBuf>,
+        /// One argument for the --notify program (repeat for more; passed unchanged).
+        #[arg(
+            long,
+            value_name = "ARG",
+            requires = "notify",
+            allow_hyphen_values = true
+        )]
+        notify_arg: Vec<String>,
         /// With --hand-over: the command that relaunches the app, after `--`
         /// (`-- /opt/app/bin/app --flag`).
         #[arg(last = true, value_name = "RELAUNCH")]
@@ -586,6 +596,7 @@ fn run() -> Result<()> {
             wait_pid,
             wait_timeout,
             notify,
+            notify_arg,
             relaunch,
         } => {
             need_repo(&common)?;
@@ -614,7 +625,10 @@ fn run() -> Result<()> {
                                 std::env::consts::EXE_SUFFIX
                             )),
                     },
-                    wait_pid: wait_pid.unwrap_or_else(std::os::unix::process::parent_id),
+                    wait_pid: match wait_pid {
+                        Some(p) => p,
+                        None => parent_pid()?,
+                    },
                     wait_timeout: std::time::Duration::from_secs(wait_timeout),
                     relaunch,
                     relaunch_cwd: None,
@@ -643,20 +657,20 @@ fn run() -> Result<()> {
             } else {
                 u.apply()?
             };
-            if let (Some(cmd), false) = (&notify, r.method == "none") {
-                let st = std::process::Command::new("sh")
-                    .arg("-c")
-                    .arg(cmd)
+            if let (Some(program), false) = (&notify, r.method == "none") {
+                let cmd = program.display();
+                let st = std::process::Command::new(program)
+                    .args(&notify_arg)
                     .status()
                     .with_context(|| {
                         format!(
-                            "update to {} is in place, but --notify {cmd:?} could not start",
+                            "update to {} is in place, but --notify {cmd} could not start",
                             r.to
                         )
                     })?;
                 if !st.success() {
                     bail!(
-                        "update to {} is in place, but --notify {cmd:?} failed ({st})",
+                        "update to {} is in place, but --notify {cmd} failed ({st})",
                         r.to
                     );
                 }
@@ -864,9 +878,15 @@ fn agent(a: AgentArgs, v: Verbosity) -> Result<()> {
         if a.app_cmd.is_empty() {
             bail!("--supervise needs the app's command after `--`");
         }
+        #[cfg(unix)]
         return patch_apply::agent::supervise::Supervisor::new(a.app_cmd.clone(), a.grace)
             .run(agent)
             .map_err(anyhow::Error::msg);
+        #[cfg(not(unix))]
+        bail!(
+            "--supervise is available on Unix only (it stops the app with SIGTERM and tells it \
+             to reload with SIGHUP); on Windows run the agent without it (docs/platforms.md)"
+        );
     }
     // SIGTERM ends the process at once: every state file is written atomically, and an update
     // is journaled, so nothing is left half-done.
@@ -1031,4 +1051,21 @@ fn main() -> ExitCode {
 /// cause: printed once, not as "not a directory: not a directory").
 fn error_text(e: &anyhow::Error) -> String {
     formats::error::chain_text(e.as_ref())
+}
+
+/// The PID of the process that started this one (the app running `patch-apply`), through
+/// sysinfo so that it works the same on every OS.
+fn parent_pid() -> Result<u32> {
+    use sysinfo::{Pid, ProcessRefreshKind, ProcessesToUpdate, System};
+    let me = Pid::from_u32(std::process::id());
+    let mut sys = System::new();
+    sys.refresh_processes_specifics(
+        ProcessesToUpdate::Some(&[me]),
+        true,
+        ProcessRefreshKind::nothing(),
+    );
+    sys.process(me)
+        .and_then(|p| p.parent())
+        .map(|p| p.as_u32())
+        .context("cannot find the parent process to wait for; give --wait-pid")
 }

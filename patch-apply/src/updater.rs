@@ -14,6 +14,7 @@ use formats::{Blake3, RelPath, Version};
 use serde::Serialize;
 use time::OffsetDateTime;
 
+use crate::cancel::Cancel;
 use crate::commit;
 use crate::error::{Error, Result};
 use crate::events::{Event, EventSink};
@@ -82,6 +83,9 @@ pub struct Config {
     /// valid when the bundle was made (docs/security.md, "Offline bundles and expiry"). Every
     /// other check, rollback protection included, stays.
     pub allow_expired_bundle: bool,
+    /// Stops `check`/`apply` at the next safe point once cancelled ([`Cancel`]). Keep a clone
+    /// of it; [`Updater::new`] hands it to the downloads too.
+    pub cancel: Cancel,
 }
 
 impl Config {
@@ -104,6 +108,7 @@ impl Config {
             target: None,
             started_by: "library".into(),
             allow_expired_bundle: false,
+            cancel: Cancel::new(),
         }
     }
 }
@@ -175,7 +180,19 @@ pub struct CheckReport {
     pub installed_yanked: Option<String>,
 }
 
-/// The updater.
+/// Runs `f` on a thread of its own and waits for it. The HTTP client blocks on a runtime of its
+/// own, which must neither start nor be dropped on a thread that drives an async runtime
+/// (tokio panics then); a scoped thread makes every public call safe from inside
+/// `#[tokio::main]` and costs one thread start per call. A panic in `f` is passed on.
+fn off_async<T: Send>(f: impl FnOnce() -> T + Send) -> T {
+    std::thread::scope(|s| match s.spawn(f).join() {
+        Ok(v) => v,
+        Err(panic) => std::panic::resume_unwind(panic),
+    })
+}
+
+/// The updater. Every method blocks the calling thread until it is done (see the crate docs
+/// for async apps); [`Config::cancel`] stops one early.
 pub struct Updater {
     config: Config,
     events: Arc<EventSink>,
@@ -274,6 +291,8 @@ impl Updater {
             // Retries and mirror changes below the updater report to the same receiver.
             config.http.events = crate::events::EventHook::new(Arc::clone(&events));
         }
+        // Downloads stop between chunks when the app cancels.
+        config.http.cancel = config.cancel.clone();
         Updater {
             config,
             events,
@@ -299,7 +318,8 @@ impl Updater {
         }
         Ok(Mirrors::new(list)
             .with_parallel(self.config.http.parallel)
-            .with_events(self.config.http.events.clone()))
+            .with_events(self.config.http.events.clone())
+            .with_cancel(self.config.cancel.clone()))
     }
 
     /// Whether the repository is an offline bundle: then nothing is fetched from the network
@@ -837,6 +857,11 @@ impl Updater {
     /// Looks at the repository and the app dir and says what `apply` would do. Changes nothing
     /// in the app dir (it may refresh the trusted metadata kept in the state directory).
     pub fn check(&self) -> Result<CheckReport> {
+        off_async(|| self.check_inner())
+    }
+
+    fn check_inner(&self) -> Result<CheckReport> {
+        self.config.cancel.check()?;
         let s = self.session(ManifestNeed::UnlessUpToDate)?;
         let methods = self.chosen(&s);
         let (method, bytes) = if s.up_to_date {
@@ -909,7 +934,7 @@ impl Updater {
     /// Recovers from an interrupted update if needed, then updates the app dir to the newest
     /// release for this client. On error the app dir is left at the version it had.
     pub fn apply(&self) -> Result<ApplyReport> {
-        Ok(self.apply_recorded(None)?.into_report())
+        off_async(|| Ok(self.apply_recorded(None)?.into_report()))
     }
 
     /// Like [`Updater::apply`], for an app updating itself while it runs. A warm patch (no
@@ -918,7 +943,7 @@ impl Updater {
     /// ([`ApplyOutcome::HandedOver`]): the app must exit so that it can be replaced and
     /// relaunched. The process `h.wait_pid` may run from the app dir meanwhile.
     pub fn apply_with_handover(&self, h: &HandOver) -> Result<ApplyOutcome> {
-        self.apply_recorded(Some(h))
+        off_async(|| self.apply_recorded(Some(h)))
     }
 
     /// Downloads and verifies what updating to the target needs, into the download cache
@@ -936,7 +961,7 @@ impl Updater {
             events: Arc::clone(&self.events),
             prefetch: true,
         };
-        Ok(u.apply_inner(None, &mut Aim::default())?.into_report())
+        off_async(|| Ok(u.apply_inner(None, &mut Aim::default())?.into_report()))
     }
 
     /// [`Updater::apply_inner`], with the attempt appended to the results queue: an update
@@ -1177,6 +1202,11 @@ impl Updater {
                     result = Some(r);
                     done = Some(m);
                     break;
+                }
+                Err(Error::Cancelled) => {
+                    // No fallback: the app asked to stop. Staged files go, downloads stay.
+                    let _ = std::fs::remove_dir_all(state.staging());
+                    return Err(Error::Cancelled);
                 }
                 Err(e) => {
                     self.emit(Event::Fallback {
@@ -1441,6 +1471,8 @@ impl Updater {
             .owner
             .as_ref()
             .ok_or_else(|| Error::Precondition("release manifest not loaded".into()))?;
+        // The last safe point: past it the journal decides (old or new, never between).
+        cfg.cancel.check()?;
         let planned = commit::plan_actions(
             &cfg.app_dir,
             state,
@@ -1568,6 +1600,7 @@ pub fn error_kind(e: &Error) -> &'static str {
         Error::Refused(_) => "refused",
         Error::AllMethodsFailed(_) => "failed",
         Error::BadLocation { .. } => "config",
+        Error::Cancelled => "cancelled",
     }
 }
 

@@ -1,5 +1,5 @@
 //! Size and time of the plain split diff and of the `exe-split-diff` candidate of OLD NEW
-//! executable pairs (tuning aid): `cargo run --release -p patch-create --example exe_probe --
+//! executable pairs (tuning aid): `cargo run --release -p patchkit-create --example exe_probe --
 //! OLD NEW [OLD NEW...]`.
 use std::time::Instant;
 

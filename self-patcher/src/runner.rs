@@ -76,28 +76,19 @@ fn check_still_ours(plan_file: &Path, plan: &SelfPatchPlan, digest: &str) -> Res
     Ok(())
 }
 
-/// Whether process `pid` still runs (a zombie counts as exited).
+/// Whether process `pid` still runs (a zombie counts as exited), asked of the OS through
+/// sysinfo (one refresh of that PID only), the same way on Linux, macOS and Windows.
 pub fn process_alive(pid: u32) -> bool {
-    #[cfg(target_os = "linux")]
-    {
-        match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-            // The state follows the parenthesised command name.
-            Ok(s) => s
-                .rsplit_once(')')
-                .map(|(_, rest)| !matches!(rest.trim_start().chars().next(), Some('Z' | 'X')))
-                .unwrap_or(true),
-            Err(_) => false,
-        }
-    }
-    #[cfg(not(target_os = "linux"))]
-    {
-        Command::new("kill")
-            .args(["-0", &pid.to_string()])
-            .stderr(Stdio::null())
-            .status()
-            .map(|s| s.success())
-            .unwrap_or(false)
-    }
+    use sysinfo::{Pid, ProcessRefreshKind, ProcessStatus, ProcessesToUpdate, System};
+    let pid = Pid::from_u32(pid);
+    let mut sys = System::new();
+    sys.refresh_processes_specifics(
+        ProcessesToUpdate::Some(&[pid]),
+        true,
+        ProcessRefreshKind::nothing(),
+    );
+    sys.process(pid)
+        .is_some_and(|p| !matches!(p.status(), ProcessStatus::Zombie | ProcessStatus::Dead))
 }
 
 /// Waits until `pid` exits, for at most `timeout`.
@@ -126,6 +117,12 @@ pub fn relaunch(r: &Relaunch) -> Result<u32> {
     {
         use std::os::unix::process::CommandExt;
         c.process_group(0);
+    }
+    #[cfg(windows)]
+    {
+        use std::os::windows::process::CommandExt;
+        // CREATE_NEW_PROCESS_GROUP: a Ctrl-C to self-patcher's console does not reach the app.
+        c.creation_flags(0x0000_0200);
     }
     let child = c.spawn().at(Path::new(&r.program))?;
     Ok(child.id())
@@ -300,10 +297,37 @@ mod tests {
     #[test]
     fn own_process_is_alive_and_a_reaped_child_is_not() {
         assert!(process_alive(std::process::id()));
-        let mut c = Command::new("true").spawn().unwrap();
+        let mut c = Command::new(std::env::current_exe().unwrap())
+            .arg("--list")
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap();
         let pid = c.id();
         c.wait().unwrap();
         assert!(!process_alive(pid));
+    }
+
+    /// A real process (not our child's exit status: its PID, looked up through sysinfo) is
+    /// waited for until it exits; an exited but not yet reaped process (a zombie) counts as
+    /// gone.
+    #[cfg(unix)]
+    #[test]
+    fn waits_for_a_real_process_until_it_exits() {
+        let mut c = Command::new("sleep").arg("30").spawn().unwrap();
+        let pid = c.id();
+        assert!(process_alive(pid));
+        let waiter = std::thread::spawn(move || {
+            let t = Instant::now();
+            wait_for_exit(pid, Duration::from_secs(20)).map(|()| t.elapsed())
+        });
+        std::thread::sleep(Duration::from_millis(500));
+        assert!(!waiter.is_finished(), "returned while the process ran");
+        c.kill().unwrap();
+        // Not reaped yet: a zombie, which no longer runs.
+        let waited = waiter.join().unwrap().unwrap();
+        assert!(waited >= Duration::from_millis(500), "{waited:?}");
+        assert!(!process_alive(pid));
+        c.wait().unwrap();
     }
 
     #[test]

@@ -6,7 +6,8 @@
 //!
 //! - `place`: the old file (if any) is first hard-linked to `backup/I` (`I` = the action's
 //!   index; all links are made and fsynced before the first change), then the fsynced staged
-//!   file is renamed over it. Where hard links are not possible, the old file is renamed to
+//!   file is renamed over it. Where hard links are not possible, and always on Windows (where
+//!   a running executable can be renamed aside but not replaced), the old file is renamed to
 //!   the backup instead (the path is briefly missing).
 //! - `remove`: the old file or symlink is renamed to `backup/I`.
 //! - `make_dir` / `remove_dir`: `mkdir` / `rmdir` (a directory still holding ignored files is
@@ -286,7 +287,16 @@ fn run_inner(
         {
             let p = path.to_path(&paths.app_dir);
             let b = paths.backup_of(i);
-            if exists(&p) && !exists(&b) && exists(&paths.staged(staged)) && !is_real_dir(&p) {
+            // Not on Windows: a running `.exe` cannot be replaced by renaming over it (nor can
+            // any link to it be removed), but it can be renamed aside; without a backup link
+            // the step renames the old file to the backup, then the new one into place
+            // (docs/platforms.md).
+            if !cfg!(windows)
+                && exists(&p)
+                && !exists(&b)
+                && exists(&paths.staged(staged))
+                && !is_real_dir(&p)
+            {
                 // Falls back to a rename when the step runs if this fails.
                 let _ = fs::hard_link(&p, &b);
             }

@@ -157,7 +157,9 @@ fn warm_patch_changes_the_resource_while_the_app_keeps_running_and_notifies_it()
     );
     let mut argv = update_argv(&w, &app);
     argv.push("--notify".into());
-    argv.push(format!("touch '{}'", control.join("reload").display()));
+    argv.push("touch".into());
+    argv.push("--notify-arg".into());
+    argv.push(control.join("reload").display().to_string());
     request_update(&control, &argv);
     let done = wait_log(&control, &["update-done"]);
     assert!(

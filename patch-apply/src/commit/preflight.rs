@@ -102,38 +102,9 @@ pub fn running_instances(app_dir: &Path, allow_pid: Option<u32>) -> Vec<(u32, Pa
     out
 }
 
-/// Every process's PID and executable, read straight from `/proc`: one `readlink` of
-/// `/proc/PID/exe` per process (sysinfo would also open and parse `/proc/PID/stat` of each).
-/// Processes that exit meanwhile or whose executable is hidden from this user are skipped, as
-/// sysinfo skips them.
-#[cfg(target_os = "linux")]
-fn process_executables() -> Vec<(u32, PathBuf)> {
-    let Ok(dir) = std::fs::read_dir("/proc") else {
-        return Vec::new();
-    };
-    dir.filter_map(|e| {
-        let e = e.ok()?;
-        let pid: u32 = e.file_name().to_str()?.parse().ok()?;
-        let exe = std::fs::read_link(e.path().join("exe")).ok()?;
-        Some((pid, without_deleted_suffix(exe)))
-    })
-    .collect()
-}
-
-/// Linux appends ` (deleted)` to the link of an executable that was replaced or removed; the
-/// process still runs from that path.
-#[cfg(target_os = "linux")]
-fn without_deleted_suffix(exe: PathBuf) -> PathBuf {
-    use std::os::unix::ffi::OsStrExt;
-    const DELETED: &[u8] = b" (deleted)";
-    match exe.as_os_str().as_bytes().strip_suffix(DELETED) {
-        Some(b) => PathBuf::from(std::ffi::OsStr::from_bytes(b)),
-        None => exe,
-    }
-}
-
-/// Every process's PID and executable, from sysinfo (only the executable is refreshed).
-#[cfg(not(target_os = "linux"))]
+/// Every process's PID and executable, from sysinfo (only the executable is refreshed; on
+/// Linux sysinfo drops the ` (deleted)` suffix of an executable that was replaced, so a process
+/// still running from a replaced file counts under its path).
 fn process_executables() -> Vec<(u32, PathBuf)> {
     let mut sys = sysinfo::System::new();
     sys.refresh_processes_specifics(
@@ -196,16 +167,5 @@ mod tests {
         assert_eq!(names, [".patchkit", "f"]);
         let state: Vec<_> = std::fs::read_dir(app.join(".patchkit")).unwrap().collect();
         assert!(state.is_empty(), "{state:?}");
-    }
-
-    #[cfg(target_os = "linux")]
-    #[test]
-    fn a_replaced_executable_still_counts_under_its_path() {
-        let check = |link: &str, want: &str| {
-            assert_eq!(without_deleted_suffix(PathBuf::from(link)), Path::new(want));
-        };
-        check("/app/bin/tool (deleted)", "/app/bin/tool");
-        check("/app/bin/tool", "/app/bin/tool");
-        check("/app/bin/(deleted)", "/app/bin/(deleted)");
     }
 }

@@ -328,6 +328,13 @@ pub(crate) fn hand_over(
         // Its own process group: a signal to the app's group does not reach it.
         c.process_group(0);
     }
+    #[cfg(windows)]
+    {
+        use std::os::windows::process::CommandExt;
+        // CREATE_NEW_PROCESS_GROUP | DETACHED_PROCESS: a Ctrl-C in the app's console does not
+        // reach it, and it outlives the app's console window (its output goes to the log).
+        c.creation_flags(0x0000_0200 | 0x0000_0008);
+    }
     let child = c.spawn().map_err(|e| {
         Error::Precondition(format!(
             "cannot start self-patcher {}: {e}",

@@ -30,6 +30,7 @@ use reqwest::header::{
     IF_NONE_MATCH, LAST_MODIFIED, RANGE, RETRY_AFTER,
 };
 
+use crate::cancel::Cancel;
 use crate::error::{Error, IoContext, Result};
 use crate::events::{Event, EventHook};
 use crate::transport::{
@@ -59,6 +60,10 @@ pub struct HttpOptions {
     /// Where retries and requests are reported ([`Event::Retry`], [`Event::Request`]); without a
     /// receiver they go to `tracing`. [`crate::Updater::new`] sets its own receiver here.
     pub events: EventHook,
+    /// Checked between chunks of every download: once cancelled, the download stops with
+    /// [`Error::Cancelled`], keeping its `.part` file for a later resume.
+    /// [`crate::Updater::new`] sets the updater's token ([`crate::Config::cancel`]) here.
+    pub cancel: Cancel,
 }
 
 impl Default for HttpOptions {
@@ -75,6 +80,7 @@ impl Default for HttpOptions {
             max_backoff: Duration::from_secs(10),
             parallel: DEFAULT_PARALLEL,
             events: EventHook::default(),
+            cancel: Cancel::default(),
         }
     }
 }
@@ -511,6 +517,9 @@ impl HttpTransport {
         let mut window_start = Instant::now();
         let mut window_bytes = 0u64;
         loop {
+            if self.opts.cancel.is_cancelled() {
+                return Err(Failure::Fatal(Error::Cancelled));
+            }
             let n = match resp.read(&mut buf) {
                 Ok(0) => break,
                 Ok(n) => n,

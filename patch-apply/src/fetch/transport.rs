@@ -13,6 +13,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 
 use formats::hash::StreamCheck;
 
+use crate::cancel::Cancel;
 use crate::error::{Error, IoContext, Result};
 use crate::events::{Event, EventHook};
 
@@ -329,6 +330,7 @@ pub struct Mirrors {
     failures: Vec<AtomicU32>,
     parallel: usize,
     events: EventHook,
+    cancel: Cancel,
 }
 
 impl Mirrors {
@@ -340,7 +342,14 @@ impl Mirrors {
             failures,
             parallel: DEFAULT_PARALLEL,
             events: EventHook::default(),
+            cancel: Cancel::default(),
         }
+    }
+
+    /// Stops before each download (between files) once `cancel` is cancelled.
+    pub fn with_cancel(mut self, cancel: Cancel) -> Self {
+        self.cancel = cancel;
+        self
     }
 
     /// Reports a mirror given up for a file as an [`Event::Warning`] to `events`.
@@ -454,12 +463,16 @@ impl Transport for Mirrors {
         dest: &Path,
         progress: &(dyn Fn(u64) + Sync),
     ) -> Result<()> {
+        // A safe point between files: nothing of this file is written yet.
+        self.cancel.check()?;
         let mut errors = Vec::new();
         let mut missing = Vec::new();
         let order = self.order();
         for (k, &i) in order.iter().enumerate() {
             match self.list[i].download(path, expected, dest, progress) {
                 Ok(()) => return Ok(()),
+                // The app asked to stop: no other mirror is tried.
+                Err(Error::Cancelled) => return Err(Error::Cancelled),
                 Err(e) => {
                     self.skipped(i, order.get(k + 1).copied(), &e);
                     if let Error::NotFound { url } = &e {

@@ -293,17 +293,22 @@ pub fn make_symlink(target: &str, link: &Path) -> Result<()> {
     }
     #[cfg(unix)]
     {
-        std::os::unix::fs::symlink(target, link).at(link)?;
+        std::os::unix::fs::symlink(target, link).at(link)
     }
     #[cfg(not(unix))]
     {
+        // Windows: creating a symlink needs a privilege or developer mode, and a link to a
+        // directory is a different kind of object; a release holding symlinks is refused
+        // while staging, before anything in the app dir changes (docs/platforms.md).
         let _ = target;
-        return Err(Error::io(
+        Err(Error::io(
             link,
-            std::io::Error::other("symlinks need a unix system"),
-        ));
+            std::io::Error::other(
+                "the release holds a symbolic link, which this updater installs only on Unix \
+                 (Linux, macOS); see docs/platforms.md",
+            ),
+        ))
     }
-    Ok(())
 }
 
 #[cfg(test)]
