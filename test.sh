@@ -22,6 +22,8 @@ command -v openssl >/dev/null || need+=(openssl)
 command -v faketime >/dev/null || need+=(faketime)
 command -v chromedriver >/dev/null || need+=(chromium chromium-driver) # dashboard browser test
 command -v nginx >/dev/null || [[ -x /usr/sbin/nginx ]] || need+=(nginx) # caching proxy (CDN test)
+command -v x86_64-w64-mingw32-gcc >/dev/null || need+=(gcc-mingw-w64-x86-64) # Windows cross-check
+command -v cc >/dev/null || need+=(gcc) # tests/tests/exe_diff.rs compiles a small C program
 if ((${#need[@]})); then
   echo "== installing ${need[*]}"
   apt-get update -qq
@@ -34,6 +36,22 @@ export PATH="$HOME/.cargo/bin:$PATH"
 if ! command -v garage >/dev/null; then
   echo "== installing garage (cargo install; first run on a machine only, up to an hour)"
   cargo install garage --locked --quiet --no-default-features --features bundled-libs,sqlite
+fi
+if ! python3 -c 'import ziglang' 2>/dev/null; then
+  echo "== installing ziglang (zig's C compiler, for the macOS cross-check)"
+  python3 -m pip install --quiet --disable-pip-version-check ziglang || echo "warning: ziglang unavailable; the macOS cross-check will say it was skipped"
+fi
+# The Windows and macOS cross-checks (.ci/cross-check.sh, docs/platforms.md) run in the
+# background at the lowest priority, in their own target dir, so that they use the cores while
+# the tests below wait on servers and browsers; their result is printed and counted at the end.
+cross_log="${TMPDIR:-/tmp}/patchkit-cross-check.log"
+cross_pid=""
+if [[ "${SKIP_CROSS_CHECK:-0}" == 1 ]]; then
+  echo "cross-check: skipped (SKIP_CROSS_CHECK=1)" >"$cross_log"
+else
+  echo "== cross-checks for Windows and macOS started in the background (log $cross_log)"
+  CARGO_TARGET_DIR="$PWD/target/cross" nice -n 19 bash .ci/cross-check.sh >"$cross_log" 2>&1 &
+  cross_pid=$!
 fi
 echo "== cargo fmt --check"
 cargo fmt --all --check
@@ -61,5 +79,16 @@ set -e
   grep -E '(passed|failed|error).* in [0-9.]+s' "$tlog" | tail -1 | grep -Eo '[0-9]+ (passed|failed|errors?)' |
     awk '$2=="passed"{p+=$1} $2!="passed"{f+=$1} END {print p+0, f+0}'
 } | awk '{p+=$1; f+=$2} END {printf "%d passed, %d failed\n", p, f}'
+cstatus=0
+if [[ -n "$cross_pid" ]]; then
+  echo "== waiting for the cross-checks"
+  wait "$cross_pid" || cstatus=$?
+fi
+grep -E '^cross-check: ' "$cross_log" || true
+if [[ "$cstatus" != 0 ]]; then
+  tail -40 "$cross_log"
+  echo "cross-check failed (see the 'cross-check:' lines above)"
+fi
 if [[ "$status" != 0 ]]; then exit "$status"; fi
-exit "$tstatus"
+if [[ "$tstatus" != 0 ]]; then exit "$tstatus"; fi
+exit "$cstatus"

@@ -67,7 +67,7 @@ else
   if python3 -c 'import ziglang' 2>/dev/null; then
     # A fixed place, so that the C dependencies' build scripts see the same compiler on the
     # next run and are not run again.
-    wrap="$PWD/target/cross-cc"
+    wrap="${CARGO_TARGET_DIR:-$PWD/target}/cross-cc"
     mkdir -p "$wrap"
     # cc-rs passes its own `--target=...` (or `-arch`); zig wants `-target`, given here.
     cat >"$wrap/zigcc" <<'SH'
