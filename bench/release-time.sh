@@ -87,7 +87,7 @@ for pair in "${PAIRS[@]}"; do
         reqs=$(tail -n +$((lines0 + 1)) "$d/serve.log" | grep -c ' GET ' || true)
         bytes=$(tail -n +$((lines0 + 1)) "$d/serve.log" | awk '$2=="GET" {s+=$5} END {print s+0}')
         diff -r --exclude=.patchkit "$d/app" "$pair/new" >/dev/null || { echo "fresh install differs from $pair/new" >&2; exit 1; }
-        echo "$name $mode install_$method $ta ${ma}KB $reqs $bytes" >>"$RES"
+        echo "$name $mode install_$method $ta ${ma}KB $bytes $reqs" >>"$RES"
       done
       rm -rf "$d/app"
     done

@@ -17,9 +17,9 @@ use formats::Pin;
 
 use crate::error::{Error, IoContext, Result};
 
-/// zstd level of the frames holding tar headers and padding: they are a few hundred bytes,
-/// so every level costs the same time.
-const HEADER_LEVEL: i32 = 19;
+/// zstd level of the frames holding tar headers and padding: a few hundred bytes, mostly zeros,
+/// which level 3 shrinks as well as 19 does, and faster.
+const HEADER_LEVEL: i32 = 3;
 
 /// What writing an installer did.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
