@@ -42,6 +42,11 @@ pub struct MethodCost {
     /// For incremental: the versions along the chain.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub chain: Vec<String>,
+    /// Downloads (requests) the method makes, when available: one per patch of the chain, one
+    /// per repair file, one for the installer. `plan::order` weighs each like
+    /// `plan::REQUEST_COST_BYTES` bytes.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub requests: Option<u64>,
 }
 
 /// Something moved out of the way of the release.

@@ -93,6 +93,15 @@ pub fn repair_cost(current: &Tree, manifest: &ReleaseManifest) -> Option<u64> {
     Some(seen.values().sum())
 }
 
+/// Downloads the repair method makes: one per distinct content of the differing files.
+pub fn repair_requests(current: &Tree, manifest: &ReleaseManifest) -> u64 {
+    let contents: std::collections::BTreeSet<Blake3> = differing_files(current, manifest)
+        .iter()
+        .filter_map(|e| e.node.file_pin().map(|p| p.blake3))
+        .collect();
+    contents.len() as u64
+}
+
 /// Repair: fetch and decode the repair file of every differing file.
 pub fn stage_repair(ctx: &StageCtx, manifest: &ReleaseManifest, current: &Tree) -> Result<Staged> {
     let files = differing_files(current, manifest);

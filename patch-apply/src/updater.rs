@@ -721,6 +721,7 @@ impl Updater {
                     "installed files match no release".into()
                 }),
                 chain: vec![],
+                requests: None,
             },
             Some(v) => match cheapest_chain(&view.patches, v, &target.version) {
                 Some((c, b)) if !c.is_empty() => {
@@ -740,6 +741,7 @@ impl Updater {
                                 method: Method::Incremental,
                                 bytes: Some(b.saturating_add(x)),
                                 unavailable: None,
+                                requests: Some(names.len() as u64),
                                 chain: names,
                             }
                         }
@@ -751,6 +753,7 @@ impl Updater {
                                 cfg.app_dir.display()
                             )),
                             chain: vec![],
+                            requests: None,
                         },
                     }
                 }
@@ -763,6 +766,7 @@ impl Updater {
                         format!("no patch chain from {v} to {}", target.version)
                     }),
                     chain: vec![],
+                    requests: None,
                 },
             },
         };
@@ -787,12 +791,14 @@ impl Updater {
                 bytes: Some(b),
                 unavailable: None,
                 chain: vec![],
+                requests: manifest.as_ref().map(|m| stage::repair_requests(&scan, m)),
             },
             None => MethodCost {
                 method: Method::Repair,
                 bytes: None,
                 unavailable: Some("release has no repair files".into()),
                 chain: vec![],
+                requests: None,
             },
         });
         costs.push(match &target.installer {
@@ -801,12 +807,14 @@ impl Updater {
                 bytes: Some(t.length),
                 unavailable: None,
                 chain: vec![],
+                requests: Some(1),
             },
             None => MethodCost {
                 method: Method::Installer,
                 bytes: None,
                 unavailable: Some("release has no installer".into()),
                 chain: vec![],
+                requests: None,
             },
         });
         let restart_required =

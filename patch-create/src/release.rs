@@ -1,10 +1,11 @@
 //! `patch-create release`: adds a version to a repository (docs/format.md §5-§7).
 //!
-//! Folder `release/`: this file, old contents from a tree or from repair files ([`content`])
-//! and repair files written as streams ([`repair`]). May use: `error`, `progress`, `diff`,
-//! `repo`.
+//! Folder `release/`: this file, old contents from a tree or from repair files ([`content`]),
+//! repair files written as streams ([`repair`]) and the installer assembled from the repair
+//! files ([`installer`]). May use: `error`, `progress`, `diff`, `repo`.
 
 pub mod content;
+pub mod installer;
 pub mod repair;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -28,6 +29,12 @@ use crate::error::{Error, IoContext, Result};
 use crate::pack::{self, Member};
 use crate::progress::Progress;
 use crate::repo::Repo;
+
+/// With this environment variable set to `1`, `release` writes the installer as one zstd frame
+/// compressed from the tree (the layout before issue 22, still valid §6.1), for
+/// `bench/release-time.sh` to measure both in one run. Not for production use: it recompresses
+/// every byte of the release.
+pub const SOLID_INSTALLER_ENV: &str = "PATCHKIT_SOLID_INSTALLER";
 
 /// Which earlier versions get an incremental patch to the new one.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -274,6 +281,8 @@ pub struct ReleaseReport {
     pub manifest: ArtifactReport,
     /// The installer.
     pub installer: ArtifactReport,
+    /// How the installer was assembled (repair files reused, files compressed).
+    pub installer_build: crate::release::installer::InstallerStats,
     /// The patches written.
     pub patches: Vec<PatchReport>,
     /// Repair files.
@@ -437,8 +446,13 @@ pub fn release(opts: &ReleaseOptions, progress: &dyn Progress) -> Result<Release
         .map(|(p, pin)| (pin.blake3, (*p, *pin)))
         .collect();
     progress.start("repair files", todo.len() as u64);
+    // Largest files first, one task each: the long compressions start early and the small
+    // files fill both cores at the end.
+    let mut todo: Vec<(Blake3, (&RelPath, Pin))> = todo.into_iter().collect();
+    todo.sort_by_key(|(_, (_, pin))| std::cmp::Reverse(pin.size));
     let written: Vec<Result<(Blake3, Pin)>> = todo
         .par_iter()
+        .with_max_len(1)
         .map(|(h, (path, pin))| {
             let src = path.to_path(&opts.root);
             let repair =
@@ -563,7 +577,14 @@ pub fn release(opts: &ReleaseOptions, progress: &dyn Progress) -> Result<Release
     progress.start("installer", 0);
     let inst_name = layout::installer_target(&opts.version);
     let inst_tmp = tmp_dir.path().join("installer");
-    pack::write_installer(&inst_tmp, &manifest, &opts.root, opts.level)?;
+    let inst_stats = if std::env::var_os(SOLID_INSTALLER_ENV).is_some_and(|v| v == "1") {
+        pack::write_installer(&inst_tmp, &manifest, &opts.root, opts.level)?;
+        crate::release::installer::InstallerStats::default()
+    } else {
+        crate::release::installer::write_installer_from_blobs(
+            &inst_tmp, &manifest, &opts.repo, &opts.root, opts.level,
+        )?
+    };
     let inst_entry = repo.place_target_file(
         &inst_name,
         &inst_tmp,
@@ -634,6 +655,7 @@ pub fn release(opts: &ReleaseOptions, progress: &dyn Progress) -> Result<Release
         file_bytes: tree.file_bytes(),
         manifest: manifest_report,
         installer: installer_report,
+        installer_build: inst_stats,
         patches: patch_reports,
         repair: RepairReport {
             files: files.len() as u64,
