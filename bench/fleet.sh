@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Fleet server scale benchmark (issue 17): patch-server under simulated devices (fleet-load).
 #
-# Usage: bench/fleet.sh [sqlite] [postgres]      (default: both; postgres only if its binaries exist)
+# Usage: bench/fleet.sh [sqlite] [postgres] [ab]  (default: sqlite postgres; postgres only if its
+#        binaries exist; `ab` is the rollout-cost comparison below, on SQLite)
 # For each backend: a fresh server (SQLite: one `patch-server serve --data DIR`; PostgreSQL: a
 # throwaway cluster on 127.0.0.1 and TWO servers on it, requests round-robin), an app whose
 # signed repository is a local one made here, then a ramp: for each step N of STEPS, the fleet
@@ -19,6 +20,16 @@
 #   SERVER_ARGS="" (extra `patch-server serve` flags)   SKIP_BUILD=1   WORK=bench/work
 #   BIN=dir with release patch-server, fleet-load, patch-create, fixtures-gen (default
 #   $CARGO_TARGET_DIR/release, built here with cargo build --release)
+# `ab` (issue 19: "a rollout decision adds no measurable latency to check-ins"): one SQLite
+# server, two apps on the same signed repository (1.0.0 and 1.0.1), each with its own fleet of
+# AB_DEVICES enrolled devices at 1.0.0: `plain` has no rollout (the channel rule decides),
+# `staged` has a running staged rollout of 1.0.1 at AB_PERCENT % (every check-in goes through
+# the rollout rules; selected devices are offered 1.0.1, an offer row is written the first
+# time, results settle them). The same load step runs on each fleet in turn, A/B/A/B...,
+# AB_REPS times; the report gives each run's p50/p99 and the medians' ratio B/A.
+#   AB_DEVICES=3000 AB_PERCENT=30 AB_REPS=5 AB_INTERVAL=20s AB_DURATION=60s AB_WARMUP=20s
+# (a 20 s interval compresses time: 3,000 devices at 20 s = 150 check-ins/s = 9,000 at 60 s.)
+# Output: WORK/fleet/ab/{plain,staged}-R.json, WORK/fleet/ab/ab.md.
 # Output: WORK/fleet/<backend>/step-N.json (fleet-load's report + server figures),
 #   WORK/fleet/fleet.md (tables ready for bench/RESULTS.md), logs in WORK/fleet/<backend>/.
 set -euo pipefail
@@ -101,9 +112,11 @@ start_server() { # name data-dir [--db URL]; sets START_URL and appends the pid 
   local name=$1 data=$2; shift 2
   mkdir -p "$data"
   rm -f "$data/addr"
+  # (the whole simulated fleet enrolls from 127.0.0.1: no enrollment rate limit)
   # shellcheck disable=SC2086
   "$BIN/patch-server" serve --data "$data" "$@" --addr 127.0.0.1:0 --addr-file "$data/addr" \
-    --admin-token-file "$data/admin.token" $SERVER_ARGS > "$data/serve.log" 2>&1 &
+    --admin-token-file "$data/admin.token" --enroll-per-ip 1000000000 $SERVER_ARGS \
+    > "$data/serve.log" 2>&1 &
   PIDS+=($!)
   for _ in $(seq 100); do [ -s "$data/addr" ] && break; sleep 0.1; done
   [ -s "$data/addr" ] || { tail -20 "$data/serve.log" >&2; echo "fleet.sh: $name did not start" >&2; exit 1; }
@@ -232,6 +245,77 @@ EOF
   cleanup
 }
 
+run_ab() {
+  local D=$F/ab url tok
+  local AB_DEVICES=${AB_DEVICES:-3000} AB_PERCENT=${AB_PERCENT:-30} AB_REPS=${AB_REPS:-5}
+  local AB_INTERVAL=${AB_INTERVAL:-20s} AB_DURATION=${AB_DURATION:-60s} AB_WARMUP=${AB_WARMUP:-20s}
+  rm -rf "$D"; mkdir -p "$D"
+  start_server sqlite "$D/server"; url=$START_URL; tok=$D/server/admin.token
+  local admin=(--server "$url" --token-file "$tok")
+  for app in plain staged; do
+    "$BIN/patch-server" app add "${admin[@]}" "$app" --repo "$APPREPO/repo" \
+      --public-key "$APPREPO/keys/release.pub" --enroll-secret-file "$APPREPO/secret" \
+      >> "$D/admin.log" 2>&1 || { cat "$D/admin.log" >&2; exit 1; }
+  done
+  # fleet-load's simulated updates fail 5 % of the time: a threshold above that keeps the
+  # rollout running for the whole comparison (checked at the end)
+  "$BIN/patch-server" rollout start "${admin[@]}" --app staged --version 1.0.1 \
+    --percent "$AB_PERCENT" --max-failure-rate 0.5 --min-devices 1000000 --timeout 1d \
+    >> "$D/admin.log" 2>&1 || { cat "$D/admin.log" >&2; exit 1; }
+  for app in plain staged; do
+    log "ab: enrolling $AB_DEVICES devices of $app"
+    "$BIN/fleet-load" --server "$url" --app "$app" --secret-file "$APPREPO/secret" \
+      --devices "$AB_DEVICES" --tokens "$D/tokens-$app" --id-prefix "$app" --enroll-only \
+      --enroll-concurrency 16 --threads "$LOAD_THREADS" --out "$D/enroll-$app.json" \
+      > /dev/null 2> "$D/enroll-$app.log" || { tail -5 "$D/enroll-$app.log" >&2; exit 1; }
+  done
+  local fresh=(); [ "$FRESH" = 1 ] && fresh=(--fresh-connections)
+  local rep app
+  for rep in $(seq "$AB_REPS"); do
+    for app in plain staged; do
+      log "ab: run $rep, $app: $AB_DEVICES devices every $AB_INTERVAL for $AB_DURATION"
+      "$BIN/fleet-load" --server "$url" --app "$app" --secret-file "$APPREPO/secret" \
+        --devices "$AB_DEVICES" --tokens "$D/tokens-$app" --id-prefix "$app" \
+        --interval "$AB_INTERVAL" --duration "$AB_DURATION" --warmup "$AB_WARMUP" \
+        --threads "$LOAD_THREADS" --seed "$rep" "${fresh[@]}" --out "$D/$app-$rep.json" \
+        > /dev/null 2> "$D/$app-$rep.log" || { tail -5 "$D/$app-$rep.log" >&2; exit 1; }
+    done
+  done
+  "$BIN/patch-server" rollout status "${admin[@]}" --app staged --json > "$D/rollout.json" \
+    2>> "$D/admin.log" || true
+  cleanup
+  python3 - "$D" "$AB_PERCENT" <<'PY' | tee "$D/ab.md"
+import glob, json, os, statistics, sys
+d, pct = sys.argv[1], sys.argv[2]
+runs = {"plain": [], "staged": []}
+for app in runs:
+    for p in sorted(glob.glob(os.path.join(d, f"{app}-*.json")), key=lambda p: int(p.rsplit("-", 1)[1][:-5])):
+        runs[app].append(json.load(open(p)))
+def lat(r, k): return r["checkin"]["latency"][k]
+print(f"| run | A: no rollout p50 / p99 ms | B: rollout at {pct} % p50 / p99 ms | errors A / B |")
+print("|---:|---|---|---|")
+for i, (a, b) in enumerate(zip(runs["plain"], runs["staged"]), 1):
+    print(f"| {i} | {lat(a,'p50_ms'):.2f} / {lat(a,'p99_ms'):.2f} | {lat(b,'p50_ms'):.2f} / {lat(b,'p99_ms'):.2f} "
+          f"| {a['checkin']['errors']} / {b['checkin']['errors']} |")
+med = {app: {k: statistics.median(lat(r, k) for r in rs) for k in ("p50_ms", "p99_ms")} for app, rs in runs.items()}
+print(f"| **median** | {med['plain']['p50_ms']:.2f} / {med['plain']['p99_ms']:.2f} "
+      f"| {med['staged']['p50_ms']:.2f} / {med['staged']['p99_ms']:.2f} | |")
+print()
+print(f"Ratio of medians B/A: p50 {med['staged']['p50_ms'] / med['plain']['p50_ms']:.2f}, "
+      f"p99 {med['staged']['p99_ms'] / med['plain']['p99_ms']:.2f}; check-ins measured per run: "
+      f"{statistics.median(r['checkin']['requests'] for r in runs['plain']):.0f} (A), "
+      f"{statistics.median(r['checkin']['requests'] for r in runs['staged']):.0f} (B).")
+try:
+    ro = json.load(open(os.path.join(d, "rollout.json")))
+    r = ro[0] if isinstance(ro, list) else ro
+    r = r.get("rollouts", [r])[0] if isinstance(r, dict) and "rollouts" in r else r
+    keys = [k for k in ("state", "percent", "offered", "succeeded", "failed", "pending") if k in r]
+    print("Rollout at the end: " + ", ".join(f"{k} {r[k]}" for k in keys))
+except Exception as e:  # the status is a check, not a figure
+    print(f"(rollout status unreadable: {e})")
+PY
+}
+
 for b in "${BACKENDS[@]}"; do
   case $b in
     sqlite) run_backend sqlite ;;
@@ -241,7 +325,8 @@ for b in "${BACKENDS[@]}"; do
       else
         log "postgres: no initdb found (apt-get install postgresql); skipped"
       fi ;;
-    *) echo "fleet.sh: unknown backend $b (sqlite, postgres)" >&2; exit 2 ;;
+    ab) run_ab ;;
+    *) echo "fleet.sh: unknown backend $b (sqlite, postgres, ab)" >&2; exit 2 ;;
   esac
 done
-python3 "$BENCH/fleet_report.py" "$F" | tee "$F/fleet.md"
+if [ "${BACKENDS[*]}" != ab ]; then python3 "$BENCH/fleet_report.py" "$F" | tee "$F/fleet.md"; fi

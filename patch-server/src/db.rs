@@ -55,6 +55,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "dashboard",
         include_str!("../migrations/0006_dashboard.sql"),
     ),
+    (
+        8,
+        "enroll limits",
+        include_str!("../migrations/0008_enroll_limits.sql"),
+    ),
 ];
 
 impl MigrationSource<'static> for Migrations {
@@ -397,6 +402,48 @@ impl Db {
         &self.pool
     }
 
+    // ---- enrollment limits ----
+
+    /// Records an enrollment attempt for `app` from `ip` and returns how many there were since
+    /// `since_ms`, this one included; prunes attempts older than `since_ms` (of every app).
+    pub async fn enroll_attempt(
+        &self,
+        app: &str,
+        ip: &str,
+        now: i64,
+        since_ms: i64,
+    ) -> sqlx::Result<i64> {
+        sqlx::query("DELETE FROM enroll_attempts WHERE at_ms <= $1")
+            .bind(since_ms)
+            .execute(&self.pool)
+            .await?;
+        sqlx::query("INSERT INTO enroll_attempts (id, app, ip, at_ms) VALUES ($1, $2, $3, $4)")
+            .bind(crate::util::new_id())
+            .bind(app)
+            .bind(ip)
+            .bind(now)
+            .execute(&self.pool)
+            .await?;
+        sqlx::query(
+            "SELECT COUNT(*) AS n FROM enroll_attempts WHERE app = $1 AND ip = $2 AND at_ms > $3",
+        )
+        .bind(app)
+        .bind(ip)
+        .bind(since_ms)
+        .fetch_one(&self.pool)
+        .await?
+        .try_get("n")
+    }
+
+    /// Number of devices of `app` waiting for approval.
+    pub async fn pending_count(&self, app: &str) -> sqlx::Result<i64> {
+        sqlx::query("SELECT COUNT(*) AS n FROM devices WHERE app = $1 AND status = 'pending'")
+            .bind(app)
+            .fetch_one(&self.pool)
+            .await?
+            .try_get("n")
+    }
+
     // ---- admin tokens ----
 
     /// Stores a new admin token's hash with `scope`.
@@ -624,13 +671,17 @@ impl Db {
 
     /// Records a check-in in one transaction (device row, a history row when `history`,
     /// results) and returns the commands to deliver. The transaction starts with a write, so
-    /// SQLite takes its write lock first and never fails to upgrade a read lock.
+    /// SQLite takes its write lock first and never fails to upgrade a read lock. `idle` (the
+    /// check-in carries no result and no state document): on PostgreSQL, when no command is
+    /// delivered either, the commit does not wait for the WAL flush (`SET LOCAL
+    /// synchronous_commit = off`); anything else is durable before this returns.
     pub async fn record_checkin(
         &self,
         dev: &DeviceAuth,
         c: &CheckinRow,
         now: i64,
         history: bool,
+        idle: bool,
     ) -> sqlx::Result<CheckinOutcome> {
         let mut tx = self.pool.begin().await?;
         let (state, state_digest) = match &c.state {
@@ -720,6 +771,24 @@ impl Db {
         let state_digest: Option<String> = row.try_get("state_digest")?;
         let mut commands = Vec::new();
         if status == "active" {
+            // Commands queued for the device's app or one of its tags reach it even when it
+            // enrolled or got the tag after they were queued (until they expire); a device
+            // that already has a delivery of one (answered or not) never gets it again.
+            sqlx::query(
+                "INSERT INTO command_deliveries (command, device, status) \
+                 SELECT c.id, $1, 'pending' FROM commands c \
+                 WHERE c.expires_ms > $2 \
+                 AND ((c.target_kind = 'app' AND c.target = $3) \
+                   OR (c.target_kind = 'tag' AND c.target IN \
+                       (SELECT tag FROM device_tags WHERE device = $1))) \
+                 AND NOT EXISTS (SELECT 1 FROM command_deliveries d \
+                                 WHERE d.command = c.id AND d.device = $1)",
+            )
+            .bind(&dev.id)
+            .bind(now)
+            .bind(&dev.app)
+            .execute(&mut *tx)
+            .await?;
             let rows = sqlx::query(
                 "SELECT c.id, c.kind, c.args, c.expires_ms FROM command_deliveries d \
                  JOIN commands c ON c.id = d.command \
@@ -748,6 +817,13 @@ impl Db {
                 .execute(&mut *tx)
                 .await?;
             }
+        }
+        if idle && commands.is_empty() && self.backend == Backend::Postgres {
+            // Nothing here needs to survive a crash: the next check-in writes the same row
+            // again. Skipping the WAL flush wait takes the disk off the idle check-in's path.
+            sqlx::query("SET LOCAL synchronous_commit = off")
+                .execute(&mut *tx)
+                .await?;
         }
         tx.commit().await?;
         Ok(CheckinOutcome {

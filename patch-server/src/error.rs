@@ -36,6 +36,17 @@ pub enum ApiError {
     /// The request conflicts with what is stored (409).
     #[error("{0}")]
     Conflict(String),
+    /// The client took too long to send its request (408).
+    #[error("{0}")]
+    Timeout(String),
+    /// Too many requests of one kind (429 with `Retry-After` in seconds).
+    #[error("{message}")]
+    TooMany {
+        /// What limit was reached.
+        message: String,
+        /// When to try again, in seconds.
+        retry_after_secs: u64,
+    },
     /// Overloaded or the database is unreachable (503 with `Retry-After`).
     #[error("{0}")]
     Unavailable(String),
@@ -75,6 +86,8 @@ impl ApiError {
             ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::Conflict(_) => StatusCode::CONFLICT,
+            ApiError::Timeout(_) => StatusCode::REQUEST_TIMEOUT,
+            ApiError::TooMany { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Db(e) if db_unavailable(e) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Db(_) | ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -122,7 +135,17 @@ impl IntoResponse for ApiError {
                 field: None,
             },
         };
+        let retry = match &self {
+            ApiError::TooMany {
+                retry_after_secs, ..
+            } => Some(*retry_after_secs),
+            _ => None,
+        };
         let mut resp = (status, Json(body)).into_response();
+        if let Some(secs) = retry {
+            resp.headers_mut()
+                .insert(header::RETRY_AFTER, header::HeaderValue::from(secs.max(1)));
+        }
         if status == StatusCode::SERVICE_UNAVAILABLE {
             resp.headers_mut().insert(
                 header::RETRY_AFTER,

@@ -90,6 +90,29 @@ enum Cmd {
         /// channel always does); 0s records every check-in.
         #[arg(long, default_value = "15m", value_parser = humantime::parse_duration)]
         history_every: Duration,
+        /// On PostgreSQL, make idle check-ins (no update result, no state document, no command
+        /// delivered) wait for their WAL flush too. By default they commit without waiting
+        /// (`synchronous_commit = off` for that transaction): a crash may lose the last
+        /// moments of last-seen times, never a result, a state document or a delivery.
+        #[arg(long)]
+        durable_idle_checkins: bool,
+        /// Time allowed to receive a request and answer it (uploads: --upload-read-timeout);
+        /// past it the client gets 408 and its concurrency slot is freed.
+        #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+        request_timeout: Duration,
+        /// Longest pause in an upload's body before it is cut off (408).
+        #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+        upload_read_timeout: Duration,
+        /// Enrollment attempts allowed per app and source address per --enroll-window; one
+        /// more gets 429 with Retry-After.
+        #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..))]
+        enroll_per_ip: u32,
+        /// The window of --enroll-per-ip.
+        #[arg(long, default_value = "1m", value_parser = humantime::parse_duration)]
+        enroll_window: Duration,
+        /// Most devices of one app waiting for approval; one more enrollment gets 429.
+        #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u32).range(1..))]
+        max_pending: u32,
         /// A device is silent after this many of its poll intervals (its own or --poll-interval)
         /// without a check-in: an alert, and red on the dashboard.
         #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=1000))]
@@ -778,6 +801,12 @@ fn run(cli: Cli) -> Result<()> {
             refresh_interval,
             command_ttl,
             history_every,
+            durable_idle_checkins,
+            request_timeout,
+            upload_read_timeout,
+            enroll_per_ip,
+            enroll_window,
+            max_pending,
             silent_after,
             smtp_url,
             smtp_from,
@@ -819,6 +848,12 @@ fn run(cli: Cli) -> Result<()> {
                 refresh_interval,
                 command_ttl,
                 history_every,
+                durable_idle_checkins,
+                request_timeout: request_timeout.max(Duration::from_millis(100)),
+                upload_read_timeout: upload_read_timeout.max(Duration::from_millis(100)),
+                enroll_per_ip,
+                enroll_window: enroll_window.max(Duration::from_secs(1)),
+                max_pending,
                 alerts,
                 silent_after,
                 session_ttl,

@@ -41,6 +41,18 @@ pub struct ServeOptions {
     pub command_ttl: Duration,
     /// Idle check-ins add a history row at most this often.
     pub history_every: Duration,
+    /// Idle check-ins wait for the WAL flush too (see [`Settings::durable_idle_checkins`]).
+    pub durable_idle_checkins: bool,
+    /// See [`Settings::request_timeout`].
+    pub request_timeout: Duration,
+    /// See [`Settings::upload_read_timeout`].
+    pub upload_read_timeout: Duration,
+    /// See [`Settings::enroll_per_ip`].
+    pub enroll_per_ip: u32,
+    /// See [`Settings::enroll_window`].
+    pub enroll_window: Duration,
+    /// See [`Settings::max_pending`].
+    pub max_pending: u32,
     /// The alert engine: silent-device threshold, SMTP, retries.
     pub alerts: crate::alerts::AlertOptions,
     /// The dashboard calls a device silent after this many poll intervals without a check-in.
@@ -202,6 +214,12 @@ pub async fn serve(o: ServeOptions) -> anyhow::Result<()> {
             max_upload: o.max_upload,
             command_ttl: o.command_ttl,
             history_every: o.history_every,
+            durable_idle_checkins: o.durable_idle_checkins,
+            request_timeout: o.request_timeout,
+            upload_read_timeout: o.upload_read_timeout,
+            enroll_per_ip: o.enroll_per_ip,
+            enroll_window: o.enroll_window,
+            max_pending: o.max_pending,
         }),
     };
     crate::alerts::spawn(

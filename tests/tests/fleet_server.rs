@@ -2,8 +2,9 @@
 //! the admin CLI, and a real signed repository made by `patch-create`. Every test runs against
 //! SQLite and against a throwaway PostgreSQL cluster (`e2e_tests::pg`).
 
-use std::io::Read;
-use std::time::Duration;
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
 
 use e2e_tests::fleet::{blake3_hex, checkin_body, post_raw, Backend, Device, Server};
 use e2e_tests::World;
@@ -343,6 +344,51 @@ fn commands_uploads_and_state(backend: &str) {
         .map(|c| c.iter().map(|c| &c["kind"]).collect())
         .unwrap_or_default();
     assert!(!kinds.contains(&&json!("restart-app")), "{r:?}");
+
+    // Devices joining a group later get its open commands, once.
+    let kinds_of = |r: &e2e_tests::fleet::Answer| -> Vec<String> {
+        r.body["commands"]
+            .as_array()
+            .map(|c| {
+                c.iter()
+                    .filter_map(|c| c["kind"].as_str())
+                    .map(String::from)
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let out = s.admin(&["command", "--tag", "night", "report-state"]);
+    assert!(out.contains("queued for 0 devices"), "{out}");
+    let mut c = Device::enroll(&s.url, "game", "dev-c", Some(SECRET));
+    let r = c.checkin(&checkin_body("1.0.0", None));
+    assert!(!kinds_of(&r).contains(&"report-state".to_string()), "{r:?}");
+    s.admin(&["tag", "dev-c", "night"]);
+    let r = c.checkin(&checkin_body("1.0.0", None));
+    assert_eq!(kinds_of(&r), ["report-state"], "{r:?}");
+    let id = r.body["commands"][0]["id"]
+        .as_str()
+        .expect("id")
+        .to_string();
+    let done = c.result(&id, &json!({"outcome": "ok", "data": {"late": true}}));
+    assert_eq!(done.status, 200, "{done:?}");
+    c.etag = None;
+    let r = c.checkin(&checkin_body("1.0.0", None));
+    assert!(
+        kinds_of(&r).is_empty(),
+        "answered, not delivered again: {r:?}"
+    );
+    // An app command reaches a device enrolled after it was queued; a tagged device that
+    // joins the tag afterwards gets the tag's command too.
+    s.admin(&["command", "--app", "game", "restart-app"]);
+    let mut d = Device::enroll(&s.url, "game", "dev-d", Some(SECRET));
+    let r = d.checkin(&checkin_body("1.0.0", None));
+    assert_eq!(kinds_of(&r), ["restart-app"], "{r:?}");
+    s.admin(&["tag", "dev-d", "night"]);
+    d.etag = None;
+    let r = d.checkin(&checkin_body("1.0.0", None));
+    assert_eq!(kinds_of(&r), ["report-state", "restart-app"], "{r:?}");
+    let shown = s.admin_json(&["device", "show", "dev-d"]);
+    assert!(shown.to_string().contains("report-state"), "{shown}");
 }
 
 fn security(backend: &str) {
@@ -774,6 +820,185 @@ fn concurrent_checkins_all_succeed(backend: &str) {
     );
 }
 
+/// Opens a connection to `url` and sends a request's headers declaring `len` body bytes, then
+/// `sent` of them: a client that stalls in the middle of its request.
+fn stalled_request(
+    url: &str,
+    method_path: &str,
+    token: &str,
+    len: usize,
+    sent: &[u8],
+) -> TcpStream {
+    let addr = url.trim_start_matches("http://");
+    let mut c = TcpStream::connect(addr).expect("connect");
+    let head = format!(
+        "{method_path} HTTP/1.1\r\nhost: {addr}\r\nauthorization: Bearer {token}\r\n\
+         content-type: application/json\r\ncontent-length: {len}\r\n\r\n"
+    );
+    c.write_all(head.as_bytes()).expect("headers");
+    c.write_all(sent).expect("first bytes");
+    c
+}
+
+/// The status line of the answer read from `c` (waiting at most `within`).
+fn status_line(c: &mut TcpStream, within: Duration) -> String {
+    c.set_read_timeout(Some(within)).expect("timeout");
+    let mut buf = [0u8; 512];
+    let n = c.read(&mut buf).unwrap_or(0);
+    String::from_utf8_lossy(&buf[..n])
+        .lines()
+        .next()
+        .unwrap_or("")
+        .to_string()
+}
+
+/// A client that sends its headers and then stops, or trickles its body, is cut off with 408
+/// after `--request-timeout`, freeing its concurrency slot; a stalled upload is cut off after
+/// `--upload-read-timeout` and nothing of it is kept.
+#[test]
+fn slow_clients_are_cut_off() {
+    let backend = Backend::start("sqlite");
+    let w = world();
+    let s = server_with_apps(
+        &w,
+        &backend,
+        &[
+            "--max-concurrent",
+            "2",
+            "--request-timeout",
+            "2s",
+            "--upload-read-timeout",
+            "2s",
+        ],
+    );
+    let mut a = Device::enroll(&s.url, "game", "dev-a", Some(SECRET));
+    assert_eq!(a.checkin(&checkin_body("1.0.0", None)).status, 200);
+    let t0 = Instant::now();
+    // One client stops after its headers, one trickles a byte every 200 ms.
+    let mut stopped = stalled_request(&s.url, "POST /v1/checkin", &a.token, 400, b"{");
+    let trickler = {
+        let (url, token) = (s.url.clone(), a.token.clone());
+        std::thread::spawn(move || {
+            let mut c = stalled_request(&url, "POST /v1/checkin", &token, 400, b"{");
+            for _ in 0..60 {
+                std::thread::sleep(Duration::from_millis(200));
+                if c.write_all(b" ").is_err() {
+                    break;
+                }
+                c.set_nonblocking(true).expect("nonblocking");
+                let mut probe = [0u8; 1];
+                let answered = matches!(c.peek(&mut probe), Ok(n) if n > 0);
+                c.set_nonblocking(false).expect("blocking");
+                if answered {
+                    break;
+                }
+            }
+            status_line(&mut c, Duration::from_secs(10))
+        })
+    };
+    std::thread::sleep(Duration::from_millis(600));
+    // Both slots are held: one more request is shed.
+    a.etag = None;
+    assert_eq!(a.checkin(&checkin_body("1.0.0", None)).status, 503);
+    let line = status_line(&mut stopped, Duration::from_secs(10));
+    assert!(line.contains(" 408 "), "stopped client: {line:?}");
+    let line = trickler.join().expect("trickler");
+    assert!(line.contains(" 408 "), "trickling client: {line:?}");
+    let took = t0.elapsed();
+    assert!(
+        took >= Duration::from_millis(1900) && took < Duration::from_secs(8),
+        "cut off after {took:?}"
+    );
+    // The slots are free again: other devices check in.
+    a.etag = None;
+    assert_eq!(a.checkin(&checkin_body("1.0.0", None)).status, 200);
+    let mut b = Device::enroll(&s.url, "game", "dev-b", Some(SECRET));
+    assert_eq!(b.checkin(&checkin_body("1.0.0", None)).status, 200);
+
+    // A stalled upload: cut off by the per-read limit, no file kept.
+    s.admin(&["command", "--device", "dev-a", "upload-logs"]);
+    a.etag = None;
+    let r = a.checkin(&checkin_body("1.0.0", None));
+    let cmd = r.body["commands"][0]["id"].as_str().expect("command id");
+    let path = format!("PUT /v1/uploads?command={cmd}&name=stalled.log");
+    let mut up = stalled_request(&s.url, &path, &a.token, 10_000, &[7u8; 100]);
+    let line = status_line(&mut up, Duration::from_secs(10));
+    assert!(line.contains(" 408 "), "stalled upload: {line:?}");
+    let listed = s.admin_json(&["uploads", "--device", "dev-a"]);
+    assert_eq!(listed.as_array().map(Vec::len), Some(0), "{listed}");
+    let leftovers: Vec<_> = std::fs::read_dir(s.data.join("uploads"))
+        .map(|d| d.filter_map(Result::ok).map(|e| e.file_name()).collect())
+        .unwrap_or_default();
+    assert!(leftovers.is_empty(), "files left: {leftovers:?}");
+    // A whole upload after that still works.
+    let ok = a.upload(cmd, "good.log", b"fine".to_vec());
+    assert_eq!(ok.status, 200, "{:?}", ok.body);
+    assert_alive(&mut { s });
+}
+
+/// Enrollment is rate limited per app and source address, and approval mode caps the devices
+/// waiting: over either, 429 with `Retry-After`; devices already enrolled keep checking in.
+fn enrollment_is_rate_limited(backend: &str) {
+    let backend = Backend::start(backend);
+    let w = world();
+    let s = server_with_apps(
+        &w,
+        &backend,
+        &[
+            "--enroll-per-ip",
+            "3",
+            "--enroll-window",
+            "1h",
+            "--max-pending",
+            "2",
+        ],
+    );
+    let mut devs: Vec<Device> = (1..=3)
+        .map(|i| Device::enroll(&s.url, "game", &format!("g{i}"), Some(SECRET)))
+        .collect();
+    let enroll = |app: &str, id: &str, secret: Option<&str>| {
+        let mut body = json!({"app": app, "device_id": id});
+        if let Some(x) = secret {
+            body["secret"] = json!(x);
+        }
+        reqwest::blocking::Client::new()
+            .post(format!("{}/v1/enroll", s.url))
+            .header("content-type", "application/json")
+            .body(body.to_string())
+            .send()
+            .expect("enroll")
+    };
+    let r = enroll("game", "g4", Some(SECRET));
+    assert_eq!(r.status().as_u16(), 429);
+    let retry: u64 = r
+        .headers()
+        .get("retry-after")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok())
+        .expect("Retry-After");
+    assert_eq!(retry, 3600);
+    let msg = r.text().expect("body");
+    assert!(
+        msg.contains("more than 3 enrollments for app game"),
+        "{msg}"
+    );
+    // Devices already enrolled are not affected.
+    for d in &mut devs {
+        assert_eq!(d.checkin(&checkin_body("1.0.0", None)).status, 200);
+    }
+    // Approval mode: two devices may wait; a third is refused, counted per app.
+    assert_eq!(enroll("kiosk", "k1", None).status().as_u16(), 200);
+    assert_eq!(enroll("kiosk", "k2", None).status().as_u16(), 200);
+    let r = enroll("kiosk", "k3", None);
+    assert_eq!(r.status().as_u16(), 429);
+    assert!(r.headers().get("retry-after").is_some());
+    let msg = r.text().expect("body");
+    assert!(msg.contains("2 devices waiting for approval"), "{msg}");
+    let pending = s.admin_json(&["devices", "--app", "kiosk"]);
+    assert_eq!(pending.as_array().map(Vec::len), Some(2), "{pending}");
+    assert_alive(&mut { s });
+}
+
 macro_rules! on_both_backends {
     ($($name:ident),* $(,)?) => {
         mod sqlite {
@@ -793,6 +1018,7 @@ on_both_backends!(
     retention_summarises_history,
     kill9_keeps_acknowledged_checkins,
     concurrent_checkins_all_succeed,
+    enrollment_is_rate_limited,
 );
 
 /// Two `patch-server` processes on one PostgreSQL database: what one records the other sees.

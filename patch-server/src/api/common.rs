@@ -26,6 +26,19 @@ pub struct Settings {
     pub command_ttl: Duration,
     /// Idle check-ins add a history row at most this often.
     pub history_every: Duration,
+    /// Commit idle check-ins (no result, no state document, no command delivered) with the
+    /// WAL flush too (PostgreSQL `synchronous_commit`), instead of without waiting for it.
+    pub durable_idle_checkins: bool,
+    /// Time allowed to read a request (but an upload's body) and answer it.
+    pub request_timeout: Duration,
+    /// Longest wait for the next piece of an upload's body.
+    pub upload_read_timeout: Duration,
+    /// Enrollment attempts allowed per app and source address within `enroll_window`.
+    pub enroll_per_ip: u32,
+    /// The window of `enroll_per_ip`.
+    pub enroll_window: Duration,
+    /// Most devices of one app waiting for approval (approval mode).
+    pub max_pending: u32,
 }
 
 /// State shared by every handler. Nothing in it is needed by another instance: durable state

@@ -18,14 +18,59 @@ use crate::db::{i64_of, CheckinRow, DeviceAuth, UploadRow};
 use crate::error::{ApiError, ApiResult};
 use crate::util::{new_id, new_token, now_ms, rfc3339, same_secret, sha256_hex, state_digest};
 
-/// `POST /v1/enroll`.
-pub async fn enroll(State(st): State<AppState>, body: Body) -> ApiResult<Json<EnrollResponse>> {
+/// The address the request came from (`unknown` when the server runs without connect info).
+fn client_ip(ext: &axum::http::Extensions) -> String {
+    ext.get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+        .map(|c| c.0.ip().to_string())
+        .unwrap_or_else(|| "unknown".into())
+}
+
+/// `POST /v1/enroll`. Bounded per app and source address (`--enroll-per-ip` per
+/// `--enroll-window`, counted in the database so every instance shares it) and, in approval
+/// mode, by the number of devices already waiting (`--max-pending`): over either, 429 with
+/// `Retry-After`.
+pub async fn enroll(
+    State(st): State<AppState>,
+    ext: axum::http::Extensions,
+    body: Body,
+) -> ApiResult<Json<EnrollResponse>> {
+    let ip = client_ip(&ext);
     let req: EnrollRequest = read_doc(body).await?;
     let app = st
         .db
         .app(&req.app)
         .await?
         .ok_or_else(|| ApiError::NotFound(format!("no app {:?} on this server", req.app)))?;
+    let now = now_ms();
+    let window = i64::try_from(st.settings.enroll_window.as_millis()).unwrap_or(i64::MAX);
+    let attempts = st
+        .db
+        .enroll_attempt(&req.app, &ip, now, now.saturating_sub(window))
+        .await?;
+    if attempts > i64::from(st.settings.enroll_per_ip) {
+        return Err(ApiError::TooMany {
+            message: format!(
+                "more than {} enrollments for app {} from {} within {} s",
+                st.settings.enroll_per_ip,
+                req.app,
+                ip,
+                st.settings.enroll_window.as_secs()
+            ),
+            retry_after_secs: st.settings.enroll_window.as_secs().max(1),
+        });
+    }
+    if app.enroll_secret_sha256.is_none()
+        && st.db.device_app(&req.device_id).await?.is_none()
+        && st.db.pending_count(&req.app).await? >= i64::from(st.settings.max_pending)
+    {
+        return Err(ApiError::TooMany {
+            message: format!(
+                "app {} already has {} devices waiting for approval",
+                req.app, st.settings.max_pending
+            ),
+            retry_after_secs: 3600,
+        });
+    }
     if let Some((other, _)) = st.db.device_app(&req.device_id).await? {
         if other != req.app {
             return Err(ApiError::Conflict(format!(
@@ -108,7 +153,8 @@ pub async fn checkin(
     };
     let every = i64::try_from(st.settings.history_every.as_millis()).unwrap_or(i64::MAX);
     let history = keep_history(&dev, &c, now, every);
-    let out = st.db.record_checkin(&dev, &row, now, history).await?;
+    let idle = !st.settings.durable_idle_checkins && c.results.is_empty() && c.state.is_none();
+    let out = st.db.record_checkin(&dev, &row, now, history, idle).await?;
     let active = out.status == "active";
     let directive = if active {
         let releases = st.db.releases(&dev.app).await?;
@@ -325,7 +371,7 @@ pub(super) async fn store_upload(
         .map_err(|e| ApiError::Internal(format!("{}: {e}", dir.display())))?;
     let id = new_id();
     let part = dir.join(format!(".{id}.part"));
-    let written = stream_to(&part, body, cap).await;
+    let written = stream_to(&part, body, cap, st.settings.upload_read_timeout).await;
     let (size, hash) = match written {
         Ok(v) => v,
         Err(e) => {
@@ -358,14 +404,27 @@ pub(super) async fn store_upload(
     }))
 }
 
-/// Writes `body` to `path`, refusing the first byte past `cap`; returns size and BLAKE3.
-async fn stream_to(path: &std::path::Path, body: Body, cap: u64) -> ApiResult<(u64, String)> {
+/// Writes `body` to `path`, refusing the first byte past `cap` and a pause longer than
+/// `idle` between two pieces; returns size and BLAKE3.
+async fn stream_to(
+    path: &std::path::Path,
+    body: Body,
+    cap: u64,
+    idle: std::time::Duration,
+) -> ApiResult<(u64, String)> {
     let io = |e: std::io::Error| ApiError::Internal(format!("{}: {e}", path.display()));
     let mut file = tokio::fs::File::create(path).await.map_err(io)?;
     let mut hasher = blake3::Hasher::new();
     let mut size: u64 = 0;
     let mut stream = body.into_data_stream();
-    while let Some(chunk) = stream.next().await {
+    loop {
+        let Ok(next) = tokio::time::timeout(idle, stream.next()).await else {
+            return Err(ApiError::Timeout(format!(
+                "upload body: nothing received for {} s",
+                idle.as_secs_f64()
+            )));
+        };
+        let Some(chunk) = next else { break };
         let chunk = chunk.map_err(|e| ApiError::bad("body", format!("upload interrupted: {e}")))?;
         size += chunk.len() as u64;
         if size > cap {

@@ -1,6 +1,8 @@
 //! The routes and the bounds every request passes through, declared in one place: a global
-//! concurrency limit that sheds load (503 with `Retry-After`) instead of queueing, and the
-//! body bounds of each handler (`common::read_doc`, the upload cap).
+//! concurrency limit that sheds load (503 with `Retry-After`) instead of queueing, a time
+//! limit per request (408: a client that sends its headers and then trickles or stops cannot
+//! hold a concurrency slot; streamed uploads instead get a limit per read, see
+//! `device::upload`), and the body bounds of each handler (`common::read_doc`, the upload cap).
 
 use axum::error_handling::HandleErrorLayer;
 use axum::http::{header, HeaderValue, StatusCode};
@@ -10,6 +12,7 @@ use axum::{BoxError, Json, Router};
 use formats::fleet::ErrorBody;
 use tower::limit::GlobalConcurrencyLimitLayer;
 use tower::load_shed::LoadShedLayer;
+use tower::timeout::TimeoutLayer;
 use tower::ServiceBuilder;
 
 use super::common::AppState;
@@ -21,6 +24,11 @@ async fn overloaded(e: BoxError) -> Response {
         (
             StatusCode::SERVICE_UNAVAILABLE,
             "server busy, try again later".to_string(),
+        )
+    } else if e.is::<tower::timeout::error::Elapsed>() {
+        (
+            StatusCode::REQUEST_TIMEOUT,
+            "request not received and answered within the server's request timeout".to_string(),
         )
     } else {
         (
@@ -55,7 +63,8 @@ async fn not_found() -> Response {
 }
 
 /// The whole API, with at most `max_concurrent` requests in progress; one more is answered
-/// 503 at once.
+/// 503 at once. Every request but an upload must be read and answered within
+/// `Settings::request_timeout` (else 408).
 pub fn router(state: AppState, max_concurrent: usize) -> Router {
     router_with(state, max_concurrent, Router::new())
 }
@@ -63,12 +72,12 @@ pub fn router(state: AppState, max_concurrent: usize) -> Router {
 /// [`router`] plus the routes of `extra` (the dashboard, `crate::web::router`, merged by
 /// `server`), under the same bounds.
 pub fn router_with(state: AppState, max_concurrent: usize, extra: Router<AppState>) -> Router {
+    let request_timeout = state.settings.request_timeout;
     Router::new()
         .merge(extra)
         .route("/v1/enroll", post(device::enroll))
         .route("/v1/checkin", post(device::checkin))
         .route("/v1/commands/{id}/result", post(device::command_result))
-        .route("/v1/uploads", put(crash_files::upload_any))
         .route("/v1/admin/apps", post(admin::add_app).get(admin::list_apps))
         .route("/v1/admin/apps/{name}/refresh", post(admin::refresh_app))
         .route("/v1/admin/devices", get(admin::list_devices))
@@ -112,6 +121,14 @@ pub fn router_with(state: AppState, max_concurrent: usize, extra: Router<AppStat
             "/v1/admin/alert-destinations/{id}",
             delete(admin::remove_destination),
         )
+        // Only the routes above get the whole-request limit (a layer applies to the routes
+        // already added): an upload may take long on a slow link, it is bounded per read.
+        .layer(
+            ServiceBuilder::new()
+                .layer(HandleErrorLayer::new(overloaded))
+                .layer(TimeoutLayer::new(request_timeout)),
+        )
+        .route("/v1/uploads", put(crash_files::upload_any))
         .fallback(not_found)
         .layer(
             ServiceBuilder::new()
