@@ -982,34 +982,23 @@ impl Updater {
         let mut aim = Aim::default();
         let r = self.apply_inner(h, &mut aim);
         let handed_over = matches!(r, Ok(ApplyOutcome::HandedOver { .. }));
+        let succeeded = |report: &ApplyReport| formats::fleet::UpdateResult {
+            seq: 0,
+            finished_at: String::new(),
+            from: report.from.clone(),
+            to: report.to.clone(),
+            method: report.method.clone(),
+            bytes: report.downloaded_bytes,
+            seconds: 0.0,
+            ok: true,
+            error_kind: None,
+            error_message: None,
+            started_by: None,
+        };
         let attempt = match &r {
-            Ok(ApplyOutcome::HandedOver { report, .. }) => Some(formats::fleet::UpdateResult {
-                seq: 0,
-                finished_at: String::new(),
-                from: report.from.clone(),
-                to: report.to.clone(),
-                method: report.method.clone(),
-                bytes: report.downloaded_bytes,
-                seconds: 0.0,
-                ok: true,
-                error_kind: None,
-                error_message: None,
-                started_by: None,
-            }),
+            Ok(ApplyOutcome::HandedOver { report, .. }) => Some(succeeded(report)),
             Ok(ApplyOutcome::InPlace { report }) if report.method != "none" => {
-                Some(formats::fleet::UpdateResult {
-                    seq: 0,
-                    finished_at: String::new(),
-                    from: report.from.clone(),
-                    to: report.to.clone(),
-                    method: report.method.clone(),
-                    bytes: report.downloaded_bytes,
-                    seconds: 0.0,
-                    ok: true,
-                    error_kind: None,
-                    error_message: None,
-                    started_by: None,
-                })
+                Some(succeeded(report))
             }
             Ok(_) => None,
             Err(e) => aim

@@ -196,17 +196,7 @@ impl FleetClient {
         body: impl Read + Send + 'static,
         len: u64,
     ) -> Result<UploadReceipt, AgentError> {
-        let url = self.url("/v1/uploads");
-        let r = self
-            .http
-            .put(&url)
-            .query(&[("command", command), ("name", name)])
-            .header(AUTHORIZATION, format!("Bearer {token}"))
-            .header(CONTENT_TYPE, "application/octet-stream")
-            .body(Body::sized(body, len))
-            .send();
-        let r = check(&url, r)?;
-        parse(&url, r)
+        self.put_upload(token, ("command", command), name, body, len)
     }
 
     /// `PUT /v1/uploads?crash=ID&name=NAME`: uploads a file attached to the crash report
@@ -220,11 +210,23 @@ impl FleetClient {
         body: impl Read + Send + 'static,
         len: u64,
     ) -> Result<UploadReceipt, AgentError> {
+        self.put_upload(token, ("crash", crash), name, body, len)
+    }
+
+    /// `PUT /v1/uploads` with `owner` (`command=ID` or `crash=ID`) and `name` as the query.
+    fn put_upload(
+        &self,
+        token: &str,
+        owner: (&str, &str),
+        name: &str,
+        body: impl Read + Send + 'static,
+        len: u64,
+    ) -> Result<UploadReceipt, AgentError> {
         let url = self.url("/v1/uploads");
         let r = self
             .http
             .put(&url)
-            .query(&[("crash", crash), ("name", name)])
+            .query(&[owner, ("name", name)])
             .header(AUTHORIZATION, format!("Bearer {token}"))
             .header(CONTENT_TYPE, "application/octet-stream")
             .body(Body::sized(body, len))

@@ -19,9 +19,10 @@ pub fn repair_bytes(content: &[u8], level: i32) -> Result<Vec<u8>> {
     Ok(out)
 }
 
-/// A deterministic tar header (the path is set by `tar::Builder`, which writes GNU long-name
+/// A deterministic tar header, like every tar header of the format (docs/format.md §6: GNU,
+/// mtime 0, uid/gid 0). The path is set by the caller (`tar::Builder` writes GNU long-name
 /// entries for paths longer than the header field).
-fn header(size: u64, mode: u32, kind: tar::EntryType) -> tar::Header {
+pub(crate) fn header(size: u64, mode: u32, kind: tar::EntryType) -> tar::Header {
     let mut h = tar::Header::new_gnu();
     h.set_entry_type(kind);
     h.set_size(size);

@@ -15,6 +15,7 @@ use formats::hash::PinningWriter;
 use formats::manifest::{Node, ReleaseManifest};
 use formats::Pin;
 
+use crate::diff::pack::header as tar_header;
 use crate::error::{Error, IoContext, Result};
 
 /// zstd level of the frames holding tar headers and padding: a few hundred bytes, mostly zeros,
@@ -34,18 +35,6 @@ pub struct InstallerStats {
     pub header_frames: u64,
     /// Bytes of the installer.
     pub bytes: u64,
-}
-
-/// A deterministic tar header, like every tar header of the format (§6: GNU, mtime 0, uid/gid 0).
-fn tar_header(size: u64, mode: u32, kind: tar::EntryType) -> tar::Header {
-    let mut h = tar::Header::new_gnu();
-    h.set_entry_type(kind);
-    h.set_size(size);
-    h.set_mode(mode);
-    h.set_mtime(0);
-    h.set_uid(0);
-    h.set_gid(0);
-    h
 }
 
 /// Writes the installer of `manifest` to `out`. Each regular file's content is the repair file
