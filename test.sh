@@ -73,12 +73,6 @@ set +e
 ./.ci/tuf-conformance.sh 2>&1 | tee "$tlog" | tail -5
 tstatus=${PIPESTATUS[0]}
 set -e
-# One closing line for both runners: cargo's test results and the suite's pytest summary.
-{
-  grep -E '^test result:' "$log" | awk '{print $4, $6}'
-  grep -E '(passed|failed|error).* in [0-9.]+s' "$tlog" | tail -1 | grep -Eo '[0-9]+ (passed|failed|errors?)' |
-    awk '$2=="passed"{p+=$1} $2!="passed"{f+=$1} END {print p+0, f+0}'
-} | awk '{p+=$1; f+=$2} END {printf "%d passed, %d failed\n", p, f}'
 cstatus=0
 if [[ -n "$cross_pid" ]]; then
   echo "== waiting for the cross-checks"
@@ -89,6 +83,12 @@ if [[ "$cstatus" != 0 ]]; then
   tail -40 "$cross_log"
   echo "cross-check failed (see the 'cross-check:' lines above)"
 fi
+# One closing line, the last, for both runners: cargo's test results and the suite's pytest summary.
+{
+  grep -E '^test result:' "$log" | awk '{print $4, $6}'
+  grep -E '(passed|failed|error).* in [0-9.]+s' "$tlog" | tail -1 | grep -Eo '[0-9]+ (passed|failed|errors?)' |
+    awk '$2=="passed"{p+=$1} $2!="passed"{f+=$1} END {print p+0, f+0}'
+} | awk '{p+=$1; f+=$2} END {printf "%d passed, %d failed\n", p, f}'
 if [[ "$status" != 0 ]]; then exit "$status"; fi
 if [[ "$tstatus" != 0 ]]; then exit "$tstatus"; fi
 exit "$cstatus"
