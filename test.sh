@@ -6,12 +6,14 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 export CARGO_TERM_COLOR=never
+# Each phase's heading carries the time since the start, so a slow run shows where it spent it.
+phase() { echo "== $* [+$((SECONDS / 60))m$((SECONDS % 60))s]"; }
 if ! python3 -c 'import tuf.ngclient' 2>/dev/null; then
-  echo "== installing python-tuf (for the TUF interoperability test)"
+  phase "installing python-tuf (for the TUF interoperability test)"
   python3 -m pip install --quiet --disable-pip-version-check 'tuf>=5' || echo "warning: python-tuf unavailable; its test will be skipped"
 fi
 if ! python3 -c 'import aiosmtpd' 2>/dev/null; then
-  echo "== installing aiosmtpd (the SMTP server of the alert tests)"
+  phase "installing aiosmtpd (the SMTP server of the alert tests)"
   python3 -m pip install --quiet --disable-pip-version-check 'aiosmtpd>=1.4' || echo "warning: aiosmtpd unavailable; the alert tests will fail"
 fi
 # Debian packages the tests start or call: a throwaway PostgreSQL cluster (fleet tests),
@@ -25,7 +27,7 @@ command -v nginx >/dev/null || [[ -x /usr/sbin/nginx ]] || need+=(nginx) # cachi
 command -v x86_64-w64-mingw32-gcc >/dev/null || need+=(gcc-mingw-w64-x86-64) # Windows cross-check
 command -v cc >/dev/null || need+=(gcc) # tests/tests/exe_diff.rs compiles a small C program
 if ((${#need[@]})); then
-  echo "== installing ${need[*]}"
+  phase "installing ${need[*]}"
   apt-get update -qq
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
 fi
@@ -34,11 +36,11 @@ fi
 # 2-core machine busy with other builds; docs/hosting.md).
 export PATH="$HOME/.cargo/bin:$PATH"
 if ! command -v garage >/dev/null; then
-  echo "== installing garage (cargo install; first run on a machine only, up to an hour)"
+  phase "installing garage (cargo install; first run on a machine only, up to an hour)"
   cargo install garage --locked --quiet --no-default-features --features bundled-libs,sqlite
 fi
 if ! python3 -c 'import ziglang' 2>/dev/null; then
-  echo "== installing ziglang (zig's C compiler, for the macOS cross-check)"
+  phase "installing ziglang (zig's C compiler, for the macOS cross-check)"
   python3 -m pip install --quiet --disable-pip-version-check ziglang || echo "warning: ziglang unavailable; the macOS cross-check will say it was skipped"
 fi
 # The Windows and macOS cross-checks (.ci/cross-check.sh, docs/platforms.md) run in the
@@ -49,25 +51,25 @@ cross_pid=""
 if [[ "${SKIP_CROSS_CHECK:-0}" == 1 ]]; then
   echo "cross-check: skipped (SKIP_CROSS_CHECK=1)" >"$cross_log"
 else
-  echo "== cross-checks for Windows and macOS started in the background (log $cross_log)"
+  phase "cross-checks for Windows and macOS started in the background (log $cross_log)"
   CARGO_TARGET_DIR="$PWD/target/cross" nice -n 19 bash .ci/cross-check.sh >"$cross_log" 2>&1 &
   cross_pid=$!
 fi
-echo "== cargo fmt --check"
+phase "cargo fmt --check"
 cargo fmt --all --check
-echo "== cargo clippy"
+phase "cargo clippy"
 cargo clippy --workspace --all-targets -q -- -D warnings
 python3 .ci/module-cycles.py
-echo "== build binaries"
+phase "build binaries"
 cargo build --workspace --bins -q
-echo "== tests"
+phase "tests"
 log="${TMPDIR:-/tmp}/patchkit-test.log"
 set +e
 # Test binaries run side by side (.ci/run-tests.py; TEST_JOBS, default 3), then the doc-tests.
 python3 .ci/run-tests.py 2>&1 | tee "$log" | grep -Ev '^(running [0-9]+ tests?|)$'
 status=${PIPESTATUS[0]}
 set -e
-echo "== TUF conformance suite (../shared/tuf-conformance)"
+phase "TUF conformance suite (../shared/tuf-conformance)"
 tlog="${TMPDIR:-/tmp}/patchkit-tuf-conformance.log"
 set +e
 ./.ci/tuf-conformance.sh 2>&1 | tee "$tlog" | tail -5
@@ -75,7 +77,7 @@ tstatus=${PIPESTATUS[0]}
 set -e
 cstatus=0
 if [[ -n "$cross_pid" ]]; then
-  echo "== waiting for the cross-checks"
+  phase "waiting for the cross-checks"
   wait "$cross_pid" || cstatus=$?
 fi
 grep -E '^cross-check: ' "$cross_log" || true

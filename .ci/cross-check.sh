@@ -12,9 +12,11 @@ say() { echo "cross-check: $*"; }
 status=0
 started=$SECONDS
 
+# Every step is bounded, so that a network that swallows packets or a starved build ends in a
+# clear line instead of a hung CI run.
 have_target() {
   rustup target list --installed 2>/dev/null | grep -qx "$1" ||
-    rustup target add "$1" >/dev/null 2>&1
+    timeout 300 rustup target add "$1" >/dev/null 2>&1
 }
 
 # What is checked: by default the crates that run on users' machines, where Windows and macOS
@@ -31,8 +33,14 @@ check() {
   local target=$1
   local t0=$SECONDS
   say "cargo check ${scope[*]} --target $target"
-  if cargo check "${scope[@]}" --target "$target" -q; then
+  local limit=${CROSS_CHECK_TIMEOUT:-1800}
+  timeout "$limit" cargo check "${scope[@]}" --target "$target" -q
+  local rc=$?
+  if ((rc == 0)); then
     say "$target: ok ($((SECONDS - t0)) s)"
+  elif ((rc == 124)); then
+    say "$target: FAILED (not finished within ${limit} s, CROSS_CHECK_TIMEOUT)"
+    status=1
   else
     say "$target: FAILED (the code does not compile for this target; see above)"
     status=1
@@ -45,8 +53,8 @@ if ! have_target x86_64-pc-windows-gnu; then
 else
   if ! command -v x86_64-w64-mingw32-gcc >/dev/null; then
     say "installing gcc-mingw-w64-x86-64 (apt)"
-    { apt-get install -y -qq gcc-mingw-w64-x86-64 ||
-      { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq gcc-mingw-w64-x86-64; }; } >/dev/null 2>&1
+    { timeout 600 apt-get install -y -qq gcc-mingw-w64-x86-64 ||
+      { timeout 300 apt-get update -qq && DEBIAN_FRONTEND=noninteractive timeout 600 apt-get install -y -qq gcc-mingw-w64-x86-64; }; } >/dev/null 2>&1
   fi
   if command -v x86_64-w64-mingw32-gcc >/dev/null; then
     check x86_64-pc-windows-gnu
@@ -62,7 +70,7 @@ if ! have_target x86_64-apple-darwin; then
 else
   if ! python3 -c 'import ziglang' 2>/dev/null; then
     say "installing ziglang (pip)"
-    python3 -m pip install --quiet --disable-pip-version-check ziglang >/dev/null 2>&1
+    timeout 600 python3 -m pip install --quiet --disable-pip-version-check ziglang >/dev/null 2>&1
   fi
   if python3 -c 'import ziglang' 2>/dev/null; then
     # A fixed place, so that the C dependencies' build scripts see the same compiler on the

@@ -8,15 +8,19 @@ slowest first, from the durations of the previous run kept in target/test-durati
 each in its package directory with CARGO_MANIFEST_DIR set as cargo would, prints each binary's
 summary as it finishes (its whole output when it fails), then runs the doc-tests.
 
-Usage: .ci/run-tests.py [--jobs N]   (TEST_JOBS, default 3). Exit status 1 if anything failed.
+Usage: .ci/run-tests.py [--jobs N] [--timeout SECS]   (TEST_JOBS, default 3; TEST_TIMEOUT,
+default 900: a test binary still running then is killed with everything it started and fails).
+Exit status 1 if anything failed.
 Standard library only.
 """
 import argparse
 import concurrent.futures
 import json
 import os
+import signal
 import subprocess
 import sys
+import threading
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -51,17 +55,39 @@ def test_binaries():
     return out
 
 
-def run_one(name, exe, pkg):
+def run_one(name, exe, pkg, timeout):
+    """Runs one test binary in its own process group; past `timeout` seconds the whole group
+    (the binary and every server, agent or browser it started) is killed and the binary counts
+    as failed, with what it printed so far (the harness names tests running for over 60 s)."""
     env = dict(os.environ, CARGO_MANIFEST_DIR=pkg)
     t0 = time.monotonic()
-    p = subprocess.run([exe], cwd=pkg, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                       text=True, errors="replace")
-    return name, p.returncode, p.stdout, time.monotonic() - t0
+    p = subprocess.Popen([exe], cwd=pkg, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                         text=True, errors="replace", start_new_session=True)
+    lines = []
+    reader = threading.Thread(target=lambda: lines.extend(p.stdout), daemon=True)
+    reader.start()
+    try:
+        rc = p.wait(timeout=timeout)
+        reader.join()
+    except subprocess.TimeoutExpired:
+        try:
+            os.killpg(p.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        rc = p.wait()
+        # A process that left the group (a session of its own) may still hold the pipe open:
+        # keep what was read so far.
+        reader.join(timeout=10)
+        lines.append(f"\nTIMED OUT: {name} was killed after {timeout} s (TEST_TIMEOUT)\n")
+        rc = -1
+    return name, rc, "".join(lines), time.monotonic() - t0
 
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--jobs", type=int, default=int(os.environ.get("TEST_JOBS", "3")))
+    ap.add_argument("--timeout", type=int, default=int(os.environ.get("TEST_TIMEOUT", "900")),
+                    help="seconds one test binary may run before it is killed and fails")
     a = ap.parse_args()
     durations_file = os.path.join(target_dir(), "test-durations.json")
     try:
@@ -76,7 +102,7 @@ def main():
     durations = {}
     t0 = time.monotonic()
     with concurrent.futures.ThreadPoolExecutor(max_workers=max(1, a.jobs)) as pool:
-        futures = [pool.submit(run_one, *b) for b in bins]
+        futures = [pool.submit(run_one, *b, a.timeout) for b in bins]
         for fut in concurrent.futures.as_completed(futures):
             name, rc, out, secs = fut.result()
             durations[name] = round(secs, 2)

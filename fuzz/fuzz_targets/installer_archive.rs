@@ -25,7 +25,7 @@ fuzz_target!(|data: &[u8]| {
             return;
         }
         let out = dir.path().join("out");
-        let _ = patch_apply::archive::extract_installer(&p, "fuzz", &m, &out, &limits);
+        let _ = patch_apply::archive::extract_installer(&p, "fuzz", &m, &out, &limits, &|_, _| {});
         let _ = std::fs::remove_dir_all(&out);
     }
 });

@@ -192,7 +192,14 @@ pub fn stage_installer(
     )?;
     let tree = ctx.staging.join("tree");
     (ctx.events)(&Event::Phase { phase: "apply" });
-    crate::archive::extract_installer(&file, &path, manifest, &tree, ctx.limits)?;
+    let progress = |done, total| {
+        (ctx.events)(&Event::Progress {
+            phase: "apply",
+            done,
+            total,
+        })
+    };
+    crate::archive::extract_installer(&file, &path, manifest, &tree, ctx.limits, &progress)?;
     Ok(differing_files(current, manifest)
         .into_iter()
         .map(|e| (e.path.clone(), e.path.to_path(&tree)))

@@ -289,6 +289,10 @@ pub struct ReleaseReport {
     pub repair: RepairReport,
     /// Versions pruned.
     pub pruned: Vec<String>,
+    /// What an interrupted earlier release had left and this one removed (work directories,
+    /// and files written after the last commit that no metadata references), relative to the
+    /// repository.
+    pub leftovers_removed: Vec<String>,
     /// The release's ignore patterns, inherited and dropped ones.
     pub ignore: IgnoreReport,
     /// Targets metadata version now served.
@@ -358,6 +362,14 @@ pub fn release(opts: &ReleaseOptions, progress: &dyn Progress) -> Result<Release
     let expires = formats::time_util::now() + opts.expires;
     let mut repo = Repo::open_or_new(&opts.repo, first_key, expires)?;
     repo.check_keys(&keys)?;
+    let leftovers = crate::gc::remove_interrupted_leftovers(&repo)?;
+    if !leftovers.is_empty() {
+        tracing::info!(
+            "removed {} file(s) an interrupted release left in {}",
+            leftovers.len(),
+            opts.repo.display()
+        );
+    }
     let old_info = repo.info()?;
     let app = match (&opts.name, &old_info) {
         (Some(n), Some(i)) if *n != i.app => {
@@ -664,6 +676,7 @@ pub fn release(opts: &ReleaseOptions, progress: &dyn Progress) -> Result<Release
             new_bytes: new_blob_bytes,
         },
         pruned,
+        leftovers_removed: leftovers,
         ignore: ignore_report,
         targets_version: repo.targets.version,
         timings: Timings {

@@ -495,7 +495,14 @@ pub fn verify(repo: &Path, key: &PublicKey) -> Result<VerifyReport> {
             let dir = work.path().join(format!("inst-{}", r.version));
             let res = (|| -> patch_apply::Result<()> {
                 let p = repo_view::target_path(name, t)?;
-                patch_apply::archive::extract_installer(&repo.join(&p), &p, m, &dir, &limits)
+                patch_apply::archive::extract_installer(
+                    &repo.join(&p),
+                    &p,
+                    m,
+                    &dir,
+                    &limits,
+                    &|_, _| {},
+                )
             })();
             if let Err(e) = res {
                 problems.push(format!("installer of {}: {e}", r.version));

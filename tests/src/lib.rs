@@ -16,17 +16,29 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-/// The directory holding the workspace's binaries (`target/<profile>`).
+/// The directory holding the workspace's binaries: `PATCHKIT_BIN_DIR` when set, else
+/// `target/<profile>` beside the test binary (`target/<profile>/deps/<test>`), else, when cargo's
+/// build directory is elsewhere (`CARGO_BUILD_BUILD_DIR`), this workspace's `target/<profile>`.
 pub fn bin_dir() -> PathBuf {
     if let Ok(d) = std::env::var("PATCHKIT_BIN_DIR") {
         return PathBuf::from(d);
     }
     let exe = std::env::current_exe().expect("current exe");
-    // target/<profile>/deps/<test-binary>
-    exe.parent()
+    let beside = exe
+        .parent()
         .and_then(Path::parent)
-        .expect("test binary lives in target/<profile>/deps")
-        .to_path_buf()
+        .expect("test binary lives in <dir>/<profile>/deps")
+        .to_path_buf();
+    if beside.join("patch-apply").exists() || beside.join("patch-apply.exe").exists() {
+        return beside;
+    }
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"));
+    match beside.file_name() {
+        Some(profile) => target.join(profile),
+        None => beside,
+    }
 }
 
 /// Path of a workspace binary; panics with a clear message when it was not built.

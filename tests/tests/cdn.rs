@@ -285,19 +285,21 @@ fn new_timestamp_before_the_files_it_pins_is_a_clear_try_again_and_trust_recover
     let w = small_world(2, 1);
     let next = two_repos(&w);
     let origin = Origin::start(&w.repo);
-    // The edge remembers a 404 for 3 s; `settle` waits until it asks the origin again.
+    // The edge remembers a 404 for 8 s (long enough that a slow client run on a loaded machine
+    // still sees it on the second try); `settle` waits until the edge asks the origin again,
+    // counting from the end of the client run that made the edge cache the 404.
     let edge = Edge::start(
         &w,
         "edge",
         &origin,
         &EdgeConfig {
             timestamp_ttl: "1s",
-            missing_ttl: "3s",
+            missing_ttl: "8s",
             extra: String::new(),
         },
     );
     let settle = |since: Instant| {
-        std::thread::sleep(Duration::from_secs(4).saturating_sub(since.elapsed()));
+        std::thread::sleep(Duration::from_secs(9).saturating_sub(since.elapsed()));
     };
     let app = app_at(&w, "app", 1);
     let try_again = |file: &str| {
@@ -316,15 +318,15 @@ fn new_timestamp_before_the_files_it_pins_is_a_clear_try_again_and_trust_recover
 
     // Only the new timestamp reached the origin.
     sync_repo(&next, &w.repo, &|p| p != ts);
-    let first_404 = Instant::now();
     try_again(".snapshot.json");
+    let first_404 = Instant::now();
     // The new metadata arrives (not the artifacts); the edge still has its 404.
     sync_repo(&next, &w.repo, &|p| p == ts || is_new_artifact(p));
     try_again(".snapshot.json");
     // The edge asks again: snapshot and targets are there, the manifest is not.
     settle(first_404);
-    let second_404 = Instant::now();
     try_again("manifest.json");
+    let second_404 = Instant::now();
     // Everything arrives; once the edge asks again, the same client updates.
     sync_repo(&next, &w.repo, &|_| false);
     settle(second_404);

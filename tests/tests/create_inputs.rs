@@ -345,3 +345,83 @@ fn quiet_prints_only_errors_and_verbose_adds_detail() {
     );
     assert!(err.contains("error:"), "{err}");
 }
+
+/// Issue 21: a `release` killed midway (as Ctrl-C or a crash would) leaves its work directory
+/// and unreferenced files; the next `release` removes exactly those (files written after the
+/// last commit that no metadata references), keeps an older unreferenced file it cannot show
+/// it wrote, and the repository verifies clean.
+#[test]
+fn release_killed_midway_leaves_leftovers_that_the_next_release_removes() {
+    // A big changed file makes the patch of release 2 take long enough to be killed midway.
+    let w = World::with_sizes(2, 24 << 20, 1 << 20);
+    w.release(1, &[]);
+    // An unreferenced file from long before the last commit: not provably a leftover, kept.
+    let old = w.repo.join("blobs/zz/not-ours");
+    std::fs::create_dir_all(old.parent().unwrap()).unwrap();
+    std::fs::write(&old, b"kept").unwrap();
+    ok(Command::new("touch").args(["-d", "2001-01-01"]).arg(&old));
+    let tmp_dirs = |repo: &Path| -> Vec<String> {
+        std::fs::read_dir(repo)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| n.starts_with(".tmp-release-"))
+            .collect()
+    };
+    let mut child = cmd("patch-create")
+        .args(["release", "--name", "demo", "-q", "--level", "19", "--repo"])
+        .arg(&w.repo)
+        .arg("--root")
+        .arg(&w.releases[1])
+        .args(["--version", "2.0.0", "--key"])
+        .arg(&w.key)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let t0 = std::time::Instant::now();
+    while tmp_dirs(&w.repo).is_empty() {
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "release 2 ended before it could be interrupted"
+        );
+        assert!(
+            t0.elapsed().as_secs() < 120,
+            "release 2 never started its patches"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    child.kill().unwrap(); // SIGKILL: no destructor runs, as with a crash or a power cut.
+    child.wait().unwrap();
+    let left = tmp_dirs(&w.repo);
+    assert_eq!(left.len(), 1, "the killed release left its work directory");
+    // A file it had placed but never committed (as a kill just after placing one would leave).
+    let placed = w.repo.join("targets/2.0.0/feedface.uncommitted");
+    std::fs::create_dir_all(placed.parent().unwrap()).unwrap();
+    std::fs::write(&placed, b"never signed").unwrap();
+
+    let report = last_json(&ok(&mut release_cmd(&w, &w.repo, &w.releases[1], "2.0.0")));
+    let removed: Vec<String> = report["leftovers_removed"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap().to_owned())
+        .collect();
+    assert!(removed.contains(&left[0]), "{removed:?}");
+    assert!(
+        removed.contains(&"targets/2.0.0/feedface.uncommitted".to_owned()),
+        "{removed:?}"
+    );
+    assert!(tmp_dirs(&w.repo).is_empty());
+    assert!(!placed.exists());
+    assert_eq!(std::fs::read(&old).unwrap(), b"kept");
+    let verify = last_json(&ok(cmd("patch-create")
+        .args(["verify", "--json", "--repo"])
+        .arg(&w.repo)
+        .arg("--public-key")
+        .arg(&w.public)));
+    assert_eq!(
+        verify["unreferenced"],
+        serde_json::json!(["blobs/zz/not-ours"]),
+        "{verify}"
+    );
+}

@@ -99,7 +99,17 @@ fn cancel_mid_download_leaves_the_old_version_and_a_later_apply_finishes() {
     let mut cfg = Config::new(&app, served.url.clone(), public_key(&w));
     cfg.method = MethodChoice::Only(Method::Installer);
     cfg.cancel = cancel.clone();
+    let extracted = Arc::new(Mutex::new(Vec::new()));
+    let extracted2 = Arc::clone(&extracted);
     let u = Updater::new(cfg, move |e: &Event| {
+        if let Event::Progress {
+            phase: "apply",
+            done,
+            total,
+        } = e
+        {
+            extracted2.lock().unwrap().push((*done, *total));
+        }
         if let Event::Progress {
             phase: "download",
             done,
@@ -136,6 +146,17 @@ fn cancel_mid_download_leaves_the_old_version_and_a_later_apply_finishes() {
     let r = u.apply().unwrap();
     assert_eq!(r.to, "2.0.0");
     assert_same_tree(&app, &w.releases[1]);
+    // Extracting the installer reports entries done out of the release's entries (it used to
+    // report nothing, leaving a progress bar at 0/0).
+    let extracted = extracted.lock().unwrap();
+    let (done, total) = *extracted
+        .last()
+        .expect("progress while the installer is extracted");
+    assert!(total > 1 && done == total, "{extracted:?}");
+    assert!(
+        extracted.windows(2).all(|p| p[0].0 < p[1].0),
+        "{extracted:?}"
+    );
 }
 
 /// Cancel pressed while patches are applied into the staging area: the updater stops at its

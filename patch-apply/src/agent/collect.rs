@@ -58,12 +58,30 @@ pub fn read_state(src: &StateSource) -> Result<Option<serde_json::Value>, String
     Ok(Some(v))
 }
 
-/// Runs `sh -c cmd`, keeping at most `max + 1` bytes of its standard output; kills it after
-/// `timeout`. Output over `max` bytes and a failing exit status are errors.
+/// A hook's command line (`--state-cmd`, `--on-offer`), run by the platform's shell: `sh -c`
+/// on Unix, `cmd /C` on Windows. Hooks are command lines written by the app's packager (pipes,
+/// redirections and variables are expected to work), never text from the network.
+pub fn shell_command(cmd: &str) -> Command {
+    #[cfg(windows)]
+    let mut c = {
+        let mut c = Command::new("cmd");
+        c.arg("/C");
+        c
+    };
+    #[cfg(not(windows))]
+    let mut c = {
+        let mut c = Command::new("sh");
+        c.arg("-c");
+        c
+    };
+    c.arg(cmd);
+    c
+}
+
+/// Runs `cmd` through [`shell_command`], keeping at most `max + 1` bytes of its standard output;
+/// kills it after `timeout`. Output over `max` bytes and a failing exit status are errors.
 pub fn run_bounded(cmd: &str, timeout: Duration, max: usize) -> Result<Vec<u8>, String> {
-    let mut child = Command::new("sh")
-        .arg("-c")
-        .arg(cmd)
+    let mut child = shell_command(cmd)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::null())

@@ -119,12 +119,14 @@ pub fn unpack_patch(
 /// Extracts the installer archive at `path` into `dest` (which must be empty or absent),
 /// checking every entry against `manifest`: each path must be in the release with the same
 /// kind, each file's content must match its pin, and every path of the release must be present.
+/// `progress` is told the entries extracted so far and the release's entry count after each.
 pub fn extract_installer(
     path: &Path,
     what: &str,
     manifest: &ReleaseManifest,
     dest: &Path,
     limits: &Limits,
+    progress: &dyn Fn(u64, u64),
 ) -> Result<()> {
     let bound = manifest.total_file_bytes().saturating_add(
         (manifest.entries.len() as u64 + 4).saturating_mul(3 * 512 + limits.max_archive_header),
@@ -182,6 +184,7 @@ pub fn extract_installer(
         if !seen.insert(rel.clone()) {
             return Err(bad(format!("entry {rel} appears twice")));
         }
+        progress(seen.len() as u64, manifest.entries.len() as u64);
         let et = entry.header().entry_type();
         let target = rel.to_path(dest);
         match (&me.node, et) {

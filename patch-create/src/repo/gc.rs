@@ -1,6 +1,9 @@
-//! Removing files no signed metadata references any more (after pruning).
+//! Removing files no signed metadata references any more (after pruning), and what an
+//! interrupted `release` left behind.
 
 use std::collections::BTreeSet;
+use std::path::Path;
+use std::time::SystemTime;
 
 use formats::layout;
 
@@ -10,6 +13,43 @@ use crate::repo::Repo;
 /// Deletes target files and repair files that the current targets metadata (and the manifests
 /// it lists) no longer reference. Metadata files are kept (old versions stay valid history).
 pub fn collect_garbage(repo: &Repo) -> Result<Vec<String>> {
+    remove_unreferenced(repo, |_| true)
+}
+
+/// Removes what an interrupted `release` (Ctrl-C, a kill, a full disk) left in the repository:
+/// its `.tmp-release-*` work directories, and target and repair files that no signed metadata
+/// references and that were written after the last commit (newer than `timestamp.json`, which
+/// every commit replaces last), so never served to anyone. Unreferenced files older than that
+/// are left alone. The caller holds the repository lock, so no other release is writing.
+/// Returns the removed paths, relative to the repository.
+pub fn remove_interrupted_leftovers(repo: &Repo) -> Result<Vec<String>> {
+    let mut removed = Vec::new();
+    for entry in std::fs::read_dir(&repo.path).at(&repo.path)? {
+        let entry = entry.at(&repo.path)?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if name.starts_with(".tmp-release-") && entry.file_type().at(&entry.path())?.is_dir() {
+            std::fs::remove_dir_all(entry.path()).at(&entry.path())?;
+            removed.push(name);
+        }
+    }
+    let ts = repo.path.join(layout::METADATA_DIR).join("timestamp.json");
+    let committed = match std::fs::metadata(&ts) {
+        Ok(m) => m.modified().at(&ts)?,
+        // No commit yet: everything in targets/ and blobs/ is an interrupted first release's.
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => SystemTime::UNIX_EPOCH,
+        Err(e) => return Err(crate::Error::io(&ts, e)),
+    };
+    removed.extend(remove_unreferenced(repo, |p| {
+        std::fs::metadata(p)
+            .and_then(|m| m.modified())
+            .is_ok_and(|t| t > committed)
+    })?);
+    Ok(removed)
+}
+
+/// Deletes the files under `targets/` and `blobs/` that the current targets metadata (and the
+/// manifests it lists) do not reference and for which `select` is true.
+fn remove_unreferenced(repo: &Repo, select: impl Fn(&Path) -> bool) -> Result<Vec<String>> {
     let mut keep: BTreeSet<String> = BTreeSet::new();
     for (name, t) in &repo.targets.targets {
         keep.insert(layout::target_file(name, &t.sha256()?));
@@ -38,7 +78,7 @@ pub fn collect_garbage(repo: &Repo) -> Result<Vec<String>> {
                 .unwrap_or(entry.path())
                 .to_string_lossy()
                 .replace('\\', "/");
-            if !keep.contains(&rel) {
+            if !keep.contains(&rel) && select(entry.path()) {
                 std::fs::remove_file(entry.path()).at(entry.path())?;
                 removed.push(rel);
             }
