@@ -33,7 +33,7 @@ check() {
   local target=$1
   local t0=$SECONDS
   say "cargo check ${scope[*]} --target $target"
-  local limit=${CROSS_CHECK_TIMEOUT:-1800}
+  local limit=${CROSS_CHECK_TIMEOUT:-900}
   timeout "$limit" cargo check "${scope[@]}" --target "$target" -q
   local rc=$?
   if ((rc == 0)); then
