@@ -513,7 +513,8 @@ pub struct UploadReceipt {
 }
 
 /// Most crash files one device may upload in an hour (`PUT /v1/uploads?crash=ID`); more are
-/// refused with 413 and listed in the crash report without an upload id.
+/// refused with 429 and `Retry-After` (the agent tries again later, and after its last try
+/// lists the file in the crash report without an upload id).
 pub const MAX_CRASH_UPLOADS_PER_HOUR: usize = 32;
 
 /// A file attached to a crash report (`state.supervisor.crashes[].files` of the state

@@ -1230,6 +1230,24 @@ impl Db {
             .try_get("n")
     }
 
+    /// The uploads `device` made without a command (crash files) since `since_ms`: how many,
+    /// and when the oldest of them was made (index `uploads_device`).
+    pub async fn crash_uploads_since(
+        &self,
+        device: &str,
+        since_ms: i64,
+    ) -> sqlx::Result<(i64, Option<i64>)> {
+        let r = sqlx::query(
+            "SELECT COUNT(*) AS n, MIN(created_ms) AS oldest FROM uploads \
+             WHERE device = $1 AND created_ms > $2 AND command IS NULL",
+        )
+        .bind(device)
+        .bind(since_ms)
+        .fetch_one(&self.pool)
+        .await?;
+        Ok((r.try_get("n")?, r.try_get("oldest")?))
+    }
+
     /// Uploads, of one device or all, newest first.
     pub async fn uploads(&self, device: Option<&str>, limit: i64) -> sqlx::Result<Vec<UploadRow>> {
         let rows =

@@ -306,6 +306,19 @@ impl Device {
             .expect("upload");
         answer(r)
     }
+
+    /// `PUT /v1/uploads?crash=ID&name=NAME`: a crash file, with no command.
+    pub fn upload_crash(&self, crash: &str, name: &str, bytes: Vec<u8>) -> Answer {
+        let r = self
+            .http
+            .put(format!("{}/v1/uploads", self.url))
+            .query(&[("crash", crash), ("name", name)])
+            .bearer_auth(&self.token)
+            .body(bytes)
+            .send()
+            .expect("upload");
+        answer(r)
+    }
 }
 
 /// A check-in body at `version` with a tree digest derived from it.

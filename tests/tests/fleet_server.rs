@@ -293,6 +293,26 @@ fn commands_uploads_and_state(backend: &str) {
     // The bytes are on disk under the server's own name, not in a row.
     assert!(s.data.join("uploads").join(&upload_id).exists());
 
+    // Crash files: at most MAX_CRASH_UPLOADS_PER_HOUR per device in an hour, counted without
+    // the command uploads (dev-a has one), and per device (dev-b still may).
+    let max = formats::fleet::MAX_CRASH_UPLOADS_PER_HOUR;
+    for i in 0..max {
+        let r = a.upload_crash("c1", &format!("core.{i}"), vec![i as u8; 10]);
+        assert_eq!(r.status, 200, "crash file {i}: {:?}", r.body);
+    }
+    let over = a.upload_crash("c1", "one-too-many", vec![0; 10]);
+    assert_eq!(over.status, 429, "{:?}", over.body);
+    assert!(
+        over.body
+            .to_string()
+            .contains(&format!("limit of {max} crash files")),
+        "{:?}",
+        over.body
+    );
+    assert_eq!(b.upload_crash("c9", "core", vec![1; 10]).status, 200);
+    let uploads = s.admin_json(&["uploads", "--device", "dev-a"]);
+    assert_eq!(uploads.as_array().map(Vec::len), Some(max + 1), "{uploads}");
+
     // report-state returns the state document.
     s.admin(&["command", "--device", "dev-a", "report-state"]);
     let r = a.checkin(&checkin_body("1.0.0", None));

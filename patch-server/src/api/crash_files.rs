@@ -58,22 +58,21 @@ pub async fn upload(
         return Err(ApiError::bad("name", "must not be empty"));
     }
     check_short("name", &name)?;
-    let hour_ago = now_ms() - 3_600_000;
-    let recent = st
-        .db
-        .uploads(Some(&dev.id), MAX_CRASH_UPLOADS_PER_HOUR as i64 * 4)
-        .await?
-        .iter()
-        .filter(|u| u.command.is_none() && u.created_ms > hour_ago)
-        .count();
-    if recent >= MAX_CRASH_UPLOADS_PER_HOUR {
-        return Err(ApiError::Invalid(formats::fleet::FleetError {
-            field: "crash".into(),
-            reason: format!(
-                "more than the limit of {MAX_CRASH_UPLOADS_PER_HOUR} crash files per device in an hour"
+    const HOUR_MS: i64 = 3_600_000;
+    let now = now_ms();
+    let (recent, oldest) = st.db.crash_uploads_since(&dev.id, now - HOUR_MS).await?;
+    if recent >= MAX_CRASH_UPLOADS_PER_HOUR as i64 {
+        // Room again once the oldest counted upload leaves the hour.
+        let wait_ms = oldest
+            .map_or(HOUR_MS, |o| o + HOUR_MS - now)
+            .clamp(1_000, HOUR_MS);
+        return Err(ApiError::TooMany {
+            message: format!(
+                "crash: more than the limit of {MAX_CRASH_UPLOADS_PER_HOUR} crash files per \
+                 device in an hour"
             ),
-            too_large: true,
-        }));
+            retry_after_secs: (wait_ms as u64).div_ceil(1000),
+        });
     }
     store_upload(st, dev, None, name, headers, body).await
 }
