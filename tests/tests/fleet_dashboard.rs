@@ -4,6 +4,7 @@
 //!
 //! With `PATCHKIT_SCREENSHOTS=1` the test also saves `docs/screenshots/*.png`.
 
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use e2e_tests::browser::Browser;
@@ -41,6 +42,20 @@ fn world() -> World {
         .arg(&w.key)
         .args(["--reason", "corrupts saves on Windows (#123)"]));
     w
+}
+
+/// Every file under `dir`.
+fn walk_files(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).expect("read dir").flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            out.extend(walk_files(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
 }
 
 fn http() -> reqwest::blocking::Client {
@@ -263,6 +278,25 @@ fn dashboard_in_a_real_browser(backend: &Backend) {
     assert!(b.text("#release-2\\.0\\.0 .changes").contains("From 1.0.0"));
     assert!(b.text("#release-2\\.0\\.0 h2").contains("2 devices"));
     shot(&b, backend, "releases");
+    // Manifests that verified are kept by their signed hashes: with every manifest file gone
+    // from the repository, the page still shows the notes (only metadata is read again).
+    let hidden: Vec<(PathBuf, PathBuf)> = walk_files(&w.repo.join("targets"))
+        .into_iter()
+        .filter(|p| p.to_string_lossy().ends_with(".manifest.json"))
+        .map(|p| (p.clone(), p.with_extension("json.hidden")))
+        .collect();
+    assert!(hidden.len() >= 3, "{hidden:?}");
+    for (from, to) in &hidden {
+        std::fs::rename(from, to).expect("hide manifest");
+    }
+    b.goto(&format!("{url}/ui/apps/game/releases"));
+    assert!(b
+        .text("#release-2\\.0\\.0 .notes")
+        .contains("<b>not bold</b>"));
+    assert_eq!(b.count(".release .error"), 0, "{}", b.text("body"));
+    for (from, to) in &hidden {
+        std::fs::rename(to, from).expect("restore manifest");
+    }
 
     // CSRF: the same form posted without the token, or with a wrong one, is refused.
     let dev_url = format!("{url}/ui/devices/dev-good/commands");

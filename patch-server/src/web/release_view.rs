@@ -2,9 +2,12 @@
 //! with the updater's verified code (as `crate::releases` does): notes, links, the signed
 //! yank, the patches that lead to it, and what changed from the previous release according
 //! to the two signed manifests. Blocking (network and disk): run it on a blocking thread.
+//! Manifests that verified once are kept in memory by their signed hash ([`MANIFEST_CACHE`]),
+//! so a view reads only the (small, conditional) metadata again.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
+use std::sync::{Arc, LazyLock, Mutex};
 
 use formats::keys::PublicKey;
 use formats::limits::Limits;
@@ -15,6 +18,39 @@ use patch_apply::repo_view;
 pub const MAX_DETAILED: usize = 20;
 /// Changed paths named per release; the counts are always complete.
 pub const MAX_PATHS: usize = 50;
+/// Parsed manifests kept in memory; the cache starts over when it is full.
+pub const MANIFEST_CACHE: usize = 256;
+
+/// Key of a cached manifest: repository, target name, and the length and hashes the signed
+/// targets metadata pins (a manifest signed anew with other bytes is another key).
+type ManifestKey = (String, String, String);
+
+/// Manifests that verified, by [`ManifestKey`].
+static MANIFESTS: LazyLock<Mutex<HashMap<ManifestKey, Arc<ReleaseManifest>>>> =
+    LazyLock::new(|| Mutex::new(HashMap::new()));
+
+/// The manifest of `r`, from the cache when its pinned hash was verified before, else fetched
+/// and verified through the updater's code (then cached). Errors are not cached.
+fn manifest(
+    repo: &str,
+    tr: &dyn patch_apply::transport::Transport,
+    r: &repo_view::ReleaseRef,
+    limits: &Limits,
+) -> Result<Arc<ReleaseManifest>, String> {
+    let pins = format!("{} {:?}", r.manifest.length, r.manifest.hashes);
+    let key = (repo.to_string(), r.manifest_name.clone(), pins);
+    if let Some(m) = MANIFESTS.lock().ok().and_then(|c| c.get(&key).cloned()) {
+        return Ok(m);
+    }
+    let m = Arc::new(repo_view::fetch_manifest(tr, r, limits).map_err(|e| e.to_string())?);
+    if let Ok(mut c) = MANIFESTS.lock() {
+        if c.len() >= MANIFEST_CACHE {
+            c.clear();
+        }
+        c.insert(key, Arc::clone(&m));
+    }
+    Ok(m)
+}
 
 /// A link from the release notes: `href` only for `http(s)://` URLs, otherwise shown as text.
 #[derive(Debug, Clone)]
@@ -154,10 +190,10 @@ pub fn describe(
     let n = view.releases.len();
     let first = n.saturating_sub(MAX_DETAILED + 1);
     // Oldest first, so each release is compared with the one before it.
-    let mut prev: Option<ReleaseManifest> = None;
+    let mut prev: Option<Arc<ReleaseManifest>> = None;
     let mut out = Vec::new();
     for (i, r) in view.releases.iter().enumerate().skip(first) {
-        let manifest = repo_view::fetch_manifest(transport.as_ref(), r, &limits);
+        let manifest = manifest(repo, transport.as_ref(), r, &limits);
         let mut patches: Vec<(String, u64)> = view
             .patches
             .iter()
@@ -169,10 +205,10 @@ pub fn describe(
             Ok(m) => (
                 m.notes.clone(),
                 m.links.iter().map(|l| link(l)).collect(),
-                Some(self::changes(prev.as_ref(), m)),
+                Some(self::changes(prev.as_deref(), m)),
                 None,
             ),
-            Err(e) => (Vec::new(), Vec::new(), None, Some(e.to_string())),
+            Err(e) => (Vec::new(), Vec::new(), None, Some(e.clone())),
         };
         prev = manifest.ok();
         if i == first && first > 0 {
