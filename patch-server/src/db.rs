@@ -60,6 +60,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "enroll limits",
         include_str!("../migrations/0008_enroll_limits.sql"),
     ),
+    (
+        9,
+        "push expiry",
+        include_str!("../migrations/0009_push_expiry.sql"),
+    ),
 ];
 
 impl MigrationSource<'static> for Migrations {

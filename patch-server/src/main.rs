@@ -258,6 +258,32 @@ enum Cmd {
         version: String,
         #[command(flatten)]
         target: PushTarget,
+        /// Stop applying after this long (`12h`, `7d`; at most a year); without it the push
+        /// applies until removed with `unpush`.
+        #[arg(long, value_parser = humantime::parse_duration)]
+        expires_in: Option<std::time::Duration>,
+    },
+    /// Remove the pushes to a device, a tag or the whole app (only those of one release with
+    /// --version).
+    Unpush {
+        #[command(flatten)]
+        remote: Remote,
+        #[arg(long)]
+        app: String,
+        #[arg(long)]
+        version: Option<String>,
+        #[command(flatten)]
+        target: PushTarget,
+    },
+    /// List pushes, newest first, with when each expires.
+    Pushes {
+        #[command(flatten)]
+        remote: Remote,
+        #[arg(long)]
+        app: Option<String>,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
     },
     /// Hold a device, or every device with a tag, at a release (wins over pushes, rollouts
     /// and the channel).
@@ -1133,18 +1159,62 @@ fn run(cli: Cli) -> Result<()> {
             app,
             version,
             target,
+            expires_in,
         } => {
             let v = client(&remote)?.post(
                 "/v1/admin/pushes",
                 &json!({"app": app, "version": version, "device": target.device,
-                        "tag": target.tag, "all": target.all}),
+                        "tag": target.tag, "all": target.all,
+                        "expires_in_secs": expires_in.map(|d| d.as_secs().max(1))}),
             )?;
             println!(
-                "pushed {app} {} to {} {}",
+                "pushed {app} {} to {} {}{}",
                 s(&v, "version"),
                 s(&v, "target_kind"),
-                s(&v, "target")
+                s(&v, "target"),
+                v["expires_ms"]
+                    .as_i64()
+                    .map(|ms| format!(" until {}", patch_server::util::rfc3339(ms)))
+                    .unwrap_or_default()
             );
+            Ok(())
+        }
+        Cmd::Unpush {
+            remote,
+            app,
+            version,
+            target,
+        } => {
+            let v = client(&remote)?.post(
+                "/v1/admin/pushes/remove",
+                &json!({"app": app, "version": version, "device": target.device,
+                        "tag": target.tag, "all": target.all}),
+            )?;
+            println!("{} push(es) removed", v["removed"].as_u64().unwrap_or(0));
+            Ok(())
+        }
+        Cmd::Pushes { remote, app, json } => {
+            let q: Vec<(&str, String)> = app.map(|a| ("app", a)).into_iter().collect();
+            let v = client(&remote)?.get("/v1/admin/pushes", &q)?;
+            if json {
+                print_json(&v);
+            } else {
+                for p in v.as_array().into_iter().flatten() {
+                    println!(
+                        "{} {} -> {} {} by {} at {}, {}",
+                        s(p, "app"),
+                        s(p, "version"),
+                        s(p, "target_kind"),
+                        s(p, "target"),
+                        s(p, "created_by"),
+                        patch_server::util::rfc3339(p["created_ms"].as_i64().unwrap_or(0)),
+                        p["expires_ms"]
+                            .as_i64()
+                            .map(|ms| format!("expires {}", patch_server::util::rfc3339(ms)))
+                            .unwrap_or_else(|| "until removed".into())
+                    );
+                }
+            }
             Ok(())
         }
         Cmd::Pin {

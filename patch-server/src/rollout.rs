@@ -550,17 +550,33 @@ pub async fn unpin(db: &Db, actor: &str, app: &str, target: &Target) -> ApiResul
     Ok(())
 }
 
-/// Pushes `version` to a device, a tag or every device of `app`.
+/// Longest time a push may be set to last, in seconds (a year); without one it lasts until
+/// removed.
+pub const MAX_PUSH_SECS: u64 = 366 * 86_400;
+
+/// Pushes `version` to a device, a tag or every device of `app`, for `expires_in_secs` seconds
+/// when given (at most [`MAX_PUSH_SECS`]), else until removed.
 pub async fn push(
     db: &Db,
     actor: &str,
     app: &str,
     target: &Target,
     version: &str,
+    expires_in_secs: Option<u64>,
     now: i64,
 ) -> ApiResult<PushRow> {
     check_app(db, app).await?;
     check_target(db, app, target).await?;
+    let expires_ms = match expires_in_secs {
+        None => None,
+        Some(s) if (1..=MAX_PUSH_SECS).contains(&s) => Some(now + s as i64 * 1000),
+        Some(s) => {
+            return Err(ApiError::bad(
+                "expires_in_secs",
+                format!("{s} is not between 1 and {MAX_PUSH_SECS} seconds"),
+            ))
+        }
+    };
     let rel = check_release(db, app, version).await?;
     let row = PushRow {
         id: crate::util::new_id(),
@@ -570,16 +586,46 @@ pub async fn push(
         version: rel.version.to_string(),
         created_ms: now,
         created_by: actor.to_string(),
+        expires_ms,
     };
     db.insert_push(&row).await?;
+    let detail = match expires_in_secs {
+        Some(s) => format!("{} for {s} s", row.version),
+        None => row.version.clone(),
+    };
+    db.audit(actor, "push", &format!("{app}/{}", target.label()), &detail)
+        .await?;
+    Ok(row)
+}
+
+/// Removes the pushes of `app` to one device, tag or the whole app (only those of `version`
+/// when given); 404 when there is none. Returns how many were removed.
+pub async fn unpush(
+    db: &Db,
+    actor: &str,
+    app: &str,
+    target: &Target,
+    version: Option<&str>,
+) -> ApiResult<u64> {
+    check_app(db, app).await?;
+    let n = db
+        .delete_pushes(app, target.kind(), target.name(), version)
+        .await?;
+    if n == 0 {
+        return Err(ApiError::NotFound(format!(
+            "no push{} to {} in app {app}",
+            version.map(|v| format!(" of {v}")).unwrap_or_default(),
+            target.label()
+        )));
+    }
     db.audit(
         actor,
-        "push",
+        "push.remove",
         &format!("{app}/{}", target.label()),
-        &row.version,
+        version.unwrap_or(""),
     )
     .await?;
-    Ok(row)
+    Ok(n)
 }
 
 /// Halts `r` (running) with `why` on behalf of the server; audited once.
@@ -783,7 +829,7 @@ pub async fn directive_for_checkin(
             })
             .collect(),
         pushes: db
-            .pushes_for(&dev.app, &dev.id)
+            .pushes_for(&dev.app, &dev.id, now)
             .await?
             .into_iter()
             .filter_map(|p| {

@@ -822,3 +822,73 @@ mod postgres {
         super::schedule_rate_cap_and_yank("postgres")
     }
 }
+
+/// Pushes expire and can be removed: a push that expired, or was removed, no longer moves its
+/// devices; one that stands does; `pushes` lists each with its expiry; removing what is not
+/// there is a 404; an expiry out of bounds names the field.
+#[test]
+fn a_push_expires_or_is_removed_and_then_moves_no_one() {
+    let w = world();
+    let srv = FleetServer::start(w.dir.path(), "srv", "1s");
+    srv.add_app(&w.repo, &w.public);
+    // A rollout at 0 % holds v2 back from everyone.
+    start(&srv, &["--percent", "0"]);
+    let ids: Vec<String> = (0..3).map(|i| format!("{:032x}", 0xcd_0000 + i)).collect();
+    let all: Vec<(String, PathBuf)> = ids
+        .iter()
+        .map(|id| (id.clone(), app_with_id(&w, id)))
+        .collect();
+    let apps: Vec<&PathBuf> = all.iter().map(|(_, a)| a).collect();
+    once_all(&w, &srv, &apps);
+    let push = |extra: &[&str]| {
+        let mut args = vec!["push", "--app", "demo", "--version", "2.0.0"];
+        args.extend_from_slice(extra);
+        ok(&mut srv.admin(&args))
+    };
+    // Device 0: a push that lasts one second, and lapses before the device polls again.
+    let out = push(&["--device", &ids[0], "--expires-in", "1s"]);
+    assert!(out.contains("until"), "{out}");
+    // Device 1 (by its tag): a push removed before the device polls again.
+    ok(&mut srv.admin(&["tag", &ids[1], "beta"]));
+    push(&["--tag", "beta"]);
+    // Device 2: a push that stands.
+    push(&["--device", &ids[2], "--expires-in", "1h"]);
+    let listed: Value =
+        serde_json::from_str(&ok(&mut srv.admin(&["pushes", "--app", "demo", "--json"])))
+            .expect("pushes --json");
+    let listed = listed.as_array().expect("array");
+    assert_eq!(listed.len(), 3, "{listed:?}");
+    let of = |target: &str| {
+        listed
+            .iter()
+            .find(|p| p["target"] == target)
+            .unwrap_or_else(|| panic!("no push to {target}: {listed:?}"))
+    };
+    assert!(of(&ids[0])["expires_ms"].is_i64());
+    assert!(of("beta")["expires_ms"].is_null());
+    let out = ok(&mut srv.admin(&["unpush", "--app", "demo", "--tag", "beta"]));
+    assert!(out.contains("1 push(es) removed"), "{out}");
+    let err = fails(&mut srv.admin(&["unpush", "--app", "demo", "--tag", "beta"]));
+    assert!(err.contains("404") && err.contains("no push"), "{err}");
+    std::thread::sleep(Duration::from_millis(1500));
+    once_all(&w, &srv, &apps);
+    assert_eq!(on_v2(&w, &all), vec![ids[2].clone()]);
+    // The lapsed push is still listed (with its expiry) until removed.
+    let out = ok(&mut srv.admin(&["pushes", "--app", "demo"]));
+    assert!(out.contains("expires"), "{out}");
+    let out = ok(&mut srv.admin(&["unpush", "--app", "demo", "--device", &ids[0]]));
+    assert!(out.contains("1 push(es) removed"), "{out}");
+    // Bounds: at most a year; the error names the field.
+    let err = fails(&mut srv.admin(&[
+        "push",
+        "--app",
+        "demo",
+        "--version",
+        "2.0.0",
+        "--all",
+        "--expires-in",
+        "400d",
+    ]));
+    assert!(err.contains("expires_in_secs"), "{err}");
+    assert!(audit_log(&srv).contains("push.remove"));
+}

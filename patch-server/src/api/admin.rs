@@ -725,6 +725,9 @@ pub struct TargetedRelease {
     /// Every device of the app.
     #[serde(default)]
     pub all: bool,
+    /// For a push: how long it applies, in seconds (until removed when absent).
+    #[serde(default)]
+    pub expires_in_secs: Option<u64>,
 }
 
 impl Validate for TargetedRelease {
@@ -892,6 +895,12 @@ pub async fn set_pin(
 ) -> ApiResult<Json<crate::db::PinRow>> {
     let actor = admin_auth(&st, &headers, Scope::Admin).await?;
     let p: TargetedRelease = read_doc(body).await?;
+    if p.expires_in_secs.is_some() {
+        return Err(ApiError::bad(
+            "expires_in_secs",
+            "only a push expires; remove a pin with unpin",
+        ));
+    }
     Ok(Json(
         crate::rollout::pin(&st.db, &actor, &p.app, &p.target(), p.version()?, now_ms()).await?,
     ))
@@ -932,8 +941,31 @@ pub async fn create_push(
     let actor = admin_auth(&st, &headers, Scope::Admin).await?;
     let p: TargetedRelease = read_doc(body).await?;
     Ok(Json(
-        crate::rollout::push(&st.db, &actor, &p.app, &p.target(), p.version()?, now_ms()).await?,
+        crate::rollout::push(
+            &st.db,
+            &actor,
+            &p.app,
+            &p.target(),
+            p.version()?,
+            p.expires_in_secs,
+            now_ms(),
+        )
+        .await?,
     ))
+}
+
+/// `POST /v1/admin/pushes/remove`: removes the pushes to a device, a tag or the whole app
+/// (only those of `version` when given).
+pub async fn remove_pushes(
+    State(st): State<AppState>,
+    headers: HeaderMap,
+    body: Body,
+) -> ApiResult<Json<serde_json::Value>> {
+    let actor = admin_auth(&st, &headers, Scope::Admin).await?;
+    let p: TargetedRelease = read_doc(body).await?;
+    let n =
+        crate::rollout::unpush(&st.db, &actor, &p.app, &p.target(), p.version.as_deref()).await?;
+    Ok(Json(serde_json::json!({"removed": n})))
 }
 
 /// `GET /v1/admin/pushes?app=`.

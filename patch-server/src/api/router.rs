@@ -108,6 +108,7 @@ pub fn router_with(state: AppState, max_concurrent: usize, extra: Router<AppStat
         )
         .route("/v1/admin/pins", post(admin::set_pin).get(admin::list_pins))
         .route("/v1/admin/pins/remove", post(admin::remove_pin))
+        .route("/v1/admin/pushes/remove", post(admin::remove_pushes))
         .route(
             "/v1/admin/pushes",
             post(admin::create_push).get(admin::list_pushes),

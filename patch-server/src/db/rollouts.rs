@@ -129,6 +129,9 @@ pub struct PushRow {
     pub created_ms: i64,
     /// Who pushed.
     pub created_by: String,
+    /// When it stops applying (unix ms); `None` until removed.
+    #[serde(default)]
+    pub expires_ms: Option<i64>,
 }
 
 fn push_from(r: &AnyRow) -> sqlx::Result<PushRow> {
@@ -140,6 +143,7 @@ fn push_from(r: &AnyRow) -> sqlx::Result<PushRow> {
         version: r.try_get("version")?,
         created_ms: r.try_get("created_ms")?,
         created_by: r.try_get("created_by")?,
+        expires_ms: r.try_get("expires_ms")?,
     })
 }
 
@@ -503,8 +507,9 @@ impl Db {
     /// Stores a push.
     pub async fn insert_push(&self, p: &PushRow) -> sqlx::Result<()> {
         sqlx::query(
-            "INSERT INTO pushes (id, app, target_kind, target, version, created_ms, created_by) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7)",
+            "INSERT INTO pushes \
+             (id, app, target_kind, target, version, created_ms, created_by, expires_ms) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
         )
         .bind(&p.id)
         .bind(&p.app)
@@ -513,9 +518,32 @@ impl Db {
         .bind(&p.version)
         .bind(p.created_ms)
         .bind(&p.created_by)
+        .bind(p.expires_ms)
         .execute(&self.pool)
         .await?;
         Ok(())
+    }
+
+    /// Deletes the pushes of `app` to one target (`target_kind`/`target` as stored), only those
+    /// of `version` when given. Returns how many were deleted.
+    pub async fn delete_pushes(
+        &self,
+        app: &str,
+        target_kind: &str,
+        target: &str,
+        version: Option<&str>,
+    ) -> sqlx::Result<u64> {
+        let r = sqlx::query(
+            "DELETE FROM pushes WHERE app = $1 AND target_kind = $2 AND target = $3 \
+             AND ($4 = '' OR version = $4)",
+        )
+        .bind(app)
+        .bind(target_kind)
+        .bind(target)
+        .bind(version.unwrap_or(""))
+        .execute(&self.pool)
+        .await?;
+        Ok(r.rows_affected())
     }
 
     /// Pushes of an app (or all), newest first.
@@ -536,15 +564,23 @@ impl Db {
         rows.iter().map(push_from).collect()
     }
 
-    /// The pushes matching a device: its own, its tags', and the app's.
-    pub async fn pushes_for(&self, app: &str, device: &str) -> sqlx::Result<Vec<PushRow>> {
+    /// The pushes matching a device that have not expired at `now`: its own, its tags', and
+    /// the app's.
+    pub async fn pushes_for(
+        &self,
+        app: &str,
+        device: &str,
+        now: i64,
+    ) -> sqlx::Result<Vec<PushRow>> {
         let rows = sqlx::query(
             "SELECT * FROM pushes WHERE app = $1 AND ((target_kind = 'device' AND target = $2) OR \
              (target_kind = 'tag' AND target IN (SELECT tag FROM device_tags WHERE device = $2)) \
-             OR (target_kind = 'all' AND target = ''))",
+             OR (target_kind = 'all' AND target = '')) \
+             AND (expires_ms IS NULL OR expires_ms > $3)",
         )
         .bind(app)
         .bind(device)
+        .bind(now)
         .fetch_all(&self.pool)
         .await?;
         rows.iter().map(push_from).collect()
