@@ -174,8 +174,8 @@ fn if_none_match_decides_over_if_modified_since_and_ranges_work() {
 fn requests_beyond_the_limit_get_503_until_a_body_is_done() {
     const LIMIT: usize = 64; // patch_create::serve::MAX_CONNECTIONS
     let d = tempfile::tempdir().expect("tempdir");
-    // Larger than what the loopback socket buffers hold (a few MB): a reader that stops reading keeps
-    // its request in progress.
+    // Larger than what the loopback socket buffers hold (a few MB): a reader that stops
+    // reading keeps its request in progress.
     let big = vec![7u8; 16 << 20];
     write(&d.path().join("blobs/big"), &big);
     write(&d.path().join("small"), b"small");
