@@ -48,6 +48,7 @@ pub mod manifest;
 pub mod patch_info;
 pub mod patterns;
 pub mod relpath;
+pub mod retry;
 pub mod self_plan;
 pub mod split_diff;
 pub mod time_util;

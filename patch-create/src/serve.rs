@@ -1,27 +1,46 @@
 //! `patch-create serve`: a small static file server for a repository directory, for local
-//! testing and demos. It answers `GET` and `HEAD` with `Content-Length`, single `Range`
-//! requests with `206` (or `416` when unsatisfiable), conditional requests (`If-None-Match`
-//! against a strong `ETag`, else `If-Modified-Since` against `Last-Modified`) with `304`, and
-//! refuses any path that could leave the repository (`..`, backslashes, NUL, symlinks pointing
-//! outside). Every answer carries a `Date` and the `Cache-Control` of docs/format.md §9
-//! ([`cache_control`]). One thread per connection, a bounded number of connections, and
-//! `Connection: close` after each answer.
+//! testing and demos, on axum with tower-http's `ServeDir`. `ServeDir` answers `GET` and
+//! `HEAD` with `Content-Length`, single `Range` requests with `206` (or `416` when
+//! unsatisfiable) and `If-Modified-Since` with `304`; hyper adds `Date`. A middleware in front
+//! of it (`guard`) adds what `ServeDir` lacks:
 //!
+//! - refusing (`404`) any path that could leave the repository (`..`, backslashes, NUL, and
+//!   symlinks pointing outside: `ServeDir` follows symlinks, [`resolve`] checks the real path);
+//! - a strong `ETag` ([`entity_tag`]) and `If-None-Match` → `304` (whole-second
+//!   `If-Modified-Since` alone would call a `timestamp.json` rewritten within the same second
+//!   unchanged; when `If-None-Match` is present, `If-Modified-Since` is ignored, RFC 9110
+//!   §13.1.3);
+//! - the `Cache-Control` of docs/format.md §9 per path ([`cache_control`]), `no-cache` on 404s;
+//! - a `Range` header that is not one usable range (several ranges, malformed) is ignored and
+//!   the whole file served, as RFC 9110 allows (`ServeDir` would say `416`);
+//! - at most [`MAX_CONNECTIONS`] requests in progress, *including the sending of the body*
+//!   (a slot is held by the response body until it is dropped), `503` with `Retry-After: 1`
+//!   beyond; tower's concurrency limit would free the slot when the headers are ready;
+//! - one [`RequestLog`] per request, given when the body is finished or dropped, with the body
+//!   bytes actually sent.
+//!
+//! The symlink check and the serving are two steps: a symlink swapped in between is followed.
 //! It is no production server: put the repository on a static host or CDN for that.
 
-use std::io::{self, BufRead, BufReader, Read, Seek, SeekFrom, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::pin::Pin;
 use std::sync::Arc;
-use std::time::Duration;
+use std::task::{Context, Poll};
+
+use axum::body::{Body, Bytes};
+use axum::extract::{ConnectInfo, Request, State};
+use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::Router;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tower_http::services::ServeDir;
 
 use crate::error::{Error, IoContext, Result};
 
-/// Connections served at once; more are answered `503`.
+/// Requests served at once (until their body is sent); more are answered `503`.
 pub const MAX_CONNECTIONS: usize = 64;
-/// Longest request head accepted.
-const MAX_HEAD: usize = 16 * 1024;
 
 /// A bound server, not yet accepting.
 pub struct Server {
@@ -44,6 +63,16 @@ pub struct RequestLog {
     pub status: u16,
     /// Body bytes sent.
     pub bytes: u64,
+}
+
+/// The request log callback.
+type LogFn = dyn Fn(&RequestLog) + Send + Sync;
+
+/// What every request's middleware shares.
+struct Shared {
+    root: PathBuf,
+    slots: Arc<Semaphore>,
+    log: Box<LogFn>,
 }
 
 impl Server {
@@ -71,91 +100,215 @@ impl Server {
             .map_err(|e| Error::io(&self.root, e))
     }
 
-    /// Accepts connections until the process ends; `log` receives one entry per request.
+    /// Serves until the process ends (on a tokio runtime of its own); `log` receives one entry
+    /// per request.
     pub fn run(self, log: impl Fn(&RequestLog) + Send + Sync + 'static) -> Result<()> {
-        let log = Arc::new(log);
-        let active = Arc::new(AtomicUsize::new(0));
-        let root = Arc::new(self.root);
-        for stream in self.listener.incoming() {
-            let stream = match stream {
-                Ok(s) => s,
-                Err(_) => continue, // e.g. a connection reset before accept: keep serving
-            };
-            if active.fetch_add(1, Ordering::SeqCst) >= MAX_CONNECTIONS {
-                active.fetch_sub(1, Ordering::SeqCst);
-                let _ = busy(stream);
-                continue;
-            }
-            let (log, active, root) = (log.clone(), active.clone(), root.clone());
-            std::thread::spawn(move || {
-                if let Some(entry) = handle(stream, &root) {
-                    log(&entry);
-                }
-                active.fetch_sub(1, Ordering::SeqCst);
-            });
-        }
-        Ok(())
-    }
-}
-
-fn busy(mut s: TcpStream) -> io::Result<()> {
-    s.set_write_timeout(Some(Duration::from_secs(5)))?;
-    s.write_all(b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\nRetry-After: 1\r\nConnection: close\r\n\r\n")
-}
-
-/// A parsed request head.
-struct Head {
-    method: String,
-    target: String,
-    range: Option<String>,
-    if_none_match: Option<String>,
-    if_modified_since: Option<String>,
-}
-
-fn read_head(r: &mut impl BufRead) -> io::Result<Option<Head>> {
-    let mut lines = Vec::new();
-    let mut total = 0;
-    loop {
-        let mut line = String::new();
-        let n = r
-            .by_ref()
-            .take((MAX_HEAD - total) as u64 + 1)
-            .read_line(&mut line)?;
-        if n == 0 {
-            return Ok(None);
-        }
-        total += n;
-        if total > MAX_HEAD {
-            return Ok(None);
-        }
-        let line = line.trim_end_matches(['\r', '\n']).to_string();
-        if line.is_empty() {
-            break;
-        }
-        lines.push(line);
-    }
-    let Some(first) = lines.first() else {
-        return Ok(None);
-    };
-    let mut parts = first.split_whitespace();
-    let (Some(method), Some(target)) = (parts.next(), parts.next()) else {
-        return Ok(None);
-    };
-    let header = |name: &str| {
-        lines[1..].iter().find_map(|l| {
-            let (k, v) = l.split_once(':')?;
-            k.trim()
-                .eq_ignore_ascii_case(name)
-                .then(|| v.trim().to_string())
+        let root = self.root;
+        let io = |e: std::io::Error| Error::io(&root, e);
+        self.listener.set_nonblocking(true).map_err(io)?;
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .map_err(io)?;
+        let app = router(Shared {
+            root: root.clone(),
+            slots: Arc::new(Semaphore::new(MAX_CONNECTIONS)),
+            log: Box::new(log),
+        });
+        runtime.block_on(async {
+            let listener = tokio::net::TcpListener::from_std(self.listener).map_err(io)?;
+            axum::serve(
+                listener,
+                app.into_make_service_with_connect_info::<SocketAddr>(),
+            )
+            .await
+            .map_err(io)
         })
+    }
+}
+
+/// The files of the repository behind [`guard`].
+fn router(shared: Shared) -> Router {
+    let files = ServeDir::new(&shared.root).append_index_html_on_directories(false);
+    Router::new()
+        .fallback_service(files)
+        .layer(axum::middleware::from_fn_with_state(
+            Arc::new(shared),
+            guard,
+        ))
+}
+
+/// An empty answer with `status` and `headers`.
+fn empty(status: StatusCode, headers: &[(header::HeaderName, String)]) -> Response {
+    let mut resp = status.into_response();
+    for (k, v) in headers {
+        if let Ok(v) = HeaderValue::from_str(v) {
+            resp.headers_mut().insert(k.clone(), v);
+        }
+    }
+    resp
+}
+
+fn header_str(h: &HeaderMap, name: header::HeaderName) -> Option<String> {
+    h.get(name)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string)
+}
+
+/// Takes a slot (or answers `503`), checks the path, answers `If-None-Match`, hands the rest to
+/// `ServeDir`, sets the headers it lacks, and logs the request when its body is done.
+async fn guard(
+    State(shared): State<Arc<Shared>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    req: Request,
+    next: Next,
+) -> Response {
+    let Ok(slot) = shared.slots.clone().try_acquire_owned() else {
+        return empty(
+            StatusCode::SERVICE_UNAVAILABLE,
+            &[(header::RETRY_AFTER, "1".into())],
+        );
     };
-    Ok(Some(Head {
-        method: method.to_string(),
-        target: target.to_string(),
-        range: header("range"),
-        if_none_match: header("if-none-match"),
-        if_modified_since: header("if-modified-since"),
-    }))
+    let entry = RequestLog {
+        peer: peer.to_string(),
+        method: req.method().to_string(),
+        path: req
+            .uri()
+            .path_and_query()
+            .map(|p| p.as_str().to_string())
+            .unwrap_or_default(),
+        range: header_str(req.headers(), header::RANGE),
+        status: 0,
+        bytes: 0,
+    };
+    let resp = answer(&shared.root, req, next).await;
+    let (parts, body) = resp.into_parts();
+    let mut entry = entry;
+    entry.status = parts.status.as_u16();
+    let body = Tracked {
+        inner: body,
+        sent: 0,
+        entry: Some(entry),
+        shared: shared.clone(),
+        _slot: slot,
+    };
+    Response::from_parts(parts, Body::new(body))
+}
+
+/// The answer to one request.
+async fn answer(root: &Path, mut req: Request, next: Next) -> Response {
+    if req.method() != Method::GET && req.method() != Method::HEAD {
+        return empty(
+            StatusCode::METHOD_NOT_ALLOWED,
+            &[(header::ALLOW, "GET, HEAD".into())],
+        );
+    }
+    // A file that is not there yet may appear at any moment (a new root, a release being
+    // published): a cache must not remember its absence.
+    let not_found = || {
+        empty(
+            StatusCode::NOT_FOUND,
+            &[(header::CACHE_CONTROL, "no-cache".into())],
+        )
+    };
+    let target = req
+        .uri()
+        .path_and_query()
+        .map(|p| p.as_str().to_string())
+        .unwrap_or_default();
+    let Some(path) = resolve(root, &target) else {
+        return not_found();
+    };
+    let meta = match tokio::fs::metadata(&path).await {
+        Ok(m) if m.is_file() => m,
+        _ => return not_found(),
+    };
+    let etag = entity_tag(&meta);
+    let cache = cache_control(req.uri().path());
+    let mut validators = vec![
+        (header::CACHE_CONTROL, cache.to_string()),
+        (header::ETAG, etag.clone()),
+    ];
+    if let Ok(m) = meta.modified() {
+        validators.push((header::LAST_MODIFIED, httpdate::fmt_http_date(m)));
+    }
+    let headers = req.headers_mut();
+    if let Some(inm) = header_str(headers, header::IF_NONE_MATCH) {
+        headers.remove(header::IF_MODIFIED_SINCE);
+        if not_modified(Some(&inm), None, &etag, None) {
+            return empty(StatusCode::NOT_MODIFIED, &validators);
+        }
+    }
+    if parse_range(header_str(headers, header::RANGE).as_deref(), meta.len()) == Ok(None) {
+        headers.remove(header::RANGE);
+    }
+    let mut resp = next.run(req).await;
+    match resp.status() {
+        StatusCode::NOT_FOUND => return not_found(),
+        StatusCode::OK | StatusCode::PARTIAL_CONTENT | StatusCode::NOT_MODIFIED => {}
+        _ => return resp,
+    }
+    let whole_or_part = resp.status() != StatusCode::NOT_MODIFIED;
+    let h = resp.headers_mut();
+    for (k, v) in validators {
+        if let Ok(v) = HeaderValue::from_str(&v) {
+            h.insert(k, v);
+        }
+    }
+    if whole_or_part {
+        h.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static(content_type(&path)),
+        );
+    }
+    resp
+}
+
+/// A response body that counts the bytes sent, holds its request's slot, and logs the request
+/// when it is dropped (sent in full, or the client went away).
+struct Tracked {
+    inner: Body,
+    sent: u64,
+    entry: Option<RequestLog>,
+    shared: Arc<Shared>,
+    _slot: OwnedSemaphorePermit,
+}
+
+impl http_body::Body for Tracked {
+    type Data = Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<std::result::Result<http_body::Frame<Bytes>, axum::Error>>> {
+        let this = self.get_mut();
+        let frame = Pin::new(&mut this.inner).poll_frame(cx);
+        if let Poll::Ready(Some(Ok(f))) = &frame {
+            if let Some(data) = f.data_ref() {
+                this.sent += data.len() as u64;
+            }
+        }
+        frame
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl Drop for Tracked {
+    fn drop(&mut self) {
+        if let Some(mut entry) = self.entry.take() {
+            entry.bytes = self.sent;
+            (self.shared.log)(&entry);
+        }
+    }
 }
 
 /// The `Cache-Control` for a repository path (docs/format.md §9): versioned metadata
@@ -295,124 +448,10 @@ fn content_type(p: &Path) -> &'static str {
     }
 }
 
-/// Serves one request; returns its log entry (none when the client sent nothing usable).
-fn handle(stream: TcpStream, root: &Path) -> Option<RequestLog> {
-    stream
-        .set_read_timeout(Some(Duration::from_secs(30)))
-        .ok()?;
-    stream
-        .set_write_timeout(Some(Duration::from_secs(60)))
-        .ok()?;
-    let peer = stream
-        .peer_addr()
-        .map(|a| a.to_string())
-        .unwrap_or_default();
-    let mut reader = BufReader::new(stream.try_clone().ok()?);
-    let mut out = stream;
-    let head = read_head(&mut reader).ok()??;
-    let mut entry = RequestLog {
-        peer,
-        method: head.method.clone(),
-        path: head.target.clone(),
-        range: head.range.clone(),
-        status: 200,
-        bytes: 0,
-    };
-    let date = httpdate::fmt_http_date(std::time::SystemTime::now());
-    let simple = |out: &mut TcpStream, status: &str, extra: &str| {
-        let _ = write!(
-            out,
-            "HTTP/1.1 {status}\r\nDate: {date}\r\nContent-Length: 0\r\n{extra}Connection: close\r\n\r\n"
-        );
-    };
-    let head_only = match head.method.as_str() {
-        "GET" => false,
-        "HEAD" => true,
-        _ => {
-            entry.status = 405;
-            simple(&mut out, "405 Method Not Allowed", "Allow: GET, HEAD\r\n");
-            return Some(entry);
-        }
-    };
-    let file = resolve(root, &head.target).and_then(|p| {
-        let f = std::fs::File::open(&p).ok()?;
-        let m = f.metadata().ok()?;
-        m.is_file().then_some((p, f, m))
-    });
-    let Some((path, mut f, meta)) = file else {
-        entry.status = 404;
-        // A file that is not there yet may appear at any moment (a new root, a release being
-        // published): a cache must not remember its absence.
-        simple(&mut out, "404 Not Found", "Cache-Control: no-cache\r\n");
-        return Some(entry);
-    };
-    let len = meta.len();
-    let etag = entity_tag(&meta);
-    let modified = meta.modified().ok();
-    let url_path = head.target.split(['?', '#']).next().unwrap_or("");
-    let mut cache = format!(
-        "Cache-Control: {}\r\nETag: {etag}\r\n",
-        cache_control(url_path)
-    );
-    if let Some(m) = modified {
-        cache.push_str(&format!(
-            "Last-Modified: {}\r\n",
-            httpdate::fmt_http_date(m)
-        ));
-    }
-    if not_modified(
-        head.if_none_match.as_deref(),
-        head.if_modified_since.as_deref(),
-        &etag,
-        modified,
-    ) {
-        entry.status = 304;
-        let _ = write!(
-            out,
-            "HTTP/1.1 304 Not Modified\r\nDate: {date}\r\n{cache}Connection: close\r\n\r\n"
-        );
-        return Some(entry);
-    }
-    let (status, start, count, range_hdr) = match parse_range(head.range.as_deref(), len) {
-        Ok(None) => ("200 OK", 0, len, String::new()),
-        Ok(Some((a, b))) => (
-            "206 Partial Content",
-            a,
-            b - a + 1,
-            format!("Content-Range: bytes {a}-{b}/{len}\r\n"),
-        ),
-        Err(()) => {
-            entry.status = 416;
-            simple(
-                &mut out,
-                "416 Range Not Satisfiable",
-                &format!("Content-Range: bytes */{len}\r\n"),
-            );
-            return Some(entry);
-        }
-    };
-    entry.status = if start == 0 && count == len && range_hdr.is_empty() {
-        200
-    } else {
-        206
-    };
-    let header = format!(
-        "HTTP/1.1 {status}\r\nDate: {date}\r\nContent-Length: {count}\r\nContent-Type: {}\r\nAccept-Ranges: bytes\r\n{range_hdr}{cache}Connection: close\r\n\r\n",
-        content_type(&path)
-    );
-    if out.write_all(header.as_bytes()).is_err() || head_only {
-        return Some(entry);
-    }
-    if f.seek(SeekFrom::Start(start)).is_ok() {
-        entry.bytes = io::copy(&mut f.take(count), &mut out).unwrap_or(0);
-    }
-    let _ = out.flush();
-    Some(entry)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
 
     #[test]
     fn ranges() {

@@ -117,8 +117,7 @@ pub fn clamp_interval(d: Duration) -> Duration {
 
 /// `base` moved by up to 10 % either way; `unit` in 0..1 picks where (a random number).
 pub fn jittered(base: Duration, unit: f64) -> Duration {
-    let f = 0.9 + 0.2 * unit.clamp(0.0, 1.0);
-    base.mul_f64(f)
+    formats::retry::spread(base, unit)
 }
 
 /// The wait after `failures` failed check-ins in a row (1 = the first): `initial` doubled for
@@ -131,8 +130,7 @@ pub fn backoff(
     retry_after: Option<Duration>,
     unit: f64,
 ) -> Duration {
-    let exp = failures.saturating_sub(1).min(30);
-    let d = initial.saturating_mul(1u32 << exp.min(20)).min(cap);
+    let d = formats::retry::exponential(failures, initial, cap);
     let d = jittered(d, unit).min(cap);
     match retry_after {
         Some(r) => d.max(r.min(MAX_INTERVAL)),
@@ -142,11 +140,7 @@ pub fn backoff(
 
 /// A random number in 0..1 from the OS (0.5 if it has none).
 pub fn random_unit() -> f64 {
-    let mut b = [0u8; 8];
-    match getrandom::fill(&mut b) {
-        Ok(()) => (u64::from_le_bytes(b) >> 11) as f64 / (1u64 << 53) as f64,
-        Err(_) => 0.5,
-    }
+    formats::retry::random_unit()
 }
 
 #[cfg(test)]

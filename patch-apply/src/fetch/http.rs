@@ -95,23 +95,9 @@ impl HttpOptions {
                 return ra;
             }
         }
-        let exp = self
-            .backoff
-            .saturating_mul(1u32 << attempt.saturating_sub(1).min(16))
-            .min(self.max_backoff);
-        let half = exp / 2;
-        let nanos = half.as_nanos().min(u64::MAX as u128) as u64;
-        let jitter = if nanos == 0 { 0 } else { random_u64() % nanos };
-        half + Duration::from_nanos(jitter)
+        let exp = formats::retry::exponential(attempt, self.backoff, self.max_backoff);
+        formats::retry::equal_jitter(exp, formats::retry::random_unit())
     }
-}
-
-/// A random number without a dependency: `RandomState` is seeded randomly per instance.
-fn random_u64() -> u64 {
-    use std::hash::{BuildHasher, Hasher};
-    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u128(Instant::now().elapsed().as_nanos());
-    h.finish()
 }
 
 /// A repository served over HTTP(S).

@@ -116,8 +116,7 @@ impl Default for AlertOptions {
 /// The delay before attempt `attempts + 1` after `attempts` failed ones:
 /// `base * 2^(attempts - 1)`, at most `cap`.
 pub fn backoff(attempts: u32, base: Duration, cap: Duration) -> Duration {
-    let factor = 1u32 << attempts.saturating_sub(1).min(20);
-    base.saturating_mul(factor).min(cap)
+    formats::retry::exponential(attempts, base, cap)
 }
 
 /// Whether a notification that failed `attempts` times and was created at `created_ms` is
