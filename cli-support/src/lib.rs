@@ -107,7 +107,7 @@ impl Verbosity {
 pub fn init_logging(v: &Verbosity, timestamps: bool) {
     let from_env = ["RUST_LOG", "PATCHKIT_LOG"].iter().find_map(|name| {
         let s = std::env::var(name).ok()?;
-        (!s.trim().is_empty()).then(|| (*name, s))
+        (!s.trim().is_empty()).then_some((*name, s))
     });
     let filter = match from_env {
         Some((name, s)) => match tracing_subscriber::EnvFilter::try_new(&s) {
@@ -318,8 +318,43 @@ impl KeySource {
     pub fn label(&self, env: &str) -> String {
         match self {
             KeySource::File(p) => p.display().to_string(),
-            KeySource::Inline(_) => format!("the key in ${env}"),
+            KeySource::Inline(_) => format!("${env}"),
         }
+    }
+
+    /// An error about this key as it should reach people: unchanged for a file, with
+    /// [`KeySource::redact`] applied for contents from the environment.
+    pub fn error<E>(&self, e: E) -> anyhow::Error
+    where
+        E: std::error::Error + Send + Sync + 'static,
+    {
+        match self {
+            KeySource::File(_) => anyhow::Error::new(e),
+            KeySource::Inline(_) => anyhow::anyhow!(self.redact(&e.to_string())),
+        }
+    }
+
+    /// `message` (an error about this key) with every quoted text that comes from the key's
+    /// contents replaced by `"<redacted>"`: a parser's error may quote the value it refused.
+    pub fn redact(&self, message: &str) -> String {
+        let KeySource::Inline(contents) = self else {
+            return message.to_string();
+        };
+        let mut out = String::with_capacity(message.len());
+        let mut parts = message.split('"');
+        if let Some(first) = parts.next() {
+            out.push_str(first);
+        }
+        // Even pieces after the first are inside quotes.
+        for (i, piece) in parts.enumerate() {
+            out.push('"');
+            if i % 2 == 0 && !piece.is_empty() && contents.contains(piece) {
+                out.push_str("<redacted>");
+            } else {
+                out.push_str(piece);
+            }
+        }
+        out
     }
 
     /// The key file's bytes.
@@ -369,7 +404,11 @@ mod tests {
         assert!(!format!("{inline:?}").contains("secret"));
         assert_eq!(
             inline.label("PATCHKIT_SIGNING_KEY"),
-            "the key in $PATCHKIT_SIGNING_KEY"
+            "$PATCHKIT_SIGNING_KEY"
+        );
+        assert_eq!(
+            inline.redact("invalid type: string \"secret\", expected \"x\" at 1"),
+            "invalid type: string \"<redacted>\", expected \"x\" at 1"
         );
     }
 

@@ -93,7 +93,7 @@ enum Cmd {
     /// Roll back an interrupted update, if any.
     Recover {
         /// The app directory.
-        #[arg(long, env = "PATCHKIT_APP_DIR")]
+        #[arg(long, env = "PATCHKIT_APP_DIR", hide_env_values = true)]
         app_dir: PathBuf,
         /// Print one JSON object.
         #[arg(long)]
@@ -102,7 +102,7 @@ enum Cmd {
     /// Return to the version before the last update (while its backup is kept).
     Rollback {
         /// The app directory.
-        #[arg(long, env = "PATCHKIT_APP_DIR")]
+        #[arg(long, env = "PATCHKIT_APP_DIR", hide_env_values = true)]
         app_dir: PathBuf,
         /// Print one JSON object.
         #[arg(long)]
@@ -126,7 +126,12 @@ struct AgentArgs {
     #[command(flatten)]
     common: Common,
     /// The fleet server's URL (optional with --watch-dir: an agent for machines without one).
-    #[arg(long, env = "PATCHKIT_SERVER", required_unless_present = "watch_dir")]
+    #[arg(
+        long,
+        env = "PATCHKIT_SERVER",
+        hide_env_values = true,
+        required_unless_present = "watch_dir"
+    )]
     server: Option<String>,
     /// A directory to look in at every poll for offline bundles (`*.bundle`, from
     /// `patch-create bundle`): the newest usable one is applied, then each is moved to
@@ -201,7 +206,7 @@ enum TrustCmd {
     /// Show the stored trust: root, timestamp and snapshot versions and expiry.
     Show {
         /// The app directory.
-        #[arg(long, env = "PATCHKIT_APP_DIR")]
+        #[arg(long, env = "PATCHKIT_APP_DIR", hide_env_values = true)]
         app_dir: PathBuf,
         /// Print one JSON object.
         #[arg(long)]
@@ -213,7 +218,7 @@ enum TrustCmd {
     /// up the protection against older metadata (a rollback attack) for that one run.
     Reset {
         /// The app directory.
-        #[arg(long, env = "PATCHKIT_APP_DIR")]
+        #[arg(long, env = "PATCHKIT_APP_DIR", hide_env_values = true)]
         app_dir: PathBuf,
     },
 }
@@ -221,11 +226,11 @@ enum TrustCmd {
 #[derive(Args)]
 struct Common {
     /// The app directory.
-    #[arg(long, env = "PATCHKIT_APP_DIR")]
+    #[arg(long, env = "PATCHKIT_APP_DIR", hide_env_values = true)]
     app_dir: PathBuf,
     /// Repository path or URL; repeat for mirrors (first preferred). Required unless --bundle
     /// (or, for the agent, --watch-dir) is given.
-    #[arg(long = "repo", env = "PATCHKIT_REPO")]
+    #[arg(long = "repo", env = "PATCHKIT_REPO", hide_env_values = true)]
     repos: Vec<String>,
     /// An offline bundle (`patch-create bundle`) to use instead of a repository: verified with
     /// the same signed-metadata checks, nothing fetched from the network.
@@ -241,6 +246,7 @@ struct Common {
         long = "public-key",
         required = true,
         env = PUBLIC_KEY_ENV,
+        hide_env_values = true,
         value_parser = cli_support::KeySource::parse
     )]
     public_keys: Vec<cli_support::KeySource>,
@@ -324,11 +330,11 @@ enum MethodArg {
 fn config(c: &Common) -> Result<Config> {
     let mut keys = Vec::new();
     for k in &c.public_keys {
-        let bytes = k.bytes().context("cannot read the public key")?;
-        keys.push(formats::keys::PublicKey::from_json(
-            &k.label(PUBLIC_KEY_ENV),
-            &bytes,
-        )?);
+        let bytes = k.bytes()?;
+        keys.push(
+            formats::keys::PublicKey::from_json(&k.label(PUBLIC_KEY_ENV), &bytes)
+                .map_err(|e| k.error(e))?,
+        );
     }
     let mut attrs = BTreeMap::new();
     for t in &c.targets {

@@ -144,7 +144,7 @@ enum Cmd {
         repo: PathBuf,
         /// The root public key clients pin. The variable holds a key file's path or its
         /// contents.
-        #[arg(long, env = PUBLIC_KEY_ENV, value_parser = KeySource::parse)]
+        #[arg(long, env = PUBLIC_KEY_ENV, hide_env_values = true, value_parser = KeySource::parse)]
         public_key: KeySource,
         /// Print one JSON object instead of text.
         #[arg(long)]
@@ -232,9 +232,10 @@ const PUBLIC_KEY_ENV: &str = "PATCHKIT_PUBLIC_KEY";
 fn load_secrets(keys: &[KeySource], env: &str) -> Result<Vec<formats::keys::KeyPair>> {
     keys.iter()
         .map(|k| {
+            // The key error names the file or variable; a parser's quote of the contents is
+            // redacted.
             let bytes = k.bytes()?;
-            formats::keys::KeyPair::from_json(&k.label(env), &bytes)
-                .with_context(|| format!("cannot use key {}", k.label(env)))
+            formats::keys::KeyPair::from_json(&k.label(env), &bytes).map_err(|e| k.error(e))
         })
         .collect()
 }
@@ -245,7 +246,7 @@ fn load_public_sources(keys: &[KeySource]) -> Result<Vec<formats::keys::PublicKe
         .map(|k| {
             let bytes = k.bytes()?;
             formats::keys::PublicKey::from_json(&k.label(PUBLIC_KEY_ENV), &bytes)
-                .with_context(|| format!("cannot read public key {}", k.label(PUBLIC_KEY_ENV)))
+                .map_err(|e| k.error(e))
         })
         .collect()
 }
@@ -634,7 +635,7 @@ struct BundleArgs {
     out: PathBuf,
     /// Root public key file(s) to check the repository against [default: its own first root].
     /// The variable holds a key file's path or its contents.
-    #[arg(long = "public-key", env = PUBLIC_KEY_ENV, value_parser = KeySource::parse)]
+    #[arg(long = "public-key", env = PUBLIC_KEY_ENV, hide_env_values = true, value_parser = KeySource::parse)]
     public_keys: Vec<KeySource>,
     /// Also carry the repair file of every file of the release, so that installs whose files
     /// were modified can be updated too, and a failed patch falls back to them (about the size

@@ -30,20 +30,20 @@ struct Store {
     #[arg(long)]
     data: PathBuf,
     /// Database URL (postgres://USER:PASS@HOST:PORT/DB); SQLite in DATA when absent.
-    #[arg(long, env = "PATCHKIT_DB")]
+    #[arg(long, env = "PATCHKIT_DB", hide_env_values = true)]
     db: Option<String>,
 }
 
 #[derive(Args, Clone)]
 struct Remote {
     /// Server URL.
-    #[arg(long, env = "PATCHKIT_SERVER")]
+    #[arg(long, env = "PATCHKIT_SERVER", hide_env_values = true)]
     server: String,
     /// File holding an admin token (else PATCHKIT_ADMIN_TOKEN).
     #[arg(long)]
     token_file: Option<PathBuf>,
     /// A PEM certificate to trust for an HTTPS server (e.g. a self-signed one).
-    #[arg(long, env = "PATCHKIT_CA_CERT")]
+    #[arg(long, env = "PATCHKIT_CA_CERT", hide_env_values = true)]
     ca_cert: Option<PathBuf>,
 }
 
