@@ -6,7 +6,7 @@
 //! - [`ToolCmd`]: the `completions SHELL` and `man --dir DIR` subcommands, generated from the
 //!   clap definitions;
 //! - [`parse`] and [`finish`]: usage errors and run-time errors as text on stderr, or as one
-//!   JSON object on stdout when the command line has `--json`, with the exit codes of
+//!   JSON object on stdout too when the command line has `--json`, with the exit codes of
 //!   [`EXIT_CODES`].
 //!
 //! Only binaries depend on this crate; it is not published.
@@ -32,7 +32,7 @@ Exit codes:
   1  error: the command failed (the message names the file, URL or version at fault)
   2  usage: the command line is wrong (unknown flag, missing or malformed value)
 
-With --json an error is printed on stdout as one JSON object instead of text on stderr:
+With --json an error is also printed on stdout, as one JSON object (stderr keeps the text):
   {\"error\": {\"kind\": \"...\", \"message\": \"...\", \"exit_code\": N}}";
 
 /// `-q` and `-v`: how much besides the result goes to stderr. Flatten it into a binary's
@@ -216,7 +216,7 @@ pub fn usage(message: impl Into<String>) -> anyhow::Error {
 }
 
 /// Parses the command line into `C`. `--help` and `--version` print and exit 0; a usage error
-/// exits 2, as text on stderr, or with `--json` as one JSON object on stdout.
+/// exits 2, as text on stderr and, with `--json`, also as one JSON object on stdout.
 pub fn parse<C: Parser>() -> C {
     match C::try_parse() {
         Ok(c) => c,
@@ -229,6 +229,7 @@ pub fn parse<C: Parser>() -> C {
                     message = e.kind().as_str().unwrap_or("usage error").to_string();
                 }
                 print_json_error("usage", &message, EXIT_USAGE);
+                let _ = e.print();
                 std::process::exit(i32::from(EXIT_USAGE));
             }
             e.exit()
@@ -253,8 +254,8 @@ fn print_json_error(kind: &str, message: &str, exit_code: u8) {
 }
 
 /// Ends `main`: exit 0 for `Ok`; for an error, prints `error: MESSAGE` on stderr (the cause
-/// chain once, see `formats::error::chain_text`), or with `--json` one JSON object on stdout,
-/// and exits 1 (2 for a [`Usage`] error). `kind_of` names the kind of a binary's own errors
+/// chain once, see `formats::error::chain_text`) and, with `--json`, also one JSON object on
+/// stdout, and exits 1 (2 for a [`Usage`] error). `kind_of` names the kind of a binary's own errors
 /// (e.g. the library error's variant); `error` otherwise.
 pub fn finish(result: Result<()>, kind_of: fn(&anyhow::Error) -> Option<&'static str>) -> ExitCode {
     let Err(e) = result else {
@@ -268,9 +269,9 @@ pub fn finish(result: Result<()>, kind_of: fn(&anyhow::Error) -> Option<&'static
     };
     if json_requested() {
         print_json_error(kind, &message, code);
-    } else {
-        eprintln!("error: {message}");
     }
+    // The text stays on stderr with --json too: logs and people read it there.
+    eprintln!("error: {message}");
     ExitCode::from(code)
 }
 

@@ -63,14 +63,15 @@ enum Cmd {
         /// of this process, i.e. the app that runs `patch-apply`].
         #[arg(long, value_name = "PID", requires = "hand_over")]
         wait_pid: Option<u32>,
-        /// Seconds self-patcher waits for that process to exit.
+        /// How long self-patcher waits for that process to exit (30s, 5m).
         #[arg(
             long,
-            value_name = "SECS",
-            default_value_t = 60,
+            value_name = "DURATION",
+            default_value = "60s",
+            value_parser = humantime::parse_duration,
             requires = "hand_over"
         )]
-        wait_timeout: u64,
+        wait_timeout: std::time::Duration,
         /// Run PROGRAM once an update is in place without a hand-over, e.g. `--notify kill
         /// --notify-arg -HUP --notify-arg 1234` to make a running app reload its resources
         /// after a warm patch. No shell is involved: PROGRAM gets exactly the `--notify-arg`
@@ -269,24 +270,24 @@ struct NetArgs {
     /// Downloads that run at once.
     #[arg(long, default_value_t = 4)]
     parallel: usize,
-    /// Seconds to wait for an answer or for the next bytes of a download.
-    #[arg(long, default_value_t = 30.0)]
-    timeout_secs: f64,
-    /// Seconds to wait for a connection.
-    #[arg(long, default_value_t = 15.0)]
-    connect_timeout_secs: f64,
+    /// How long to wait for an answer or for the next bytes of a download (30s, 2m).
+    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = humantime::parse_duration)]
+    timeout: std::time::Duration,
+    /// How long to wait for a connection.
+    #[arg(long, value_name = "DURATION", default_value = "15s", value_parser = humantime::parse_duration)]
+    connect_timeout: std::time::Duration,
     /// Retries per file and mirror after a failed attempt.
     #[arg(long, default_value_t = 4)]
     retries: u32,
-    /// Milliseconds before the first retry (doubled for each further one, with jitter).
-    #[arg(long, default_value_t = 500)]
-    backoff_ms: u64,
+    /// Wait before the first retry (doubled for each further one, with jitter; 500ms, 2s).
+    #[arg(long, value_name = "DURATION", default_value = "500ms", value_parser = humantime::parse_duration)]
+    retry_backoff: std::time::Duration,
     /// Slowest acceptable download speed in bytes per second (0: no minimum).
     #[arg(long, default_value_t = 1024)]
     min_speed: u64,
-    /// Seconds over which the minimum speed is measured.
-    #[arg(long, default_value_t = 30.0)]
-    min_speed_secs: f64,
+    /// The time over which the minimum speed is measured.
+    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = humantime::parse_duration)]
+    min_speed_window: std::time::Duration,
 }
 
 /// The variable `--public-key` falls back to.
@@ -312,11 +313,6 @@ fn need_repo(c: &Common) -> Result<()> {
 /// `--repo`, or given as the same).
 fn repos_from_env_only(c: &Common) -> bool {
     std::env::var("PATCHKIT_REPO").is_ok_and(|r| c.repos == [r])
-}
-
-fn secs(name: &str, v: f64) -> Result<std::time::Duration> {
-    std::time::Duration::try_from_secs_f64(v)
-        .with_context(|| format!("--{name} {v} is not a duration in seconds"))
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -373,12 +369,12 @@ fn config(c: &Common) -> Result<Config> {
     cfg.attrs = attrs;
     let n = &c.net;
     cfg.http = patch_apply::http::HttpOptions {
-        connect_timeout: secs("connect-timeout-secs", n.connect_timeout_secs)?,
-        read_timeout: secs("timeout-secs", n.timeout_secs)?,
+        connect_timeout: n.connect_timeout,
+        read_timeout: n.timeout,
         min_speed: n.min_speed,
-        min_speed_window: secs("min-speed-secs", n.min_speed_secs)?,
+        min_speed_window: n.min_speed_window,
         retries: n.retries,
-        backoff: std::time::Duration::from_millis(n.backoff_ms),
+        backoff: n.retry_backoff,
         parallel: n.parallel.max(1),
         ..cfg.http.clone()
     };
@@ -650,7 +646,7 @@ fn run() -> Result<()> {
                         Some(p) => p,
                         None => parent_pid()?,
                     },
-                    wait_timeout: std::time::Duration::from_secs(wait_timeout),
+                    wait_timeout,
                     relaunch,
                     relaunch_cwd: None,
                 };

@@ -79,6 +79,9 @@ enum Cmd {
         /// Base name of the key files.
         #[arg(long, default_value = "release")]
         name: String,
+        /// Print one JSON object.
+        #[arg(long)]
+        json: bool,
     },
     /// Add a release to a repository (created if it does not exist).
     Release(Box<ReleaseArgs>),
@@ -118,6 +121,9 @@ enum Cmd {
         /// Lifetime of the new metadata (e.g. 90d, 12h).
         #[arg(long, default_value = "90d")]
         expires: String,
+        /// Print one JSON object.
+        #[arg(long)]
+        json: bool,
     },
     /// Serve a repository over HTTP (GET, HEAD, Range) for local tests and demos.
     Serve {
@@ -566,9 +572,15 @@ fn release(a: ReleaseArgs) -> Result<()> {
             report.app, report.version, report.files, report.file_bytes, report.installer.bytes
         );
         for pr in &report.patches {
+            let encodings = pr
+                .encodings
+                .iter()
+                .map(|(name, n)| format!("{name} {n}"))
+                .collect::<Vec<_>>()
+                .join(", ");
             info!(
-                "  patch {} -> {}: {} bytes {:?}",
-                pr.from, pr.to, pr.bytes, pr.encodings
+                "  patch {} -> {}: {} bytes ({encodings})",
+                pr.from, pr.to, pr.bytes
             );
         }
         info!(
@@ -794,6 +806,9 @@ struct MaintenanceArgs {
     /// Lifetime of the new metadata (e.g. 90d, 12h).
     #[arg(long, default_value = "90d")]
     expires: String,
+    /// Print one JSON object.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(clap::Args)]
@@ -817,6 +832,9 @@ struct YankArgs {
     /// Lifetime of the new metadata (e.g. 90d, 12h).
     #[arg(long, default_value = "90d")]
     expires: String,
+    /// Print one JSON object.
+    #[arg(long)]
+    json: bool,
 }
 
 fn yank(a: YankArgs) -> Result<()> {
@@ -829,6 +847,12 @@ fn yank(a: YankArgs) -> Result<()> {
         &version,
         a.reason.as_deref(),
     )?;
+    if a.json {
+        println!(
+            "{}",
+            serde_json::json!({"repo": a.repo, "version": version.to_string(), "yanked": a.reason.is_some(), "reason": a.reason})
+        );
+    }
     match &a.reason {
         Some(r) => info!(
             "{}: release {version} yanked ({r}); clients running it will move to the newest release that is not yanked",
@@ -851,6 +875,12 @@ fn maintenance(a: MaintenanceArgs) -> Result<()> {
         lifetime("expires", &a.expires)?,
         m,
     )?;
+    if a.json {
+        println!(
+            "{}",
+            serde_json::json!({"repo": a.repo, "maintenance": a.on, "message": a.message, "app_may_start": a.app_may_start})
+        );
+    }
     if a.on {
         info!(
             "{}: under maintenance; clients will not update",
@@ -873,8 +903,11 @@ fn run() -> Result<()> {
     VERBOSITY.store(level, Ordering::Relaxed);
     EXPIRES_SHORT_OK.store(cli.expires_short_ok, Ordering::Relaxed);
     match cli.cmd {
-        Cmd::Keygen { out, name } => {
+        Cmd::Keygen { out, name, json } => {
             let (s, p) = patch_create::keyfile::generate(&out, &name)?;
+            if json {
+                println!("{}", serde_json::json!({"secret": s, "public": p}));
+            }
             info!(
                 "wrote {} (secret, keep it safe) and {}",
                 s.display(),
@@ -891,6 +924,7 @@ fn run() -> Result<()> {
             keys,
             mirrors,
             expires,
+            json,
         } => {
             let keys = load_secrets(&keys, SIGNING_KEY_ENV)?;
             let info = patch_create::maintenance::set_mirrors(
@@ -899,6 +933,12 @@ fn run() -> Result<()> {
                 lifetime("expires", &expires)?,
                 mirrors,
             )?;
+            if json {
+                println!(
+                    "{}",
+                    serde_json::json!({"repo": repo, "mirrors": info.mirrors})
+                );
+            }
             info!(
                 "{}: mirrors set to [{}]",
                 repo.display(),

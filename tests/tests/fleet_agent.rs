@@ -1024,7 +1024,7 @@ fn hand_over(app: &Path, repo: &Path, public: &Path, pid: u32, timeout: u32) -> 
         .arg("--public-key")
         .arg(public)
         .args(["--hand-over", "--wait-pid", &pid.to_string()])
-        .args(["--wait-timeout", &timeout.to_string()]))
+        .args(["--wait-timeout", &format!("{timeout}s")]))
 }
 
 /// The device's update results on the server that go to `to`.
