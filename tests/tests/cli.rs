@@ -240,6 +240,40 @@ fn errors_under_json_are_one_object_with_the_documented_exit_code() {
     assert_eq!(json_error(&o)["error"]["exit_code"], 1);
     let o = run(clean("self-patcher").args(["--json"]));
     assert_eq!(json_error(&o)["error"]["exit_code"], 2);
+    // Durations carry their unit: a bare number is a usage error naming the flag.
+    let o = run(clean("patch-apply")
+        .args(["check", "--json", "--timeout", "30", "--app-dir"])
+        .arg(d)
+        .args(["--repo", "http://127.0.0.1:9", "--public-key", "k.pub"]));
+    let v = json_error(&o);
+    assert_eq!(v["error"]["exit_code"], 2, "{v}");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("--timeout")),
+        "{v}"
+    );
+    // keygen reports with --json too, and refuses to overwrite, saying so once.
+    let keys = d.join("keys");
+    let o = run(clean("patch-create")
+        .args(["keygen", "--json", "--out"])
+        .arg(&keys));
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_str(stdout(&o).trim()).expect("keygen json");
+    assert!(
+        v["secret"]
+            .as_str()
+            .is_some_and(|p| p.ends_with("release.key")),
+        "{v}"
+    );
+    let o = run(clean("patch-create")
+        .args(["keygen", "--json", "--out"])
+        .arg(&keys));
+    let m = json_error(&o)["error"]["message"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    assert_eq!(m.matches("refusing to overwrite").count(), 1, "{m}");
     // Without --json: text on stderr, nothing on stdout, same codes.
     let o = run(clean("patch-apply").args(["check", "--no-such-flag"]));
     assert_eq!(o.status.code(), Some(2));
