@@ -15,26 +15,18 @@ use patch_apply::{Config, Event, Method, MethodChoice, Updater};
 #[command(
     name = "patch-apply",
     version,
-    about = "Update an installed app from a signed patch repository"
+    about = "Update an installed app from a signed patch repository",
+    after_help = cli_support::EXIT_CODES
 )]
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
-    /// Print only errors: no progress, no warnings, no retries.
-    #[arg(short, long, global = true, conflicts_with = "verbose")]
-    quiet: bool,
-    /// Also print each phase and each HTTP request with its answer.
-    #[arg(short, long, global = true)]
-    verbose: bool,
+    #[command(flatten)]
+    verbosity: cli_support::Verbosity,
 }
 
 /// How much goes to stderr besides errors.
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Verbosity {
-    Quiet,
-    Normal,
-    Verbose,
-}
+use cli_support::Level as Verbosity;
 
 #[derive(Subcommand)]
 enum Cmd {
@@ -71,14 +63,15 @@ enum Cmd {
         /// of this process, i.e. the app that runs `patch-apply`].
         #[arg(long, value_name = "PID", requires = "hand_over")]
         wait_pid: Option<u32>,
-        /// Seconds self-patcher waits for that process to exit.
+        /// How long self-patcher waits for that process to exit (30s, 5m).
         #[arg(
             long,
-            value_name = "SECS",
-            default_value_t = 60,
+            value_name = "DURATION",
+            default_value = "60s",
+            value_parser = humantime::parse_duration,
             requires = "hand_over"
         )]
-        wait_timeout: u64,
+        wait_timeout: std::time::Duration,
         /// Run PROGRAM once an update is in place without a hand-over, e.g. `--notify kill
         /// --notify-arg -HUP --notify-arg 1234` to make a running app reload its resources
         /// after a warm patch. No shell is involved: PROGRAM gets exactly the `--notify-arg`
@@ -101,7 +94,7 @@ enum Cmd {
     /// Roll back an interrupted update, if any.
     Recover {
         /// The app directory.
-        #[arg(long)]
+        #[arg(long, env = "PATCHKIT_APP_DIR", hide_env_values = true)]
         app_dir: PathBuf,
         /// Print one JSON object.
         #[arg(long)]
@@ -110,7 +103,7 @@ enum Cmd {
     /// Return to the version before the last update (while its backup is kept).
     Rollback {
         /// The app directory.
-        #[arg(long)]
+        #[arg(long, env = "PATCHKIT_APP_DIR", hide_env_values = true)]
         app_dir: PathBuf,
         /// Print one JSON object.
         #[arg(long)]
@@ -125,6 +118,8 @@ enum Cmd {
     /// carry out commands, and install the release the server names (only if the verified
     /// repository offers it, and never a downgrade unless --allow-downgrade).
     Agent(Box<AgentArgs>),
+    #[command(flatten)]
+    Tool(cli_support::ToolCmd),
 }
 
 #[derive(Args)]
@@ -132,7 +127,12 @@ struct AgentArgs {
     #[command(flatten)]
     common: Common,
     /// The fleet server's URL (optional with --watch-dir: an agent for machines without one).
-    #[arg(long, required_unless_present = "watch_dir")]
+    #[arg(
+        long,
+        env = "PATCHKIT_SERVER",
+        hide_env_values = true,
+        required_unless_present = "watch_dir"
+    )]
     server: Option<String>,
     /// A directory to look in at every poll for offline bundles (`*.bundle`, from
     /// `patch-create bundle`): the newest usable one is applied, then each is moved to
@@ -207,7 +207,7 @@ enum TrustCmd {
     /// Show the stored trust: root, timestamp and snapshot versions and expiry.
     Show {
         /// The app directory.
-        #[arg(long)]
+        #[arg(long, env = "PATCHKIT_APP_DIR", hide_env_values = true)]
         app_dir: PathBuf,
         /// Print one JSON object.
         #[arg(long)]
@@ -219,7 +219,7 @@ enum TrustCmd {
     /// up the protection against older metadata (a rollback attack) for that one run.
     Reset {
         /// The app directory.
-        #[arg(long)]
+        #[arg(long, env = "PATCHKIT_APP_DIR", hide_env_values = true)]
         app_dir: PathBuf,
     },
 }
@@ -227,24 +227,30 @@ enum TrustCmd {
 #[derive(Args)]
 struct Common {
     /// The app directory.
-    #[arg(long)]
+    #[arg(long, env = "PATCHKIT_APP_DIR", hide_env_values = true)]
     app_dir: PathBuf,
     /// Repository path or URL; repeat for mirrors (first preferred). Required unless --bundle
     /// (or, for the agent, --watch-dir) is given.
-    #[arg(long = "repo")]
+    #[arg(long = "repo", env = "PATCHKIT_REPO", hide_env_values = true)]
     repos: Vec<String>,
     /// An offline bundle (`patch-create bundle`) to use instead of a repository: verified with
     /// the same signed-metadata checks, nothing fetched from the network.
-    #[arg(long, value_name = "FILE", conflicts_with = "repos")]
+    #[arg(long, value_name = "FILE")]
     bundle: Option<PathBuf>,
     /// With --bundle (or the agent's --watch-dir): accept metadata that has expired by now if
     /// it was valid when the bundle was made, for machines offline for longer than the
     /// metadata lives. Rollback protection still holds; see docs/security.md.
     #[arg(long)]
     allow_expired_bundle: bool,
-    /// Pinned root public key file(s).
-    #[arg(long = "public-key", required = true)]
-    public_keys: Vec<PathBuf>,
+    /// Pinned root public key file(s). The variable holds a key file's path or its contents.
+    #[arg(
+        long = "public-key",
+        required = true,
+        env = PUBLIC_KEY_ENV,
+        hide_env_values = true,
+        value_parser = cli_support::KeySource::parse
+    )]
+    public_keys: Vec<cli_support::KeySource>,
     /// The client's channel.
     #[arg(long, default_value = "stable")]
     channel: String,
@@ -264,37 +270,49 @@ struct NetArgs {
     /// Downloads that run at once.
     #[arg(long, default_value_t = 4)]
     parallel: usize,
-    /// Seconds to wait for an answer or for the next bytes of a download.
-    #[arg(long, default_value_t = 30.0)]
-    timeout_secs: f64,
-    /// Seconds to wait for a connection.
-    #[arg(long, default_value_t = 15.0)]
-    connect_timeout_secs: f64,
+    /// How long to wait for an answer or for the next bytes of a download (30s, 2m).
+    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = humantime::parse_duration)]
+    timeout: std::time::Duration,
+    /// How long to wait for a connection.
+    #[arg(long, value_name = "DURATION", default_value = "15s", value_parser = humantime::parse_duration)]
+    connect_timeout: std::time::Duration,
     /// Retries per file and mirror after a failed attempt.
     #[arg(long, default_value_t = 4)]
     retries: u32,
-    /// Milliseconds before the first retry (doubled for each further one, with jitter).
-    #[arg(long, default_value_t = 500)]
-    backoff_ms: u64,
+    /// Wait before the first retry (doubled for each further one, with jitter; 500ms, 2s).
+    #[arg(long, value_name = "DURATION", default_value = "500ms", value_parser = humantime::parse_duration)]
+    retry_backoff: std::time::Duration,
     /// Slowest acceptable download speed in bytes per second (0: no minimum).
     #[arg(long, default_value_t = 1024)]
     min_speed: u64,
-    /// Seconds over which the minimum speed is measured.
-    #[arg(long, default_value_t = 30.0)]
-    min_speed_secs: f64,
+    /// The time over which the minimum speed is measured.
+    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = humantime::parse_duration)]
+    min_speed_window: std::time::Duration,
 }
 
-/// `check` and `apply` need a repository or a bundle.
+/// The variable `--public-key` falls back to.
+const PUBLIC_KEY_ENV: &str = "PATCHKIT_PUBLIC_KEY";
+
+/// `check` and `apply` need a repository or a bundle, not both (a repository from
+/// `PATCHKIT_REPO` gives way to `--bundle`).
 fn need_repo(c: &Common) -> Result<()> {
     if c.repos.is_empty() && c.bundle.is_none() {
-        bail!("give the repository (--repo PATH_OR_URL) or an offline bundle (--bundle FILE)");
+        return Err(cli_support::usage(
+            "give the repository (--repo PATH_OR_URL) or an offline bundle (--bundle FILE)",
+        ));
+    }
+    if c.bundle.is_some() && !repos_from_env_only(c) && !c.repos.is_empty() {
+        return Err(cli_support::usage(
+            "give either --repo or --bundle, not both",
+        ));
     }
     Ok(())
 }
 
-fn secs(name: &str, v: f64) -> Result<std::time::Duration> {
-    std::time::Duration::try_from_secs_f64(v)
-        .with_context(|| format!("--{name} {v} is not a duration in seconds"))
+/// Whether the repositories are exactly the one `PATCHKIT_REPO` names (so not given with
+/// `--repo`, or given as the same).
+fn repos_from_env_only(c: &Common) -> bool {
+    std::env::var("PATCHKIT_REPO").is_ok_and(|r| c.repos == [r])
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -308,12 +326,11 @@ enum MethodArg {
 fn config(c: &Common) -> Result<Config> {
     let mut keys = Vec::new();
     for k in &c.public_keys {
-        let bytes =
-            std::fs::read(k).with_context(|| format!("cannot read public key {}", k.display()))?;
-        keys.push(formats::keys::PublicKey::from_json(
-            &k.display().to_string(),
-            &bytes,
-        )?);
+        let bytes = k.bytes()?;
+        keys.push(
+            formats::keys::PublicKey::from_json(&k.label(PUBLIC_KEY_ENV), &bytes)
+                .map_err(|e| k.error(e))?,
+        );
     }
     let mut attrs = BTreeMap::new();
     for t in &c.targets {
@@ -331,6 +348,11 @@ fn config(c: &Common) -> Result<Config> {
         }
         None => c.repos.clone(),
     };
+    if keys.is_empty() {
+        return Err(cli_support::usage(format!(
+            "give the pinned public key (--public-key FILE or ${PUBLIC_KEY_ENV})"
+        )));
+    }
     let mut cfg = Config::new(&c.app_dir, String::new(), keys.remove(0));
     cfg.repos = repos;
     cfg.allow_expired_bundle = c.allow_expired_bundle;
@@ -347,12 +369,12 @@ fn config(c: &Common) -> Result<Config> {
     cfg.attrs = attrs;
     let n = &c.net;
     cfg.http = patch_apply::http::HttpOptions {
-        connect_timeout: secs("connect-timeout-secs", n.connect_timeout_secs)?,
-        read_timeout: secs("timeout-secs", n.timeout_secs)?,
+        connect_timeout: n.connect_timeout,
+        read_timeout: n.timeout,
         min_speed: n.min_speed,
-        min_speed_window: secs("min-speed-secs", n.min_speed_secs)?,
+        min_speed_window: n.min_speed_window,
         retries: n.retries,
-        backoff: std::time::Duration::from_millis(n.backoff_ms),
+        backoff: n.retry_backoff,
         parallel: n.parallel.max(1),
         ..cfg.http.clone()
     };
@@ -517,14 +539,9 @@ fn event_printer(json: bool, v: Verbosity) -> impl Fn(&Event) + Send + Sync + 's
 }
 
 fn run() -> Result<()> {
-    let cli = Cli::parse();
-    let verbosity = if cli.quiet {
-        Verbosity::Quiet
-    } else if cli.verbose {
-        Verbosity::Verbose
-    } else {
-        Verbosity::Normal
-    };
+    let cli: Cli = cli_support::parse();
+    cli_support::init_logging(&cli.verbosity, false);
+    let verbosity = cli.verbosity.level();
     match cli.cmd {
         Cmd::Check(c) => {
             need_repo(&c)?;
@@ -629,7 +646,7 @@ fn run() -> Result<()> {
                         Some(p) => p,
                         None => parent_pid()?,
                     },
-                    wait_timeout: std::time::Duration::from_secs(wait_timeout),
+                    wait_timeout,
                     relaunch,
                     relaunch_cwd: None,
                 };
@@ -769,6 +786,7 @@ fn run() -> Result<()> {
         }
         Cmd::Trust { cmd } => trust(cmd, verbosity),
         Cmd::Agent(a) => agent(*a, verbosity),
+        Cmd::Tool(t) => t.run::<Cli>(),
     }
 }
 
@@ -1037,20 +1055,28 @@ fn describe_stored(f: &patch_apply::trust::StoredFile) -> String {
 }
 
 fn main() -> ExitCode {
-    match run() {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("error: {}", error_text(&e));
-            ExitCode::FAILURE
-        }
-    }
+    cli_support::finish(run(), error_kind)
 }
 
-/// `e` and its causes, joined by `: `, leaving out a cause whose text the message before it
-/// already ends with (an I/O error names its file and then its OS error, which is also its
-/// cause: printed once, not as "not a directory: not a directory").
-fn error_text(e: &anyhow::Error) -> String {
-    formats::error::chain_text(e.as_ref())
+/// The `kind` of a JSON error: which check of the updater failed.
+fn error_kind(e: &anyhow::Error) -> Option<&'static str> {
+    use patch_apply::Error as E;
+    let e = e.chain().find_map(|c| c.downcast_ref::<E>())?;
+    Some(match e {
+        E::Format(_) => "format",
+        E::Io { .. } => "io",
+        E::Fetch { .. } => "fetch",
+        E::NotFound { .. } => "not_found",
+        E::BadArtifact { .. } => "bad_artifact",
+        E::Verify { .. } => "verify",
+        E::Precondition(_) => "precondition",
+        E::Refused(_) => "refused",
+        E::AllMethodsFailed(_) => "all_methods_failed",
+        E::BadLocation { .. } => "bad_location",
+        E::Cancelled => "cancelled",
+        E::StuckTrust { .. } => "stuck_trust",
+        _ => "error",
+    })
 }
 
 /// The PID of the process that started this one (the app running `patch-apply`), through

@@ -8,6 +8,7 @@ use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
+use cli_support::KeySource;
 use indicatif::{ProgressBar, ProgressStyle};
 use patch_create::encode::EncodeOptions;
 use patch_create::progress::{NoProgress, Progress};
@@ -17,17 +18,14 @@ use patch_create::release::{PatchesFrom, ReleaseOptions};
 #[command(
     name = "patch-create",
     version,
-    about = "Write and extend signed patch repositories from release trees"
+    about = "Write and extend signed patch repositories from release trees",
+    after_help = cli_support::EXIT_CODES
 )]
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
-    /// Print only errors (`serve` still prints the address it listens on).
-    #[arg(short, long, global = true, conflicts_with = "verbose")]
-    quiet: bool,
-    /// Print more detail (phase timings, ignore patterns, key ids).
-    #[arg(short, long, global = true)]
-    verbose: bool,
+    #[command(flatten)]
+    verbosity: cli_support::Verbosity,
     /// Accept an --expires (or --resign-expires) shorter than a day.
     #[arg(long, global = true)]
     expires_short_ok: bool,
@@ -81,6 +79,9 @@ enum Cmd {
         /// Base name of the key files.
         #[arg(long, default_value = "release")]
         name: String,
+        /// Print one JSON object.
+        #[arg(long)]
+        json: bool,
     },
     /// Add a release to a repository (created if it does not exist).
     Release(Box<ReleaseArgs>),
@@ -92,9 +93,10 @@ enum Cmd {
         /// The repository directory.
         #[arg(long)]
         repo: PathBuf,
-        /// Release secret key file(s); repeat to reach the threshold.
-        #[arg(long = "key", required = true)]
-        keys: Vec<PathBuf>,
+        /// Release secret key file(s); repeat to reach the threshold. The variable holds a
+        /// key file's path or its contents (for CI without key files on disk).
+        #[arg(long = "key", required = true, env = SIGNING_KEY_ENV, hide_env_values = true, value_parser = KeySource::parse)]
+        keys: Vec<KeySource>,
         /// Lifetime of the re-signed metadata (e.g. 90d, 12h, 2s).
         #[arg(long, default_value = "90d")]
         expires: String,
@@ -109,15 +111,19 @@ enum Cmd {
         /// The repository directory.
         #[arg(long)]
         repo: PathBuf,
-        /// Release secret key file(s); repeat to reach the threshold.
-        #[arg(long = "key", required = true)]
-        keys: Vec<PathBuf>,
+        /// Release secret key file(s); repeat to reach the threshold. The variable holds a
+        /// key file's path or its contents (for CI without key files on disk).
+        #[arg(long = "key", required = true, env = SIGNING_KEY_ENV, hide_env_values = true, value_parser = KeySource::parse)]
+        keys: Vec<KeySource>,
         /// Mirror base URL (repeat; none clears the list).
         #[arg(long = "mirror")]
         mirrors: Vec<String>,
         /// Lifetime of the new metadata (e.g. 90d, 12h).
         #[arg(long, default_value = "90d")]
         expires: String,
+        /// Print one JSON object.
+        #[arg(long)]
+        json: bool,
     },
     /// Serve a repository over HTTP (GET, HEAD, Range) for local tests and demos.
     Serve {
@@ -142,13 +148,16 @@ enum Cmd {
         /// The repository directory.
         #[arg(long)]
         repo: PathBuf,
-        /// The root public key clients pin.
-        #[arg(long)]
-        public_key: PathBuf,
+        /// The root public key clients pin. The variable holds a key file's path or its
+        /// contents.
+        #[arg(long, env = PUBLIC_KEY_ENV, hide_env_values = true, value_parser = KeySource::parse)]
+        public_key: KeySource,
         /// Print one JSON object instead of text.
         #[arg(long)]
         json: bool,
     },
+    #[command(flatten)]
+    Tool(cli_support::ToolCmd),
 }
 
 #[derive(Subcommand)]
@@ -158,9 +167,10 @@ enum KeysCmd {
         /// The repository directory (must have no root yet).
         #[arg(long)]
         repo: PathBuf,
-        /// Root secret key file(s) (keep offline); repeat for several.
-        #[arg(long = "root-key", required = true)]
-        root_keys: Vec<PathBuf>,
+        /// Root secret key file(s) (keep offline); repeat for several. The variable holds a
+        /// key file's path or its contents.
+        #[arg(long = "root-key", required = true, env = ROOT_KEY_ENV, hide_env_values = true, value_parser = KeySource::parse)]
+        root_keys: Vec<KeySource>,
         /// Root signatures required on later root versions.
         #[arg(long, default_value_t = 1)]
         root_threshold: u32,
@@ -185,9 +195,9 @@ struct KeysUpdateArgs {
     #[arg(long)]
     repo: PathBuf,
     /// Root secret key file(s) signing the new root: the current root key(s) and, when
-    /// rotating, the new one(s).
-    #[arg(long = "root-key", required = true)]
-    root_keys: Vec<PathBuf>,
+    /// rotating, the new one(s). The variable holds a key file's path or its contents.
+    #[arg(long = "root-key", required = true, env = ROOT_KEY_ENV, hide_env_values = true, value_parser = KeySource::parse)]
+    root_keys: Vec<KeySource>,
     /// Release public key file to allow (repeatable).
     #[arg(long = "add-release-key")]
     add: Vec<PathBuf>,
@@ -207,21 +217,42 @@ struct KeysUpdateArgs {
     #[arg(long, default_value = "365d")]
     expires: String,
     /// Release secret key file(s): re-sign the release metadata under the new root right away
-    /// (needed after a revocation, so clients accept the repository again).
-    #[arg(long = "key")]
-    resign_keys: Vec<PathBuf>,
+    /// (needed after a revocation, so clients accept the repository again). Not read from
+    /// PATCHKIT_SIGNING_KEY: re-signing here is asked for explicitly.
+    #[arg(long = "key", value_parser = KeySource::parse)]
+    resign_keys: Vec<KeySource>,
     /// Lifetime of the re-signed release metadata (with --key).
     #[arg(long, default_value = "90d")]
     resign_expires: String,
 }
 
-/// Loads secret key files, naming the file that cannot be used.
-fn load_secrets(paths: &[PathBuf]) -> Result<Vec<formats::keys::KeyPair>> {
-    paths
-        .iter()
+/// The variable `--key` (release signing keys) falls back to.
+const SIGNING_KEY_ENV: &str = "PATCHKIT_SIGNING_KEY";
+/// The variable `--root-key` falls back to.
+const ROOT_KEY_ENV: &str = "PATCHKIT_ROOT_KEY";
+/// The variable `--public-key` falls back to.
+const PUBLIC_KEY_ENV: &str = "PATCHKIT_PUBLIC_KEY";
+
+/// Loads secret keys (`env` is the variable they may come from), naming the file or variable
+/// that cannot be used, never a key's contents.
+fn load_secrets(keys: &[KeySource], env: &str) -> Result<Vec<formats::keys::KeyPair>> {
+    keys.iter()
         .map(|k| {
-            patch_create::keyfile::load_secret(k)
-                .with_context(|| format!("cannot use key {}", k.display()))
+            // The key error names the file or variable; a parser's quote of the contents is
+            // redacted.
+            let bytes = k.bytes()?;
+            formats::keys::KeyPair::from_json(&k.label(env), &bytes).map_err(|e| k.error(e))
+        })
+        .collect()
+}
+
+/// Loads public keys given as files or through `PATCHKIT_PUBLIC_KEY`.
+fn load_public_sources(keys: &[KeySource]) -> Result<Vec<formats::keys::PublicKey>> {
+    keys.iter()
+        .map(|k| {
+            let bytes = k.bytes()?;
+            formats::keys::PublicKey::from_json(&k.label(PUBLIC_KEY_ENV), &bytes)
+                .map_err(|e| k.error(e))
         })
         .collect()
 }
@@ -248,14 +279,14 @@ fn keys_cmd(cmd: KeysCmd) -> Result<()> {
             threshold,
             expires,
         } => {
-            let roots = load_secrets(&root_keys)?;
+            let roots = load_secrets(&root_keys, ROOT_KEY_ENV)?;
             let refs: Vec<&formats::keys::KeyPair> = roots.iter().collect();
             let release = load_publics(&release_keys)?;
             let exp = now + lifetime("expires", &expires)?;
             keys_admin::init(&repo, &refs, root_threshold, &release, threshold, exp)?
         }
         KeysCmd::Update(a) => {
-            let roots = load_secrets(&a.root_keys)?;
+            let roots = load_secrets(&a.root_keys, ROOT_KEY_ENV)?;
             let refs: Vec<&formats::keys::KeyPair> = roots.iter().collect();
             let mut changes = vec![KeyChange::Extend];
             changes.extend(
@@ -285,7 +316,7 @@ fn keys_cmd(cmd: KeysCmd) -> Result<()> {
             };
             let r = keys_admin::update_root(&a.repo, &refs, &changes, exp)?;
             if let Some(rexp) = rexp {
-                let keys = load_secrets(&a.resign_keys)?;
+                let keys = load_secrets(&a.resign_keys, SIGNING_KEY_ENV)?;
                 let krefs: Vec<&formats::keys::KeyPair> = keys.iter().collect();
                 let rs = keys_admin::resign(&a.repo, &krefs, rexp)?;
                 info!(
@@ -330,9 +361,10 @@ struct ReleaseArgs {
     /// The release's semantic version (e.g. 1.2.0, 2.0.0-beta.1).
     #[arg(long)]
     version: String,
-    /// Secret key file(s); repeat when roles need several signatures.
-    #[arg(long = "key", required = true)]
-    keys: Vec<PathBuf>,
+    /// Secret key file(s); repeat when roles need several signatures. The variable holds a key
+    /// file's path or its contents (for CI without key files on disk).
+    #[arg(long = "key", required = true, env = SIGNING_KEY_ENV, hide_env_values = true, value_parser = KeySource::parse)]
+    keys: Vec<KeySource>,
     /// Application name (default: the repository's, or the repository directory's name).
     #[arg(long)]
     name: Option<String>,
@@ -445,7 +477,7 @@ fn parse_targets(items: &[String]) -> Result<BTreeMap<String, String>> {
 
 fn release(a: ReleaseArgs) -> Result<()> {
     let version = formats::Version::parse(&a.version)?;
-    let keys = load_secrets(&a.keys)?;
+    let keys = load_secrets(&a.keys, SIGNING_KEY_ENV)?;
     let opts = ReleaseOptions {
         repo: a.repo,
         root: a.root,
@@ -540,9 +572,15 @@ fn release(a: ReleaseArgs) -> Result<()> {
             report.app, report.version, report.files, report.file_bytes, report.installer.bytes
         );
         for pr in &report.patches {
+            let encodings = pr
+                .encodings
+                .iter()
+                .map(|(name, n)| format!("{name} {n}"))
+                .collect::<Vec<_>>()
+                .join(", ");
             info!(
-                "  patch {} -> {}: {} bytes {:?}",
-                pr.from, pr.to, pr.bytes, pr.encodings
+                "  patch {} -> {}: {} bytes ({encodings})",
+                pr.from, pr.to, pr.bytes
             );
         }
         info!(
@@ -608,8 +646,9 @@ struct BundleArgs {
     #[arg(long)]
     out: PathBuf,
     /// Root public key file(s) to check the repository against [default: its own first root].
-    #[arg(long = "public-key")]
-    public_keys: Vec<PathBuf>,
+    /// The variable holds a key file's path or its contents.
+    #[arg(long = "public-key", env = PUBLIC_KEY_ENV, hide_env_values = true, value_parser = KeySource::parse)]
+    public_keys: Vec<KeySource>,
     /// Also carry the repair file of every file of the release, so that installs whose files
     /// were modified can be updated too, and a failed patch falls back to them (about the size
     /// of the installer).
@@ -712,7 +751,7 @@ fn bundle(a: BundleArgs) -> Result<()> {
         from,
         to,
         out: a.out.clone(),
-        public_keys: load_publics(&a.public_keys)?,
+        public_keys: load_public_sources(&a.public_keys)?,
         with_repair_files: a.with_repair_files,
     })?;
     if a.json {
@@ -748,9 +787,10 @@ struct MaintenanceArgs {
     /// The repository directory.
     #[arg(long)]
     repo: PathBuf,
-    /// Release secret key file(s); repeat to reach the threshold.
-    #[arg(long = "key", required = true)]
-    keys: Vec<PathBuf>,
+    /// Release secret key file(s); repeat to reach the threshold. The variable holds a key
+    /// file's path or its contents (for CI without key files on disk).
+    #[arg(long = "key", required = true, env = SIGNING_KEY_ENV, hide_env_values = true, value_parser = KeySource::parse)]
+    keys: Vec<KeySource>,
     /// Start maintenance.
     #[arg(long, conflicts_with = "off", required_unless_present = "off")]
     on: bool,
@@ -766,6 +806,9 @@ struct MaintenanceArgs {
     /// Lifetime of the new metadata (e.g. 90d, 12h).
     #[arg(long, default_value = "90d")]
     expires: String,
+    /// Print one JSON object.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(clap::Args)]
@@ -773,9 +816,10 @@ struct YankArgs {
     /// The repository directory.
     #[arg(long)]
     repo: PathBuf,
-    /// Release secret key file(s); repeat to reach the threshold.
-    #[arg(long = "key", required = true)]
-    keys: Vec<PathBuf>,
+    /// Release secret key file(s); repeat to reach the threshold. The variable holds a key
+    /// file's path or its contents (for CI without key files on disk).
+    #[arg(long = "key", required = true, env = SIGNING_KEY_ENV, hide_env_values = true, value_parser = KeySource::parse)]
+    keys: Vec<KeySource>,
     /// The release to withdraw.
     #[arg(long)]
     version: String,
@@ -788,11 +832,14 @@ struct YankArgs {
     /// Lifetime of the new metadata (e.g. 90d, 12h).
     #[arg(long, default_value = "90d")]
     expires: String,
+    /// Print one JSON object.
+    #[arg(long)]
+    json: bool,
 }
 
 fn yank(a: YankArgs) -> Result<()> {
     let version = formats::Version::parse(&a.version)?;
-    let keys = load_secrets(&a.keys)?;
+    let keys = load_secrets(&a.keys, SIGNING_KEY_ENV)?;
     patch_create::yank::yank(
         &a.repo,
         &keys,
@@ -800,6 +847,12 @@ fn yank(a: YankArgs) -> Result<()> {
         &version,
         a.reason.as_deref(),
     )?;
+    if a.json {
+        println!(
+            "{}",
+            serde_json::json!({"repo": a.repo, "version": version.to_string(), "yanked": a.reason.is_some(), "reason": a.reason})
+        );
+    }
     match &a.reason {
         Some(r) => info!(
             "{}: release {version} yanked ({r}); clients running it will move to the newest release that is not yanked",
@@ -811,7 +864,7 @@ fn yank(a: YankArgs) -> Result<()> {
 }
 
 fn maintenance(a: MaintenanceArgs) -> Result<()> {
-    let keys = load_secrets(&a.keys)?;
+    let keys = load_secrets(&a.keys, SIGNING_KEY_ENV)?;
     let m = a.on.then(|| formats::layout::Maintenance {
         message: a.message.clone().unwrap_or_default(),
         app_may_start: a.app_may_start,
@@ -822,6 +875,12 @@ fn maintenance(a: MaintenanceArgs) -> Result<()> {
         lifetime("expires", &a.expires)?,
         m,
     )?;
+    if a.json {
+        println!(
+            "{}",
+            serde_json::json!({"repo": a.repo, "maintenance": a.on, "message": a.message, "app_may_start": a.app_may_start})
+        );
+    }
     if a.on {
         info!(
             "{}: under maintenance; clients will not update",
@@ -834,19 +893,21 @@ fn maintenance(a: MaintenanceArgs) -> Result<()> {
 }
 
 fn run() -> Result<()> {
-    let cli = Cli::parse();
-    let level = if cli.quiet {
-        0
-    } else if cli.verbose {
-        2
-    } else {
-        1
+    let cli: Cli = cli_support::parse();
+    cli_support::init_logging(&cli.verbosity, false);
+    let level = match cli.verbosity.level() {
+        cli_support::Level::Quiet => 0,
+        cli_support::Level::Normal => 1,
+        cli_support::Level::Verbose => 2,
     };
     VERBOSITY.store(level, Ordering::Relaxed);
     EXPIRES_SHORT_OK.store(cli.expires_short_ok, Ordering::Relaxed);
     match cli.cmd {
-        Cmd::Keygen { out, name } => {
+        Cmd::Keygen { out, name, json } => {
             let (s, p) = patch_create::keyfile::generate(&out, &name)?;
+            if json {
+                println!("{}", serde_json::json!({"secret": s, "public": p}));
+            }
             info!(
                 "wrote {} (secret, keep it safe) and {}",
                 s.display(),
@@ -863,14 +924,21 @@ fn run() -> Result<()> {
             keys,
             mirrors,
             expires,
+            json,
         } => {
-            let keys = load_secrets(&keys)?;
+            let keys = load_secrets(&keys, SIGNING_KEY_ENV)?;
             let info = patch_create::maintenance::set_mirrors(
                 &repo,
                 &keys,
                 lifetime("expires", &expires)?,
                 mirrors,
             )?;
+            if json {
+                println!(
+                    "{}",
+                    serde_json::json!({"repo": repo, "mirrors": info.mirrors})
+                );
+            }
             info!(
                 "{}: mirrors set to [{}]",
                 repo.display(),
@@ -879,7 +947,7 @@ fn run() -> Result<()> {
             Ok(())
         }
         Cmd::Serve { repo, addr } => {
-            let quiet = cli.quiet;
+            let quiet = cli.verbosity.quiet;
             let server = patch_create::serve::Server::bind(&repo, &addr)?;
             let bound = server.local_addr()?;
             eprintln!("serving {} at http://{bound}/", repo.display());
@@ -903,12 +971,13 @@ fn run() -> Result<()> {
         }
         Cmd::Publish(a) => publish(a),
         Cmd::Keys(k) => keys_cmd(k),
+        Cmd::Tool(t) => t.run::<Cli>(),
         Cmd::Resign {
             repo,
             keys,
             expires,
         } => {
-            let keys = load_secrets(&keys)?;
+            let keys = load_secrets(&keys, SIGNING_KEY_ENV)?;
             let refs: Vec<&formats::keys::KeyPair> = keys.iter().collect();
             let exp = formats::time_util::now() + lifetime("expires", &expires)?;
             let r = patch_create::keys_admin::resign(&repo, &refs, exp)?;
@@ -928,7 +997,7 @@ fn run() -> Result<()> {
             public_key,
             json,
         } => {
-            let key = patch_create::keyfile::load_public(&public_key)?;
+            let key = load_public_sources(std::slice::from_ref(&public_key))?.remove(0);
             let report = patch_create::verify::verify(&repo, &key)?;
             if json {
                 println!("{}", serde_json::to_string(&report)?);
@@ -968,13 +1037,25 @@ fn run() -> Result<()> {
 }
 
 fn main() -> ExitCode {
-    match run() {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("error: {}", formats::error::chain_text(e.as_ref()));
-            ExitCode::FAILURE
-        }
-    }
+    cli_support::finish(run(), error_kind)
+}
+
+/// The `kind` of a JSON error: which part of writing the repository failed.
+fn error_kind(e: &anyhow::Error) -> Option<&'static str> {
+    use patch_create::error::Error as E;
+    let e = e.chain().find_map(|c| c.downcast_ref::<E>())?;
+    Some(match e {
+        E::Format(_) => "format",
+        E::Apply(_) => "apply",
+        E::Io { .. } => "io",
+        E::Tree { .. } => "tree",
+        E::Repo { .. } => "repo",
+        E::SuffixSort { .. } => "suffix_sort",
+        E::Publish { .. } => "publish",
+        E::Store { .. } => "store",
+        E::VerifyFailed(_) => "verify",
+        _ => "error",
+    })
 }
 
 /// Parses a byte count with an optional K, M or G suffix (powers of 1024).

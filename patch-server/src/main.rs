@@ -13,11 +13,14 @@ use serde_json::{json, Value};
 #[command(
     name = "patch-server",
     version,
-    about = "The fleet server: check-ins, inventory, commands"
+    about = "The fleet server: check-ins, inventory, commands",
+    after_help = cli_support::EXIT_CODES
 )]
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
+    #[command(flatten)]
+    verbosity: cli_support::Verbosity,
 }
 
 #[derive(Args, Clone)]
@@ -27,20 +30,20 @@ struct Store {
     #[arg(long)]
     data: PathBuf,
     /// Database URL (postgres://USER:PASS@HOST:PORT/DB); SQLite in DATA when absent.
-    #[arg(long, env = "PATCHKIT_DB")]
+    #[arg(long, env = "PATCHKIT_DB", hide_env_values = true)]
     db: Option<String>,
 }
 
 #[derive(Args, Clone)]
 struct Remote {
     /// Server URL.
-    #[arg(long, env = "PATCHKIT_SERVER")]
+    #[arg(long, env = "PATCHKIT_SERVER", hide_env_values = true)]
     server: String,
     /// File holding an admin token (else PATCHKIT_ADMIN_TOKEN).
     #[arg(long)]
     token_file: Option<PathBuf>,
     /// A PEM certificate to trust for an HTTPS server (e.g. a self-signed one).
-    #[arg(long, env = "PATCHKIT_CA_CERT")]
+    #[arg(long, env = "PATCHKIT_CA_CERT", hide_env_values = true)]
     ca_cert: Option<PathBuf>,
 }
 
@@ -225,9 +228,9 @@ enum Cmd {
         app: Option<String>,
         /// report-state, upload-logs, update-now, restart-app or set-interval.
         kind: String,
-        /// Seconds, for set-interval.
-        #[arg(long)]
-        secs: Option<u64>,
+        /// The new poll interval, for set-interval (30s, 5m, 1h).
+        #[arg(long, value_parser = humantime::parse_duration)]
+        interval: Option<Duration>,
         /// Life of the command (server default 7 days).
         #[arg(long, value_parser = humantime::parse_duration)]
         expires_in: Option<Duration>,
@@ -321,6 +324,8 @@ enum Cmd {
         #[command(subcommand)]
         cmd: RolloutCmd,
     },
+    #[command(flatten)]
+    Tool(cli_support::ToolCmd),
 }
 
 #[derive(Args)]
@@ -1104,13 +1109,13 @@ fn run(cli: Cli) -> Result<()> {
             tag,
             app,
             kind,
-            secs,
+            interval,
             expires_in,
         } => {
             if device.is_none() && tag.is_none() && app.is_none() {
                 bail!("give one of --device, --tag, --app");
             }
-            let args = secs.map(|s| json!({"secs": s}));
+            let args = interval.map(|d| json!({"secs": d.as_secs().max(1)}));
             let v = client(&remote)?.post(
                 "/v1/admin/commands",
                 &json!({"device": device, "tag": tag, "app": app, "kind": kind, "args": args,
@@ -1267,6 +1272,7 @@ fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Cmd::Rollout { cmd } => rollout(cmd),
+        Cmd::Tool(t) => t.run::<Cli>(),
     }
 }
 
@@ -1507,15 +1513,9 @@ fn runtime() -> Result<tokio::runtime::Runtime> {
         .context("cannot start the async runtime")
 }
 
-fn main() {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("PATCHKIT_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
-    if let Err(e) = run(Cli::parse()) {
-        eprintln!("error: {}", formats::error::chain_text(e.as_ref()));
-        std::process::exit(1);
-    }
+fn main() -> std::process::ExitCode {
+    let cli: Cli = cli_support::parse();
+    // The server's log lines carry their time; a command's lines do not need it.
+    cli_support::init_logging(&cli.verbosity, matches!(cli.cmd, Cmd::Serve { .. }));
+    cli_support::finish(run(cli), cli_support::no_kind)
 }

@@ -185,14 +185,14 @@ fn answer(mut s: TcpStream, sh: &Shared) {
 
 /// Short network bounds so that retries are quick.
 const FAST: &[&str] = &[
-    "--timeout-secs",
-    "5",
-    "--connect-timeout-secs",
-    "2",
+    "--timeout",
+    "5s",
+    "--connect-timeout",
+    "2s",
     "--retries",
     "2",
-    "--backoff-ms",
-    "20",
+    "--retry-backoff",
+    "20ms",
 ];
 
 fn patch_apply(sub: &str, w: &World, app: &Path, url: &str, extra: &[&str]) -> Command {

@@ -479,7 +479,14 @@ fn report_state_and_set_interval_get_results_and_a_forgotten_token_re_enrolls() 
         .env("PATCHKIT_AGENT_LOCAL_TIME", "12:00"));
     let id = device_id(&app);
     ok(&mut srv.admin(&["command", "--device", &id, "report-state"]));
-    ok(&mut srv.admin(&["command", "--device", &id, "set-interval", "--secs", "5"]));
+    ok(&mut srv.admin(&[
+        "command",
+        "--device",
+        &id,
+        "set-interval",
+        "--interval",
+        "5s",
+    ]));
     ok(&mut srv.admin(&["command", "--device", &id, "restart-app"]));
 
     // The server forgot this device's token (here: the device holds one it never issued).
@@ -1017,7 +1024,7 @@ fn hand_over(app: &Path, repo: &Path, public: &Path, pid: u32, timeout: u32) -> 
         .arg("--public-key")
         .arg(public)
         .args(["--hand-over", "--wait-pid", &pid.to_string()])
-        .args(["--wait-timeout", &timeout.to_string()]))
+        .args(["--wait-timeout", &format!("{timeout}s")]))
 }
 
 /// The device's update results on the server that go to `to`.

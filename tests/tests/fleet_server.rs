@@ -341,7 +341,14 @@ fn commands_uploads_and_state(backend: &str) {
     // A command for a tag reaches every tagged device.
     s.admin(&["tag", "dev-a", "canary"]);
     s.admin(&["tag", "dev-b", "canary"]);
-    let out = s.admin(&["command", "--tag", "canary", "set-interval", "--secs", "30"]);
+    let out = s.admin(&[
+        "command",
+        "--tag",
+        "canary",
+        "set-interval",
+        "--interval",
+        "30s",
+    ]);
     assert!(out.contains("queued for 2 devices"), "{out}");
     for d in [&mut a, &mut b] {
         let r = d.checkin(&checkin_body("1.0.0", None));

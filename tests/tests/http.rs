@@ -285,14 +285,14 @@ fn serve(mut s: TcpStream, st: &State) {
 
 /// Short network bounds so failing cases end quickly.
 const FAST: &[&str] = &[
-    "--timeout-secs",
-    "2",
-    "--connect-timeout-secs",
-    "2",
+    "--timeout",
+    "2s",
+    "--connect-timeout",
+    "2s",
     "--retries",
     "2",
-    "--backoff-ms",
-    "50",
+    "--retry-backoff",
+    "50ms",
 ];
 
 fn patch_apply(sub: &str, w: &World, app: &Path, urls: &[&str], extra: &[&str]) -> Command {
@@ -619,7 +619,7 @@ fn stalled_server_times_out_within_the_configured_bound() {
         &w,
         &app,
         &[&srv.url],
-        &["--timeout-secs", "1", "--retries", "1"],
+        &["--timeout", "1s", "--retries", "1"],
     ));
     let took = t0.elapsed();
     assert_failed_cleanly(&err, &before, &app, &format!("{}{inst}", srv.url));
@@ -642,8 +642,8 @@ fn stalled_server_times_out_within_the_configured_bound() {
             "0",
             "--min-speed",
             "4096",
-            "--min-speed-secs",
-            "1",
+            "--min-speed-window",
+            "1s",
         ],
     ));
     assert!(err.contains("too slow"), "{err}");
@@ -721,7 +721,7 @@ fn unreachable_repository_is_an_error_naming_the_url() {
         &w,
         &app,
         &["http://127.0.0.1:1/"],
-        &["--connect-timeout-secs", "1", "--retries", "0"],
+        &["--connect-timeout", "1s", "--retries", "0"],
     ));
     assert!(err.contains("http://127.0.0.1:1"), "{err}");
 }
