@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Release time that follows the size of the change (issue 22): `patch-create release` of a first
 # and of a second version, and a fresh install over HTTP, with the installer made the old way
-# (one zstd frame compressed from the tree: "solid", PATCHKIT_SOLID_INSTALLER=1) and the new way
+# (one zstd frame compressed from the tree: "solid", the hidden `release --solid-installer`) and the new way
 # (the repair files copied into it: "frames"), in the same run, medians of REPS runs.
 #
 # Usage: bench/release-time.sh [PAIR_DIR...]
@@ -53,9 +53,9 @@ for pair in "${PAIRS[@]}"; do
       d=$WORK/$name-$mode
       rm -rf "$d"; mkdir -p "$d"
       "$PC" keygen --out "$d/keys" >/dev/null 2>&1
-      solid=0; [ "$mode" = solid ] && solid=1
+      solid=(); [ "$mode" = solid ] && solid=(--solid-installer)
       rel() { # VERSION TREE
-        PATCHKIT_SOLID_INSTALLER=$solid timed "$d/time" "$PC" release --quiet --json --name bench \
+        timed "$d/time" "$PC" release --quiet --json --name bench "${solid[@]}" \
           --repo "$d/repo" --root "$2" --version "$1" --key "$d/keys/release.key" --level "$LEVEL" \
           >"$d/release-$1.json"
       }

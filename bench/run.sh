@@ -17,7 +17,7 @@
 #   APP_IGNORE=glob,...   app-dir paths left out of the byte-for-byte comparison
 #   LARGE_REPS (=REPS), LARGE_EDITS=200, MANY_METHOD (method for installing the many-files tree)
 #   LARGE_LEVEL (zstd level of the large case's installer and repair file; e.g. 3: -19 of a GB
-#   file takes hours), LARGE_BUDGET (its `release --memory-budget`, e.g. 1G)
+#   file takes hours), LARGE_BUDGET (its `release --memory-budget`, e.g. 1GiB)
 # Output: tables on stdout and in bench/work/results.md (+ results.json, peers.md, logs/).
 # Needs root (or sudo) on a fresh machine for apt-get; builds HDiffPatch into bench/tools/.
 set -uo pipefail

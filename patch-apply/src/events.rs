@@ -73,6 +73,15 @@ pub enum Event {
         /// How many more failures this mirror is allowed for this file.
         retries_left: u32,
     },
+    /// A download continues a partial file kept from an earlier attempt: `bytes` of it were
+    /// already on disk and are counted in the `download` progress at once (a progress display
+    /// should leave them out of its speed).
+    Resumed {
+        /// The repository path of the file.
+        path: String,
+        /// Bytes already on disk.
+        bytes: u64,
+    },
     /// An HTTP request got an answer (for verbose logs).
     Request {
         /// The URL requested.

@@ -387,6 +387,7 @@ fn shown(e: &Event, v: Verbosity) -> bool {
     match e {
         Event::Request { .. } => v == Verbosity::Verbose,
         Event::Progress { .. }
+        | Event::Resumed { .. }
         | Event::Warning { .. }
         | Event::Retry { .. }
         | Event::Fallback { .. } => v != Verbosity::Quiet,
@@ -442,16 +443,21 @@ fn from_suffix(from_byte: u64) -> String {
     }
 }
 
+/// The progress bar's look for bytes (downloads) or for entries (applying, extracting).
+fn bar_style(bytes: bool) -> ProgressStyle {
+    let template = if bytes {
+        "{msg:>8} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}"
+    } else {
+        "{msg:>8} [{bar:30}] {pos}/{len} files eta {eta}"
+    };
+    ProgressStyle::with_template(template).unwrap_or_else(|_| ProgressStyle::default_bar())
+}
+
 fn event_printer(json: bool, v: Verbosity) -> impl Fn(&Event) + Send + Sync + 'static {
     let bar: Option<Arc<Mutex<ProgressBar>>> =
         (!json && v != Verbosity::Quiet && std::io::stderr().is_terminal()).then(|| {
             let pb = ProgressBar::new(0);
-            pb.set_style(
-                ProgressStyle::with_template(
-                    "{msg:>8} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
-                )
-                .unwrap_or_else(|_| ProgressStyle::default_bar()),
-            );
+            pb.set_style(bar_style(true));
             Arc::new(Mutex::new(pb))
         });
     let start = std::time::Instant::now();
@@ -494,6 +500,36 @@ fn event_printer(json: bool, v: Verbosity) -> impl Fn(&Event) + Send + Sync + 's
                     b.set_position(*done);
                 }
             }
+            // Bytes of a resumed file were counted at once: the speed starts over from here.
+            (Event::Resumed { path, bytes }, Some(b)) => {
+                if let Ok(b) = b.lock() {
+                    b.reset_eta();
+                    b.suspend(|| eprintln!("{path}: resumed, {bytes} bytes already on disk"));
+                }
+            }
+            // A second bar for the entries applied (patch operations, installer entries).
+            (
+                Event::Progress {
+                    phase: "apply",
+                    done,
+                    total,
+                },
+                Some(b),
+            ) if *total > 0 => {
+                if let Ok(mut b) = b.lock() {
+                    if b.message() != "apply" || b.is_finished() {
+                        if b.length().unwrap_or(0) > 0 && !b.is_finished() {
+                            b.finish();
+                            eprintln!();
+                        }
+                        *b = ProgressBar::new(*total);
+                        b.set_style(bar_style(false));
+                        b.set_message("apply");
+                    }
+                    b.set_length(*total);
+                    b.set_position(*done);
+                }
+            }
             (Event::Phase { phase }, Some(b)) if *phase != "download" => {
                 if let Ok(b) = b.lock() {
                     if b.length().unwrap_or(0) > 0 && !b.is_finished() {
@@ -504,10 +540,9 @@ fn event_printer(json: bool, v: Verbosity) -> impl Fn(&Event) + Send + Sync + 's
             }
             (Event::Phase { phase: "download" }, Some(b)) => {
                 if let Ok(mut b) = b.lock() {
-                    if b.is_finished() || b.position() > 0 {
-                        let style = b.style();
+                    if b.is_finished() || b.position() > 0 || b.message() == "apply" {
                         *b = ProgressBar::new(0);
-                        b.set_style(style);
+                        b.set_style(bar_style(true));
                     }
                 }
             }
@@ -527,6 +562,9 @@ fn event_printer(json: bool, v: Verbosity) -> impl Fn(&Event) + Send + Sync + 's
                 },
                 _,
             ) => line(format!("{url}: HTTP {status}{}", from_suffix(*from_byte))),
+            (Event::Resumed { path, bytes }, _) => {
+                line(format!("{path}: resumed, {bytes} bytes already on disk"))
+            }
             (Event::Phase { phase }, _) if v == Verbosity::Verbose => {
                 line(format!("phase: {phase}"))
             }
@@ -861,9 +899,7 @@ fn agent(a: AgentArgs, v: Verbosity) -> Result<()> {
     let mut agent = Agent::new(ac, printer)?;
     if let Some(cmd) = a.on_offer.clone() {
         agent = agent.on_offer(move |o| {
-            let st = std::process::Command::new("sh")
-                .arg("-c")
-                .arg(&cmd)
+            let st = patch_apply::agent::collect::shell_command(&cmd)
                 .env("PATCHKIT_OFFER_VERSION", &o.version)
                 .env(
                     "PATCHKIT_OFFER_INSTALLED",

@@ -57,6 +57,10 @@ impl StageCtx<'_> {
         let kept = crate::transport::kept_bytes(&self.cache, exp);
         if kept > 0 {
             report(done.fetch_add(kept, Ordering::Relaxed) + kept);
+            (self.events)(&Event::Resumed {
+                path: path.to_string(),
+                bytes: kept,
+            });
         }
         let progress = |n: u64| {
             self.downloaded.fetch_add(n, Ordering::Relaxed);

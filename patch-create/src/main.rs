@@ -418,11 +418,21 @@ struct ReleaseArgs {
     /// zstd level of patch members (1-22).
     #[arg(long, default_value_t = 19)]
     patch_level: i32,
-    /// Memory the diffs may hold at once (e.g. 512M, 2G): pairs whose whole-file diff needs
-    /// more are diffed in windows sized from it (docs/encodings.md, "Bounded memory").
-    /// Default: 4 × the pair's larger file, between 256M and 4G.
+    /// Memory the diffs may hold at once (e.g. 512MiB, 2GiB; 512M means 512 × 10^6 bytes):
+    /// pairs whose whole-file diff needs more are diffed in windows sized from it
+    /// (docs/encodings.md, "Bounded memory"). Default: 4 × the pair's larger file, between
+    /// 256MiB and 4GiB.
     #[arg(long, value_parser = parse_size)]
     memory_budget: Option<u64>,
+    /// Do not try the executable-aware candidate (`exe-split-diff`, docs/format.md §6.2.5) on
+    /// ELF, PE and Mach-O files: diffing them takes about half the time, patches of changed
+    /// executables may be larger.
+    #[arg(long)]
+    no_exe_diff: bool,
+    /// Build the installer by compressing the whole tree as one frame, as before the installer
+    /// reused repair files (for measurements: bench/release-time.sh).
+    #[arg(long, hide = true)]
+    solid_installer: bool,
     /// Release channel (e.g. stable, beta).
     #[arg(long)]
     channel: Option<String>,
@@ -513,10 +523,12 @@ fn release(a: ReleaseArgs) -> Result<()> {
         encode: EncodeOptions {
             level: a.patch_level,
             memory_budget: a.memory_budget,
+            try_exe: !a.no_exe_diff,
             ..EncodeOptions::default()
         },
         channel: a.channel,
         targeting: parse_targets(&a.targets)?,
+        solid_installer: a.solid_installer,
     };
     detail!(
         "signing with key(s) {}",
@@ -1058,19 +1070,13 @@ fn error_kind(e: &anyhow::Error) -> Option<&'static str> {
     })
 }
 
-/// Parses a byte count with an optional K, M or G suffix (powers of 1024).
+/// Parses a byte count such as `512MiB`, `2GiB` or `4096` (`bytesize`: K, M, G are powers
+/// of 1000, KiB, MiB, GiB powers of 1024).
 fn parse_size(s: &str) -> Result<u64, String> {
-    let t = s.trim();
-    let (num, shift) = match t.char_indices().last() {
-        Some((i, 'k' | 'K')) => (&t[..i], 10),
-        Some((i, 'm' | 'M')) => (&t[..i], 20),
-        Some((i, 'g' | 'G')) => (&t[..i], 30),
-        _ => (t, 0),
-    };
-    num.parse::<u64>()
-        .ok()
-        .and_then(|n| n.checked_mul(1u64 << shift))
-        .ok_or_else(|| format!("{s:?} is not a size such as 512M or 2G"))
+    s.trim()
+        .parse::<bytesize::ByteSize>()
+        .map(|b| b.as_u64())
+        .map_err(|e| format!("{s:?} is not a size such as 512MiB or 2GiB: {e}"))
 }
 
 /// The process's peak resident set size so far (Linux: `VmHWM` of /proc/self/status).

@@ -30,12 +30,6 @@ use crate::pack::{self, Member};
 use crate::progress::Progress;
 use crate::repo::Repo;
 
-/// With this environment variable set to `1`, `release` writes the installer as one zstd frame
-/// compressed from the tree (the layout before issue 22, still valid §6.1), for
-/// `bench/release-time.sh` to measure both in one run. Not for production use: it recompresses
-/// every byte of the release.
-pub const SOLID_INSTALLER_ENV: &str = "PATCHKIT_SOLID_INSTALLER";
-
 /// Which earlier versions get an incremental patch to the new one.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum PatchesFrom {
@@ -90,6 +84,10 @@ pub struct ReleaseOptions {
     pub channel: Option<String>,
     /// Targeting constraints.
     pub targeting: BTreeMap<String, String>,
+    /// Write the installer as one zstd frame compressed from the tree (the layout before issue
+    /// 22, still valid, docs/format.md §6.1) instead of reusing the repair files, so that
+    /// `bench/release-time.sh` measures both in one run. Slow: it recompresses every byte.
+    pub solid_installer: bool,
 }
 
 /// How a release treats the ignore patterns of the previous release. Dropping one lets clients
@@ -589,7 +587,7 @@ pub fn release(opts: &ReleaseOptions, progress: &dyn Progress) -> Result<Release
     progress.start("installer", 0);
     let inst_name = layout::installer_target(&opts.version);
     let inst_tmp = tmp_dir.path().join("installer");
-    let inst_stats = if std::env::var_os(SOLID_INSTALLER_ENV).is_some_and(|v| v == "1") {
+    let inst_stats = if opts.solid_installer {
         pack::write_installer(&inst_tmp, &manifest, &opts.root, opts.level)?;
         crate::release::installer::InstallerStats::default()
     } else {

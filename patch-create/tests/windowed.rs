@@ -210,7 +210,7 @@ fn windowed_release_memory_stays_within_budget() {
             .arg("--root")
             .arg(root)
             .args(["--version", version, "--name", "m", "--json"])
-            .args(["--level", "1", "--memory-budget", "64M"])
+            .args(["--level", "1", "--memory-budget", "64MiB"])
             .arg("--key")
             .arg(keys.join("release.key"))
             .output()

@@ -691,8 +691,21 @@ fn download_killed_with_sigkill_resumes_on_the_next_run() {
     assert_same_tree(&app, &w.releases[0]);
     srv.reset_counters();
     srv.set(Fault::default());
-    ok(&mut apply_installer(&w, &app, &[&srv.url]));
+    let out = ok(&mut apply_installer(&w, &app, &[&srv.url]));
     assert_same_tree(&app, &w.releases[1]);
+    // The event stream says what was resumed (a progress display leaves it out of the speed).
+    let resumed: Vec<serde_json::Value> = out
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v["event"] == "resumed")
+        .collect();
+    assert_eq!(resumed.len(), 1, "{out}");
+    assert_eq!(resumed[0]["bytes"], part, "{out}");
+    assert_eq!(
+        resumed[0]["path"].as_str(),
+        Some(inst.trim_start_matches('/')),
+        "{out}"
+    );
     let log = srv.log();
     let req = log
         .iter()
