@@ -56,7 +56,7 @@
 //! #         restart_required: false, notes: None, links: vec![], patches_from: PatchesFrom::Previous, keep: None,
 //! #         expires: time::Duration::days(30), level: 3, encode: Default::default(),
 //! #         channel: None, targeting: Default::default(),
-//! #         ignore_carry: Default::default(),
+//! #         ignore_carry: Default::default(), solid_installer: false,
 //! #     };
 //! #     release(&opts, &patch_create::progress::NoProgress).unwrap();
 //! # }
