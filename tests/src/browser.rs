@@ -179,6 +179,36 @@ impl Browser {
             .to_string()
     }
 
+    /// Waits up to 15 s for the current URL to satisfy `want` (a click that submits a form
+    /// returns before the next page may have loaded), and returns it; panics naming `what` and
+    /// the last URL seen.
+    pub fn wait_url(&self, what: &str, want: impl Fn(&str) -> bool) -> String {
+        let start = std::time::Instant::now();
+        loop {
+            let url = self.url();
+            if want(&url) {
+                return url;
+            }
+            assert!(
+                start.elapsed() < std::time::Duration::from_secs(15),
+                "waited 15 s for {what}; the browser is at {url}"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+    }
+
+    /// Waits up to 15 s for an element matching `css` to be on the page.
+    pub fn wait_css(&self, css: &str) {
+        self.block(async {
+            self.client()
+                .wait()
+                .at_most(std::time::Duration::from_secs(15))
+                .for_element(Locator::Css(css))
+                .await
+        })
+        .unwrap_or_else(|e| panic!("waited 15 s for {css}: {e}"));
+    }
+
     /// The value of cookie `name` (HttpOnly ones too: WebDriver sees every cookie).
     pub fn cookie(&self, name: &str) -> Option<String> {
         self.block(self.client().get_named_cookie(name))

@@ -29,12 +29,13 @@ pub fn bin_dir() -> PathBuf {
         .and_then(Path::parent)
         .expect("test binary lives in <dir>/<profile>/deps")
         .to_path_buf();
-    if beside.join("patch-apply").exists() || beside.join("patch-apply.exe").exists() {
-        return beside;
-    }
     let target = std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"));
+    let canonical = |p: &Path| p.canonicalize().unwrap_or_else(|_| p.to_path_buf());
+    if canonical(&beside).starts_with(canonical(&target)) {
+        return beside;
+    }
     match beside.file_name() {
         Some(profile) => target.join(profile),
         None => beside,

@@ -170,7 +170,7 @@ fn dashboard_in_a_real_browser(backend: &Backend) {
 
     // Log in; the overview counts the failed and silent devices in red.
     login(&b, &url, "alice", ALICE_PW);
-    assert!(b.url().ends_with("/ui"), "{}", b.url());
+    b.wait_url("the overview", |u| u.ends_with("/ui"));
     assert_eq!(b.text("#app-game .n-failed"), "1");
     assert_eq!(b.text("#app-game .n-silent"), "1");
     assert_eq!(
@@ -334,7 +334,9 @@ fn dashboard_in_a_real_browser(backend: &Backend) {
 
     // Log out; the old session cookie is dead.
     b.click("form.logout button");
-    assert!(b.url().ends_with("/ui/login"));
+    b.wait_url("the login page after logging out", |u| {
+        u.ends_with("/ui/login")
+    });
     let r = http()
         .get(format!("{url}/ui/devices"))
         .header("cookie", format!("patchkit_session={session}"))
@@ -371,7 +373,8 @@ fn dashboard_in_a_real_browser(backend: &Backend) {
     }
     b.click("form.logout button");
     login(&b, &url, "alice", ALICE_PW);
-    assert!(b.url().ends_with("/ui/login"));
+    b.wait_css("#login-error");
+    assert!(b.url().ends_with("/ui/login"), "{}", b.url());
     assert!(
         b.text("#login-error").contains("too many failed logins"),
         "{}",
@@ -379,7 +382,7 @@ fn dashboard_in_a_real_browser(backend: &Backend) {
     );
     // Bob, another user, is not locked out.
     login(&b, &url, "bob", BOB_PW);
-    assert!(b.url().ends_with("/ui"), "{}", b.url());
+    b.wait_url("bob's overview", |u| u.ends_with("/ui"));
     b.goto(&format!("{url}/ui/audit"));
     assert!(b.text("#audit").contains("login.failed"));
 

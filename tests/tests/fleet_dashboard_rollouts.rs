@@ -38,7 +38,7 @@ fn login(b: &Browser, url: &str, name: &str, password: &str) {
     b.fill("#name", name);
     b.fill("#password", password);
     b.click("#login");
-    assert!(b.url().ends_with("/ui"), "{name} logged in: {}", b.url());
+    b.wait_url(&format!("{name}'s overview"), |u| u.ends_with("/ui"));
 }
 
 fn shot(b: &Browser, name: &str) {
@@ -125,7 +125,7 @@ fn rollouts_pins_and_alerts_in_a_real_browser() {
         "open alerts are red"
     );
     b.click("#open-alerts a");
-    assert!(b.url().ends_with("/ui/alerts"), "{}", b.url());
+    b.wait_url("the alerts page", |u| u.ends_with("/ui/alerts"));
     let open = b.text("#open-alerts");
     assert!(
         open.contains("failed update") && open.contains("dev-bad"),
