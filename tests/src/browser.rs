@@ -99,10 +99,16 @@ impl Browser {
             .unwrap_or_else(|e| panic!("goto {url}: {e}"));
     }
 
-    /// The visible text of the first element matching `css`.
+    /// The visible text of the first element matching `css`, waiting up to 15 s for one to
+    /// appear (after a click that submits a form, the next page may not have loaded yet).
     pub fn text(&self, css: &str) -> String {
         self.block(async {
-            let e = self.client().find(Locator::Css(css)).await?;
+            let e = self
+                .client()
+                .wait()
+                .at_most(std::time::Duration::from_secs(15))
+                .for_element(Locator::Css(css))
+                .await?;
             e.text().await
         })
         .unwrap_or_else(|e| panic!("text of {css}: {e}"))

@@ -199,6 +199,7 @@ fn dashboard_in_a_real_browser(backend: &Backend) {
     // Filter: failed only, then by id text; sort by version descending.
     b.select("#f-status", "failed");
     b.click("#apply");
+    b.wait_url("the filtered list", |u| u.contains("failed"));
     assert_eq!(b.count("#devices tbody tr"), 1);
     assert!(b.text("#devices tbody").contains("dev-bad"));
     b.goto(&format!("{url}/ui/devices?q=GOOD"));
@@ -372,6 +373,9 @@ fn dashboard_in_a_real_browser(backend: &Backend) {
         assert_eq!(r.status().as_u16(), 401);
     }
     b.click("form.logout button");
+    b.wait_url("the login page after logging out", |u| {
+        u.ends_with("/ui/login")
+    });
     login(&b, &url, "alice", ALICE_PW);
     b.wait_css("#login-error");
     assert!(b.url().ends_with("/ui/login"), "{}", b.url());
