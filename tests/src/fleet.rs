@@ -296,23 +296,20 @@ impl Device {
 
     /// Uploads `bytes` as `name` for `command`.
     pub fn upload(&self, command: &str, name: &str, bytes: Vec<u8>) -> Answer {
-        let r = self
-            .http
-            .put(format!("{}/v1/uploads", self.url))
-            .query(&[("command", command), ("name", name)])
-            .bearer_auth(&self.token)
-            .body(bytes)
-            .send()
-            .expect("upload");
-        answer(r)
+        self.put_upload(("command", command), name, bytes)
     }
 
     /// `PUT /v1/uploads?crash=ID&name=NAME`: a crash file, with no command.
     pub fn upload_crash(&self, crash: &str, name: &str, bytes: Vec<u8>) -> Answer {
+        self.put_upload(("crash", crash), name, bytes)
+    }
+
+    /// `PUT /v1/uploads?OWNER=ID&name=NAME` with the device token.
+    fn put_upload(&self, owner: (&str, &str), name: &str, bytes: Vec<u8>) -> Answer {
         let r = self
             .http
             .put(format!("{}/v1/uploads", self.url))
-            .query(&[("crash", crash), ("name", name)])
+            .query(&[owner, ("name", name)])
             .bearer_auth(&self.token)
             .body(bytes)
             .send()
