@@ -740,6 +740,26 @@ fn print_json(v: &Value) {
     println!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
 }
 
+/// `GET path[?app=APP]` and prints the list: as JSON, or one `line` per item.
+fn list_by_app(
+    remote: &Remote,
+    path: &str,
+    app: Option<String>,
+    json: bool,
+    line: impl Fn(&Value) -> String,
+) -> Result<()> {
+    let q: Vec<(&str, String)> = app.map(|a| ("app", a)).into_iter().collect();
+    let v = client(remote)?.get(path, &q)?;
+    if json {
+        print_json(&v);
+    } else {
+        for item in v.as_array().into_iter().flatten() {
+            println!("{}", line(item));
+        }
+    }
+    Ok(())
+}
+
 fn s<'a>(v: &'a Value, k: &str) -> &'a str {
     v.get(k).and_then(Value::as_str).unwrap_or("-")
 }
@@ -1199,28 +1219,21 @@ fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Cmd::Pushes { remote, app, json } => {
-            let q: Vec<(&str, String)> = app.map(|a| ("app", a)).into_iter().collect();
-            let v = client(&remote)?.get("/v1/admin/pushes", &q)?;
-            if json {
-                print_json(&v);
-            } else {
-                for p in v.as_array().into_iter().flatten() {
-                    println!(
-                        "{} {} -> {} {} by {} at {}, {}",
-                        s(p, "app"),
-                        s(p, "version"),
-                        s(p, "target_kind"),
-                        s(p, "target"),
-                        s(p, "created_by"),
-                        patch_server::util::rfc3339(p["created_ms"].as_i64().unwrap_or(0)),
-                        p["expires_ms"]
-                            .as_i64()
-                            .map(|ms| format!("expires {}", patch_server::util::rfc3339(ms)))
-                            .unwrap_or_else(|| "until removed".into())
-                    );
-                }
-            }
-            Ok(())
+            list_by_app(&remote, "/v1/admin/pushes", app, json, |p| {
+                format!(
+                    "{} {} -> {} {} by {} at {}, {}",
+                    s(p, "app"),
+                    s(p, "version"),
+                    s(p, "target_kind"),
+                    s(p, "target"),
+                    s(p, "created_by"),
+                    patch_server::util::rfc3339(p["created_ms"].as_i64().unwrap_or(0)),
+                    p["expires_ms"]
+                        .as_i64()
+                        .map(|ms| format!("expires {}", patch_server::util::rfc3339(ms)))
+                        .unwrap_or_else(|| "until removed".into())
+                )
+            })
         }
         Cmd::Pin {
             remote,
@@ -1253,24 +1266,15 @@ fn run(cli: Cli) -> Result<()> {
             println!("pin removed");
             Ok(())
         }
-        Cmd::Pins { remote, app, json } => {
-            let q: Vec<(&str, String)> = app.map(|a| ("app", a)).into_iter().collect();
-            let v = client(&remote)?.get("/v1/admin/pins", &q)?;
-            if json {
-                print_json(&v);
-            } else {
-                for p in v.as_array().into_iter().flatten() {
-                    println!(
-                        "{} {} {} at {}",
-                        s(p, "app"),
-                        s(p, "target_kind"),
-                        s(p, "target"),
-                        s(p, "version")
-                    );
-                }
-            }
-            Ok(())
-        }
+        Cmd::Pins { remote, app, json } => list_by_app(&remote, "/v1/admin/pins", app, json, |p| {
+            format!(
+                "{} {} {} at {}",
+                s(p, "app"),
+                s(p, "target_kind"),
+                s(p, "target"),
+                s(p, "version")
+            )
+        }),
         Cmd::Rollout { cmd } => rollout(cmd),
         Cmd::Tool(t) => t.run::<Cli>(),
     }
