@@ -105,6 +105,10 @@ enum Cmd {
         /// past it the client gets 408 and its concurrency slot is freed.
         #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
         request_timeout: Duration,
+        /// Time allowed to the requests that read an app's repository (`app add`, `app
+        /// refresh`, the dashboard's releases page); past it, 408.
+        #[arg(long, default_value = "5m", value_parser = humantime::parse_duration)]
+        repo_timeout: Duration,
         /// Longest pause in an upload's body before it is cut off (408).
         #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
         upload_read_timeout: Duration,
@@ -856,6 +860,7 @@ fn run(cli: Cli) -> Result<()> {
             history_every,
             durable_idle_checkins,
             request_timeout,
+            repo_timeout,
             upload_read_timeout,
             enroll_per_ip,
             enroll_window,
@@ -903,6 +908,7 @@ fn run(cli: Cli) -> Result<()> {
                 history_every,
                 durable_idle_checkins,
                 request_timeout: request_timeout.max(Duration::from_millis(100)),
+                repo_timeout: repo_timeout.max(Duration::from_millis(100)),
                 upload_read_timeout: upload_read_timeout.max(Duration::from_millis(100)),
                 enroll_per_ip,
                 enroll_window: enroll_window.max(Duration::from_secs(1)),

@@ -45,6 +45,8 @@ pub struct ServeOptions {
     pub durable_idle_checkins: bool,
     /// See [`Settings::request_timeout`].
     pub request_timeout: Duration,
+    /// See [`Settings::repo_timeout`].
+    pub repo_timeout: Duration,
     /// See [`Settings::upload_read_timeout`].
     pub upload_read_timeout: Duration,
     /// See [`Settings::enroll_per_ip`].
@@ -216,6 +218,7 @@ pub async fn serve(o: ServeOptions) -> anyhow::Result<()> {
             history_every: o.history_every,
             durable_idle_checkins: o.durable_idle_checkins,
             request_timeout: o.request_timeout,
+            repo_timeout: o.repo_timeout,
             upload_read_timeout: o.upload_read_timeout,
             enroll_per_ip: o.enroll_per_ip,
             enroll_window: o.enroll_window,
@@ -234,8 +237,8 @@ pub async fn serve(o: ServeOptions) -> anyhow::Result<()> {
         secure_cookies: o.tls.is_some(),
         session_ttl: o.session_ttl,
     };
-    let dashboard = crate::web::router(state.clone(), web);
-    let app = crate::api::router::router_with(state, o.max_concurrent, dashboard);
+    let (dashboard, dashboard_repo) = crate::web::router(state.clone(), web);
+    let app = crate::api::router::router_with(state, o.max_concurrent, dashboard, dashboard_repo);
     let listener = std::net::TcpListener::bind(o.addr)
         .with_context(|| format!("cannot listen on {}", o.addr))?;
     listener.set_nonblocking(true)?;

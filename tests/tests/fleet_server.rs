@@ -6,6 +6,7 @@ use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
+use e2e_tests::agent_support::FakeServer;
 use e2e_tests::fleet::{blake3_hex, checkin_body, post_raw, Backend, Device, Server};
 use e2e_tests::World;
 use serde_json::{json, Value};
@@ -669,7 +670,7 @@ fn overload_answers_503(backend: &str) {
             .status()
             .as_u16()
     });
-    std::thread::sleep(Duration::from_millis(800));
+    std::thread::sleep(Duration::from_millis(1100));
     let r = reqwest::blocking::Client::new()
         .post(format!("{}/v1/checkin", s.url))
         .bearer_auth(&a.token)
@@ -960,6 +961,45 @@ fn slow_clients_are_cut_off() {
     // A whole upload after that still works.
     let ok = a.upload(cmd, "good.log", b"fine".to_vec());
     assert_eq!(ok.status, 200, "{:?}", ok.body);
+
+    // Reading an app's repository is bounded by --repo-timeout, not --request-timeout: an app
+    // whose repository answers every request after 1.1 s is added and refreshed although
+    // that takes longer than the 2 s that cut the clients above off.
+    let repo = w.repo.clone();
+    let slow = FakeServer::start(move |req| {
+        std::thread::sleep(Duration::from_millis(1100));
+        let name = req.path.trim_start_matches('/');
+        match std::fs::read(repo.join(name)) {
+            Ok(bytes) if !name.contains("..") => (200, Vec::new(), bytes),
+            _ => (404, Vec::new(), Vec::new()),
+        }
+    });
+    let public = w.public.display().to_string();
+    let t0 = Instant::now();
+    let out = s.admin(&[
+        "app",
+        "add",
+        "far",
+        "--repo",
+        &slow.url,
+        "--public-key",
+        &public,
+        "--approve",
+    ]);
+    let took = t0.elapsed();
+    assert!(out.contains("2 releases"), "{out}");
+    assert!(
+        took > Duration::from_secs(2),
+        "the slow repository took only {took:?}"
+    );
+    let t0 = Instant::now();
+    let out = s.admin(&["app", "refresh", "far"]);
+    assert!(out.contains("2.0.0"), "{out}");
+    assert!(
+        t0.elapsed() > Duration::from_secs(2),
+        "refreshed in {:?}",
+        t0.elapsed()
+    );
     assert_alive(&mut { s });
 }
 

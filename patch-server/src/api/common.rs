@@ -31,6 +31,9 @@ pub struct Settings {
     pub durable_idle_checkins: bool,
     /// Time allowed to read a request (but an upload's body) and answer it.
     pub request_timeout: Duration,
+    /// Time allowed for the requests that read an app's signed repository (adding an app,
+    /// refreshing it, the dashboard's releases page), which may be far away and slow.
+    pub repo_timeout: Duration,
     /// Longest wait for the next piece of an upload's body.
     pub upload_read_timeout: Duration,
     /// Enrollment attempts allowed per app and source address within `enroll_window`.

@@ -64,22 +64,41 @@ async fn not_found() -> Response {
 
 /// The whole API, with at most `max_concurrent` requests in progress; one more is answered
 /// 503 at once. Every request but an upload must be read and answered within
-/// `Settings::request_timeout` (else 408).
+/// `Settings::request_timeout` (else 408), or `Settings::repo_timeout` for the routes that
+/// read an app's repository.
 pub fn router(state: AppState, max_concurrent: usize) -> Router {
-    router_with(state, max_concurrent, Router::new())
+    router_with(state, max_concurrent, Router::new(), Router::new())
 }
 
-/// [`router`] plus the routes of `extra` (the dashboard, `crate::web::router`, merged by
-/// `server`), under the same bounds.
-pub fn router_with(state: AppState, max_concurrent: usize, extra: Router<AppState>) -> Router {
+/// [`router`] plus the routes of `extra` and `extra_repo` (the dashboard's, from
+/// `crate::web::router`, merged by `server`), under the same bounds: `extra_repo` are the
+/// routes that read an app's repository.
+pub fn router_with(
+    state: AppState,
+    max_concurrent: usize,
+    extra: Router<AppState>,
+    extra_repo: Router<AppState>,
+) -> Router {
     let request_timeout = state.settings.request_timeout;
+    let repo_timeout = state.settings.repo_timeout;
+    let bounded = |t| {
+        ServiceBuilder::new()
+            .layer(HandleErrorLayer::new(overloaded))
+            .layer(TimeoutLayer::new(t))
+    };
+    // The routes that read an app's (possibly remote and slow) repository, under their own
+    // limit: with the 30 s default of the others, `app add` of a far repository would get 408.
+    let reads_repo = Router::new()
+        .merge(extra_repo)
+        .route("/v1/admin/apps", post(admin::add_app))
+        .route("/v1/admin/apps/{name}/refresh", post(admin::refresh_app))
+        .layer(bounded(repo_timeout));
     Router::new()
         .merge(extra)
         .route("/v1/enroll", post(device::enroll))
         .route("/v1/checkin", post(device::checkin))
         .route("/v1/commands/{id}/result", post(device::command_result))
-        .route("/v1/admin/apps", post(admin::add_app).get(admin::list_apps))
-        .route("/v1/admin/apps/{name}/refresh", post(admin::refresh_app))
+        .route("/v1/admin/apps", get(admin::list_apps))
         .route("/v1/admin/devices", get(admin::list_devices))
         .route("/v1/admin/devices/{id}", get(admin::show_device))
         .route("/v1/admin/devices/{id}/approve", post(admin::approve))
@@ -124,11 +143,8 @@ pub fn router_with(state: AppState, max_concurrent: usize, extra: Router<AppStat
         )
         // Only the routes above get the whole-request limit (a layer applies to the routes
         // already added): an upload may take long on a slow link, it is bounded per read.
-        .layer(
-            ServiceBuilder::new()
-                .layer(HandleErrorLayer::new(overloaded))
-                .layer(TimeoutLayer::new(request_timeout)),
-        )
+        .layer(bounded(request_timeout))
+        .merge(reads_repo)
         .route("/v1/uploads", put(crash_files::upload_any))
         .fallback(not_found)
         .layer(

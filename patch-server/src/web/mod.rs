@@ -216,13 +216,18 @@ async fn security_headers(mut resp: Response) -> Response {
     resp
 }
 
-/// The `/ui` routes, ready to merge into the API router.
-pub fn router<S>(app: AppState, opts: WebOptions) -> Router<S> {
+/// The `/ui` routes, ready to merge into the API router: `.0` answers from the database
+/// alone, `.1` (the releases page) also reads the app's signed repository, so the API router
+/// gives it the longer repository timeout.
+pub fn router<S>(app: AppState, opts: WebOptions) -> (Router<S>, Router<S>) {
     let st = WebState {
         app,
         opts: Arc::new(opts),
     };
-    Router::new()
+    let reads_repo = Router::new()
+        .layer(axum::middleware::map_response(security_headers))
+        .with_state(st.clone());
+    let quick = Router::new()
         .route("/ui", get(pages::overview))
         .route("/ui/", get(|| async { Redirect::to("/ui") }))
         .route("/ui/static/style.css", get(style))
@@ -233,7 +238,6 @@ pub fn router<S>(app: AppState, opts: WebOptions) -> Router<S> {
         .route("/ui/devices/{id}/commands", post(actions::queue_command))
         .route("/ui/uploads/{id}", get(pages::upload))
         .route("/ui/releases", get(pages::releases_index))
-        .route("/ui/apps/{app}/releases", get(pages::releases))
         .route("/ui/audit", get(pages::audit))
         .route("/ui/rollouts", get(rollouts::index))
         .route(
@@ -257,5 +261,6 @@ pub fn router<S>(app: AppState, opts: WebOptions) -> Router<S> {
         .route("/ui/devices/{id}/unpin", post(rollouts::unpin))
         .route("/ui/alerts", get(rollouts::alerts))
         .layer(axum::middleware::map_response(security_headers))
-        .with_state(st)
+        .with_state(st);
+    (quick, reads_repo)
 }
