@@ -134,6 +134,10 @@ enum Cmd {
         /// From address of e-mail alerts.
         #[arg(long, requires = "smtp_url")]
         smtp_from: Option<String>,
+        /// PEM certificate(s) to trust for the SMTP server's TLS certificate besides the public
+        /// roots (a private CA, a self-signed relay); needs a TLS --smtp-url.
+        #[arg(long, requires = "smtp_url", value_name = "FILE")]
+        smtp_ca_cert: Option<PathBuf>,
         /// Delay before an alert notification is retried; doubled after each failure.
         #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
         alert_retry_base: Duration,
@@ -868,10 +872,17 @@ fn run(cli: Cli) -> Result<()> {
             silent_after,
             smtp_url,
             smtp_from,
+            smtp_ca_cert,
             alert_retry_base,
             alert_max_attempts,
             session_ttl,
         } => {
+            let ca_pem = match &smtp_ca_cert {
+                Some(f) => {
+                    Some(std::fs::read(f).with_context(|| format!("cannot read {}", f.display()))?)
+                }
+                None => None,
+            };
             let smtp =
                 smtp_url
                     .zip(smtp_from)
@@ -879,6 +890,7 @@ fn run(cli: Cli) -> Result<()> {
                         url,
                         from,
                         password: std::env::var("PATCHKIT_SMTP_PASSWORD").ok(),
+                        ca_pem,
                     });
             let alerts = patch_server::alerts::AlertOptions {
                 silent_after,

@@ -145,7 +145,7 @@ pub struct Mail {
 /// A real SMTP server (`python3 -m aiosmtpd`) on a free port of 127.0.0.1 that stores each
 /// message in a maildir; killed when dropped.
 pub struct SmtpSink {
-    /// `smtp://127.0.0.1:PORT`.
+    /// `smtp://127.0.0.1:PORT` (with `?tls=required` for STARTTLS, or `smtps://`).
     pub url: String,
     maildir: PathBuf,
     child: Child,
@@ -154,20 +154,46 @@ pub struct SmtpSink {
 impl SmtpSink {
     /// Starts the server with its maildir under `dir` and waits until it accepts connections.
     pub fn start(dir: &Path) -> SmtpSink {
+        Self::start_with(dir, "smtp", &[])
+    }
+
+    /// [`SmtpSink::start`] with the certificate and key of `cert_key`: STARTTLS required
+    /// before any mail (`url` is `smtp://...?tls=required`), or TLS from the first byte when
+    /// `smtps` (`url` is `smtps://...`).
+    pub fn start_tls(dir: &Path, cert_key: (&Path, &Path), smtps: bool) -> SmtpSink {
+        let (cert, key) = (
+            cert_key.0.display().to_string(),
+            cert_key.1.display().to_string(),
+        );
+        if smtps {
+            Self::start_with(dir, "smtps", &["--smtpscert", &cert, "--smtpskey", &key])
+        } else {
+            Self::start_with(dir, "starttls", &["--tlscert", &cert, "--tlskey", &key])
+        }
+    }
+
+    fn start_with(dir: &Path, mode: &str, extra: &[&str]) -> SmtpSink {
+        std::fs::create_dir_all(dir).expect("smtp dir");
         let maildir = dir.join("maildir");
         let port = crate::pg::free_port();
         let log = std::fs::File::create(dir.join("smtp.log")).expect("smtp log");
         let child = Command::new("python3")
             .args(["-m", "aiosmtpd", "-n", "-l"])
             .arg(format!("127.0.0.1:{port}"))
+            .args(extra)
             .args(["-c", "aiosmtpd.handlers.Mailbox"])
             .arg(&maildir)
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
             .expect("python3 -m aiosmtpd starts (pip install aiosmtpd; test.sh does)");
+        let url = match mode {
+            "smtps" => format!("smtps://127.0.0.1:{port}"),
+            "starttls" => format!("smtp://127.0.0.1:{port}?tls=required"),
+            _ => format!("smtp://127.0.0.1:{port}"),
+        };
         let mut sink = SmtpSink {
-            url: format!("smtp://127.0.0.1:{port}"),
+            url,
             maildir,
             child,
         };

@@ -367,3 +367,22 @@ pub fn add_user(s: &Server, backend: &Backend, name: &str, role: &str, password:
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// A self-signed certificate for 127.0.0.1 (EC P-256, two days) and its key, made by
+/// `openssl` in `dir`: `(cert.pem, key.pem)`.
+pub fn self_signed_cert(dir: &Path) -> (PathBuf, PathBuf) {
+    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+    crate::ok(
+        Command::new("openssl")
+            .args(["req", "-x509", "-newkey", "ec"])
+            .args(["-pkeyopt", "ec_paramgen_curve:prime256v1"])
+            .args(["-nodes", "-days", "2", "-subj", "/CN=localhost"])
+            .args(["-addext", "subjectAltName=IP:127.0.0.1"])
+            .args(["-addext", "basicConstraints=critical,CA:FALSE"])
+            .arg("-keyout")
+            .arg(&key)
+            .arg("-out")
+            .arg(&cert),
+    );
+    (cert, key)
+}

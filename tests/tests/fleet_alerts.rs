@@ -3,6 +3,7 @@
 //! (Python's `aiosmtpd`). Each condition is announced exactly once on each destination, then
 //! resolved exactly once; delivery never slows a check-in down.
 
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use e2e_tests::alerts_support::{wait_for, SmtpSink, WebhookSink};
@@ -578,4 +579,108 @@ fn two_servers_on_one_postgres_send_each_alert_once() {
     assert_eq!(audit.trim(), "alert.destination.add", "{audit}");
     assert_no_panic(&a);
     assert_no_panic(&b);
+}
+
+/// A server whose e-mail alerts go to `smtp_url` (with `extra` flags), with one e-mail
+/// destination, and a device whose failed update opens an alert.
+fn mail_after_failed_update(w: &World, name: &str, smtp_url: &str, extra: &[&str]) -> Server {
+    let mut args = vec![
+        "--poll-interval",
+        "60s",
+        "--smtp-url",
+        smtp_url,
+        "--smtp-from",
+        "patchkit@example.com",
+        "--alert-retry-base",
+        "1s",
+    ];
+    args.extend_from_slice(extra);
+    let s = server(w, name, &Backend::Sqlite, &args);
+    let out = s.admin(&["alerts", "email", "add", "--to", "ops@example.com"]);
+    assert!(out.starts_with("e-mail "), "{out}");
+    let mut dev = Device::enroll(&s.url, "game", &format!("dev-{name}"), Some(SECRET));
+    let mut body = checkin_body("1.0.0", None);
+    body["results"] = json!([result(1, "2.0.0", false)]);
+    timed_checkin(&mut dev, &body);
+    s
+}
+
+/// The e-mail delivery of the one alert of `s` once it has been tried: (status, last error).
+fn mail_delivery(s: &Server, device: &str) -> (String, String) {
+    let mut out = (String::new(), String::new());
+    wait_for(30, "an e-mail delivery attempt", || {
+        let list = alerts(s, &[]);
+        let a = alert(&list, &format!("failed-update:{device}"));
+        let d = &a["deliveries"][0];
+        out = (
+            d["status"].as_str().unwrap_or("").to_string(),
+            d["last_error"].as_str().unwrap_or("").to_string(),
+        );
+        out.0 == "done" || !out.1.is_empty()
+    });
+    out
+}
+
+/// E-mail over STARTTLS and over TLS from the first byte, to a relay whose self-signed
+/// certificate is trusted with `--smtp-ca-cert`. Both relays refuse mail that is not
+/// encrypted (aiosmtpd requires STARTTLS before MAIL when given a certificate), so a delivered
+/// message went over TLS. An unknown certificate or a relay without STARTTLS is never sent to
+/// in clear: the delivery fails with the reason and is retried.
+#[test]
+fn email_goes_over_starttls_or_tls_and_never_in_clear() {
+    let w = world();
+    let (cert, key) = e2e_tests::fleet::self_signed_cert(&w.path("."));
+    let ca = cert.display().to_string();
+    let starttls = SmtpSink::start_tls(&w.path("starttls"), (&cert, &key), false);
+    let smtps = SmtpSink::start_tls(&w.path("smtps"), (&cert, &key), true);
+    let plain = SmtpSink::start(&w.path("plain"));
+    assert!(starttls.url.ends_with("?tls=required") && smtps.url.starts_with("smtps://"));
+
+    let a = mail_after_failed_update(&w, "a", &starttls.url, &["--smtp-ca-cert", &ca]);
+    let b = mail_after_failed_update(&w, "b", &smtps.url, &["--smtp-ca-cert", &ca]);
+    // The relay's certificate is not trusted without the CA.
+    let c = mail_after_failed_update(&w, "c", &starttls.url, &[]);
+    // A relay that offers no STARTTLS gets nothing when TLS is required.
+    let plain_required = format!("{}?tls=required", plain.url);
+    let d = mail_after_failed_update(&w, "d", &plain_required, &["--smtp-ca-cert", &ca]);
+
+    for (s, sink, dev) in [(&a, &starttls, "dev-a"), (&b, &smtps, "dev-b")] {
+        wait_for(30, "the e-mail over TLS", || {
+            sink.with_subject(&["opened", "failed update", dev]).len() == 1
+        });
+        let (status, err) = mail_delivery(s, dev);
+        assert_eq!((status.as_str(), err.as_str()), ("done", ""), "{dev}");
+        let mail = &sink.with_subject(&["opened", dev])[0];
+        assert!(mail.body.contains("hash mismatch in big.bin"), "{mail:?}");
+    }
+    let (status, err) = mail_delivery(&c, "dev-c");
+    assert_eq!(status, "pending", "{err}");
+    assert!(err.to_lowercase().contains("certificate"), "{err}");
+    let (status, err) = mail_delivery(&d, "dev-d");
+    assert_eq!(status, "pending", "{err}");
+    assert!(err.to_lowercase().contains("tls"), "{err}");
+    // Only the two trusted relays received anything, one message each.
+    assert_eq!(starttls.messages().len(), 1, "{:?}", starttls.messages());
+    assert_eq!(smtps.messages().len(), 1);
+    assert!(plain.messages().is_empty(), "{:?}", plain.messages());
+
+    // A CA with a plain URL, or a CA file that holds no certificate, stops the server at start.
+    for (url, ca_file) in [
+        (plain.url.as_str(), ca.clone()),
+        (smtps.url.as_str(), w.path("secret").display().to_string()),
+    ] {
+        let out = e2e_tests::run(
+            Command::new(e2e_tests::bin("patch-server"))
+                .args(["serve", "--data"])
+                .arg(w.path("refused"))
+                .args(["--addr", "127.0.0.1:0", "--smtp-url", url])
+                .args(["--smtp-from", "a@b.c", "--smtp-ca-cert", &ca_file]),
+        );
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{url}: started");
+        assert!(err.contains("--smtp-ca-cert"), "{url}: {err}");
+    }
+    for s in [&a, &b, &c, &d] {
+        assert_no_panic(s);
+    }
 }

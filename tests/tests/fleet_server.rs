@@ -1125,25 +1125,7 @@ fn two_servers_share_one_postgres() {
 fn serves_https_with_rustls() {
     let backend = Backend::start("sqlite");
     let w = world();
-    let (cert, key) = (w.path("cert.pem"), w.path("key.pem"));
-    e2e_tests::ok(
-        std::process::Command::new("openssl")
-            .args([
-                "req",
-                "-x509",
-                "-newkey",
-                "ec",
-                "-pkeyopt",
-                "ec_paramgen_curve:prime256v1",
-            ])
-            .args(["-nodes", "-days", "2", "-subj", "/CN=localhost"])
-            .args(["-addext", "subjectAltName=IP:127.0.0.1"])
-            .args(["-addext", "basicConstraints=critical,CA:FALSE"])
-            .arg("-keyout")
-            .arg(&key)
-            .arg("-out")
-            .arg(&cert),
-    );
+    let (cert, key) = e2e_tests::fleet::self_signed_cert(&w.path("."));
     let s = Server::start(
         &w.path("server"),
         &backend,

@@ -13,6 +13,7 @@ use hmac::{Hmac, Mac};
 use lettre::message::header::ContentType;
 use lettre::message::Mailbox;
 use lettre::transport::smtp::authentication::Credentials;
+use lettre::transport::smtp::client::{Certificate, Tls, TlsParameters};
 use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
 use sha2::Sha256;
 use sqlx::Row;
@@ -48,7 +49,7 @@ pub enum AlertError {
 }
 
 /// The SMTP server e-mail alerts go through.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct SmtpConfig {
     /// `smtp://host:port` (plain, for a local relay), `smtp://host:587?tls=required`
     /// (STARTTLS) or `smtps://host:465` (TLS); user name in the URL when the server wants one.
@@ -57,6 +58,22 @@ pub struct SmtpConfig {
     pub from: String,
     /// Password (from `PATCHKIT_SMTP_PASSWORD`), with the URL's user name or else `from`.
     pub password: Option<String>,
+    /// PEM certificates trusted, besides the public roots, for the SMTP server's TLS
+    /// certificate (`--smtp-ca-cert`: a private CA or a self-signed relay); only with a TLS
+    /// URL.
+    pub ca_pem: Option<Vec<u8>>,
+}
+
+impl std::fmt::Debug for SmtpConfig {
+    // The password and a password in the URL never reach a log line.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SmtpConfig")
+            .field("url", &redact_password(&self.url))
+            .field("from", &self.from)
+            .field("password", &self.password.as_ref().map(|_| "***"))
+            .field("ca_pem", &self.ca_pem.as_ref().map(Vec::len))
+            .finish()
+    }
 }
 
 /// How notifications are delivered and retried.
@@ -242,6 +259,9 @@ fn smtp_transport(
     let mut b = AsyncSmtpTransport::<Tokio1Executor>::from_url(&c.url)
         .map_err(|e| bad_url(e.to_string()))?
         .timeout(Some(timeout));
+    if let Some(pem) = &c.ca_pem {
+        b = b.tls(tls_with_ca(&c.url, pem).map_err(bad_url)?);
+    }
     if let Some(pass) = &c.password {
         let user = reqwest::Url::parse(&c.url)
             .ok()
@@ -251,6 +271,38 @@ fn smtp_transport(
         b = b.credentials(Credentials::new(user, pass.clone()));
     }
     Ok((b.build(), from))
+}
+
+/// The TLS mode of an SMTP URL (`smtps://`, `?tls=required`, `?tls=opportunistic`) with `pem`'s
+/// certificates trusted besides the public roots.
+fn tls_with_ca(url: &str, pem: &[u8]) -> Result<Tls, String> {
+    let u = reqwest::Url::parse(url).map_err(|e| e.to_string())?;
+    let tls_query = u
+        .query_pairs()
+        .find(|(k, _)| k == "tls")
+        .map(|(_, v)| v.into_owned());
+    let mode: fn(TlsParameters) -> Tls = match (u.scheme(), tls_query.as_deref()) {
+        ("smtps", _) => Tls::Wrapper,
+        ("smtp", Some("required")) => Tls::Required,
+        ("smtp", Some("opportunistic")) => Tls::Opportunistic,
+        _ => {
+            return Err(
+                "--smtp-ca-cert needs a TLS URL (smtps://HOST or smtp://HOST?tls=required)".into(),
+            )
+        }
+    };
+    let host = u.host_str().ok_or("no host")?.to_string();
+    // lettre accepts a PEM file without any certificate in it; that trusts nothing new.
+    if !String::from_utf8_lossy(pem).contains("-----BEGIN CERTIFICATE-----") {
+        return Err("--smtp-ca-cert holds no PEM certificate".into());
+    }
+    let cert = Certificate::from_pem(pem)
+        .map_err(|e| format!("--smtp-ca-cert is not a PEM certificate: {e}"))?;
+    let params = TlsParameters::builder(host)
+        .add_root_certificate(cert)
+        .build_rustls()
+        .map_err(|e| format!("TLS settings: {e}"))?;
+    Ok(mode(params))
 }
 
 /// A claimed notification with what delivering it needs.
@@ -474,6 +526,7 @@ mod tests {
                 url: url.into(),
                 from: from.into(),
                 password: None,
+                ca_pem: None,
             }),
             ..DeliveryOptions::default()
         };
@@ -488,5 +541,34 @@ mod tests {
             Notifier::new(o("ftp://x", "a@b.c")),
             Err(AlertError::SmtpUrl { .. })
         ));
+        let with_ca = |url: &str, pem: &[u8]| {
+            let mut opts = o(url, "a@b.c");
+            if let Some(c) = opts.smtp.as_mut() {
+                c.ca_pem = Some(pem.to_vec());
+            }
+            Notifier::new(opts)
+        };
+        // A CA for a plain URL would be silently unused: refused.
+        let err = with_ca("smtp://127.0.0.1:2525", b"x")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("not a PEM") || err.contains("needs a TLS URL"),
+            "{err}"
+        );
+        let err = with_ca("smtps://mail.example.com", b"not a certificate")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("--smtp-ca-cert holds no PEM"), "{err}");
+        // Debug output never shows a password.
+        let mut opts = o("smtp://ops:hunter2@127.0.0.1:2525", "a@b.c");
+        if let Some(c) = opts.smtp.as_mut() {
+            c.password = Some("s3cret".into());
+        }
+        let shown = format!("{opts:?}");
+        assert!(
+            !shown.contains("hunter2") && !shown.contains("s3cret"),
+            "{shown}"
+        );
     }
 }
