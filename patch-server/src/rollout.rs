@@ -122,6 +122,23 @@ pub enum Target {
 }
 
 impl Target {
+    /// The target a form or query names: `device` or `tag` with its name, or `all`.
+    pub fn from_kind(kind: &str, name: &str) -> ApiResult<Target> {
+        let name = name.trim();
+        match kind {
+            "device" => {
+                check_id("device", name)?;
+                Ok(Target::Device(name.to_string()))
+            }
+            "tag" => {
+                check_id("tag", name)?;
+                Ok(Target::Tag(name.to_string()))
+            }
+            "all" => Ok(Target::All),
+            _ => Err(ApiError::bad("target_kind", "must be device, tag or all")),
+        }
+    }
+
     fn kind(&self) -> &'static str {
         match self {
             Target::Device(_) => "device",

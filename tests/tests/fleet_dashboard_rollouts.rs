@@ -220,6 +220,92 @@ fn rollouts_pins_and_alerts_in_a_real_browser() {
         .unwrap_or_default()
         .contains("crash reports from beta"));
 
+    // Push 2.0.0 to dev-good for 7 days from the rollouts page: the halted rollout offers it
+    // to no one, the push does (push > rollout), until it is removed.
+    b.goto(&format!("{url}/ui/apps/game/rollouts"));
+    assert_eq!(b.count("#no-pushes"), 1);
+    assert_eq!(b.count("#push-version option[value='3.0.0']"), 0, "yanked");
+    good.etag = None;
+    let r = good.checkin(&checkin_body("1.0.0", None));
+    assert_eq!(r.body["directive"]["version"], "1.0.0", "{:?}", r.body);
+    b.select("#push-version", "2.0.0");
+    b.select("#push-kind", "device");
+    b.fill("#push-target", "dev-good");
+    b.fill("#push-expires", "7d");
+    submit(&b, "#push-release");
+    assert_eq!(b.count("#message"), 0, "pushed: {}", b.text("main"));
+    let push_row = "#push-list tr.push[data-target='dev-good']";
+    assert_eq!(b.text(&format!("{push_row} .to")), "device dev-good");
+    assert_eq!(b.text(&format!("{push_row} .version")), "2.0.0");
+    let expires = b.text(&format!("{push_row} .expires"));
+    assert!(
+        expires.starts_with("20") && !expires.contains("expired"),
+        "{expires}"
+    );
+    let pushes = s.admin_json(&["pushes", "--app", "game"]);
+    assert_eq!(pushes[0]["target"], "dev-good", "{pushes:#}");
+    assert_eq!(pushes[0]["created_by"], "user:alice", "{pushes:#}");
+    let left = pushes[0]["expires_ms"].as_i64().expect("expiry")
+        - pushes[0]["created_ms"].as_i64().expect("created");
+    assert_eq!(left, 7 * 86_400_000, "{pushes:#}");
+    good.etag = None;
+    let r = good.checkin(&checkin_body("1.0.0", None));
+    assert_eq!(
+        (
+            &r.body["directive"]["version"],
+            &r.body["directive"]["reason"]
+        ),
+        (&json!("2.0.0"), &json!("push")),
+        "{:?}",
+        r.body
+    );
+    // A bad lifetime and an unknown device are refused on the page, naming the field.
+    b.select("#push-kind", "all");
+    b.fill("#push-expires", "soon");
+    submit(&b, "#push-release");
+    assert!(
+        b.text("#message").contains("expires_in"),
+        "{}",
+        b.text("#message")
+    );
+    b.select("#push-kind", "device");
+    b.fill("#push-target", "no-such-device");
+    submit(&b, "#push-release");
+    assert!(
+        b.text("#message").contains("no-such-device"),
+        "{}",
+        b.text("#message")
+    );
+    assert_eq!(
+        s.admin_json(&["pushes", "--app", "game"])
+            .as_array()
+            .map(Vec::len),
+        Some(1)
+    );
+    // Remove it: dev-good is offered nothing again.
+    submit(&b, &format!("{push_row} button.unpush"));
+    assert_eq!(b.count("#no-pushes"), 1, "{}", b.text("main"));
+    good.etag = None;
+    let r = good.checkin(&checkin_body("1.0.0", None));
+    assert_eq!(r.body["directive"]["version"], "1.0.0", "{:?}", r.body);
+    // A tag's pin is listed on the same page and removed there.
+    s.admin(&["tag", "dev-bad", "canary"]);
+    s.admin(&[
+        "pin",
+        "--app",
+        "game",
+        "--version",
+        "1.0.0",
+        "--tag",
+        "canary",
+    ]);
+    b.goto(&format!("{url}/ui/apps/game/rollouts"));
+    let pin_row = "#pin-list tr.pin[data-target='canary']";
+    assert_eq!(b.text(&format!("{pin_row} .to")), "tag canary");
+    submit(&b, &format!("{pin_row} button.unpin"));
+    assert_eq!(b.count("#no-pins"), 1, "{}", b.text("main"));
+    assert_eq!(s.admin_json(&["pins", "--app", "game"]), json!([]));
+
     // Pin dev-good at 1.0.0 from its page, see it, and the decision holds it; then unpin.
     b.goto(&format!("{url}/ui/devices/dev-good"));
     assert_eq!(b.text("#pin-state"), "Not pinned.");
@@ -260,6 +346,8 @@ fn rollouts_pins_and_alerts_in_a_real_browser() {
         "rollout.finish",
         "pin.set",
         "pin.remove",
+        "push",
+        "push.remove",
     ] {
         assert!(audit.contains(action), "{action} in {audit}");
     }
@@ -278,6 +366,18 @@ fn rollouts_pins_and_alerts_in_a_real_browser() {
             vec![("version", "1.0.0")],
         ),
         (format!("{url}/ui/devices/dev-good/unpin"), vec![]),
+        (
+            format!("{url}/ui/apps/game/pushes"),
+            vec![("version", "2.0.0"), ("target_kind", "all")],
+        ),
+        (
+            format!("{url}/ui/apps/game/pushes/remove"),
+            vec![("target_kind", "all")],
+        ),
+        (
+            format!("{url}/ui/apps/game/pins/remove"),
+            vec![("target_kind", "tag"), ("target", "canary")],
+        ),
     ] {
         let (st, _) = post_form(&path, &session, &form);
         assert_eq!(st, 403, "{path} without CSRF");
@@ -290,6 +390,7 @@ fn rollouts_pins_and_alerts_in_a_real_browser() {
     assert_eq!(b.count(row), 1);
     assert_eq!(b.count("#start-form"), 0);
     assert_eq!(b.count("#rollout-list form"), 0);
+    assert_eq!(b.count("#push-form"), 0);
     b.goto(&format!("{url}/ui/devices/dev-good"));
     assert_eq!(b.text("#pin-state"), "Not pinned.");
     assert_eq!(b.count("#pin-form"), 0);

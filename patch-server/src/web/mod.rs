@@ -257,6 +257,9 @@ pub fn router<S>(app: AppState, opts: WebOptions) -> (Router<S>, Router<S>) {
             "/ui/apps/{app}/rollouts/{id}/finish",
             post(rollouts::finish),
         )
+        .route("/ui/apps/{app}/pushes", post(rollouts::push))
+        .route("/ui/apps/{app}/pushes/remove", post(rollouts::unpush))
+        .route("/ui/apps/{app}/pins/remove", post(rollouts::unpin_target))
         .route("/ui/devices/{id}/pin", post(rollouts::pin))
         .route("/ui/devices/{id}/unpin", post(rollouts::unpin))
         .route("/ui/alerts", get(rollouts::alerts))

@@ -38,12 +38,48 @@ pub struct RolloutLine {
     pub action: String,
 }
 
+/// One push as the page shows it.
+#[derive(Debug, Clone)]
+pub struct PushLine {
+    /// The stored push.
+    pub p: crate::db::PushRow,
+    /// `device dev-1`, `tag beta` or `every device`.
+    pub to: String,
+    /// Created (RFC 3339).
+    pub created: String,
+    /// When it stops applying (RFC 3339), or `never`.
+    pub expires: String,
+    /// It no longer applies.
+    pub expired: bool,
+}
+
+/// One pin as the page shows it.
+#[derive(Debug, Clone)]
+pub struct PinLine {
+    /// The stored pin.
+    pub p: crate::db::PinRow,
+    /// `device dev-1` or `tag beta`.
+    pub to: String,
+    /// Created (RFC 3339).
+    pub created: String,
+}
+
+fn target_words(kind: &str, target: &str) -> String {
+    if kind == "all" {
+        "every device".into()
+    } else {
+        format!("{kind} {target}")
+    }
+}
+
 #[derive(Template)]
 #[template(path = "rollouts.html")]
 struct RolloutsPage {
     layout: Layout,
     app: String,
     rollouts: Vec<RolloutLine>,
+    pushes: Vec<PushLine>,
+    pins: Vec<PinLine>,
     versions: Vec<String>,
     message: Option<String>,
     start_action: String,
@@ -86,6 +122,33 @@ async fn rollouts_page(
             v,
         })
         .collect();
+    let now = now_ms();
+    let pushes = st
+        .app
+        .db
+        .pushes(Some(app))
+        .await?
+        .into_iter()
+        .map(|p| PushLine {
+            to: target_words(&p.target_kind, &p.target),
+            created: when(Some(p.created_ms)),
+            expires: p.expires_ms.map_or("never".into(), |e| when(Some(e))),
+            expired: p.expires_ms.is_some_and(|e| e <= now),
+            p,
+        })
+        .collect();
+    let pins = st
+        .app
+        .db
+        .pins(Some(app))
+        .await?
+        .into_iter()
+        .map(|p| PinLine {
+            to: target_words(&p.target_kind, &p.target),
+            created: when(Some(p.created_ms)),
+            p,
+        })
+        .collect();
     let (status, message) = match message {
         Some((st, m)) => (st, Some(m)),
         None => (StatusCode::OK, None),
@@ -94,6 +157,8 @@ async fn rollouts_page(
         layout: Layout::new(s, format!("Rollouts of {app}"), "/ui/rollouts"),
         app: app.to_string(),
         rollouts,
+        pushes,
+        pins,
         versions: eligible_versions(st, app).await?,
         message,
         start_action: format!("/ui/apps/{app}/rollouts"),
@@ -285,6 +350,89 @@ pub async fn finish(
 ) -> WebResult<Response> {
     of_app(&st, &app, &id).await?;
     let r = rollout::finish(&st.app.db, &s.actor(), &id, now_ms()).await;
+    after(&st, &s, &app, r).await
+}
+
+/// The "push a release" form.
+#[derive(Debug, Deserialize)]
+pub struct PushForm {
+    version: String,
+    /// `device`, `tag` or `all`.
+    target_kind: String,
+    #[serde(default)]
+    target: String,
+    /// How long the push applies, e.g. `7d` (empty: until removed).
+    #[serde(default)]
+    expires_in: Option<String>,
+}
+
+fn expires_in_secs(v: &Option<String>) -> WebResult<Option<u64>> {
+    match opt_field(v) {
+        None => Ok(None),
+        Some(t) if t.len() <= 64 => humantime::parse_duration(t)
+            .map(|d| Some(d.as_secs().max(1)))
+            .map_err(|e| WebError::bad("expires_in", format!("{t:?}: {e}"))),
+        Some(_) => Err(WebError::bad("expires_in", "at most 64 characters")),
+    }
+}
+
+/// `POST /ui/apps/{app}/pushes`: pushes a release ([`rollout::push`]).
+pub async fn push(
+    State(st): State<WebState>,
+    Path(app): Path<String>,
+    ActForm(s, f): ActForm<PushForm>,
+) -> WebResult<Response> {
+    check_id("app", &app)?;
+    let expires = match expires_in_secs(&f.expires_in) {
+        Ok(e) => e,
+        Err(e) => return rollouts_page(&st, &s, &app, Some((e.status(), e.to_string()))).await,
+    };
+    let r = match Target::from_kind(&f.target_kind, &f.target) {
+        Ok(t) => {
+            let v = f.version.trim();
+            rollout::push(&st.app.db, &s.actor(), &app, &t, v, expires, now_ms()).await
+        }
+        Err(e) => Err(e),
+    };
+    after(&st, &s, &app, r).await
+}
+
+/// The "remove" button of a push, or the "unpin" button of a pin.
+#[derive(Debug, Deserialize)]
+pub struct TargetForm {
+    target_kind: String,
+    #[serde(default)]
+    target: String,
+    /// A push's version (pins have none).
+    #[serde(default)]
+    version: Option<String>,
+}
+
+/// `POST /ui/apps/{app}/pushes/remove`: removes a push ([`rollout::unpush`]).
+pub async fn unpush(
+    State(st): State<WebState>,
+    Path(app): Path<String>,
+    ActForm(s, f): ActForm<TargetForm>,
+) -> WebResult<Response> {
+    check_id("app", &app)?;
+    let r = match Target::from_kind(&f.target_kind, &f.target) {
+        Ok(t) => rollout::unpush(&st.app.db, &s.actor(), &app, &t, opt_field(&f.version)).await,
+        Err(e) => Err(e),
+    };
+    after(&st, &s, &app, r).await
+}
+
+/// `POST /ui/apps/{app}/pins/remove`: removes a device's or a tag's pin ([`rollout::unpin`]).
+pub async fn unpin_target(
+    State(st): State<WebState>,
+    Path(app): Path<String>,
+    ActForm(s, f): ActForm<TargetForm>,
+) -> WebResult<Response> {
+    check_id("app", &app)?;
+    let r = match Target::from_kind(&f.target_kind, &f.target) {
+        Ok(t) => rollout::unpin(&st.app.db, &s.actor(), &app, &t).await,
+        Err(e) => Err(e),
+    };
     after(&st, &s, &app, r).await
 }
 
