@@ -134,6 +134,9 @@ pub struct DeviceAuth {
     pub channel: Option<String>,
     /// When the last history row was written (unix ms).
     pub last_history_ms: Option<i64>,
+    /// The release the last check-in's directive named (what the dashboard compares with the
+    /// version to call a device "updating").
+    pub directed_version: Option<String>,
 }
 
 /// Fields of a check-in written to the device row.
@@ -654,7 +657,7 @@ impl Db {
     pub async fn device_by_token(&self, sha: &str) -> sqlx::Result<Option<DeviceAuth>> {
         let row = sqlx::query(
             "SELECT id, app, status, state_digest, poll_interval_secs, version, channel, \
-             last_history_ms FROM devices WHERE token_sha256 = $1",
+             last_history_ms, directed_version FROM devices WHERE token_sha256 = $1",
         )
         .bind(sha)
         .fetch_optional(&self.pool)
@@ -669,6 +672,7 @@ impl Db {
                 version: r.try_get("version")?,
                 channel: r.try_get("channel")?,
                 last_history_ms: r.try_get("last_history_ms")?,
+                directed_version: r.try_get("directed_version")?,
             })
         })
         .transpose()

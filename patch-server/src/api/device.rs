@@ -162,10 +162,12 @@ pub async fn checkin(
     } else {
         None
     };
-    // What the dashboard calls "updating": directed to a version not reached yet.
-    st.db
-        .set_directed(&dev.id, directive.as_ref().map(|d| d.version.as_str()))
-        .await?;
+    // What the dashboard calls "updating": directed to a version not reached yet. Written
+    // only when it changed: an idle check-in then takes SQLite's write lock once, not twice.
+    let directed = directive.as_ref().map(|d| d.version.as_str());
+    if directed != dev.directed_version.as_deref() {
+        st.db.set_directed(&dev.id, directed).await?;
+    }
     if active {
         let new_results: Vec<_> = c
             .results
@@ -452,6 +454,7 @@ mod tests {
             version: Some(v.into()),
             channel: Some("stable".into()),
             last_history_ms: last,
+            directed_version: None,
         };
         let c = |v: &str, ch: &str| CheckIn {
             version: Some(v.into()),

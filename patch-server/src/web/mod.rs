@@ -225,6 +225,7 @@ pub fn router<S>(app: AppState, opts: WebOptions) -> (Router<S>, Router<S>) {
         opts: Arc::new(opts),
     };
     let reads_repo = Router::new()
+        .route("/ui/apps/{app}/releases", get(pages::releases))
         .layer(axum::middleware::map_response(security_headers))
         .with_state(st.clone());
     let quick = Router::new()

@@ -38,30 +38,52 @@ pub struct RolloutLine {
     pub action: String,
 }
 
-/// One push as the page shows it.
+/// One push or pin as the page shows it.
 #[derive(Debug, Clone)]
-pub struct PushLine {
-    /// The stored push.
-    pub p: crate::db::PushRow,
+pub struct RuleLine {
+    /// The release it names.
+    pub version: String,
+    /// `device`, `tag` or `all`.
+    pub target_kind: String,
+    /// Device id or tag (`""` for all).
+    pub target: String,
     /// `device dev-1`, `tag beta` or `every device`.
     pub to: String,
-    /// Created (RFC 3339).
+    /// Created (RFC 3339) and by whom.
     pub created: String,
-    /// When it stops applying (RFC 3339), or `never`.
+    /// Who made it.
+    pub created_by: String,
+    /// A push's end (RFC 3339), or `never`; empty for a pin.
     pub expires: String,
-    /// It no longer applies.
+    /// A push past its end.
     pub expired: bool,
 }
 
-/// One pin as the page shows it.
-#[derive(Debug, Clone)]
-pub struct PinLine {
-    /// The stored pin.
-    pub p: crate::db::PinRow,
-    /// `device dev-1` or `tag beta`.
-    pub to: String,
-    /// Created (RFC 3339).
-    pub created: String,
+impl RuleLine {
+    fn new(
+        kind: String,
+        target: String,
+        version: String,
+        created_ms: i64,
+        created_by: String,
+        expires_ms: Option<Option<i64>>,
+        now: i64,
+    ) -> RuleLine {
+        RuleLine {
+            to: target_words(&kind, &target),
+            created: when(Some(created_ms)),
+            expires: match expires_ms {
+                None => String::new(),
+                Some(None) => "never".into(),
+                Some(Some(e)) => when(Some(e)),
+            },
+            expired: expires_ms.flatten().is_some_and(|e| e <= now),
+            target_kind: kind,
+            target,
+            version,
+            created_by,
+        }
+    }
 }
 
 fn target_words(kind: &str, target: &str) -> String {
@@ -78,8 +100,8 @@ struct RolloutsPage {
     layout: Layout,
     app: String,
     rollouts: Vec<RolloutLine>,
-    pushes: Vec<PushLine>,
-    pins: Vec<PinLine>,
+    pushes: Vec<RuleLine>,
+    pins: Vec<RuleLine>,
     versions: Vec<String>,
     message: Option<String>,
     start_action: String,
@@ -123,32 +145,29 @@ async fn rollouts_page(
         })
         .collect();
     let now = now_ms();
-    let pushes = st
-        .app
-        .db
-        .pushes(Some(app))
-        .await?
-        .into_iter()
-        .map(|p| PushLine {
-            to: target_words(&p.target_kind, &p.target),
-            created: when(Some(p.created_ms)),
-            expires: p.expires_ms.map_or("never".into(), |e| when(Some(e))),
-            expired: p.expires_ms.is_some_and(|e| e <= now),
-            p,
-        })
-        .collect();
-    let pins = st
-        .app
-        .db
-        .pins(Some(app))
-        .await?
-        .into_iter()
-        .map(|p| PinLine {
-            to: target_words(&p.target_kind, &p.target),
-            created: when(Some(p.created_ms)),
-            p,
-        })
-        .collect();
+    let pushes = st.app.db.pushes(Some(app)).await?.into_iter().map(|p| {
+        let exp = Some(p.expires_ms);
+        RuleLine::new(
+            p.target_kind,
+            p.target,
+            p.version,
+            p.created_ms,
+            p.created_by,
+            exp,
+            now,
+        )
+    });
+    let pins = st.app.db.pins(Some(app)).await?.into_iter().map(|p| {
+        RuleLine::new(
+            p.target_kind,
+            p.target,
+            p.version,
+            p.created_ms,
+            p.created_by,
+            None,
+            now,
+        )
+    });
     let (status, message) = match message {
         Some((st, m)) => (st, Some(m)),
         None => (StatusCode::OK, None),
@@ -157,8 +176,8 @@ async fn rollouts_page(
         layout: Layout::new(s, format!("Rollouts of {app}"), "/ui/rollouts"),
         app: app.to_string(),
         rollouts,
-        pushes,
-        pins,
+        pushes: pushes.collect(),
+        pins: pins.collect(),
         versions: eligible_versions(st, app).await?,
         message,
         start_action: format!("/ui/apps/{app}/rollouts"),
