@@ -68,7 +68,18 @@ def run_one(name, exe, pkg, timeout):
     reader.start()
     try:
         rc = p.wait(timeout=timeout)
-        reader.join()
+        # The binary has exited, but a process it started and did not stop (an agent left
+        # behind by a failed test) may still hold the output pipe open: the pipe would never
+        # reach its end. Give it a few seconds, then kill what is left of the group.
+        reader.join(timeout=15)
+        if reader.is_alive():
+            try:
+                os.killpg(p.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            reader.join(timeout=10)
+            lines.append(f"\nLEFT PROCESSES BEHIND: {name} exited with processes of its group "
+                         "still running; they were killed\n")
     except subprocess.TimeoutExpired:
         try:
             os.killpg(p.pid, signal.SIGKILL)

@@ -560,17 +560,37 @@ fn supervised_world(cold: bool) -> (tempfile::TempDir, std::path::PathBuf, std::
     (d, repo, keys.join("release.pub"))
 }
 
+/// A child process killed when dropped, so that a failed assertion does not leave an agent
+/// running after its test.
+struct Killed(std::process::Child);
+
+impl std::ops::Deref for Killed {
+    type Target = std::process::Child;
+    fn deref(&self) -> &std::process::Child {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Killed {
+    fn deref_mut(&mut self) -> &mut std::process::Child {
+        &mut self.0
+    }
+}
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// `patch-apply agent --supervise` of the tiny app, reporting to `status`.
-fn supervise(
-    app: &Path,
-    repo: &Path,
-    public: &Path,
-    srv: &FleetServer,
-    status: &Path,
-) -> std::process::Child {
-    supervise_cmd(app, repo, public, srv, status)
-        .spawn()
-        .expect("agent")
+fn supervise(app: &Path, repo: &Path, public: &Path, srv: &FleetServer, status: &Path) -> Killed {
+    Killed(
+        supervise_cmd(app, repo, public, srv, status)
+            .spawn()
+            .expect("agent"),
+    )
 }
 
 /// The command [`supervise`] runs.
@@ -678,13 +698,15 @@ fn a_crashing_supervised_app_is_restarted_with_backoff_and_the_crashes_reach_the
         runs.display()
     );
     let start = Instant::now();
-    let mut child = agent(&w, &app, &srv.url, &srv.secret_file)
-        .args(["--install", "window=02:00-02:01", "--supervise", "--"])
-        .args(["sh", "-c", &script])
-        .env("PATCHKIT_AGENT_LOCAL_TIME", "12:00")
-        .stdout(std::process::Stdio::null())
-        .spawn()
-        .expect("agent");
+    let mut child = Killed(
+        agent(&w, &app, &srv.url, &srv.secret_file)
+            .args(["--install", "window=02:00-02:01", "--supervise", "--"])
+            .args(["sh", "-c", &script])
+            .env("PATCHKIT_AGENT_LOCAL_TIME", "12:00")
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("agent"),
+    );
     let count = || {
         std::fs::read_to_string(&runs)
             .map(|s| s.lines().count())
