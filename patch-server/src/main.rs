@@ -1376,9 +1376,8 @@ fn rollout(cmd: RolloutCmd) -> Result<()> {
             id,
             json,
         } => {
-            let c = client(&remote)?;
             if let Some(id) = id {
-                let v = c.get(&format!("/v1/admin/rollouts/{id}"), &[])?;
+                let v = client(&remote)?.get(&format!("/v1/admin/rollouts/{id}"), &[])?;
                 if json {
                     print_json(&v);
                 } else {
@@ -1389,16 +1388,7 @@ fn rollout(cmd: RolloutCmd) -> Result<()> {
                 }
                 return Ok(());
             }
-            let q: Vec<(&str, String)> = app.map(|a| ("app", a)).into_iter().collect();
-            let v = c.get("/v1/admin/rollouts", &q)?;
-            if json {
-                print_json(&v);
-            } else {
-                for r in v.as_array().into_iter().flatten() {
-                    println!("{}", rollout_line(r));
-                }
-            }
-            Ok(())
+            list_by_app(&remote, "/v1/admin/rollouts", app, json, rollout_line)
         }
     }
 }

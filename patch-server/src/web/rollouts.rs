@@ -60,28 +60,33 @@ pub struct RuleLine {
 }
 
 impl RuleLine {
-    fn new(
-        kind: String,
-        target: String,
-        version: String,
-        created_ms: i64,
-        created_by: String,
-        expires_ms: Option<Option<i64>>,
-        now: i64,
-    ) -> RuleLine {
+    /// A pin: no expiry column.
+    fn pin(p: crate::db::PinRow) -> RuleLine {
         RuleLine {
-            to: target_words(&kind, &target),
-            created: when(Some(created_ms)),
-            expires: match expires_ms {
-                None => String::new(),
-                Some(None) => "never".into(),
-                Some(Some(e)) => when(Some(e)),
-            },
-            expired: expires_ms.flatten().is_some_and(|e| e <= now),
-            target_kind: kind,
-            target,
-            version,
-            created_by,
+            to: target_words(&p.target_kind, &p.target),
+            created: when(Some(p.created_ms)),
+            expires: String::new(),
+            expired: false,
+            target_kind: p.target_kind,
+            target: p.target,
+            version: p.version,
+            created_by: p.created_by,
+        }
+    }
+
+    /// A push, with its expiry as of `now`.
+    fn push(p: crate::db::PushRow, now: i64) -> RuleLine {
+        RuleLine {
+            to: target_words(&p.target_kind, &p.target),
+            created: when(Some(p.created_ms)),
+            expires: p
+                .expires_ms
+                .map_or_else(|| "never".into(), |e| when(Some(e))),
+            expired: p.expires_ms.is_some_and(|e| e <= now),
+            target_kind: p.target_kind,
+            target: p.target,
+            version: p.version,
+            created_by: p.created_by,
         }
     }
 }
@@ -145,29 +150,8 @@ async fn rollouts_page(
         })
         .collect();
     let now = now_ms();
-    let pushes = st.app.db.pushes(Some(app)).await?.into_iter().map(|p| {
-        let exp = Some(p.expires_ms);
-        RuleLine::new(
-            p.target_kind,
-            p.target,
-            p.version,
-            p.created_ms,
-            p.created_by,
-            exp,
-            now,
-        )
-    });
-    let pins = st.app.db.pins(Some(app)).await?.into_iter().map(|p| {
-        RuleLine::new(
-            p.target_kind,
-            p.target,
-            p.version,
-            p.created_ms,
-            p.created_by,
-            None,
-            now,
-        )
-    });
+    let pushes = st.app.db.pushes(Some(app)).await?;
+    let pins = st.app.db.pins(Some(app)).await?;
     let (status, message) = match message {
         Some((st, m)) => (st, Some(m)),
         None => (StatusCode::OK, None),
@@ -176,8 +160,8 @@ async fn rollouts_page(
         layout: Layout::new(s, format!("Rollouts of {app}"), "/ui/rollouts"),
         app: app.to_string(),
         rollouts,
-        pushes: pushes.collect(),
-        pins: pins.collect(),
+        pushes: pushes.into_iter().map(|p| RuleLine::push(p, now)).collect(),
+        pins: pins.into_iter().map(RuleLine::pin).collect(),
         versions: eligible_versions(st, app).await?,
         message,
         start_action: format!("/ui/apps/{app}/rollouts"),
@@ -216,6 +200,17 @@ async fn after<T>(
 
 fn opt_field(v: &Option<String>) -> Option<&str> {
     v.as_deref().map(str::trim).filter(|v| !v.is_empty())
+}
+
+/// An optional duration field such as `2h` or `30m` (empty: `None`), at most 64 characters.
+fn duration_field(field: &str, v: &Option<String>) -> WebResult<Option<std::time::Duration>> {
+    match opt_field(v) {
+        None => Ok(None),
+        Some(t) if t.len() <= 64 => humantime::parse_duration(t)
+            .map(Some)
+            .map_err(|e| WebError::bad(field, format!("{t:?}: {e} (e.g. 2h, 30m)"))),
+        Some(_) => Err(WebError::bad(field, "at most 64 characters")),
+    }
 }
 
 /// The "start a rollout" form.
@@ -262,12 +257,7 @@ impl StartForm {
                 .parse()
                 .map_err(|_| WebError::bad("min_devices", "must be a whole number"))?,
         };
-        let timeout = match opt_field(&self.timeout) {
-            None => rollout::DEFAULT_TIMEOUT,
-            Some(v) if v.len() <= 64 => humantime::parse_duration(v)
-                .map_err(|e| WebError::bad("timeout", format!("{v:?}: {e} (e.g. 2h, 30m)")))?,
-            Some(_) => return Err(WebError::bad("timeout", "at most 64 characters")),
-        };
+        let timeout = duration_field("timeout", &self.timeout)?.unwrap_or(rollout::DEFAULT_TIMEOUT);
         Ok(StartRollout {
             app: app.to_string(),
             version: self.version.trim().to_string(),
@@ -385,16 +375,6 @@ pub struct PushForm {
     expires_in: Option<String>,
 }
 
-fn expires_in_secs(v: &Option<String>) -> WebResult<Option<u64>> {
-    match opt_field(v) {
-        None => Ok(None),
-        Some(t) if t.len() <= 64 => humantime::parse_duration(t)
-            .map(|d| Some(d.as_secs().max(1)))
-            .map_err(|e| WebError::bad("expires_in", format!("{t:?}: {e}"))),
-        Some(_) => Err(WebError::bad("expires_in", "at most 64 characters")),
-    }
-}
-
 /// `POST /ui/apps/{app}/pushes`: pushes a release ([`rollout::push`]).
 pub async fn push(
     State(st): State<WebState>,
@@ -402,17 +382,16 @@ pub async fn push(
     ActForm(s, f): ActForm<PushForm>,
 ) -> WebResult<Response> {
     check_id("app", &app)?;
-    let expires = match expires_in_secs(&f.expires_in) {
-        Ok(e) => e,
+    let expires = match duration_field("expires_in", &f.expires_in) {
+        Ok(e) => e.map(|d| d.as_secs().max(1)),
         Err(e) => return rollouts_page(&st, &s, &app, Some((e.status(), e.to_string()))).await,
     };
-    let r = match Target::from_kind(&f.target_kind, &f.target) {
-        Ok(t) => {
-            let v = f.version.trim();
-            rollout::push(&st.app.db, &s.actor(), &app, &t, v, expires, now_ms()).await
-        }
-        Err(e) => Err(e),
-    };
+    let r = async {
+        let t = Target::from_kind(&f.target_kind, &f.target)?;
+        let v = f.version.trim();
+        rollout::push(&st.app.db, &s.actor(), &app, &t, v, expires, now_ms()).await
+    }
+    .await;
     after(&st, &s, &app, r).await
 }
 
@@ -434,10 +413,11 @@ pub async fn unpush(
     ActForm(s, f): ActForm<TargetForm>,
 ) -> WebResult<Response> {
     check_id("app", &app)?;
-    let r = match Target::from_kind(&f.target_kind, &f.target) {
-        Ok(t) => rollout::unpush(&st.app.db, &s.actor(), &app, &t, opt_field(&f.version)).await,
-        Err(e) => Err(e),
-    };
+    let r = async {
+        let t = Target::from_kind(&f.target_kind, &f.target)?;
+        rollout::unpush(&st.app.db, &s.actor(), &app, &t, opt_field(&f.version)).await
+    }
+    .await;
     after(&st, &s, &app, r).await
 }
 
@@ -448,10 +428,11 @@ pub async fn unpin_target(
     ActForm(s, f): ActForm<TargetForm>,
 ) -> WebResult<Response> {
     check_id("app", &app)?;
-    let r = match Target::from_kind(&f.target_kind, &f.target) {
-        Ok(t) => rollout::unpin(&st.app.db, &s.actor(), &app, &t).await,
-        Err(e) => Err(e),
-    };
+    let r = async {
+        let t = Target::from_kind(&f.target_kind, &f.target)?;
+        rollout::unpin(&st.app.db, &s.actor(), &app, &t).await
+    }
+    .await;
     after(&st, &s, &app, r).await
 }
 
