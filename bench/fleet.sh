@@ -25,8 +25,9 @@
 # AB_DEVICES enrolled devices at 1.0.0: `plain` has no rollout (the channel rule decides),
 # `staged` has a running staged rollout of 1.0.1 at AB_PERCENT % (every check-in goes through
 # the rollout rules; selected devices are offered 1.0.1, an offer row is written the first
-# time, results settle them). The same load step runs on each fleet in turn, A/B/A/B...,
-# AB_REPS times; the report gives each run's p50/p99 and the medians' ratio B/A.
+# time, results settle them). The same load step runs on each fleet in turn, AB_REPS pairs in
+# alternating order (A B, B A, ...); the report gives each pair's p50/p99 and the medians'
+# ratio B/A.
 #   AB_DEVICES=3000 AB_PERCENT=30 AB_REPS=5 AB_INTERVAL=20s AB_DURATION=60s AB_WARMUP=20s
 # (a 20 s interval compresses time: 3,000 devices at 20 s = 150 check-ins/s = 9,000 at 60 s.)
 # Output: WORK/fleet/ab/{plain,staged}-R.json, WORK/fleet/ab/ab.md.
@@ -271,8 +272,12 @@ run_ab() {
   done
   local fresh=(); [ "$FRESH" = 1 ] && fresh=(--fresh-connections)
   local rep app
+  # The order alternates (A B, B A, A B, ...), so that whatever the second run of a pair
+  # inherits from the first (a grown WAL, a checkpoint, warm caches) falls on both sides.
+  local order
   for rep in $(seq "$AB_REPS"); do
-    for app in plain staged; do
+    if [ $((rep % 2)) = 1 ]; then order="plain staged"; else order="staged plain"; fi
+    for app in $order; do
       log "ab: run $rep, $app: $AB_DEVICES devices every $AB_INTERVAL for $AB_DURATION"
       "$BIN/fleet-load" --server "$url" --app "$app" --secret-file "$APPREPO/secret" \
         --devices "$AB_DEVICES" --tokens "$D/tokens-$app" --id-prefix "$app" \

@@ -17,7 +17,8 @@ use sqlx::{AnyPool, Executor, Row};
 use crate::decide::Release;
 
 pub mod rollouts;
-pub use rollouts::{Participation, PinRow, PushRow, RolloutRow};
+pub mod rules;
+pub use rollouts::{Offer, Participation, PinRow, PushRow, RolloutRow};
 
 /// Which database is behind the pool.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -65,6 +66,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "push expiry",
         include_str!("../migrations/0009_push_expiry.sql"),
     ),
+    (
+        10,
+        "rules generation",
+        include_str!("../migrations/0010_rules_generation.sql"),
+    ),
 ];
 
 impl MigrationSource<'static> for Migrations {
@@ -91,6 +97,8 @@ impl MigrationSource<'static> for Migrations {
 pub struct Db {
     pool: AnyPool,
     backend: Backend,
+    /// This instance's cache of each app's rules (see [`rules`]).
+    rules: std::sync::Arc<rules::RulesCache>,
 }
 
 /// A registered app.
@@ -137,6 +145,10 @@ pub struct DeviceAuth {
     /// The release the last check-in's directive named (what the dashboard compares with the
     /// version to call a device "updating").
     pub directed_version: Option<String>,
+    /// The highest update result seq stored (results of a check-in above it are new).
+    pub last_result_seq: Option<i64>,
+    /// Its app's rules generation (`apps.rules_gen`), for [`Db::app_rules`].
+    pub rules_gen: i64,
 }
 
 /// Fields of a check-in written to the device row.
@@ -392,7 +404,11 @@ impl Db {
             .run(&pool)
             .await
             .map_err(|e| sqlx::Error::Migrate(Box::new(e)))?;
-        Ok(Db { pool, backend })
+        Ok(Db {
+            pool,
+            backend,
+            rules: Default::default(),
+        })
     }
 
     /// The URL of the SQLite database in a data directory.
@@ -549,7 +565,8 @@ impl Db {
     ) -> sqlx::Result<()> {
         let mut tx = self.pool.begin().await?;
         sqlx::query(
-            "UPDATE apps SET releases_refreshed_ms = $1, releases_error = NULL WHERE name = $2",
+            "UPDATE apps SET releases_refreshed_ms = $1, releases_error = NULL, \
+             rules_gen = rules_gen + 1 WHERE name = $2",
         )
         .bind(now)
         .bind(app)
@@ -656,8 +673,10 @@ impl Db {
     /// The device a token hash belongs to.
     pub async fn device_by_token(&self, sha: &str) -> sqlx::Result<Option<DeviceAuth>> {
         let row = sqlx::query(
-            "SELECT id, app, status, state_digest, poll_interval_secs, version, channel, \
-             last_history_ms, directed_version FROM devices WHERE token_sha256 = $1",
+            "SELECT d.id, d.app, d.status, d.state_digest, d.poll_interval_secs, d.version, \
+             d.channel, d.last_history_ms, d.directed_version, d.last_result_seq, \
+             COALESCE(a.rules_gen, 0) AS rules_gen \
+             FROM devices d LEFT JOIN apps a ON a.name = d.app WHERE d.token_sha256 = $1",
         )
         .bind(sha)
         .fetch_optional(&self.pool)
@@ -673,17 +692,29 @@ impl Db {
                 channel: r.try_get("channel")?,
                 last_history_ms: r.try_get("last_history_ms")?,
                 directed_version: r.try_get("directed_version")?,
+                last_result_seq: r.try_get("last_result_seq")?,
+                rules_gen: r.try_get("rules_gen")?,
             })
         })
         .transpose()
     }
 
-    /// Records a check-in in one transaction (device row, a history row when `history`,
-    /// results) and returns the commands to deliver. The transaction starts with a write, so
-    /// SQLite takes its write lock first and never fails to upgrade a read lock. `idle` (the
-    /// check-in carries no result and no state document): on PostgreSQL, when no command is
-    /// delivered either, the commit does not wait for the WAL flush (`SET LOCAL
-    /// synchronous_commit = off`); anything else is durable before this returns.
+    /// Records a check-in (device row, a history row when `history`, results) and returns the
+    /// commands to deliver.
+    ///
+    /// Writes are kept short, because SQLite has one writer at a time:
+    /// - the device row is updated by one `UPDATE ... RETURNING`, which also records the
+    ///   newest result. Without a history row or results, that statement is the whole write
+    ///   (autocommit on SQLite): the write lock is held for one statement, not a transaction of
+    ///   several round trips;
+    /// - the history row and results join it in one transaction that starts with that write,
+    ///   so SQLite takes its write lock first and never fails to upgrade a read lock;
+    /// - commands are looked up by a read. A write follows only when one is delivered for the
+    ///   first time.
+    ///
+    /// `idle` (no result and no state document): on PostgreSQL the device row's commit does
+    /// not wait for the WAL flush (`SET LOCAL synchronous_commit = off`): the next check-in
+    /// writes the same row again. Anything else is durable before this returns.
     pub async fn record_checkin(
         &self,
         dev: &DeviceAuth,
@@ -692,19 +723,27 @@ impl Db {
         history: bool,
         idle: bool,
     ) -> sqlx::Result<CheckinOutcome> {
-        let mut tx = self.pool.begin().await?;
         let (state, state_digest) = match &c.state {
             Some((s, d)) => (Some(s.clone()), Some(d.clone())),
             None => (None, None),
         };
-        sqlx::query(
+        let last = c.results.iter().max_by_key(|r| r.seq);
+        // Every SET expression reads the row as it was, so the three last_result_* columns
+        // test the same old last_result_seq.
+        let update = sqlx::query(
             "UPDATE devices SET last_seen_ms = $1, checkins = checkins + 1, version = $2, \
              tree_digest = $3, channel = $4, attrs = $5, free_disk = $6, os = $7, arch = $8, \
              hostname = COALESCE($9, hostname), agent_version = $10, \
              state = COALESCE($11, state), state_digest = COALESCE($12, state_digest), \
              state_ms = CASE WHEN $11 IS NULL THEN state_ms ELSE $1 END, \
-             last_history_ms = CASE WHEN $14 = 1 THEN $1 ELSE last_history_ms END \
-             WHERE id = $13",
+             last_history_ms = CASE WHEN $14 = 1 THEN $1 ELSE last_history_ms END, \
+             last_result_seq = CASE WHEN $15 > COALESCE(last_result_seq, -1) \
+                 THEN $15 ELSE last_result_seq END, \
+             last_result_ok = CASE WHEN $15 > COALESCE(last_result_seq, -1) \
+                 THEN $16 ELSE last_result_ok END, \
+             last_result = CASE WHEN $15 > COALESCE(last_result_seq, -1) \
+                 THEN $17 ELSE last_result END \
+             WHERE id = $13 RETURNING status, last_result_seq, state_digest",
         )
         .bind(now)
         .bind(c.version.clone())
@@ -720,127 +759,152 @@ impl Db {
         .bind(state_digest)
         .bind(&dev.id)
         .bind(i64::from(history))
-        .execute(&mut *tx)
-        .await?;
-        if history {
-            sqlx::query(
-                "INSERT INTO checkins (id, device, at_ms, version, channel, free_disk) VALUES ($1, $2, $3, $4, $5, $6)",
-            )
-            .bind(crate::util::new_id())
-            .bind(&dev.id)
-            .bind(now)
-            .bind(c.version.clone())
-            .bind(c.channel.clone())
-            .bind(c.free_disk)
-            .execute(&mut *tx)
-            .await?;
-        }
-        for r in &c.results {
-            sqlx::query(
-                "INSERT INTO update_results (device, seq, finished_at, from_version, to_version, \
-                 method, bytes, seconds, ok, error_kind, error_message, started_by, received_ms) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13) \
-                 ON CONFLICT (device, seq) DO NOTHING",
-            )
-            .bind(&dev.id)
-            .bind(i64_of(r.seq))
-            .bind(&r.finished_at)
-            .bind(r.from.clone())
-            .bind(&r.to)
-            .bind(&r.method)
-            .bind(i64_of(r.bytes))
-            .bind(r.seconds)
-            .bind(i64::from(r.ok))
-            .bind(r.error_kind.clone())
-            .bind(r.error_message.clone())
-            .bind(r.started_by.clone())
-            .bind(now)
-            .execute(&mut *tx)
-            .await?;
-        }
-        if let Some(last) = c.results.iter().max_by_key(|r| r.seq) {
-            sqlx::query(
-                "UPDATE devices SET last_result_seq = $1, last_result_ok = $2, last_result = $3 \
-                 WHERE id = $4 AND (last_result_seq IS NULL OR last_result_seq < $1)",
-            )
-            .bind(i64_of(last.seq))
-            .bind(i64::from(last.ok))
-            .bind(serde_json::to_string(last).unwrap_or_default())
-            .bind(&dev.id)
-            .execute(&mut *tx)
-            .await?;
-        }
-        let row =
-            sqlx::query("SELECT status, last_result_seq, state_digest FROM devices WHERE id = $1")
+        // -1 (below any seq) when there is no result: the CASEs then keep the old values.
+        .bind(last.map_or(-1, |r| i64_of(r.seq)))
+        .bind(last.map(|r| i64::from(r.ok)))
+        .bind(last.map(|r| serde_json::to_string(r).unwrap_or_default()));
+        let one_statement = !history && c.results.is_empty() && self.backend == Backend::Sqlite;
+        let row = if one_statement {
+            update.fetch_one(&self.pool).await?
+        } else {
+            let mut tx = self.pool.begin().await?;
+            let row = update.fetch_one(&mut *tx).await?;
+            if history {
+                sqlx::query(
+                    "INSERT INTO checkins (id, device, at_ms, version, channel, free_disk) \
+                     VALUES ($1, $2, $3, $4, $5, $6)",
+                )
+                .bind(crate::util::new_id())
                 .bind(&dev.id)
-                .fetch_one(&mut *tx)
+                .bind(now)
+                .bind(c.version.clone())
+                .bind(c.channel.clone())
+                .bind(c.free_disk)
+                .execute(&mut *tx)
                 .await?;
+            }
+            for r in &c.results {
+                sqlx::query(
+                    "INSERT INTO update_results (device, seq, finished_at, from_version, \
+                     to_version, method, bytes, seconds, ok, error_kind, error_message, \
+                     started_by, received_ms) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13) \
+                     ON CONFLICT (device, seq) DO NOTHING",
+                )
+                .bind(&dev.id)
+                .bind(i64_of(r.seq))
+                .bind(&r.finished_at)
+                .bind(r.from.clone())
+                .bind(&r.to)
+                .bind(&r.method)
+                .bind(i64_of(r.bytes))
+                .bind(r.seconds)
+                .bind(i64::from(r.ok))
+                .bind(r.error_kind.clone())
+                .bind(r.error_message.clone())
+                .bind(r.started_by.clone())
+                .bind(now)
+                .execute(&mut *tx)
+                .await?;
+            }
+            if idle && self.backend == Backend::Postgres {
+                sqlx::query("SET LOCAL synchronous_commit = off")
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            tx.commit().await?;
+            row
+        };
         let status: String = row.try_get("status")?;
         let acked_result_seq: Option<i64> = row.try_get("last_result_seq")?;
         let state_digest: Option<String> = row.try_get("state_digest")?;
-        let mut commands = Vec::new();
-        if status == "active" {
-            // Commands queued for the device's app or one of its tags reach it even when it
-            // enrolled or got the tag after they were queued (until they expire); a device
-            // that already has a delivery of one (answered or not) never gets it again.
-            sqlx::query(
-                "INSERT INTO command_deliveries (command, device, status) \
-                 SELECT c.id, $1, 'pending' FROM commands c \
-                 WHERE c.expires_ms > $2 \
-                 AND ((c.target_kind = 'app' AND c.target = $3) \
-                   OR (c.target_kind = 'tag' AND c.target IN \
-                       (SELECT tag FROM device_tags WHERE device = $1))) \
-                 AND NOT EXISTS (SELECT 1 FROM command_deliveries d \
-                                 WHERE d.command = c.id AND d.device = $1)",
-            )
-            .bind(&dev.id)
-            .bind(now)
-            .bind(&dev.app)
-            .execute(&mut *tx)
-            .await?;
-            let rows = sqlx::query(
-                "SELECT c.id, c.kind, c.args, c.expires_ms FROM command_deliveries d \
-                 JOIN commands c ON c.id = d.command \
-                 WHERE d.device = $1 AND d.status IN ('pending', 'delivered') AND c.expires_ms > $2 \
-                 ORDER BY c.created_ms, c.id LIMIT 100",
-            )
-            .bind(&dev.id)
-            .bind(now)
-            .fetch_all(&mut *tx)
-            .await?;
-            for r in rows {
-                commands.push(PendingCommand {
-                    id: r.try_get("id")?,
-                    kind: r.try_get("kind")?,
-                    args: r.try_get("args")?,
-                    expires_ms: r.try_get("expires_ms")?,
-                });
-            }
-            if !commands.is_empty() {
-                sqlx::query(
-                    "UPDATE command_deliveries SET status = 'delivered', delivered_ms = $1 \
-                     WHERE device = $2 AND status = 'pending'",
-                )
-                .bind(now)
-                .bind(&dev.id)
-                .execute(&mut *tx)
-                .await?;
-            }
-        }
-        if idle && commands.is_empty() && self.backend == Backend::Postgres {
-            // Nothing here needs to survive a crash: the next check-in writes the same row
-            // again. Skipping the WAL flush wait takes the disk off the idle check-in's path.
-            sqlx::query("SET LOCAL synchronous_commit = off")
-                .execute(&mut *tx)
-                .await?;
-        }
-        tx.commit().await?;
+        let commands = if status == "active" {
+            self.deliver_commands(&dev.id, &dev.app, now).await?
+        } else {
+            Vec::new()
+        };
         Ok(CheckinOutcome {
             status,
             acked_result_seq,
             commands,
             state_digest,
         })
+    }
+
+    /// The commands to deliver to `device` at a check-in: those queued for it and not
+    /// answered, and those queued for its app or one of its tags, even when it enrolled or
+    /// got the tag after they were queued (until they expire); a device that already has a
+    /// delivery of one (answered or not) never gets it again. Found by a read; the write
+    /// that marks them delivered happens only when one is delivered for the first time.
+    async fn deliver_commands(
+        &self,
+        device: &str,
+        app: &str,
+        now: i64,
+    ) -> sqlx::Result<Vec<PendingCommand>> {
+        let rows = sqlx::query(
+            "SELECT c.id, c.kind, c.args, c.expires_ms, c.created_ms, d.status AS delivery \
+             FROM command_deliveries d JOIN commands c ON c.id = d.command \
+             WHERE d.device = $1 AND d.status IN ('pending', 'delivered') \
+             AND c.expires_ms > $2 \
+             UNION ALL \
+             SELECT c.id, c.kind, c.args, c.expires_ms, c.created_ms, 'new' AS delivery \
+             FROM commands c \
+             WHERE c.expires_ms > $2 \
+             AND ((c.target_kind = 'app' AND c.target = $3) \
+               OR (c.target_kind = 'tag' AND c.target IN \
+                   (SELECT tag FROM device_tags WHERE device = $1))) \
+             AND NOT EXISTS (SELECT 1 FROM command_deliveries d \
+                             WHERE d.command = c.id AND d.device = $1) \
+             ORDER BY created_ms, id LIMIT 100",
+        )
+        .bind(device)
+        .bind(now)
+        .bind(app)
+        .fetch_all(&self.pool)
+        .await?;
+        let mut commands = Vec::with_capacity(rows.len());
+        let mut fresh = Vec::new();
+        let mut first_delivery = false;
+        for r in rows {
+            let id: String = r.try_get("id")?;
+            match r.try_get::<String, _>("delivery")?.as_str() {
+                "new" => fresh.push(id.clone()),
+                "pending" => first_delivery = true,
+                _ => {}
+            }
+            commands.push(PendingCommand {
+                id,
+                kind: r.try_get("kind")?,
+                args: r.try_get("args")?,
+                expires_ms: r.try_get("expires_ms")?,
+            });
+        }
+        if first_delivery || !fresh.is_empty() {
+            let mut tx = self.pool.begin().await?;
+            for id in &fresh {
+                // A concurrent check-in of the same device may have inserted it: kept once.
+                sqlx::query(
+                    "INSERT INTO command_deliveries (command, device, status, delivered_ms) \
+                     VALUES ($1, $2, 'delivered', $3) ON CONFLICT (command, device) DO NOTHING",
+                )
+                .bind(id)
+                .bind(device)
+                .bind(now)
+                .execute(&mut *tx)
+                .await?;
+            }
+            sqlx::query(
+                "UPDATE command_deliveries SET status = 'delivered', delivered_ms = $1 \
+                 WHERE device = $2 AND status = 'pending'",
+            )
+            .bind(now)
+            .bind(device)
+            .execute(&mut *tx)
+            .await?;
+            tx.commit().await?;
+        }
+        Ok(commands)
     }
 
     /// Stores a command result posted by `device`. `Ok(false)`: no such command for this

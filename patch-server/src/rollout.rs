@@ -2,19 +2,21 @@
 //!
 //! Each function validates its input, changes the database and writes one audit-log entry
 //! per administrator action. The decision itself is pure ([`crate::decide::decide_with`]);
-//! [`directive_for_checkin`] only loads the rules that match one device (indexed lookups by
-//! app and device), settles the device's pending rollout offers from what it reports, calls
-//! the decision and records a new offer. [`tick`] runs the same evaluation for every active
+//! [`directive_for_checkin`] takes the app's rules from the per-instance cache
+//! ([`crate::db::rules`]), settles the device's pending rollout offers from what it reports,
+//! calls the decision and records a new offer. [`tick`] runs the same evaluation for every active
 //! rollout in the background, so devices that went silent are counted failed after the
 //! timeout even when nobody checks in.
 
+use std::borrow::Cow;
 use std::time::Duration;
 
 use formats::fleet::{check_id, check_short, CheckIn, Directive, DirectiveReason};
 use formats::Version;
 use serde::{Deserialize, Serialize};
 
-use crate::db::{Db, DeviceAuth, PinRow, PushRow, RolloutRow};
+use crate::db::rules::AppRules;
+use crate::db::{Db, DeviceAuth, Offer, PinRow, PushRow, RolloutRow};
 use crate::decide::{
     decide_with, halt_reason, next_step, DeviceFacts, PinRule, PinSource, PushRule, Release,
     RolloutRule, RolloutState, Rules,
@@ -775,19 +777,32 @@ pub async fn tick(db: &Db, now: i64) -> sqlx::Result<()> {
 }
 
 /// The directive of a check-in: settles the device's pending rollout offers from its
-/// results and installed version, loads the pins, pushes and rollouts that match it, decides
-/// (pin > push > rollout > channel) and records a first rollout offer.
+/// results and installed version, picks the pins, pushes and rollouts of the app's `rules`
+/// that match it, decides (pin > push > rollout > channel) and records a first rollout offer.
+/// Reads the device's participation only when the app has an unfinished rollout, and its
+/// tags only when a pin or push targets a tag.
 pub async fn directive_for_checkin(
     db: &Db,
     dev: &DeviceAuth,
     c: &CheckIn,
-    releases: &[Release],
+    rules: &AppRules,
     now: i64,
 ) -> sqlx::Result<Option<Directive>> {
-    let mut rollouts = db.rollouts(Some(&dev.app), true).await?;
-    let parts = db.participation_of(&dev.id).await?;
+    let releases = rules.releases.as_slice();
+    let mut rollouts: Cow<'_, [RolloutRow]> = Cow::Borrowed(&rules.rollouts);
+    let parts = if rollouts.is_empty() {
+        Vec::new()
+    } else {
+        db.participation_of(&dev.id).await?
+    };
     let mut changed = false;
-    for p in parts.iter().filter(|p| p.result == "pending") {
+    // Pending participants settle when their outcome arrives; a participant already counted
+    // failed by the timeout is settled again when its outcome arrives late, so a device that
+    // was slow, not broken, ends up counted as it really went.
+    for p in parts
+        .iter()
+        .filter(|p| p.result == "pending" || p.result == "timeout")
+    {
         let Some(r) = rollouts.iter().find(|r| r.id == p.rollout) else {
             continue;
         };
@@ -802,7 +817,11 @@ pub async fn directive_for_checkin(
             None if c.version.as_deref() == Some(r.version.as_str()) => Some("ok"),
             None => None,
         };
-        if let Some(o) = outcome {
+        if p.result == "timeout" {
+            if let Some(o) = outcome {
+                changed |= db.settle_late(&r.id, &dev.id, o, now).await?;
+            }
+        } else if let Some(o) = outcome {
             if db.settle(&r.id, &dev.id, o, now).await? {
                 check_failures(db, &r.id, now).await?;
                 changed = true;
@@ -812,7 +831,7 @@ pub async fn directive_for_checkin(
             changed = true;
         }
     }
-    for r in &rollouts {
+    for r in rollouts.iter() {
         let due = r.state == "running" && r.schedule_next_ms.is_some_and(|n| now >= n);
         if due {
             evaluate(db, r, releases, now).await?;
@@ -820,8 +839,13 @@ pub async fn directive_for_checkin(
         }
     }
     if changed {
-        rollouts = db.rollouts(Some(&dev.app), true).await?;
+        rollouts = Cow::Owned(db.rollouts(Some(&dev.app), true).await?);
     }
+    let tags = if rules.has_tag_rules() {
+        db.tags_of_device(&dev.id).await?
+    } else {
+        Vec::new()
+    };
     let facts = DeviceFacts {
         version: c.version.as_deref().and_then(|v| Version::parse(v).ok()),
         channel: c.channel.clone(),
@@ -829,10 +853,8 @@ pub async fn directive_for_checkin(
     };
     let parse = |v: &str| Version::parse(v).ok();
     let mut rules = Rules {
-        pins: db
-            .pins_for(&dev.app, &dev.id)
-            .await?
-            .into_iter()
+        pins: rules
+            .pins_for(&dev.id, &tags)
             .filter_map(|p| {
                 Some(PinRule {
                     version: parse(&p.version)?,
@@ -845,10 +867,8 @@ pub async fn directive_for_checkin(
                 })
             })
             .collect(),
-        pushes: db
-            .pushes_for(&dev.app, &dev.id, now)
-            .await?
-            .into_iter()
+        pushes: rules
+            .pushes_for(&dev.id, &tags, now)
             .filter_map(|p| {
                 Some(PushRule {
                     version: parse(&p.version)?,
@@ -877,19 +897,26 @@ pub async fn directive_for_checkin(
             && rules.rollouts.iter().any(|r| &r.id == id && !r.offered))
         .then(|| id.clone())
     };
-    if let Some(id) = new_offer(&d, &rules) {
-        let r = rollouts.iter().find(|r| r.id == id);
-        if let Some((Some(max), Some(period))) = r.map(|r| (r.max_per_period, r.period_ms)) {
-            if db.offered_since(&id, now.saturating_sub(period)).await? >= max {
-                for rr in rules.rollouts.iter_mut().filter(|rr| rr.id == id) {
-                    rr.capped = true;
-                }
-                d = decide_with(&facts, &dev.id, releases, &rules);
+    // Each turn either makes the offer (or finds it made) and stops, or marks one more rollout
+    // capped and decides again, so this ends.
+    while let Some(id) = new_offer(&d, &rules) {
+        let cap = rollouts
+            .iter()
+            .find(|r| r.id == id)
+            .and_then(|r| Some((r.max_per_period?, now.saturating_sub(r.period_ms?))));
+        // A read first: while the cap is reached, the devices it holds back cost no write.
+        let full = match cap {
+            Some((max, since)) => db.offered_since(&id, since).await? >= max,
+            None => false,
+        };
+        if full || db.offer(&id, &dev.id, now, cap).await? == Offer::Capped {
+            for rr in rules.rollouts.iter_mut().filter(|rr| rr.id == id) {
+                rr.capped = true;
             }
+            d = decide_with(&facts, &dev.id, releases, &rules);
+            continue;
         }
-    }
-    if let Some(id) = new_offer(&d, &rules) {
-        db.offer(&id, &dev.id, now).await?;
+        break;
     }
     Ok(d)
 }

@@ -677,21 +677,7 @@ fn schedule_rate_cap_and_yank(backend: &str) {
     let w = World::with_sizes(2, 64 << 10, 32 << 10);
     w.release_all(2);
     let s = Server::start(&w.path("server"), &backend, &["--poll-interval", "1s"]);
-    let secret = w.path("secret");
-    std::fs::write(&secret, SECRET).expect("secret");
-    let (repo, public) = (w.repo.display().to_string(), w.public.display().to_string());
-    let secret_s = secret.display().to_string();
-    s.admin(&[
-        "app",
-        "add",
-        "demo",
-        "--repo",
-        &repo,
-        "--public-key",
-        &public,
-        "--enroll-secret-file",
-        &secret_s,
-    ]);
+    demo_app(&w, &s);
     let v = s.admin_json(&[
         "rollout",
         "start",
@@ -821,6 +807,185 @@ mod postgres {
     fn schedule_rate_cap_and_yank() {
         super::schedule_rate_cap_and_yank("postgres")
     }
+
+    #[test]
+    fn the_rate_cap_holds_across_two_instances() {
+        super::rate_cap_across_instances()
+    }
+}
+
+/// An app `demo` with v1 and v2 released, on `s`, enrolling with [`SECRET`].
+fn demo_app(w: &World, s: &e2e_tests::fleet::Server) {
+    let secret = w.path("secret");
+    std::fs::write(&secret, SECRET).expect("secret");
+    let (repo, public) = (w.repo.display().to_string(), w.public.display().to_string());
+    s.admin(&[
+        "app",
+        "add",
+        "demo",
+        "--repo",
+        &repo,
+        "--public-key",
+        &public,
+        "--enroll-secret-file",
+        &secret.display().to_string(),
+    ]);
+}
+
+/// Two instances on one PostgreSQL database, a rollout at 100 % capped at 3 offers per hour,
+/// and 16 selected devices checking in at the same moment, alternating between the
+/// instances, three rounds: exactly 3 devices are ever told 2.0.0, and the rollout counts 3
+/// offers. (Before the offer locked the rollout's row, each instance counted the other's
+/// offers only once committed, and the cap was exceeded by the check-ins in flight.)
+fn rate_cap_across_instances() {
+    use e2e_tests::fleet::{checkin_body, Backend, Device, Server};
+    let backend = Backend::start("postgres");
+    let w = World::with_sizes(2, 64 << 10, 32 << 10);
+    w.release_all(2);
+    let s1 = Server::start(&w.path("server1"), &backend, &[]);
+    let s2 = Server::start_with_token(&w.path("server2"), &backend, &[], Some(&s1.admin_token));
+    demo_app(&w, &s1);
+    let v = s1.admin_json(&[
+        "rollout",
+        "start",
+        "--app",
+        "demo",
+        "--version",
+        "2.0.0",
+        "--percent",
+        "100",
+        "--max-per-period",
+        "3",
+        "--period",
+        "1h",
+        "--min-devices",
+        "100",
+    ]);
+    let rid = v["id"].as_str().expect("id").to_string();
+    let devs: Vec<Device> = (0..16)
+        .map(|i| {
+            let url = if i % 2 == 0 { &s1.url } else { &s2.url };
+            Device::enroll(url, "demo", &format!("{:032x}", 0xcab0 + i), Some(SECRET))
+        })
+        .collect();
+    let told_v2 = std::sync::Mutex::new(std::collections::BTreeSet::new());
+    for _round in 0..3 {
+        let gate = std::sync::Barrier::new(devs.len());
+        std::thread::scope(|sc| {
+            for d in &devs {
+                let (gate, told_v2) = (&gate, &told_v2);
+                let mut d = Device::from_token(&d.url, &d.id, &d.token);
+                sc.spawn(move || {
+                    gate.wait();
+                    let a = d.checkin(&checkin_body("1.0.0", None));
+                    assert_eq!(a.status, 200, "{}: {:?}", d.id, a.body);
+                    if a.body["directive"]["version"] == "2.0.0" {
+                        told_v2.lock().expect("lock").insert(d.id.clone());
+                    }
+                });
+            }
+        });
+    }
+    let told_v2 = told_v2.into_inner().expect("lock");
+    let r = s2.admin_json(&["rollout", "status", "--id", &rid]);
+    assert_eq!(
+        (told_v2.len(), &r["rollout"]["offered"]),
+        (3, &json!(3)),
+        "devices told 2.0.0: {told_v2:?}; {r:#}"
+    );
+    let parts: Vec<&str> = r["devices"]
+        .as_array()
+        .expect("devices")
+        .iter()
+        .filter_map(|p| p["device"].as_str())
+        .collect();
+    assert_eq!(
+        parts,
+        told_v2.iter().map(String::as_str).collect::<Vec<_>>(),
+        "{r:#}"
+    );
+}
+
+/// A device counted failed by the timeout that reports its outcome later is counted as it
+/// went: a late success moves it from failed (and timed out) to succeeded, a late failure
+/// stays failed but is no longer "timed out". The halt the timeout caused stays until
+/// `resume`, which the corrected counts then allow.
+#[test]
+fn an_outcome_after_the_timeout_corrects_the_counts() {
+    use e2e_tests::fleet::{checkin_body, Backend, Device, Server};
+    let backend = Backend::start("sqlite");
+    let w = World::with_sizes(2, 64 << 10, 32 << 10);
+    w.release_all(2);
+    let s = Server::start(&w.path("server"), &backend, &["--poll-interval", "1s"]);
+    demo_app(&w, &s);
+    let v = s.admin_json(&[
+        "rollout",
+        "start",
+        "--app",
+        "demo",
+        "--version",
+        "2.0.0",
+        "--percent",
+        "100",
+        "--timeout",
+        "1s",
+        "--min-devices",
+        "2",
+        "--max-failure-rate",
+        "0.5",
+    ]);
+    let rid = v["id"].as_str().expect("id").to_string();
+    let mut slow = Device::enroll(&s.url, "demo", &format!("{:032x}", 0x510), Some(SECRET));
+    let mut broken = Device::enroll(&s.url, "demo", &format!("{:032x}", 0x511), Some(SECRET));
+    for d in [&mut slow, &mut broken] {
+        let a = d.checkin(&checkin_body("1.0.0", None));
+        assert_eq!(a.body["directive"]["version"], "2.0.0", "{:?}", a.body);
+    }
+    let counts = |s: &Server| {
+        let r = s.admin_json(&["rollout", "status", "--id", &rid]);
+        let r = &r["rollout"];
+        (
+            r["state"].as_str().unwrap_or("").to_string(),
+            [
+                &r["succeeded"],
+                &r["failed"],
+                &r["timed_out"],
+                &r["pending"],
+            ]
+            .map(|v| v.as_i64().unwrap_or(-1)),
+        )
+    };
+    // Both stay silent past the 1 s timeout: 2 of 2 failed, over 50 %: halted by itself.
+    let t0 = Instant::now();
+    while counts(&s).0 != "halted" {
+        assert!(t0.elapsed() < Duration::from_secs(20), "{:?}", counts(&s));
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(counts(&s).1, [0, 2, 2, 0]);
+    let out = run(s.cli().args(["rollout", "resume", "--id", &rid]));
+    assert!(!out.status.success(), "resumed past the threshold");
+
+    // The slow one finished after all: reported as installed (it lost its result).
+    slow.etag = None;
+    assert_eq!(slow.checkin(&checkin_body("2.0.0", None)).status, 200);
+    assert_eq!(counts(&s), ("halted".to_string(), [1, 1, 1, 0]));
+    // The broken one reports its failure: still failed, no longer unknown.
+    let mut body = checkin_body("1.0.0", None);
+    body["results"] = json!([{"seq": 1, "finished_at": "2026-11-25T10:00:00Z", "from": "1.0.0",
+        "to": "2.0.0", "method": "incremental", "bytes": 10, "seconds": 0.1, "ok": false,
+        "error_kind": "disk", "error_message": "no space left"}]);
+    broken.etag = None;
+    assert_eq!(broken.checkin(&body).status, 200);
+    assert_eq!(counts(&s), ("halted".to_string(), [1, 1, 0, 0]));
+    // Settled once: the same reports again change nothing.
+    slow.etag = None;
+    slow.checkin(&checkin_body("2.0.0", None));
+    broken.etag = None;
+    broken.checkin(&body);
+    assert_eq!(counts(&s), ("halted".to_string(), [1, 1, 0, 0]));
+    // 1 of 2 = 50 % is within the threshold now: resume is allowed.
+    s.admin(&["rollout", "resume", "--id", &rid]);
+    assert_eq!(counts(&s).0, "running");
 }
 
 /// Pushes expire and can be removed: a push that expired, or was removed, no longer moves its

@@ -160,19 +160,6 @@ pub async fn on_checkin(db: &Db, facts: &CheckinFacts<'_>, now: i64) -> sqlx::Re
     apply(db, &changes, now).await
 }
 
-/// The highest update result seq stored for `device` (read before a check-in stores new ones,
-/// so a result sent again is not taken for a new failure).
-pub async fn last_result_seq(db: &Db, device: &str) -> sqlx::Result<Option<i64>> {
-    let row = sqlx::query("SELECT last_result_seq FROM devices WHERE id = $1")
-        .bind(device)
-        .fetch_optional(db.pool())
-        .await?;
-    Ok(row
-        .map(|r| r.try_get::<Option<i64>, _>("last_result_seq"))
-        .transpose()?
-        .flatten())
-}
-
 /// Raises `silent` for active devices not seen for longer than `silent_after` of their poll
 /// intervals (`default_poll_secs` for devices without their own), and resolves `silent`
 /// alerts of devices seen since (a check-in that raced the sweep). Returns how many opened.

@@ -128,11 +128,7 @@ pub async fn checkin(
     }
     let now = now_ms();
     // Alerts look only at results stored by this check-in, not at ones sent again.
-    let prev_seq = if c.results.is_empty() {
-        None
-    } else {
-        crate::alerts::store::last_result_seq(&st.db, &dev.id).await?
-    };
+    let prev_seq = dev.last_result_seq;
     let row = CheckinRow {
         version: c.version.clone(),
         tree_digest: c.tree_digest.clone(),
@@ -157,8 +153,8 @@ pub async fn checkin(
     let out = st.db.record_checkin(&dev, &row, now, history, idle).await?;
     let active = out.status == "active";
     let directive = if active {
-        let releases = st.db.releases(&dev.app).await?;
-        crate::rollout::directive_for_checkin(&st.db, &dev, &c, &releases, now).await?
+        let rules = st.db.app_rules(&dev.app, dev.rules_gen).await?;
+        crate::rollout::directive_for_checkin(&st.db, &dev, &c, &rules, now).await?
     } else {
         None
     };
@@ -455,6 +451,8 @@ mod tests {
             channel: Some("stable".into()),
             last_history_ms: last,
             directed_version: None,
+            last_result_seq: None,
+            rules_gen: 0,
         };
         let c = |v: &str, ch: &str| CheckIn {
             version: Some(v.into()),

@@ -162,6 +162,17 @@ pub struct Participation {
     pub result_ms: Option<i64>,
 }
 
+/// What [`Db::offer`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Offer {
+    /// The device is a participant from now on.
+    Made,
+    /// It already was one (or the rollout is gone): nothing changed.
+    Already,
+    /// The rate cap is reached: not offered.
+    Capped,
+}
+
 fn part_from(r: &AnyRow) -> sqlx::Result<Participation> {
     Ok(Participation {
         rollout: r.try_get("rollout")?,
@@ -175,6 +186,7 @@ fn part_from(r: &AnyRow) -> sqlx::Result<Participation> {
 impl Db {
     /// Stores a new rollout.
     pub async fn insert_rollout(&self, r: &RolloutRow) -> sqlx::Result<()> {
+        let mut tx = self.pool.begin().await?;
         sqlx::query(
             "INSERT INTO rollouts (id, app, version, percent, max_failure_rate, min_devices, \
              timeout_ms, schedule, schedule_every_ms, schedule_next_ms, max_per_period, period_ms, \
@@ -198,9 +210,10 @@ impl Db {
         .bind(r.halt_reason.clone())
         .bind(r.created_ms)
         .bind(&r.created_by)
-        .execute(&self.pool)
+        .execute(&mut *tx)
         .await?;
-        Ok(())
+        super::rules::bump_app(&mut tx, &r.app).await?;
+        tx.commit().await
     }
 
     /// One rollout.
@@ -248,6 +261,7 @@ impl Db {
         schedule_next_ms: Option<i64>,
         now: i64,
     ) -> sqlx::Result<bool> {
+        let mut tx = self.pool.begin().await?;
         let r = sqlx::query(
             "UPDATE rollouts SET percent = $1, schedule_next_ms = $2, updated_ms = $3 \
              WHERE id = $4 AND state <> 'finished'",
@@ -256,9 +270,9 @@ impl Db {
         .bind(schedule_next_ms)
         .bind(now)
         .bind(id)
-        .execute(&self.pool)
+        .execute(&mut *tx)
         .await?;
-        Ok(r.rows_affected() == 1)
+        self.commit_rollout_change(tx, id, r.rows_affected()).await
     }
 
     /// Takes one schedule step: sets `percent` and the next step's time, only if the rollout
@@ -271,6 +285,7 @@ impl Db {
         next_ms: Option<i64>,
         now: i64,
     ) -> sqlx::Result<bool> {
+        let mut tx = self.pool.begin().await?;
         let r = sqlx::query(
             "UPDATE rollouts SET percent = $1, schedule_next_ms = $2, updated_ms = $3 \
              WHERE id = $4 AND state = 'running' AND schedule_next_ms = $5",
@@ -280,9 +295,9 @@ impl Db {
         .bind(now)
         .bind(id)
         .bind(due_ms)
-        .execute(&self.pool)
+        .execute(&mut *tx)
         .await?;
-        Ok(r.rows_affected() == 1)
+        self.commit_rollout_change(tx, id, r.rows_affected()).await
     }
 
     /// Moves a rollout from one of the states `from` to `to` with `reason`; `false` when it
@@ -311,13 +326,65 @@ impl Db {
         for f in from {
             q = q.bind(*f);
         }
-        Ok(q.execute(&self.pool).await?.rows_affected() == 1)
+        let mut tx = self.pool.begin().await?;
+        let n = q.execute(&mut *tx).await?.rows_affected();
+        self.commit_rollout_change(tx, id, n).await
     }
 
-    /// Records that `device` was offered the release of `rollout` (once); `true` if this is
-    /// the first offer.
-    pub async fn offer(&self, rollout: &str, device: &str, now: i64) -> sqlx::Result<bool> {
+    /// Ends the transaction of a change to rollout `id` that touched `n` rows: raises its app's
+    /// rules generation and commits when it changed the rollout; `true` if it did.
+    async fn commit_rollout_change(
+        &self,
+        mut tx: sqlx::Transaction<'_, sqlx::Any>,
+        id: &str,
+        n: u64,
+    ) -> sqlx::Result<bool> {
+        if n != 1 {
+            tx.rollback().await?;
+            return Ok(false);
+        }
+        super::rules::bump_rollout_app(&mut tx, id).await?;
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    /// Records that `device` was offered the release of `rollout` (once). With `cap`
+    /// (`(max, since_ms)`), the offer is made only while fewer than `max` devices were offered
+    /// it since `since_ms`, checked atomically: the rollout's row is locked first (PostgreSQL's
+    /// row lock, SQLite's write lock), so instances that race for the last place take turns
+    /// and the cap holds across every instance sharing the database.
+    pub async fn offer(
+        &self,
+        rollout: &str,
+        device: &str,
+        now: i64,
+        cap: Option<(i64, i64)>,
+    ) -> sqlx::Result<Offer> {
         let mut tx = self.pool.begin().await?;
+        let locked = sqlx::query("UPDATE rollouts SET offered = offered + 1 WHERE id = $1")
+            .bind(rollout)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        if locked == 0 {
+            return Ok(Offer::Already);
+        }
+        if let Some((max, since_ms)) = cap {
+            // A statement of its own, after the lock: under READ COMMITTED it sees every
+            // offer committed by the instance that held the lock before.
+            let n: i64 = sqlx::query(
+                "SELECT COUNT(*) AS n FROM rollout_devices WHERE rollout = $1 AND offered_ms >= $2",
+            )
+            .bind(rollout)
+            .bind(since_ms)
+            .fetch_one(&mut *tx)
+            .await?
+            .try_get("n")?;
+            if n >= max {
+                tx.rollback().await?;
+                return Ok(Offer::Capped);
+            }
+        }
         let n = sqlx::query(
             "INSERT INTO rollout_devices (rollout, device, offered_ms, result) \
              VALUES ($1, $2, $3, 'pending') ON CONFLICT (rollout, device) DO NOTHING",
@@ -328,14 +395,12 @@ impl Db {
         .execute(&mut *tx)
         .await?
         .rows_affected();
-        if n == 1 {
-            sqlx::query("UPDATE rollouts SET offered = offered + 1 WHERE id = $1")
-                .bind(rollout)
-                .execute(&mut *tx)
-                .await?;
+        if n == 0 {
+            tx.rollback().await?;
+            return Ok(Offer::Already);
         }
         tx.commit().await?;
-        Ok(n == 1)
+        Ok(Offer::Made)
     }
 
     /// Settles a pending participant with `result` (`ok` or `failed`); `true` if it was
@@ -366,6 +431,44 @@ impl Db {
         .rows_affected();
         if n == 1 {
             sqlx::query(&format!("UPDATE rollouts SET {counter} WHERE id = $1"))
+                .bind(rollout)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(n == 1)
+    }
+
+    /// Settles a participant counted failed by the timeout (`result = 'timeout'`) whose outcome
+    /// arrived late: `ok` moves it from the failed and timed-out counts to the succeeded one;
+    /// `failed` keeps it failed and takes it out of the timed-out count. `true` if it was
+    /// timed out. The rollout's state is left as it is: a halt stays until someone resumes.
+    pub async fn settle_late(
+        &self,
+        rollout: &str,
+        device: &str,
+        result: &str,
+        now: i64,
+    ) -> sqlx::Result<bool> {
+        let counts = if result == "ok" {
+            "succeeded = succeeded + 1, failed = failed - 1, timed_out = timed_out - 1"
+        } else {
+            "timed_out = timed_out - 1"
+        };
+        let mut tx = self.pool.begin().await?;
+        let n = sqlx::query(
+            "UPDATE rollout_devices SET result = $1, result_ms = $2 \
+             WHERE rollout = $3 AND device = $4 AND result = 'timeout'",
+        )
+        .bind(result)
+        .bind(now)
+        .bind(rollout)
+        .bind(device)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        if n == 1 {
+            sqlx::query(&format!("UPDATE rollouts SET {counts} WHERE id = $1"))
                 .bind(rollout)
                 .execute(&mut *tx)
                 .await?;
@@ -445,6 +548,7 @@ impl Db {
 
     /// Sets (or replaces) a pin.
     pub async fn upsert_pin(&self, p: &PinRow) -> sqlx::Result<()> {
+        let mut tx = self.pool.begin().await?;
         sqlx::query(
             "INSERT INTO pins (app, target_kind, target, version, created_ms, created_by) \
              VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (app, target_kind, target) DO UPDATE \
@@ -457,19 +561,23 @@ impl Db {
         .bind(&p.version)
         .bind(p.created_ms)
         .bind(&p.created_by)
-        .execute(&self.pool)
+        .execute(&mut *tx)
         .await?;
-        Ok(())
+        super::rules::bump_app(&mut tx, &p.app).await?;
+        tx.commit().await
     }
 
     /// Removes a pin; `false` if there was none.
     pub async fn delete_pin(&self, app: &str, kind: &str, target: &str) -> sqlx::Result<bool> {
+        let mut tx = self.pool.begin().await?;
         let r = sqlx::query("DELETE FROM pins WHERE app = $1 AND target_kind = $2 AND target = $3")
             .bind(app)
             .bind(kind)
             .bind(target)
-            .execute(&self.pool)
+            .execute(&mut *tx)
             .await?;
+        super::rules::bump_app(&mut tx, app).await?;
+        tx.commit().await?;
         Ok(r.rows_affected() == 1)
     }
 
@@ -506,6 +614,7 @@ impl Db {
 
     /// Stores a push.
     pub async fn insert_push(&self, p: &PushRow) -> sqlx::Result<()> {
+        let mut tx = self.pool.begin().await?;
         sqlx::query(
             "INSERT INTO pushes \
              (id, app, target_kind, target, version, created_ms, created_by, expires_ms) \
@@ -519,9 +628,10 @@ impl Db {
         .bind(p.created_ms)
         .bind(&p.created_by)
         .bind(p.expires_ms)
-        .execute(&self.pool)
+        .execute(&mut *tx)
         .await?;
-        Ok(())
+        super::rules::bump_app(&mut tx, &p.app).await?;
+        tx.commit().await
     }
 
     /// Deletes the pushes of `app` to one target (`target_kind`/`target` as stored), only those
@@ -533,6 +643,7 @@ impl Db {
         target: &str,
         version: Option<&str>,
     ) -> sqlx::Result<u64> {
+        let mut tx = self.pool.begin().await?;
         let r = sqlx::query(
             "DELETE FROM pushes WHERE app = $1 AND target_kind = $2 AND target = $3 \
              AND ($4 = '' OR version = $4)",
@@ -541,8 +652,10 @@ impl Db {
         .bind(target_kind)
         .bind(target)
         .bind(version.unwrap_or(""))
-        .execute(&self.pool)
+        .execute(&mut *tx)
         .await?;
+        super::rules::bump_app(&mut tx, app).await?;
+        tx.commit().await?;
         Ok(r.rows_affected())
     }
 
@@ -561,28 +674,6 @@ impl Db {
                     .await?
             }
         };
-        rows.iter().map(push_from).collect()
-    }
-
-    /// The pushes matching a device that have not expired at `now`: its own, its tags', and
-    /// the app's.
-    pub async fn pushes_for(
-        &self,
-        app: &str,
-        device: &str,
-        now: i64,
-    ) -> sqlx::Result<Vec<PushRow>> {
-        let rows = sqlx::query(
-            "SELECT * FROM pushes WHERE app = $1 AND ((target_kind = 'device' AND target = $2) OR \
-             (target_kind = 'tag' AND target IN (SELECT tag FROM device_tags WHERE device = $2)) \
-             OR (target_kind = 'all' AND target = '')) \
-             AND (expires_ms IS NULL OR expires_ms > $3)",
-        )
-        .bind(app)
-        .bind(device)
-        .bind(now)
-        .fetch_all(&self.pool)
-        .await?;
         rows.iter().map(push_from).collect()
     }
 }
