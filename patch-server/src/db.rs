@@ -149,6 +149,9 @@ pub struct DeviceAuth {
     pub last_result_seq: Option<i64>,
     /// Its app's rules generation (`apps.rules_gen`), for [`Db::app_rules`].
     pub rules_gen: i64,
+    /// Its part in each of its app's unfinished rollouts (read with the token, so a check-in
+    /// needs no read of its own for it).
+    pub rollouts: Vec<Participation>,
 }
 
 /// Fields of a check-in written to the device row.
@@ -675,15 +678,24 @@ impl Db {
         let row = sqlx::query(
             "SELECT d.id, d.app, d.status, d.state_digest, d.poll_interval_secs, d.version, \
              d.channel, d.last_history_ms, d.directed_version, d.last_result_seq, \
-             COALESCE(a.rules_gen, 0) AS rules_gen \
+             COALESCE(a.rules_gen, 0) AS rules_gen, \
+             (SELECT string_agg(r.rollout || ' ' || r.result || ' ' || \
+                 CAST(r.offered_ms AS TEXT) || ' ' || COALESCE(CAST(r.result_ms AS TEXT), '-'), \
+                 ',') \
+              FROM rollout_devices r WHERE r.device = d.id AND r.rollout IN \
+                 (SELECT u.id FROM rollouts u WHERE u.app = d.app \
+                  AND u.state IN ('running', 'halted'))) AS rollouts \
              FROM devices d LEFT JOIN apps a ON a.name = d.app WHERE d.token_sha256 = $1",
         )
         .bind(sha)
         .fetch_optional(&self.pool)
         .await?;
         row.map(|r| {
+            let id: String = r.try_get("id")?;
+            let rollouts = r.try_get::<Option<String>, _>("rollouts")?;
             Ok(DeviceAuth {
-                id: r.try_get("id")?,
+                rollouts: rollouts::parts_from_list(&id, rollouts.as_deref().unwrap_or(""))?,
+                id,
                 app: r.try_get("app")?,
                 status: r.try_get("status")?,
                 state_digest: r.try_get("state_digest")?,

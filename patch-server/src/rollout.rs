@@ -779,8 +779,8 @@ pub async fn tick(db: &Db, now: i64) -> sqlx::Result<()> {
 /// The directive of a check-in: settles the device's pending rollout offers from its
 /// results and installed version, picks the pins, pushes and rollouts of the app's `rules`
 /// that match it, decides (pin > push > rollout > channel) and records a first rollout offer.
-/// Reads the device's participation only when the app has an unfinished rollout, and its
-/// tags only when a pin or push targets a tag.
+/// The device's part in the app's unfinished rollouts came with its token; its tags are read
+/// only when a pin or push targets a tag.
 pub async fn directive_for_checkin(
     db: &Db,
     dev: &DeviceAuth,
@@ -790,11 +790,7 @@ pub async fn directive_for_checkin(
 ) -> sqlx::Result<Option<Directive>> {
     let releases = rules.releases.as_slice();
     let mut rollouts: Cow<'_, [RolloutRow]> = Cow::Borrowed(&rules.rollouts);
-    let parts = if rollouts.is_empty() {
-        Vec::new()
-    } else {
-        db.participation_of(&dev.id).await?
-    };
+    let parts = &dev.rollouts;
     let mut changed = false;
     // Pending participants settle when their outcome arrives; a participant already counted
     // failed by the timeout is settled again when its outcome arrives late, so a device that

@@ -453,6 +453,7 @@ mod tests {
             directed_version: None,
             last_result_seq: None,
             rules_gen: 0,
+            rollouts: Vec::new(),
         };
         let c = |v: &str, ch: &str| CheckIn {
             version: Some(v.into()),

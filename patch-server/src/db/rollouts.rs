@@ -173,6 +173,32 @@ pub enum Offer {
     Capped,
 }
 
+/// The participations of `device` listed as `ROLLOUT RESULT OFFERED_MS RESULT_MS|-`, comma
+/// separated (the `string_agg` of `device_by_token`; ids and results hold neither spaces nor
+/// commas).
+pub(super) fn parts_from_list(device: &str, list: &str) -> sqlx::Result<Vec<Participation>> {
+    let bad = || sqlx::Error::Decode(format!("participation list {list:?}").into());
+    list.split(',')
+        .filter(|x| !x.is_empty())
+        .map(|x| {
+            let f: Vec<&str> = x.split(' ').collect();
+            let [rollout, result, offered, settled] = f[..] else {
+                return Err(bad());
+            };
+            Ok(Participation {
+                rollout: rollout.to_string(),
+                device: device.to_string(),
+                offered_ms: offered.parse().map_err(|_| bad())?,
+                result: result.to_string(),
+                result_ms: match settled {
+                    "-" => None,
+                    t => Some(t.parse().map_err(|_| bad())?),
+                },
+            })
+        })
+        .collect()
+}
+
 fn part_from(r: &AnyRow) -> sqlx::Result<Participation> {
     Ok(Participation {
         rollout: r.try_get("rollout")?,
@@ -521,15 +547,6 @@ impl Db {
         .try_get("n")
     }
 
-    /// The rollouts a device takes part in (any result).
-    pub async fn participation_of(&self, device: &str) -> sqlx::Result<Vec<Participation>> {
-        let rows = sqlx::query("SELECT * FROM rollout_devices WHERE device = $1")
-            .bind(device)
-            .fetch_all(&self.pool)
-            .await?;
-        rows.iter().map(part_from).collect()
-    }
-
     /// The participants of a rollout, by device id (at most `limit`).
     pub async fn participants(
         &self,
@@ -675,5 +692,30 @@ impl Db {
             }
         };
         rows.iter().map(push_from).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn participation_lists_parse_or_are_refused() {
+        let parts = parts_from_list("dev", "r1 pending 10 -,r2 ok 5 9").expect("parses");
+        assert_eq!(parts.len(), 2);
+        assert_eq!(
+            (
+                &parts[0].rollout[..],
+                &parts[0].result[..],
+                parts[0].offered_ms
+            ),
+            ("r1", "pending", 10)
+        );
+        assert_eq!(parts[0].result_ms, None);
+        assert_eq!((parts[1].result_ms, &parts[1].device[..]), (Some(9), "dev"));
+        assert!(parts_from_list("dev", "").expect("empty").is_empty());
+        for bad in ["r1 pending", "r1 pending x -", "r1 ok 5 y", "a b c d e"] {
+            assert!(parts_from_list("dev", bad).is_err(), "{bad}");
+        }
     }
 }
