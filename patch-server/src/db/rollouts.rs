@@ -438,31 +438,13 @@ impl Db {
         result: &str,
         now: i64,
     ) -> sqlx::Result<bool> {
-        let counter = if result == "ok" {
+        let counts = if result == "ok" {
             "succeeded = succeeded + 1"
         } else {
             "failed = failed + 1"
         };
-        let mut tx = self.pool.begin().await?;
-        let n = sqlx::query(
-            "UPDATE rollout_devices SET result = $1, result_ms = $2 \
-             WHERE rollout = $3 AND device = $4 AND result = 'pending'",
-        )
-        .bind(result)
-        .bind(now)
-        .bind(rollout)
-        .bind(device)
-        .execute(&mut *tx)
-        .await?
-        .rows_affected();
-        if n == 1 {
-            sqlx::query(&format!("UPDATE rollouts SET {counter} WHERE id = $1"))
-                .bind(rollout)
-                .execute(&mut *tx)
-                .await?;
-        }
-        tx.commit().await?;
-        Ok(n == 1)
+        self.settle_from("pending", rollout, device, result, counts, now)
+            .await
     }
 
     /// Settles a participant counted failed by the timeout (`result = 'timeout'`) whose outcome
@@ -481,15 +463,31 @@ impl Db {
         } else {
             "timed_out = timed_out - 1"
         };
+        self.settle_from("timeout", rollout, device, result, counts, now)
+            .await
+    }
+
+    /// Moves a participant from result `from` to `result` and, only if it moved, applies
+    /// `counts` (a SET list) to its rollout, in one transaction; `true` if it moved.
+    async fn settle_from(
+        &self,
+        from: &str,
+        rollout: &str,
+        device: &str,
+        result: &str,
+        counts: &str,
+        now: i64,
+    ) -> sqlx::Result<bool> {
         let mut tx = self.pool.begin().await?;
         let n = sqlx::query(
             "UPDATE rollout_devices SET result = $1, result_ms = $2 \
-             WHERE rollout = $3 AND device = $4 AND result = 'timeout'",
+             WHERE rollout = $3 AND device = $4 AND result = $5",
         )
         .bind(result)
         .bind(now)
         .bind(rollout)
         .bind(device)
+        .bind(from)
         .execute(&mut *tx)
         .await?
         .rows_affected();
