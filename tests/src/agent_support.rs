@@ -101,6 +101,21 @@ impl FleetServer {
         serde_json::from_str(&out).expect("device JSON")
     }
 
+    /// Like [`FleetServer::device`], but `Null` while the device is not enrolled yet (its
+    /// agent writes the device id before its enrollment is answered).
+    pub fn device_once_enrolled(&self, id: &str) -> serde_json::Value {
+        let out = self
+            .admin(&["device", "show", id, "--json"])
+            .output()
+            .expect("patch-server runs");
+        let text = String::from_utf8_lossy(&out.stdout);
+        if !out.status.success() && text.contains("no device") {
+            return serde_json::Value::Null;
+        }
+        assert!(out.status.success(), "device show {id}: {text}");
+        serde_json::from_str(&text).expect("device JSON")
+    }
+
     /// Stops the server (kill, wait).
     pub fn stop(&mut self) {
         let _ = self.child.kill();

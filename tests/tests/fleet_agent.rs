@@ -987,7 +987,7 @@ fn a_crash_report_carries_the_crash_files_and_the_server_keeps_them_byte_identic
         });
         device_id(&app)
     };
-    let crash = || srv.device(&id)["state"]["supervisor"]["crashes"][0].clone();
+    let crash = || srv.device_once_enrolled(&id)["state"]["supervisor"]["crashes"][0].clone();
     wait_for("the crash file's upload on the server", 40, || {
         crash()["files"][0]["upload"].is_string()
     });
