@@ -8,6 +8,11 @@ slowest first, from the durations of the previous run kept in target/test-durati
 each in its package directory with CARGO_MANIFEST_DIR set as cargo would, prints each binary's
 summary as it finishes (its whole output when it fails), then runs the doc-tests.
 
+A binary whose tests failed (not one killed for its time) has those tests run once more,
+alone, after the pool: if they pass then, the binary passes and each such test is printed as
+`FLAKY: binary::test`. The timing-heavy tests (supervised agents, kills timed into a commit)
+have missed their deadlines with three binaries sharing 2 cores; a real failure fails twice.
+
 Usage: .ci/run-tests.py [--jobs N] [--timeout SECS]   (TEST_JOBS, default 3; TEST_TIMEOUT,
 default 900: a test binary still running then is killed with everything it started and fails).
 Exit status 1 if anything failed.
