@@ -814,8 +814,9 @@ pub async fn directive_for_checkin(
             None => None,
         };
         if p.result == "timeout" {
+            // Only the counts change (a halt stays), so the rollouts need no reload.
             if let Some(o) = outcome {
-                changed |= db.settle_late(&r.id, &dev.id, o, now).await?;
+                db.settle_late(&r.id, &dev.id, o, now).await?;
             }
         } else if let Some(o) = outcome {
             if db.settle(&r.id, &dev.id, o, now).await? {
