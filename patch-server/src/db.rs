@@ -5,7 +5,7 @@
 //! needs from another instance is in the database; nothing else is shared.
 
 use std::borrow::Cow;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use futures_util::future::BoxFuture;
@@ -152,6 +152,12 @@ pub struct DeviceAuth {
     /// Its part in each of its app's unfinished rollouts (read with the token, so a check-in
     /// needs no read of its own for it).
     pub rollouts: Vec<Participation>,
+    /// Whether a command may be waiting for it (queued for it and not answered, or queued
+    /// for its app or one of its tags and not delivered to it): only then does a check-in
+    /// look its commands up. Read with the token.
+    pub commands_waiting: bool,
+    /// The keys of its open alerts among those a check-in may change (read with the token).
+    pub open_alerts: BTreeSet<String>,
 }
 
 /// Fields of a check-in written to the device row.
@@ -673,12 +679,33 @@ impl Db {
         Ok(())
     }
 
-    /// The device a token hash belongs to.
-    pub async fn device_by_token(&self, sha: &str) -> sqlx::Result<Option<DeviceAuth>> {
+    /// The device a token hash belongs to, with what its check-in needs to know beforehand,
+    /// all in one statement: its app's rules generation, its rollout participation, whether a
+    /// command may be waiting (at `now`), and which of its alerts of `alert_kinds` are open
+    /// (keys `KIND:DEVICE`).
+    pub async fn device_by_token(
+        &self,
+        sha: &str,
+        now: i64,
+        alert_kinds: &[&str; 3],
+    ) -> sqlx::Result<Option<DeviceAuth>> {
         let row = sqlx::query(
             "SELECT d.id, d.app, d.status, d.state_digest, d.poll_interval_secs, d.version, \
              d.channel, d.last_history_ms, d.directed_version, d.last_result_seq, \
              COALESCE(a.rules_gen, 0) AS rules_gen, \
+             (SELECT string_agg(al.open_key, ',') FROM alerts al WHERE al.open_key IN \
+                 ($3 || ':' || d.id, $4 || ':' || d.id, $5 || ':' || d.id)) AS open_alerts, \
+             CASE WHEN EXISTS (SELECT 1 FROM command_deliveries cd \
+                     JOIN commands c ON c.id = cd.command \
+                     WHERE cd.device = d.id AND cd.status IN ('pending', 'delivered') \
+                     AND c.expires_ms > $2) \
+                 OR EXISTS (SELECT 1 FROM commands c WHERE c.expires_ms > $2 \
+                     AND ((c.target_kind = 'app' AND c.target = d.app) \
+                       OR (c.target_kind = 'tag' AND c.target IN \
+                           (SELECT t.tag FROM device_tags t WHERE t.device = d.id))) \
+                     AND NOT EXISTS (SELECT 1 FROM command_deliveries x \
+                                     WHERE x.command = c.id AND x.device = d.id)) \
+                 THEN 1 ELSE 0 END AS commands_waiting, \
              (SELECT string_agg(r.rollout || ' ' || r.result || ' ' || \
                  CAST(r.offered_ms AS TEXT) || ' ' || COALESCE(CAST(r.result_ms AS TEXT), '-'), \
                  ',') \
@@ -688,12 +715,23 @@ impl Db {
              FROM devices d LEFT JOIN apps a ON a.name = d.app WHERE d.token_sha256 = $1",
         )
         .bind(sha)
+        .bind(now)
+        .bind(alert_kinds[0])
+        .bind(alert_kinds[1])
+        .bind(alert_kinds[2])
         .fetch_optional(&self.pool)
         .await?;
         row.map(|r| {
             let id: String = r.try_get("id")?;
             let rollouts = r.try_get::<Option<String>, _>("rollouts")?;
+            let open_alerts = r.try_get::<Option<String>, _>("open_alerts")?;
             Ok(DeviceAuth {
+                open_alerts: open_alerts
+                    .iter()
+                    .flat_map(|l| l.split(','))
+                    .map(str::to_string)
+                    .collect(),
+                commands_waiting: r.try_get::<i32, _>("commands_waiting")? != 0,
                 rollouts: rollouts::parts_from_list(&id, rollouts.as_deref().unwrap_or(""))?,
                 id,
                 app: r.try_get("app")?,
@@ -716,17 +754,21 @@ impl Db {
     ///
     /// Writes are kept short, because SQLite has one writer at a time:
     /// - the device row is updated by one `UPDATE ... RETURNING`, which also records the
-    ///   newest result. Without a history row or results, that statement is the whole write
-    ///   (autocommit on SQLite): the write lock is held for one statement, not a transaction of
-    ///   several round trips;
+    ///   newest result. Without a history row or results, that statement is the whole write,
+    ///   in autocommit: one round trip, and on SQLite the write lock is held for one
+    ///   statement, not a transaction of several round trips;
     /// - the history row and results join it in one transaction that starts with that write,
     ///   so SQLite takes its write lock first and never fails to upgrade a read lock;
-    /// - commands are looked up by a read. A write follows only when one is delivered for the
-    ///   first time.
+    /// - commands are looked up only when the token's read saw one that may be waiting
+    ///   ([`DeviceAuth::commands_waiting`]), by a read. A write follows only when one is
+    ///   delivered for the first time.
+    ///
+    /// An idle check-in thus costs two statements: the token's read and the device row.
     ///
     /// `idle` (no result and no state document): on PostgreSQL the device row's commit does
-    /// not wait for the WAL flush (`SET LOCAL synchronous_commit = off`): the next check-in
-    /// writes the same row again. Anything else is durable before this returns.
+    /// not wait for the WAL flush (`synchronous_commit` off for that transaction, set in the
+    /// same statement): the next check-in writes the same row again. Anything else is durable
+    /// before this returns.
     pub async fn record_checkin(
         &self,
         dev: &DeviceAuth,
@@ -741,42 +783,63 @@ impl Db {
         };
         let last = c.results.iter().max_by_key(|r| r.seq);
         // Every SET expression reads the row as it was, so the three last_result_* columns
-        // test the same old last_result_seq.
-        let update = sqlx::query(
-            "UPDATE devices SET last_seen_ms = $1, checkins = checkins + 1, version = $2, \
-             tree_digest = $3, channel = $4, attrs = $5, free_disk = $6, os = $7, arch = $8, \
-             hostname = COALESCE($9, hostname), agent_version = $10, \
-             state = COALESCE($11, state), state_digest = COALESCE($12, state_digest), \
-             state_ms = CASE WHEN $11 IS NULL THEN state_ms ELSE $1 END, \
-             last_history_ms = CASE WHEN $14 = 1 THEN $1 ELSE last_history_ms END, \
-             last_result_seq = CASE WHEN $15 > COALESCE(last_result_seq, -1) \
-                 THEN $15 ELSE last_result_seq END, \
-             last_result_ok = CASE WHEN $15 > COALESCE(last_result_seq, -1) \
-                 THEN $16 ELSE last_result_ok END, \
-             last_result = CASE WHEN $15 > COALESCE(last_result_seq, -1) \
-                 THEN $17 ELSE last_result END \
-             WHERE id = $13 RETURNING status, last_result_seq, state_digest",
-        )
-        .bind(now)
-        .bind(c.version.clone())
-        .bind(c.tree_digest.clone())
-        .bind(c.channel.clone())
-        .bind(&c.attrs)
-        .bind(c.free_disk)
-        .bind(c.os.clone())
-        .bind(c.arch.clone())
-        .bind(c.hostname.clone())
-        .bind(c.agent_version.clone())
-        .bind(state)
-        .bind(state_digest)
-        .bind(&dev.id)
-        .bind(i64::from(history))
-        // -1 (below any seq) when there is no result: the CASEs then keep the old values.
-        .bind(last.map_or(-1, |r| i64_of(r.seq)))
-        .bind(last.map(|r| i64::from(r.ok)))
-        .bind(last.map(|r| serde_json::to_string(r).unwrap_or_default()));
-        let one_statement = !history && c.results.is_empty() && self.backend == Backend::Sqlite;
-        let row = if one_statement {
+        // test the same old last_result_seq. On PostgreSQL the `FROM` turns the WAL-flush wait
+        // off for this transaction (`set_config(..., true)` is `SET LOCAL`) when `$18` is 1:
+        // for an idle check-in without a transaction, in the same statement.
+        macro_rules! device_update {
+            ($from:literal) => {
+                concat!(
+                    "UPDATE devices SET last_seen_ms = $1, checkins = checkins + 1, \
+                     version = $2, tree_digest = $3, channel = $4, attrs = $5, free_disk = $6, \
+                     os = $7, arch = $8, hostname = COALESCE($9, hostname), \
+                     agent_version = $10, \
+                     state = COALESCE($11, state), state_digest = COALESCE($12, state_digest), \
+                     state_ms = CASE WHEN $11 IS NULL THEN state_ms ELSE $1 END, \
+                     last_history_ms = CASE WHEN $14 = 1 THEN $1 ELSE last_history_ms END, \
+                     last_result_seq = CASE WHEN $15 > COALESCE(last_result_seq, -1) \
+                         THEN $15 ELSE last_result_seq END, \
+                     last_result_ok = CASE WHEN $15 > COALESCE(last_result_seq, -1) \
+                         THEN $16 ELSE last_result_ok END, \
+                     last_result = CASE WHEN $15 > COALESCE(last_result_seq, -1) \
+                         THEN $17 ELSE last_result END",
+                    $from,
+                    " WHERE id = $13 RETURNING status, last_result_seq, state_digest"
+                )
+            };
+        }
+        let postgres = self.backend == Backend::Postgres;
+        let sql = if postgres {
+            device_update!(
+                " FROM (SELECT CASE WHEN $18 = 1 \
+                 THEN set_config('synchronous_commit', 'off', true) END AS sc) AS nosync"
+            )
+        } else {
+            device_update!("")
+        };
+        let mut update = sqlx::query(sql)
+            .bind(now)
+            .bind(c.version.clone())
+            .bind(c.tree_digest.clone())
+            .bind(c.channel.clone())
+            .bind(&c.attrs)
+            .bind(c.free_disk)
+            .bind(c.os.clone())
+            .bind(c.arch.clone())
+            .bind(c.hostname.clone())
+            .bind(c.agent_version.clone())
+            .bind(state)
+            .bind(state_digest)
+            .bind(&dev.id)
+            .bind(i64::from(history))
+            // -1 (below any seq) when there is no result: the CASEs then keep the old values.
+            .bind(last.map_or(-1, |r| i64_of(r.seq)))
+            .bind(last.map(|r| i64::from(r.ok)))
+            .bind(last.map(|r| serde_json::to_string(r).unwrap_or_default()));
+        if postgres {
+            update = update.bind(i64::from(idle));
+        }
+        let row = if !history && c.results.is_empty() {
+            // One autocommit statement: on SQLite the write lock is held for it alone.
             update.fetch_one(&self.pool).await?
         } else {
             let mut tx = self.pool.begin().await?;
@@ -819,18 +882,13 @@ impl Db {
                 .execute(&mut *tx)
                 .await?;
             }
-            if idle && self.backend == Backend::Postgres {
-                sqlx::query("SET LOCAL synchronous_commit = off")
-                    .execute(&mut *tx)
-                    .await?;
-            }
             tx.commit().await?;
             row
         };
         let status: String = row.try_get("status")?;
         let acked_result_seq: Option<i64> = row.try_get("last_result_seq")?;
         let state_digest: Option<String> = row.try_get("state_digest")?;
-        let commands = if status == "active" {
+        let commands = if status == "active" && dev.commands_waiting {
             self.deliver_commands(&dev.id, &dev.app, now).await?
         } else {
             Vec::new()

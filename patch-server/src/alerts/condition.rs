@@ -152,13 +152,13 @@ pub struct CheckinFacts<'a> {
     pub up_to_date: bool,
 }
 
+/// The kinds of the conditions about one device that a check-in may change, in the order of
+/// [`device_keys`]. The device's open ones are read with its token (`Db::device_by_token`).
+pub const DEVICE_KINDS: [&str; 3] = ["failed-update", "silent", "problem"];
+
 /// The keys a check-in of `device` may change.
 pub fn device_keys(device: &str) -> [String; 3] {
-    [
-        key_of("failed-update", device),
-        key_of("silent", device),
-        key_of("problem", device),
-    ]
+    DEVICE_KINDS.map(|kind| key_of(kind, device))
 }
 
 /// Decides what a check-in changes, given the keys of the alerts open now:

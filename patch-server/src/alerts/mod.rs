@@ -22,7 +22,7 @@ pub mod store;
 
 pub use condition::{
     check_problem, checkin_changes, cut, device_keys, failure_detail, key_of, problem_of, title,
-    AlertEvent, Change, CheckinFacts, Condition, MAX_DETAIL, MAX_PROBLEM,
+    AlertEvent, Change, CheckinFacts, Condition, DEVICE_KINDS, MAX_DETAIL, MAX_PROBLEM,
 };
 pub use deliver::{spawn, AlertOptions, DeliveryOptions, SmtpConfig};
 pub use store::{

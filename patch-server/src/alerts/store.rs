@@ -14,32 +14,9 @@ use serde::{Deserialize, Serialize};
 use sqlx::any::AnyRow;
 use sqlx::Row;
 
-use super::condition::{
-    checkin_changes, cut, device_keys, Change, CheckinFacts, Condition, MAX_DETAIL,
-};
+use super::condition::{checkin_changes, cut, Change, CheckinFacts, Condition, MAX_DETAIL};
 use crate::db::Db;
 use crate::util::{new_id, rfc3339};
-
-/// Keys of the alerts open now among `keys`.
-pub async fn open_keys(db: &Db, keys: &[String]) -> sqlx::Result<BTreeSet<String>> {
-    if keys.is_empty() {
-        return Ok(BTreeSet::new());
-    }
-    let marks: Vec<String> = (1..=keys.len()).map(|i| format!("${i}")).collect();
-    let sql = format!(
-        "SELECT open_key FROM alerts WHERE open_key IN ({})",
-        marks.join(", ")
-    );
-    let mut q = sqlx::query(&sql);
-    for k in keys {
-        q = q.bind(k);
-    }
-    q.fetch_all(db.pool())
-        .await?
-        .iter()
-        .map(|r| r.try_get::<String, _>("open_key"))
-        .collect()
-}
 
 /// Opens an alert for `condition` unless one is open for its key, and queues an `opened`
 /// notification for every destination of its app. Returns the new alert's id, or `None` when
@@ -152,11 +129,17 @@ pub async fn apply(db: &Db, changes: &[Change], now: i64) -> sqlx::Result<()> {
     Ok(())
 }
 
-/// The alert hook of a check-in: one indexed read of the device's open alerts, then writes
-/// only when something opens or resolves.
-pub async fn on_checkin(db: &Db, facts: &CheckinFacts<'_>, now: i64) -> sqlx::Result<()> {
-    let open = open_keys(db, &device_keys(facts.device)).await?;
-    let changes = checkin_changes(facts, &open);
+/// The alert hook of a check-in, given the keys of the device's alerts open when its token
+/// was read ([`crate::db::DeviceAuth::open_alerts`]): writes only when something opens or
+/// resolves, and reads nothing. An alert opened since (a `silent` one by the sweep) is cleared
+/// by the sweep, which resolves those of devices seen after they opened.
+pub async fn on_checkin(
+    db: &Db,
+    facts: &CheckinFacts<'_>,
+    open: &BTreeSet<String>,
+    now: i64,
+) -> sqlx::Result<()> {
+    let changes = checkin_changes(facts, open);
     apply(db, &changes, now).await
 }
 

@@ -92,7 +92,11 @@ pub fn bearer(headers: &HeaderMap) -> ApiResult<&str> {
 pub async fn device_auth(st: &AppState, headers: &HeaderMap) -> ApiResult<DeviceAuth> {
     let token = bearer(headers)?;
     st.db
-        .device_by_token(&sha256_hex(token))
+        .device_by_token(
+            &sha256_hex(token),
+            crate::util::now_ms(),
+            &crate::alerts::DEVICE_KINDS,
+        )
         .await?
         .ok_or_else(|| ApiError::Unauthorized("unknown device token".into()))
 }

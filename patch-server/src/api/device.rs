@@ -183,7 +183,9 @@ pub async fn checkin(
         };
         // The check-in is stored; an alert that cannot be written now is logged, not
         // turned into an error the device would retry.
-        if let Err(e) = crate::alerts::store::on_checkin(&st.db, &facts, now).await {
+        if let Err(e) =
+            crate::alerts::store::on_checkin(&st.db, &facts, &dev.open_alerts, now).await
+        {
             tracing::warn!("alerts of device {}: {e}", dev.id);
         }
     }
@@ -454,6 +456,8 @@ mod tests {
             last_result_seq: None,
             rules_gen: 0,
             rollouts: Vec::new(),
+            commands_waiting: false,
+            open_alerts: Default::default(),
         };
         let c = |v: &str, ch: &str| CheckIn {
             version: Some(v.into()),
