@@ -16,6 +16,7 @@ use sqlx::{AnyPool, Executor, Row};
 
 use crate::decide::Release;
 
+pub mod batch;
 pub mod rollouts;
 pub mod rules;
 pub use rollouts::{Offer, Participation, PinRow, PushRow, RolloutRow};
@@ -99,6 +100,8 @@ pub struct Db {
     backend: Backend,
     /// This instance's cache of each app's rules (see [`rules`]).
     rules: std::sync::Arc<rules::RulesCache>,
+    /// PostgreSQL: the writer of idle check-ins' device rows (see [`batch`]).
+    idle_writer: Option<batch::IdleWriter>,
 }
 
 /// A registered app.
@@ -185,6 +188,12 @@ pub struct CheckinRow {
     pub state: Option<(String, String)>,
     /// Update results, stored idempotently by `(device, seq)`.
     pub results: Vec<formats::fleet::UpdateResult>,
+}
+
+/// What the device row's write returned: its row, or the batch writer's answer.
+enum Returned {
+    Row(AnyRow),
+    Batched(batch::Written),
 }
 
 /// A command as delivered to a device.
@@ -413,10 +422,13 @@ impl Db {
             .run(&pool)
             .await
             .map_err(|e| sqlx::Error::Migrate(Box::new(e)))?;
+        let idle_writer =
+            (backend == Backend::Postgres).then(|| batch::IdleWriter::start(pool.clone()));
         Ok(Db {
             pool,
             backend,
             rules: Default::default(),
+            idle_writer,
         })
     }
 
@@ -763,7 +775,9 @@ impl Db {
     ///   ([`DeviceAuth::commands_waiting`]), by a read. A write follows only when one is
     ///   delivered for the first time.
     ///
-    /// An idle check-in thus costs two statements: the token's read and the device row.
+    /// An idle check-in thus costs two statements: the token's read and the device row. On
+    /// PostgreSQL the device rows of idle check-ins are written together, one statement for
+    /// all those waiting ([`batch`]); each still commits before its check-in is answered.
     ///
     /// `idle` (no result and no state document): on PostgreSQL the device row's commit does
     /// not wait for the WAL flush (`synchronous_commit` off for that transaction, set in the
@@ -838,9 +852,16 @@ impl Db {
         if postgres {
             update = update.bind(i64::from(idle));
         }
-        let row = if !history && c.results.is_empty() {
+        let one_statement = !history && c.results.is_empty();
+        let batched = match &self.idle_writer {
+            Some(w) if one_statement && idle => Some(w.write(&dev.id, now, c).await?),
+            _ => None,
+        };
+        let row = if let Some(w) = batched {
+            Returned::Batched(w)
+        } else if one_statement {
             // One autocommit statement: on SQLite the write lock is held for it alone.
-            update.fetch_one(&self.pool).await?
+            Returned::Row(update.fetch_one(&self.pool).await?)
         } else {
             let mut tx = self.pool.begin().await?;
             let row = update.fetch_one(&mut *tx).await?;
@@ -883,11 +904,20 @@ impl Db {
                 .await?;
             }
             tx.commit().await?;
-            row
+            Returned::Row(row)
         };
-        let status: String = row.try_get("status")?;
-        let acked_result_seq: Option<i64> = row.try_get("last_result_seq")?;
-        let state_digest: Option<String> = row.try_get("state_digest")?;
+        let batch::Written {
+            status,
+            last_result_seq: acked_result_seq,
+            state_digest,
+        } = match row {
+            Returned::Batched(w) => w,
+            Returned::Row(row) => batch::Written {
+                status: row.try_get("status")?,
+                last_result_seq: row.try_get("last_result_seq")?,
+                state_digest: row.try_get("state_digest")?,
+            },
+        };
         let commands = if status == "active" && dev.commands_waiting {
             self.deliver_commands(&dev.id, &dev.app, now).await?
         } else {

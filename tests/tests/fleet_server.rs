@@ -848,6 +848,57 @@ fn concurrent_checkins_all_succeed(backend: &str) {
     );
 }
 
+/// Idle check-ins of many devices at once, two at a time from each (on PostgreSQL their
+/// device rows are written in batches, one row per device per batch): every one is answered
+/// 200 and counted, and each device's row holds the fields of one and the same check-in.
+fn concurrent_idle_checkins_are_all_counted(backend: &str) {
+    let backend = Backend::start(backend);
+    let w = world();
+    let s = server_with_apps(&w, &backend, &[]);
+    const ROUNDS: u64 = 15;
+    let mut workers = Vec::new();
+    let mut ids = Vec::new();
+    for i in 0..12 {
+        let mut d = Device::enroll(&s.url, "game", &format!("dev-{i}"), Some(SECRET));
+        // The first check-in writes a history row; the ones below are idle.
+        assert_eq!(d.checkin(&checkin_body("1.0.0", None)).status, 200);
+        ids.push(d.id.clone());
+        for t in 0..2u64 {
+            let (url, token, id) = (d.url.clone(), d.token.clone(), d.id.clone());
+            workers.push(std::thread::spawn(move || {
+                let client = reqwest::blocking::Client::new();
+                for n in 1..=ROUNDS {
+                    let marker = t * 1000 + n;
+                    let mut body = checkin_body("1.0.0", None);
+                    body["free_disk"] = json!(marker);
+                    body["arch"] = json!(format!("arch-{marker}"));
+                    body["agent_version"] = json!(format!("0.{marker}"));
+                    let r = client
+                        .post(format!("{url}/v1/checkin"))
+                        .bearer_auth(&token)
+                        .body(body.to_string())
+                        .timeout(Duration::from_secs(20))
+                        .send()
+                        .expect("check-in");
+                    assert_eq!(r.status().as_u16(), 200, "{id}: check-in {marker}");
+                }
+            }));
+        }
+    }
+    for t in workers {
+        t.join().expect("a device thread failed");
+    }
+    for id in &ids {
+        let show = s.admin_json(&["device", "show", id]);
+        let dev = &show["device"];
+        assert_eq!(dev["checkins"], 1 + 2 * ROUNDS, "{id}: {dev}");
+        let marker = dev["free_disk"].as_u64().expect("free_disk");
+        assert_eq!(dev["arch"], format!("arch-{marker}"), "{id}: {dev}");
+        assert_eq!(dev["agent_version"], format!("0.{marker}"), "{id}: {dev}");
+        assert_eq!(dev["version"], "1.0.0", "{id}: {dev}");
+    }
+}
+
 /// Opens a connection to `url` and sends a request's headers declaring `len` body bytes, then
 /// `sent` of them: a client that stalls in the middle of its request.
 fn stalled_request(
@@ -1085,6 +1136,7 @@ on_both_backends!(
     retention_summarises_history,
     kill9_keeps_acknowledged_checkins,
     concurrent_checkins_all_succeed,
+    concurrent_idle_checkins_are_all_counted,
     enrollment_is_rate_limited,
 );
 
