@@ -854,7 +854,7 @@ impl Db {
         }
         let one_statement = !history && c.results.is_empty();
         let batched = match &self.idle_writer {
-            Some(w) if one_statement && idle => Some(w.write(&dev.id, now, c).await?),
+            Some(w) if one_statement && idle => w.write(&dev.id, now, c).await?,
             _ => None,
         };
         let row = if let Some(w) = batched {

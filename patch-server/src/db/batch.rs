@@ -13,8 +13,8 @@
 //! instance under little load writes each row alone, as before, and one under heavy load
 //! writes up to [`MAX_BATCH`] rows per statement with [`IN_FLIGHT`] statements at a time.
 
-use std::collections::{BTreeSet, VecDeque};
-use std::sync::Arc;
+use std::collections::{BTreeMap, HashSet};
+use std::sync::{Arc, Mutex};
 
 use sqlx::{AnyPool, Row};
 use tokio::sync::{mpsc, oneshot, Semaphore};
@@ -46,7 +46,7 @@ struct Job {
     id: String,
     now: i64,
     row: CheckinRow,
-    reply: oneshot::Sender<sqlx::Result<Written>>,
+    reply: oneshot::Sender<sqlx::Result<Option<Written>>>,
 }
 
 /// The handle handlers give their rows to; cheap to clone.
@@ -64,8 +64,15 @@ impl IdleWriter {
     }
 
     /// Writes the device row of an idle check-in of `id` at `now` and returns what the
-    /// statement returned for it, once committed. `RowNotFound` when the device is gone.
-    pub async fn write(&self, id: &str, now: i64, row: &CheckinRow) -> sqlx::Result<Written> {
+    /// statement returned for it, once committed; `RowNotFound` when the device is gone.
+    /// `None`: another check-in of the same device is being written, and the caller writes
+    /// this one itself, alone.
+    pub async fn write(
+        &self,
+        id: &str,
+        now: i64,
+        row: &CheckinRow,
+    ) -> sqlx::Result<Option<Written>> {
         let (reply, answer) = oneshot::channel();
         let job = Job {
             id: id.to_string(),
@@ -81,52 +88,53 @@ impl IdleWriter {
     }
 }
 
-/// The writer: takes what is queued (one row per device: a second check-in of a device
-/// already in the batch waits for the next one), writes it, answers.
+/// The writer: takes what is queued, at most one row per device in all the statements
+/// running, and writes it.
+///
+/// A device is never in two statements at once: two statements that each locked one of two
+/// devices' rows and then waited for the other's would deadlock. A second check-in of a
+/// device whose row is being written is handed back to its handler, whose single-row
+/// statement waits for at most that one row and holds no other.
 async fn run(pool: AnyPool, mut rx: mpsc::Receiver<Job>) {
     let slots = Arc::new(Semaphore::new(IN_FLIGHT));
-    let mut carry: VecDeque<Job> = VecDeque::new();
+    let busy: Arc<Mutex<HashSet<String>>> = Arc::default();
     loop {
         // A free slot first: while every slot is busy, rows queue and the next batch grows.
         let Ok(permit) = slots.clone().acquire_owned().await else {
             return;
         };
-        let first = match carry.pop_front() {
-            Some(j) => j,
-            None => match rx.recv().await {
-                Some(j) => j,
-                None => return,
-            },
+        let Some(first) = rx.recv().await else {
+            return;
         };
-        let mut ids = BTreeSet::from([first.id.clone()]);
-        let mut batch = vec![first];
-        let mut later = VecDeque::new();
-        while batch.len() < MAX_BATCH {
-            let next = match carry.pop_front() {
-                Some(j) => j,
-                None => match rx.try_recv() {
-                    Ok(j) => j,
-                    Err(_) => break,
-                },
-            };
-            if ids.insert(next.id.clone()) {
-                batch.push(next);
-            } else {
-                later.push_back(next);
+        let mut batch = Vec::new();
+        {
+            let mut ids = busy.lock().unwrap_or_else(|e| e.into_inner());
+            let mut next = Some(first);
+            while let Some(job) = next.take() {
+                if ids.insert(job.id.clone()) {
+                    batch.push(job);
+                } else {
+                    let _ = job.reply.send(Ok(None));
+                }
+                if batch.len() < MAX_BATCH {
+                    next = rx.try_recv().ok();
+                }
             }
         }
-        later.extend(carry.drain(..));
-        carry = later;
-        let pool = pool.clone();
+        if batch.is_empty() {
+            continue;
+        }
+        let (pool, busy) = (pool.clone(), busy.clone());
         tokio::spawn(async move {
-            write_batch(&pool, batch).await;
+            write_batch(&pool, batch, &busy).await;
             drop(permit);
         });
     }
 }
 
-/// Writes `batch` (distinct devices) in one statement and answers every job.
-async fn write_batch(pool: &AnyPool, batch: Vec<Job>) {
+/// Writes `batch` (distinct devices) in one statement, frees its devices in `busy` and
+/// answers every job.
+async fn write_batch(pool: &AnyPool, batch: Vec<Job>, busy: &Mutex<HashSet<String>>) {
     const COLS: usize = 11;
     let values: Vec<String> = (0..batch.len())
         .map(|i| {
@@ -180,7 +188,14 @@ async fn write_batch(pool: &AnyPool, batch: Vec<Job>) {
             .bind(r.hostname.clone())
             .bind(r.agent_version.clone());
     }
-    let rows = match q.fetch_all(pool).await {
+    let result = q.fetch_all(pool).await;
+    {
+        let mut ids = busy.lock().unwrap_or_else(|e| e.into_inner());
+        for j in &batch {
+            ids.remove(&j.id);
+        }
+    }
+    let rows = match result {
         Ok(rows) => rows,
         Err(e) => {
             let text = e.to_string();
@@ -199,7 +214,7 @@ async fn write_batch(pool: &AnyPool, batch: Vec<Job>) {
             return;
         }
     };
-    let mut written = std::collections::BTreeMap::new();
+    let mut written = BTreeMap::new();
     for r in rows {
         let parsed = (|| {
             Ok::<_, sqlx::Error>((
@@ -216,7 +231,10 @@ async fn write_batch(pool: &AnyPool, batch: Vec<Job>) {
         }
     }
     for j in batch {
-        let answer = written.remove(&j.id).ok_or(sqlx::Error::RowNotFound);
+        let answer = written
+            .remove(&j.id)
+            .map(Some)
+            .ok_or(sqlx::Error::RowNotFound);
         let _ = j.reply.send(answer);
     }
 }
