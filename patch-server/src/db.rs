@@ -190,12 +190,6 @@ pub struct CheckinRow {
     pub results: Vec<formats::fleet::UpdateResult>,
 }
 
-/// What the device row's write returned: its row, or the batch writer's answer.
-enum Returned {
-    Row(AnyRow),
-    Batched(batch::Written),
-}
-
 /// A command as delivered to a device.
 #[derive(Debug, Clone)]
 pub struct PendingCommand {
@@ -791,6 +785,42 @@ impl Db {
         history: bool,
         idle: bool,
     ) -> sqlx::Result<CheckinOutcome> {
+        let batched = match &self.idle_writer {
+            Some(w) if idle && !history && c.results.is_empty() => w.write(&dev.id, now, c).await?,
+            _ => None,
+        };
+        let batch::Written {
+            status,
+            last_result_seq: acked_result_seq,
+            state_digest,
+        } = match batched {
+            Some(w) => w,
+            None => self.write_device_row(dev, c, now, history, idle).await?,
+        };
+        let commands = if status == "active" && dev.commands_waiting {
+            self.deliver_commands(&dev.id, &dev.app, now).await?
+        } else {
+            Vec::new()
+        };
+        Ok(CheckinOutcome {
+            status,
+            acked_result_seq,
+            commands,
+            state_digest,
+        })
+    }
+
+    /// [`Db::record_checkin`]'s write of the device row by this request itself (not the
+    /// idle writer's), with the history row and results when there are any; returns what
+    /// the `UPDATE ... RETURNING` returned.
+    async fn write_device_row(
+        &self,
+        dev: &DeviceAuth,
+        c: &CheckinRow,
+        now: i64,
+        history: bool,
+        idle: bool,
+    ) -> sqlx::Result<batch::Written> {
         let (state, state_digest) = match &c.state {
             Some((s, d)) => (Some(s.clone()), Some(d.clone())),
             None => (None, None),
@@ -852,16 +882,9 @@ impl Db {
         if postgres {
             update = update.bind(i64::from(idle));
         }
-        let one_statement = !history && c.results.is_empty();
-        let batched = match &self.idle_writer {
-            Some(w) if one_statement && idle => w.write(&dev.id, now, c).await?,
-            _ => None,
-        };
-        let row = if let Some(w) = batched {
-            Returned::Batched(w)
-        } else if one_statement {
+        let row = if !history && c.results.is_empty() {
             // One autocommit statement: on SQLite the write lock is held for it alone.
-            Returned::Row(update.fetch_one(&self.pool).await?)
+            update.fetch_one(&self.pool).await?
         } else {
             let mut tx = self.pool.begin().await?;
             let row = update.fetch_one(&mut *tx).await?;
@@ -904,30 +927,12 @@ impl Db {
                 .await?;
             }
             tx.commit().await?;
-            Returned::Row(row)
+            row
         };
-        let batch::Written {
-            status,
-            last_result_seq: acked_result_seq,
-            state_digest,
-        } = match row {
-            Returned::Batched(w) => w,
-            Returned::Row(row) => batch::Written {
-                status: row.try_get("status")?,
-                last_result_seq: row.try_get("last_result_seq")?,
-                state_digest: row.try_get("state_digest")?,
-            },
-        };
-        let commands = if status == "active" && dev.commands_waiting {
-            self.deliver_commands(&dev.id, &dev.app, now).await?
-        } else {
-            Vec::new()
-        };
-        Ok(CheckinOutcome {
-            status,
-            acked_result_seq,
-            commands,
-            state_digest,
+        Ok(batch::Written {
+            status: row.try_get("status")?,
+            last_result_seq: row.try_get("last_result_seq")?,
+            state_digest: row.try_get("state_digest")?,
         })
     }
 

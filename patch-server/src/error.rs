@@ -96,7 +96,7 @@ impl ApiError {
 }
 
 /// Whether a database error means "try again later" rather than a bug.
-fn db_unavailable(e: &sqlx::Error) -> bool {
+pub fn db_unavailable(e: &sqlx::Error) -> bool {
     match e {
         sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Io(_) => true,
         // SQLite's "database is locked" (SQLITE_BUSY) after the busy timeout.

@@ -199,10 +199,9 @@ async fn write_batch(pool: &AnyPool, batch: Vec<Job>, busy: &Mutex<HashSet<Strin
         Ok(rows) => rows,
         Err(e) => {
             let text = e.to_string();
-            let unavailable = matches!(
-                e,
-                sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Io(_)
-            );
+            // sqlx errors cannot be cloned: each job gets one that the API answers alike
+            // (503 or 500).
+            let unavailable = crate::error::db_unavailable(&e);
             for j in batch {
                 let err = if unavailable {
                     sqlx::Error::PoolTimedOut
