@@ -97,8 +97,9 @@ impl FleetServer {
 
     /// `device show ID --json`.
     pub fn device(&self, id: &str) -> serde_json::Value {
-        let out = ok(&mut self.admin(&["device", "show", id, "--json"]));
-        serde_json::from_str(&out).expect("device JSON")
+        let d = self.device_once_enrolled(id);
+        assert!(!d.is_null(), "device show {id}: no such device");
+        d
     }
 
     /// Like [`FleetServer::device`], but `Null` while the device is not enrolled yet (its
