@@ -18,6 +18,9 @@
 #   FRESH=1 (a new TCP connection per request, as a real fleet; 0: keep-alive pool)
 #   LOAD_THREADS=1 (fleet-load's worker threads: it shares the cores with the server)
 #   SERVER_ARGS="" (extra `patch-server serve` flags)   SKIP_BUILD=1   WORK=bench/work
+#   PG_ARGS="" (extra `postgres` flags, e.g. "-c shared_buffers=512MB")
+#   PG_STATS=1 (PostgreSQL: load pg_stat_statements; after each step, WORK/fleet/postgres/
+#     pg-stats-N.txt lists the statements by total execution time, then the counters reset)
 #   BIN=dir with release patch-server, fleet-load, patch-create, fixtures-gen (default
 #   $CARGO_TARGET_DIR/release, built here with cargo build --release)
 # `ab` (issue 19: "a rollout decision adds no measurable latency to check-ins"): one SQLite
@@ -141,6 +144,8 @@ PY
   fi
 }
 
+pg_sql() { as_pg "$PG_BIN/psql" -h 127.0.0.1 -p "$PG_PORT" -U postgres -d fleet -tAc "$1"; }
+
 pg_pids() { # the postmaster and its children
   local pm; pm=$(head -1 "$PG_DATA/db/postmaster.pid" 2>/dev/null) || return 0
   echo "$pm"; pgrep -P "$pm" || true
@@ -158,9 +163,11 @@ run_backend() {
     [ "$(id -u)" = 0 ] && chown postgres "$PG_DATA"
     PG_PORT=$(free_port)
     as_pg "$PG_BIN/initdb" -D "$PG_DATA/db" -U postgres --auth=trust > "$D/initdb.log" 2>&1
-    as_pg "$PG_BIN/pg_ctl" -D "$PG_DATA/db" -l "$PG_DATA/pg.log" -w -o \
-      "-p $PG_PORT -k $PG_DATA -c listen_addresses=127.0.0.1 -c max_connections=200" start > "$D/pg_ctl.log" 2>&1
+    local pg_args="-p $PG_PORT -k $PG_DATA -c listen_addresses=127.0.0.1 -c max_connections=200 ${PG_ARGS:-}"
+    [ "${PG_STATS:-0}" = 1 ] && pg_args+=" -c shared_preload_libraries=pg_stat_statements"
+    as_pg "$PG_BIN/pg_ctl" -D "$PG_DATA/db" -l "$PG_DATA/pg.log" -w -o "$pg_args" start > "$D/pg_ctl.log" 2>&1
     as_pg "$PG_BIN/createdb" -h 127.0.0.1 -p "$PG_PORT" -U postgres fleet
+    [ "${PG_STATS:-0}" = 1 ] && pg_sql "CREATE EXTENSION pg_stat_statements" >/dev/null
     local db=postgres://postgres@127.0.0.1:$PG_PORT/fleet
     start_server pg-a "$D/server-a" --db "$db"; urls+=("$START_URL"); servers+=("${PIDS[-1]}")
     start_server pg-b "$D/server-b" --db "$db"; urls+=("$START_URL"); servers+=("${PIDS[-1]}")
@@ -183,6 +190,7 @@ run_backend() {
       || { tail -5 "$D/enroll-$n.log" >&2; break; }
     local db0 cpu0 pgcpu0 t0 db1 cpu1 pgcpu1 t1 pg=()
     [ "$backend" = postgres ] && mapfile -t pg < <(pg_pids)
+    [ "$backend" = postgres ] && [ "${PG_STATS:-0}" = 1 ] && pg_sql "SELECT pg_stat_statements_reset()" >/dev/null
     db0=$(db_bytes "$backend" "$D/server"); cpu0=$(cpu_ticks "${servers[@]}")
     pgcpu0=$(cpu_ticks "${pg[@]}"); t0=$(date +%s.%N)
     log "$backend: $n devices checking in every $INTERVAL for $DURATION"
@@ -199,6 +207,13 @@ run_backend() {
     wait $lp || { tail -5 "$D/load-$n.log" >&2; break; }
     t1=$(date +%s.%N); cpu1=$(cpu_ticks "${servers[@]}"); pgcpu1=$(cpu_ticks "${pg[@]}")
     [ "$backend" = postgres ] && mapfile -t pg < <(pg_pids)
+    [ "$backend" = postgres ] && [ "${PG_STATS:-0}" = 1 ] && pg_sql "SELECT calls, \
+      round(total_exec_time::numeric, 0) AS total_ms, round(mean_exec_time::numeric, 3) AS mean_ms, \
+      rows, shared_blks_hit, shared_blks_read, wal_bytes, left(regexp_replace(query, '\\s+', ' ', 'g'), 160) \
+      FROM pg_stat_statements ORDER BY total_exec_time DESC LIMIT 20" > "$D/pg-stats-$n.txt" 2>&1
+    [ "$backend" = postgres ] && [ "${PG_STATS:-0}" = 1 ] && pg_sql "SELECT 'devices: updates', \
+      n_tup_upd, 'of them HOT', n_tup_hot_upd FROM pg_stat_user_tables WHERE relname = 'devices'" \
+      >> "$D/pg-stats-$n.txt" 2>&1
     db1=$(db_bytes "$backend" "$D/server")
     python3 - "$D/load-$n.json" "$D/step-$n.json" <<EOF
 import json, sys

@@ -30,63 +30,96 @@ pub enum Backend {
     Postgres,
 }
 
-/// The schema's migrations, compiled in.
+/// The schema's migrations, compiled in, for one backend.
 #[derive(Debug)]
-struct Migrations;
+struct Migrations(Backend);
 
-const MIGRATIONS: &[(i64, &str, &str)] = &[
-    (1, "fleet", include_str!("../migrations/0001_fleet.sql")),
+/// The migrations: version, description, SQL for both backends, and SQL run after it on
+/// PostgreSQL only (storage settings SQLite does not have). Every file of `migrations/` is
+/// here (a test checks it).
+const MIGRATIONS: &[(i64, &str, &str, &str)] = &[
+    (1, "fleet", include_str!("../migrations/0001_fleet.sql"), ""),
     (
         2,
         "history every",
         include_str!("../migrations/0002_history_every.sql"),
+        "",
     ),
     (
         3,
         "release yank",
         include_str!("../migrations/0003_release_yank.sql"),
+        "",
     ),
     (
         4,
         "rollouts",
         include_str!("../migrations/0004_rollouts.sql"),
+        "",
     ),
-    (5, "alerts", include_str!("../migrations/0005_alerts.sql")),
+    (
+        5,
+        "alerts",
+        include_str!("../migrations/0005_alerts.sql"),
+        "",
+    ),
     (
         6,
         "dashboard",
         include_str!("../migrations/0006_dashboard.sql"),
+        "",
     ),
     (
         8,
         "enroll limits",
         include_str!("../migrations/0008_enroll_limits.sql"),
+        "",
     ),
     (
         9,
         "push expiry",
         include_str!("../migrations/0009_push_expiry.sql"),
+        "",
     ),
     (
         10,
         "rules generation",
         include_str!("../migrations/0010_rules_generation.sql"),
+        "",
+    ),
+    (
+        11,
+        "commands target",
+        include_str!("../migrations/0011_commands_target.sql"),
+        "",
+    ),
+    (
+        12,
+        "devices no last seen index",
+        include_str!("../migrations/0012_devices_no_last_seen_index.sql"),
+        "",
+    ),
+    (
+        13,
+        "devices hot updates",
+        include_str!("../migrations/0013_devices_hot_updates.sql"),
+        include_str!("../migrations/0013_devices_hot_updates.postgres.sql"),
     ),
 ];
 
 impl MigrationSource<'static> for Migrations {
     fn resolve(self) -> BoxFuture<'static, Result<Vec<Migration>, sqlx::error::BoxDynError>> {
-        Box::pin(async {
+        let backend = self.0;
+        Box::pin(async move {
             Ok(MIGRATIONS
                 .iter()
-                .map(|(v, d, sql)| {
-                    Migration::new(
-                        *v,
-                        Cow::Borrowed(*d),
-                        MigrationType::Simple,
-                        Cow::Borrowed(*sql),
-                        false,
-                    )
+                .map(|(v, d, sql, pg)| {
+                    let sql = if backend == Backend::Postgres && !pg.is_empty() {
+                        Cow::Owned(format!("{sql}{pg}"))
+                    } else {
+                        Cow::Borrowed(*sql)
+                    };
+                    Migration::new(*v, Cow::Borrowed(*d), MigrationType::Simple, sql, false)
                 })
                 .collect())
         })
@@ -382,6 +415,62 @@ pub fn i64_of(v: u64) -> i64 {
     i64::try_from(v).unwrap_or(i64::MAX)
 }
 
+/// The columns of [`DeviceAuth`] (`$2`: now, `$3`..`$5`: the alert kinds), for
+/// `SELECT ... {DEVICE_AUTH_FROM}` (`$1`: the token's hash).
+const DEVICE_AUTH_COLUMNS: &str = "d.id, d.app, d.status, d.state_digest, \
+     d.poll_interval_secs, d.version, d.channel, d.last_history_ms, d.directed_version, \
+     d.last_result_seq, COALESCE(a.rules_gen, 0) AS rules_gen, \
+     (SELECT string_agg(al.open_key, ',') FROM alerts al WHERE al.open_key IN \
+         ($3 || ':' || d.id, $4 || ':' || d.id, $5 || ':' || d.id)) AS open_alerts, \
+     CASE WHEN EXISTS (SELECT 1 FROM command_deliveries cd \
+             JOIN commands c ON c.id = cd.command \
+             WHERE cd.device = d.id AND cd.status IN ('pending', 'delivered') \
+             AND c.expires_ms > $2) \
+         OR EXISTS (SELECT 1 FROM commands c WHERE c.expires_ms > $2 \
+             AND ((c.target_kind = 'app' AND c.target = d.app) \
+               OR (c.target_kind = 'tag' AND c.target IN \
+                   (SELECT t.tag FROM device_tags t WHERE t.device = d.id))) \
+             AND NOT EXISTS (SELECT 1 FROM command_deliveries x \
+                             WHERE x.command = c.id AND x.device = d.id)) \
+         THEN 1 ELSE 0 END AS commands_waiting, \
+     (SELECT string_agg(r.rollout || ' ' || r.result || ' ' || \
+         CAST(r.offered_ms AS TEXT) || ' ' || COALESCE(CAST(r.result_ms AS TEXT), '-'), \
+         ',') \
+      FROM rollout_devices r WHERE r.device = d.id AND r.rollout IN \
+         (SELECT u.id FROM rollouts u WHERE u.app = d.app \
+          AND u.state IN ('running', 'halted'))) AS rollouts";
+
+/// The rows [`DEVICE_AUTH_COLUMNS`] reads: the device of the token hash `$1`.
+const DEVICE_AUTH_FROM: &str =
+    "FROM devices d LEFT JOIN apps a ON a.name = d.app WHERE d.token_sha256 = $1";
+
+/// A [`DeviceAuth`] from a row of [`DEVICE_AUTH_COLUMNS`].
+fn device_auth_of(r: &AnyRow) -> sqlx::Result<DeviceAuth> {
+    let id: String = r.try_get("id")?;
+    let rollouts = r.try_get::<Option<String>, _>("rollouts")?;
+    let open_alerts = r.try_get::<Option<String>, _>("open_alerts")?;
+    Ok(DeviceAuth {
+        open_alerts: open_alerts
+            .iter()
+            .flat_map(|l| l.split(','))
+            .map(str::to_string)
+            .collect(),
+        commands_waiting: r.try_get::<i32, _>("commands_waiting")? != 0,
+        rollouts: rollouts::parts_from_list(&id, rollouts.as_deref().unwrap_or(""))?,
+        id,
+        app: r.try_get("app")?,
+        status: r.try_get("status")?,
+        state_digest: r.try_get("state_digest")?,
+        poll_interval_secs: r.try_get("poll_interval_secs")?,
+        version: r.try_get("version")?,
+        channel: r.try_get("channel")?,
+        last_history_ms: r.try_get("last_history_ms")?,
+        directed_version: r.try_get("directed_version")?,
+        last_result_seq: r.try_get("last_result_seq")?,
+        rules_gen: r.try_get("rules_gen")?,
+    })
+}
+
 impl Db {
     /// Connects to `url` (`sqlite://PATH?mode=rwc` or `postgres://...`) and runs the
     /// migrations. SQLite is switched to WAL mode.
@@ -409,7 +498,7 @@ impl Db {
             });
         }
         let pool = opts.connect(url).await?;
-        let migrator = Migrator::new(Migrations)
+        let migrator = Migrator::new(Migrations(backend))
             .await
             .map_err(|e| sqlx::Error::Migrate(Box::new(e)))?;
         migrator
@@ -695,64 +784,16 @@ impl Db {
         now: i64,
         alert_kinds: &[&str; 3],
     ) -> sqlx::Result<Option<DeviceAuth>> {
-        let row = sqlx::query(
-            "SELECT d.id, d.app, d.status, d.state_digest, d.poll_interval_secs, d.version, \
-             d.channel, d.last_history_ms, d.directed_version, d.last_result_seq, \
-             COALESCE(a.rules_gen, 0) AS rules_gen, \
-             (SELECT string_agg(al.open_key, ',') FROM alerts al WHERE al.open_key IN \
-                 ($3 || ':' || d.id, $4 || ':' || d.id, $5 || ':' || d.id)) AS open_alerts, \
-             CASE WHEN EXISTS (SELECT 1 FROM command_deliveries cd \
-                     JOIN commands c ON c.id = cd.command \
-                     WHERE cd.device = d.id AND cd.status IN ('pending', 'delivered') \
-                     AND c.expires_ms > $2) \
-                 OR EXISTS (SELECT 1 FROM commands c WHERE c.expires_ms > $2 \
-                     AND ((c.target_kind = 'app' AND c.target = d.app) \
-                       OR (c.target_kind = 'tag' AND c.target IN \
-                           (SELECT t.tag FROM device_tags t WHERE t.device = d.id))) \
-                     AND NOT EXISTS (SELECT 1 FROM command_deliveries x \
-                                     WHERE x.command = c.id AND x.device = d.id)) \
-                 THEN 1 ELSE 0 END AS commands_waiting, \
-             (SELECT string_agg(r.rollout || ' ' || r.result || ' ' || \
-                 CAST(r.offered_ms AS TEXT) || ' ' || COALESCE(CAST(r.result_ms AS TEXT), '-'), \
-                 ',') \
-              FROM rollout_devices r WHERE r.device = d.id AND r.rollout IN \
-                 (SELECT u.id FROM rollouts u WHERE u.app = d.app \
-                  AND u.state IN ('running', 'halted'))) AS rollouts \
-             FROM devices d LEFT JOIN apps a ON a.name = d.app WHERE d.token_sha256 = $1",
-        )
-        .bind(sha)
-        .bind(now)
-        .bind(alert_kinds[0])
-        .bind(alert_kinds[1])
-        .bind(alert_kinds[2])
-        .fetch_optional(&self.pool)
-        .await?;
-        row.map(|r| {
-            let id: String = r.try_get("id")?;
-            let rollouts = r.try_get::<Option<String>, _>("rollouts")?;
-            let open_alerts = r.try_get::<Option<String>, _>("open_alerts")?;
-            Ok(DeviceAuth {
-                open_alerts: open_alerts
-                    .iter()
-                    .flat_map(|l| l.split(','))
-                    .map(str::to_string)
-                    .collect(),
-                commands_waiting: r.try_get::<i32, _>("commands_waiting")? != 0,
-                rollouts: rollouts::parts_from_list(&id, rollouts.as_deref().unwrap_or(""))?,
-                id,
-                app: r.try_get("app")?,
-                status: r.try_get("status")?,
-                state_digest: r.try_get("state_digest")?,
-                poll_interval_secs: r.try_get("poll_interval_secs")?,
-                version: r.try_get("version")?,
-                channel: r.try_get("channel")?,
-                last_history_ms: r.try_get("last_history_ms")?,
-                directed_version: r.try_get("directed_version")?,
-                last_result_seq: r.try_get("last_result_seq")?,
-                rules_gen: r.try_get("rules_gen")?,
-            })
-        })
-        .transpose()
+        let sql = format!("SELECT {DEVICE_AUTH_COLUMNS} {DEVICE_AUTH_FROM}");
+        let row = sqlx::query(&sql)
+            .bind(sha)
+            .bind(now)
+            .bind(alert_kinds[0])
+            .bind(alert_kinds[1])
+            .bind(alert_kinds[2])
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref().map(device_auth_of).transpose()
     }
 
     /// Records a check-in (device row, a history row when `history`, results) and returns the
@@ -1527,5 +1568,45 @@ impl Db {
             .await?
             .try_get("n")?;
         Ok((a, b))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::MIGRATIONS;
+
+    /// A migration file that is not in [`MIGRATIONS`] is never run: every file of
+    /// `migrations/` must be there, under its own version, with its exact text.
+    #[test]
+    fn every_migration_file_is_compiled_in() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("migrations");
+        let mut files = 0;
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            let name = path.file_name().unwrap().to_string_lossy().into_owned();
+            let version: i64 = name[..4]
+                .parse()
+                .unwrap_or_else(|_| panic!("{name}: no version"));
+            let text = std::fs::read_to_string(&path).unwrap();
+            let postgres_only = name.ends_with(".postgres.sql");
+            assert!(
+                MIGRATIONS.iter().any(|(v, _, sql, pg)| *v == version
+                    && if postgres_only {
+                        *pg == text
+                    } else {
+                        *sql == text
+                    }),
+                "{name} is not in MIGRATIONS (or its text differs)"
+            );
+            files += 1;
+        }
+        let listed = MIGRATIONS
+            .iter()
+            .map(|(_, _, _, pg)| 1 + usize::from(!pg.is_empty()))
+            .sum::<usize>();
+        assert_eq!(
+            files, listed,
+            "MIGRATIONS lists a file that is not in {dir:?}"
+        );
     }
 }

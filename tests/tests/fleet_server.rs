@@ -174,6 +174,24 @@ fn enrollment_checkins_inventory(backend: &str) {
     // An idle check-in updates the device row but adds no history row (--history-every 15m).
     let history = s.admin_json(&["device", "show", "dev-a"])["checkins"].clone();
     assert_eq!(history.as_array().map(Vec::len), Some(1), "{history}");
+    // One that reports another version or channel (still no result and no state) adds one.
+    // (The answer may be 304: the directive does not depend on the reported version.)
+    let answered = |status: u16| assert!(status == 200 || status == 304, "{status}");
+    let mut moved = checkin_body("1.5.0", None);
+    answered(a.checkin(&moved).status);
+    moved["channel"] = json!("beta");
+    answered(a.checkin(&moved).status);
+    answered(a.checkin(&moved).status);
+    let show = s.admin_json(&["device", "show", "dev-a"]);
+    assert_eq!(show["checkins"].as_array().map(Vec::len), Some(3), "{show}");
+    assert_eq!(show["device"]["version"], "1.5.0", "{show}");
+    assert_eq!(show["device"]["channel"], "beta", "{show}");
+    assert_eq!(
+        show["device"]["checkins"].as_i64(),
+        Some(after + 3),
+        "{show}"
+    );
+    answered(a.checkin(&checkin_body("1.0.0", None)).status);
 
     // Approval mode: pending until approved, nothing directed meanwhile.
     let mut k = Device::enroll(&s.url, "kiosk", "kiosk-1", None);
