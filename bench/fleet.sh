@@ -207,13 +207,14 @@ run_backend() {
     wait $lp || { tail -5 "$D/load-$n.log" >&2; break; }
     t1=$(date +%s.%N); cpu1=$(cpu_ticks "${servers[@]}"); pgcpu1=$(cpu_ticks "${pg[@]}")
     [ "$backend" = postgres ] && mapfile -t pg < <(pg_pids)
-    [ "$backend" = postgres ] && [ "${PG_STATS:-0}" = 1 ] && pg_sql "SELECT calls, \
-      round(total_exec_time::numeric, 0) AS total_ms, round(mean_exec_time::numeric, 3) AS mean_ms, \
-      rows, shared_blks_hit, shared_blks_read, wal_bytes, left(regexp_replace(query, '\\s+', ' ', 'g'), 160) \
-      FROM pg_stat_statements ORDER BY total_exec_time DESC LIMIT 20" > "$D/pg-stats-$n.txt" 2>&1
-    [ "$backend" = postgres ] && [ "${PG_STATS:-0}" = 1 ] && pg_sql "SELECT 'devices: updates', \
-      n_tup_upd, 'of them HOT', n_tup_hot_upd FROM pg_stat_user_tables WHERE relname = 'devices'" \
-      >> "$D/pg-stats-$n.txt" 2>&1
+    if [ "$backend" = postgres ] && [ "${PG_STATS:-0}" = 1 ]; then
+      { pg_sql "SELECT calls, round(total_exec_time::numeric, 0) AS total_ms, \
+          round(mean_exec_time::numeric, 3) AS mean_ms, rows, shared_blks_hit, shared_blks_read, \
+          wal_bytes, left(regexp_replace(query, '\\s+', ' ', 'g'), 160) \
+          FROM pg_stat_statements ORDER BY total_exec_time DESC LIMIT 20"
+        pg_sql "SELECT 'devices: updates', n_tup_upd, 'of them HOT', n_tup_hot_upd \
+          FROM pg_stat_user_tables WHERE relname = 'devices'"; } > "$D/pg-stats-$n.txt" 2>&1
+    fi
     db1=$(db_bytes "$backend" "$D/server")
     python3 - "$D/load-$n.json" "$D/step-$n.json" <<EOF
 import json, sys

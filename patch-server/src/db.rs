@@ -415,62 +415,6 @@ pub fn i64_of(v: u64) -> i64 {
     i64::try_from(v).unwrap_or(i64::MAX)
 }
 
-/// The columns of [`DeviceAuth`] (`$2`: now, `$3`..`$5`: the alert kinds), for
-/// `SELECT ... {DEVICE_AUTH_FROM}` (`$1`: the token's hash).
-const DEVICE_AUTH_COLUMNS: &str = "d.id, d.app, d.status, d.state_digest, \
-     d.poll_interval_secs, d.version, d.channel, d.last_history_ms, d.directed_version, \
-     d.last_result_seq, COALESCE(a.rules_gen, 0) AS rules_gen, \
-     (SELECT string_agg(al.open_key, ',') FROM alerts al WHERE al.open_key IN \
-         ($3 || ':' || d.id, $4 || ':' || d.id, $5 || ':' || d.id)) AS open_alerts, \
-     CASE WHEN EXISTS (SELECT 1 FROM command_deliveries cd \
-             JOIN commands c ON c.id = cd.command \
-             WHERE cd.device = d.id AND cd.status IN ('pending', 'delivered') \
-             AND c.expires_ms > $2) \
-         OR EXISTS (SELECT 1 FROM commands c WHERE c.expires_ms > $2 \
-             AND ((c.target_kind = 'app' AND c.target = d.app) \
-               OR (c.target_kind = 'tag' AND c.target IN \
-                   (SELECT t.tag FROM device_tags t WHERE t.device = d.id))) \
-             AND NOT EXISTS (SELECT 1 FROM command_deliveries x \
-                             WHERE x.command = c.id AND x.device = d.id)) \
-         THEN 1 ELSE 0 END AS commands_waiting, \
-     (SELECT string_agg(r.rollout || ' ' || r.result || ' ' || \
-         CAST(r.offered_ms AS TEXT) || ' ' || COALESCE(CAST(r.result_ms AS TEXT), '-'), \
-         ',') \
-      FROM rollout_devices r WHERE r.device = d.id AND r.rollout IN \
-         (SELECT u.id FROM rollouts u WHERE u.app = d.app \
-          AND u.state IN ('running', 'halted'))) AS rollouts";
-
-/// The rows [`DEVICE_AUTH_COLUMNS`] reads: the device of the token hash `$1`.
-const DEVICE_AUTH_FROM: &str =
-    "FROM devices d LEFT JOIN apps a ON a.name = d.app WHERE d.token_sha256 = $1";
-
-/// A [`DeviceAuth`] from a row of [`DEVICE_AUTH_COLUMNS`].
-fn device_auth_of(r: &AnyRow) -> sqlx::Result<DeviceAuth> {
-    let id: String = r.try_get("id")?;
-    let rollouts = r.try_get::<Option<String>, _>("rollouts")?;
-    let open_alerts = r.try_get::<Option<String>, _>("open_alerts")?;
-    Ok(DeviceAuth {
-        open_alerts: open_alerts
-            .iter()
-            .flat_map(|l| l.split(','))
-            .map(str::to_string)
-            .collect(),
-        commands_waiting: r.try_get::<i32, _>("commands_waiting")? != 0,
-        rollouts: rollouts::parts_from_list(&id, rollouts.as_deref().unwrap_or(""))?,
-        id,
-        app: r.try_get("app")?,
-        status: r.try_get("status")?,
-        state_digest: r.try_get("state_digest")?,
-        poll_interval_secs: r.try_get("poll_interval_secs")?,
-        version: r.try_get("version")?,
-        channel: r.try_get("channel")?,
-        last_history_ms: r.try_get("last_history_ms")?,
-        directed_version: r.try_get("directed_version")?,
-        last_result_seq: r.try_get("last_result_seq")?,
-        rules_gen: r.try_get("rules_gen")?,
-    })
-}
-
 impl Db {
     /// Connects to `url` (`sqlite://PATH?mode=rwc` or `postgres://...`) and runs the
     /// migrations. SQLite is switched to WAL mode.
@@ -784,16 +728,64 @@ impl Db {
         now: i64,
         alert_kinds: &[&str; 3],
     ) -> sqlx::Result<Option<DeviceAuth>> {
-        let sql = format!("SELECT {DEVICE_AUTH_COLUMNS} {DEVICE_AUTH_FROM}");
-        let row = sqlx::query(&sql)
-            .bind(sha)
-            .bind(now)
-            .bind(alert_kinds[0])
-            .bind(alert_kinds[1])
-            .bind(alert_kinds[2])
-            .fetch_optional(&self.pool)
-            .await?;
-        row.as_ref().map(device_auth_of).transpose()
+        let row = sqlx::query(
+            "SELECT d.id, d.app, d.status, d.state_digest, d.poll_interval_secs, d.version, \
+             d.channel, d.last_history_ms, d.directed_version, d.last_result_seq, \
+             COALESCE(a.rules_gen, 0) AS rules_gen, \
+             (SELECT string_agg(al.open_key, ',') FROM alerts al WHERE al.open_key IN \
+                 ($3 || ':' || d.id, $4 || ':' || d.id, $5 || ':' || d.id)) AS open_alerts, \
+             CASE WHEN EXISTS (SELECT 1 FROM command_deliveries cd \
+                     JOIN commands c ON c.id = cd.command \
+                     WHERE cd.device = d.id AND cd.status IN ('pending', 'delivered') \
+                     AND c.expires_ms > $2) \
+                 OR EXISTS (SELECT 1 FROM commands c WHERE c.expires_ms > $2 \
+                     AND ((c.target_kind = 'app' AND c.target = d.app) \
+                       OR (c.target_kind = 'tag' AND c.target IN \
+                           (SELECT t.tag FROM device_tags t WHERE t.device = d.id))) \
+                     AND NOT EXISTS (SELECT 1 FROM command_deliveries x \
+                                     WHERE x.command = c.id AND x.device = d.id)) \
+                 THEN 1 ELSE 0 END AS commands_waiting, \
+             (SELECT string_agg(r.rollout || ' ' || r.result || ' ' || \
+                 CAST(r.offered_ms AS TEXT) || ' ' || COALESCE(CAST(r.result_ms AS TEXT), '-'), \
+                 ',') \
+              FROM rollout_devices r WHERE r.device = d.id AND r.rollout IN \
+                 (SELECT u.id FROM rollouts u WHERE u.app = d.app \
+                  AND u.state IN ('running', 'halted'))) AS rollouts \
+             FROM devices d LEFT JOIN apps a ON a.name = d.app WHERE d.token_sha256 = $1",
+        )
+        .bind(sha)
+        .bind(now)
+        .bind(alert_kinds[0])
+        .bind(alert_kinds[1])
+        .bind(alert_kinds[2])
+        .fetch_optional(&self.pool)
+        .await?;
+        row.map(|r| {
+            let id: String = r.try_get("id")?;
+            let rollouts = r.try_get::<Option<String>, _>("rollouts")?;
+            let open_alerts = r.try_get::<Option<String>, _>("open_alerts")?;
+            Ok(DeviceAuth {
+                open_alerts: open_alerts
+                    .iter()
+                    .flat_map(|l| l.split(','))
+                    .map(str::to_string)
+                    .collect(),
+                commands_waiting: r.try_get::<i32, _>("commands_waiting")? != 0,
+                rollouts: rollouts::parts_from_list(&id, rollouts.as_deref().unwrap_or(""))?,
+                id,
+                app: r.try_get("app")?,
+                status: r.try_get("status")?,
+                state_digest: r.try_get("state_digest")?,
+                poll_interval_secs: r.try_get("poll_interval_secs")?,
+                version: r.try_get("version")?,
+                channel: r.try_get("channel")?,
+                last_history_ms: r.try_get("last_history_ms")?,
+                directed_version: r.try_get("directed_version")?,
+                last_result_seq: r.try_get("last_result_seq")?,
+                rules_gen: r.try_get("rules_gen")?,
+            })
+        })
+        .transpose()
     }
 
     /// Records a check-in (device row, a history row when `history`, results) and returns the
