@@ -96,7 +96,7 @@ status_kb() { # field (VmRSS, VmHWM) summed over pids, kB
   echo $t
 }
 
-PIDS=() PG_DATA="" PG_BIN=""
+PIDS=() PG_DATA="" PG_BIN="" PG_LOG_KEEP=""
 cleanup() {
   local p
   for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
@@ -104,6 +104,8 @@ cleanup() {
   PIDS=()
   if [ -n "$PG_DATA" ]; then
     as_pg "$PG_BIN/pg_ctl" -D "$PG_DATA/db" -m fast -w stop >/dev/null 2>&1 || true
+    # PostgreSQL's own log (checkpoints, autovacuum, slow statements with PG_ARGS) is kept
+    [ -n "$PG_LOG_KEEP" ] && cp "$PG_DATA/pg.log" "$PG_LOG_KEEP" 2>/dev/null
     rm -rf "$PG_DATA"; PG_DATA=""
   fi
 }
@@ -161,7 +163,7 @@ run_backend() {
     [ -x "$PG_BIN/initdb" ] || PG_BIN=$(dirname "$(command -v initdb)")
     PG_DATA=$(mktemp -d /tmp/fleet-pg.XXXXXX); chmod 755 "$PG_DATA"
     [ "$(id -u)" = 0 ] && chown postgres "$PG_DATA"
-    PG_PORT=$(free_port)
+    PG_PORT=$(free_port); PG_LOG_KEEP=$D/pg.log
     as_pg "$PG_BIN/initdb" -D "$PG_DATA/db" -U postgres --auth=trust > "$D/initdb.log" 2>&1
     local pg_args="-p $PG_PORT -k $PG_DATA -c listen_addresses=127.0.0.1 -c max_connections=200 ${PG_ARGS:-}"
     [ "${PG_STATS:-0}" = 1 ] && pg_args+=" -c shared_preload_libraries=pg_stat_statements"

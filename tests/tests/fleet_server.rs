@@ -1135,6 +1135,63 @@ fn enrollment_is_rate_limited(backend: &str) {
     assert_alive(&mut { s });
 }
 
+/// A device whose check-ins skip the alert and command reads (it had none at its app's
+/// current generation, `devices.quiet_gen`) still gets every command queued after it went
+/// quiet: for itself, for its app, and for a tag it gets only after the command was queued.
+/// And a command for one quiet device does not reach another.
+fn quiet_devices_get_what_is_queued(backend: &str) {
+    let backend = Backend::start(backend);
+    let w = world();
+    let s = server_with_apps(&w, &backend, &[]);
+    let mut a = Device::enroll(&s.url, "game", "dev-a", Some(SECRET));
+    let mut b = Device::enroll(&s.url, "game", "dev-b", Some(SECRET));
+    let idle = checkin_body("1.0.0", None);
+    // two check-ins each: the second reads them quiet
+    for d in [&mut a, &mut b] {
+        d.checkin(&idle);
+        assert_eq!(d.checkin(&idle).status, 304);
+    }
+    let kinds = |r: &e2e_tests::fleet::Answer| -> Vec<String> {
+        r.body["commands"]
+            .as_array()
+            .map(|c| {
+                c.iter()
+                    .map(|c| c["kind"].as_str().unwrap_or("").to_string())
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    // for one device
+    s.admin(&["command", "--device", "dev-b", "report-state"]);
+    let r = b.checkin(&idle);
+    assert_eq!(kinds(&r), ["report-state"], "{:?}", r.body);
+    let id = r.body["commands"][0]["id"]
+        .as_str()
+        .expect("id")
+        .to_string();
+    assert_eq!(b.result(&id, &json!({"outcome": "ok"})).status, 200);
+    let r = a.checkin(&idle);
+    assert_eq!(r.status, 304, "dev-a got nothing: {:?}", r.body);
+    // for a tag nobody has yet, then the tag given to dev-a (both quiet again first)
+    let out = s.admin(&["command", "--tag", "lab", "restart-app"]);
+    assert!(out.contains("queued for 0 devices"), "{out}");
+    a.checkin(&idle);
+    b.etag = None;
+    b.checkin(&idle);
+    assert_eq!(a.checkin(&idle).status, 304);
+    s.admin(&["tag", "dev-a", "lab"]);
+    let r = a.checkin(&idle);
+    assert_eq!(kinds(&r), ["restart-app"], "{:?}", r.body);
+    let r = b.checkin(&idle);
+    assert!(kinds(&r).is_empty(), "dev-b has no tag lab: {:?}", r.body);
+    // for the app: both, quiet or not
+    s.admin(&["command", "--app", "game", "report-state"]);
+    let r = b.checkin(&idle);
+    assert_eq!(kinds(&r), ["report-state"], "{:?}", r.body);
+    let r = a.checkin(&idle);
+    assert_eq!(kinds(&r), ["restart-app", "report-state"], "{:?}", r.body);
+}
+
 macro_rules! on_both_backends {
     ($($name:ident),* $(,)?) => {
         mod sqlite {
@@ -1156,6 +1213,7 @@ on_both_backends!(
     concurrent_checkins_all_succeed,
     concurrent_idle_checkins_are_all_counted,
     enrollment_is_rate_limited,
+    quiet_devices_get_what_is_queued,
 );
 
 /// Two `patch-server` processes on one PostgreSQL database: what one records the other sees.

@@ -174,6 +174,9 @@ fn failure_kind(e: &reqwest::Error) -> &'static str {
 }
 
 /// POSTs `body` as JSON; returns (status, answer headers, answer body, sample).
+/// When the load generator started (times in the report count from it).
+static EPOCH: std::sync::LazyLock<Instant> = std::sync::LazyLock::new(Instant::now);
+
 async fn post(
     base: &str,
     client: &reqwest::Client,
@@ -203,6 +206,7 @@ async fn post(
         req_wire,
         resp_body: bytes.len() as u64,
         resp_wire: status_line + header_bytes(&head) + bytes.len() as u64,
+        sent_s: t0.duration_since(*EPOCH).as_secs(),
     };
     Ok((status, head, bytes.to_vec(), sample))
 }
@@ -515,6 +519,7 @@ async fn run(args: Args) -> Result<RunReport> {
 }
 
 fn main() -> std::process::ExitCode {
+    std::sync::LazyLock::force(&EPOCH);
     let args = Args::parse();
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(args.threads.max(1))

@@ -19,7 +19,13 @@ pub struct Sample {
     pub resp_body: u64,
     /// Bytes of the answer as HTTP/1.1 would carry it (status line, headers, body).
     pub resp_wire: u64,
+    /// When it was sent, in whole seconds since the load generator started.
+    pub sent_s: u64,
 }
+
+/// Latency above which an answer counts as slow in [`Report::slow_seconds`] (the bench's
+/// p99 limit).
+pub const SLOW: Duration = Duration::from_millis(50);
 
 /// Counters of one kind of request (enrollments, check-ins, command results).
 #[derive(Debug, Default)]
@@ -36,6 +42,7 @@ pub struct Stats {
     with_state: u64,
     with_results: u64,
     commands: u64,
+    slow_by_second: BTreeMap<u64, u64>,
 }
 
 /// Percentiles of a set of latencies, in milliseconds.
@@ -99,6 +106,21 @@ pub struct Report {
     pub with_results: u64,
     /// Commands received in answers.
     pub commands: u64,
+    /// Seconds (since the load generator started) in which answers slower than [`SLOW`] were
+    /// sent, with how many: whether the slow tail comes in bursts (a stall of the server or
+    /// the database) or is spread out (saturation).
+    pub slow_seconds: SlowSeconds,
+}
+
+/// Where the slow answers fall in time.
+#[derive(Debug, Serialize, Default)]
+pub struct SlowSeconds {
+    /// Answers slower than [`SLOW`].
+    pub answers: u64,
+    /// Distinct seconds they were sent in.
+    pub seconds: u64,
+    /// The 10 seconds with the most, as `[second, count]`, most first.
+    pub worst: Vec<(u64, u64)>,
 }
 
 impl Stats {
@@ -107,6 +129,9 @@ impl Stats {
         *self.outcomes.entry(status.to_string()).or_default() += 1;
         let us = u64::try_from(s.latency.as_micros()).unwrap_or(u64::MAX);
         self.latencies_us.push(us);
+        if s.latency > SLOW {
+            *self.slow_by_second.entry(s.sent_s).or_default() += 1;
+        }
         if status == 304 {
             self.idle_latencies_us.push(us);
             self.idle_req_wire += s.req_wire;
@@ -164,7 +189,19 @@ impl Stats {
             with_results: self.with_results,
             commands: self.commands,
             outcomes: self.outcomes,
+            slow_seconds: slow_seconds(self.slow_by_second),
         }
+    }
+}
+
+fn slow_seconds(by_second: BTreeMap<u64, u64>) -> SlowSeconds {
+    let mut worst: Vec<(u64, u64)> = by_second.iter().map(|(&s, &n)| (s, n)).collect();
+    worst.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+    worst.truncate(10);
+    SlowSeconds {
+        answers: by_second.values().sum(),
+        seconds: by_second.len() as u64,
+        worst,
     }
 }
 
@@ -185,6 +222,7 @@ mod tests {
                     req_wire: 300,
                     resp_body: 0,
                     resp_wire: 100,
+                    sent_s: ms / 10,
                 },
             );
         }
@@ -196,6 +234,10 @@ mod tests {
             (50.0, 99.0, 100.0)
         );
         assert_eq!(r.idle_wire_bytes, 400.0);
+        // 51..=100 ms are slow: second 5 holds 51..=59, 6..=9 ten each, 10 holds 100
+        assert_eq!((r.slow_seconds.answers, r.slow_seconds.seconds), (50, 6));
+        assert_eq!(r.slow_seconds.worst[0], (6, 10));
+        assert_eq!(r.slow_seconds.worst[4], (5, 9));
         assert!((r.rate_per_s - 10.1).abs() < 1e-9);
     }
 }

@@ -52,6 +52,10 @@ pub async fn raise(
         tx.rollback().await?;
         return Ok(None);
     }
+    if let Some(device) = condition.device() {
+        // its check-ins must read it open from now on
+        crate::db::bump_extras(&mut tx, crate::db::ExtrasOf::Device(device)).await?;
+    }
     queue(&mut tx, &id, "opened", condition.app(), now).await?;
     tx.commit().await?;
     tracing::info!("alert {id} opened: {key}");

@@ -146,6 +146,7 @@ pub async fn checkin(
             )
         }),
         results: c.results.clone(),
+        quiet_gen: dev.quiet_gen,
     };
     let every = i64::try_from(st.settings.history_every.as_millis()).unwrap_or(i64::MAX);
     let history = keep_history(&dev, &c, now, every);
@@ -458,6 +459,7 @@ mod tests {
             rollouts: Vec::new(),
             commands_waiting: false,
             open_alerts: Default::default(),
+            quiet_gen: None,
         };
         let c = |v: &str, ch: &str| CheckIn {
             version: Some(v.into()),

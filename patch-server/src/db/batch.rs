@@ -135,13 +135,13 @@ async fn run(pool: AnyPool, mut rx: mpsc::Receiver<Job>) {
 /// Writes `batch` (distinct devices) in one statement, frees its devices in `busy` and
 /// answers every job.
 async fn write_batch(pool: &AnyPool, batch: Vec<Job>, busy: &Mutex<HashSet<String>>) {
-    const COLS: usize = 11;
+    const COLS: usize = 12;
     let values: Vec<String> = (0..batch.len())
         .map(|i| {
             let p = |k: usize| i * COLS + k;
             format!(
                 "(${}, CAST(${} AS BIGINT), ${}, ${}, ${}, ${}, CAST(${} AS BIGINT), ${}, ${}, \
-                 ${}, ${})",
+                 ${}, ${}, CAST(${} AS BIGINT))",
                 p(1),
                 p(2),
                 p(3),
@@ -152,7 +152,8 @@ async fn write_batch(pool: &AnyPool, batch: Vec<Job>, busy: &Mutex<HashSet<Strin
                 p(8),
                 p(9),
                 p(10),
-                p(11)
+                p(11),
+                p(12)
             )
         })
         .collect();
@@ -163,9 +164,10 @@ async fn write_batch(pool: &AnyPool, batch: Vec<Job>, busy: &Mutex<HashSet<Strin
         "UPDATE devices AS d SET last_seen_ms = v.now_ms, checkins = d.checkins + 1, \
          version = v.version, tree_digest = v.tree_digest, channel = v.channel, \
          attrs = v.attrs, free_disk = v.free_disk, os = v.os, arch = v.arch, \
-         hostname = COALESCE(v.hostname, d.hostname), agent_version = v.agent_version \
+         hostname = COALESCE(v.hostname, d.hostname), agent_version = v.agent_version, \
+         quiet_gen = v.quiet_gen \
          FROM (VALUES {}) AS v(id, now_ms, version, tree_digest, channel, attrs, free_disk, \
-             os, arch, hostname, agent_version), \
+             os, arch, hostname, agent_version, quiet_gen), \
          (SELECT set_config('synchronous_commit', 'off', true) AS sc) AS nosync \
          WHERE d.id = v.id \
          RETURNING d.id, d.status, d.last_result_seq, d.state_digest",
@@ -186,7 +188,8 @@ async fn write_batch(pool: &AnyPool, batch: Vec<Job>, busy: &Mutex<HashSet<Strin
             .bind(r.os.clone())
             .bind(r.arch.clone())
             .bind(r.hostname.clone())
-            .bind(r.agent_version.clone());
+            .bind(r.agent_version.clone())
+            .bind(r.quiet_gen);
     }
     let result = q.fetch_all(pool).await;
     {
