@@ -34,8 +34,11 @@
 #   AB_DEVICES=3000 AB_PERCENT=30 AB_REPS=5 AB_INTERVAL=20s AB_DURATION=60s AB_WARMUP=20s
 # (a 20 s interval compresses time: 3,000 devices at 20 s = 150 check-ins/s = 9,000 at 60 s.)
 # Output: WORK/fleet/ab/{plain,staged}-R.json, WORK/fleet/ab/ab.md.
-# Output: WORK/fleet/<backend>/step-N.json (fleet-load's report + server figures),
-#   WORK/fleet/fleet.md (tables ready for bench/RESULTS.md), logs in WORK/fleet/<backend>/.
+# Output: WORK/fleet/<backend>/step-N.json (fleet-load's report + server figures; its
+#   `checkin.slow_seconds` says in which seconds the answers over 50 ms were sent: bursts mean
+#   a stall, a spread means saturation), WORK/fleet/fleet.md (tables ready for
+#   bench/RESULTS.md), logs in WORK/fleet/<backend>/ (PostgreSQL's own log as pg.log: add e.g.
+#   PG_ARGS="-c log_min_duration_statement=40 -c log_autovacuum_min_duration=0").
 set -euo pipefail
 
 BENCH=$(cd "$(dirname "$0")" && pwd)

@@ -100,8 +100,14 @@ pub fn db_unavailable(e: &sqlx::Error) -> bool {
     match e {
         sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Io(_) => true,
         // SQLite's "database is locked" (SQLITE_BUSY) after the busy timeout.
+        // PostgreSQL closing the connection as it shuts down or restarts (57P01-57P03): the
+        // pool drops that connection and the device tries again later.
         sqlx::Error::Database(d) => {
-            d.message().contains("locked") || d.code().as_deref() == Some("5")
+            d.message().contains("locked")
+                || matches!(
+                    d.code().as_deref(),
+                    Some("5") | Some("57P01") | Some("57P02") | Some("57P03")
+                )
         }
         _ => false,
     }

@@ -198,6 +198,8 @@ pub struct Answer {
     pub etag: Option<String>,
     /// The body as JSON (`Null` when empty).
     pub body: Value,
+    /// The `Retry-After` header.
+    pub retry_after: Option<String>,
 }
 
 /// POSTs a JSON body (`raw` bytes) to `url` with an optional bearer token.
@@ -220,10 +222,16 @@ fn answer(r: reqwest::blocking::Response) -> Answer {
         .get("etag")
         .and_then(|v| v.to_str().ok())
         .map(str::to_string);
+    let retry_after = r
+        .headers()
+        .get("retry-after")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
     let text = r.text().unwrap_or_default();
     Answer {
         status,
         etag,
+        retry_after,
         body: serde_json::from_str(&text).unwrap_or(Value::Null),
     }
 }

@@ -170,6 +170,20 @@ impl PgCluster {
         format!("postgres://postgres@127.0.0.1:{}/fleet", self.port)
     }
 
+    /// Restarts the cluster (`pg_ctl restart -m fast`: every connection is closed) on the
+    /// same port and data.
+    pub fn restart(&self) {
+        let data_s = self.data.display().to_string();
+        // `-l` again: without it the new postmaster would keep pg_ctl's output pipes open
+        let log = self.data.join("server.log").display().to_string();
+        PgCluster::must(
+            "pg_ctl restart",
+            self.tool("pg_ctl").args([
+                "-D", &data_s, "-l", &log, "-m", "fast", "-w", "-t", "60", "restart",
+            ]),
+        );
+    }
+
     /// Runs one SQL statement with `psql` and returns its unaligned output.
     pub fn psql(&self, sql: &str) -> String {
         let out = PgCluster::must(

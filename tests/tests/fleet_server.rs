@@ -1216,6 +1216,61 @@ on_both_backends!(
     quiet_devices_get_what_is_queued,
 );
 
+/// PostgreSQL restarts under a running server, whose pooled connections all break. The server
+/// does not test a connection before each use, so check-ins may fail for a moment: with 503
+/// and `Retry-After` (the device tries again later), never 500, and the pool replaces the
+/// broken connections, so check-ins succeed again and the device's state was kept.
+#[test]
+fn postgres_restart_costs_retries_not_errors() {
+    let backend = Backend::start("postgres");
+    let Backend::Postgres(pg) = &backend else {
+        unreachable!()
+    };
+    let w = world();
+    let s = server_with_apps(&w, &backend, &[]);
+    let mut a = Device::enroll(&s.url, "game", "dev-a", Some(SECRET));
+    // several check-ins at once, so that the pool holds several connections
+    let token = a.token.clone();
+    let url = s.url.clone();
+    let handles: Vec<_> = (0..6)
+        .map(|_| {
+            let (url, token) = (url.clone(), token.clone());
+            std::thread::spawn(move || {
+                let mut d = Device::from_token(&url, "dev-a", &token);
+                d.checkin(&checkin_body("1.0.0", None)).status
+            })
+        })
+        .collect();
+    for h in handles {
+        assert_eq!(h.join().expect("thread"), 200);
+    }
+    pg.restart();
+    let (mut retries, mut ok_in_a_row) = (0, 0);
+    for _ in 0..100 {
+        a.etag = None;
+        let r = a.checkin(&checkin_body("1.0.1", None));
+        match r.status {
+            200 => ok_in_a_row += 1,
+            503 => {
+                assert!(r.retry_after.is_some(), "503 without Retry-After");
+                retries += 1;
+                ok_in_a_row = 0;
+            }
+            other => panic!("check-in after the restart: {other} {:?}", r.body),
+        }
+        if ok_in_a_row == 5 {
+            break;
+        }
+    }
+    eprintln!("after the restart: {retries} check-ins answered 503");
+    assert_eq!(
+        ok_in_a_row, 5,
+        "{retries} retries, never 5 check-ins in a row"
+    );
+    let devices = s.admin_json(&["devices"]);
+    assert_eq!(find(&devices, "dev-a")["version"], "1.0.1");
+}
+
 /// Two `patch-server` processes on one PostgreSQL database: what one records the other sees.
 #[test]
 fn two_servers_share_one_postgres() {
