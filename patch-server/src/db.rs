@@ -534,7 +534,9 @@ impl Db {
     // ---- enrollment limits ----
 
     /// Records an enrollment attempt for `app` from `ip` and returns how many there were since
-    /// `since_ms`, this one included; prunes attempts older than `since_ms` (of every app).
+    /// `since_ms`, this one included. Old attempts are pruned by the background task
+    /// ([`Db::prune_enroll_attempts`]), not here: concurrent enrollments each deleting the
+    /// same old rows deadlocked on PostgreSQL, and the count does not need them gone.
     pub async fn enroll_attempt(
         &self,
         app: &str,
@@ -542,10 +544,6 @@ impl Db {
         now: i64,
         since_ms: i64,
     ) -> sqlx::Result<i64> {
-        sqlx::query("DELETE FROM enroll_attempts WHERE at_ms <= $1")
-            .bind(since_ms)
-            .execute(&self.pool)
-            .await?;
         sqlx::query("INSERT INTO enroll_attempts (id, app, ip, at_ms) VALUES ($1, $2, $3, $4)")
             .bind(crate::util::new_id())
             .bind(app)
@@ -562,6 +560,16 @@ impl Db {
         .fetch_one(&self.pool)
         .await?
         .try_get("n")
+    }
+
+    /// Deletes the enrollment attempts made at or before `before_ms` (of every app); returns
+    /// how many.
+    pub async fn prune_enroll_attempts(&self, before_ms: i64) -> sqlx::Result<u64> {
+        let r = sqlx::query("DELETE FROM enroll_attempts WHERE at_ms <= $1")
+            .bind(before_ms)
+            .execute(&self.pool)
+            .await?;
+        Ok(r.rows_affected())
     }
 
     /// Number of devices of `app` waiting for approval.

@@ -159,8 +159,15 @@ pub async fn first_admin_token(db: &Db, file: &Path) -> Result<Option<PathBuf>, 
 }
 
 /// Spawns the periodic tasks: release refresh, rollout evaluation (timeouts, schedule,
-/// halts), command expiry, history retention.
-pub fn spawn_background(db: Db, data: PathBuf, refresh: Duration, retain: Duration) {
+/// halts), command expiry, history retention, pruning of enrollment attempts older than
+/// `enroll_window`.
+pub fn spawn_background(
+    db: Db,
+    data: PathBuf,
+    refresh: Duration,
+    retain: Duration,
+    enroll_window: Duration,
+) {
     let (db2, data2) = (db.clone(), data);
     let db3 = db.clone();
     tokio::spawn(async move {
@@ -190,6 +197,11 @@ pub fn spawn_background(db: Db, data: PathBuf, refresh: Duration, retain: Durati
             }
             if let Err(e) = crate::retention::prune(&db, retain, crate::util::now_ms()).await {
                 tracing::warn!("history retention: {e}");
+            }
+            let window = i64::try_from(enroll_window.as_millis()).unwrap_or(i64::MAX);
+            let before = crate::util::now_ms().saturating_sub(window);
+            if let Err(e) = db.prune_enroll_attempts(before).await {
+                tracing::warn!("pruning enrollment attempts: {e}");
             }
         }
     });
@@ -230,7 +242,13 @@ pub async fn serve(o: ServeOptions) -> anyhow::Result<()> {
         o.alerts.clone(),
         o.poll_interval.as_secs().max(1),
     )?;
-    spawn_background(db, o.data.clone(), o.refresh_interval, o.retain_history);
+    spawn_background(
+        db,
+        o.data.clone(),
+        o.refresh_interval,
+        o.retain_history,
+        o.enroll_window,
+    );
     let web = crate::web::WebOptions {
         silent_after: o.silent_after.max(1),
         // The session cookie is marked Secure whenever the server itself speaks TLS.
