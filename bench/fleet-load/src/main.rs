@@ -173,10 +173,10 @@ fn failure_kind(e: &reqwest::Error) -> &'static str {
     }
 }
 
-/// POSTs `body` as JSON; returns (status, answer headers, answer body, sample).
 /// When the load generator started (times in the report count from it).
 static EPOCH: std::sync::LazyLock<Instant> = std::sync::LazyLock::new(Instant::now);
 
+/// POSTs `body` as JSON; returns (status, answer headers, answer body, sample).
 async fn post(
     base: &str,
     client: &reqwest::Client,
