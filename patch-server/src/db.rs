@@ -191,6 +191,9 @@ pub struct DeviceAuth {
     pub last_result_seq: Option<i64>,
     /// Its app's rules generation (`apps.rules_gen`), for [`Db::app_rules`].
     pub rules_gen: i64,
+    /// Its app's rules at (or after) `rules_gen`, as [`Db::device_by_token`] looked them up
+    /// to know whether the app has an unfinished rollout; the check-in decides with them.
+    pub rules: std::sync::Arc<rules::AppRules>,
     /// Its part in each of its app's unfinished rollouts (read with the token, so a check-in
     /// needs no read of its own for it).
     pub rollouts: Vec<Participation>,
@@ -831,19 +834,16 @@ impl Db {
             directed_version: r.try_get("directed_version")?,
             last_result_seq: r.try_get("last_result_seq")?,
             rules_gen: r.try_get("rules_gen")?,
+            rules: Default::default(),
             rollouts: Vec::new(),
             commands_waiting: false,
             open_alerts: BTreeSet::new(),
             quiet_gen: None,
         };
+        dev.rules = self.app_rules(&dev.app, dev.rules_gen).await?;
         let extras_gen: i64 = r.try_get("extras_gen")?;
         let quiet = r.try_get::<Option<i64>, _>("quiet_gen")? == Some(extras_gen);
-        let in_rollouts = !self
-            .app_rules(&dev.app, dev.rules_gen)
-            .await?
-            .rollouts
-            .is_empty();
-        if !quiet || in_rollouts {
+        if !quiet || !dev.rules.rollouts.is_empty() {
             let e = self
                 .device_extras(&dev.id, &dev.app, now, alert_kinds)
                 .await?;

@@ -154,8 +154,7 @@ pub async fn checkin(
     let out = st.db.record_checkin(&dev, &row, now, history, idle).await?;
     let active = out.status == "active";
     let directive = if active {
-        let rules = st.db.app_rules(&dev.app, dev.rules_gen).await?;
-        crate::rollout::directive_for_checkin(&st.db, &dev, &c, &rules, now).await?
+        crate::rollout::directive_for_checkin(&st.db, &dev, &c, &dev.rules, now).await?
     } else {
         None
     };
@@ -456,6 +455,7 @@ mod tests {
             directed_version: None,
             last_result_seq: None,
             rules_gen: 0,
+            rules: Default::default(),
             rollouts: Vec::new(),
             commands_waiting: false,
             open_alerts: Default::default(),
