@@ -4,7 +4,8 @@
 `cargo test` runs test binaries sequentially; most of ours spend their time waiting on real
 servers, agents, browsers and timeouts, so two or three at once use the machine better. This
 builds every test binary once (`cargo test --workspace --no-run`), runs them from a pool (the
-slowest first, from the durations of the previous run kept in target/test-durations.json),
+slowest first, from the durations of the previous run kept in target/test-durations.json, or
+on a fresh clone from .ci/test-durations.json, a copy of one run's kept in the repository),
 each in its package directory with CARGO_MANIFEST_DIR set as cargo would, prints each binary's
 summary as it finishes (its whole output when it fails), then runs the doc-tests.
 
@@ -128,11 +129,15 @@ def main():
                     help="seconds one test binary may run before it is killed and fails")
     a = ap.parse_args()
     durations_file = os.path.join(target_dir(), "test-durations.json")
-    try:
-        with open(durations_file) as f:
-            known = json.load(f)
-    except (OSError, ValueError):
-        known = {}
+    known = {}
+    # The previous run's durations; on a fresh clone, the ones kept in the repository.
+    for path in (durations_file, os.path.join(ROOT, ".ci", "test-durations.json")):
+        try:
+            with open(path) as f:
+                known = json.load(f)
+            break
+        except (OSError, ValueError):
+            continue
     bins = test_binaries()
     # Slowest first (unknown ones count as slow), so the pool does not end on one long binary.
     bins.sort(key=lambda b: -known.get(b[0], 1e9))

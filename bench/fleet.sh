@@ -16,6 +16,9 @@
 # Env knobs:
 #   STEPS="1000 5000 10000 20000 40000"  INTERVAL=60s  DURATION=150s  WARMUP=60s  P99_LIMIT_MS=50
 #   FRESH=1 (a new TCP connection per request, as a real fleet; 0: keep-alive pool)
+#   SOURCES=1 (loopback source addresses the devices connect from, 127.0.0.1 to 127.0.0.N:
+#     fleet-load --source-addresses; one address runs out of local ports at a few hundred new
+#     connections per second, each port held 60 s in TIME_WAIT)
 #   LOAD_THREADS=1 (fleet-load's worker threads: it shares the cores with the server)
 #   SERVER_ARGS="" (extra `patch-server serve` flags)   SKIP_BUILD=1   WORK=bench/work
 #   PG_ARGS="" (extra `postgres` flags, e.g. "-c shared_buffers=512MB")
@@ -47,6 +50,7 @@ export WORK=${WORK:-$BENCH/work}
 STEPS=${STEPS:-"1000 5000 10000 20000 40000"}
 INTERVAL=${INTERVAL:-60s} DURATION=${DURATION:-150s} WARMUP=${WARMUP:-60s}
 P99_LIMIT_MS=${P99_LIMIT_MS:-50} FRESH=${FRESH:-1} LOAD_THREADS=${LOAD_THREADS:-1}
+SOURCES=${SOURCES:-1}
 SERVER_ARGS=${SERVER_ARGS:-}
 BACKENDS=("$@")
 [ ${#BACKENDS[@]} -gt 0 ] || BACKENDS=(sqlite postgres)
@@ -184,7 +188,7 @@ run_backend() {
     --enroll-secret-file "$APPREPO/secret" > "$D/app-add.log" 2>&1 \
     || { cat "$D/app-add.log" >&2; exit 1; }
   for u in "${urls[@]}"; do load_servers+=(--server "$u"); done
-  local fresh=(); [ "$FRESH" = 1 ] && fresh=(--fresh-connections)
+  local fresh=(--source-addresses "$SOURCES"); [ "$FRESH" = 1 ] && fresh+=(--fresh-connections)
   log "$backend: servers ${urls[*]} (pids ${servers[*]})"
   local t_idle_rss; t_idle_rss=$(status_kb VmRSS "${servers[@]}")
   for n in $STEPS; do
@@ -291,7 +295,7 @@ run_ab() {
       --enroll-concurrency 16 --threads "$LOAD_THREADS" --out "$D/enroll-$app.json" \
       > /dev/null 2> "$D/enroll-$app.log" || { tail -5 "$D/enroll-$app.log" >&2; exit 1; }
   done
-  local fresh=(); [ "$FRESH" = 1 ] && fresh=(--fresh-connections)
+  local fresh=(--source-addresses "$SOURCES"); [ "$FRESH" = 1 ] && fresh+=(--fresh-connections)
   local rep app
   # The order alternates (A B, B A, A B, ...), so that whatever the second run of a pair
   # inherits from the first (a grown WAL, a checkpoint, warm caches) falls on both sides.

@@ -100,16 +100,26 @@ impl Browser {
     }
 
     /// The visible text of the first element matching `css`, waiting up to 15 s for one to
-    /// appear (after a click that submits a form, the next page may not have loaded yet).
+    /// appear (after a click that submits a form, the next page may not have loaded yet). An
+    /// element found on the page being replaced goes stale before its text is read: it is
+    /// looked up again on the new page.
     pub fn text(&self, css: &str) -> String {
+        let deadline = Instant::now() + Duration::from_secs(15);
         self.block(async {
-            let e = self
-                .client()
-                .wait()
-                .at_most(std::time::Duration::from_secs(15))
-                .for_element(Locator::Css(css))
-                .await?;
-            e.text().await
+            loop {
+                let e = self
+                    .client()
+                    .wait()
+                    .at_most(deadline.saturating_duration_since(Instant::now()))
+                    .for_element(Locator::Css(css))
+                    .await?;
+                match e.text().await {
+                    Err(err) if err.is_stale_element_reference() && Instant::now() < deadline => {
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                    r => return r,
+                }
+            }
         })
         .unwrap_or_else(|e| panic!("text of {css}: {e}"))
     }

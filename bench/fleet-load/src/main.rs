@@ -79,6 +79,13 @@ struct Args {
     /// kept-alive connections.
     #[arg(long)]
     fresh_connections: bool,
+    /// Connect from this many loopback source addresses (127.0.0.1, 127.0.0.2, ...), requests
+    /// spread over them. A real fleet's devices come from many addresses; from a single one, a
+    /// new connection per request at hundreds per second runs the kernel out of local ports for
+    /// that (source, server) pair: each lingers 60 s in TIME_WAIT, and the port search that
+    /// follows stalls connections. Only with servers on loopback addresses.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..=250))]
+    source_addresses: u8,
     /// Time allowed for one request.
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
     timeout: Duration,
@@ -118,7 +125,8 @@ struct RunReport {
 /// Shared by every device task.
 struct Ctx {
     args: Args,
-    clients: Vec<reqwest::Client>,
+    /// One client per (server, source address): `clients[server][source]`.
+    clients: Vec<Vec<reqwest::Client>>,
     next_server: AtomicUsize,
     checkins_total: AtomicUsize,
     window: (Instant, Instant),
@@ -127,10 +135,15 @@ struct Ctx {
 }
 
 impl Ctx {
-    /// A server (base URL and client), round-robin.
+    /// A server (base URL) and a client of one of the source addresses, both round-robin.
     fn pick(&self) -> (&str, &reqwest::Client) {
-        let i = self.next_server.fetch_add(1, Ordering::Relaxed) % self.clients.len();
-        (self.args.servers[i].trim_end_matches('/'), &self.clients[i])
+        let n = self.next_server.fetch_add(1, Ordering::Relaxed);
+        let i = n % self.clients.len();
+        let from = &self.clients[i];
+        (
+            self.args.servers[i].trim_end_matches('/'),
+            &from[(n / self.clients.len()) % from.len()],
+        )
     }
 
     fn in_window(&self, t: Instant) -> bool {
@@ -434,14 +447,34 @@ async fn run_device(ctx: Arc<Ctx>, mut dev: Device, start: Instant) {
     }
 }
 
-fn client(a: &Args) -> Result<reqwest::Client> {
+/// The client whose connections leave from `source` (the system's choice when `None`).
+fn client(a: &Args, source: Option<std::net::IpAddr>) -> Result<reqwest::Client> {
     let mut b = reqwest::Client::builder()
         .timeout(a.timeout)
-        .connect_timeout(a.timeout);
+        .connect_timeout(a.timeout)
+        .local_address(source);
     if a.fresh_connections {
         b = b.pool_max_idle_per_host(0);
     }
     b.build().context("building the HTTP client")
+}
+
+/// The clients of one server: one per source address (`--source-addresses`).
+fn clients_for(a: &Args, server: &str) -> Result<Vec<reqwest::Client>> {
+    if a.source_addresses == 1 {
+        return Ok(vec![client(a, None)?]);
+    }
+    let host = reqwest::Url::parse(server)
+        .with_context(|| format!("server URL {server}"))?
+        .host_str()
+        .unwrap_or_default()
+        .to_string();
+    if !host.starts_with("127.") && host != "localhost" {
+        bail!("--source-addresses needs servers on a loopback address; {server} is not");
+    }
+    (1..=a.source_addresses)
+        .map(|k| client(a, Some(std::net::Ipv4Addr::new(127, 0, 0, k).into())))
+        .collect()
 }
 
 async fn run(args: Args) -> Result<RunReport> {
@@ -463,7 +496,7 @@ async fn run(args: Args) -> Result<RunReport> {
     let clients = args
         .servers
         .iter()
-        .map(|_| client(&args))
+        .map(|server| clients_for(&args, server))
         .collect::<Result<Vec<_>>>()?;
     let warmup = args.warmup.unwrap_or(args.interval).min(args.duration);
     let far = Instant::now() + Duration::from_secs(365 * 86_400);
