@@ -537,7 +537,9 @@ impl Db {
     // ---- enrollment limits ----
 
     /// Records an enrollment attempt for `app` from `ip` and returns how many there were since
-    /// `since_ms`, this one included. Old attempts are pruned by the background task
+    /// `since_ms`, this one included, counting no further than `cap` (the caller's limit plus
+    /// one: an address that enrolled thousands of devices does not make each enrollment count
+    /// them all). Old attempts are pruned by the background task
     /// ([`Db::prune_enroll_attempts`]), not here: concurrent enrollments each deleting the
     /// same old rows deadlocked on PostgreSQL, and the count does not need them gone.
     pub async fn enroll_attempt(
@@ -546,6 +548,7 @@ impl Db {
         ip: &str,
         now: i64,
         since_ms: i64,
+        cap: i64,
     ) -> sqlx::Result<i64> {
         sqlx::query("INSERT INTO enroll_attempts (id, app, ip, at_ms) VALUES ($1, $2, $3, $4)")
             .bind(crate::util::new_id())
@@ -555,11 +558,13 @@ impl Db {
             .execute(&self.pool)
             .await?;
         sqlx::query(
-            "SELECT COUNT(*) AS n FROM enroll_attempts WHERE app = $1 AND ip = $2 AND at_ms > $3",
+            "SELECT COUNT(*) AS n FROM (SELECT 1 FROM enroll_attempts \
+             WHERE app = $1 AND ip = $2 AND at_ms > $3 LIMIT $4) AS recent",
         )
         .bind(app)
         .bind(ip)
         .bind(since_ms)
+        .bind(cap)
         .fetch_one(&self.pool)
         .await?
         .try_get("n")

@@ -45,7 +45,13 @@ pub async fn enroll(
     let window = i64::try_from(st.settings.enroll_window.as_millis()).unwrap_or(i64::MAX);
     let attempts = st
         .db
-        .enroll_attempt(&req.app, &ip, now, now.saturating_sub(window))
+        .enroll_attempt(
+            &req.app,
+            &ip,
+            now,
+            now.saturating_sub(window),
+            i64::from(st.settings.enroll_per_ip) + 1,
+        )
         .await?;
     if attempts > i64::from(st.settings.enroll_per_ip) {
         return Err(ApiError::TooMany {
