@@ -39,7 +39,8 @@
 # Output: WORK/fleet/ab/{plain,staged}-R.json, WORK/fleet/ab/ab.md.
 # Output: WORK/fleet/<backend>/step-N.json (fleet-load's report + server figures; its
 #   `checkin.slow_seconds` says in which seconds the answers over 50 ms were sent: bursts mean
-#   a stall, a spread means saturation), WORK/fleet/fleet.md (tables ready for
+#   a stall, a spread means saturation; `warmup_checkin` has the same figures for the warm-up,
+#   where every device makes its first contact with its whole state), WORK/fleet/fleet.md (tables ready for
 #   bench/RESULTS.md), logs in WORK/fleet/<backend>/ (PostgreSQL's own log as pg.log: add e.g.
 #   PG_ARGS="-c log_min_duration_statement=40 -c log_autovacuum_min_duration=0").
 set -euo pipefail
