@@ -189,7 +189,7 @@ run_backend() {
     --enroll-secret-file "$APPREPO/secret" > "$D/app-add.log" 2>&1 \
     || { cat "$D/app-add.log" >&2; exit 1; }
   for u in "${urls[@]}"; do load_servers+=(--server "$u"); done
-  local fresh=(--source-addresses "$SOURCES"); [ "$FRESH" = 1 ] && fresh+=(--fresh-connections)
+  local conn=(--source-addresses "$SOURCES"); [ "$FRESH" = 1 ] && conn+=(--fresh-connections)
   log "$backend: servers ${urls[*]} (pids ${servers[*]})"
   local t_idle_rss; t_idle_rss=$(status_kb VmRSS "${servers[@]}")
   for n in $STEPS; do
@@ -206,7 +206,7 @@ run_backend() {
     log "$backend: $n devices checking in every $INTERVAL for $DURATION"
     "$BIN/fleet-load" "${load_servers[@]}" --app loadapp --secret-file "$APPREPO/secret" \
       --devices "$n" --tokens "$D/tokens" --interval "$INTERVAL" --duration "$DURATION" \
-      --warmup "$WARMUP" --threads "$LOAD_THREADS" "${fresh[@]}" --out "$D/load-$n.json" \
+      --warmup "$WARMUP" --threads "$LOAD_THREADS" "${conn[@]}" --out "$D/load-$n.json" \
       > /dev/null 2> "$D/load-$n.log" &
     local lp=$! dbm cpum pgcpum tm
     # the same figures at the end of the warm-up (every device has made its first check-in,
@@ -296,7 +296,7 @@ run_ab() {
       --enroll-concurrency 16 --threads "$LOAD_THREADS" --out "$D/enroll-$app.json" \
       > /dev/null 2> "$D/enroll-$app.log" || { tail -5 "$D/enroll-$app.log" >&2; exit 1; }
   done
-  local fresh=(--source-addresses "$SOURCES"); [ "$FRESH" = 1 ] && fresh+=(--fresh-connections)
+  local conn=(--source-addresses "$SOURCES"); [ "$FRESH" = 1 ] && conn+=(--fresh-connections)
   local rep app
   # The order alternates (A B, B A, A B, ...), so that whatever the second run of a pair
   # inherits from the first (a grown WAL, a checkpoint, warm caches) falls on both sides.
@@ -308,7 +308,7 @@ run_ab() {
       "$BIN/fleet-load" --server "$url" --app "$app" --secret-file "$APPREPO/secret" \
         --devices "$AB_DEVICES" --tokens "$D/tokens-$app" --id-prefix "$app" \
         --interval "$AB_INTERVAL" --duration "$AB_DURATION" --warmup "$AB_WARMUP" \
-        --threads "$LOAD_THREADS" --seed "$rep" "${fresh[@]}" --out "$D/$app-$rep.json" \
+        --threads "$LOAD_THREADS" --seed "$rep" "${conn[@]}" --out "$D/$app-$rep.json" \
         > /dev/null 2> "$D/$app-$rep.log" || { tail -5 "$D/$app-$rep.log" >&2; exit 1; }
     done
   done
