@@ -39,6 +39,7 @@
 pub mod container;
 pub mod error;
 pub mod exe_filter;
+pub mod exe_project;
 pub mod fleet;
 pub mod hash;
 pub mod keys;

@@ -4,6 +4,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 use crate::exe_filter::ExeFilter;
+use crate::exe_project::Projection;
 use crate::hash::{Blake3, Pin};
 use crate::limits::Limits;
 use crate::relpath::RelPath;
@@ -13,6 +14,8 @@ use crate::version::Version;
 pub const PATCH_INFO_FORMAT: &str = "patchkit-patch-2";
 /// The `format` value of patch infos with at least one `exe-split-diff` op.
 pub const PATCH_INFO_FORMAT_EXE: &str = "patchkit-patch-3";
+/// The `format` value of patch infos with at least one `exe-project-diff` op.
+pub const PATCH_INFO_FORMAT_PROJECT: &str = "patchkit-patch-4";
 /// Name of the patch info member, always the first member of a patch archive.
 pub const PATCH_INFO_MEMBER: &str = "patch-info.json";
 /// Name of the second and last member: the ops' bytes, concatenated in op order.
@@ -68,6 +71,17 @@ pub enum Encoding {
         /// Architecture, operand span and code ranges of both files.
         filter: ExeFilter,
     },
+    /// A split diff between the *projected* `source` and the new file (docs/format.md
+    /// §6.2.6): the member starts with the equivalence map; the client projects the old file's
+    /// references through it and applies the split diff that follows.
+    ExeProjectDiff {
+        /// The old file the diff applies to.
+        source: RelPath,
+        /// Length of its bytes in the data member.
+        member_size: u64,
+        /// Where the old file's references are, and both files' segments.
+        project: Projection,
+    },
 }
 
 impl Encoding {
@@ -78,7 +92,8 @@ impl Encoding {
             | Encoding::Bidiff { source, .. }
             | Encoding::SplitDiff { source, .. }
             | Encoding::ZstdRef { source, .. }
-            | Encoding::ExeSplitDiff { source, .. } => Some(source),
+            | Encoding::ExeSplitDiff { source, .. }
+            | Encoding::ExeProjectDiff { source, .. } => Some(source),
             Encoding::Full { .. } => None,
         }
     }
@@ -91,7 +106,8 @@ impl Encoding {
             | Encoding::Bidiff { member_size, .. }
             | Encoding::SplitDiff { member_size, .. }
             | Encoding::ZstdRef { member_size, .. }
-            | Encoding::ExeSplitDiff { member_size, .. } => Some(*member_size),
+            | Encoding::ExeSplitDiff { member_size, .. }
+            | Encoding::ExeProjectDiff { member_size, .. } => Some(*member_size),
         }
     }
 
@@ -104,6 +120,7 @@ impl Encoding {
             Encoding::SplitDiff { .. } => "split-diff",
             Encoding::ZstdRef { .. } => "zstd-ref",
             Encoding::ExeSplitDiff { .. } => "exe-split-diff",
+            Encoding::ExeProjectDiff { .. } => "exe-project-diff",
         }
     }
 }
@@ -143,11 +160,17 @@ pub struct PatchInfo {
     pub deletes: Vec<RelPath>,
 }
 
-/// The `format` a patch info with these ops has: [`PATCH_INFO_FORMAT_EXE`] when one of them is
-/// `exe-split-diff`, else [`PATCH_INFO_FORMAT`], so that patches without one stay readable by
-/// clients that predate the encoding.
+/// The `format` a patch info with these ops has: [`PATCH_INFO_FORMAT_PROJECT`] when one of
+/// them is `exe-project-diff`, else [`PATCH_INFO_FORMAT_EXE`] when one is `exe-split-diff`,
+/// else [`PATCH_INFO_FORMAT`], so that patches without them stay readable by clients that
+/// predate the encodings.
 pub fn format_for(ops: &[PatchOp]) -> &'static str {
     if ops
+        .iter()
+        .any(|op| matches!(op.encoding, Encoding::ExeProjectDiff { .. }))
+    {
+        PATCH_INFO_FORMAT_PROJECT
+    } else if ops
         .iter()
         .any(|op| matches!(op.encoding, Encoding::ExeSplitDiff { .. }))
     {
@@ -215,7 +238,13 @@ impl PatchInfo {
 
     /// Checks format, counts, sizes, and that every op has a unique path.
     pub fn validate(&self, what: &str, limits: &Limits) -> Result<()> {
-        if self.format != PATCH_INFO_FORMAT && self.format != PATCH_INFO_FORMAT_EXE {
+        if ![
+            PATCH_INFO_FORMAT,
+            PATCH_INFO_FORMAT_EXE,
+            PATCH_INFO_FORMAT_PROJECT,
+        ]
+        .contains(&self.format.as_str())
+        {
             return Err(Error::invalid(
                 what,
                 format!("unknown format {:?}", self.format),
@@ -225,8 +254,9 @@ impl PatchInfo {
             return Err(Error::invalid(
                 what,
                 format!(
-                    "format {:?} does not match its ops (exe-split-diff ops need {PATCH_INFO_FORMAT_EXE:?} and only they)",
-                    self.format
+                    "format {:?} does not match its ops ({:?} is the one they need)",
+                    self.format,
+                    format_for(&self.ops)
                 ),
             ));
         }
@@ -264,6 +294,13 @@ impl PatchInfo {
             }
             if let Encoding::ExeSplitDiff { filter, .. } = &op.encoding {
                 filter.validate(&format!("{what}: {}", op.path), op.new.size)?;
+            }
+            if let Encoding::ExeProjectDiff { project, .. } = &op.encoding {
+                // The old file's size is checked again, against its pin, when it is read.
+                project.validate(
+                    &format!("{what}: {}", op.path),
+                    crate::exe_project::MAX_OLD_SIZE,
+                )?;
             }
             if let Encoding::ZstdRef { window_log, .. } = op.encoding {
                 if !(10..=31).contains(&window_log) {
@@ -346,6 +383,54 @@ mod tests {
     }
 
     #[test]
+    fn exe_project_diff_needs_format_4() {
+        use crate::exe_filter::Arch;
+        let project = Projection {
+            arch: Arch::X86_64,
+            old_code: vec![[64, 500]],
+            old_segments: vec![[0, 0x1000, 1000]],
+            new_segments: vec![[0, 0x1000, 1000]],
+            old_rela: Some([600, 48]),
+            old_eh_frame_hdr: None,
+            new_eh_frame_hdr_addr: None,
+        };
+        let mut p = exe_patch(ExeFilter {
+            arch: Arch::X86_64,
+            span_log: 24,
+            old_code: vec![],
+            new_code: vec![],
+        });
+        p.ops[0].encoding = Encoding::ExeProjectDiff {
+            source: RelPath::new("bin/app").unwrap(),
+            member_size: 10,
+            project: project.clone(),
+        };
+        p.format = format_for(&p.ops).into();
+        assert_eq!(p.format, PATCH_INFO_FORMAT_PROJECT);
+        let bytes = p.to_json().unwrap();
+        let text = String::from_utf8(bytes.clone()).unwrap();
+        assert!(text.contains(r#""encoding":"exe-project-diff""#), "{text}");
+        assert_eq!(PatchInfo::from_json("p", &bytes, &Limits::default()).unwrap(), p);
+        for format in [PATCH_INFO_FORMAT, PATCH_INFO_FORMAT_EXE] {
+            let mut q = p.clone();
+            q.format = format.into();
+            let e = q.validate("p", &Limits::default()).unwrap_err().to_string();
+            assert!(e.contains(PATCH_INFO_FORMAT_PROJECT), "{e}");
+        }
+        // A projection that the client could not hold is refused while parsing.
+        let mut q = p.clone();
+        q.ops[0].encoding = Encoding::ExeProjectDiff {
+            source: RelPath::new("bin/app").unwrap(),
+            member_size: 10,
+            project: Projection {
+                old_eh_frame_hdr: Some([0, 12]),
+                ..project
+            },
+        };
+        assert!(q.validate("p", &Limits::default()).is_err());
+    }
+
+    #[test]
     fn exe_split_diff_needs_format_3_and_sane_ranges() {
         use crate::exe_filter::Arch;
         let good = ExeFilter {
@@ -370,7 +455,7 @@ mod tests {
             .validate("p", &Limits::default())
             .unwrap_err()
             .to_string();
-        assert!(e.contains("exe-split-diff"), "{e}");
+        assert!(e.contains(PATCH_INFO_FORMAT_EXE), "{e}");
         // Ranges past the new file, overlapping ranges and a wild span are refused.
         for bad in [
             ExeFilter {

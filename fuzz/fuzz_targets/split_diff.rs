@@ -10,6 +10,6 @@ fuzz_target!(|data: &[u8]| {
         return;
     }
     let mut out = Vec::new();
-    let _ = patch_apply::decode::apply_split("fuzz", &m, data.len() as u64, &old, 1024, &mut out);
+    let _ = patch_apply::decode::apply_split("fuzz", (&m, 0), data.len() as u64, &old, 1024, &mut out);
     assert!(out.len() <= 1024, "wrote past the signed size");
 });

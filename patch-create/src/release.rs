@@ -871,6 +871,11 @@ pub fn build_patch(
                         member_size: size,
                         filter,
                     },
+                    Chosen::ExeProjectDiff(project) => Encoding::ExeProjectDiff {
+                        source: o.path.clone(),
+                        member_size: size,
+                        project,
+                    },
                 };
                 (
                     PatchOp {

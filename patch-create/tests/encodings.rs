@@ -43,6 +43,11 @@ fn decode(old: &[u8], new: &[u8], chosen: &Chosen, bytes: &[u8]) -> Vec<u8> {
             member_size,
             filter: filter.clone(),
         },
+        Chosen::ExeProjectDiff(project) => Encoding::ExeProjectDiff {
+            source,
+            member_size,
+            project: project.clone(),
+        },
     };
     let op = PatchOp {
         path: RelPath::new("f").expect("path"),
@@ -195,6 +200,48 @@ proptest! {
         };
         let opts = EncodeOptions { level: 3, ..EncodeOptions::default() };
         let chosen = Chosen::ExeSplitDiff(filter);
+        prop_assert_eq!(round_trip(&old, &new, &chosen, &opts), new);
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(48))]
+
+    /// The exe-project-diff member decodes byte-identical through `produce` whatever the
+    /// projection says (code ranges, segments of both files, relocation table and search
+    /// table anywhere, including over each other), since both sides project the same bytes.
+    #[test]
+    fn exe_project_diff_round_trips_with_any_projection(
+        n in 1usize..20_000,
+        seed in any::<u64>(),
+        code_at in (0u64..3000, 1u64..20_000),
+        segs in prop::collection::vec((0u64..20_000, 0u64..0x10_0000, 1u64..20_000), 1..4),
+        new_segs in prop::collection::vec((0u64..20_000, 0u64..0x10_0000, 1u64..20_000), 1..4),
+        rela in (0u64..20_000, 0u64..2_000),
+        hdr in (0u64..20_000, 0u64..2_000, 0u64..0x10_0000),
+    ) {
+        use formats::exe_filter::Arch;
+        use formats::exe_project::Projection;
+        let old = code(n, seed);
+        let new = mutate(&old, seed ^ 0x55);
+        prop_assume!(!new.is_empty());
+        let size = old.len() as u64;
+        let inside = |(o, l): (u64, u64)| {
+            let o = o.min(size);
+            [o, l.min(size - o)]
+        };
+        let code_range = inside(code_at);
+        let project = Projection {
+            arch: Arch::X86_64,
+            old_code: if code_range[1] > 0 { vec![code_range] } else { vec![] },
+            old_segments: segs.iter().map(|&(o, a, l)| [o, a, l]).collect(),
+            new_segments: new_segs.iter().map(|&(o, a, l)| [o, a, l]).collect(),
+            old_rela: Some(inside(rela)),
+            old_eh_frame_hdr: Some(inside((hdr.0, hdr.1))),
+            new_eh_frame_hdr_addr: Some(hdr.2),
+        };
+        let opts = EncodeOptions { level: 3, ..EncodeOptions::default() };
+        let chosen = Chosen::ExeProjectDiff(project);
         prop_assert_eq!(round_trip(&old, &new, &chosen, &opts), new);
     }
 }

@@ -16,7 +16,7 @@ fn apply(old: &[u8], new_size: u64, member: &[u8]) -> patch_apply::Result<Vec<u8
     std::fs::write(&src, old).expect("write old");
     std::fs::write(&m, member).expect("write member");
     let mut out = Vec::new();
-    patch_apply::decode::apply_split("t", &m, member.len() as u64, &src, new_size, &mut out)?;
+    patch_apply::decode::apply_split("t", (&m, 0), member.len() as u64, &src, new_size, &mut out)?;
     Ok(out)
 }
 

@@ -449,7 +449,7 @@ fn apply_split(member: &[u8], new_size: u64) -> Result<Vec<u8>, String> {
     std::fs::write(&m, member).unwrap();
     std::fs::write(&old, vec![7u8; 100]).unwrap();
     let mut out = Vec::new();
-    patch_apply::decode::apply_split("t", &m, member.len() as u64, &old, new_size, &mut out)
+    patch_apply::decode::apply_split("t", (&m, 0), member.len() as u64, &old, new_size, &mut out)
         .map(|()| out)
         .map_err(|e| e.to_string())
 }

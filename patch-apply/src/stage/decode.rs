@@ -11,6 +11,7 @@ use std::io::{BufReader, BufWriter, Read, Seek, SeekFrom, Write};
 use std::path::Path;
 
 use formats::exe_filter::{self, Direction, ExeFilter, Filter};
+use formats::exe_project::{self, EqMap, Projection};
 use formats::hash::StreamCheck;
 use formats::limits::Limits;
 use formats::patch_info::{Encoding, PatchOp};
@@ -219,7 +220,7 @@ fn produce_unchecked(
         Encoding::SplitDiff { member_size, .. } => {
             let src = need_source()?;
             let m = need_member()?;
-            apply_split(&file_what, m, *member_size, src, op.new.size, &mut w)?;
+            apply_split(&file_what, (m, 0), *member_size, src, op.new.size, &mut w)?;
         }
         Encoding::ExeSplitDiff {
             member_size,
@@ -234,6 +235,24 @@ fn produce_unchecked(
                 *member_size,
                 (src, pin),
                 filter,
+                out,
+                op.new.size,
+                &mut w,
+            )?;
+        }
+        Encoding::ExeProjectDiff {
+            member_size,
+            project,
+            ..
+        } => {
+            let (src, pin) = need_source_pin()?;
+            let m = need_member()?;
+            apply_exe_project(
+                &file_what,
+                m,
+                *member_size,
+                (src, pin),
+                project,
                 out,
                 op.new.size,
                 &mut w,
@@ -571,9 +590,10 @@ fn apply_byte(b: &mut u8, d: u8, c: &mut u8) {
 /// Applies a split-diff member (docs/encodings.md) to the old file `source`, writing the new
 /// file (`new_size` bytes) to `w`. Memory: three decoders (zstd windows ≤ 16 MiB, LZMA2
 /// dictionaries ≤ 16 MiB, in practice ≤ 1 MiB) and 64 KiB buffers.
+/// The member starts at byte `base` of the file `member` (0 but for `exe-project-diff`).
 pub fn apply_split<W: Write>(
     what: &str,
-    member: &Path,
+    (member, base): (&Path, u64),
     member_size: u64,
     source: &Path,
     new_size: u64,
@@ -581,7 +601,9 @@ pub fn apply_split<W: Write>(
 ) -> Result<()> {
     let bad = |reason: &str| Error::bad(what, reason.to_string());
     let (lens, header) = {
-        let mut hdr = BufReader::with_capacity(64, File::open(member).at(member)?);
+        let mut file = File::open(member).at(member)?;
+        file.seek(SeekFrom::Start(base)).at(member)?;
+        let mut hdr = BufReader::with_capacity(64, file);
         let mut counting = CountingReader {
             inner: &mut hdr,
             n: 0,
@@ -594,12 +616,12 @@ pub fn apply_split<W: Write>(
     };
     let total = lens.iter().try_fold(header, |t, l| t.checked_add(*l));
     let on_disk = std::fs::metadata(member).at(member)?.len();
-    if total != Some(member_size) || on_disk != member_size {
+    if total != Some(member_size) || base.checked_add(member_size) != Some(on_disk) {
         return Err(bad(
             "split-diff stream lengths do not add up to the member size",
         ));
     }
-    let mut start = header;
+    let mut start = base + header;
     let mut part = |i: usize, bound: u64| {
         let p = split_part(what, member, start, lens[i], bound);
         start += lens[i];
@@ -736,7 +758,7 @@ pub fn apply_exe_split<W: Write>(
     };
     apply_split(
         what,
-        member,
+        (member, 0),
         member_size,
         tmp.path(),
         new_size,
@@ -745,6 +767,86 @@ pub fn apply_exe_split<W: Write>(
     unfilter
         .finish()
         .map_err(|e| Error::bad(what, e.to_string()))?;
+    tmp.close().at(dir)
+}
+
+/// Applies an `exe-project-diff` member (docs/format.md §6.2.6): the equivalence map at its
+/// start is read (its compressed and decompressed sizes bounded), the old file `source` is read
+/// into memory (its signed size at most [`exe_project::MAX_OLD_SIZE`]), projected through the
+/// map, written to a temporary file beside `out` (deleted on return) and freed; then the split
+/// diff after the map is applied to that file. Memory: the old file while it is projected,
+/// then that of [`apply_split`].
+#[allow(clippy::too_many_arguments)] // One call site; the arguments are the op's parts.
+pub fn apply_exe_project<W: Write>(
+    what: &str,
+    member: &Path,
+    member_size: u64,
+    (source, pin): (&Path, Pin),
+    project: &Projection,
+    out: &Path,
+    new_size: u64,
+    w: &mut W,
+) -> Result<()> {
+    project
+        .validate(what, pin.size)
+        .map_err(|e| Error::bad(what, e.to_string()))?;
+    let on_disk = std::fs::metadata(member).at(member)?.len();
+    if on_disk != member_size {
+        return Err(Error::bad(what, "member size differs from the patch info"));
+    }
+    let mut f = BufReader::with_capacity(1 << 16, File::open(member).at(member)?);
+    let mut counting = CountingReader {
+        inner: &mut f,
+        n: 0,
+    };
+    let map_len = need_varint(&mut counting, what)?;
+    let header = counting.n;
+    let map_end = header
+        .checked_add(map_len)
+        .filter(|&e| e <= member_size)
+        .ok_or_else(|| Error::bad(what, "equivalence map longer than the member"))?;
+    let mut map_bytes = Vec::new();
+    {
+        let err = |e: std::io::Error| Error::bad(what, format!("equivalence map: {e}"));
+        let mut dec = zstd::stream::read::Decoder::with_buffer((&mut f).take(map_len)).map_err(err)?;
+        dec.window_log_max(MAX_WINDOW_LOG).map_err(err)?;
+        LimitedReader::new(dec, exe_project::MAX_MAP_BYTES, what)
+            .read_to_end(&mut map_bytes)
+            .map_err(err)?;
+    }
+    let map = EqMap::decode(what, &map_bytes, pin.size).map_err(|e| Error::bad(what, e.to_string()))?;
+    drop(map_bytes);
+    let mut old = Vec::with_capacity(usize::try_from(pin.size).unwrap_or(0));
+    File::open(source)
+        .at(source)?
+        .take(pin.size.saturating_add(1))
+        .read_to_end(&mut old)
+        .at(source)?;
+    if old.len() as u64 != pin.size {
+        return Err(Error::Verify {
+            path: what.to_string(),
+            reason: format!(
+                "source {} is not the version this patch was built for (size)",
+                source.display()
+            ),
+        });
+    }
+    exe_project::project(&mut old, project, &map, None);
+    let dir = out.parent().unwrap_or(Path::new("."));
+    let tmp = tempfile::Builder::new()
+        .prefix(".exe-old-")
+        .tempfile_in(dir)
+        .at(dir)?;
+    tmp.as_file().write_all(&old).at(tmp.path())?;
+    drop(old);
+    apply_split(
+        what,
+        (member, map_end),
+        member_size - map_end,
+        tmp.path(),
+        new_size,
+        w,
+    )?;
     tmp.close().at(dir)
 }
 

@@ -9,6 +9,7 @@ use std::io::{BufWriter, Read, Write};
 use std::path::Path;
 
 use formats::exe_filter::ExeFilter;
+use formats::exe_project::{self, EqMap, Projection};
 use formats::Pin;
 
 use crate::diff::compress::zerr;
@@ -111,6 +112,8 @@ pub enum Chosen {
     SplitDiff,
     /// Split diff of both files after the branch filter (docs/format.md §6.2.5).
     ExeSplitDiff(ExeFilter),
+    /// Equivalence map, then the split diff against the projected old file (§6.2.6).
+    ExeProjectDiff(Projection),
     /// zstd with the old file as reference prefix, needing this window log.
     ZstdRef {
         /// Window log the decoder must allow.
@@ -176,13 +179,34 @@ const TINY_FILE: usize = 4 << 10;
 /// file at the patch level when the diff is poor or, for small files, not much smaller than a
 /// fast (level 1) compression of the file (level 19 is rarely under a third of level 1).
 pub fn encode_change(old: &[u8], new: &[u8], opts: &EncodeOptions) -> Result<Encoded> {
+    encode_change_eq(old, new, opts, None)
+}
+
+/// [`encode_change`], keeping in `eqs` the split diff's matches of at least [`MIN_EQ`] bytes as
+/// `(old start, new start, length)` equivalences.
+fn encode_change_eq(
+    old: &[u8],
+    new: &[u8],
+    opts: &EncodeOptions,
+    eqs: Option<&mut Vec<(u64, u64, u64)>>,
+) -> Result<Encoded> {
     if old.is_empty() || new.is_empty() {
         return Ok(Encoded {
             chosen: Chosen::Full,
             bytes: compress(new, opts.level)?,
         });
     }
-    let sd = split_diff(old, new, opts)?;
+    let sd = match eqs {
+        None => split_diff(old, new, opts)?,
+        Some(eqs) => {
+            let s = crate::diff::streams::split_streams_with(old, new, |m| {
+                if m.add_length >= MIN_EQ {
+                    eqs.push((m.add_old_start as u64, m.add_new_start as u64, m.add_length as u64));
+                }
+            })?;
+            pack_split(&s, opts.level)?
+        }
+    };
     let mut best = Encoded {
         chosen: Chosen::SplitDiff,
         bytes: sd,
@@ -217,17 +241,62 @@ pub fn encode_change(old: &[u8], new: &[u8], opts: &EncodeOptions) -> Result<Enc
     Ok(best)
 }
 
+/// Shortest match of the plain split diff kept as an equivalence of the `exe-project-diff`
+/// candidate: shorter ones cost more map bytes than they save (on uv 0.5.1 → 0.5.2, 32-byte
+/// equivalences gave a larger patch than 128-byte ones, `examples/project_probe.rs`).
+pub const MIN_EQ: usize = 128;
+
+/// The `exe-project-diff` member of `old` → `new` with projection `p`, from the equivalences
+/// `eqs` of their plain diff: the map is cut to the entries that changed a byte, the old file
+/// is projected through it (a copy: `old` is kept), and the member is the zstd-compressed map
+/// behind its varint length, then the split diff of the projected old file to `new`.
+pub fn project_member(
+    old: &[u8],
+    new: &[u8],
+    p: &Projection,
+    eqs: Vec<(u64, u64, u64)>,
+    opts: &EncodeOptions,
+) -> Result<Vec<u8>> {
+    let map = EqMap::from_equivalences(eqs);
+    let mut projected = old.to_vec();
+    let mut used = vec![false; map.entries().len()];
+    exe_project::project(&mut projected, p, &map, Some(&mut used));
+    let map = map.retain(&used);
+    projected.copy_from_slice(old);
+    exe_project::project(&mut projected, p, &map, None);
+    let sd = split_diff(&projected, new, opts)?;
+    let map_bytes = compress(&map.encode(), opts.level)?;
+    let mut member = Vec::with_capacity(10 + map_bytes.len() + sd.len());
+    put_varint(&mut member, map_bytes.len() as u64);
+    member.extend_from_slice(&map_bytes);
+    member.extend_from_slice(&sd);
+    Ok(member)
+}
+
 /// [`encode_change`], then, when both files are executables of one instruction set (and
-/// `opts.try_exe`), the `exe-split-diff` candidate: the buffers are filtered in place (they are
-/// consumed), so the candidate costs a second diff but no extra memory.
+/// `opts.try_exe`), the `exe-project-diff` candidate (x86-64 ELF with an old file of at most
+/// [`exe_project::MAX_OLD_SIZE`] bytes: one more diff and a copy of the old file) and the
+/// `exe-split-diff` candidate: the buffers are filtered in place (they are consumed), so that
+/// one costs a second diff but no extra memory.
 pub fn encode_change_owned(
     mut old: Vec<u8>,
     mut new: Vec<u8>,
     opts: &EncodeOptions,
 ) -> Result<Encoded> {
-    let best = encode_change(&old, &new, opts)?;
     if !opts.try_exe || old.is_empty() || new.is_empty() {
-        return Ok(best);
+        return encode_change(&old, &new, opts);
+    }
+    let projection = crate::exe::projection_for(&old, &new);
+    let mut eqs = Vec::new();
+    let mut best = encode_change_eq(&old, &new, opts, projection.as_ref().map(|_| &mut eqs))?;
+    if let Some(p) = projection {
+        let member = project_member(&old, &new, &p, eqs, opts)?;
+        if member.len() < best.bytes.len() {
+            best = Encoded {
+                chosen: Chosen::ExeProjectDiff(p),
+                bytes: member,
+            };
+        }
     }
     let Some(filter) = crate::exe::filter_for(&old, &new) else {
         return Ok(best);
@@ -251,6 +320,16 @@ pub fn encode_as(old: &[u8], new: &[u8], chosen: &Chosen, opts: &EncodeOptions) 
             let (mut old, mut new) = (old.to_vec(), new.to_vec());
             crate::exe::encode_pair(filter, &mut old, &mut new);
             split_diff(&old, &new, opts)
+        }
+        Chosen::ExeProjectDiff(p) => {
+            let mut eqs = Vec::new();
+            crate::diff::sa_scan::diff(old, new, |m| {
+                if m.add_length >= MIN_EQ {
+                    eqs.push((m.add_old_start as u64, m.add_new_start as u64, m.add_length as u64));
+                }
+                Ok(())
+            })?;
+            project_member(old, new, p, eqs, opts)
         }
         Chosen::Bidiff => compress(&bidiff_raw(old, new)?, opts.level),
         Chosen::SplitDiff => split_diff(old, new, opts),

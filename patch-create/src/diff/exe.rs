@@ -4,7 +4,8 @@
 //! of [`formats::exe_filter`] made their relative operands absolute.
 
 use formats::exe_filter::{self, Arch, CodeRange, Direction, ExeFilter, MAX_RANGES};
-use object::{Architecture, Object, ObjectSection, SectionKind};
+use formats::exe_project::{Projection, Segment, MAX_OLD_SIZE, MAX_SEGMENTS};
+use object::{Architecture, BinaryFormat, Object, ObjectSection, ObjectSegment, SectionKind};
 
 /// The instruction set and code ranges of an executable or library in `bytes`, or `None` when
 /// it is not an ELF, PE or Mach-O file for x86-64 or AArch64 with code sections. Ranges are
@@ -39,6 +40,55 @@ pub fn code_ranges(bytes: &[u8]) -> Option<(Arch, Vec<CodeRange>)> {
         merged = vec![[first[0], last[0] + last[1] - first[0]]];
     }
     (!merged.is_empty()).then_some((arch, merged))
+}
+
+/// The loaded segments of an executable (file offset, address, size in the file), when there
+/// are at most [`MAX_SEGMENTS`].
+fn segments(file: &object::File) -> Option<Vec<Segment>> {
+    let segs: Vec<Segment> = file
+        .segments()
+        .filter_map(|s| {
+            let (off, size) = s.file_range();
+            (size > 0).then_some([off, s.address(), size])
+        })
+        .collect();
+    (!segs.is_empty() && segs.len() <= MAX_SEGMENTS).then_some(segs)
+}
+
+/// The projection of the pair `old` → `new` (docs/format.md §6.2.6) when both are x86-64 ELF
+/// files with loaded segments and code, and the old file is at most [`MAX_OLD_SIZE`] bytes:
+/// its code ranges, both files' segments, the old `.rela.dyn` and `.eh_frame_hdr`.
+pub fn projection_for(old: &[u8], new: &[u8]) -> Option<Projection> {
+    if old.len() as u64 > MAX_OLD_SIZE {
+        return None;
+    }
+    let (fo, fnew) = (object::File::parse(old).ok()?, object::File::parse(new).ok()?);
+    let elf_x86 = |f: &object::File| f.format() == BinaryFormat::Elf && f.architecture() == Architecture::X86_64;
+    if !elf_x86(&fo) || !elf_x86(&fnew) {
+        return None;
+    }
+    let (Arch::X86_64, old_code) = code_ranges(old)? else {
+        return None;
+    };
+    let range = |f: &object::File, name: &str| {
+        f.section_by_name(name)
+            .and_then(|s| s.file_range())
+            .map(|(o, l)| [o, l])
+    };
+    let hdr = range(&fo, ".eh_frame_hdr");
+    let new_hdr = fnew.section_by_name(".eh_frame_hdr").map(|s| s.address());
+    let both = hdr.is_some() && new_hdr.is_some();
+    let p = Projection {
+        arch: Arch::X86_64,
+        old_code,
+        old_segments: segments(&fo)?,
+        new_segments: segments(&fnew)?,
+        old_rela: range(&fo, ".rela.dyn"),
+        old_eh_frame_hdr: hdr.filter(|_| both),
+        new_eh_frame_hdr_addr: new_hdr.filter(|_| both),
+    };
+    p.validate("projection", old.len() as u64).ok()?;
+    Some(p)
 }
 
 /// The operand span of a pair: the smallest log within the format's bounds whose span covers

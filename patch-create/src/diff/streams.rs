@@ -125,7 +125,19 @@ impl<'a> SplitBuilder<'a> {
 /// on rayon's threads, in pieces fixed by the file size ([`crate::diff::sa_scan`]), so the result
 /// does not depend on the number of threads.
 pub fn split_streams(old: &[u8], new: &[u8]) -> Result<SplitStreams> {
+    split_streams_with(old, new, |_| {})
+}
+
+/// [`split_streams`], showing each match to `seen` first.
+pub fn split_streams_with(
+    old: &[u8],
+    new: &[u8],
+    mut seen: impl FnMut(&bidiff::Match),
+) -> Result<SplitStreams> {
     let mut b = SplitBuilder::new(old, new, 0, 0);
-    crate::diff::sa_scan::diff(old, new, |m| b.add_match(&m))?;
+    crate::diff::sa_scan::diff(old, new, |m| {
+        seen(&m);
+        b.add_match(&m)
+    })?;
     Ok(b.finish())
 }
