@@ -58,7 +58,10 @@ impl Projection {
     /// op in errors.
     pub fn validate(&self, what: &str, old_size: u64) -> Result<()> {
         if self.arch != Arch::X86_64 {
-            return Err(Error::invalid(what, "exe-project-diff projects x86-64 code only"));
+            return Err(Error::invalid(
+                what,
+                "exe-project-diff projects x86-64 code only",
+            ));
         }
         if old_size > MAX_OLD_SIZE {
             return Err(Error::invalid(
@@ -67,9 +70,14 @@ impl Projection {
             ));
         }
         check_ranges(&format!("{what}: old_code"), &self.old_code, old_size)?;
-        for (name, segs) in [("old_segments", &self.old_segments), ("new_segments", &self.new_segments)] {
+        for (name, segs) in [
+            ("old_segments", &self.old_segments),
+            ("new_segments", &self.new_segments),
+        ] {
             if segs.len() > MAX_SEGMENTS
-                || segs.iter().any(|s| s[0].checked_add(s[2]).is_none() || s[1].checked_add(s[2]).is_none())
+                || segs
+                    .iter()
+                    .any(|s| s[0].checked_add(s[2]).is_none() || s[1].checked_add(s[2]).is_none())
             {
                 return Err(Error::invalid(
                     what,
@@ -77,9 +85,14 @@ impl Projection {
                 ));
             }
         }
-        let in_file = |r: Option<[u64; 2]>| r.is_none_or(|[o, l]| o.checked_add(l).is_some_and(|e| e <= old_size));
+        let in_file = |r: Option<[u64; 2]>| {
+            r.is_none_or(|[o, l]| o.checked_add(l).is_some_and(|e| e <= old_size))
+        };
         if !in_file(self.old_rela) || !in_file(self.old_eh_frame_hdr) {
-            return Err(Error::invalid(what, "old_rela or old_eh_frame_hdr past the end of the old file"));
+            return Err(Error::invalid(
+                what,
+                "old_rela or old_eh_frame_hdr past the end of the old file",
+            ));
         }
         if self.old_eh_frame_hdr.is_some() != self.new_eh_frame_hdr_addr.is_some() {
             return Err(Error::invalid(
@@ -109,23 +122,44 @@ fn put_varint(out: &mut Vec<u8>, mut v: u64) {
 }
 
 impl EqMap {
-    /// A map from `(old start, new start, length)` equivalences: sorted by old start, an
-    /// equivalence overlapping an earlier one is cut to the part after it (and dropped when
-    /// nothing is left); empty ones are dropped.
+    /// A map from `(old start, new start, length)` equivalences: the longest ones first,
+    /// each keeps the parts of its old range that no longer one holds (a short match of
+    /// look-alike code elsewhere must not shadow the long alignment around it); empty ones are
+    /// dropped.
     pub fn from_equivalences(mut eqs: Vec<(u64, u64, u64)>) -> EqMap {
-        eqs.sort_unstable_by(|a, b| a.0.cmp(&b.0).then(b.2.cmp(&a.2)));
-        let mut entries: Vec<(u64, u64, i64)> = Vec::with_capacity(eqs.len());
-        let mut end = 0u64;
+        eqs.sort_unstable_by(|a, b| b.2.cmp(&a.2).then(a.0.cmp(&b.0)).then(a.1.cmp(&b.1)));
+        // Accepted ranges: start -> (end, shift).
+        let mut taken: std::collections::BTreeMap<u64, (u64, i64)> =
+            std::collections::BTreeMap::new();
         for (o, n, l) in eqs {
-            let cut = end.saturating_sub(o);
-            if cut >= l {
+            let (Some(end), shift) = (o.checked_add(l), n as i64 - o as i64) else {
                 continue;
+            };
+            let mut at = o;
+            // A range that starts before `o` may reach into it.
+            if let Some((_, &(e, _))) = taken.range(..o).next_back() {
+                at = at.max(e);
             }
-            let (o, n, l) = (o + cut, n + cut, l - cut);
-            entries.push((o, l, n as i64 - o as i64));
-            end = o + l;
+            let mut pieces = Vec::new();
+            for (&s, &(e, _)) in taken.range(o..end) {
+                if s > at {
+                    pieces.push((at, s));
+                }
+                at = at.max(e);
+            }
+            if at < end {
+                pieces.push((at, end));
+            }
+            for (s, e) in pieces {
+                taken.insert(s, (e, shift));
+            }
         }
-        EqMap { entries }
+        EqMap {
+            entries: taken
+                .into_iter()
+                .map(|(s, (e, shift))| (s, e - s, shift))
+                .collect(),
+        }
     }
 
     /// The entries `(old start, length, shift)`.
@@ -165,7 +199,10 @@ impl EqMap {
         let mut out = Vec::with_capacity(self.entries.len() * 6);
         let (mut end, mut shift) = (0u64, 0i64);
         for &(o, l, s) in &self.entries {
-            put_varint(&mut out, crate::split_diff::zigzag(o.wrapping_sub(end) as i64));
+            put_varint(
+                &mut out,
+                crate::split_diff::zigzag(o.wrapping_sub(end) as i64),
+            );
             put_varint(&mut out, l);
             put_varint(&mut out, crate::split_diff::zigzag(s.wrapping_sub(shift)));
             end = o + l;
@@ -247,7 +284,10 @@ impl Run<'_> {
         let off = off_of(&self.p.old_segments, a)?;
         let e = self.map.entry_of(off)?;
         touched[k] = Some(e);
-        addr_of(&self.p.new_segments, off.checked_add_signed(self.map.entries[e].2)?)
+        addr_of(
+            &self.p.new_segments,
+            off.checked_add_signed(self.map.entries[e].2)?,
+        )
     }
 
     fn mark(&mut self, touched: [Option<usize>; 2]) {
@@ -259,7 +299,13 @@ impl Run<'_> {
     }
 
     /// Writes `v` at `buf[at..]` (little-endian, `N` bytes); marks the entries when it changed.
-    fn put<const N: usize>(&mut self, buf: &mut [u8], at: usize, v: [u8; N], touched: [Option<usize>; 2]) {
+    fn put<const N: usize>(
+        &mut self,
+        buf: &mut [u8],
+        at: usize,
+        v: [u8; N],
+        touched: [Option<usize>; 2],
+    ) {
         if buf[at..at + N] != v {
             buf[at..at + N].copy_from_slice(&v);
             self.mark(touched);
@@ -281,11 +327,15 @@ impl Run<'_> {
                 self.put(buf, e as usize, n.to_le_bytes(), t);
             }
             let mut t = [None; 2];
-            let Some(n) = self.addr(addend, &mut t, 0) else { continue };
+            let Some(n) = self.addr(addend, &mut t, 0) else {
+                continue;
+            };
             self.put(buf, (e + 16) as usize, n.to_le_bytes(), t);
             // The pointer the relocation fills, when the file holds the addend there.
             if let Some(slot) = off_of(&self.p.old_segments, r_off) {
-                if slot.checked_add(8).is_some_and(|s| s <= buf.len() as u64) && rd(buf, slot) == addend {
+                if slot.checked_add(8).is_some_and(|s| s <= buf.len() as u64)
+                    && rd(buf, slot) == addend
+                {
                     self.put(buf, slot as usize, n.to_le_bytes(), t);
                 }
             }
@@ -297,14 +347,23 @@ impl Run<'_> {
         if len < 12 || buf[off as usize..off as usize + 4] != [1, 0x1b, 0x03, 0x3b] {
             return;
         }
-        let Some(hdr) = addr_of(&self.p.old_segments, off) else { return };
+        let Some(hdr) = addr_of(&self.p.old_segments, off) else {
+            return;
+        };
         let o = off as usize;
-        let count = u64::from(u32::from_le_bytes([buf[o + 8], buf[o + 9], buf[o + 10], buf[o + 11]]));
+        let count = u64::from(u32::from_le_bytes([
+            buf[o + 8],
+            buf[o + 9],
+            buf[o + 10],
+            buf[o + 11],
+        ]));
         for i in 0..count.saturating_mul(2).min((len - 12) / 4) {
             let at = o + 12 + 4 * i as usize;
             let v = i32::from_le_bytes([buf[at], buf[at + 1], buf[at + 2], buf[at + 3]]);
             let mut t = [None; 2];
-            let Some(n) = self.addr(hdr.wrapping_add_signed(i64::from(v)), &mut t, 0) else { continue };
+            let Some(n) = self.addr(hdr.wrapping_add_signed(i64::from(v)), &mut t, 0) else {
+                continue;
+            };
             if let Ok(d) = i32::try_from(n.wrapping_sub(new_hdr) as i64) {
                 self.put(buf, at, d.to_le_bytes(), t);
             }
@@ -322,7 +381,9 @@ impl Run<'_> {
                     0xE8 | 0xE9 => Some(i + 1),
                     0x0F if b[1] & 0xF0 == 0x80 => Some(i + 2),
                     0xFF if b[1] == 0x15 || b[1] == 0x25 => Some(i + 2),
-                    0x40..=0x4F if matches!(b[1], 0x89 | 0x8B | 0x8D) && b[2] & 0xC7 == 0x05 => Some(i + 3),
+                    0x40..=0x4F if matches!(b[1], 0x89 | 0x8B | 0x8D) && b[2] & 0xC7 == 0x05 => {
+                        Some(i + 3)
+                    }
                     _ => None,
                 };
                 match field {
@@ -340,10 +401,16 @@ impl Run<'_> {
     fn operand(&mut self, buf: &mut [u8], f: usize) {
         let disp = i32::from_le_bytes([buf[f], buf[f + 1], buf[f + 2], buf[f + 3]]);
         let pc_off = f as u64 + 4;
-        let Some(pc) = addr_of(&self.p.old_segments, pc_off) else { return };
+        let Some(pc) = addr_of(&self.p.old_segments, pc_off) else {
+            return;
+        };
         let mut t = [None; 2];
-        let Some(target) = self.addr(pc.wrapping_add_signed(i64::from(disp)), &mut t, 0) else { return };
-        let Some(e) = self.map.entry_of(f as u64) else { return };
+        let Some(target) = self.addr(pc.wrapping_add_signed(i64::from(disp)), &mut t, 0) else {
+            return;
+        };
+        let Some(e) = self.map.entry_of(f as u64) else {
+            return;
+        };
         t[1] = Some(e);
         let Some(new_pc) = pc_off
             .checked_add_signed(self.map.entries[e].2)
@@ -367,7 +434,10 @@ pub fn project(buf: &mut [u8], p: &Projection, map: &EqMap, used: Option<&mut Ve
     if let Some(r) = p.old_rela.filter(|&r| fits(r)) {
         run.rela(buf, r);
     }
-    if let (Some(r), Some(new_hdr)) = (p.old_eh_frame_hdr.filter(|&r| fits(r)), p.new_eh_frame_hdr_addr) {
+    if let (Some(r), Some(new_hdr)) = (
+        p.old_eh_frame_hdr.filter(|&r| fits(r)),
+        p.new_eh_frame_hdr_addr,
+    ) {
         run.eh_frame_hdr(buf, r, new_hdr);
     }
     if p.old_code.iter().all(|&r| fits(r)) {
@@ -434,10 +504,12 @@ mod tests {
 
     #[test]
     fn overlapping_equivalences_are_cut() {
-        let m = EqMap::from_equivalences(vec![(10, 100, 20), (0, 50, 15), (12, 0, 4)]);
-        assert_eq!(m.entries(), &[(0, 15, 50), (15, 15, 90)]);
+        // The longest keeps its whole range; shorter ones keep what is left of theirs.
+        let m = EqMap::from_equivalences(vec![(10, 100, 20), (0, 50, 15), (12, 0, 4), (29, 7, 3)]);
+        assert_eq!(m.entries(), &[(0, 10, 50), (10, 20, 90), (30, 2, -22)]);
         assert_eq!(m.map(16), Some(106));
-        assert_eq!(m.map(30), None);
+        assert_eq!(m.map(31), Some(9));
+        assert_eq!(m.map(32), None);
     }
 
     #[test]

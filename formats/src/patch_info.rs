@@ -410,7 +410,10 @@ mod tests {
         let bytes = p.to_json().unwrap();
         let text = String::from_utf8(bytes.clone()).unwrap();
         assert!(text.contains(r#""encoding":"exe-project-diff""#), "{text}");
-        assert_eq!(PatchInfo::from_json("p", &bytes, &Limits::default()).unwrap(), p);
+        assert_eq!(
+            PatchInfo::from_json("p", &bytes, &Limits::default()).unwrap(),
+            p
+        );
         for format in [PATCH_INFO_FORMAT, PATCH_INFO_FORMAT_EXE] {
             let mut q = p.clone();
             q.format = format.into();

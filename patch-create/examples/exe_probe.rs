@@ -1,4 +1,5 @@
-//! Size and time of the plain split diff and of the `exe-split-diff` candidate of OLD NEW
+//! Size and time of the plain split diff and of the `exe-project-diff` and `exe-split-diff`
+//! candidates of OLD NEW
 //! executable pairs (tuning aid): `cargo run --release -p patchkit-create --example exe_probe --
 //! OLD NEW [OLD NEW...]`.
 use std::time::Instant;
@@ -13,6 +14,16 @@ fn main() -> anyhow::Result<()> {
         let t = Instant::now();
         let plain = encode::split_diff(&o, &n, &opts)?.len();
         let t_plain = t.elapsed().as_secs_f64();
+        if let Some(proj) = exe::projection_for(&o, &n) {
+            let t = Instant::now();
+            let m = encode::encode_as(&o, &n, &encode::Chosen::ExeProjectDiff(proj), &opts)?.len();
+            println!(
+                "{}: exe-project-diff {m} B ({:.3} of split-diff; {:.1} s)",
+                p[1],
+                m as f64 / plain as f64,
+                t.elapsed().as_secs_f64()
+            );
+        }
         let Some(filter) = exe::filter_for(&o, &n) else {
             println!("{}: not an executable pair; split diff {plain} B", p[1]);
             continue;

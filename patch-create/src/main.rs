@@ -424,9 +424,9 @@ struct ReleaseArgs {
     /// 256MiB and 4GiB.
     #[arg(long, value_parser = parse_size)]
     memory_budget: Option<u64>,
-    /// Do not try the executable-aware candidate (`exe-split-diff`, docs/format.md §6.2.5) on
-    /// ELF, PE and Mach-O files: diffing them takes about half the time, patches of changed
-    /// executables may be larger.
+    /// Do not try the executable-aware candidates (`exe-project-diff` and `exe-split-diff`,
+    /// docs/format.md §6.2.5-6) on ELF, PE and Mach-O files: diffing them takes about half the
+    /// time, patches of changed executables may be much larger.
     #[arg(long)]
     no_exe_diff: bool,
     /// Build the installer by compressing the whole tree as one frame, as before the installer

@@ -788,7 +788,7 @@ pub fn apply_exe_project<W: Write>(
     w: &mut W,
 ) -> Result<()> {
     project
-        .validate(what, pin.size)
+        .validate("project", pin.size)
         .map_err(|e| Error::bad(what, e.to_string()))?;
     let on_disk = std::fs::metadata(member).at(member)?.len();
     if on_disk != member_size {
@@ -808,13 +808,15 @@ pub fn apply_exe_project<W: Write>(
     let mut map_bytes = Vec::new();
     {
         let err = |e: std::io::Error| Error::bad(what, format!("equivalence map: {e}"));
-        let mut dec = zstd::stream::read::Decoder::with_buffer((&mut f).take(map_len)).map_err(err)?;
+        let mut dec =
+            zstd::stream::read::Decoder::with_buffer((&mut f).take(map_len)).map_err(err)?;
         dec.window_log_max(MAX_WINDOW_LOG).map_err(err)?;
         LimitedReader::new(dec, exe_project::MAX_MAP_BYTES, what)
             .read_to_end(&mut map_bytes)
             .map_err(err)?;
     }
-    let map = EqMap::decode(what, &map_bytes, pin.size).map_err(|e| Error::bad(what, e.to_string()))?;
+    let map =
+        EqMap::decode(what, &map_bytes, pin.size).map_err(|e| Error::bad(what, e.to_string()))?;
     drop(map_bytes);
     let mut old = Vec::with_capacity(usize::try_from(pin.size).unwrap_or(0));
     File::open(source)
@@ -918,6 +920,81 @@ impl<R: Read> Read for CountingReader<'_, R> {
 #[allow(clippy::unwrap_used)] // Tests: a panic is a failure with its message.
 mod tests {
     use super::*;
+
+    #[test]
+    fn bad_exe_project_diff_members_are_refused_with_the_file_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let (m, old, out) = (
+            dir.path().join("m"),
+            dir.path().join("old"),
+            dir.path().join("o"),
+        );
+        std::fs::write(&old, [0xE8u8; 100]).unwrap();
+        let pin = Pin::of(&[0xE8u8; 100]);
+        let project = Projection {
+            arch: exe_filter::Arch::X86_64,
+            old_code: vec![[0, 100]],
+            old_segments: vec![[0, 0x1000, 100]],
+            new_segments: vec![[0, 0x1000, 100]],
+            old_rela: None,
+            old_eh_frame_hdr: None,
+            new_eh_frame_hdr_addr: None,
+        };
+        let run = |member: &[u8], project: &Projection, pin: Pin| {
+            std::fs::write(&m, member).unwrap();
+            let mut w = Vec::new();
+            let e = apply_exe_project(
+                "p: bin/app",
+                &m,
+                member.len() as u64,
+                (&old, pin),
+                project,
+                &out,
+                10,
+                &mut w,
+            )
+            .unwrap_err()
+            .to_string();
+            assert!(w.is_empty());
+            assert!(e.contains("bin/app"), "{e}");
+            e
+        };
+        // A map longer than the member.
+        let e = run(&[200, 1, 0], &project, pin);
+        assert!(e.contains("longer than the member"), "{e}");
+        // A map that is not zstd.
+        let e = run(&[2, 0xFF, 0xFF, 0, 0, 0], &project, pin);
+        assert!(e.contains("equivalence map"), "{e}");
+        // A map whose entry ends past the old file.
+        let map = zstd::bulk::compress(&[0, 0xC8, 0x01, 0], 3).unwrap();
+        let mut member = vec![map.len() as u8];
+        member.extend_from_slice(&map);
+        member.extend_from_slice(&[0, 0, 0]);
+        let e = run(&member, &project, pin);
+        assert!(e.contains("past the old file"), "{e}");
+        // Code ranges past the old file, and a source shorter than its pin.
+        let wide = Projection {
+            old_code: vec![[50, 51]],
+            ..project.clone()
+        };
+        let e = run(&[0, 0, 0, 0], &wide, pin);
+        assert!(e.contains("past the end"), "{e}");
+        let long_pin = Pin { size: 120, ..pin };
+        let ok_map = zstd::bulk::compress(&[0, 10, 0], 3).unwrap();
+        let mut member = vec![ok_map.len() as u8];
+        member.extend_from_slice(&ok_map);
+        member.extend_from_slice(&[0, 0, 0]);
+        let e = run(&member, &project, long_pin);
+        assert!(e.contains("not the version"), "{e}");
+        // No temporary file is left behind.
+        let names: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| n.starts_with(".exe-old-"))
+            .collect();
+        assert!(names.is_empty(), "{names:?}");
+    }
 
     #[test]
     fn exe_split_diff_ranges_past_the_old_file_are_refused_before_reading() {

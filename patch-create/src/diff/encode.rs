@@ -201,7 +201,11 @@ fn encode_change_eq(
         Some(eqs) => {
             let s = crate::diff::streams::split_streams_with(old, new, |m| {
                 if m.add_length >= MIN_EQ {
-                    eqs.push((m.add_old_start as u64, m.add_new_start as u64, m.add_length as u64));
+                    eqs.push((
+                        m.add_old_start as u64,
+                        m.add_new_start as u64,
+                        m.add_length as u64,
+                    ));
                 }
             })?;
             pack_split(&s, opts.level)?
@@ -242,8 +246,9 @@ fn encode_change_eq(
 }
 
 /// Shortest match of the plain split diff kept as an equivalence of the `exe-project-diff`
-/// candidate: shorter ones cost more map bytes than they save (on uv 0.5.1 → 0.5.2, 32-byte
-/// equivalences gave a larger patch than 128-byte ones, `examples/project_probe.rs`).
+/// candidate: shorter ones cost more map bytes than they save (on uv 0.5.1 → 0.5.2, a study
+/// of session 17 found 32-byte equivalences 0.994 × the plain split diff, 128-byte ones 0.943,
+/// before relocations were projected; bench/RESULTS.md).
 pub const MIN_EQ: usize = 128;
 
 /// The `exe-project-diff` member of `old` → `new` with projection `p`, from the equivalences
@@ -274,10 +279,10 @@ pub fn project_member(
 }
 
 /// [`encode_change`], then, when both files are executables of one instruction set (and
-/// `opts.try_exe`), the `exe-project-diff` candidate (x86-64 ELF with an old file of at most
-/// [`exe_project::MAX_OLD_SIZE`] bytes: one more diff and a copy of the old file) and the
-/// `exe-split-diff` candidate: the buffers are filtered in place (they are consumed), so that
-/// one costs a second diff but no extra memory.
+/// `opts.try_exe`), the `exe-project-diff` candidate for x86-64 ELF files whose old file is at
+/// most [`crate::exe::PROJECT_MAX_OLD`] bytes (one more diff and a copy of the old file), and,
+/// unless that one won, `exe-split-diff`, whose buffers are filtered in place (they are consumed), so
+/// that it costs a second diff but no extra memory.
 pub fn encode_change_owned(
     mut old: Vec<u8>,
     mut new: Vec<u8>,
@@ -288,14 +293,17 @@ pub fn encode_change_owned(
     }
     let projection = crate::exe::projection_for(&old, &new);
     let mut eqs = Vec::new();
-    let mut best = encode_change_eq(&old, &new, opts, projection.as_ref().map(|_| &mut eqs))?;
+    let best = encode_change_eq(&old, &new, opts, projection.as_ref().map(|_| &mut eqs))?;
     if let Some(p) = projection {
+        // The branch filter is tried only when the projection did not win: on the x86-64 ELF
+        // pairs measured (esbuild, uv) it wins by far, and the filter would cost one more
+        // whole diff.
         let member = project_member(&old, &new, &p, eqs, opts)?;
         if member.len() < best.bytes.len() {
-            best = Encoded {
+            return Ok(Encoded {
                 chosen: Chosen::ExeProjectDiff(p),
                 bytes: member,
-            };
+            });
         }
     }
     let Some(filter) = crate::exe::filter_for(&old, &new) else {
@@ -325,7 +333,11 @@ pub fn encode_as(old: &[u8], new: &[u8], chosen: &Chosen, opts: &EncodeOptions) 
             let mut eqs = Vec::new();
             crate::diff::sa_scan::diff(old, new, |m| {
                 if m.add_length >= MIN_EQ {
-                    eqs.push((m.add_old_start as u64, m.add_new_start as u64, m.add_length as u64));
+                    eqs.push((
+                        m.add_old_start as u64,
+                        m.add_new_start as u64,
+                        m.add_length as u64,
+                    ));
                 }
                 Ok(())
             })?;

@@ -55,15 +55,25 @@ fn segments(file: &object::File) -> Option<Vec<Segment>> {
     (!segs.is_empty() && segs.len() <= MAX_SEGMENTS).then_some(segs)
 }
 
+/// Largest old file offered the `exe-project-diff` candidate. The client holds the old file in
+/// memory while it projects it; 48 MiB keeps an update's apply within its 64 MB goal
+/// (the format itself accepts up to [`MAX_OLD_SIZE`]).
+pub const PROJECT_MAX_OLD: u64 = 48 << 20;
+
 /// The projection of the pair `old` → `new` (docs/format.md §6.2.6) when both are x86-64 ELF
-/// files with loaded segments and code, and the old file is at most [`MAX_OLD_SIZE`] bytes:
+/// files with loaded segments and code, and the old file is at most [`PROJECT_MAX_OLD`] bytes:
 /// its code ranges, both files' segments, the old `.rela.dyn` and `.eh_frame_hdr`.
 pub fn projection_for(old: &[u8], new: &[u8]) -> Option<Projection> {
-    if old.len() as u64 > MAX_OLD_SIZE {
+    if old.len() as u64 > PROJECT_MAX_OLD.min(MAX_OLD_SIZE) {
         return None;
     }
-    let (fo, fnew) = (object::File::parse(old).ok()?, object::File::parse(new).ok()?);
-    let elf_x86 = |f: &object::File| f.format() == BinaryFormat::Elf && f.architecture() == Architecture::X86_64;
+    let (fo, fnew) = (
+        object::File::parse(old).ok()?,
+        object::File::parse(new).ok()?,
+    );
+    let elf_x86 = |f: &object::File| {
+        f.format() == BinaryFormat::Elf && f.architecture() == Architecture::X86_64
+    };
     if !elf_x86(&fo) || !elf_x86(&fnew) {
         return None;
     }
