@@ -61,13 +61,13 @@ def test_binaries():
     return out
 
 
-def run_one(name, exe, pkg, timeout):
+def run_one(name, exe, pkg, timeout, args=()):
     """Runs one test binary in its own process group; past `timeout` seconds the whole group
     (the binary and every server, agent or browser it started) is killed and the binary counts
     as failed, with what it printed so far (the harness names tests running for over 60 s)."""
     env = dict(os.environ, CARGO_MANIFEST_DIR=pkg)
     t0 = time.monotonic()
-    p = subprocess.Popen([exe], cwd=pkg, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+    p = subprocess.Popen([exe, *args], cwd=pkg, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                          text=True, errors="replace", start_new_session=True)
     lines = []
     reader = threading.Thread(target=lambda: lines.extend(p.stdout), daemon=True)
@@ -114,12 +114,11 @@ def retry_alone(name, exe, pkg, tests, timeout):
     pass. Used once, for binaries whose failures were test failures (not a timeout): the
     fleet_agent tests time whole agents and supervised apps, and a 2-core machine running
     three binaries at once has made one of them miss its deadline. Each test that passes only
-    here is printed as FLAKY, so it stays visible."""
-    p = subprocess.run([exe, "--exact", *tests], cwd=pkg, env=dict(os.environ, CARGO_MANIFEST_DIR=pkg),
-                       stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, errors="replace",
-                       timeout=timeout, start_new_session=True)
-    print(p.stdout)
-    return p.returncode == 0
+    here is printed as FLAKY, so it stays visible. Run like the pool's binaries, so that an app
+    a failed test left running cannot hold the output pipe open until the timeout."""
+    _, rc, out, _ = run_one(name, exe, pkg, timeout, ["--exact", *tests])
+    print(out)
+    return rc == 0
 
 
 def main():
@@ -168,10 +167,7 @@ def main():
         print(f"== retrying alone: {name}: {', '.join(tests)}")
         sys.stdout.flush()
         _, exe, pkg = by_name[name]
-        try:
-            passed = retry_alone(name, exe, pkg, tests, a.timeout)
-        except subprocess.TimeoutExpired:
-            passed = False
+        passed = retry_alone(name, exe, pkg, tests, a.timeout)
         if passed:
             failed.remove(name)
             for t in tests:
