@@ -815,8 +815,8 @@ pub fn apply_exe_project<W: Write>(
             .read_to_end(&mut map_bytes)
             .map_err(err)?;
     }
-    let map =
-        EqMap::decode(what, &map_bytes, pin.size).map_err(|e| Error::bad(what, e.to_string()))?;
+    let map = EqMap::decode("exe-project-diff", &map_bytes, pin.size)
+        .map_err(|e| Error::bad(what, e.to_string()))?;
     drop(map_bytes);
     let mut old = Vec::with_capacity(usize::try_from(pin.size).unwrap_or(0));
     File::open(source)

@@ -199,15 +199,8 @@ fn encode_change_eq(
     let sd = match eqs {
         None => split_diff(old, new, opts)?,
         Some(eqs) => {
-            let s = crate::diff::streams::split_streams_with(old, new, |m| {
-                if m.add_length >= MIN_EQ {
-                    eqs.push((
-                        m.add_old_start as u64,
-                        m.add_new_start as u64,
-                        m.add_length as u64,
-                    ));
-                }
-            })?;
+            let s =
+                crate::diff::streams::split_streams_with(old, new, |m| keep_equivalence(eqs, m))?;
             pack_split(&s, opts.level)?
         }
     };
@@ -250,6 +243,18 @@ fn encode_change_eq(
 /// of session 17 found 32-byte equivalences 0.994 × the plain split diff, 128-byte ones 0.943,
 /// before relocations were projected; bench/RESULTS.md).
 pub const MIN_EQ: usize = 128;
+
+/// Adds the add region of match `m` to `eqs` as an `(old start, new start, length)`
+/// equivalence when it is at least [`MIN_EQ`] bytes long.
+fn keep_equivalence(eqs: &mut Vec<(u64, u64, u64)>, m: &bidiff::Match) {
+    if m.add_length >= MIN_EQ {
+        eqs.push((
+            m.add_old_start as u64,
+            m.add_new_start as u64,
+            m.add_length as u64,
+        ));
+    }
+}
 
 /// The `exe-project-diff` member of `old` → `new` with projection `p`, from the equivalences
 /// `eqs` of their plain diff: the map is cut to the entries that changed a byte, the old file
@@ -332,13 +337,7 @@ pub fn encode_as(old: &[u8], new: &[u8], chosen: &Chosen, opts: &EncodeOptions) 
         Chosen::ExeProjectDiff(p) => {
             let mut eqs = Vec::new();
             crate::diff::sa_scan::diff(old, new, |m| {
-                if m.add_length >= MIN_EQ {
-                    eqs.push((
-                        m.add_old_start as u64,
-                        m.add_new_start as u64,
-                        m.add_length as u64,
-                    ));
-                }
+                keep_equivalence(&mut eqs, &m);
                 Ok(())
             })?;
             project_member(old, new, p, eqs, opts)
