@@ -665,12 +665,37 @@ fn supervised_app_is_stopped_updated_and_restarted_by_a_cold_patch() {
 
 #[test]
 fn a_warm_patch_updates_the_running_app_and_the_same_pid_reports_it() {
+    warm_patch_reaches_the_running_app(false);
+}
+
+/// `nohup` starts the agent with SIGHUP ignored, and an ignored signal stays ignored across
+/// `exec`: the app's shell could not even `trap` it. The agent must start its app with the
+/// default action, and still not die of a hangup itself.
+#[test]
+fn a_warm_patch_reaches_the_app_of_an_agent_started_with_sighup_ignored() {
+    warm_patch_reaches_the_running_app(true);
+}
+
+fn warm_patch_reaches_the_running_app(agent_ignores_signals: bool) {
     let (d, repo, public) = supervised_world(false);
     let app = d.path().join("app");
     let status = d.path().join("status");
     let srv = FleetServer::start(d.path(), "srv", "1s");
     srv.add_app(&repo, &public);
-    let mut child = supervise(&app, &repo, &public, &srv, &status);
+    let cmd = supervise_cmd(&app, &repo, &public, &srv, &status);
+    let mut child = if agent_ignores_signals {
+        // What `nohup` and a script's background job do, then `exec` of the agent.
+        let mut sh = Command::new("sh");
+        sh.arg("-c")
+            .arg("trap '' HUP INT QUIT; exec \"$@\"")
+            .arg("sh")
+            .arg(cmd.get_program())
+            .args(cmd.get_args());
+        Killed(sh.spawn().expect("agent"))
+    } else {
+        let mut cmd = cmd;
+        Killed(cmd.spawn().expect("agent"))
+    };
     let read = || std::fs::read_to_string(&status).unwrap_or_default();
     wait_for("the app to start", 30, || !read().is_empty());
     let first: Vec<String> = read().split_whitespace().map(String::from).collect();
@@ -681,9 +706,38 @@ fn a_warm_patch_updates_the_running_app_and_the_same_pid_reports_it() {
     assert_eq!(after[2], "bye");
     assert_same_tree(&app, &d.path().join("v2"));
     assert_eq!(first[0], after[0], "the same process, notified by SIGHUP");
+    if agent_ignores_signals {
+        // The agent started with SIGHUP ignored (else it would not catch it: it has no use
+        // for it) and caught it so that the app starts with the default.
+        assert!(
+            signal_set(child.0.id(), "SigCgt") & 1 != 0,
+            "the agent does not catch SIGHUP"
+        );
+        assert_eq!(signal_set(after[0].parse().unwrap(), "SigIgn") & 1, 0);
+        // The agent itself still ignores a hangup in effect.
+        let _ = Command::new("kill")
+            .args(["-HUP", &child.0.id().to_string()])
+            .status();
+        std::thread::sleep(Duration::from_millis(300));
+        assert!(
+            child.0.try_wait().expect("agent status").is_none(),
+            "the agent died of SIGHUP"
+        );
+    }
     let _ = child.kill();
     let _ = child.wait();
     let _ = Command::new("kill").arg(&after[0]).status();
+}
+
+/// One signal set of process `pid` (`SigIgn`, `SigCgt`… of `/proc/PID/status`; bit `n - 1`
+/// for signal `n`).
+fn signal_set(pid: u32, set: &str) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(set)?.strip_prefix(':'))
+        .and_then(|h| u64::from_str_radix(h.trim(), 16).ok())
+        .unwrap_or_else(|| panic!("no {set} for process {pid}"))
 }
 
 #[test]

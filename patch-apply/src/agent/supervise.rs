@@ -116,6 +116,7 @@ impl Supervisor {
     /// that doubles with each crash in a row (1 s up to 60 s; a run of a minute resets it).
     pub fn run(self, agent: Agent) -> Result<(), String> {
         let mut control = self.clone();
+        restore_default_actions();
         let pid_file = agent.state.agent().join(PID_FILE);
         // Killed while the app ran: that app runs on without a supervisor; stop it first.
         if let Some(pid) = orphan(&pid_file) {
@@ -247,6 +248,65 @@ fn record_crash(g: &mut Inner, pid: u32, status: std::process::ExitStatus) -> Cr
         g.crashes.pop_front();
     }
     c
+}
+
+/// The signals the app must receive with their default action, whatever the agent was
+/// started with: SIGHUP is how a warm patch tells the app, and SIGINT/SIGQUIT/SIGTERM/SIGUSR*
+/// are how people and service managers talk to it.
+const DEFAULT_FOR_THE_APP: [i32; 6] = [
+    signal_hook::consts::SIGHUP,
+    signal_hook::consts::SIGINT,
+    signal_hook::consts::SIGQUIT,
+    signal_hook::consts::SIGTERM,
+    signal_hook::consts::SIGUSR1,
+    signal_hook::consts::SIGUSR2,
+];
+
+/// Makes the app start with the default action of [`DEFAULT_FOR_THE_APP`] even when the agent
+/// itself was started with some of them ignored (`nohup`, a background job of a script).
+///
+/// An ignored signal stays ignored across `exec`, and a shell script cannot even `trap` a
+/// signal that was ignored when it started: without this, an app under a `nohup`ed agent
+/// never hears of a warm patch. A *caught* signal is reset to its default by `exec`, so each
+/// ignored one gets a handler that does nothing: the agent goes on ignoring it in effect, and
+/// the app starts with the default. (Resetting the action in the child before `exec` would
+/// need `unsafe` code, which the workspace forbids.) Signals not ignored are left as they are.
+fn restore_default_actions() {
+    let Some(ignored) = ignored_signals() else {
+        return;
+    };
+    for sig in DEFAULT_FOR_THE_APP {
+        if ignored & (1u64 << (sig - 1)) != 0 {
+            let unread = Arc::new(std::sync::atomic::AtomicBool::new(false));
+            if let Err(e) = signal_hook::flag::register(sig, unread) {
+                eprintln!("agent: the app may start with signal {sig} ignored: {e}");
+            }
+        }
+    }
+}
+
+/// The set of signals this process ignores (bit `n - 1` for signal `n`): `SigIgn` of
+/// `/proc/self/status` on Linux, `ps -o sigignore=` elsewhere; `None` when unknown.
+fn ignored_signals() -> Option<u64> {
+    #[cfg(target_os = "linux")]
+    let hex = {
+        let status = std::fs::read_to_string("/proc/self/status").ok()?;
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("SigIgn:"))?
+            .trim()
+            .to_string()
+    };
+    #[cfg(not(target_os = "linux"))]
+    let hex = {
+        let out = Command::new("ps")
+            .args(["-o", "sigignore=", "-p", &std::process::id().to_string()])
+            .stderr(std::process::Stdio::null())
+            .output()
+            .ok()?;
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    u64::from_str_radix(&hex, 16).ok()
 }
 
 /// The file naming the running app, in the agent's state directory.
