@@ -713,7 +713,10 @@ fn warm_patch_reaches_the_running_app(agent_ignores_signals: bool) {
             signal_set(child.0.id(), "SigCgt") & 1 != 0,
             "the agent does not catch SIGHUP"
         );
-        assert_eq!(signal_set(after[0].parse().unwrap(), "SigIgn") & 1, 0);
+        assert_eq!(
+            signal_set(after[0].parse().expect("the app's pid"), "SigIgn") & 1,
+            0
+        );
         // The agent itself still ignores a hangup in effect.
         let _ = Command::new("kill")
             .args(["-HUP", &child.0.id().to_string()])
