@@ -51,12 +51,44 @@ pub struct Projection {
     /// Virtual address of the new file's `.eh_frame_hdr` (with `old_eh_frame_hdr`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub new_eh_frame_hdr_addr: Option<u64>,
+    /// `[offset, length]` of the old file's `.eh_frame`, if its records' PC-relative pointers
+    /// are projected (rules 2 only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub old_eh_frame: Option<[u64; 2]>,
+    /// Which references are projected (§6.2.6): 1 (absent in JSON) for the first set, 2 adds
+    /// `.eh_frame` records and the RIP-relative forms of [`rip_operand`]. Rules 2 need patch
+    /// info format `patchkit-patch-5`.
+    #[serde(default = "rules_1", skip_serializing_if = "is_rules_1")]
+    pub rules: u8,
+}
+
+/// The rules this version of the creator writes.
+pub const RULES_LATEST: u8 = 2;
+
+fn rules_1() -> u8 {
+    1
+}
+
+fn is_rules_1(r: &u8) -> bool {
+    *r == 1
 }
 
 impl Projection {
     /// Checks the projection of an op whose old file has `old_size` bytes; `what` names the
     /// op in errors.
     pub fn validate(&self, what: &str, old_size: u64) -> Result<()> {
+        if !(1..=RULES_LATEST).contains(&self.rules) {
+            return Err(Error::invalid(
+                what,
+                format!(
+                    "exe-project-diff rules {} (this client knows 1 to {RULES_LATEST})",
+                    self.rules
+                ),
+            ));
+        }
+        if self.old_eh_frame.is_some() && self.rules < 2 {
+            return Err(Error::invalid(what, "old_eh_frame needs rules 2"));
+        }
         if self.arch != Arch::X86_64 {
             return Err(Error::invalid(
                 what,
@@ -88,10 +120,11 @@ impl Projection {
         let in_file = |r: Option<[u64; 2]>| {
             r.is_none_or(|[o, l]| o.checked_add(l).is_some_and(|e| e <= old_size))
         };
-        if !in_file(self.old_rela) || !in_file(self.old_eh_frame_hdr) {
+        if !in_file(self.old_rela) || !in_file(self.old_eh_frame_hdr) || !in_file(self.old_eh_frame)
+        {
             return Err(Error::invalid(
                 what,
-                "old_rela or old_eh_frame_hdr past the end of the old file",
+                "old_rela, old_eh_frame_hdr or old_eh_frame past the end of the old file",
             ));
         }
         if self.old_eh_frame_hdr.is_some() != self.new_eh_frame_hdr_addr.is_some() {
@@ -125,7 +158,7 @@ impl EqMap {
     /// A map from `(old start, new start, length)` equivalences: the longest ones first,
     /// each keeps the parts of its old range that no longer one holds (a short match of
     /// look-alike code elsewhere must not shadow the long alignment around it); empty ones are
-    /// dropped.
+    /// dropped, and touching ranges with the same shift become one entry.
     pub fn from_equivalences(mut eqs: Vec<(u64, u64, u64)>) -> EqMap {
         eqs.sort_unstable_by(|a, b| b.2.cmp(&a.2).then(a.0.cmp(&b.0)).then(a.1.cmp(&b.1)));
         // Accepted ranges: start -> (end, shift).
@@ -154,12 +187,15 @@ impl EqMap {
                 taken.insert(s, (e, shift));
             }
         }
-        EqMap {
-            entries: taken
-                .into_iter()
-                .map(|(s, (e, shift))| (s, e - s, shift))
-                .collect(),
+        // Touching ranges with the same shift are one entry.
+        let mut entries: Vec<(u64, u64, i64)> = Vec::with_capacity(taken.len());
+        for (s, (e, shift)) in taken {
+            match entries.last_mut() {
+                Some(last) if last.0 + last.1 == s && last.2 == shift => last.1 = e - last.0,
+                _ => entries.push((s, e - s, shift)),
+            }
         }
+        EqMap { entries }
     }
 
     /// The entries `(old start, length, shift)`.
@@ -257,14 +293,14 @@ impl EqMap {
 }
 
 /// File offset → address through `segs` (the first segment holding it).
-fn addr_of(segs: &[Segment], off: u64) -> Option<u64> {
+pub fn addr_of(segs: &[Segment], off: u64) -> Option<u64> {
     segs.iter()
         .find(|s| off >= s[0] && off - s[0] < s[2])
         .map(|s| off - s[0] + s[1])
 }
 
-/// Address → file offset through `segs`.
-fn off_of(segs: &[Segment], addr: u64) -> Option<u64> {
+/// Address → file offset through `segs` (the first segment holding it).
+pub fn off_of(segs: &[Segment], addr: u64) -> Option<u64> {
     segs.iter()
         .find(|s| addr >= s[1] && addr - s[1] < s[2])
         .map(|s| addr - s[1] + s[0])
@@ -371,25 +407,28 @@ impl Run<'_> {
     }
 
     fn code(&mut self, buf: &mut [u8]) {
+        let rules = self.p.rules;
         for i in 0..self.p.old_code.len() {
             let [start, len] = self.p.old_code[i];
             let (start, end) = (start as usize, (start + len) as usize);
             let mut i = start;
             while i + 6 <= end {
-                let b = &buf[i..];
+                let b = &buf[i..end];
                 let field = match b[0] {
-                    0xE8 | 0xE9 => Some(i + 1),
-                    0x0F if b[1] & 0xF0 == 0x80 => Some(i + 2),
-                    0xFF if b[1] == 0x15 || b[1] == 0x25 => Some(i + 2),
+                    0xE8 | 0xE9 => Some((1, 0)),
+                    0x0F if b[1] & 0xF0 == 0x80 => Some((2, 0)),
+                    0xFF if b[1] == 0x15 || b[1] == 0x25 => Some((2, 0)),
                     0x40..=0x4F if matches!(b[1], 0x89 | 0x8B | 0x8D) && b[2] & 0xC7 == 0x05 => {
-                        Some(i + 3)
+                        Some((3, 0))
                     }
+                    _ if rules >= 2 => rip_operand(b),
                     _ => None,
                 };
                 match field {
-                    Some(f) if f + 4 <= end => {
-                        self.operand(buf, f);
-                        i = f + 4;
+                    Some((f, imm)) if i + f + 4 + imm <= end => {
+                        let f = i + f;
+                        self.pc_relative(buf, f, (f + 4 + imm) as u64);
+                        i = f + 4 + imm;
                     }
                     _ => i += 1,
                 }
@@ -397,10 +436,11 @@ impl Run<'_> {
         }
     }
 
-    /// Projects the rel32 operand at `buf[f..f + 4]`, whose instruction ends at `f + 4`.
-    fn operand(&mut self, buf: &mut [u8], f: usize) {
+    /// Projects the signed 32-bit field at `buf[f..f + 4]` holding a target address minus the
+    /// address of old file offset `pc_off`: the new value is where the target went minus where
+    /// `pc_off` went (the entry holding `f` decides both `f`'s and `pc_off`'s move).
+    fn pc_relative(&mut self, buf: &mut [u8], f: usize, pc_off: u64) {
         let disp = i32::from_le_bytes([buf[f], buf[f + 1], buf[f + 2], buf[f + 3]]);
-        let pc_off = f as u64 + 4;
         let Some(pc) = addr_of(&self.p.old_segments, pc_off) else {
             return;
         };
@@ -422,11 +462,229 @@ impl Run<'_> {
             self.put(buf, f, d.to_le_bytes(), t);
         }
     }
+
+    /// Projects the PC-relative pointers of the `.eh_frame` records in `buf[off..off + len]`
+    /// (see [`frame_records`]), each relative to its own address.
+    fn eh_frame(&mut self, buf: &mut [u8], [off, len]: [u64; 2]) {
+        for r in frame_records(buf, off as usize, len as usize) {
+            for f in r.fields.into_iter().flatten() {
+                self.pc_relative(buf, f, f as u64);
+            }
+        }
+    }
+}
+
+/// One record of an `.eh_frame` section, as [`frame_records`] finds it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FrameRecord {
+    /// File offset of the record (its length field).
+    pub start: usize,
+    /// Length of the whole record, length field included.
+    pub len: usize,
+    /// Whether it is an FDE (else a CIE).
+    pub fde: bool,
+    /// File offsets of its PC-relative 32-bit pointers: an FDE's initial location then its
+    /// LSDA, a CIE's personality.
+    pub fields: [Option<usize>; 2],
+}
+
+/// The records of the `.eh_frame` section at `buf[off..off + len]` and their PC-relative
+/// pointers (§6.2.6): a CIE's personality pointer encoded `pcrel | sdata4` (`0x1b`, or `0x9b`
+/// indirect), an FDE's initial location and LSDA pointer when its CIE gives them that
+/// encoding. The walk goes in order and stops at a terminator, a length under 4, a 64-bit
+/// length or a record
+/// that does not fit; an FDE whose CIE (an earlier record) is unknown has no fields. The walk
+/// reads no field it lists, so rewriting them does not change it.
+pub fn frame_records(buf: &[u8], off: usize, len: usize) -> Vec<FrameRecord> {
+    let mut out = Vec::new();
+    let Some(end) = off.checked_add(len).filter(|&e| e <= buf.len()) else {
+        return out;
+    };
+    let mut cies: std::collections::HashMap<usize, Cie> = std::collections::HashMap::new();
+    let mut p = off;
+    while p + 8 <= end {
+        let length = rd_u32(buf, p) as usize;
+        if length < 4 || length == 0xFFFF_FFFF || length > end - p - 4 {
+            break;
+        }
+        let rec_end = p + 4 + length;
+        let id = rd_u32(buf, p + 4) as usize;
+        let mut r = FrameRecord {
+            start: p,
+            len: length + 4,
+            fde: id != 0,
+            fields: [None; 2],
+        };
+        if id == 0 {
+            if let Some(cie) = parse_cie(&buf[p + 8..rec_end]) {
+                r.fields[0] = cie.personality.map(|at| p + 8 + at);
+                cies.insert(p, cie);
+            }
+        } else if let Some(cie) = (p + 4).checked_sub(id).and_then(|c| cies.get(&c)) {
+            let f = p + 8;
+            if cie.fde_enc == Some(PCREL_SDATA4) && f + 8 <= rec_end {
+                r.fields[0] = Some(f);
+                // Augmentation data length (a ULEB128 of one byte: 4), then the LSDA.
+                let l = f + 8;
+                if cie.augmented
+                    && cie.lsda_enc == Some(PCREL_SDATA4)
+                    && l + 5 <= rec_end
+                    && buf[l] == 4
+                {
+                    r.fields[1] = Some(l + 1);
+                }
+            }
+        }
+        out.push(r);
+        p = rec_end;
+    }
+    out
+}
+
+/// The RIP-relative memory operand of rules 2 of an instruction starting at `b[0]`, as
+/// `(offset of its 32-bit displacement, bytes of immediate after it)` (§6.2.6): an optional
+/// `66`, `F2` or `F3` prefix, an optional REX prefix (`40`-`4F`), then
+/// - `0F` and a second opcode byte other than `0F`, `38`, `3A`, `80`-`8F`; an immediate byte
+///   follows for `70`-`73`, `A4`, `AC`, `BA`, `C2`, `C4`-`C6`;
+/// - or one of the one-byte opcodes `00`-`03`, `08`-`0B`, `10`-`13`, `18`-`1B`, `20`-`23`,
+///   `28`-`2B`, `30`-`33`, `38`-`3B`, `63`, `84`-`8B`, `8D` (no immediate), `80`, `83`,
+///   `C0`, `C1`, `C6`, `6B` (an immediate byte), `81`, `C7`, `69` (four immediate bytes, two
+///   after a `66` prefix);
+///
+/// then a ModRM byte `m` with `m & 0xC7 == 0x05`.
+pub fn rip_operand(b: &[u8]) -> Option<(usize, usize)> {
+    let mut at = 0;
+    let p66 = b.first() == Some(&0x66);
+    if matches!(b.first(), Some(0x66 | 0xF2 | 0xF3)) {
+        at += 1;
+    }
+    if matches!(b.get(at), Some(0x40..=0x4F)) {
+        at += 1;
+    }
+    let op = *b.get(at)?;
+    let imm = if op == 0x0F {
+        at += 1;
+        match *b.get(at)? {
+            0x0F | 0x38 | 0x3A | 0x80..=0x8F => return None,
+            0x70..=0x73 | 0xA4 | 0xAC | 0xBA | 0xC2 | 0xC4..=0xC6 => 1,
+            _ => 0,
+        }
+    } else {
+        match op {
+            0x00..=0x03
+            | 0x08..=0x0B
+            | 0x10..=0x13
+            | 0x18..=0x1B
+            | 0x20..=0x23
+            | 0x28..=0x2B
+            | 0x30..=0x33
+            | 0x38..=0x3B
+            | 0x63
+            | 0x84..=0x8B
+            | 0x8D => 0,
+            0x80 | 0x83 | 0xC0 | 0xC1 | 0xC6 | 0x6B => 1,
+            0x81 | 0xC7 | 0x69 if p66 => 2,
+            0x81 | 0xC7 | 0x69 => 4,
+            _ => return None,
+        }
+    };
+    at += 1;
+    (*b.get(at)? & 0xC7 == 0x05).then_some((at + 1, imm))
+}
+
+/// DWARF pointer encoding `DW_EH_PE_pcrel | DW_EH_PE_sdata4`.
+const PCREL_SDATA4: u8 = 0x1b;
+
+/// What an FDE needs from its CIE.
+struct Cie {
+    /// Encoding of the FDEs' addresses (`R`), if given.
+    fde_enc: Option<u8>,
+    /// Encoding of the FDEs' LSDA pointer (`L`), if given.
+    lsda_enc: Option<u8>,
+    /// Whether FDEs carry augmentation data (`z`).
+    augmented: bool,
+    /// Offset, from the CIE's version byte, of a personality pointer encoded `0x1b` or `0x9b`.
+    personality: Option<usize>,
+}
+
+/// Reads a ULEB128 at `b[*at..]`, advancing `at`; `None` when it runs out or overflows.
+fn uleb(b: &[u8], at: &mut usize) -> Option<u64> {
+    let mut v = 0u64;
+    for shift in (0..64).step_by(7) {
+        let byte = *b.get(*at)?;
+        *at += 1;
+        v |= u64::from(byte & 0x7F) << shift;
+        if byte & 0x80 == 0 {
+            return Some(v);
+        }
+    }
+    None
+}
+
+/// Parses a CIE from its version byte to its end (`b`): version 1 or 3, an augmentation of
+/// `z` followed by `R`, `L`, `P`, `S` or `B` (any other makes it unknown: `None`).
+fn parse_cie(b: &[u8]) -> Option<Cie> {
+    let version = *b.first()?;
+    if version != 1 && version != 3 {
+        return None;
+    }
+    let nul = b[1..].iter().position(|&c| c == 0)? + 1;
+    let aug = &b[1..nul];
+    let mut at = nul + 1;
+    uleb(b, &mut at)?; // code alignment
+    uleb(b, &mut at)?; // data alignment (SLEB128: same length)
+    if version == 1 {
+        at += 1;
+    } else {
+        uleb(b, &mut at)?;
+    }
+    let mut cie = Cie {
+        fde_enc: None,
+        lsda_enc: None,
+        augmented: false,
+        personality: None,
+    };
+    let Some(rest) = aug.strip_prefix(b"z") else {
+        return aug.is_empty().then_some(cie);
+    };
+    cie.augmented = true;
+    uleb(b, &mut at)?; // augmentation data length
+    for &c in rest {
+        match c {
+            b'R' => {
+                cie.fde_enc = Some(*b.get(at)?);
+                at += 1;
+            }
+            b'L' => {
+                cie.lsda_enc = Some(*b.get(at)?);
+                at += 1;
+            }
+            b'P' => {
+                let enc = *b.get(at)?;
+                if enc & 0x7F != PCREL_SDATA4 {
+                    return None;
+                }
+                if at + 5 > b.len() {
+                    return None;
+                }
+                cie.personality = Some(at + 1);
+                at += 5;
+            }
+            b'S' | b'B' => {}
+            _ => return None,
+        }
+    }
+    Some(cie)
+}
+
+/// The little-endian `u32` at `b[at..at + 4]` (which the caller checked is in `b`).
+fn rd_u32(b: &[u8], at: usize) -> u32 {
+    u32::from_le_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
 }
 
 /// Projects `buf`, the old file (checked with [`Projection::validate`] against its size),
 /// through `map`, in place: first the relocations, then the `.eh_frame_hdr` table, then the
-/// code. When `used` is given (as long as the map), it records the entries that changed a byte.
+/// `.eh_frame` records, then the code. When `used` is given (as long as the map), it records the entries that changed a byte.
 pub fn project(buf: &mut [u8], p: &Projection, map: &EqMap, used: Option<&mut Vec<bool>>) {
     let mut run = Run { p, map, used };
     let size = buf.len() as u64;
@@ -439,6 +697,9 @@ pub fn project(buf: &mut [u8], p: &Projection, map: &EqMap, used: Option<&mut Ve
         p.new_eh_frame_hdr_addr,
     ) {
         run.eh_frame_hdr(buf, r, new_hdr);
+    }
+    if let Some(r) = p.old_eh_frame.filter(|&r| fits(r) && p.rules >= 2) {
+        run.eh_frame(buf, r);
     }
     if p.old_code.iter().all(|&r| fits(r)) {
         run.code(buf);
@@ -460,6 +721,8 @@ mod tests {
             old_rela: None,
             old_eh_frame_hdr: None,
             new_eh_frame_hdr_addr: None,
+            old_eh_frame: None,
+            rules: 1,
         }
     }
 
@@ -482,6 +745,79 @@ mod tests {
         let before = c.clone();
         project(&mut c, &proj(0x100), &EqMap::default(), None);
         assert_eq!(c, before);
+    }
+
+    /// An `.eh_frame` section (at offset 0): a CIE `zPLR` (personality `0x9b`, LSDA and FDE
+    /// addresses `0x1b`), then one FDE per `(initial location field, has an LSDA)`, the LSDA
+    /// field holding the same value, then a terminator.
+    fn eh_frame_of(fdes: &[(i32, bool)]) -> Vec<u8> {
+        let mut f = Vec::new();
+        let mut cie = vec![0, 0, 0, 0, 1];
+        cie.extend_from_slice(b"zPLR\0");
+        cie.extend_from_slice(&[1, 0x78, 16, 7, 0x9b, 0x40, 0, 0, 0, 0x1b, 0x1b, 0]);
+        f.extend_from_slice(&(cie.len() as u32).to_le_bytes());
+        f.extend_from_slice(&cie);
+        for &(pc, lsda) in fdes {
+            let start = f.len();
+            let mut fde = Vec::new();
+            fde.extend_from_slice(&((start + 4) as u32).to_le_bytes());
+            fde.extend_from_slice(&pc.to_le_bytes());
+            fde.extend_from_slice(&16u32.to_le_bytes());
+            if lsda {
+                fde.push(4);
+                fde.extend_from_slice(&pc.to_le_bytes());
+            } else {
+                fde.push(0);
+            }
+            fde.extend_from_slice(&[0, 0, 0]);
+            f.extend_from_slice(&(fde.len() as u32).to_le_bytes());
+            f.extend_from_slice(&fde);
+        }
+        f.extend_from_slice(&[0; 4]);
+        f
+    }
+
+    #[test]
+    fn frame_records_follow_their_functions() {
+        // `.eh_frame` at 0x200 moves by +0x40, the function at 0x100 by +0x20 and the
+        // personality routine's slot at 0x180 by +0x10.
+        let frame = eh_frame_of(&[(0, true), (0, false)]);
+        let mut b = vec![0u8; 0x400];
+        b[0x200..0x200 + frame.len()].copy_from_slice(&frame);
+        let len_at =
+            |at: usize| 4 + u32::from_le_bytes(frame[at..at + 4].try_into().unwrap()) as usize;
+        let fde1 = 0x200 + len_at(0);
+        let fde2 = fde1 + len_at(fde1 - 0x200);
+        let rel =
+            |target: i64, field: usize| ((target - (0x1000 + field as i64)) as i32).to_le_bytes();
+        b[fde1 + 8..fde1 + 12].copy_from_slice(&rel(0x1100, fde1 + 8));
+        b[fde1 + 17..fde1 + 21].copy_from_slice(&rel(0x1100, fde1 + 17));
+        b[fde2 + 8..fde2 + 12].copy_from_slice(&rel(0x1100, fde2 + 8));
+        // Length, id, version, "zPLR\0", three fields, data length, encoding.
+        let personality = 0x200 + 19;
+        b[personality..personality + 4].copy_from_slice(&rel(0x1180, personality));
+        let mut p = proj(0x400);
+        p.old_code = vec![];
+        p.old_eh_frame = Some([0x200, frame.len() as u64]);
+        p.rules = 2;
+        let map = EqMap::from_equivalences(vec![
+            (0x100, 0x120, 0x10),
+            (0x180, 0x190, 8),
+            (0x200, 0x240, 0x100),
+        ]);
+        let mut used = vec![false; 3];
+        project(&mut b, &p, &map, Some(&mut used));
+        let new_rel = |target: i64, field: usize| rel(target, field + 0x40);
+        assert_eq!(b[fde1 + 8..fde1 + 12], new_rel(0x1120, fde1 + 8));
+        assert_eq!(b[fde1 + 17..fde1 + 21], new_rel(0x1120, fde1 + 17));
+        assert_eq!(b[fde2 + 8..fde2 + 12], new_rel(0x1120, fde2 + 8));
+        assert_eq!(
+            b[personality..personality + 4],
+            new_rel(0x1190, personality)
+        );
+        assert_eq!(used, vec![true, true, true]);
+        // The record structure itself is untouched.
+        assert_eq!(b[0x200..personality], frame[..19]);
     }
 
     #[test]
@@ -510,6 +846,9 @@ mod tests {
         assert_eq!(m.map(16), Some(106));
         assert_eq!(m.map(31), Some(9));
         assert_eq!(m.map(32), None);
+        // Touching ranges that moved alike are one entry.
+        let m = EqMap::from_equivalences(vec![(0, 8, 10), (10, 18, 5), (15, 30, 5)]);
+        assert_eq!(m.entries(), &[(0, 15, 8), (15, 5, 15)]);
     }
 
     #[test]
@@ -548,7 +887,18 @@ mod tests {
         #[test]
         fn projection_never_panics(data in prop::collection::vec(prop_oneof![any::<u8>(), Just(0xE8u8), Just(0x0F), Just(0x48), Just(0x8B), Just(0x05), Just(8)], 0..600),
                                    eqs in prop::collection::vec((0u64..700, 0u64..700, 1u64..300), 0..8),
-                                   rela in (0u64..700, 0u64..200), hdr in (0u64..700, 0u64..100)) {
+                                   rela in (0u64..700, 0u64..200), hdr in (0u64..700, 0u64..100),
+                                   eh in (0usize..700, 0u64..300),
+                                   fdes in prop::collection::vec((any::<i32>(), any::<bool>()), 0..6),
+                                   flips in prop::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 0..4)) {
+            // A well-formed `.eh_frame` at `eh.0`, then a few bytes of it changed.
+            let mut data = data;
+            let frame = eh_frame_of(&fdes);
+            let at = eh.0.min(data.len());
+            data.splice(at..at, frame.iter().copied());
+            for (i, b) in flips {
+                data[at + i.index(frame.len())] = b;
+            }
             let size = data.len() as u64;
             let p = Projection {
                 arch: Arch::X86_64,
@@ -558,6 +908,8 @@ mod tests {
                 old_rela: Some([rela.0, rela.1]),
                 old_eh_frame_hdr: Some([hdr.0, hdr.1]),
                 new_eh_frame_hdr_addr: Some(0x1010),
+                old_eh_frame: Some([at as u64, (frame.len() as u64 + eh.1).min(size - at as u64)]),
+                rules: 2,
             };
             let map = EqMap::from_equivalences(eqs);
             let mut a = data.clone();

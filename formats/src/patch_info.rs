@@ -16,6 +16,9 @@ pub const PATCH_INFO_FORMAT: &str = "patchkit-patch-2";
 pub const PATCH_INFO_FORMAT_EXE: &str = "patchkit-patch-3";
 /// The `format` value of patch infos with at least one `exe-project-diff` op.
 pub const PATCH_INFO_FORMAT_PROJECT: &str = "patchkit-patch-4";
+/// The patch info format of a patch with an `exe-project-diff` op of rules 2
+/// (docs/format.md §6.2.6): `.eh_frame` records and more RIP-relative forms.
+pub const PATCH_INFO_FORMAT_PROJECT_2: &str = "patchkit-patch-5";
 /// Name of the patch info member, always the first member of a patch archive.
 pub const PATCH_INFO_MEMBER: &str = "patch-info.json";
 /// Name of the second and last member: the ops' bytes, concatenated in op order.
@@ -160,12 +163,17 @@ pub struct PatchInfo {
     pub deletes: Vec<RelPath>,
 }
 
-/// The `format` a patch info with these ops has: [`PATCH_INFO_FORMAT_PROJECT`] when one of
-/// them is `exe-project-diff`, else [`PATCH_INFO_FORMAT_EXE`] when one is `exe-split-diff`,
+/// The `format` a patch info with these ops has: [`PATCH_INFO_FORMAT_PROJECT_2`] when one of
+/// them is `exe-project-diff` with rules 2, else [`PATCH_INFO_FORMAT_PROJECT`] when one is
+/// `exe-project-diff`, else [`PATCH_INFO_FORMAT_EXE`] when one is `exe-split-diff`,
 /// else [`PATCH_INFO_FORMAT`], so that patches without them stay readable by clients that
 /// predate the encodings.
 pub fn format_for(ops: &[PatchOp]) -> &'static str {
-    if ops
+    if ops.iter().any(
+        |op| matches!(&op.encoding, Encoding::ExeProjectDiff { project, .. } if project.rules >= 2),
+    ) {
+        PATCH_INFO_FORMAT_PROJECT_2
+    } else if ops
         .iter()
         .any(|op| matches!(op.encoding, Encoding::ExeProjectDiff { .. }))
     {
@@ -242,6 +250,7 @@ impl PatchInfo {
             PATCH_INFO_FORMAT,
             PATCH_INFO_FORMAT_EXE,
             PATCH_INFO_FORMAT_PROJECT,
+            PATCH_INFO_FORMAT_PROJECT_2,
         ]
         .contains(&self.format.as_str())
         {
@@ -383,7 +392,7 @@ mod tests {
     }
 
     #[test]
-    fn exe_project_diff_needs_format_4() {
+    fn exe_project_diff_needs_format_4_and_rules_2_format_5() {
         use crate::exe_filter::Arch;
         let project = Projection {
             arch: Arch::X86_64,
@@ -393,6 +402,8 @@ mod tests {
             old_rela: Some([600, 48]),
             old_eh_frame_hdr: None,
             new_eh_frame_hdr_addr: None,
+            old_eh_frame: None,
+            rules: 1,
         };
         let mut p = exe_patch(ExeFilter {
             arch: Arch::X86_64,
@@ -427,10 +438,53 @@ mod tests {
             member_size: 10,
             project: Projection {
                 old_eh_frame_hdr: Some([0, 12]),
-                ..project
+                ..project.clone()
             },
         };
         assert!(q.validate("p", &Limits::default()).is_err());
+        // Rules 2 (`.eh_frame` and more forms) need format 5; the JSON says `"rules":2`, and
+        // rules 1 stay without the key, as format 4 wrote them.
+        assert!(!text.contains("rules"), "{text}");
+        let mut r = p.clone();
+        r.ops[0].encoding = Encoding::ExeProjectDiff {
+            source: RelPath::new("bin/app").unwrap(),
+            member_size: 10,
+            project: Projection {
+                old_eh_frame: Some([700, 100]),
+                rules: 2,
+                ..project.clone()
+            },
+        };
+        r.format = format_for(&r.ops).into();
+        assert_eq!(r.format, PATCH_INFO_FORMAT_PROJECT_2);
+        let bytes = r.to_json().unwrap();
+        assert!(String::from_utf8_lossy(&bytes).contains(r#""rules":2"#));
+        assert_eq!(
+            PatchInfo::from_json("p", &bytes, &Limits::default()).unwrap(),
+            r
+        );
+        let mut q = r.clone();
+        q.format = PATCH_INFO_FORMAT_PROJECT.into();
+        let e = q.validate("p", &Limits::default()).unwrap_err().to_string();
+        assert!(e.contains(PATCH_INFO_FORMAT_PROJECT_2), "{e}");
+        // Rules a client does not know, and `.eh_frame` under rules 1, are refused.
+        for (rules, eh) in [(3, None), (0, None), (1, Some([700, 100]))] {
+            let mut q = r.clone();
+            q.ops[0].encoding = Encoding::ExeProjectDiff {
+                source: RelPath::new("bin/app").unwrap(),
+                member_size: 10,
+                project: Projection {
+                    old_eh_frame: eh,
+                    rules,
+                    ..project.clone()
+                },
+            };
+            q.format = format_for(&q.ops).into();
+            assert!(
+                q.validate("p", &Limits::default()).is_err(),
+                "rules {rules}"
+            );
+        }
     }
 
     #[test]

@@ -1,4 +1,4 @@
-//! The exe-project-diff decoder: projection tables from the first bytes, then the member (map
+//! The exe-project-diff decoder: projection tables (rules 1 or 2) from the first bytes, then the member (map
 //! and split diff) against a fixed old file of call-like bytes and relocation-like entries.
 #![no_main]
 use formats::exe_filter::Arch;
@@ -7,10 +7,11 @@ use formats::Pin;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
-    if data.len() < 10 {
+    if data.len() < 12 {
         return;
     }
-    let (head, member) = data.split_at(10);
+    let (head, member) = data.split_at(12);
+    let rules = 1 + head[11] % 2;
     let r = |a: u8, b: u8| [u64::from(a) * 4, u64::from(b) + 1];
     let project = Projection {
         arch: Arch::X86_64,
@@ -20,6 +21,8 @@ fuzz_target!(|data: &[u8]| {
         old_rela: Some(r(head[4], head[5])),
         old_eh_frame_hdr: Some(r(head[6], head[7])),
         new_eh_frame_hdr_addr: Some(0x1000 + u64::from(head[8]) * 16),
+        old_eh_frame: (rules == 2).then(|| r(head[9], head[10])),
+        rules,
     };
     let Ok(dir) = tempfile::tempdir() else { return };
     let (m, old, out) = (dir.path().join("m"), dir.path().join("old"), dir.path().join("out"));

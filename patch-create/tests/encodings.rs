@@ -148,11 +148,15 @@ fn code(n: usize, seed: u64) -> Vec<u8> {
             .wrapping_mul(6364136223846793005)
             .wrapping_add(1442695040888963407);
         let v = ((x >> 40) as i32 % 5000).to_le_bytes();
-        match (x >> 33) % 6 {
+        match (x >> 33) % 9 {
             0 => out.extend_from_slice(&[0xE8, v[0], v[1], v[2], v[3]]),
             1 => out.extend_from_slice(&[0x0F, 0x85, v[0], v[1], v[2], v[3]]),
             2 => out.extend_from_slice(&[0x48, 0x8D, 0x05, v[0], v[1], v[2], v[3]]),
             3 => out.extend_from_slice(&[v[0], v[1], 0x00, 0x94]),
+            // RIP-relative forms of rules 2: movzbl, movdqa, cmpq with an immediate byte.
+            4 => out.extend_from_slice(&[0x0F, 0xB6, 0x05, v[0], v[1], v[2], v[3]]),
+            5 => out.extend_from_slice(&[0x66, 0x0F, 0x6F, 0x05, v[0], v[1], v[2], v[3]]),
+            6 => out.extend_from_slice(&[0x48, 0x83, 0x3D, v[0], v[1], v[2], v[3], 0x01]),
             _ => out.push((x >> 20) as u8),
         }
     }
@@ -208,8 +212,9 @@ proptest! {
     #![proptest_config(ProptestConfig::with_cases(48))]
 
     /// The exe-project-diff member decodes byte-identical through `produce` whatever the
-    /// projection says (code ranges, segments of both files, relocation table and search
-    /// table anywhere, including over each other), since both sides project the same bytes.
+    /// projection says (code ranges, segments of both files, relocation table, search table
+    /// and `.eh_frame` anywhere, including over each other; rules 1 and 2), since both sides
+    /// project the same bytes.
     #[test]
     fn exe_project_diff_round_trips_with_any_projection(
         n in 1usize..20_000,
@@ -219,6 +224,8 @@ proptest! {
         new_segs in prop::collection::vec((0u64..20_000, 0u64..0x10_0000, 1u64..20_000), 1..4),
         rela in (0u64..20_000, 0u64..2_000),
         hdr in (0u64..20_000, 0u64..2_000, 0u64..0x10_0000),
+        eh in (0u64..20_000, 0u64..4_000),
+        rules in 1u8..=2,
     ) {
         use formats::exe_filter::Arch;
         use formats::exe_project::Projection;
@@ -239,6 +246,8 @@ proptest! {
             old_rela: Some(inside(rela)),
             old_eh_frame_hdr: Some(inside((hdr.0, hdr.1))),
             new_eh_frame_hdr_addr: Some(hdr.2),
+            old_eh_frame: (rules == 2).then(|| inside(eh)),
+            rules,
         };
         let opts = EncodeOptions { level: 3, ..EncodeOptions::default() };
         let chosen = Chosen::ExeProjectDiff(project);

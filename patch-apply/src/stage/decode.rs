@@ -939,6 +939,8 @@ mod tests {
             old_rela: None,
             old_eh_frame_hdr: None,
             new_eh_frame_hdr_addr: None,
+            old_eh_frame: None,
+            rules: 1,
         };
         let run = |member: &[u8], project: &Projection, pin: Pin| {
             std::fs::write(&m, member).unwrap();

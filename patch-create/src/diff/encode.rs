@@ -239,10 +239,12 @@ fn encode_change_eq(
 }
 
 /// Shortest match of the plain split diff kept as an equivalence of the `exe-project-diff`
-/// candidate: shorter ones cost more map bytes than they save (on uv 0.5.1 → 0.5.2, a study
-/// of session 17 found 32-byte equivalences 0.994 × the plain split diff, 128-byte ones 0.943,
-/// before relocations were projected; bench/RESULTS.md).
-pub const MIN_EQ: usize = 128;
+/// candidate: shorter ones cost more map bytes than they save. Session 17 chose 128 (on uv
+/// 0.5.1 → 0.5.2, 32-byte equivalences gave 0.994 × the plain split diff, 128-byte ones
+/// 0.943, before relocations were projected). Since touching entries with one shift are
+/// merged (session 18), 64 is better: uv's member 3,453,079 B against 3,482,227 at 128,
+/// esbuild's 134,719 against 134,715 (`exe_probe`, bench/RESULTS.md).
+pub const MIN_EQ: usize = 64;
 
 /// Adds the add region of match `m` to `eqs` as an `(old start, new start, length)`
 /// equivalence when it is at least [`MIN_EQ`] bytes long.
@@ -257,16 +259,20 @@ fn keep_equivalence(eqs: &mut Vec<(u64, u64, u64)>, m: &bidiff::Match) {
 }
 
 /// The `exe-project-diff` member of `old` → `new` with projection `p`, from the equivalences
-/// `eqs` of their plain diff: the map is cut to the entries that changed a byte, the old file
+/// `eqs` of their plain diff, plus the `.eh_frame` records paired by
+/// [`crate::exe::frame_equivalences`] under that map: the map is cut to the entries that changed a byte, the old file
 /// is projected through it (a copy: `old` is kept), and the member is the zstd-compressed map
 /// behind its varint length, then the split diff of the projected old file to `new`.
 pub fn project_member(
     old: &[u8],
     new: &[u8],
     p: &Projection,
-    eqs: Vec<(u64, u64, u64)>,
+    mut eqs: Vec<(u64, u64, u64)>,
     opts: &EncodeOptions,
 ) -> Result<Vec<u8>> {
+    let frames =
+        crate::exe::frame_equivalences(old, new, p, &EqMap::from_equivalences(eqs.clone()));
+    eqs.extend(frames);
     let map = EqMap::from_equivalences(eqs);
     let mut projected = old.to_vec();
     let mut used = vec![false; map.entries().len()];

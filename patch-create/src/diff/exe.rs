@@ -4,7 +4,7 @@
 //! of [`formats::exe_filter`] made their relative operands absolute.
 
 use formats::exe_filter::{self, Arch, CodeRange, Direction, ExeFilter, MAX_RANGES};
-use formats::exe_project::{Projection, Segment, MAX_OLD_SIZE, MAX_SEGMENTS};
+use formats::exe_project::{self, EqMap, Projection, Segment, MAX_OLD_SIZE, MAX_SEGMENTS};
 use object::{Architecture, BinaryFormat, Object, ObjectSection, ObjectSegment, SectionKind};
 
 /// The instruction set and code ranges of an executable or library in `bytes`, or `None` when
@@ -62,7 +62,7 @@ pub const PROJECT_MAX_OLD: u64 = 48 << 20;
 
 /// The projection of the pair `old` → `new` (docs/format.md §6.2.6) when both are x86-64 ELF
 /// files with loaded segments and code, and the old file is at most [`PROJECT_MAX_OLD`] bytes:
-/// its code ranges, both files' segments, the old `.rela.dyn` and `.eh_frame_hdr`.
+/// its code ranges, both files' segments, the old `.rela.dyn`, `.eh_frame_hdr` and `.eh_frame`.
 pub fn projection_for(old: &[u8], new: &[u8]) -> Option<Projection> {
     if old.len() as u64 > PROJECT_MAX_OLD.min(MAX_OLD_SIZE) {
         return None;
@@ -96,9 +96,61 @@ pub fn projection_for(old: &[u8], new: &[u8]) -> Option<Projection> {
         old_rela: range(&fo, ".rela.dyn"),
         old_eh_frame_hdr: hdr.filter(|_| both),
         new_eh_frame_hdr_addr: new_hdr.filter(|_| both),
+        old_eh_frame: range(&fo, ".eh_frame"),
+        rules: exe_project::RULES_LATEST,
     };
     p.validate("projection", old.len() as u64).ok()?;
     Some(p)
+}
+
+/// Equivalences `(old start, new start, length)` that align the `.eh_frame` records of `old`
+/// with those of `new` describing the same function, as the map `map` moved it.
+///
+/// Every FDE holds its function's address relative to its own, so after a recompilation few
+/// FDEs are byte-identical and the diff's matches rarely reach [`crate::encode::MIN_EQ`]
+/// bytes there: without these equivalences the projection would not know where an FDE went.
+/// An old FDE whose function `map` moves to where a new FDE's function starts, with a record
+/// of the same length, is paired with it.
+pub fn frame_equivalences(
+    old: &[u8],
+    new: &[u8],
+    p: &Projection,
+    map: &EqMap,
+) -> Vec<(u64, u64, u64)> {
+    let Some([off, len]) = p.old_eh_frame else {
+        return vec![];
+    };
+    let Some((new_off, new_len)) = object::File::parse(new)
+        .ok()
+        .and_then(|f| f.section_by_name(".eh_frame")?.file_range())
+    else {
+        return vec![];
+    };
+    // The function address of an FDE: its initial location field holds it relative to the
+    // field's own address.
+    let target = |buf: &[u8], segs: &[Segment], f: usize| -> Option<u64> {
+        let v = i32::from_le_bytes(buf.get(f..f + 4)?.try_into().ok()?);
+        Some(exe_project::addr_of(segs, f as u64)?.wrapping_add_signed(i64::from(v)))
+    };
+    let by_function: std::collections::HashMap<u64, exe_project::FrameRecord> =
+        exe_project::frame_records(new, new_off as usize, new_len as usize)
+            .into_iter()
+            .filter(|r| r.fde)
+            .filter_map(|r| Some((target(new, &p.new_segments, r.fields[0]?)?, r)))
+            .collect();
+    exe_project::frame_records(old, off as usize, len as usize)
+        .into_iter()
+        .filter(|r| r.fde)
+        .filter_map(|r| {
+            let f = target(old, &p.old_segments, r.fields[0]?)?;
+            let moved = exe_project::addr_of(
+                &p.new_segments,
+                map.map(exe_project::off_of(&p.old_segments, f)?)?,
+            )?;
+            let n = by_function.get(&moved)?;
+            (n.len == r.len).then_some((r.start as u64, n.start as u64, r.len as u64))
+        })
+        .collect()
 }
 
 /// The operand span of a pair: the smallest log within the format's bounds whose span covers
