@@ -312,6 +312,26 @@ struct Run<'a> {
     p: &'a Projection,
     map: &'a EqMap,
     used: Option<&'a mut Vec<bool>>,
+    undo: Option<&'a mut Undo>,
+}
+
+/// What a projection overwrote, to put the old file back ([`Undo::restore`]): the creator
+/// projects its only copy of the old file in place and needs it back when the projection
+/// loses.
+#[derive(Debug, Default)]
+pub struct Undo {
+    /// `(offset, the bytes there before, how many of them)`, in the order written.
+    writes: Vec<(usize, [u8; 8], u8)>,
+}
+
+impl Undo {
+    /// Puts back every byte the projection changed in `buf` (the buffer it projected).
+    pub fn restore(self, buf: &mut [u8]) {
+        for (at, old, n) in self.writes.into_iter().rev() {
+            let n = usize::from(n);
+            buf[at..at + n].copy_from_slice(&old[..n]);
+        }
+    }
 }
 
 impl Run<'_> {
@@ -343,6 +363,11 @@ impl Run<'_> {
         touched: [Option<usize>; 2],
     ) {
         if buf[at..at + N] != v {
+            if let Some(undo) = self.undo.as_deref_mut() {
+                let mut old = [0; 8];
+                old[..N].copy_from_slice(&buf[at..at + N]);
+                undo.writes.push((at, old, N as u8));
+            }
             buf[at..at + N].copy_from_slice(&v);
             self.mark(touched);
         }
@@ -686,7 +711,18 @@ fn rd_u32(b: &[u8], at: usize) -> u32 {
 /// through `map`, in place: first the relocations, then the `.eh_frame_hdr` table, then the
 /// `.eh_frame` records, then the code. When `used` is given (as long as the map), it records the entries that changed a byte.
 pub fn project(buf: &mut [u8], p: &Projection, map: &EqMap, used: Option<&mut Vec<bool>>) {
-    let mut run = Run { p, map, used };
+    project_undoable(buf, p, map, used, None);
+}
+
+/// [`project`], recording in `undo` what it overwrites.
+pub fn project_undoable(
+    buf: &mut [u8],
+    p: &Projection,
+    map: &EqMap,
+    used: Option<&mut Vec<bool>>,
+    undo: Option<&mut Undo>,
+) {
+    let mut run = Run { p, map, used, undo };
     let size = buf.len() as u64;
     let fits = |r: [u64; 2]| r[0].checked_add(r[1]).is_some_and(|e| e <= size);
     if let Some(r) = p.old_rela.filter(|&r| fits(r)) {
@@ -920,9 +956,15 @@ mod tests {
             // The same bytes, whether or not the entries are recorded, and with the map cut to the
             // entries that changed a byte.
             prop_assert_eq!(&a, &b);
-            let mut c = data;
+            let mut c = data.clone();
             project(&mut c, &p, &map.retain(&used), None);
             prop_assert_eq!(&c, &a);
+            // And what a projection overwrote can be put back.
+            let (mut d, mut undo) = (data.clone(), Undo::default());
+            project_undoable(&mut d, &p, &map, None, Some(&mut undo));
+            prop_assert_eq!(&d, &a);
+            undo.restore(&mut d);
+            prop_assert_eq!(&d, &data);
         }
     }
 }

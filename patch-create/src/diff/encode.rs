@@ -9,7 +9,7 @@ use std::io::{BufWriter, Read, Write};
 use std::path::Path;
 
 use formats::exe_filter::ExeFilter;
-use formats::exe_project::{self, EqMap, Projection};
+use formats::exe_project::{self, EqMap, Projection, Undo};
 use formats::Pin;
 
 use crate::diff::compress::zerr;
@@ -260,40 +260,53 @@ fn keep_equivalence(eqs: &mut Vec<(u64, u64, u64)>, m: &bidiff::Match) {
 
 /// The `exe-project-diff` member of `old` → `new` with projection `p`, from the equivalences
 /// `eqs` of their plain diff, plus the `.eh_frame` records paired by
-/// [`crate::exe::frame_equivalences`] under that map: the map is cut to the entries that changed a byte, the old file
-/// is projected through it (a copy: `old` is kept), and the member is the zstd-compressed map
-/// behind its varint length, then the split diff of the projected old file to `new`.
+/// [`crate::exe::frame_equivalences`] under that map. `old` is projected in place (no copy of
+/// it is made; the returned [`Undo`] puts it back), recording which map entries changed a
+/// byte, and the map is cut to those: projecting through the cut map gives the same bytes
+/// (a property of `formats::exe_project`). The member is the zstd-compressed map behind its
+/// varint length, then the split diff of the projected old file to `new`.
 pub fn project_member(
-    old: &[u8],
+    old: &mut [u8],
     new: &[u8],
     p: &Projection,
-    mut eqs: Vec<(u64, u64, u64)>,
+    eqs: Vec<(u64, u64, u64)>,
     opts: &EncodeOptions,
-) -> Result<Vec<u8>> {
-    let frames =
-        crate::exe::frame_equivalences(old, new, p, &EqMap::from_equivalences(eqs.clone()));
-    eqs.extend(frames);
+) -> Result<(Vec<u8>, Undo)> {
+    let diffed = EqMap::from_equivalences(eqs);
+    let mut eqs: Vec<(u64, u64, u64)> = diffed
+        .entries()
+        .iter()
+        .map(|&(o, l, shift)| (o, o.wrapping_add_signed(shift), l))
+        .collect();
+    eqs.extend(crate::exe::frame_equivalences(old, new, p, &diffed));
+    drop(diffed);
     let map = EqMap::from_equivalences(eqs);
-    let mut projected = old.to_vec();
     let mut used = vec![false; map.entries().len()];
-    exe_project::project(&mut projected, p, &map, Some(&mut used));
+    let mut undo = Undo::default();
+    exe_project::project_undoable(old, p, &map, Some(&mut used), Some(&mut undo));
     let map = map.retain(&used);
-    projected.copy_from_slice(old);
-    exe_project::project(&mut projected, p, &map, None);
-    let sd = split_diff(&projected, new, opts)?;
+    let sd = split_diff(old, new, opts);
+    let sd = match sd {
+        Ok(sd) => sd,
+        Err(e) => {
+            undo.restore(old);
+            return Err(e);
+        }
+    };
     let map_bytes = compress(&map.encode(), opts.level)?;
     let mut member = Vec::with_capacity(10 + map_bytes.len() + sd.len());
     put_varint(&mut member, map_bytes.len() as u64);
     member.extend_from_slice(&map_bytes);
     member.extend_from_slice(&sd);
-    Ok(member)
+    Ok((member, undo))
 }
 
 /// [`encode_change`], then, when both files are executables of one instruction set (and
 /// `opts.try_exe`), the `exe-project-diff` candidate for x86-64 ELF files whose old file is at
-/// most [`crate::exe::PROJECT_MAX_OLD`] bytes (one more diff and a copy of the old file), and,
-/// unless that one won, `exe-split-diff`, whose buffers are filtered in place (they are consumed), so
-/// that it costs a second diff but no extra memory.
+/// most [`crate::exe::PROJECT_MAX_OLD`] bytes (one more diff; the old file is projected in
+/// place, and put back when the projection loses), and, unless that one won,
+/// `exe-split-diff`, whose buffers are filtered in place (they are consumed): each candidate
+/// costs one more diff but no copy of a file.
 pub fn encode_change_owned(
     mut old: Vec<u8>,
     mut new: Vec<u8>,
@@ -309,13 +322,14 @@ pub fn encode_change_owned(
         // The branch filter is tried only when the projection did not win: on the x86-64 ELF
         // pairs measured (esbuild, uv) it wins by far, and the filter would cost one more
         // whole diff.
-        let member = project_member(&old, &new, &p, eqs, opts)?;
+        let (member, undo) = project_member(&mut old, &new, &p, eqs, opts)?;
         if member.len() < best.bytes.len() {
             return Ok(Encoded {
                 chosen: Chosen::ExeProjectDiff(p),
                 bytes: member,
             });
         }
+        undo.restore(&mut old);
     }
     let Some(filter) = crate::exe::filter_for(&old, &new) else {
         return Ok(best);
@@ -346,7 +360,7 @@ pub fn encode_as(old: &[u8], new: &[u8], chosen: &Chosen, opts: &EncodeOptions) 
                 keep_equivalence(&mut eqs, &m);
                 Ok(())
             })?;
-            project_member(old, new, p, eqs, opts)
+            Ok(project_member(&mut old.to_vec(), new, p, eqs, opts)?.0)
         }
         Chosen::Bidiff => compress(&bidiff_raw(old, new)?, opts.level),
         Chosen::SplitDiff => split_diff(old, new, opts),
