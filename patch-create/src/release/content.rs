@@ -60,7 +60,10 @@ impl OldFile {
 
 impl ContentSource {
     /// The contents of `path` (pinned `pin`, repair file `repair`) as a file on disk, without
-    /// holding them in memory: a repair file is checked and decoded as a stream.
+    /// holding them in memory: a repair file is checked and decoded as a stream, into a
+    /// `.tmp-release-decoded-*` file of the repository (the caller holds its lock). Such a file
+    /// left by a `release` killed from outside (no destructor runs) is removed by the next
+    /// release's clean-up of interrupted leftovers, or by `gc`.
     pub fn file(&self, path: &RelPath, pin: Pin, repair: Option<Pin>) -> Result<OldFile> {
         match self {
             ContentSource::Tree(root) => Ok(OldFile::Tree(path.to_path(root))),
@@ -69,19 +72,32 @@ impl ContentSource {
                     path: repo.clone(),
                     reason: format!("{path} has no repair file in its manifest"),
                 })?;
-                decode_blob(repo, &pin.blake3, repair, pin).map(OldFile::Decoded)
+                decode_blob_in(repo, &pin.blake3, repair, pin, repo).map(OldFile::Decoded)
             }
         }
     }
 }
 
 /// Checks the repair file of content `content` in `repo` against `repair` and decodes it into
-/// a temporary file, checking the decoded content against `pin`; both as streams.
+/// a temporary file of the system's temporary directory, checking the decoded content against
+/// `pin`; both as streams.
 pub fn decode_blob(
     repo: &Path,
     content: &Blake3,
     repair: Pin,
     pin: Pin,
+) -> Result<tempfile::TempPath> {
+    decode_blob_in(repo, content, repair, pin, &std::env::temp_dir())
+}
+
+/// [`decode_blob`], into a temporary file of directory `dir` (named
+/// [`crate::gc::DECODED_PREFIX`]`*`).
+fn decode_blob_in(
+    repo: &Path,
+    content: &Blake3,
+    repair: Pin,
+    pin: Pin,
+    dir: &Path,
 ) -> Result<tempfile::TempPath> {
     let rel = formats::layout::blob_path(content);
     let p = repo.join(&rel);
@@ -94,8 +110,10 @@ pub fn decode_blob(
             actual: actual.blake3.to_hex(),
         }));
     }
-    let tmp = tempfile::NamedTempFile::new()
-        .map_err(|e| Error::io(std::env::temp_dir(), e))?
+    let tmp = tempfile::Builder::new()
+        .prefix(crate::gc::DECODED_PREFIX)
+        .tempfile_in(dir)
+        .at(dir)?
         .into_temp_path();
     patch_apply::archive::decode_repair(&p, &rel, pin, &tmp)?;
     Ok(tmp)

@@ -10,6 +10,11 @@ use formats::layout;
 use crate::error::{IoContext, Result};
 use crate::repo::Repo;
 
+/// Prefix of the old files a `release` decodes from repair files into the repository
+/// (`content::ContentSource::file`); one left by a release killed from outside is removed by
+/// [`remove_interrupted_leftovers`].
+pub const DECODED_PREFIX: &str = ".tmp-release-decoded-";
+
 /// Deletes target files and repair files that the current targets metadata (and the manifests
 /// it lists) no longer reference. Metadata files are kept (old versions stay valid history).
 pub fn collect_garbage(repo: &Repo) -> Result<Vec<String>> {
@@ -17,7 +22,7 @@ pub fn collect_garbage(repo: &Repo) -> Result<Vec<String>> {
 }
 
 /// Removes what an interrupted `release` (Ctrl-C, a kill, a full disk) left in the repository:
-/// its `.tmp-release-*` work directories, and target and repair files that no signed metadata
+/// its `.tmp-release-*` work directories and decoded old files, and target and repair files that no signed metadata
 /// references and that were written after the last commit (newer than `timestamp.json`, which
 /// every commit replaces last), so never served to anyone. Unreferenced files older than that
 /// are left alone. The caller holds the repository lock, so no other release is writing.
@@ -27,8 +32,15 @@ pub fn remove_interrupted_leftovers(repo: &Repo) -> Result<Vec<String>> {
     for entry in std::fs::read_dir(&repo.path).at(&repo.path)? {
         let entry = entry.at(&repo.path)?;
         let name = entry.file_name().to_string_lossy().into_owned();
-        if name.starts_with(".tmp-release-") && entry.file_type().at(&entry.path())?.is_dir() {
+        if !name.starts_with(".tmp-release-") {
+            continue;
+        }
+        let kind = entry.file_type().at(&entry.path())?;
+        if kind.is_dir() {
             std::fs::remove_dir_all(entry.path()).at(&entry.path())?;
+            removed.push(name);
+        } else if kind.is_file() && name.starts_with(DECODED_PREFIX) {
+            std::fs::remove_file(entry.path()).at(&entry.path())?;
             removed.push(name);
         }
     }
