@@ -52,7 +52,8 @@ struct State {
     bytes: AtomicU64,
     log: Mutex<Vec<Seen>>,
     stop: AtomicBool,
-    /// Answers being sent now for paths the fault applies to, and the most at once.
+    /// Answers being prepared now (their fault's delay) for paths the fault applies to, and
+    /// the most at once.
     active: AtomicU64,
     max_active: AtomicU64,
 }
@@ -168,7 +169,7 @@ fn serve(mut s: TcpStream, st: &State) {
     } else {
         Fault::default()
     };
-    let _active = (applies && !fault.path.is_empty()).then(|| Active::new(st));
+    let active = (applies && !fault.path.is_empty()).then(|| Active::new(st));
     let drop_at = match fault.drop_at {
         Some((frac, n)) if applies && n > 0 => {
             fault.drop_at = Some((frac, n - 1));
@@ -180,6 +181,11 @@ fn serve(mut s: TcpStream, st: &State) {
     if let Some(d) = f.delay {
         std::thread::sleep(d);
     }
+    // An answer stops counting before it is sent: a client that waits for it can only ask
+    // again after that, so one download at a time never counts as two (counting until this
+    // thread ends did, on a loaded machine, when the client read the answer and asked again
+    // before the thread got to run).
+    drop(active);
     let file = st.root.join(path.trim_start_matches('/'));
     let Ok(data) = std::fs::read(&file) else {
         log(404);
