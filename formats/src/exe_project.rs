@@ -256,19 +256,7 @@ impl EqMap {
             if at == bytes.len() {
                 return Ok(None);
             }
-            let (mut v, mut shift) = (0u64, 0u32);
-            loop {
-                let b = *bytes.get(at).ok_or_else(|| bad("truncated varint"))?;
-                at += 1;
-                if shift >= 64 || (shift == 63 && b > 1) {
-                    return Err(bad("varint overflows 64 bits"));
-                }
-                v |= u64::from(b & 0x7f) << shift;
-                if b & 0x80 == 0 {
-                    return Ok(Some(v));
-                }
-                shift += 7;
-            }
+            leb128(bytes, &mut at).map(Some).map_err(bad)
         };
         let mut entries = Vec::new();
         let (mut end, mut shift) = (0u64, 0i64);
@@ -412,12 +400,7 @@ impl Run<'_> {
             return;
         };
         let o = off as usize;
-        let count = u64::from(u32::from_le_bytes([
-            buf[o + 8],
-            buf[o + 9],
-            buf[o + 10],
-            buf[o + 11],
-        ]));
+        let count = u64::from(rd_u32(buf, o + 8));
         for i in 0..count.saturating_mul(2).min((len - 12) / 4) {
             let at = o + 12 + 4 * i as usize;
             let v = i32::from_le_bytes([buf[at], buf[at + 1], buf[at + 2], buf[at + 3]]);
@@ -632,18 +615,23 @@ struct Cie {
     personality: Option<usize>,
 }
 
-/// Reads a ULEB128 at `b[*at..]`, advancing `at`; `None` when it runs out or overflows.
-fn uleb(b: &[u8], at: &mut usize) -> Option<u64> {
-    let mut v = 0u64;
-    for shift in (0..64).step_by(7) {
-        let byte = *b.get(*at)?;
+/// Reads an unsigned LEB128 varint at `b[*at..]`, advancing `at`: the map's varints and the
+/// LEB128 fields of a CIE. An error when it runs out or does not fit in 64 bits (at most 10
+/// bytes, the 10th at most 1).
+fn leb128(b: &[u8], at: &mut usize) -> std::result::Result<u64, &'static str> {
+    let (mut v, mut shift) = (0u64, 0u32);
+    loop {
+        let byte = *b.get(*at).ok_or("truncated varint")?;
         *at += 1;
-        v |= u64::from(byte & 0x7F) << shift;
-        if byte & 0x80 == 0 {
-            return Some(v);
+        if shift >= 64 || (shift == 63 && byte > 1) {
+            return Err("varint overflows 64 bits");
         }
+        v |= u64::from(byte & 0x7f) << shift;
+        if byte & 0x80 == 0 {
+            return Ok(v);
+        }
+        shift += 7;
     }
-    None
 }
 
 /// Parses a CIE from its version byte to its end (`b`): version 1 or 3, an augmentation of
@@ -656,12 +644,12 @@ fn parse_cie(b: &[u8]) -> Option<Cie> {
     let nul = b[1..].iter().position(|&c| c == 0)? + 1;
     let aug = &b[1..nul];
     let mut at = nul + 1;
-    uleb(b, &mut at)?; // code alignment
-    uleb(b, &mut at)?; // data alignment (SLEB128: same length)
+    leb128(b, &mut at).ok()?; // code alignment
+    leb128(b, &mut at).ok()?; // data alignment (SLEB128: read for its length only)
     if version == 1 {
         at += 1;
     } else {
-        uleb(b, &mut at)?;
+        leb128(b, &mut at).ok()?;
     }
     let mut cie = Cie {
         fde_enc: None,
@@ -673,7 +661,7 @@ fn parse_cie(b: &[u8]) -> Option<Cie> {
         return aug.is_empty().then_some(cie);
     };
     cie.augmented = true;
-    uleb(b, &mut at)?; // augmentation data length
+    leb128(b, &mut at).ok()?; // augmentation data length
     for &c in rest {
         match c {
             b'R' => {
