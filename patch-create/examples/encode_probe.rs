@@ -26,32 +26,18 @@ fn main() -> anyhow::Result<()> {
         let packed = encode::pack_split(&s, level)?;
         let t_pack = t.elapsed().as_secs_f64();
         println!(
-            "{n}: new {} ctrl {} diff {} extra {} -> split {} (diff {t_diff:.2}s pack {t_pack:.2}s)",
-            new.len(), s.ctrl.len(), s.diff.len(), s.extra.len(), packed.len()
+            "{n}: new {} ctrl {} pairs {} extra {} -> split {} (diff {t_diff:.2}s pack {t_pack:.2}s)",
+            new.len(),
+            s.ctrl.len(),
+            s.pairs.len(),
+            s.extra.len(),
+            packed.len()
         );
         for lvl in [19, 22] {
             let c = encode::compress_window(&s.ctrl, lvl, 24)?.len();
-            let d = encode::compress_window(&s.diff, lvl, 24)?.len();
+            let p = encode::compress_window(&s.pairs, lvl, 24)?.len();
             let e = encode::compress_window(&s.extra, lvl, 24)?.len();
-            // zero-run transform of the diff stream
-            let mut runs = Vec::new();
-            let mut vals = Vec::new();
-            let mut z = 0u64;
-            for &b in &s.diff {
-                if b == 0 {
-                    z += 1;
-                } else {
-                    encode::put_varint(&mut runs, z);
-                    z = 0;
-                    vals.push(b);
-                }
-            }
-            let r = encode::compress_window(&runs, lvl, 24)?.len();
-            let v = encode::compress_window(&vals, lvl, 24)?.len();
-            println!(
-                "   L{lvl}: ctrl {c} diff {d} extra {e}; diff as runs {r} + vals {v} (nonzero {})",
-                vals.len()
-            );
+            println!("   L{lvl} zstd alone: ctrl {c} pairs {p} extra {e}");
         }
         if std::env::var("ALL").is_ok() {
             let opts = EncodeOptions {

@@ -2,14 +2,13 @@
 use std::io::Read;
 use std::time::Instant;
 
-use patch_create::{encode, split_pack};
+use patch_create::encode;
 
 fn main() -> anyhow::Result<()> {
     let a: Vec<String> = std::env::args().skip(1).collect();
     let (o, n) = (std::fs::read(&a[0])?, std::fs::read(&a[1])?);
     let s = encode::split_streams(&o, &n)?;
-    let pairs = split_pack::zero_run_pairs(&s.diff);
-    for (name, d) in [("ctrl", &s.ctrl), ("pairs", &pairs), ("extra", &s.extra)] {
+    for (name, d) in [("ctrl", &s.ctrl), ("pairs", &s.pairs), ("extra", &s.extra)] {
         let z = encode::compress_window(d, 22, 22)?;
         let t = Instant::now();
         for _ in 0..10 {

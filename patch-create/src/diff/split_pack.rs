@@ -18,36 +18,6 @@ pub const LZMA_MAX_INPUT: usize = 4 << 20;
 /// allocates the dictionary).
 const LZMA_MAX_DICT_LOG: u8 = 20;
 
-/// Writes a diff stream, given in pieces, as pairs: for each non-zero byte, the number of zero
-/// bytes before it (varint) then the byte. Zeros after the last non-zero byte are not written.
-#[derive(Debug, Default)]
-pub struct ZeroRuns {
-    /// Zero bytes seen since the last non-zero one.
-    zeros: u64,
-}
-
-impl ZeroRuns {
-    /// Appends the pairs of the next piece of the diff stream to `out`.
-    pub fn push(&mut self, diff: &[u8], out: &mut Vec<u8>) {
-        for &b in diff {
-            if b == 0 {
-                self.zeros += 1;
-            } else {
-                put_varint(out, self.zeros);
-                out.push(b);
-                self.zeros = 0;
-            }
-        }
-    }
-}
-
-/// The pairs of a whole diff stream ([`ZeroRuns`]).
-pub fn zero_run_pairs(diff: &[u8]) -> Vec<u8> {
-    let mut out = Vec::new();
-    ZeroRuns::default().push(diff, &mut out);
-    out
-}
-
 /// A member from its three streams, each empty or already tagged: three varint lengths, then
 /// the streams.
 pub fn frame_member(parts: &[Vec<u8>; 3]) -> Vec<u8> {
@@ -128,12 +98,11 @@ fn pack_stream(data: &[u8], kind: Kind, level: i32, max_window_log: u32) -> Resu
 /// Serializes split streams into a member: three varint lengths, then the three streams.
 pub fn pack_split(s: &SplitStreams, level: i32) -> Result<Vec<u8>> {
     let strong = (level.max(19) + 3).min(22);
-    let pairs = zero_run_pairs(&s.diff);
     let (c, (p, e)) = rayon::join(
         || pack_stream(&s.ctrl, Kind::Ctrl, strong, 22),
         || {
             rayon::join(
-                || pack_stream(&pairs, Kind::Pairs, strong, 22),
+                || pack_stream(&s.pairs, Kind::Pairs, strong, 22),
                 || pack_stream(&s.extra, Kind::Extra, strong, MAX_MEMBER_WINDOW_LOG),
             )
         },

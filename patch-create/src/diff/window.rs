@@ -18,9 +18,10 @@ use rayon::prelude::*;
 
 use formats::split_diff::{unzigzag, zigzag, StreamCodec};
 
-use crate::diff::streams::{put_varint, SplitBuilder, SplitStreams};
+use crate::diff::streams::ZeroRuns;
+use crate::diff::streams::{put_varint, read_varint, SplitBuilder, SplitStreams};
 use crate::error::{Error, IoContext, Result};
-use crate::split_pack::{frame_member, ZeroRuns};
+use crate::split_pack::frame_member;
 
 /// Smallest automatic memory budget of a diff ([`auto_budget`]): 256 MiB.
 pub const MIN_AUTO_BUDGET: u64 = 256 << 20;
@@ -344,17 +345,6 @@ fn diff_window(
     })
 }
 
-fn read_varint(buf: &[u8]) -> Option<(u64, usize)> {
-    let mut v = 0u64;
-    for (i, b) in buf.iter().enumerate().take(10) {
-        v |= u64::from(b & 0x7f) << (7 * i);
-        if b & 0x80 == 0 {
-            return Some((v, i + 1));
-        }
-    }
-    None
-}
-
 /// A zstd encoder of one split-diff stream with bounded tables.
 fn stream_encoder(level: i32) -> Result<zstd::stream::write::Encoder<'static, Vec<u8>>> {
     use zstd::zstd_safe::CParameter;
@@ -423,14 +413,9 @@ impl MemberWriter {
         self.ctrl.write_all(&head).map_err(io)?;
         self.ctrl.write_all(&ctrl[n..]).map_err(io)?;
         self.cursor = w.end_cursor;
-        // In pieces, so the pair buffer stays small whatever the window size.
-        for piece in w.streams.diff.chunks(1 << 15) {
-            self.zeros.push(piece, &mut self.pairs_buf);
-            if self.pairs_buf.len() >= 1 << 16 {
-                self.pairs.write_all(&self.pairs_buf).map_err(io)?;
-                self.pairs_buf.clear();
-            }
-        }
+        self.zeros.push_pairs(&w.streams, &mut self.pairs_buf);
+        self.pairs.write_all(&self.pairs_buf).map_err(io)?;
+        self.pairs_buf.clear();
         self.extra.write_all(&w.streams.extra).map_err(io)?;
         Ok(())
     }
