@@ -177,29 +177,18 @@ const TINY_FILE: usize = 4 << 10;
 /// Encodes `new` against `old`, returning the smallest candidate: the split diff, then
 /// [`whole_candidates`].
 pub fn encode_change(old: &[u8], new: &[u8], opts: &EncodeOptions) -> Result<Encoded> {
-    encode_change_eq(old, new, opts, None)
-}
-
-/// [`encode_change`], keeping in `eqs` the split diff's matches of at least [`MIN_EQ`] bytes as
-/// `(old start, new start, length)` equivalences.
-fn encode_change_eq(
-    old: &[u8],
-    new: &[u8],
-    opts: &EncodeOptions,
-    eqs: Option<&mut Vec<(u64, u64, u64)>>,
-) -> Result<Encoded> {
     if old.is_empty() || new.is_empty() {
         return Ok(Encoded {
             chosen: Chosen::Full,
             bytes: compress(new, opts.level)?,
         });
     }
-    let split = split_candidate(old, new, opts, eqs)?;
+    let split = split_candidate(old, new, opts, None)?;
     whole_candidates(old, new, opts, split)
 }
 
-/// The split-diff candidate of a pair of non-empty files, keeping the equivalences in `eqs`
-/// as [`encode_change_eq`] does.
+/// The split-diff candidate of a pair of non-empty files, keeping in `eqs` the split diff's
+/// matches of at least [`MIN_EQ`] bytes as `(old start, new start, length)` equivalences.
 fn split_candidate(
     old: &[u8],
     new: &[u8],
@@ -554,5 +543,59 @@ pub fn encode_files(
                 },
             })
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `n` random bytes out of 16 values: about half their size compressed, at any level.
+    fn nibbles(n: usize) -> Vec<u8> {
+        let mut x = 0x2545_f491_4f6c_dd1du64;
+        (0..n)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                b"0123456789abcdef"[(x >> 60) as usize]
+            })
+            .collect()
+    }
+
+    fn split_of(len: usize) -> Encoded {
+        Encoded {
+            chosen: Chosen::SplitDiff,
+            bytes: vec![0; len],
+        }
+    }
+
+    #[test]
+    fn the_whole_file_is_weighed_only_where_a_level_1_compression_says_it_can_win() {
+        let new = nibbles(3 << 20);
+        assert!(new.len() > SMALL_FILE);
+        let opts = EncodeOptions {
+            try_zstd_ref: false,
+            ..EncodeOptions::default()
+        };
+        let fast = compress(&new, 1).expect("level 1").len();
+        let whole = compress(&new, opts.level).expect("level 19").len();
+        // A poor diff larger than the whole file: the whole file is weighed, and wins.
+        let got = whole_candidates(b"old", &new, &opts, split_of(whole + 1)).expect("encode");
+        assert_eq!(got.chosen, Chosen::Full);
+        assert_eq!(got.bytes.len(), whole);
+        // A poor diff (over 1/16 of the file) under a third of level 1 stays: level 19 would
+        // need to be under a third of level 1 to beat it.
+        let poor_but_small = fast / 3 - 1;
+        assert!(
+            poor_but_small > new.len() / 16,
+            "{poor_but_small} {}",
+            new.len()
+        );
+        let got = whole_candidates(b"old", &new, &opts, split_of(poor_but_small)).expect("encode");
+        assert_eq!(got.chosen, Chosen::SplitDiff);
+        // A good diff of a large file: nothing else is tried.
+        let got = whole_candidates(b"old", &new, &opts, split_of(new.len() / 20)).expect("encode");
+        assert_eq!(got.chosen, Chosen::SplitDiff);
     }
 }
