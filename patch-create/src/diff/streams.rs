@@ -41,16 +41,20 @@ impl ZeroRuns {
         }
     }
 
-    /// Appends the next piece of the diff stream given as the pairs of `s` (which were written
-    /// from a fresh [`ZeroRuns`]): the zeros pending here are added to its first run.
-    pub fn push_pairs(&mut self, s: &SplitStreams, out: &mut Vec<u8>) {
+    /// Joins the next piece of the diff stream, given as the pairs of `s` (written from a fresh
+    /// [`ZeroRuns`]): appends to `head` its first run with the zeros pending here added, and
+    /// returns the rest of its pairs, to be written after `head` as they are (not copied).
+    pub fn push_pairs<'s>(&mut self, s: &'s SplitStreams, head: &mut Vec<u8>) -> &'s [u8] {
         match read_varint(&s.pairs) {
             Some((run, n)) => {
-                put_varint(out, self.zeros + run);
-                out.extend_from_slice(&s.pairs[n..]);
+                put_varint(head, self.zeros + run);
                 self.zeros = s.trailing_zeros;
+                &s.pairs[n..]
             }
-            None => self.zeros += s.trailing_zeros,
+            None => {
+                self.zeros += s.trailing_zeros;
+                &[]
+            }
         }
     }
 
@@ -238,7 +242,9 @@ mod tests {
             let mut joined = Vec::new();
             let mut z = ZeroRuns::default();
             for w in cuts.windows(2) {
-                z.push_pairs(&window(&diff[w[0]..w[1]]), &mut joined);
+                let piece = window(&diff[w[0]..w[1]]);
+                let rest = z.push_pairs(&piece, &mut joined);
+                joined.extend_from_slice(rest);
             }
             let whole = window(&diff);
             prop_assert_eq!(joined, whole.pairs);

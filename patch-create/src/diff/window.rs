@@ -18,8 +18,7 @@ use rayon::prelude::*;
 
 use formats::split_diff::{unzigzag, zigzag, StreamCodec};
 
-use crate::diff::streams::ZeroRuns;
-use crate::diff::streams::{put_varint, read_varint, SplitBuilder, SplitStreams};
+use crate::diff::streams::{put_varint, read_varint, SplitBuilder, SplitStreams, ZeroRuns};
 use crate::error::{Error, IoContext, Result};
 use crate::split_pack::frame_member;
 
@@ -373,7 +372,6 @@ struct MemberWriter {
     extra: zstd::stream::write::Encoder<'static, Vec<u8>>,
     cursor: u64,
     zeros: ZeroRuns,
-    pairs_buf: Vec<u8>,
 }
 
 impl MemberWriter {
@@ -384,7 +382,6 @@ impl MemberWriter {
             extra: stream_encoder(level)?,
             cursor: 0,
             zeros: ZeroRuns::default(),
-            pairs_buf: Vec::with_capacity(1 << 16),
         })
     }
 
@@ -413,16 +410,16 @@ impl MemberWriter {
         self.ctrl.write_all(&head).map_err(io)?;
         self.ctrl.write_all(&ctrl[n..]).map_err(io)?;
         self.cursor = w.end_cursor;
-        self.zeros.push_pairs(&w.streams, &mut self.pairs_buf);
-        self.pairs.write_all(&self.pairs_buf).map_err(io)?;
-        self.pairs_buf.clear();
+        head.clear();
+        let rest = self.zeros.push_pairs(&w.streams, &mut head);
+        self.pairs.write_all(&head).map_err(io)?;
+        self.pairs.write_all(rest).map_err(io)?;
         self.extra.write_all(&w.streams.extra).map_err(io)?;
         Ok(())
     }
 
-    fn finish(mut self) -> Result<Vec<u8>> {
+    fn finish(self) -> Result<Vec<u8>> {
         let io = |e| Error::io("<zstd>", e);
-        self.pairs.write_all(&self.pairs_buf).map_err(io)?;
         let parts = [
             self.ctrl.finish().map_err(io)?,
             self.pairs.finish().map_err(io)?,
