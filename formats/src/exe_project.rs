@@ -143,7 +143,14 @@ impl Projection {
 pub struct EqMap {
     /// `(old start, length, new start − old start)`, sorted by start, disjoint, non-empty.
     entries: Vec<(u64, u64, i64)>,
+    /// `first[p]` = the index of the first entry that ends after the start of page `p`
+    /// (pages of `1 << PAGE_LOG` old bytes, up to the page of the last entry's end): a lookup
+    /// searches the few entries of one page instead of the whole map.
+    first: Vec<u32>,
 }
+
+/// Log2 of the pages of [`EqMap`]'s index.
+const PAGE_LOG: u32 = 12;
 
 /// Appends `v` as an unsigned LEB128 varint.
 fn put_varint(out: &mut Vec<u8>, mut v: u64) {
@@ -155,6 +162,25 @@ fn put_varint(out: &mut Vec<u8>, mut v: u64) {
 }
 
 impl EqMap {
+    /// The map of `entries` (sorted, disjoint, non-empty), with its page index.
+    fn indexed(entries: Vec<(u64, u64, i64)>) -> EqMap {
+        let pages = entries
+            .last()
+            .map_or(0, |&(o, l, _)| ((o + l) >> PAGE_LOG) + 1);
+        let mut first = Vec::with_capacity(pages as usize);
+        let mut i = 0usize;
+        for p in 0..pages {
+            let start = p << PAGE_LOG;
+            while entries.get(i).is_some_and(|&(o, l, _)| o + l <= start) {
+                i += 1;
+            }
+            // Entries are disjoint and non-empty inside an old file of at most MAX_OLD_SIZE
+            // bytes: a u32 holds every index.
+            first.push(i as u32);
+        }
+        EqMap { entries, first }
+    }
+
     /// A map from `(old start, new start, length)` equivalences: the longest ones first,
     /// each keeps the parts of its old range that no longer one holds (a short match of
     /// look-alike code elsewhere must not shadow the long alignment around it); empty ones are
@@ -195,7 +221,7 @@ impl EqMap {
                 _ => entries.push((s, e - s, shift)),
             }
         }
-        EqMap { entries }
+        EqMap::indexed(entries)
     }
 
     /// The entries `(old start, length, shift)`.
@@ -205,20 +231,27 @@ impl EqMap {
 
     /// The map restricted to the entries whose index `keep` says.
     pub fn retain(&self, keep: &[bool]) -> EqMap {
-        EqMap {
-            entries: self
-                .entries
+        EqMap::indexed(
+            self.entries
                 .iter()
                 .zip(keep)
                 .filter(|(_, k)| **k)
                 .map(|(e, _)| *e)
                 .collect(),
-        }
+        )
     }
 
     /// The index of the entry holding old offset `x`.
     pub fn entry_of(&self, x: u64) -> Option<usize> {
-        let i = self.entries.partition_point(|e| e.0 <= x).checked_sub(1)?;
+        // The entry holding `x` ends after its page's start, so it is at `first[p]` or later;
+        // it starts before the next page, and every entry after `first[p + 1]` starts after
+        // that one ends, past the next page's start: it is at `first[p + 1]` or earlier.
+        let p = usize::try_from(x >> PAGE_LOG).ok()?;
+        let lo = *self.first.get(p)? as usize;
+        let hi = self.first.get(p + 1).map_or(self.entries.len(), |&h| {
+            (h as usize + 1).min(self.entries.len())
+        });
+        let i = (lo + self.entries[lo..hi].partition_point(|e| e.0 <= x)).checked_sub(1)?;
         let (o, l, _) = self.entries[i];
         (x - o < l).then_some(i)
     }
@@ -276,7 +309,7 @@ impl EqMap {
             entries.push((start, len, shift));
             end = stop;
         }
-        Ok(EqMap { entries })
+        Ok(EqMap::indexed(entries))
     }
 }
 
@@ -950,6 +983,23 @@ mod tests {
         fn maps_round_trip(eqs in prop::collection::vec((0u64..5000, 0u64..5000, 1u64..300), 0..40)) {
             let m = EqMap::from_equivalences(eqs);
             prop_assert_eq!(EqMap::decode("m", &m.encode(), 6000).unwrap(), m);
+        }
+
+        /// The page index finds the entry a search of the whole map finds, for offsets inside,
+        /// between and after entries that are shorter or longer than a page.
+        #[test]
+        fn the_page_index_finds_what_a_linear_search_finds(
+            eqs in prop::collection::vec((0u64..40_000, 0u64..40_000, 1u64..9_000), 0..30),
+            probes in prop::collection::vec(0u64..60_000, 1..200),
+        ) {
+            let m = EqMap::from_equivalences(eqs);
+            let keep: Vec<bool> = (0..m.entries().len()).map(|i| i % 3 != 1).collect();
+            for m in [m.retain(&keep), m] {
+                for &x in &probes {
+                    let linear = m.entries().iter().position(|&(o, l, _)| x >= o && x - o < l);
+                    prop_assert_eq!(m.entry_of(x), linear, "offset {}", x);
+                }
+            }
         }
 
         /// Passing over the positions where no form can start changes nothing: the same bytes

@@ -447,3 +447,35 @@ fn incompressible_files_are_compressed_at_level_1_and_round_trip() {
         assert_eq!(&zstd::decode_all(z.as_slice()).expect("decode"), data);
     }
 }
+
+/// An old file larger than the client keeps in memory, projected
+/// ([`patch_apply::decode::PROJECTED_IN_MEMORY_MAX`]): the client writes the projected file to
+/// a temporary file and applies the split diff from there, to the same bytes.
+#[test]
+fn an_exe_project_diff_of_an_old_file_too_large_to_hold_round_trips() {
+    use formats::exe_filter::Arch;
+    use formats::exe_project::Projection;
+    let n = (patch_apply::decode::PROJECTED_IN_MEMORY_MAX + (1 << 20)) as usize;
+    let old = code(n, 17);
+    let mut new = mutate(&old, 23);
+    // Code moved: every reference after the insertion shifts.
+    new.splice(n / 3..n / 3, code(4096, 29));
+    let seg = |len: usize| vec![[0, 0x40_0000, len as u64]];
+    let project = Projection {
+        arch: Arch::X86_64,
+        old_code: vec![[0, old.len() as u64]],
+        old_segments: seg(old.len()),
+        new_segments: seg(new.len()),
+        old_rela: None,
+        old_eh_frame_hdr: None,
+        new_eh_frame_hdr_addr: None,
+        old_eh_frame: None,
+        rules: 2,
+    };
+    let opts = EncodeOptions {
+        level: 1,
+        ..EncodeOptions::default()
+    };
+    let chosen = Chosen::ExeProjectDiff(project);
+    assert!(round_trip(&old, &new, &chosen, &opts) == new);
+}

@@ -599,6 +599,58 @@ pub fn apply_split<W: Write>(
     new_size: u64,
     w: &mut W,
 ) -> Result<()> {
+    let parts = open_split(what, (member, base), member_size, new_size)?;
+    let old = File::open(source).at(source)?;
+    let old_size = old.metadata().at(source)?.len();
+    run_split(what, parts, &OldFile::Disk(old, old_size), new_size, w)
+}
+
+/// The old file a split diff reads from: on disk (with its size), read where the diff says,
+/// or in memory.
+enum OldFile<'a> {
+    Disk(File, u64),
+    Memory(&'a [u8]),
+}
+
+impl OldFile<'_> {
+    fn len(&self) -> u64 {
+        match self {
+            OldFile::Disk(_, n) => *n,
+            OldFile::Memory(b) => b.len() as u64,
+        }
+    }
+
+    /// Fills `buf` with the bytes at `at` (the caller checked they are inside the file).
+    fn read_at(&self, buf: &mut [u8], at: u64) -> std::io::Result<()> {
+        match self {
+            OldFile::Disk(f, _) => read_exact_at(f, buf, at),
+            OldFile::Memory(b) => {
+                let src = usize::try_from(at)
+                    .ok()
+                    .and_then(|a| b.get(a..a.checked_add(buf.len())?))
+                    .ok_or_else(|| std::io::Error::other("read past the old file"))?;
+                buf.copy_from_slice(src);
+                Ok(())
+            }
+        }
+    }
+}
+
+/// The three decompressing streams of a split-diff member.
+struct SplitParts {
+    ctrl: Part,
+    pairs: Part,
+    extra: Part,
+}
+
+/// Opens the streams of the split-diff member of `member_size` bytes at byte `base` of
+/// `member`, after checking that their lengths add up to the member.
+fn open_split(
+    what: &str,
+    (member, base): (&Path, u64),
+    member_size: u64,
+    new_size: u64,
+) -> Result<SplitParts> {
     let bad = |reason: &str| Error::bad(what, reason.to_string());
     let (lens, header) = {
         let mut file = File::open(member).at(member)?;
@@ -627,11 +679,38 @@ pub fn apply_split<W: Write>(
         start += lens[i];
         p
     };
-    let mut ctrl = BufReader::with_capacity(1 << 14, part(0, split_ctrl_bound(new_size))?);
-    let pairs = part(1, split_ctrl_bound(new_size))?;
-    let mut extra = part(2, new_size)?;
-    let old = File::open(source).at(source)?;
-    let old_size = old.metadata().at(source)?.len();
+    Ok(SplitParts {
+        ctrl: part(0, split_ctrl_bound(new_size))?,
+        pairs: part(1, split_ctrl_bound(new_size))?,
+        extra: part(2, new_size)?,
+    })
+}
+
+/// Decodes up to `limit` bytes of `part` now and returns a part that yields them, then the
+/// rest of the stream.
+fn prefetch(what: &str, mut part: Part, limit: u64) -> Result<Part> {
+    let mut head = Vec::new();
+    (&mut part)
+        .take(limit)
+        .read_to_end(&mut head)
+        .map_err(|e| Error::bad(what, e.to_string()))?;
+    Ok(Box::new(std::io::Cursor::new(head).chain(part)))
+}
+
+/// Applies the split diff whose streams are `parts` to `old`, writing the new file
+/// (`new_size` bytes) to `w`.
+fn run_split<W: Write>(
+    what: &str,
+    parts: SplitParts,
+    old: &OldFile,
+    new_size: u64,
+    w: &mut W,
+) -> Result<()> {
+    let bad = |reason: &str| Error::bad(what, reason.to_string());
+    let SplitParts { ctrl, pairs, extra } = parts;
+    let mut ctrl = BufReader::with_capacity(1 << 14, ctrl);
+    let mut extra = extra;
+    let old_size = old.len();
     // The pair stream is decoded on another thread while this one applies it.
     std::thread::scope(|scope| {
         let mut diff = ZeroRunDiff::new(decode_pairs_in(scope, pairs, what.to_string()));
@@ -663,7 +742,7 @@ pub fn apply_split<W: Write>(
             let mut carry = 0u8;
             while at < cursor {
                 let n = (cursor - at).min(buf.len() as u64) as usize;
-                read_exact_at(&old, &mut buf[..n], at).map_err(io)?;
+                old.read_at(&mut buf[..n], at).map_err(io)?;
                 diff.apply_in_place(&mut buf[..n], &mut carry)?;
                 w.write_all(&buf[..n]).map_err(io)?;
                 at += n as u64;
@@ -770,12 +849,24 @@ pub fn apply_exe_split<W: Write>(
     tmp.close().at(dir)
 }
 
+/// Largest old file an `exe-project-diff` apply keeps in memory, projected, while the split
+/// diff reads it; a larger one (patch-create offers the encoding up to 48 MiB, the format
+/// accepts [`exe_project::MAX_OLD_SIZE`]) is written to a temporary file and freed first, so
+/// that the decoders of the split diff do not add to it.
+pub const PROJECTED_IN_MEMORY_MAX: u64 = 36 << 20;
+
+/// Bytes of the control stream and of the extra stream (each) of an `exe-project-diff` decoded
+/// ahead on another core while the old file is read and projected.
+const PREFETCH_MAX: u64 = 4 << 20;
+
 /// Applies an `exe-project-diff` member (docs/format.md §6.2.6): the equivalence map at its
 /// start is read (its compressed and decompressed sizes bounded), the old file `source` is read
-/// into memory (its signed size at most [`exe_project::MAX_OLD_SIZE`]), projected through the
-/// map, written to a temporary file beside `out` (deleted on return) and freed; then the split
-/// diff after the map is applied to that file. Memory: the old file while it is projected,
-/// then that of [`apply_split`].
+/// into memory (its signed size at most [`exe_project::MAX_OLD_SIZE`]) and projected through
+/// the map while another thread decodes the first [`PREFETCH_MAX`] bytes of the split diff's
+/// control and extra streams; then the split diff after the map is applied to the projected
+/// file, read from memory up to [`PROJECTED_IN_MEMORY_MAX`] bytes, beyond that from a temporary
+/// file beside `out` (deleted on return). Memory: the old file, 8 MiB of prefetched streams
+/// and the decoders of [`apply_split`] (the old file is freed first when it is written out).
 #[allow(clippy::too_many_arguments)] // One call site; the arguments are the op's parts.
 pub fn apply_exe_project<W: Write>(
     what: &str,
@@ -818,6 +909,52 @@ pub fn apply_exe_project<W: Write>(
     let map = EqMap::decode("exe-project-diff", &map_bytes, pin.size)
         .map_err(|e| Error::bad(what, e.to_string()))?;
     drop(map_bytes);
+    let SplitParts { ctrl, pairs, extra } =
+        open_split(what, (member, map_end), member_size - map_end, new_size)?;
+    let (old, (ctrl, extra)) = std::thread::scope(|scope| {
+        let ahead = scope.spawn(move || -> Result<(Part, Part)> {
+            Ok((
+                prefetch(what, ctrl, PREFETCH_MAX)?,
+                prefetch(what, extra, PREFETCH_MAX)?,
+            ))
+        });
+        let old = read_projected(what, (source, pin), project, &map);
+        let ahead = ahead
+            .join()
+            .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+        Ok::<_, Error>((old?, ahead?))
+    })?;
+    drop(map);
+    let parts = SplitParts { ctrl, pairs, extra };
+    if pin.size <= PROJECTED_IN_MEMORY_MAX {
+        return run_split(what, parts, &OldFile::Memory(&old), new_size, w);
+    }
+    let dir = out.parent().unwrap_or(Path::new("."));
+    let tmp = tempfile::Builder::new()
+        .prefix(".exe-old-")
+        .tempfile_in(dir)
+        .at(dir)?;
+    tmp.as_file().write_all(&old).at(tmp.path())?;
+    drop(old);
+    let projected = tmp.as_file().try_clone().at(tmp.path())?;
+    run_split(
+        what,
+        parts,
+        &OldFile::Disk(projected, pin.size),
+        new_size,
+        w,
+    )?;
+    tmp.close().at(dir)
+}
+
+/// The old file `source` (pinned `pin`: its size is checked) read into memory and projected
+/// through `map`.
+fn read_projected(
+    what: &str,
+    (source, pin): (&Path, Pin),
+    project: &Projection,
+    map: &EqMap,
+) -> Result<Vec<u8>> {
     let mut old = Vec::with_capacity(usize::try_from(pin.size).unwrap_or(0));
     File::open(source)
         .at(source)?
@@ -833,23 +970,8 @@ pub fn apply_exe_project<W: Write>(
             ),
         });
     }
-    exe_project::project(&mut old, project, &map, None);
-    let dir = out.parent().unwrap_or(Path::new("."));
-    let tmp = tempfile::Builder::new()
-        .prefix(".exe-old-")
-        .tempfile_in(dir)
-        .at(dir)?;
-    tmp.as_file().write_all(&old).at(tmp.path())?;
-    drop(old);
-    apply_split(
-        what,
-        (member, map_end),
-        member_size - map_end,
-        tmp.path(),
-        new_size,
-        w,
-    )?;
-    tmp.close().at(dir)
+    exe_project::project(&mut old, project, map, None);
+    Ok(old)
 }
 
 /// A writer that runs the branch filter backwards on what is written through it: bytes are
