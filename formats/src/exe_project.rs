@@ -14,6 +14,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 use crate::exe_filter::{check_ranges, Arch, CodeRange};
+use crate::split_diff::{put_varint, read_varint};
 
 /// The most load segments a projection may name per file.
 pub const MAX_SEGMENTS: usize = 64;
@@ -152,15 +153,6 @@ pub struct EqMap {
 /// Log2 of the pages of [`EqMap`]'s index.
 const PAGE_LOG: u32 = 12;
 
-/// Appends `v` as an unsigned LEB128 varint.
-fn put_varint(out: &mut Vec<u8>, mut v: u64) {
-    while v >= 0x80 {
-        out.push((v as u8) | 0x80);
-        v >>= 7;
-    }
-    out.push(v as u8);
-}
-
 impl EqMap {
     /// The map of `entries` (sorted, disjoint, non-empty), with its page index.
     fn indexed(entries: Vec<(u64, u64, i64)>) -> EqMap {
@@ -289,7 +281,7 @@ impl EqMap {
             if at == bytes.len() {
                 return Ok(None);
             }
-            leb128(bytes, &mut at).map(Some).map_err(bad)
+            read_varint(bytes, &mut at).map(Some).map_err(bad)
         };
         let mut entries = Vec::new();
         let (mut end, mut shift) = (0u64, 0i64);
@@ -447,6 +439,26 @@ impl Run<'_> {
         }
     }
 
+    /// The steps before the code (§6.2.6 steps 1-3): relocations, the search table and the
+    /// `.eh_frame` records, each when it lies inside `buf`.
+    fn data(&mut self, buf: &mut [u8]) {
+        let p = self.p;
+        let size = buf.len() as u64;
+        let fits = |r: [u64; 2]| r[0].checked_add(r[1]).is_some_and(|e| e <= size);
+        if let Some(r) = p.old_rela.filter(|&r| fits(r)) {
+            self.rela(buf, r);
+        }
+        if let (Some(r), Some(new_hdr)) = (
+            p.old_eh_frame_hdr.filter(|&r| fits(r)),
+            p.new_eh_frame_hdr_addr,
+        ) {
+            self.eh_frame_hdr(buf, r, new_hdr);
+        }
+        if let Some(r) = p.old_eh_frame.filter(|&r| fits(r) && p.rules >= 2) {
+            self.eh_frame(buf, r);
+        }
+    }
+
     fn code(&mut self, buf: &mut [u8]) {
         self.code_scan::<true>(buf);
     }
@@ -455,43 +467,185 @@ impl Run<'_> {
     /// ([`may_start_form`]) are passed over without trying each form (the same result, faster;
     /// `false` is the reference the tests compare with).
     fn code_scan<const FILTER: bool>(&mut self, buf: &mut [u8]) {
-        let rules = self.p.rules;
-        for i in 0..self.p.old_code.len() {
-            let [start, len] = self.p.old_code[i];
+        for k in 0..self.p.old_code.len() {
+            let [start, len] = self.p.old_code[k];
             let (start, end) = (start as usize, (start + len) as usize);
-            let mut i = start;
-            while i + 6 <= end {
-                let b = &buf[i..end];
-                if FILTER && !may_start_form(b) {
-                    i += 1;
-                    continue;
+            self.scan_forms::<FILTER>(buf, 0, start, end, |_| false, |_, _| {});
+        }
+    }
+
+    /// The scan of [`Run::code`] over `buf[from..end]`, where `buf[0]` is at file offset
+    /// `base`: projects every form it meets and reports it to `found(start, end)` (positions in
+    /// `buf`), until the scan ends or reaches a position for which `stop` says so; returns that
+    /// position. From each position it tries, the scan reads and writes fewer than [`GUARD`]
+    /// bytes, and it writes only inside the forms it passes: the bytes from the returned
+    /// position on are untouched.
+    fn scan_forms<const FILTER: bool>(
+        &mut self,
+        buf: &mut [u8],
+        base: usize,
+        from: usize,
+        end: usize,
+        mut stop: impl FnMut(usize) -> bool,
+        mut found: impl FnMut(usize, usize),
+    ) -> usize {
+        let rules = self.p.rules;
+        let mut i = from;
+        while i + 6 <= end && !stop(i) {
+            let b = &buf[i..end];
+            if FILTER && !may_start_form(b) {
+                i += 1;
+                continue;
+            }
+            let field = match b[0] {
+                0xE8 | 0xE9 => Some((1, 0)),
+                0x0F if b[1] & 0xF0 == 0x80 => Some((2, 0)),
+                0xFF if b[1] == 0x15 || b[1] == 0x25 => Some((2, 0)),
+                0x40..=0x4F if matches!(b[1], 0x89 | 0x8B | 0x8D) && b[2] & 0xC7 == 0x05 => {
+                    Some((3, 0))
                 }
-                let field = match b[0] {
-                    0xE8 | 0xE9 => Some((1, 0)),
-                    0x0F if b[1] & 0xF0 == 0x80 => Some((2, 0)),
-                    0xFF if b[1] == 0x15 || b[1] == 0x25 => Some((2, 0)),
-                    0x40..=0x4F if matches!(b[1], 0x89 | 0x8B | 0x8D) && b[2] & 0xC7 == 0x05 => {
-                        Some((3, 0))
-                    }
-                    _ if rules >= 2 => rip_operand(b),
-                    _ => None,
-                };
-                match field {
-                    Some((f, imm)) if i + f + 4 + imm <= end => {
-                        let f = i + f;
-                        self.pc_relative(buf, f, (f + 4 + imm) as u64);
-                        i = f + 4 + imm;
-                    }
-                    _ => i += 1,
+                _ if rules >= 2 => rip_operand(b),
+                _ => None,
+            };
+            match field {
+                Some((f, imm)) if i + f + 4 + imm <= end => {
+                    let f = i + f;
+                    self.pc_relative_in(buf, base, f, (base + f + 4 + imm) as u64);
+                    found(i, f + 4 + imm);
+                    i = f + 4 + imm;
                 }
+                _ => i += 1,
             }
         }
+        i
+    }
+
+    /// The code step of [`project_in_parallel`] for the range `buf[start..end]`, cut into
+    /// `pieces` scanned at once, then stitched in order: from where the scan of a piece
+    /// stopped, within [`GUARD`] bytes of the next piece, the scan goes on over the original
+    /// bytes until it reaches a position that the next piece's own scan also reached; from
+    /// there on the two scans are the same. False when that does not happen within `sync`
+    /// bytes of the boundary (the range is then neither projected nor original).
+    fn code_range_in_pieces(
+        &self,
+        buf: &mut [u8],
+        [start, end]: [usize; 2],
+        pieces: usize,
+        sync: usize,
+    ) -> bool {
+        let len = end - start;
+        let bounds: Vec<usize> = (0..=pieces).map(|j| start + len * j / pieces).collect();
+        let originals: Vec<Vec<u8>> = bounds[1..pieces]
+            .iter()
+            .map(|&m| buf[m..(m + sync + GUARD).min(end)].to_vec())
+            .collect();
+        let mut slices = Vec::with_capacity(pieces);
+        let mut rest = &mut buf[start..end];
+        for j in 0..pieces {
+            let (piece, tail) = rest.split_at_mut(bounds[j + 1] - bounds[j]);
+            slices.push(piece);
+            rest = tail;
+        }
+        // Per piece: where its scan stopped (a file offset), and the forms it found in its
+        // first `sync` bytes (positions in the piece).
+        let scanned: Vec<(usize, Vec<(usize, usize)>)> = std::thread::scope(|scope| {
+            let handles: Vec<_> = slices
+                .into_iter()
+                .enumerate()
+                .map(|(j, piece)| {
+                    let base = bounds[j];
+                    let stop_at = if j + 1 == pieces {
+                        usize::MAX
+                    } else {
+                        piece.len() - GUARD
+                    };
+                    let mut run = Run {
+                        p: self.p,
+                        map: self.map,
+                        used: None,
+                        undo: None,
+                    };
+                    scope.spawn(move || {
+                        let mut forms = Vec::new();
+                        let n = piece.len();
+                        let at = run.scan_forms::<true>(
+                            piece,
+                            base,
+                            0,
+                            n,
+                            |i| i >= stop_at,
+                            |a, b| {
+                                if a < sync {
+                                    forms.push((a, b));
+                                }
+                            },
+                        );
+                        (base + at, forms)
+                    })
+                })
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| h.join().unwrap_or_else(|e| std::panic::resume_unwind(e)))
+                .collect()
+        });
+        let mut run = Run {
+            p: self.p,
+            map: self.map,
+            used: None,
+            undo: None,
+        };
+        for j in 1..pieces {
+            // The scan is right up to `a`, which is before the boundary `m`, and the bytes
+            // from `a` on are original: the piece before wrote only behind `a`, and the
+            // piece's own writes are not in `originals`.
+            let (a, m) = (scanned[j - 1].0, bounds[j]);
+            let forms = &scanned[j].1;
+            let mut joined = buf[a..m].to_vec();
+            joined.extend_from_slice(&originals[j - 1]);
+            let joined_end = joined.len();
+            let mut synced = None;
+            run.scan_forms::<true>(
+                &mut joined,
+                a,
+                0,
+                joined_end,
+                |i| {
+                    let Some(x) = (a + i).checked_sub(m) else {
+                        return false;
+                    };
+                    if x >= sync {
+                        return true;
+                    }
+                    // The piece's scan reached `x` unless `x` is strictly inside one of its
+                    // forms.
+                    let k = forms.partition_point(|&(s, _)| s < x);
+                    let inside = k > 0 && forms[k - 1].1 > x;
+                    if !inside {
+                        synced = Some(i);
+                    }
+                    !inside
+                },
+                |_, _| {},
+            );
+            let Some(q) = synced else {
+                return false;
+            };
+            buf[a..a + q].copy_from_slice(&joined[..q]);
+        }
+        true
     }
 
     /// Projects the signed 32-bit field at `buf[f..f + 4]` holding a target address minus the
     /// address of old file offset `pc_off`: the new value is where the target went minus where
     /// `pc_off` went (the entry holding `f` decides both `f`'s and `pc_off`'s move).
     fn pc_relative(&mut self, buf: &mut [u8], f: usize, pc_off: u64) {
+        self.pc_relative_in(buf, 0, f, pc_off);
+    }
+
+    /// [`Run::pc_relative`] of the field at `buf[f..f + 4]`, where `buf[0]` is at file offset
+    /// `base` (`pc_off` is a file offset).
+    fn pc_relative_in(&mut self, buf: &mut [u8], base: usize, f: usize, pc_off: u64) {
         let disp = i32::from_le_bytes([buf[f], buf[f + 1], buf[f + 2], buf[f + 3]]);
         let Some(pc) = addr_of(&self.p.old_segments, pc_off) else {
             return;
@@ -500,7 +654,7 @@ impl Run<'_> {
         let Some(target) = self.addr(pc.wrapping_add_signed(i64::from(disp)), &mut t, 0) else {
             return;
         };
-        let Some(e) = self.map.entry_of(f as u64) else {
+        let Some(e) = self.map.entry_of((base + f) as u64) else {
             return;
         };
         t[1] = Some(e);
@@ -675,25 +829,6 @@ struct Cie {
     personality: Option<usize>,
 }
 
-/// Reads an unsigned LEB128 varint at `b[*at..]`, advancing `at`: the map's varints and the
-/// LEB128 fields of a CIE. An error when it runs out or does not fit in 64 bits (at most 10
-/// bytes, the 10th at most 1).
-fn leb128(b: &[u8], at: &mut usize) -> std::result::Result<u64, &'static str> {
-    let (mut v, mut shift) = (0u64, 0u32);
-    loop {
-        let byte = *b.get(*at).ok_or("truncated varint")?;
-        *at += 1;
-        if shift >= 64 || (shift == 63 && byte > 1) {
-            return Err("varint overflows 64 bits");
-        }
-        v |= u64::from(byte & 0x7f) << shift;
-        if byte & 0x80 == 0 {
-            return Ok(v);
-        }
-        shift += 7;
-    }
-}
-
 /// Parses a CIE from its version byte to its end (`b`): version 1 or 3, an augmentation of
 /// `z` followed by `R`, `L`, `P`, `S` or `B` (any other makes it unknown: `None`).
 fn parse_cie(b: &[u8]) -> Option<Cie> {
@@ -704,12 +839,12 @@ fn parse_cie(b: &[u8]) -> Option<Cie> {
     let nul = b[1..].iter().position(|&c| c == 0)? + 1;
     let aug = &b[1..nul];
     let mut at = nul + 1;
-    leb128(b, &mut at).ok()?; // code alignment
-    leb128(b, &mut at).ok()?; // data alignment (SLEB128: read for its length only)
+    read_varint(b, &mut at).ok()?; // code alignment
+    read_varint(b, &mut at).ok()?; // data alignment (SLEB128: read for its length only)
     if version == 1 {
         at += 1;
     } else {
-        leb128(b, &mut at).ok()?;
+        read_varint(b, &mut at).ok()?;
     }
     let mut cie = Cie {
         fde_enc: None,
@@ -721,7 +856,7 @@ fn parse_cie(b: &[u8]) -> Option<Cie> {
         return aug.is_empty().then_some(cie);
     };
     cie.augmented = true;
-    leb128(b, &mut at).ok()?; // augmentation data length
+    read_varint(b, &mut at).ok()?; // augmentation data length
     for &c in rest {
         match c {
             b'R' => {
@@ -762,6 +897,61 @@ pub fn project(buf: &mut [u8], p: &Projection, map: &EqMap, used: Option<&mut Ve
     project_undoable(buf, p, map, used, None);
 }
 
+/// Code ranges of at least this many bytes per thread are projected on several threads by
+/// [`project_in_parallel`].
+const PIECE_MIN: usize = 1 << 20;
+/// Bytes after the start of a piece within which the scan coming from the previous piece must
+/// reach a position the piece's own scan reached (x86 code falls in step within a few
+/// instructions; only contrived bytes, such as a long run of `E8`, do not).
+const SYNC_WINDOW: usize = 64 << 10;
+/// Bytes before the end of a piece where its scan stops: from a position, the code scan reads
+/// and writes at most 12 bytes (a prefix, a REX byte, two opcode bytes, ModRM, a 32-bit
+/// field and a 4-byte immediate have at most 12).
+const GUARD: usize = 64;
+
+/// [`project`] with the code scanned on up to `threads` threads (long code ranges are cut into
+/// pieces scanned at once, then stitched so that the bytes are exactly those of [`project`]).
+/// False in the rare case where a piece boundary could not be stitched (the scans did not fall
+/// in step within [`SYNC_WINDOW`] bytes): `buf` is then neither projected nor original, and the
+/// caller projects the original bytes again with [`project`].
+pub fn project_in_parallel(buf: &mut [u8], p: &Projection, map: &EqMap, threads: usize) -> bool {
+    project_in_pieces(buf, p, map, threads, PIECE_MIN, SYNC_WINDOW)
+}
+
+/// [`project_in_parallel`] with its piece size and stitching window (smaller in tests).
+fn project_in_pieces(
+    buf: &mut [u8],
+    p: &Projection,
+    map: &EqMap,
+    threads: usize,
+    piece_min: usize,
+    sync: usize,
+) -> bool {
+    let piece_min = piece_min.max(2 * (sync + GUARD));
+    let mut run = Run {
+        p,
+        map,
+        used: None,
+        undo: None,
+    };
+    let size = buf.len() as u64;
+    let fits = |r: [u64; 2]| r[0].checked_add(r[1]).is_some_and(|e| e <= size);
+    run.data(buf);
+    if !p.old_code.iter().all(|&r| fits(r)) {
+        return true;
+    }
+    for &[start, len] in &p.old_code {
+        let (start, end) = (start as usize, (start + len) as usize);
+        let pieces = threads.min(len as usize / piece_min);
+        if pieces < 2 {
+            run.scan_forms::<true>(buf, 0, start, end, |_| false, |_, _| {});
+        } else if !run.code_range_in_pieces(buf, [start, end], pieces, sync) {
+            return false;
+        }
+    }
+    true
+}
+
 /// [`project`], recording in `undo` what it overwrites.
 pub fn project_undoable(
     buf: &mut [u8],
@@ -773,18 +963,7 @@ pub fn project_undoable(
     let mut run = Run { p, map, used, undo };
     let size = buf.len() as u64;
     let fits = |r: [u64; 2]| r[0].checked_add(r[1]).is_some_and(|e| e <= size);
-    if let Some(r) = p.old_rela.filter(|&r| fits(r)) {
-        run.rela(buf, r);
-    }
-    if let (Some(r), Some(new_hdr)) = (
-        p.old_eh_frame_hdr.filter(|&r| fits(r)),
-        p.new_eh_frame_hdr_addr,
-    ) {
-        run.eh_frame_hdr(buf, r, new_hdr);
-    }
-    if let Some(r) = p.old_eh_frame.filter(|&r| fits(r) && p.rules >= 2) {
-        run.eh_frame(buf, r);
-    }
+    run.data(buf);
     if p.old_code.iter().all(|&r| fits(r)) {
         run.code(buf);
     }
@@ -953,6 +1132,48 @@ mod tests {
     }
 
     #[test]
+    fn long_code_is_projected_in_pieces_and_contrived_code_falls_back() {
+        // Code dense in forms, its second half moved: every piece boundary is stitched, and
+        // the bytes are those of the sequential scan.
+        let mut data = Vec::new();
+        let mut x = 0x9E37_79B9u32;
+        while data.len() < 200_000 {
+            x ^= x << 13;
+            x ^= x >> 17;
+            x ^= x << 5;
+            let (head, imm) = FORMS[x as usize % FORMS.len()];
+            data.extend_from_slice(head);
+            data.extend_from_slice(&((x >> 8) as i32 % 5000).to_le_bytes());
+            data.extend(std::iter::repeat_n(0x90, imm + (x >> 28) as usize));
+        }
+        let size = data.len() as u64;
+        let p = Projection {
+            old_code: vec![[0, size]],
+            rules: 2,
+            ..proj(size)
+        };
+        let half = size / 2;
+        let map = EqMap::from_equivalences(vec![(0, 0, half), (half, half + 40, half - 64)]);
+        let mut one = data.clone();
+        project(&mut one, &p, &map, None);
+        assert_ne!(one, data);
+        for threads in [2, 3, 7] {
+            let mut cut_up = data.clone();
+            assert!(project_in_pieces(&mut cut_up, &p, &map, threads, 0, 256));
+            assert!(cut_up == one, "{threads} threads");
+        }
+        // A run of E8 cut where the two scans are out of step for good (5-byte calls, a
+        // boundary at 5,001): the stitching gives up instead of guessing.
+        let e8 = vec![0xE8u8; 10_002];
+        let p = Projection {
+            old_code: vec![[0, e8.len() as u64]],
+            ..proj(e8.len() as u64)
+        };
+        let mut cut_up = e8.clone();
+        assert!(!project_in_pieces(&mut cut_up, &p, &map, 2, 0, 256));
+    }
+
+    #[test]
     fn bad_maps_are_refused() {
         let ok = EqMap::from_equivalences(vec![(0, 9, 4), (8, 0, 2)]).encode();
         assert!(EqMap::decode("m", &ok, 10).is_ok());
@@ -1039,6 +1260,43 @@ mod tests {
                 }
             }
             prop_assert_eq!(&runs[0], &runs[1]);
+        }
+
+        /// Code cut into pieces scanned at once and stitched projects to exactly the bytes of
+        /// the sequential scan, whenever the stitching succeeds.
+        #[test]
+        fn pieces_stitched_project_as_one_scan(
+            pieces in prop::collection::vec(prop_oneof![
+                any::<u8>().prop_map(|b| vec![b]),
+                (0usize..FORMS.len(), -3000i32..3000, any::<u32>()).prop_map(|(f, d, imm)| {
+                    let (head, imm_len) = FORMS[f];
+                    let mut v = head.to_vec();
+                    v.extend_from_slice(&d.to_le_bytes());
+                    v.extend_from_slice(&imm.to_le_bytes()[..imm_len]);
+                    v
+                }),
+            ], 0..600),
+            eqs in prop::collection::vec((0u64..3000, 0u64..3000, 1u64..800), 0..8),
+            rules in 1u8..=2,
+            threads in 2usize..6,
+            sync in 1usize..40,
+            cut in 0u64..200,
+        ) {
+            let data: Vec<u8> = pieces.concat();
+            let size = data.len() as u64;
+            let cut = cut.min(size);
+            let p = Projection {
+                old_code: [[0, cut], [cut, size - cut]].into_iter().filter(|r| r[1] > 0).collect(),
+                rules,
+                ..proj(size)
+            };
+            let map = EqMap::from_equivalences(eqs);
+            let mut one = data.clone();
+            project(&mut one, &p, &map, None);
+            let mut cut_up = data;
+            if project_in_pieces(&mut cut_up, &p, &map, threads, 0, sync) {
+                prop_assert_eq!(cut_up, one);
+            }
         }
 
         #[test]

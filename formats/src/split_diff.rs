@@ -39,6 +39,34 @@ impl StreamCodec {
     }
 }
 
+/// Appends `v` as an unsigned LEB128 varint (the varints of split-diff streams, of the
+/// `exe-project-diff` map and of member headers).
+pub fn put_varint(out: &mut Vec<u8>, mut v: u64) {
+    while v >= 0x80 {
+        out.push((v as u8) | 0x80);
+        v >>= 7;
+    }
+    out.push(v as u8);
+}
+
+/// Reads an unsigned LEB128 varint at `b[*at..]`, advancing `at`. An error when it runs out
+/// or does not fit in 64 bits (at most 10 bytes, the 10th at most 1).
+pub fn read_varint(b: &[u8], at: &mut usize) -> Result<u64, &'static str> {
+    let (mut v, mut shift) = (0u64, 0u32);
+    loop {
+        let byte = *b.get(*at).ok_or("truncated varint")?;
+        *at += 1;
+        if shift >= 64 || (shift == 63 && byte > 1) {
+            return Err("varint overflows 64 bits");
+        }
+        v |= u64::from(byte & 0x7f) << shift;
+        if byte & 0x80 == 0 {
+            return Ok(v);
+        }
+        shift += 7;
+    }
+}
+
 /// Maps a signed seek to the unsigned value its control varint holds: `(s << 1) ^ (s >> 63)`.
 pub fn zigzag(s: i64) -> u64 {
     ((s << 1) ^ (s >> 63)) as u64
@@ -153,6 +181,36 @@ mod tests {
             at = end;
         }
         assert_eq!(d, new);
+    }
+
+    #[test]
+    fn varints_round_trip_and_bad_ones_are_refused() {
+        let values = [0u64, 1, 127, 128, 300, 1 << 35, u64::MAX - 1, u64::MAX];
+        let mut buf = Vec::new();
+        for v in values {
+            put_varint(&mut buf, v);
+        }
+        let mut at = 0;
+        for v in values {
+            assert_eq!(read_varint(&buf, &mut at), Ok(v));
+        }
+        assert_eq!(at, buf.len());
+        assert_eq!(read_varint(&buf, &mut at), Err("truncated varint"));
+        // u64::MAX takes 10 bytes, the last 1; a 10th byte of 2 or an 11th byte overflow.
+        let mut at = 0;
+        let mut too_big = vec![0xFF; 9];
+        too_big.push(2);
+        assert_eq!(
+            read_varint(&too_big, &mut at),
+            Err("varint overflows 64 bits")
+        );
+        let mut at = 0;
+        assert_eq!(
+            read_varint(&[0x80; 11], &mut at),
+            Err("varint overflows 64 bits")
+        );
+        let mut at = 0;
+        assert_eq!(read_varint(&[0x80, 0x80], &mut at), Err("truncated varint"));
     }
 
     #[test]

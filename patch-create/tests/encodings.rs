@@ -479,3 +479,36 @@ fn an_exe_project_diff_of_an_old_file_too_large_to_hold_round_trips() {
     let chosen = Chosen::ExeProjectDiff(project);
     assert!(round_trip(&old, &new, &chosen, &opts) == new);
 }
+
+/// Code the client cannot project in pieces (a run of `E8` whose 5-byte calls fall out of step
+/// with a piece boundary for good): it reads the old file again and projects it on one thread,
+/// to the bytes the creator projected.
+#[test]
+fn an_exe_project_diff_whose_pieces_cannot_be_stitched_round_trips() {
+    use formats::exe_filter::Arch;
+    use formats::exe_project::Projection;
+    // Two pieces of about 1 MiB on a machine of two cores or more; the boundary is at
+    // 1,048,577, which is not a multiple of 5.
+    let old = vec![0xE8u8; (2 << 20) + 2];
+    let mut new = old.clone();
+    new[1000..1005].copy_from_slice(b"\x90\x90\x90\x90\x90");
+    new.splice(4000..4000, [0x90; 7]);
+    let seg = |len: usize| vec![[0, 0x40_0000, len as u64]];
+    let project = Projection {
+        arch: Arch::X86_64,
+        old_code: vec![[0, old.len() as u64]],
+        old_segments: seg(old.len()),
+        new_segments: seg(new.len()),
+        old_rela: None,
+        old_eh_frame_hdr: None,
+        new_eh_frame_hdr_addr: None,
+        old_eh_frame: None,
+        rules: 1,
+    };
+    let opts = EncodeOptions {
+        level: 1,
+        ..EncodeOptions::default()
+    };
+    let chosen = Chosen::ExeProjectDiff(project);
+    assert!(round_trip(&old, &new, &chosen, &opts) == new);
+}

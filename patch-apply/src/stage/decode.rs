@@ -948,31 +948,46 @@ pub fn apply_exe_project<W: Write>(
 }
 
 /// The old file `source` (pinned `pin`: its size is checked) read into memory and projected
-/// through `map`.
+/// through `map`, on [`PROJECT_THREADS`] threads (read again and projected on one when the
+/// pieces could not be stitched, which takes contrived code).
 fn read_projected(
     what: &str,
     (source, pin): (&Path, Pin),
     project: &Projection,
     map: &EqMap,
 ) -> Result<Vec<u8>> {
+    let read = |old: &mut Vec<u8>| -> Result<()> {
+        old.clear();
+        File::open(source)
+            .at(source)?
+            .take(pin.size.saturating_add(1))
+            .read_to_end(old)
+            .at(source)?;
+        if old.len() as u64 != pin.size {
+            return Err(Error::Verify {
+                path: what.to_string(),
+                reason: format!(
+                    "source {} is not the version this patch was built for (size)",
+                    source.display()
+                ),
+            });
+        }
+        Ok(())
+    };
     let mut old = Vec::with_capacity(usize::try_from(pin.size).unwrap_or(0));
-    File::open(source)
-        .at(source)?
-        .take(pin.size.saturating_add(1))
-        .read_to_end(&mut old)
-        .at(source)?;
-    if old.len() as u64 != pin.size {
-        return Err(Error::Verify {
-            path: what.to_string(),
-            reason: format!(
-                "source {} is not the version this patch was built for (size)",
-                source.display()
-            ),
-        });
+    read(&mut old)?;
+    let threads = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .min(PROJECT_THREADS);
+    if !exe_project::project_in_parallel(&mut old, project, map, threads) {
+        read(&mut old)?;
+        exe_project::project(&mut old, project, map, None);
     }
-    exe_project::project(&mut old, project, map, None);
     Ok(old)
 }
+
+/// Most threads that project one old file.
+const PROJECT_THREADS: usize = 4;
 
 /// A writer that runs the branch filter backwards on what is written through it: bytes are
 /// held until the filter has decided on them (a few bytes of lookahead past each write).

@@ -1,6 +1,8 @@
 //! The three streams of a split diff (docs/encodings.md) and `SplitBuilder`, which turns
 //! bsdiff-style matches into them; used by the single-window diff and by the windowed mode.
 
+pub use formats::split_diff::put_varint;
+
 use crate::error::Result;
 
 /// The three uncompressed streams of a split diff (docs/encodings.md). The diff stream is held
@@ -65,25 +67,11 @@ impl ZeroRuns {
 }
 
 /// Reads an unsigned LEB128 varint at the start of `b`: (value, bytes read), or `None` when
-/// `b` does not start with one of at most 10 bytes.
+/// `b` does not start with one.
 pub(crate) fn read_varint(b: &[u8]) -> Option<(u64, usize)> {
-    let mut v = 0u64;
-    for (i, &x) in b.iter().enumerate().take(10) {
-        v |= u64::from(x & 0x7f) << (7 * i);
-        if x & 0x80 == 0 {
-            return Some((v, i + 1));
-        }
-    }
-    None
-}
-
-/// Appends `v` as an unsigned LEB128 varint.
-pub fn put_varint(out: &mut Vec<u8>, mut v: u64) {
-    while v >= 0x80 {
-        out.push((v as u8) | 0x80);
-        v >>= 7;
-    }
-    out.push(v as u8);
+    let mut at = 0;
+    let v = formats::split_diff::read_varint(b, &mut at).ok()?;
+    Some((v, at))
 }
 
 impl SplitStreams {
