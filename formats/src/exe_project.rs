@@ -1199,6 +1199,25 @@ mod tests {
         assert!(proj(100).validate("p", MAX_OLD_SIZE + 1).is_err());
     }
 
+    /// Random bytes mixed with instructions of every form of [`FORMS`] (targets within 3000
+    /// bytes), from up to `pieces` pieces.
+    fn code_bytes(pieces: usize) -> impl Strategy<Value = Vec<u8>> {
+        prop::collection::vec(
+            prop_oneof![
+                any::<u8>().prop_map(|b| vec![b]),
+                (0usize..FORMS.len(), -3000i32..3000, any::<u32>()).prop_map(|(f, d, imm)| {
+                    let (head, imm_len) = FORMS[f];
+                    let mut v = head.to_vec();
+                    v.extend_from_slice(&d.to_le_bytes());
+                    v.extend_from_slice(&imm.to_le_bytes()[..imm_len]);
+                    v
+                }),
+            ],
+            0..pieces,
+        )
+        .prop_map(|p| p.concat())
+    }
+
     proptest! {
         #[test]
         fn maps_round_trip(eqs in prop::collection::vec((0u64..5000, 0u64..5000, 1u64..300), 0..40)) {
@@ -1229,20 +1248,10 @@ mod tests {
         /// rules.
         #[test]
         fn the_form_filter_changes_nothing(
-            pieces in prop::collection::vec(prop_oneof![
-                any::<u8>().prop_map(|b| vec![b]),
-                (0usize..FORMS.len(), -3000i32..3000, any::<u32>()).prop_map(|(f, d, imm)| {
-                    let (head, imm_len) = FORMS[f];
-                    let mut v = head.to_vec();
-                    v.extend_from_slice(&d.to_le_bytes());
-                    v.extend_from_slice(&imm.to_le_bytes()[..imm_len]);
-                    v
-                }),
-            ], 0..400),
+            data in code_bytes(400),
             eqs in prop::collection::vec((0u64..3000, 0u64..3000, 1u64..800), 0..8),
             rules in 1u8..=2,
         ) {
-            let data: Vec<u8> = pieces.concat();
             let size = data.len() as u64;
             let p = Projection {
                 old_code: vec![[0, size]].into_iter().filter(|r| r[1] > 0).collect(),
@@ -1266,23 +1275,13 @@ mod tests {
         /// the sequential scan, whenever the stitching succeeds.
         #[test]
         fn pieces_stitched_project_as_one_scan(
-            pieces in prop::collection::vec(prop_oneof![
-                any::<u8>().prop_map(|b| vec![b]),
-                (0usize..FORMS.len(), -3000i32..3000, any::<u32>()).prop_map(|(f, d, imm)| {
-                    let (head, imm_len) = FORMS[f];
-                    let mut v = head.to_vec();
-                    v.extend_from_slice(&d.to_le_bytes());
-                    v.extend_from_slice(&imm.to_le_bytes()[..imm_len]);
-                    v
-                }),
-            ], 0..600),
+            data in code_bytes(600),
             eqs in prop::collection::vec((0u64..3000, 0u64..3000, 1u64..800), 0..8),
             rules in 1u8..=2,
             threads in 2usize..6,
             sync in 1usize..40,
             cut in 0u64..200,
         ) {
-            let data: Vec<u8> = pieces.concat();
             let size = data.len() as u64;
             let cut = cut.min(size);
             let p = Projection {

@@ -448,18 +448,11 @@ fn incompressible_files_are_compressed_at_level_1_and_round_trip() {
     }
 }
 
-/// An old file larger than the client keeps in memory, projected
-/// ([`patch_apply::decode::PROJECTED_IN_MEMORY_MAX`]): the client writes the projected file to
-/// a temporary file and applies the split diff from there, to the same bytes.
-#[test]
-fn an_exe_project_diff_of_an_old_file_too_large_to_hold_round_trips() {
+/// `old` → `new` as `exe-project-diff` at level 1, with the whole old file as code and one
+/// segment per file, through `produce`.
+fn whole_code_round_trip(old: &[u8], new: &[u8], rules: u8) -> Vec<u8> {
     use formats::exe_filter::Arch;
     use formats::exe_project::Projection;
-    let n = (patch_apply::decode::PROJECTED_IN_MEMORY_MAX + (1 << 20)) as usize;
-    let old = code(n, 17);
-    let mut new = mutate(&old, 23);
-    // Code moved: every reference after the insertion shifts.
-    new.splice(n / 3..n / 3, code(4096, 29));
     let seg = |len: usize| vec![[0, 0x40_0000, len as u64]];
     let project = Projection {
         arch: Arch::X86_64,
@@ -470,14 +463,26 @@ fn an_exe_project_diff_of_an_old_file_too_large_to_hold_round_trips() {
         old_eh_frame_hdr: None,
         new_eh_frame_hdr_addr: None,
         old_eh_frame: None,
-        rules: 2,
+        rules,
     };
     let opts = EncodeOptions {
         level: 1,
         ..EncodeOptions::default()
     };
-    let chosen = Chosen::ExeProjectDiff(project);
-    assert!(round_trip(&old, &new, &chosen, &opts) == new);
+    round_trip(old, new, &Chosen::ExeProjectDiff(project), &opts)
+}
+
+/// An old file larger than the client keeps in memory, projected
+/// ([`patch_apply::decode::PROJECTED_IN_MEMORY_MAX`]): the client writes the projected file to
+/// a temporary file and applies the split diff from there, to the same bytes.
+#[test]
+fn an_exe_project_diff_of_an_old_file_too_large_to_hold_round_trips() {
+    let n = (patch_apply::decode::PROJECTED_IN_MEMORY_MAX + (1 << 20)) as usize;
+    let old = code(n, 17);
+    let mut new = mutate(&old, 23);
+    // Code moved: every reference after the insertion shifts.
+    new.splice(n / 3..n / 3, code(4096, 29));
+    assert!(whole_code_round_trip(&old, &new, 2) == new);
 }
 
 /// Code the client cannot project in pieces (a run of `E8` whose 5-byte calls fall out of step
@@ -485,30 +490,11 @@ fn an_exe_project_diff_of_an_old_file_too_large_to_hold_round_trips() {
 /// to the bytes the creator projected.
 #[test]
 fn an_exe_project_diff_whose_pieces_cannot_be_stitched_round_trips() {
-    use formats::exe_filter::Arch;
-    use formats::exe_project::Projection;
     // Two pieces of about 1 MiB on a machine of two cores or more; the boundary is at
     // 1,048,577, which is not a multiple of 5.
     let old = vec![0xE8u8; (2 << 20) + 2];
     let mut new = old.clone();
     new[1000..1005].copy_from_slice(b"\x90\x90\x90\x90\x90");
     new.splice(4000..4000, [0x90; 7]);
-    let seg = |len: usize| vec![[0, 0x40_0000, len as u64]];
-    let project = Projection {
-        arch: Arch::X86_64,
-        old_code: vec![[0, old.len() as u64]],
-        old_segments: seg(old.len()),
-        new_segments: seg(new.len()),
-        old_rela: None,
-        old_eh_frame_hdr: None,
-        new_eh_frame_hdr_addr: None,
-        old_eh_frame: None,
-        rules: 1,
-    };
-    let opts = EncodeOptions {
-        level: 1,
-        ..EncodeOptions::default()
-    };
-    let chosen = Chosen::ExeProjectDiff(project);
-    assert!(round_trip(&old, &new, &chosen, &opts) == new);
+    assert!(whole_code_round_trip(&old, &new, 1) == new);
 }
