@@ -319,6 +319,11 @@ pub fn off_of(segs: &[Segment], addr: u64) -> Option<u64> {
         .map(|s| addr - s[1] + s[0])
 }
 
+/// Whether the range `[offset, length]` lies inside a buffer of `size` bytes.
+fn inside([off, len]: [u64; 2], size: u64) -> bool {
+    off.checked_add(len).is_some_and(|e| e <= size)
+}
+
 /// The state of one projection run; `used[i]` records that entry `i` of the map decided a
 /// rewrite that changed bytes (the creator keeps only those entries).
 struct Run<'a> {
@@ -347,7 +352,17 @@ impl Undo {
     }
 }
 
-impl Run<'_> {
+impl<'a> Run<'a> {
+    /// A run that records neither the entries used nor what it overwrites (the client's).
+    fn recording_nothing(p: &'a Projection, map: &'a EqMap) -> Self {
+        Run {
+            p,
+            map,
+            used: None,
+            undo: None,
+        }
+    }
+
     /// Where the old address `a` went, as an address of the new file.
     fn addr(&mut self, a: u64, touched: &mut [Option<usize>; 2], k: usize) -> Option<u64> {
         let off = off_of(&self.p.old_segments, a)?;
@@ -444,7 +459,7 @@ impl Run<'_> {
     fn data(&mut self, buf: &mut [u8]) {
         let p = self.p;
         let size = buf.len() as u64;
-        let fits = |r: [u64; 2]| r[0].checked_add(r[1]).is_some_and(|e| e <= size);
+        let fits = |r: [u64; 2]| inside(r, size);
         if let Some(r) = p.old_rela.filter(|&r| fits(r)) {
             self.rela(buf, r);
         }
@@ -559,12 +574,7 @@ impl Run<'_> {
                     } else {
                         piece.len() - GUARD
                     };
-                    let mut run = Run {
-                        p: self.p,
-                        map: self.map,
-                        used: None,
-                        undo: None,
-                    };
+                    let mut run = Run::recording_nothing(self.p, self.map);
                     scope.spawn(move || {
                         let mut forms = Vec::new();
                         let n = piece.len();
@@ -589,12 +599,7 @@ impl Run<'_> {
                 .map(|h| h.join().unwrap_or_else(|e| std::panic::resume_unwind(e)))
                 .collect()
         });
-        let mut run = Run {
-            p: self.p,
-            map: self.map,
-            used: None,
-            undo: None,
-        };
+        let mut run = Run::recording_nothing(self.p, self.map);
         for j in 1..pieces {
             // The scan is right up to `a`, which is before the boundary `m`, and the bytes
             // from `a` on are original: the piece before wrote only behind `a`, and the
@@ -928,16 +933,10 @@ fn project_in_pieces(
     sync: usize,
 ) -> bool {
     let piece_min = piece_min.max(2 * (sync + GUARD));
-    let mut run = Run {
-        p,
-        map,
-        used: None,
-        undo: None,
-    };
-    let size = buf.len() as u64;
-    let fits = |r: [u64; 2]| r[0].checked_add(r[1]).is_some_and(|e| e <= size);
+    let mut run = Run::recording_nothing(p, map);
     run.data(buf);
-    if !p.old_code.iter().all(|&r| fits(r)) {
+    let size = buf.len() as u64;
+    if !p.old_code.iter().all(|&r| inside(r, size)) {
         return true;
     }
     for &[start, len] in &p.old_code {
@@ -961,10 +960,9 @@ pub fn project_undoable(
     undo: Option<&mut Undo>,
 ) {
     let mut run = Run { p, map, used, undo };
-    let size = buf.len() as u64;
-    let fits = |r: [u64; 2]| r[0].checked_add(r[1]).is_some_and(|e| e <= size);
     run.data(buf);
-    if p.old_code.iter().all(|&r| fits(r)) {
+    let size = buf.len() as u64;
+    if p.old_code.iter().all(|&r| inside(r, size)) {
         run.code(buf);
     }
 }
